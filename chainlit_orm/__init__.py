@@ -1,0 +1,1 @@
+"""chainlit-orm: production persistence for Chainlit apps."""

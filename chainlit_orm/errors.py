@@ -1,0 +1,114 @@
+"""One error tree for the whole package.
+
+Every error the package raises on purpose is a :class:`ChainlitORMError`. Errors that come from a
+driver, an SDK or a filesystem are raised ``from`` the original exception so the cause is never
+lost; nothing in the package catches an error and merely logs it (the two documented exceptions are
+``close()`` and the per-element URL signing in ``get_thread``).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "BackendUnavailableError",
+    "ChainlitORMError",
+    "ConfigurationError",
+    "ConflictError",
+    "InvalidCursorError",
+    "InvalidIdentifierError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "SchemaError",
+    "SchemaOutdatedError",
+    "StorageError",
+    "mask_url",
+]
+
+
+class ChainlitORMError(Exception):
+    """Base of every error raised by chainlit-orm.
+
+    Args:
+        message: the human-readable message; never contains a secret.
+        detail: optional machine-readable detail (an id, a key, a dialect name).
+    """
+
+    def __init__(self, message: str, *, detail: object | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ConfigurationError(ChainlitORMError):
+    """The package was configured in a way that cannot work (raised at construction)."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'chainlit-orm[{extra}]'",
+            detail=package,
+        )
+
+
+class InvalidInputError(ChainlitORMError, ValueError):
+    """Input from Chainlit or the caller is malformed; nothing was written."""
+
+
+class InvalidIdentifierError(InvalidInputError):
+    """An id or an object key is empty, too long, or could escape its scope (path traversal)."""
+
+
+class InvalidCursorError(InvalidInputError):
+    """A pagination cursor is stale, forged or from another query."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A payload exceeds the configured size limit; nothing was written."""
+
+
+class NotFoundError(ChainlitORMError, LookupError):
+    """The requested entity does not exist."""
+
+
+class ConflictError(ChainlitORMError):
+    """A write conflicts with existing data (constraint violation, wrong owner, wrong thread)."""
+
+
+class BackendUnavailableError(ChainlitORMError, ConnectionError):
+    """The database or service cannot be reached, or kept failing after the bounded retries."""
+
+
+class SchemaError(ChainlitORMError):
+    """The database schema cannot be used or migrated as asked."""
+
+
+class SchemaOutdatedError(SchemaError):
+    """The database schema is older than the models; run ``chainlit-orm migrate``."""
+
+
+class StorageError(ChainlitORMError, OSError):
+    """An element-storage operation failed (permissions, network, credentials)."""
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
+_SECRET_QUERY = re.compile(
+    r"(?P<k>(?:password|passwd|pwd|secret|token|key|sig|signature|credential|"
+    r"aws_secret_access_key|account_key|sas_token|x-amz-signature|x-amz-credential)=)[^&\s]*",
+    re.IGNORECASE,
+)
+
+
+def mask_url(url: object) -> str:
+    """Return ``url`` as text with its password and secret query values replaced by ``***``.
+
+    Used for every URL that goes into an error message or a log line, so credentials given in a
+    database or storage URL never leak.
+    """
+    text = str(url)
+    text = _PASSWORD_IN_URL.sub(r"\g<head>***\g<at>", text)
+    return _SECRET_QUERY.sub(r"\g<k>***", text)
