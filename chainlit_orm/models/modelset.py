@@ -1,0 +1,206 @@
+"""Model sets: the five entity classes as SQL tables with their own ``MetaData``.
+
+Nothing in the package reads a model class or a table from a module global: schema generation,
+the CLI and the layers all take a :class:`ModelSet`. :data:`DEFAULT_MODELS` is the set made from the
+entities in :mod:`chainlit_orm.models.entities`; an app declares its own with
+:meth:`ModelSet.build`::
+
+    class TenantThread(ThreadFields):
+        __indexes__ = ThreadFields.__indexes__ + (IndexSpec("tenant", ("tenant",)),)
+        tenant: str | None = metadata_column("tenant", "tenant")
+
+    MODELS = ModelSet.build(thread=TenantThread, prefix="acme_", schema="chat")
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import registry as sa_registry
+from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelMetaclass
+
+from chainlit_orm.errors import ConfigurationError
+from chainlit_orm.models.entities import (
+    DynamoEntityKeys,
+    ElementFields,
+    FeedbackFields,
+    IndexSpec,
+    StepFields,
+    ThreadFields,
+    UserFields,
+)
+from chainlit_orm.models.types import IndexedText
+
+__all__ = ["DEFAULT_MODELS", "ENTITIES", "ModelSet", "metadata_column"]
+
+#: Entity names in dependency order (parents first): creation order for DDL and deletes in reverse.
+ENTITIES: tuple[str, ...] = ("user", "thread", "step", "element", "feedback")
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+#: ``Column.info`` key naming the thread-metadata key a derived column is filled from.
+FROM_METADATA = "from_metadata"
+
+
+def metadata_column(sql_name: str, metadata_key: str, *, type_: Any = IndexedText) -> Any:
+    """A custom column filled from a key of the entity's ``metadata`` on every write.
+
+    This is the documented way for an app to add a queryable column (for example a tenant) without
+    changing how Chainlit calls the layer: the app puts the value in the thread's metadata (e.g.
+    through ``cl.user_session``, which Chainlit persists into thread metadata) and the layer copies
+    it into the column in the same statement.
+    """
+    return Field(
+        default=None,
+        sa_type=type_,
+        sa_column_kwargs={
+            "name": sql_name,
+            "nullable": True,
+            "info": {"internal": True, FROM_METADATA: metadata_key},
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Five table models sharing one ``MetaData``.
+
+    Attributes:
+        user, thread, step, element, feedback: the ``table=True`` SQLModel classes.
+        metadata: the ``MetaData`` holding exactly this set's tables; public so an app that runs its
+            own Alembic can include or exclude them.
+        prefix: table-name prefix ("" for Chainlit's documented names).
+        schema: PostgreSQL schema, or None for the default one.
+        version_table: name of chainlit-orm's schema-version table for this prefix.
+    """
+
+    user: type[SQLModel]
+    thread: type[SQLModel]
+    step: type[SQLModel]
+    element: type[SQLModel]
+    feedback: type[SQLModel]
+    metadata: sa.MetaData
+    prefix: str = ""
+    schema: str | None = None
+    dynamo: Mapping[str, DynamoEntityKeys] = field(default_factory=dict)
+
+    @property
+    def version_table(self) -> str:
+        return f"{self.prefix}chainlit_orm_version"
+
+    def model(self, entity: str) -> type[SQLModel]:
+        return getattr(self, entity)  # type: ignore[no-any-return]
+
+    def table(self, entity: str) -> sa.Table:
+        return self.model(entity).__table__  # type: ignore[attr-defined,no-any-return]
+
+    def tables(self) -> Iterator[tuple[str, sa.Table]]:
+        for entity in ENTITIES:
+            yield entity, self.table(entity)
+
+    def metadata_columns(self, entity: str) -> dict[str, str]:
+        """SQL column name -> metadata key, for the derived columns of ``entity``."""
+        return {
+            column.name: column.info[FROM_METADATA]
+            for column in self.table(entity).columns
+            if FROM_METADATA in column.info
+        }
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        user: type[SQLModel] = UserFields,
+        thread: type[SQLModel] = ThreadFields,
+        step: type[SQLModel] = StepFields,
+        element: type[SQLModel] = ElementFields,
+        feedback: type[SQLModel] = FeedbackFields,
+        prefix: str = "",
+        schema: str | None = None,
+    ) -> ModelSet:
+        """Make a set of table models from non-table field classes.
+
+        Each call creates a fresh SQLAlchemy registry and ``MetaData``, so any number of sets can
+        coexist in one process (one per tenant database, one per test).
+
+        Raises:
+            ConfigurationError: ``prefix`` or ``schema`` is not a plain SQL identifier, or a field
+                class is already a table model.
+        """
+        if prefix and not _NAME_RE.match(prefix):
+            raise ConfigurationError(f"table prefix must match {_NAME_RE.pattern}: {prefix!r}")
+        if schema is not None and not _NAME_RE.match(schema):
+            raise ConfigurationError(f"schema must match {_NAME_RE.pattern}: {schema!r}")
+        metadata = sa.MetaData(schema=schema)
+        registry = sa_registry(metadata=metadata)
+        base = SQLModelMetaclass(
+            f"_{prefix or 'default'}Base", (SQLModel,), {"__module__": __name__},
+            registry=registry,
+        )
+        fields = {"user": user, "thread": thread, "step": step, "element": element,
+                  "feedback": feedback}
+        models: dict[str, type[SQLModel]] = {}
+        for entity in ENTITIES:
+            source = fields[entity]
+            if getattr(source, "__table__", None) is not None:
+                raise ConfigurationError(
+                    f"{source.__name__} is a table model; pass its non-table field class"
+                )
+            table_name = prefix + source.__base_table__  # type: ignore[attr-defined]
+            namespace = {
+                "__module__": source.__module__,
+                "__tablename__": table_name,
+                # utf8mb4: MariaDB's older defaults cannot store emoji or most of Unicode
+                "__table_args__": {"mysql_charset": "utf8mb4",
+                                   "mysql_collate": "utf8mb4_unicode_ci"},
+            }
+            model = SQLModelMetaclass(
+                source.__name__.removesuffix("Fields") or source.__name__,
+                (source, base),
+                namespace,
+                table=True,
+            )
+            models[entity] = model
+        for entity in ENTITIES:
+            _add_constraints(models, entity, fields[entity], prefix)
+        return cls(
+            **models,
+            metadata=metadata,
+            prefix=prefix,
+            schema=schema,
+            dynamo={e: fields[e].__dynamo__ for e in ENTITIES},  # type: ignore[attr-defined]
+        )
+
+
+def _add_constraints(
+    models: dict[str, type[SQLModel]], entity: str, source: type[SQLModel], prefix: str
+) -> None:
+    """Attach indexes and foreign keys declared on the field class to the new table."""
+    table: sa.Table = models[entity].__table__  # type: ignore[attr-defined]
+    spec: IndexSpec
+    for spec in source.__indexes__:  # type: ignore[attr-defined]
+        sa.Index(
+            f"ix_{table.name}_{spec.name}",
+            *(table.c[name] for name in spec.columns),
+            unique=spec.unique,
+        )
+    for column_name, target in source.__foreign_keys__:  # type: ignore[attr-defined]
+        target_table: sa.Table = models[target].__table__  # type: ignore[attr-defined]
+        table.append_constraint(
+            sa.ForeignKeyConstraint(
+                [table.c[column_name]],
+                [target_table.c["id"]],
+                ondelete="CASCADE",
+                name=f"fk_{table.name}_{column_name}",
+            )
+        )
+    _ = prefix
+
+
+#: The default model set: Chainlit's documented table names, no prefix, default schema.
+DEFAULT_MODELS: ModelSet = ModelSet.build()
