@@ -1,0 +1,686 @@
+"""``FsspecStorage``: Chainlit's ``BaseStorageClient`` over fsspec (S3, Azure Blob, disk, memory).
+
+One class replaces Chainlit's per-cloud storage clients. The rules it keeps:
+
+* **No blocking on the event loop.** s3fs and adlfs are created with ``asynchronous=True`` inside
+  the running loop (lazily, one instance per loop, because their HTTP sessions belong to the loop
+  that created them) and their coroutines (``_pipe_file``, ``_info``, ``_rm_file``, ``_url``) are
+  awaited natively. Local disk and memory are synchronous filesystems; every call to them runs in
+  a worker thread (:func:`asyncio.to_thread`). The sync wrappers of s3fs/adlfs are never called:
+  from a running loop they would block it while fsspec's IO thread works.
+* **Read URLs a browser can open.** S3 gives a presigned GET, Azure an account-key SAS (both from
+  ``fs._url``, which also works against moto and Azurite); local disk and memory give a signed,
+  expiring URL served by the route in :mod:`chainlit_orm.storage.route`.
+* **Keys cannot escape the root** (:mod:`chainlit_orm.storage._keys`), and **errors are typed and
+  chained**: absent objects are ``False`` from :meth:`FsspecStorage.delete_file`; everything else
+  raises :class:`~chainlit_orm.errors.StorageError` ``from`` the cause, with the URL masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+import fsspec
+from chainlit.data.storage_clients.base import BaseStorageClient
+from fsspec.core import split_protocol
+
+from chainlit_orm.errors import (
+    ChainlitORMError,
+    ConfigurationError,
+    ConflictError,
+    MissingDependencyError,
+    StorageError,
+    mask_url,
+)
+from chainlit_orm.storage import _signing
+from chainlit_orm.storage._headers import check_content_type, normalize_content_disposition
+from chainlit_orm.storage._keys import meta_path, object_path, validate_key
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ENV_PUBLIC_BASE_URL", "ENV_SECRET", "ENV_URL", "FsspecStorage", "ObjectInfo"]
+
+logger = logging.getLogger(__name__)
+
+ENV_URL = "CHAINLIT_ORM_STORAGE_URL"
+ENV_SECRET = "CHAINLIT_ORM_STORAGE_SECRET"  # noqa: S105 (a variable name)
+ENV_PUBLIC_BASE_URL = "CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL"
+_ENV_AUTH_SECRET = "CHAINLIT_AUTH_SECRET"  # noqa: S105 (a variable name)
+_ENV_EXPIRY = "STORAGE_EXPIRY_TIME"
+_DEFAULT_EXPIRES = 3600
+_S3_MAX_EXPIRES = 7 * 24 * 3600
+_MIN_SECRET_LENGTH = 16
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """What differs between backends, declared next to the protocol (fsspec registry style)."""
+
+    kind: str
+    module: str | None
+    extra: str | None
+    native_async: bool
+
+    @property
+    def served_by_route(self) -> bool:
+        return not self.native_async
+
+
+_S3 = _Backend("s3", "s3fs", "s3", native_async=True)
+_AZURE = _Backend("azure", "adlfs", "azure", native_async=True)
+_LOCAL = _Backend("local", None, None, native_async=False)
+_MEMORY = _Backend("memory", None, None, native_async=False)
+_BACKENDS: dict[str, _Backend] = {
+    "s3": _S3,
+    "s3a": _S3,
+    "az": _AZURE,
+    "abfs": _AZURE,
+    "abfss": _AZURE,
+    "file": _LOCAL,
+    "local": _LOCAL,
+    "memory": _MEMORY,
+}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object served by the local route: its size and the headers stored at upload."""
+
+    size: int
+    content_type: str
+    content_disposition: str | None
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _read_expires(expires: int | None) -> int:
+    if expires is None:
+        raw = _env(_ENV_EXPIRY)
+        if raw is None:
+            return _DEFAULT_EXPIRES
+        try:
+            expires = int(raw)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{_ENV_EXPIRY}={raw!r} is not a number of seconds", detail=_ENV_EXPIRY
+            ) from exc
+    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
+        raise ConfigurationError(
+            f"expires must be a positive number of seconds, got {expires!r}", detail=expires
+        )
+    return expires
+
+
+def _read_root_path() -> str:
+    # Same sum Chainlit's catch-all uses to build its own links (server.py: serve()).
+    root = (_env("CHAINLIT_PARENT_ROOT_PATH") or "") + (_env("CHAINLIT_ROOT_PATH") or "")
+    return "" if root in ("", "/") else "/" + root.strip("/")
+
+
+class FsspecStorage(BaseStorageClient):
+    """Chainlit element storage on any of S3, Azure Blob, local disk or memory, through fsspec.
+
+    Drop-in for Chainlit's ``BaseStorageClient`` (``storage_provider=`` of Chainlit's own layers)
+    and the ``storage=`` of chainlit-orm's layers. Configuration is read once, here, at
+    construction, never at import and never at first use, so a bad setting fails at start-up.
+
+    Args:
+        url: where objects live. ``s3://bucket/prefix`` (s3fs), ``az://container/prefix`` or
+            ``abfs://container/prefix`` (adlfs), ``file:///path`` or a plain path (a relative path
+            is made absolute against the current directory now), ``memory://name``.
+        name: identifies this storage in the local read-URL route so several storages can
+            coexist; defaults to a hash of the backend and root, stable across processes.
+        secret: key material for the local/memory read-URL signatures (at least 16 characters).
+            Defaults to ``CHAINLIT_ORM_STORAGE_SECRET``, then ``CHAINLIT_AUTH_SECRET``; with
+            neither, a random per-process secret is generated (and a warning logged): URLs then
+            break on restart and are refused by the other workers of a multi-process deployment.
+            For ``s3://`` it is s3fs's own ``secret`` (the AWS secret access key), since presigned
+            URLs are signed with the AWS credentials; Azure refuses it (use ``account_key``).
+        expires: lifetime of read URLs in seconds; defaults to ``STORAGE_EXPIRY_TIME``, else
+            3600 like Chainlit.
+        public_base_url: makes local/memory read URLs absolute (``https://host``); defaults to
+            ``CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL``. Without it they are relative
+            (``{CHAINLIT_ROOT_PATH}/chainlit-orm/files/...``) because Chainlit's UI is served from
+            the same origin.
+        mount: for local/memory only: whether to mount the read-URL route on Chainlit's app
+            (``chainlit.server.app``). ``None`` (default) mounts it when ``chainlit.server`` is
+            already imported, as it is under ``chainlit run`` and ``mount_chainlit``; ``True``
+            imports it; ``False`` leaves mounting to
+            :func:`~chainlit_orm.storage.mount_storage_route`.
+        **options: passed to the fsspec filesystem (s3fs: ``endpoint_url``, ``key``, ``token``,
+            ``client_kwargs``, ...; adlfs: ``connection_string``, ``account_name``,
+            ``account_key``, ``account_host``, ...). Unset options
+            are filled from the usual environment variables: ``AWS_ENDPOINT_URL_S3`` /
+            ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` + ``AWS_SECRET_ACCESS_KEY`` (+
+            ``AWS_SESSION_TOKEN``), ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` for S3;
+            ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_ACCOUNT_NAME``,
+            ``AZURE_STORAGE_ACCOUNT_KEY`` for Azure.
+
+    Raises:
+        ConfigurationError: unsupported URL, missing bucket/container/name, bad ``expires`` or
+            ``secret``, Azure without an account key (SAS signing needs it), or a route ``name``
+            already used by another storage.
+        MissingDependencyError: s3fs (extra ``s3``) or adlfs (extra ``azure``) is not installed.
+    """
+
+    #: Route-served storages register here by name so the route can find them (weakly: a
+    #: storage that is garbage-collected stops serving).
+    _registry: ClassVar[weakref.WeakValueDictionary[str, FsspecStorage]] = (
+        weakref.WeakValueDictionary()
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        secret: str | bytes | None = None,
+        expires: int | None = None,
+        public_base_url: str | None = None,
+        mount: bool | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigurationError("storage URL is empty", detail=url)
+        self.url = url.strip()
+        protocol, _ = split_protocol(self.url)
+        backend = _BACKENDS.get(protocol or "file")
+        if backend is None:
+            raise ConfigurationError(
+                f"unsupported storage URL {mask_url(self.url)!r}: use s3://, az://, abfs://, "
+                "file:// (or a plain path) or memory://",
+                detail=protocol,
+            )
+        self._backend = backend
+        self._error_types = self._import_backend()
+        self._fs_class: Any = fsspec.get_filesystem_class(protocol or "file")
+        self.root: str = self._fs_class._strip_protocol(self.url).rstrip("/")
+        if backend is _LOCAL:
+            self.root = os.path.abspath(self.root or "/")
+        if not self.root or (self.root == "/" and backend is not _LOCAL):
+            raise ConfigurationError(
+                f"storage URL {mask_url(self.url)!r} names no bucket, container or memory root",
+                detail=self.url,
+            )
+        self.expires = _read_expires(expires)
+        if backend is _S3 and self.expires > _S3_MAX_EXPIRES:
+            raise ConfigurationError(
+                f"S3 presigned URLs live at most {_S3_MAX_EXPIRES} s, got expires={self.expires}",
+                detail=self.expires,
+            )
+        if secret is not None and backend is _S3:
+            # s3fs calls the AWS secret access key ``secret``; S3 read URLs are presigned with
+            # it, so there is no URL-signing secret to confuse it with.
+            options.setdefault("secret", secret)
+            secret = None
+        elif secret is not None and backend is _AZURE:
+            raise ConfigurationError(
+                "secret= signs local and memory read URLs; Azure SAS URLs are signed with "
+                "account_key (or the connection string's AccountKey)",
+                detail="secret",
+            )
+        self._options = self._resolve_options(options)
+        self.name = name if name is not None else self._default_name()
+        if not _NAME.match(self.name):
+            raise ConfigurationError(
+                f"storage name {self.name!r} must match {_NAME.pattern}", detail=self.name
+            )
+        self.public_base_url = (public_base_url or _env(ENV_PUBLIC_BASE_URL) or "").rstrip("/")
+        self._root_path = _read_root_path()
+        self._signing_key = (
+            _signing.derive_signing_key(self._resolve_secret(secret))
+            if backend.served_by_route
+            else b""
+        )
+        self._sync_fs: Any = None
+        self._async_fs: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = {}
+        if backend.served_by_route:
+            self._sync_fs = self._new_filesystem(asynchronous=False)
+            self._register()
+            self._mount(mount)
+
+    # -- construction helpers -------------------------------------------------------------------
+
+    def _import_backend(self) -> tuple[type[BaseException], ...]:
+        """Import the optional SDK now and return the exception types that mean a real failure."""
+        backend = self._backend
+        if backend.module is not None:
+            try:
+                importlib.import_module(backend.module)
+            except ImportError as exc:
+                raise MissingDependencyError(backend.module, backend.extra or "all") from exc
+        types: list[type[BaseException]] = [OSError]
+        if backend is _S3:
+            import aiohttp
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            types += [BotoCoreError, ClientError, aiohttp.ClientError]
+        elif backend is _AZURE:
+            import aiohttp
+            from azure.core.exceptions import AzureError
+
+            types += [AzureError, aiohttp.ClientError]
+        return tuple(types)
+
+    def _resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Merge the explicit options over the URL's and the environment's (read here, once)."""
+        merged: dict[str, Any] = dict(self._fs_class._get_kwargs_from_urls(self.url))
+        merged.update(options)
+        if self._backend is _S3:
+            endpoint = _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
+            if endpoint and "endpoint_url" not in merged:
+                merged["endpoint_url"] = endpoint
+            key, secret = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
+            if key and secret and "key" not in merged and "secret" not in merged:
+                merged["key"], merged["secret"] = key, secret
+                if token := _env("AWS_SESSION_TOKEN"):
+                    merged.setdefault("token", token)
+            region = _env("AWS_REGION") or _env("AWS_DEFAULT_REGION")
+            client_kwargs = dict(merged.get("client_kwargs") or {})
+            if region and "region_name" not in client_kwargs:
+                client_kwargs["region_name"] = region
+            if client_kwargs:
+                merged["client_kwargs"] = client_kwargs
+        elif self._backend is _AZURE:
+            for option, variable in (
+                ("connection_string", "AZURE_STORAGE_CONNECTION_STRING"),
+                ("account_name", "AZURE_STORAGE_ACCOUNT_NAME"),
+                ("account_key", "AZURE_STORAGE_ACCOUNT_KEY"),
+            ):
+                value = _env(variable)
+                if value and option not in merged:
+                    merged[option] = value
+            connection = str(merged.get("connection_string") or "")
+            if not connection and not merged.get("account_name"):
+                raise ConfigurationError(
+                    "Azure storage needs connection_string or account_name (options or "
+                    "AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT_NAME)",
+                    detail=self.url,
+                )
+            if "accountkey=" not in connection.lower() and not merged.get("account_key"):
+                raise ConfigurationError(
+                    "Azure read URLs are SAS tokens signed with the account key: give account_key "
+                    "(or AZURE_STORAGE_ACCOUNT_KEY) or a connection string with AccountKey=",
+                    detail=self.url,
+                )
+        merged.setdefault("use_listings_cache", False)
+        return merged
+
+    def _default_name(self) -> str:
+        location = f"{self._backend.kind}://{self.root}"
+        return hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
+
+    def _resolve_secret(self, secret: str | bytes | None) -> bytes:
+        if secret is None:
+            secret = _env(ENV_SECRET)
+            if secret is None:
+                fallback = _env(_ENV_AUTH_SECRET)
+                return fallback.encode() if fallback else _signing.process_secret()
+        raw = secret.encode() if isinstance(secret, str) else secret
+        if len(raw) < _MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"the storage URL-signing secret must be at least {_MIN_SECRET_LENGTH} "
+                f"characters (option secret= or {ENV_SECRET})",
+                detail="secret",
+            )
+        return raw
+
+    def _register(self) -> None:
+        current = self._registry.get(self.name)
+        if current is not None and current is not self:
+            if (current._backend, current.root) != (self._backend, self.root):
+                raise ConfigurationError(
+                    f"storage name {self.name!r} is already used by {mask_url(current.url)!r}; "
+                    "pass a different name=",
+                    detail=self.name,
+                )
+            if current._signing_key != self._signing_key:
+                raise ConfigurationError(
+                    f"storage name {self.name!r} is already registered with another secret; "
+                    "URLs of one would be refused by the route; use the same secret or name=",
+                    detail=self.name,
+                )
+        self._registry[self.name] = self
+
+    def _mount(self, mount: bool | None) -> None:
+        import sys
+
+        if mount is False or (mount is None and "chainlit.server" not in sys.modules):
+            return
+        from chainlit_orm.storage.route import mount_on_chainlit
+
+        mount_on_chainlit()
+
+    @classmethod
+    def from_env(cls, **options: Any) -> FsspecStorage | None:
+        """Build a storage from ``CHAINLIT_ORM_STORAGE_URL``, or return None when it is unset.
+
+        Everything else comes from the environment variables documented on the class, and
+        ``options`` are passed through to the constructor.
+        """
+        url = _env(ENV_URL)
+        return None if url is None else cls(url, **options)
+
+    # -- filesystems ----------------------------------------------------------------------------
+
+    def _new_filesystem(self, *, asynchronous: bool) -> Any:
+        """Create a private filesystem instance (the seam the event-loop tests instrument).
+
+        ``skip_instance_cache`` keeps fsspec from sharing the instance (and its loop-bound HTTP
+        session) with other storages or loops, so :meth:`close` only closes what is ours.
+        """
+        options = dict(self._options)
+        if asynchronous:
+            options["asynchronous"] = True
+        return self._fs_class(skip_instance_cache=True, **options)
+
+    async def _open_async_fs(self) -> Any:
+        fs = self._new_filesystem(asynchronous=True)
+        if self._backend is _S3:
+            await fs.set_session()
+        return fs
+
+    async def _fs(self) -> Any:
+        """Return this loop's async filesystem, creating it on first use (one per loop)."""
+        loop = asyncio.get_running_loop()
+        for other in [lp for lp in self._async_fs if lp.is_closed()]:
+            del self._async_fs[other]
+        task = self._async_fs.get(loop)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = loop.create_task(self._open_async_fs())
+            self._async_fs[loop] = task
+        with self._translate("connect to", ""):
+            return await asyncio.shield(task)
+
+    @contextlib.contextmanager
+    def _translate(self, action: str, key: str) -> Iterator[None]:
+        """Turn backend failures into :class:`StorageError` chained to the cause."""
+        try:
+            yield
+        except ChainlitORMError:
+            raise
+        except self._error_types as exc:
+            where = f"{key!r} in {self.url}" if key else self.url
+            message = f"could not {action} {where}: {type(exc).__name__}: {exc}"
+            raise StorageError(mask_url(message), detail=key or None) from exc
+
+    def _path(self, key: str) -> str:
+        return object_path(self.root, key)
+
+    # -- BaseStorageClient ----------------------------------------------------------------------
+
+    async def upload_file(
+        self,
+        object_key: str,
+        data: bytes | str,
+        mime: str = "application/octet-stream",
+        overwrite: bool = True,
+        content_disposition: str | None = None,
+    ) -> dict[str, Any]:
+        """Store ``data`` under ``object_key`` with its Content-Type and Content-Disposition.
+
+        ``str`` data is stored UTF-8 encoded. A non-ASCII file name in ``content_disposition`` is
+        re-encoded per RFC 6266/5987 so every backend can store and serve it.
+
+        Returns:
+            ``{"object_key": object_key, "url": read_url}``, the shape Chainlit's layers read.
+
+        Raises:
+            InvalidIdentifierError: the key is unsafe; nothing was written.
+            InvalidInputError: ``mime`` or ``content_disposition`` has CR/LF or is malformed.
+            ConflictError: ``overwrite=False`` and the key exists; nothing was written.
+            StorageError: the backend failed (chained to the cause).
+        """
+        key = validate_key(object_key)
+        path = self._path(key)
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        content_type = check_content_type(mime or "application/octet-stream")
+        disposition = normalize_content_disposition(content_disposition)
+        with self._translate("upload", key):
+            if self._backend is _S3:
+                fs = await self._fs()
+                extra = {"ContentType": content_type}
+                if disposition is not None:
+                    extra["ContentDisposition"] = disposition
+                mode = "overwrite" if overwrite else "create"
+                try:
+                    await fs._pipe_file(path, payload, mode=mode, **extra)
+                except FileExistsError as exc:
+                    raise self._conflict(key) from exc
+            elif self._backend is _AZURE:
+                from azure.storage.blob import ContentSettings
+
+                fs = await self._fs()
+                settings = ContentSettings(
+                    content_type=content_type, content_disposition=disposition
+                )
+                try:
+                    await fs._pipe_file(
+                        path, payload, overwrite=overwrite, content_settings=settings
+                    )
+                except FileExistsError as exc:
+                    raise self._conflict(key) from exc
+            else:
+                meta = {"content_type": content_type, "content_disposition": disposition}
+                await asyncio.to_thread(self._upload_sync, key, payload, overwrite, meta)
+        return {"object_key": key, "url": await self._read_url(key)}
+
+    def _conflict(self, key: str) -> ConflictError:
+        return ConflictError(
+            f"object {key!r} already exists in {mask_url(self.url)}; pass overwrite=True to "
+            "replace it",
+            detail=key,
+        )
+
+    def _upload_sync(self, key: str, payload: bytes, overwrite: bool, meta: dict[str, Any]) -> None:
+        """Worker-thread upload for local/memory: data first, then its sidecar record.
+
+        The data is written (exclusively when ``overwrite`` is False, with ``open(..., "xb")``, so
+        the check and the write are one atomic step) before the sidecar, so a conflict never
+        touches the existing object's metadata.
+        """
+        fs, path, side = self._sync_fs, self._path(key), meta_path(self.root, key)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        try:
+            with fs.open(path, "wb" if overwrite else "xb") as handle:
+                handle.write(payload)
+        except FileExistsError as exc:
+            raise self._conflict(key) from exc
+        fs.makedirs(fs._parent(side), exist_ok=True)
+        fs.pipe_file(side, json.dumps(meta).encode("utf-8"))
+
+    async def delete_file(self, object_key: str) -> bool:
+        """Delete ``object_key``: True if it was deleted, False if there was no such object.
+
+        S3 answers a DELETE of a missing key with success, so existence is checked first (a HEAD);
+        a prefix that only exists as a "directory" is not an object and gives False.
+
+        Raises:
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: the backend failed (permissions, network, credentials), chained.
+        """
+        key = validate_key(object_key)
+        path = self._path(key)
+        with self._translate("delete", key):
+            if not self._backend.native_async:
+                return await asyncio.to_thread(self._delete_sync, key)
+            fs = await self._fs()
+            try:
+                info = await fs._info(path)
+                if info.get("type") != "file":
+                    return False
+                await fs._rm_file(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def _delete_sync(self, key: str) -> bool:
+        fs, path = self._sync_fs, self._path(key)
+        try:
+            if fs.info(path).get("type") != "file":
+                return False
+            fs.rm_file(path)
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(meta_path(self.root, key))
+        return True
+
+    async def get_read_url(self, object_key: str) -> str:
+        """Return a URL a browser can open for ``object_key``, valid for ``expires`` seconds.
+
+        S3: presigned GET; Azure: read-only SAS signed with the account key; local and memory: a
+        signed URL of the package's route (relative unless ``public_base_url`` is set). The object
+        is not checked for existence (as with a presigned URL, a missing object is a 404 later).
+
+        Raises:
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: signing failed (chained).
+        """
+        return await self._read_url(validate_key(object_key))
+
+    async def _read_url(self, key: str) -> str:
+        path = self._path(key)
+        if self._backend.native_async:
+            with self._translate("sign a read URL for", key):
+                fs = await self._fs()
+                url: str = await fs._url(path, expires=self.expires)
+                return url
+        from chainlit_orm.storage.route import ROUTE_PATH
+
+        expires_at = int(time.time()) + self.expires
+        signature = _signing.sign(self._signing_key, self.name, key, expires_at)
+        base = self.public_base_url or self._root_path
+        quoted = quote(key, safe="/")
+        return f"{base}{ROUTE_PATH}/{self.name}/{quoted}?expires={expires_at}&sig={signature}"
+
+    async def close(self) -> None:
+        """Release this storage's HTTP sessions and connections; never raises.
+
+        Each async filesystem is closed on its own loop: the current loop's is awaited here; one
+        created on another, still-running loop is closed there; one of a closed loop is dropped.
+        What is caught is logged at debug level: a failing ``close()`` must not mask the error
+        that led to it or break Chainlit's shutdown.
+        """
+        current = asyncio.get_running_loop()
+        entries, self._async_fs = list(self._async_fs.items()), {}
+        for loop, task in entries:
+            try:
+                if loop is current:
+                    if not task.done():
+                        task.cancel()
+                        continue
+                    if task.cancelled() or task.exception() is not None:
+                        continue
+                    await self._close_async_fs(task.result())
+                elif not loop.is_closed() and loop.is_running() and task.done():
+                    if not task.cancelled() and task.exception() is None:
+                        future = asyncio.run_coroutine_threadsafe(
+                            self._close_async_fs(task.result()), loop
+                        )
+                        await asyncio.wrap_future(future)
+                else:
+                    logger.debug("chainlit-orm storage: dropped a filesystem of a closed loop")
+            except Exception:
+                logger.debug(
+                    "chainlit-orm storage: error while closing %s",
+                    mask_url(self.url),
+                    exc_info=True,
+                )
+
+    async def _close_async_fs(self, fs: Any) -> None:
+        if self._backend is _S3:
+            creator = getattr(fs, "_s3creator", None)
+            fs._s3 = None
+            if creator is not None:
+                await creator.__aexit__(None, None, None)
+            return
+        client = fs.service_client
+        await client.close()
+        credential = getattr(fs, "credential", None)
+        if credential is not None and hasattr(credential, "close"):
+            await credential.close()
+        _detach_finalizers(lambda obj: getattr(obj, "service_client", None) is client)
+
+    # -- the read route's side (local and memory) -----------------------------------------------
+
+    def _verify(self, key: str, expires: str, signature: str) -> bool:
+        return _signing.verify(self._signing_key, self.name, key, expires, signature, time.time())
+
+    async def _stat(self, key: str) -> ObjectInfo | None:
+        """Size and stored headers of ``key``, or None if it is not a file (route backends)."""
+        with self._translate("read", key):
+            return await asyncio.to_thread(self._stat_sync, key)
+
+    def _stat_sync(self, key: str) -> ObjectInfo | None:
+        fs = self._sync_fs
+        try:
+            info = fs.info(self._path(key))
+        except FileNotFoundError:
+            return None
+        if info.get("type") != "file":
+            return None
+        try:
+            meta = json.loads(fs.cat_file(meta_path(self.root, key)))
+        except FileNotFoundError:
+            meta = {}
+        return ObjectInfo(
+            size=int(info["size"]),
+            content_type=meta.get("content_type") or "application/octet-stream",
+            content_disposition=meta.get("content_disposition"),
+        )
+
+    async def _iter_bytes(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` of ``key`` in 1 MiB chunks read in a worker thread."""
+        fs, path = self._sync_fs, self._path(key)
+        with self._translate("read", key):
+            handle = await asyncio.to_thread(fs.open, path, "rb")
+        try:
+            await asyncio.to_thread(handle.seek, start)
+            remaining = end - start
+            while remaining > 0:
+                with self._translate("read", key):
+                    chunk: bytes = await asyncio.to_thread(handle.read, min(_READ_CHUNK, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({mask_url(self.url)!r}, name={self.name!r})"
+
+
+def _detach_finalizers(match: Callable[[Any], bool]) -> None:
+    """Detach adlfs's ``weakref.finalize`` hooks for a filesystem we closed ourselves.
+
+    adlfs registers ``sync(self.loop, close_service_client, self)`` at construction. On an
+    ``asynchronous=True`` instance ``self.loop`` is None, so at interpreter exit the hook fails
+    with "Loop is not running"; it also holds the instance in its arguments, so the instance is
+    never collected. After :meth:`FsspecStorage.close` both are pointless.
+    """
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer in list(registry):
+        peeked = finalizer.peek()
+        if peeked is not None and match(peeked[0]):
+            finalizer.detach()
