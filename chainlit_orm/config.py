@@ -1,0 +1,64 @@
+"""Configuration from the environment, read in one function at the edge (never at import)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from chainlit.data.storage_clients.base import BaseStorageClient
+
+from chainlit_orm.errors import ConfigurationError
+from chainlit_orm.layers.base import ChainlitLayer
+
+__all__ = ["from_env"]
+
+
+def _storage_from_env(env: Mapping[str, str]) -> BaseStorageClient | None:
+    url = env.get("CHAINLIT_ORM_STORAGE_URL")
+    if not url:
+        return None
+    from chainlit_orm.storage import FsspecStorage
+
+    return FsspecStorage(url)
+
+
+def from_env(env: Mapping[str, str] | None = None, **options: Any) -> ChainlitLayer:
+    """Build the data layer the environment describes, so an app needs one line.
+
+    Variables:
+        ``CHAINLIT_ORM_DATABASE_URL`` (falling back to ``DATABASE_URL``): a SQL URL, or
+        ``dynamodb://TABLE?region=...&endpoint_url=...`` for DynamoDB.
+        ``CHAINLIT_ORM_STORAGE_URL``: element storage (``s3://bucket/prefix``,
+        ``az://container/prefix``, ``file:///path``, ``memory://name``); unset keeps element
+        records without bytes.
+
+    ``options`` go to the layer's constructor.
+
+    Raises:
+        ConfigurationError: no database URL is set.
+    """
+    env = os.environ if env is None else env
+    url = env.get("CHAINLIT_ORM_DATABASE_URL") or env.get("DATABASE_URL")
+    if not url:
+        raise ConfigurationError(
+            "no database configured: set CHAINLIT_ORM_DATABASE_URL (or DATABASE_URL), e.g. "
+            "sqlite+aiosqlite:///chainlit.db"
+        )
+    storage = options.pop("storage", None) or _storage_from_env(env)
+    if url.startswith("dynamodb://"):
+        from chainlit_orm.layers.dynamodb import DynamoDataLayer
+
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return DynamoDataLayer(
+            parts.netloc,
+            storage=storage,
+            region=query.get("region"),
+            endpoint_url=query.get("endpoint_url"),
+            **options,
+        )
+    from chainlit_orm.layers.sql import SQLDataLayer
+
+    return SQLDataLayer(url, storage=storage, **options)

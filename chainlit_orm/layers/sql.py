@@ -1,0 +1,914 @@
+"""``SQLDataLayer``: the Chainlit layer on SQLite, PostgreSQL and MySQL/MariaDB (SQLAlchemy 2 async).
+
+Design points (each one is a defect of Chainlit's own SQL layers, contract §2/§4):
+
+* Core statements built once per shape from the model set's tables and cached, executed on
+  AUTOCOMMIT connections when they are one statement: a write that is one statement needs no
+  BEGIN/COMMIT round trips. Multi-statement writes run in one transaction.
+* Every write is an idempotent upsert; a write whose thread does not exist yet (Chainlit fires
+  ``create_step`` before the first ``update_thread``) creates a stub thread and retries, so the
+  normal case stays one statement.
+* Transient failures (deadlocks, serialization failures, dropped connections) are retried a
+  bounded number of times with backoff, which is safe because every write is idempotent; then a
+  typed error is raised ``from`` the driver error. Nothing is swallowed.
+* ``list_threads`` is one keyset-paginated statement over an index; search is case-insensitive
+  beyond ASCII on every dialect (SQLite gets a Unicode ``lower``), with ``%`` and ``_`` literal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chainlit.data.storage_clients.base import BaseStorageClient
+
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ChainlitORMError,
+    ConfigurationError,
+    ConflictError,
+    InvalidInputError,
+    MissingDependencyError,
+    NotFoundError,
+    SchemaError,
+    mask_url,
+)
+from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+
+__all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
+
+logger = logging.getLogger("chainlit_orm")
+
+T = TypeVar("T")
+
+_DRIVERS = {
+    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
+    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
+    "sqlite": ("sqlite+aiosqlite", "aiosqlite", ""),
+    "mysql": ("mysql+asyncmy", "asyncmy", "mysql"),
+    "mariadb": ("mariadb+asyncmy", "asyncmy", "mysql"),
+}
+SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncmy"
+
+# PostgreSQL SQLSTATEs and MySQL error numbers worth retrying: serialization failure, deadlock,
+# lock wait timeout, server shutting down, connection lost.
+_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001"}
+_MY_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1927, 4031}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Map a database URL onto its async driver (``postgresql://`` -> ``postgresql+asyncpg://``).
+
+    Raises:
+        ConfigurationError: the URL cannot be parsed or names an unsupported dialect/driver.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"cannot parse database URL {mask_url(url)}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in _DRIVERS:
+        raise ConfigurationError(
+            f"unsupported database {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
+        )
+    wanted, module, extra = _DRIVERS[backend]
+    if driver and f"{backend}+{driver}" != wanted:
+        raise ConfigurationError(
+            f"unsupported driver {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
+        )
+    try:
+        __import__(module)
+    except ImportError as exc:
+        raise MissingDependencyError(module, extra or "all") from exc
+    return parsed.set(drivername=wanted)
+
+
+class SQLBackend:
+    """Stores rows of a :class:`ModelSet` in one SQL database. See the module docstring."""
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | AsyncEngine,
+        *,
+        models: ModelSet = DEFAULT_MODELS,
+        retries: int = 5,
+        create_schema: bool | None = None,
+        **engine_options: Any,
+    ) -> None:
+        self.models = models
+        self.retries = max(1, retries)
+        if isinstance(url_or_engine, AsyncEngine):
+            if engine_options:
+                raise ConfigurationError("engine options cannot be combined with an AsyncEngine")
+            self.engine = url_or_engine
+            self.owns_engine = False
+        else:
+            url = normalize_url(url_or_engine)
+            options = dict(engine_options)
+            if url.get_backend_name() == "sqlite":
+                options.setdefault("connect_args", {}).setdefault("timeout", 30)
+            else:
+                options.setdefault("pool_size", 10)
+                options.setdefault("max_overflow", 20)
+                options.setdefault("pool_recycle", 1800)
+            self.engine = create_async_engine(url, **options)
+            self.owns_engine = True
+        self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
+        self.is_mysql = self.dialect in ("mysql", "mariadb")
+        if self.is_mysql and self.engine.dialect.driver != "asyncmy":
+            raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED}")
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
+        # One pool; single-statement work runs on AUTOCOMMIT connections. On MySQL switching a
+        # pooled connection's autocommit costs a round trip, so it gets a second engine instead.
+        if self.is_mysql and self.owns_engine:
+            self.auto = create_async_engine(
+                self.engine.url, isolation_level="AUTOCOMMIT",
+                **{k: v for k, v in engine_options.items() if k != "isolation_level"},
+            )
+        else:
+            self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
+        self._ready: asyncio.Future[None] | None = None
+        self._cache: dict[Any, Any] = {}
+        self._cascade = True
+        t = models.table
+        self.users, self.threads, self.steps = t("user"), t("thread"), t("step")
+        self.elements, self.feedbacks = t("element"), t("feedback")
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def ensure_ready(self) -> None:
+        """Check (or, for an empty embedded database, create) the schema once, on first use."""
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                from chainlit_orm.migrate import ensure_schema
+
+                self._cascade = await ensure_schema(
+                    self.engine, self.models, create=self.create_schema
+                )
+            except BaseException as exc:
+                self._ready.set_exception(exc)
+                self._ready.exception()  # mark retrieved; the next call retries
+                self._ready = None
+                raise
+            self._ready.set_result(None)
+        elif not self._ready.done():
+            await asyncio.shield(self._ready)
+
+    async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` with bounded retries of transient errors and typed error mapping."""
+        if self._ready is None or not self._ready.done():
+            await self.ensure_ready()
+        delay = 0.02
+        for attempt in range(self.retries):
+            try:
+                return await fn()
+            except DBAPIError as exc:
+                if attempt + 1 < self.retries and self._transient(exc):
+                    logger.info("retrying after transient database error: %s", _short(exc))
+                    await asyncio.sleep(delay * (1 + random.random()))  # noqa: S311
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise self._map_error(exc) from exc
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if attempt + 1 < self.retries:
+                    await asyncio.sleep(delay * (1 + random.random()))  # noqa: S311
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise BackendUnavailableError(
+                    f"database {self.url_text} unavailable: {exc!r}"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transient(self, exc: DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        if self.dialect == "postgresql":
+            return getattr(orig, "sqlstate", None) in _PG_TRANSIENT or _looks_disconnected(orig)
+        if self.is_mysql:
+            code = orig.args[0] if orig is not None and orig.args else None
+            return code in _MY_TRANSIENT or _looks_disconnected(orig)
+        return "database is locked" in str(orig)
+
+    def _map_error(self, exc: DBAPIError) -> ChainlitORMError:
+        text = _short(exc)
+        if isinstance(exc, IntegrityError):
+            if self._is_fk_violation(exc):
+                return NotFoundError(f"referenced row does not exist: {text}")
+            if "null" in text.lower():
+                return InvalidInputError(f"missing required value: {text}")
+            return ConflictError(f"constraint violated: {text}")
+        if isinstance(exc, sa.exc.DataError):
+            return InvalidInputError(f"value rejected by the database: {text}")
+        if isinstance(exc, sa.exc.ProgrammingError) and (
+            "does not exist" in text or "no such" in text or "Unknown column" in text
+            or "doesn't exist" in text
+        ):
+            return SchemaError(
+                f"database schema does not match the models ({text}); run: chainlit-orm migrate "
+                f"{self.url_text}"
+            )
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return BackendUnavailableError(f"database {self.url_text} failed: {text}")
+        return ChainlitORMError(f"database error: {text}")
+
+    def _is_fk_violation(self, exc: DBAPIError) -> bool:
+        orig = exc.orig
+        if self.dialect == "postgresql":
+            return getattr(orig, "sqlstate", None) == "23503"
+        if self.is_mysql:
+            return bool(orig is not None and orig.args and orig.args[0] in (1452, 1216))
+        return "FOREIGN KEY constraint failed" in str(orig)
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        return mysql.insert(table)
+
+    def _upsert(
+        self,
+        table: sa.Table,
+        columns: list[str],
+        conflict: list[str],
+        set_: Callable[[Any], list[tuple[str, Any]]] | None,
+    ) -> Any:
+        """``INSERT ... ON CONFLICT DO UPDATE`` / ``ON DUPLICATE KEY UPDATE`` with bind params
+        named after the columns. ``set_`` receives the "excluded"/"inserted" namespace; None
+        means do nothing on conflict."""
+        stmt = self._insert(table).values(
+            {name: sa.bindparam(name, type_=table.c[name].type) for name in columns}
+        )
+        if self.is_mysql:
+            pairs = set_(stmt.inserted) if set_ else [(conflict[0], table.c[conflict[0]])]
+            return stmt.on_duplicate_key_update(list(pairs))
+        if set_ is None:
+            return stmt.on_conflict_do_nothing(index_elements=conflict)
+        return stmt.on_conflict_do_update(index_elements=conflict, set_=dict(set_(stmt.excluded)))
+
+    def _cached(self, key: Any, build: Callable[[], T]) -> T:
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._cache[key] = build()
+            return value
+
+    # ------------------------------------------------------------------- users
+
+    async def get_user(self, identifier: str) -> dict[str, Any] | None:
+        stmt = self._cached("get_user", lambda: sa.select(self.users).where(
+            self.users.c.identifier == sa.bindparam("identifier")))
+
+        async def op() -> dict[str, Any] | None:
+            async with self.auto.connect() as conn:
+                row = (await conn.execute(stmt, {"identifier": identifier})).mappings().first()
+            return dict(row) if row else None
+
+        return await self._run(op)
+
+    async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
+        users = self.users
+
+        def build() -> Any:
+            stmt = self._upsert(users, list(row), ["identifier"], lambda ex: [
+                ("metadata", ex.metadata),
+                ("display_name", sa.func.coalesce(ex.display_name, users.c.display_name)),
+            ])
+            return stmt if self.is_mysql else stmt.returning(*users.c)
+
+        stmt = self._cached(("upsert_user", tuple(row)), build)
+
+        async def op() -> dict[str, Any]:
+            async with self.auto.connect() as conn:
+                result = await conn.execute(stmt, row)
+                if not self.is_mysql:
+                    return dict(result.mappings().one())
+                found = (await conn.execute(
+                    sa.select(users).where(users.c.identifier == row["identifier"])
+                )).mappings().one()
+                return dict(found)
+
+        return await self._run(op)
+
+    # ----------------------------------------------------------------- threads
+
+    def _meta_merge(self, column: sa.Column[Any], n_set: int, n_del: int) -> Any:
+        """SQL that shallow-merges bound metadata into ``column`` and deletes keys, atomically."""
+        if self.dialect == "postgresql":
+            expr: Any = sa.func.coalesce(column, sa.cast(sa.literal("{}"), postgresql.JSONB))
+            expr = expr.op("||")(sa.bindparam("meta_set", type_=postgresql.JSONB))
+            return expr.op("-")(sa.bindparam("meta_del", type_=postgresql.ARRAY(sa.Text)))
+        if self.dialect == "sqlite":
+            return sa.func.chainlit_merge(column, sa.bindparam("meta_patch", type_=sa.Text))
+        expr = sa.func.coalesce(column, sa.literal("{}"))
+        if n_set:
+            args: list[Any] = []
+            for i in range(n_set):
+                args += [sa.bindparam(f"mp{i}", type_=sa.Text),
+                         sa.func.json_extract(sa.bindparam(f"mv{i}", type_=sa.Text), "$")]
+            expr = sa.func.json_set(expr, *args)
+        if n_del:
+            expr = sa.func.json_remove(
+                expr, *(sa.bindparam(f"md{i}", type_=sa.Text) for i in range(n_del))
+            )
+        return expr
+
+    def _meta_params(self, meta_set: dict[str, Any], meta_del: list[str]) -> dict[str, Any]:
+        if self.dialect == "postgresql":
+            return {"meta_set": meta_set, "meta_del": meta_del}
+        if self.dialect == "sqlite":
+            patch = dict(meta_set)
+            patch.update(dict.fromkeys(meta_del))
+            return {"meta_patch": json.dumps(patch)}
+        params: dict[str, Any] = {}
+        for i, (key, value) in enumerate(meta_set.items()):
+            params[f"mp{i}"] = _json_path(key)
+            params[f"mv{i}"] = json.dumps(value)
+        for i, key in enumerate(meta_del):
+            params[f"md{i}"] = _json_path(key)
+        return params
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        fields: dict[str, Any],
+        meta_set: dict[str, Any] | None,
+        meta_delete: list[str] | None,
+        create: bool,
+        now: str,
+    ) -> None:
+        threads, users = self.threads, self.users
+        has_meta = meta_set is not None
+        meta_set = meta_set or {}
+        meta_delete = meta_delete or []
+        shape_meta = (len(meta_set), len(meta_delete)) if self.is_mysql else ()
+        key = ("update_thread", create, tuple(fields), has_meta, shape_meta)
+
+        def build() -> Any:
+            if not create:
+                values: dict[str, Any] = {
+                    name: sa.bindparam(name, type_=threads.c[name].type) for name in fields
+                }
+                if has_meta:
+                    values["metadata"] = self._meta_merge(threads.c.metadata, *shape_meta or (0, 0))
+                return (
+                    sa.update(threads).where(threads.c.id == sa.bindparam("tid")).values(values)
+                )
+            insert_values: dict[str, Any] = {
+                "id": sa.bindparam("tid", type_=threads.c.id.type),
+                "createdAt": sa.bindparam("now", type_=threads.c.createdAt.type),
+                "activityAt": sa.bindparam("now", type_=threads.c.activityAt.type),
+            }
+            for name in fields:
+                insert_values[name] = sa.bindparam(name, type_=threads.c[name].type)
+            if "userId" in fields:
+                insert_values["userIdentifier"] = (
+                    sa.select(users.c.identifier)
+                    .where(users.c.id == sa.bindparam("userId", type_=users.c.id.type))
+                    .scalar_subquery()
+                )
+            if has_meta:
+                insert_values["metadata"] = sa.bindparam("meta_insert", type_=threads.c.metadata.type)
+            stmt = self._insert(threads).values(insert_values)
+            ex = stmt.inserted if self.is_mysql else stmt.excluded
+            pairs: list[tuple[Any, Any]] = []
+            for name in fields:
+                if name == "userId":
+                    # the owner is set once and never changed; identifier first (MySQL applies
+                    # assignments left to right)
+                    pairs.append((threads.c.userIdentifier, sa.func.coalesce(
+                        threads.c.userIdentifier, ex.userIdentifier)))
+                    pairs.append((threads.c.userId, sa.func.coalesce(threads.c.userId, ex.userId)))
+                else:
+                    pairs.append((threads.c[name], ex[name]))
+            if has_meta:
+                pairs.append((threads.c.metadata, self._meta_merge(threads.c.metadata,
+                                                                     *shape_meta or (0, 0))))
+            if not pairs:
+                pairs.append((threads.c.id, threads.c.id))
+            if self.is_mysql:
+                return stmt.on_duplicate_key_update([(c.name, v) for c, v in pairs])
+            return stmt.on_conflict_do_update(
+                index_elements=["id"], set_={c.name: v for c, v in pairs}
+            )
+
+        stmt = self._cached(key, build)
+        params: dict[str, Any] = {"tid": thread_id, "now": now, **fields}
+        if has_meta:
+            params.update(self._meta_params(meta_set, meta_delete))
+            if create:
+                params["meta_insert"] = meta_set
+
+        async def op() -> None:
+            async with self.auto.connect() as conn:
+                await conn.execute(stmt, params)
+
+        await self._run(op)
+
+    async def get_thread_author(self, thread_id: str) -> str | None:
+        t = self.threads
+        stmt = self._cached("author", lambda: sa.select(t.c.userIdentifier).where(
+            t.c.id == sa.bindparam("tid", type_=t.c.id.type)))
+
+        async def op() -> str | None:
+            async with self.auto.connect() as conn:
+                return (await conn.execute(stmt, {"tid": thread_id})).scalar()  # type: ignore[no-any-return]
+
+        return await self._run(op)
+
+    def _steps_with_feedback(self) -> Any:
+        s, f = self.steps, self.feedbacks
+        return sa.select(
+            s,
+            f.c.id.label("fb_id"),
+            f.c.value.label("fb_value"),
+            f.c.comment.label("fb_comment"),
+        ).select_from(s.outerjoin(f, f.c.forId == s.c.id))
+
+    @staticmethod
+    def _with_feedback(row: Mapping[str, Any]) -> dict[str, Any]:
+        data = dict(row)
+        fb_id = data.pop("fb_id", None)
+        value = data.pop("fb_value", None)
+        comment = data.pop("fb_comment", None)
+        if fb_id is not None:
+            data["feedback"] = {"id": fb_id, "forId": data["id"], "value": value,
+                                "comment": comment}
+        return data
+
+    async def get_thread(
+        self, thread_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+        t, s, e = self.threads, self.steps, self.elements
+
+        def build() -> tuple[Any, Any, Any]:
+            tid = sa.bindparam("tid", type_=t.c.id.type)
+            return (
+                sa.select(t).where(t.c.id == tid),
+                self._steps_with_feedback().where(s.c.threadId == tid)
+                .order_by(s.c.createdAt, s.c.id),
+                sa.select(e).where(e.c.threadId == tid).order_by(e.c.id),
+            )
+
+        q_thread, q_steps, q_elements = self._cached("get_thread", build)
+
+        async def op() -> Any:
+            params = {"tid": thread_id}
+            async with self.auto.connect() as conn:
+                thread = (await conn.execute(q_thread, params)).mappings().first()
+                if thread is None:
+                    return None
+                steps = (await conn.execute(q_steps, params)).mappings().all()
+                elements = (await conn.execute(q_elements, params)).mappings().all()
+            return (dict(thread), [self._with_feedback(r) for r in steps],
+                    [dict(r) for r in elements])
+
+        return await self._run(op)  # type: ignore[no-any-return]
+
+    async def list_threads(
+        self,
+        *,
+        user_id: str | None,
+        limit: int,
+        after: tuple[str, str] | None,
+        search: str | None,
+        feedback: int | None,
+        order: ThreadOrder,
+    ) -> list[dict[str, Any]]:
+        t, s, f = self.threads, self.steps, self.feedbacks
+        sort_col = t.c.activityAt if order == "activity" else t.c.createdAt
+        key = ("list", user_id is None, after is None, search is None, feedback is None, order)
+
+        def build() -> Any:
+            columns = [c for c in t.columns if c.name != "extra"]
+            stmt = sa.select(*columns)
+            if user_id is not None:
+                stmt = stmt.where(t.c.userId == sa.bindparam("uid", type_=t.c.userId.type))
+            if after is not None:
+                stmt = stmt.where(sa.tuple_(sort_col, t.c.id) < sa.tuple_(
+                    sa.bindparam("after_ts", type_=sort_col.type),
+                    sa.bindparam("after_id", type_=t.c.id.type)))
+            if search is not None:
+                pattern = sa.bindparam("pattern", type_=sa.Text)
+                in_name = sa.func.lower(t.c.name).like(pattern, escape="\\")
+                in_steps = sa.exists().where(
+                    s.c.threadId == t.c.id,
+                    s.c.type.in_(MESSAGE_TYPES),
+                    sa.func.lower(s.c.output).like(pattern, escape="\\"),
+                )
+                stmt = stmt.where(sa.or_(in_name, in_steps))
+            if feedback is not None:
+                stmt = stmt.where(sa.exists().where(
+                    f.c.threadId == t.c.id, f.c.value == sa.bindparam("fb", type_=sa.Integer)))
+            return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
+
+        stmt = self._cached(key, build)
+        params: dict[str, Any] = {"lim": limit}
+        if user_id is not None:
+            params["uid"] = user_id
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+        if search is not None:
+            escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params["pattern"] = f"%{escaped}%"
+        if feedback is not None:
+            params["fb"] = feedback
+
+        async def op() -> list[dict[str, Any]]:
+            async with self.auto.connect() as conn:
+                return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
+
+        return await self._run(op)
+
+    async def delete_thread(self, thread_id: str) -> list[str]:
+        t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
+        params = {"tid": thread_id}
+        if self.dialect == "postgresql":
+            # One statement, atomic, works with or without the cascading foreign keys.
+            def build_pg() -> Any:
+                tid = sa.bindparam("tid", type_=t.c.id.type)
+                de = sa.delete(e).where(e.c.threadId == tid).returning(e.c.objectKey).cte("de")
+                df = sa.delete(f).where(f.c.threadId == tid).returning(f.c.id).cte("df")
+                ds = sa.delete(s).where(s.c.threadId == tid).returning(s.c.id).cte("ds")
+                dt = sa.delete(t).where(t.c.id == tid).returning(t.c.id).cte("dt")
+                return sa.select(de.c.objectKey).add_cte(df, ds, dt)
+
+            stmt = self._cached("delete_thread", build_pg)
+
+            async def op_pg() -> list[str]:
+                async with self.auto.connect() as conn:
+                    return [k for (k,) in await conn.execute(stmt, params) if k]
+
+            return await self._run(op_pg)
+
+        def build() -> list[Any]:
+            tid = sa.bindparam("tid", type_=t.c.id.type)
+            stmts: list[Any] = [sa.delete(e).where(e.c.threadId == tid).returning(e.c.objectKey)]
+            if not self._cascade:  # legacy schema without cascading foreign keys
+                stmts += [sa.delete(f).where(f.c.threadId == tid),
+                          sa.delete(s).where(s.c.threadId == tid)]
+            stmts.append(sa.delete(t).where(t.c.id == tid))
+            return stmts
+
+        stmts = self._cached(("delete_thread", self._cascade), build)
+
+        async def op() -> list[str]:
+            async with self.engine.begin() as conn:
+                keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
+                for stmt in stmts[1:]:
+                    await conn.execute(stmt, params)
+            return keys
+
+        return await self._run(op)
+
+    # ------------------------------------------------------------------- steps
+
+    def _stub_thread(self) -> Any:
+        t = self.threads
+        return self._cached("stub_thread", lambda: self._upsert(
+            t, ["id", "createdAt", "activityAt"], ["id"], None))
+
+    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str, now: str) -> None:
+        await conn.execute(self._stub_thread(),
+                           {"id": thread_id, "createdAt": now, "activityAt": now})
+
+    async def upsert_step(
+        self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
+    ) -> None:
+        s, t = self.steps, self.threads
+        columns = [c.name for c in s.columns]
+        params = {name: row.get(name) for name in columns}
+        if "metadata" not in row:
+            params["favorite"] = None  # unknown: leave the stored flag alone
+
+        def build() -> Any:
+            def set_(ex: Any) -> list[tuple[str, Any]]:
+                pairs = []
+                for name in columns:
+                    if name == "id":
+                        continue
+                    if create:  # a late create never overwrites what an update already wrote
+                        pairs.append((name, sa.func.coalesce(s.c[name], ex[name])))
+                    else:
+                        pairs.append((name, sa.func.coalesce(ex[name], s.c[name])))
+                return pairs
+
+            return self._upsert(s, columns, ["id"], set_)
+
+        stmt = self._cached(("upsert_step", create), build)
+        thread_id = row["threadId"]
+
+        if activity is None:
+            async def op() -> None:
+                async with self.auto.connect() as conn:
+                    try:
+                        await conn.execute(stmt, params)
+                    except IntegrityError as exc:
+                        if not self._is_fk_violation(exc):
+                            raise
+                        # the step arrived before its thread: create a stub, then retry
+                        await self._ensure_thread(conn, thread_id, now)
+                        await conn.execute(stmt, params)
+
+            return await self._run(op)
+
+        bump = self._cached("bump_activity", lambda: sa.update(t).where(
+            t.c.id == sa.bindparam("tid", type_=t.c.id.type)).values(
+            activityAt=sa.case(
+                (sa.or_(t.c.activityAt.is_(None),
+                        t.c.activityAt < sa.bindparam("ts", type_=t.c.activityAt.type)),
+                 sa.bindparam("ts", type_=t.c.activityAt.type)),
+                else_=t.c.activityAt)))
+
+        async def op_tx() -> None:
+            # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
+            async with self.engine.begin() as conn:
+                result = await conn.execute(bump, {"tid": thread_id, "ts": activity})
+                if result.rowcount == 0:
+                    await conn.execute(self._stub_thread(),
+                                       {"id": thread_id, "createdAt": now, "activityAt": activity})
+                await conn.execute(stmt, params)
+
+        await self._run(op_tx)
+
+    async def delete_step(self, step_id: str) -> list[str]:
+        s, e, f = self.steps, self.elements, self.feedbacks
+        params = {"sid": step_id}
+
+        def build() -> list[Any]:
+            sid = sa.bindparam("sid", type_=s.c.id.type)
+            return [
+                sa.delete(e).where(e.c.forId == sid).returning(e.c.objectKey),
+                sa.delete(f).where(f.c.forId == sid),
+                sa.delete(s).where(s.c.id == sid),
+            ]
+
+        stmts = self._cached("delete_step", build)
+
+        async def op() -> list[str]:
+            async with self.engine.begin() as conn:
+                keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
+                for stmt in stmts[1:]:
+                    await conn.execute(stmt, params)
+            return keys
+
+        return await self._run(op)
+
+    async def get_step(self, step_id: str) -> dict[str, Any] | None:
+        s = self.steps
+        stmt = self._cached("get_step", lambda: self._steps_with_feedback().where(
+            s.c.id == sa.bindparam("sid", type_=s.c.id.type)))
+
+        async def op() -> dict[str, Any] | None:
+            async with self.auto.connect() as conn:
+                row = (await conn.execute(stmt, {"sid": step_id})).mappings().first()
+            return self._with_feedback(row) if row else None
+
+        return await self._run(op)
+
+    async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
+        s, t = self.steps, self.threads
+        stmt = self._cached("favorites", lambda: self._steps_with_feedback().join(
+            t, t.c.id == s.c.threadId).where(
+            s.c.favorite.is_(True), t.c.userId == sa.bindparam("uid", type_=t.c.userId.type)
+        ).order_by(s.c.createdAt.desc(), s.c.id.desc()))
+
+        async def op() -> list[dict[str, Any]]:
+            async with self.auto.connect() as conn:
+                rows = (await conn.execute(stmt, {"uid": user_id})).mappings().all()
+            return [self._with_feedback(r) for r in rows]
+
+        return await self._run(op)
+
+    # ---------------------------------------------------------------- elements
+
+    async def upsert_element(self, row: dict[str, Any], now: str) -> None:
+        e = self.elements
+        columns = [c.name for c in e.columns]
+        params = {name: row.get(name) for name in columns}
+        stmt = self._cached("upsert_element", lambda: self._upsert(
+            e, columns, ["id"],
+            lambda ex: [(n, sa.func.coalesce(ex[n], e.c[n])) for n in columns if n != "id"]))
+
+        async def op() -> None:
+            async with self.auto.connect() as conn:
+                try:
+                    await conn.execute(stmt, params)
+                except IntegrityError as exc:
+                    if not self._is_fk_violation(exc):
+                        raise
+                    await self._ensure_thread(conn, row["threadId"], now)
+                    await conn.execute(stmt, params)
+
+        await self._run(op)
+
+    async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
+        e = self.elements
+        stmt = self._cached("get_element", lambda: sa.select(e).where(
+            e.c.id == sa.bindparam("eid", type_=e.c.id.type),
+            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type)))
+
+        async def op() -> dict[str, Any] | None:
+            async with self.auto.connect() as conn:
+                found = (await conn.execute(stmt, {"eid": element_id, "tid": thread_id}))
+                row = found.mappings().first()
+            return dict(row) if row else None
+
+        return await self._run(op)
+
+    async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
+        e = self.elements
+
+        def build() -> Any:
+            stmt = sa.delete(e).where(e.c.id == sa.bindparam("eid", type_=e.c.id.type))
+            if thread_id is not None:
+                stmt = stmt.where(e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type))
+            return stmt.returning(e.c.objectKey)
+
+        stmt = self._cached(("delete_element", thread_id is None), build)
+        params = {"eid": element_id, "tid": thread_id}
+
+        async def op() -> str | None:
+            async with self.auto.connect() as conn:
+                return (await conn.execute(stmt, params)).scalar()  # type: ignore[no-any-return]
+
+        return await self._run(op)
+
+    # ---------------------------------------------------------------- feedback
+
+    async def upsert_feedback(self, row: dict[str, Any]) -> str:
+        f, s = self.feedbacks, self.steps
+
+        def build() -> tuple[Any, Any]:
+            p = {name: sa.bindparam(name, type_=f.c[name].type) for name in
+                 ("id", "forId", "threadId", "value", "comment")}
+            step_thread = (sa.select(s.c.threadId).where(s.c.id == p["forId"])
+                           .scalar_subquery())
+            thread = sa.func.coalesce(p["threadId"], step_thread)
+            wrong_thread = sa.exists().where(s.c.id == p["forId"], s.c.threadId != thread)
+            select = sa.select(p["id"], p["forId"], thread, p["value"], p["comment"]).where(
+                ~wrong_thread)
+            stmt = self._insert(f).from_select(["id", "forId", "threadId", "value", "comment"],
+                                               select)
+            if self.is_mysql:
+                stmt = stmt.on_duplicate_key_update(
+                    [("value", stmt.inserted.value), ("comment", stmt.inserted.comment)])
+            else:
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["forId"],
+                    set_={"value": stmt.excluded.value, "comment": stmt.excluded.comment},
+                ).returning(f.c.id)
+            lookup = sa.select(f.c.id).where(f.c.forId == p["forId"])
+            return stmt, lookup
+
+        stmt, lookup = self._cached("upsert_feedback", build)
+
+        async def op() -> str:
+            async with self.auto.connect() as conn:
+                result = await conn.execute(stmt, row)
+                if self.is_mysql:
+                    found = (await conn.execute(lookup, row)).scalar() if result.rowcount else None
+                else:
+                    found = result.scalar()
+            if found is None:
+                raise ConflictError(
+                    f"step {row['forId']} does not belong to thread {row['threadId']}",
+                    detail=row["forId"],
+                )
+            return str(found)
+
+        return await self._run(op)
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        f = self.feedbacks
+        stmt = self._cached("delete_feedback", lambda: sa.delete(f).where(
+            f.c.id == sa.bindparam("fid", type_=f.c.id.type)))
+
+        async def op() -> bool:
+            async with self.auto.connect() as conn:
+                return bool((await conn.execute(stmt, {"fid": feedback_id})).rowcount)
+
+        return await self._run(op)
+
+    async def close(self) -> None:
+        if self.owns_engine:
+            await self.engine.dispose()
+            if self.auto is not self.engine and isinstance(self.auto, AsyncEngine):
+                await self.auto.dispose()
+
+
+class SQLDataLayer(ChainlitLayer):
+    """The Chainlit data layer on SQLite, PostgreSQL or MySQL/MariaDB.
+
+    Args:
+        url_or_engine: a database URL (``sqlite+aiosqlite:///chat.db``,
+            ``postgresql+asyncpg://...``, ``mysql+asyncmy://...`` or ``mariadb+asyncmy://...``;
+            the bare dialect names pick these drivers) or an existing ``AsyncEngine``.
+        storage: any Chainlit ``BaseStorageClient`` for element bytes (e.g.
+            :class:`chainlit_orm.FsspecStorage`).
+        models: the model set (default: Chainlit's documented tables).
+        thread_order: ``"activity"`` or ``"created"``; see :class:`ChainlitLayer`.
+        create_schema: create the schema on first use when the database is empty (default: only
+            for SQLite, the embedded default). Otherwise the layer checks the recorded schema
+            version and refuses with an error naming ``chainlit-orm migrate``.
+        retries: attempts for transient errors (deadlock, serialization failure, lost connection).
+        **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | AsyncEngine,
+        storage: BaseStorageClient | None = None,
+        *,
+        models: ModelSet = DEFAULT_MODELS,
+        thread_order: ThreadOrder = "activity",
+        create_schema: bool | None = None,
+        retries: int = 5,
+        max_text_bytes: int | None = None,
+        **engine_options: Any,
+    ) -> None:
+        backend = SQLBackend(url_or_engine, models=models, retries=retries,
+                             create_schema=create_schema, **engine_options)
+        kwargs: dict[str, Any] = {}
+        if max_text_bytes is not None:
+            kwargs["max_text_bytes"] = max_text_bytes
+        super().__init__(backend, storage=storage, thread_order=thread_order, **kwargs)
+        self.sql: SQLBackend = backend
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _json_path(key: str) -> str:
+    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _short(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"[:300]
+
+
+def _looks_disconnected(orig: object) -> bool:
+    text = f"{type(orig).__name__} {orig}".lower()
+    return any(s in text for s in ("connection", "closed", "terminat", "lost", "reset", "broken"))
+
+
+def _sqlite_merge(existing: str | None, patch: str) -> str:
+    """Shallow metadata merge for SQLite, run inside the UPSERT (so it is atomic): keys of
+    ``patch`` replace those of ``existing``; a key whose patch value is null is deleted."""
+    base = json.loads(existing) if existing else {}
+    if not isinstance(base, dict):
+        base = {}
+    for key, value in json.loads(patch).items():
+        if value is None:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    return json.dumps(base)
+
+
+def _unicode_lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, enforced foreign keys, a Unicode ``lower`` (SQLite's folds ASCII only), the merge
+    function, and ``BEGIN IMMEDIATE`` for transactions (a deferred transaction that later writes
+    fails with "database is locked" under concurrency instead of waiting)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL",
+                       "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+        dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+        dbapi_connection.create_function("chainlit_merge", 2, _sqlite_merge, deterministic=True)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    _ = os  # keep import for type checkers of platform specifics

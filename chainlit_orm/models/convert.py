@@ -1,0 +1,90 @@
+"""Conversion between Chainlit's dicts and model rows, in one place, for every backend.
+
+A row is a plain ``dict`` keyed by SQL column name, which is also Chainlit's key, so the
+conversion is a projection plus the overflow field:
+
+* a key with a column goes to that column, unchanged (types are the column types' business);
+* a key without a column (one a newer Chainlit added) goes into ``extra`` and comes back as it
+  came, so nothing is dropped while the models catch up; adding a field later is the only change
+  a new key needs;
+* internal columns (``activityAt``, ``favorite``, ``extra``, derived metadata columns) never appear
+  in a Chainlit dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+
+__all__ = [
+    "RELATION_KEYS",
+    "chainlit_keys",
+    "from_row",
+    "to_row",
+]
+
+#: Dict keys that hold related entities, not columns: they are filled by the layer from the
+#: related tables (a thread's steps and elements, a step's feedback).
+RELATION_KEYS: dict[str, dict[str, str]] = {
+    "thread": {"steps": "step", "elements": "element"},
+    "step": {"feedback": "feedback"},
+    "user": {},
+    "element": {},
+    "feedback": {},
+}
+
+_EXTRA = "extra"
+
+
+def chainlit_keys(table: sa.Table) -> tuple[str, ...]:
+    """The columns of ``table`` that are Chainlit dict keys (everything not marked internal)."""
+    return tuple(c.name for c in table.columns if not c.info.get("internal"))
+
+
+def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Project a Chainlit dict onto ``entity``'s columns.
+
+    Keys absent from ``data`` are absent from the row (the caller decides what "absent" means for
+    its statement); unknown keys are gathered into ``extra`` when the table has one; derived
+    columns (``favorite``, custom :func:`~chainlit_orm.models.modelset.metadata_column` fields)
+    are computed from ``metadata``.
+    """
+    table = models.table(entity)
+    columns = table.columns
+    relations = RELATION_KEYS[entity]
+    row: dict[str, Any] = {}
+    overflow: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in relations:
+            continue
+        column = columns.get(key)
+        if column is not None and not column.info.get("internal"):
+            row[key] = value
+        else:
+            overflow[key] = value
+    if _EXTRA in columns:
+        row[_EXTRA] = overflow or None
+    metadata = data.get("metadata")
+    if "favorite" in columns and "metadata" in data:
+        row["favorite"] = bool(isinstance(metadata, Mapping) and metadata.get("favorite") is True)
+    for column in columns:
+        key = column.info.get(FROM_METADATA)
+        if key is not None and "metadata" in data:
+            value = metadata.get(key) if isinstance(metadata, Mapping) else None
+            row[column.name] = None if value is None else str(value)
+    return row
+
+
+def from_row(models: ModelSet, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a row (mapping keyed by column name) back into Chainlit's dict shape."""
+    table = models.table(entity)
+    result = {key: row.get(key) for key in chainlit_keys(table) if key in row}
+    overflow = row.get(_EXTRA)
+    if overflow:
+        for key, value in overflow.items():
+            result.setdefault(key, value)
+    return result
