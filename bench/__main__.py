@@ -1,0 +1,220 @@
+"""``python -m bench [--quick|--full]``: run W1..W5 on every available target, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata as im
+from pathlib import Path
+from typing import Any
+
+from . import counting, dataset, report
+from .targets.base import Target, Unavailable
+from .workloads import WORKLOADS, Results
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Scale:
+    rounds: int
+    w1_threads_c1: int
+    w1_steps: int
+    w2_ns: tuple[int, ...]
+    w2_reps: int
+    w3_steps: tuple[int, ...]
+    w3_reps: int
+    w4_rounds: int
+    w5_users: int
+    w5_threads_per_user: int
+    w5_iters: int
+
+
+QUICK = Scale(rounds=3, w1_threads_c1=3, w1_steps=6, w2_ns=(100, 1000, 10000), w2_reps=3,
+              w3_steps=(10, 100, 1000), w3_reps=3, w4_rounds=4, w5_users=32,
+              w5_threads_per_user=4, w5_iters=3)
+FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
+             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w5_users=32,
+             w5_threads_per_user=8, w5_iters=8)
+
+
+def all_targets(workdir: str) -> list[tuple[str, Any]]:
+    """(name, factory) in run order; chainlit-orm first so the SQLite floor can copy its PRAGMAs."""
+    from .targets import chainlit_sql, dynamo, floor_sql, orm
+
+    out: list[tuple[str, Any]] = []
+    for b in ("sqlite", "postgresql", "mariadb"):
+        out.append((f"chainlit-orm/{b}", lambda b=b: orm.OrmSQL(workdir, b)))
+    out.append(("chainlit-orm/dynamodb", lambda: orm.OrmDynamo(workdir)))
+    for b in ("sqlite", "postgresql"):
+        out.append((f"chainlit-sqlalchemy/{b}",
+                    lambda b=b: chainlit_sql.ChainlitSQLAlchemy(workdir, b)))
+    out.append(("chainlit-official/postgresql", lambda: chainlit_sql.ChainlitOfficial(workdir)))
+    out.append(("chainlit-dynamodb/dynamodb", lambda: dynamo.ChainlitDynamo(workdir)))
+    for b in ("sqlite", "postgresql", "mariadb"):
+        out.append((f"floor/{b}", lambda b=b: floor_sql.FloorSQL(workdir, b)))
+    out.append(("floor/dynamodb", lambda: dynamo.FloorDynamo(workdir)))
+    return out
+
+
+def _v(pkg: str) -> str:
+    try:
+        return im.version(pkg)
+    except im.PackageNotFoundError:
+        return "not installed"
+
+
+async def machine() -> dict[str, Any]:
+    import sqlite3
+
+    from . import rawdb
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+    try:
+        cpu = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+               if ln.startswith("model name")]
+        info["cpu"] = cpu[0].split(":", 1)[1].strip() if cpu else "?"
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["memory"] = f"{int(mem) // 1024} MiB"
+    except OSError:
+        pass
+    info["sqlite"] = sqlite3.sqlite_version
+    try:
+        import asyncpg
+
+        c = await asyncpg.connect(rawdb.PG_DSN.format(db="postgres"))
+        info["postgresql"] = (await c.fetchval("SHOW server_version")) + ", fsync=" + (
+            await c.fetchval("SHOW fsync")) + ", synchronous_commit=" + (
+            await c.fetchval("SHOW synchronous_commit"))
+        await c.close()
+    except Exception as e:  # noqa: BLE001
+        info["postgresql"] = f"unreachable: {e}"
+    try:
+        import asyncmy
+
+        c = await asyncmy.connect(**rawdb.MY_KW)
+        async with c.cursor() as cur:
+            await cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit")
+            v, f = await cur.fetchone()
+        c.close()
+        info["mariadb"] = f"{v}, innodb_flush_log_at_trx_commit={f}"
+    except Exception as e:  # noqa: BLE001
+        info["mariadb"] = f"unreachable: {e}"
+    info["packages"] = ", ".join(f"{p} {_v(p)}" for p in (
+        "chainlit", "sqlalchemy", "asyncpg", "aiosqlite", "asyncmy", "boto3", "pynamodb", "moto",
+        "chainlit-orm"))
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True, cwd=HERE.parent, check=False).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+async def run(args: argparse.Namespace) -> int:
+    from chainlit.context import init_http_context
+
+    scale = QUICK if not args.full else FULL
+    if args.rounds:
+        scale.rounds = args.rounds
+        scale.w4_rounds = max(scale.w4_rounds, args.rounds + 1)
+    t_start = time.perf_counter()
+    counting.hook_botocore()
+    init_http_context()  # an HTTP (not websocket) context: queued writes run immediately
+    ds = dataset.build(scale)
+    print(f"dataset: {len(ds.users)} users, {len(ds.threads)} threads, "
+          f"{sum(len(t.steps) for t in ds.threads)} steps", flush=True)
+    workdir = str(HERE / ".work")
+    os.makedirs(workdir, exist_ok=True)
+    want = [s for s in (args.targets or "").split(",") if s]
+    targets: list[Target] = []
+    unavailable: dict[str, str] = {}
+    orm_sqlite_pragmas: dict[str, str] = {}
+    for name, make in all_targets(workdir):
+        if want and not any(w in name for w in want):
+            continue
+        t0 = time.perf_counter()
+        try:
+            t = make()
+            if hasattr(t, "check"):
+                t.check()
+            if name == "floor/sqlite" and orm_sqlite_pragmas:
+                t.sqlite_pragmas = orm_sqlite_pragmas
+            await t.setup(ds)
+            if name == "chainlit-orm/sqlite":
+                orm_sqlite_pragmas = {k: str(v) for k, v in t.settings.items()}
+                sync = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
+                orm_sqlite_pragmas["synchronous"] = sync.get(orm_sqlite_pragmas.get(
+                    "synchronous", "2"), "FULL")
+            targets.append(t)
+            print(f"  {name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        except Unavailable as e:
+            unavailable[name] = str(e)
+            print(f"  {name}: not available: {e}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            unavailable[name] = f"setup failed: {type(e).__name__}: {e}"[:300]
+            print(f"  {name}: setup failed: {e!r}", flush=True)
+    res = Results()
+    wl = [w.strip().upper() for w in (args.workloads or "W1,W2,W3,W4,W5").split(",")]
+    for w in wl:
+        t0 = time.perf_counter()
+        await WORKLOADS[w](targets, ds, res, scale)
+        print(f"{w} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    for t in targets:
+        try:
+            await t.close()
+        except Exception:  # noqa: BLE001
+            pass
+    an = report.analyse(res, targets)
+    chk = report.checks(an, res, targets)
+    meta = {"mode": "full" if args.full else "quick", "rounds": scale.rounds,
+            "elapsed_s": time.perf_counter() - t_start, "scale": asdict(scale),
+            "command": " ".join(["python -m bench", *sys.argv[1:]]), "machine": await machine()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if not args.full else "full"
+    md = report.markdown(an, res, targets, unavailable, meta, chk)
+    (out / f"{stem}.md").write_text(md)
+    (out / f"{stem}.json").write_text(json.dumps({
+        "meta": meta, "targets": [{"name": t.name, "kind": t.kind, "backend": t.backend,
+                                   "description": t.description, "settings": t.settings}
+                                  for t in targets],
+        "unavailable": unavailable, "analysis": an, "calls": res.calls, "checks": chk,
+        "errors": res.errors}, indent=1, default=str))
+    report.plot(an, targets, str(out / f"{stem}_w2.png"))
+    print(md)
+    print(f"\nwritten: {out}/{stem}.md, {stem}.json, {stem}_w2.png "
+          f"({meta['elapsed_s']:.0f} s)")
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="the < 10 minute run (default)")
+    g.add_argument("--full", action="store_true", help="more rounds, bigger N")
+    p.add_argument("--targets", help="comma-separated substrings of target names to run")
+    p.add_argument("--workloads", help="comma-separated, e.g. W1,W3 (default all)")
+    p.add_argument("--rounds", type=int, help="override the number of timed rounds")
+    p.add_argument("--out", default=str(HERE / "results"), help="report directory")
+    args = p.parse_args()
+    logging.getLogger("chainlit").setLevel(logging.CRITICAL)
+    logging.getLogger("chainlit.data.dynamodb").setLevel(logging.CRITICAL)
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("LITERAL_API_KEY", None)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

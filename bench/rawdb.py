@@ -1,0 +1,283 @@
+"""Thin async wrappers over the raw drivers (asyncpg, aiosqlite, asyncmy), counting statements.
+
+SQL is written once with ``?`` placeholders and ``"quoted"`` identifiers; ``convert`` rewrites it
+for asyncpg (``$n``) and asyncmy (``%s``, backticks). Rows are tuples in SELECT order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from . import counting
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
+MY_KW = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+@functools.lru_cache(maxsize=512)
+def convert(sql: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        n = itertools.count(1)
+        return re.sub(r"\?", lambda _m: f"${next(n)}", sql)
+    if dialect == "mariadb":
+        return sql.replace("?", "%s").replace('"', "`")
+    return sql
+
+
+class RawDB:
+    dialect: str
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+async def pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN.format(db="postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def pg_recreate(db: str) -> None:
+    await pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await pg_admin(f'CREATE DATABASE "{db}"')
+
+
+async def my_recreate(db: str) -> None:
+    import asyncmy
+
+    conn = await asyncmy.connect(**MY_KW)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+            await cur.execute(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
+
+
+class PgDB(RawDB):
+    dialect = "postgresql"
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, db: str, size: int = 16) -> PgDB:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(PG_DSN.format(db=db), min_size=2, max_size=size)
+        return cls(pool)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        return await self.pool.fetch(convert(sql, self.dialect), *args)
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+        await self.pool.execute(convert(sql, self.dialect), *args)
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        counting.statement()
+        await self.pool.executemany(convert(sql, self.dialect), rows)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            counting.transaction()
+            yield _PgConn(conn)
+
+    async def script(self, sql: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(sql)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class _PgConn:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        return await self.conn.fetch(convert(sql, "postgresql"), *args)
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+        await self.conn.execute(convert(sql, "postgresql"), *args)
+
+
+class SqliteDB(RawDB):
+    """One writer connection (SQLite has one writer) behind a lock, plus reader connections."""
+
+    dialect = "sqlite"
+
+    def __init__(self, writer: Any, readers: list[Any]) -> None:
+        self.writer = writer
+        self.readers = readers
+        self.lock = asyncio.Lock()
+        self._rr = itertools.cycle(readers)
+
+    @classmethod
+    async def open(cls, path: str, *, journal_mode: str | None = None, synchronous: str | None = None,
+                   readers: int = 2) -> SqliteDB:
+        import aiosqlite
+
+        async def conn() -> Any:
+            c = await aiosqlite.connect(path)
+            await c.execute("PRAGMA busy_timeout = 10000")
+            if synchronous:
+                await c.execute(f"PRAGMA synchronous = {synchronous}")
+            return c
+
+        w = await conn()
+        if journal_mode:
+            await w.execute(f"PRAGMA journal_mode = {journal_mode}")
+        return cls(w, [await conn() for _ in range(readers)])
+
+    async def pragmas(self) -> dict[str, Any]:
+        out = {}
+        for p in ("journal_mode", "synchronous"):
+            async with self.writer.execute(f"PRAGMA {p}") as cur:
+                out[p] = (await cur.fetchone())[0]
+        return out
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        async with next(self._rr).execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        async with self.lock:
+            counting.statement()
+            counting.transaction()
+            await self.writer.execute(sql, args)
+            await self.writer.commit()
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        async with self.lock:
+            counting.statement()
+            await self.writer.executemany(sql, rows)
+            await self.writer.commit()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.lock:
+            counting.transaction()
+            try:
+                yield _SqliteConn(self.writer)
+            except BaseException:
+                await self.writer.rollback()
+                raise
+            await self.writer.commit()
+
+    async def script(self, sql: str) -> None:
+        async with self.lock:
+            await self.writer.executescript(sql)
+            await self.writer.commit()
+
+    async def close(self) -> None:
+        for c in [self.writer, *self.readers]:
+            await c.close()
+
+
+class _SqliteConn:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        async with self.conn.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+        await self.conn.execute(sql, args)
+
+
+class MyDB(RawDB):
+    dialect = "mariadb"
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, db: str, size: int = 16) -> MyDB:
+        import asyncmy
+
+        pool = await asyncmy.create_pool(**MY_KW, db=db, minsize=2, maxsize=size, autocommit=True)
+        return cls(pool)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(convert(sql, self.dialect), tuple(args))
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(convert(sql, self.dialect), tuple(args))
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        counting.statement()
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.executemany(convert(sql, self.dialect), [tuple(r) for r in rows])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            await conn.begin()
+            counting.transaction()
+            try:
+                yield _MyConn(conn)
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+
+    async def script(self, sql: str) -> None:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            for stmt in [s for s in sql.split(";") if s.strip()]:
+                await cur.execute(stmt)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.pool.wait_closed()
+
+
+class _MyConn:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        async with self.conn.cursor() as cur:
+            await cur.execute(convert(sql, "mariadb"), tuple(args))
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+        async with self.conn.cursor() as cur:
+            await cur.execute(convert(sql, "mariadb"), tuple(args))

@@ -1,0 +1,176 @@
+"""chainlit-orm's own layers. Skipped with the import error as the reason until they exist.
+
+Bulk loading does not go through the layer: the schema built by ``chainlit_orm.migrate`` is
+reflected and filled with SQLAlchemy Core ``executemany`` (column names are Chainlit's keys, per
+DESIGN.md); for DynamoDB the items are written in Chainlit's single-table layout with batch writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .. import counting, rawdb
+from ..dataset import Dataset, ThreadRec
+from . import dynamo
+from .base import LayerTarget, Unavailable
+
+URLS = {
+    "sqlite": "sqlite+aiosqlite:///{path}",
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm",
+    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/bench_orm?charset=utf8mb4",
+}
+ACTIVITY_COLS = ("activity", "updatedAt", "lastActivityAt", "activityAt")
+
+
+def _import() -> Any:
+    try:
+        import chainlit_orm
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"chainlit_orm does not import: {e!r}") from e
+    return chainlit_orm
+
+
+class OrmSQL(LayerTarget):
+    kind = "orm"
+
+    def __init__(self, workdir: str, backend: str) -> None:
+        super().__init__(workdir)
+        self.backend = backend
+        self.name = f"chainlit-orm/{backend}"
+        self.description = "chainlit_orm.SQLDataLayer"
+        self.path = os.path.join(workdir, "orm.sqlite")
+        self.url = URLS[backend].format(path=self.path)
+
+    def check(self) -> None:
+        m = _import()
+        for attr in ("SQLDataLayer", "migrate"):
+            if not hasattr(m, attr):
+                raise Unavailable(f"chainlit_orm has no {attr} yet")
+
+    async def setup(self, ds: Dataset) -> None:
+        m = _import()
+        if self.backend == "postgresql":
+            await rawdb.pg_recreate("bench_orm")
+        elif self.backend == "mariadb":
+            await rawdb.my_recreate("bench_orm")
+        else:
+            for ext in ("", "-wal", "-shm", "-journal"):
+                if os.path.exists(self.path + ext):
+                    os.remove(self.path + ext)
+        res = m.migrate(self.url)
+        if asyncio.iscoroutine(res):
+            await res
+        await self._bulk_load(ds)
+        self.layer = m.SQLDataLayer(self.url)
+        engine = getattr(self.layer, "engine", None) or getattr(self.layer, "_engine", None)
+        if engine is None:
+            raise Unavailable("SQLDataLayer exposes no engine to count statements on")
+        counting.instrument_engine(engine)
+        if self.backend == "sqlite":
+            from sqlalchemy import text
+
+            async with engine.connect() as conn:
+                for p in ("journal_mode", "synchronous"):
+                    self.settings[p] = (await conn.execute(text(f"PRAGMA {p}"))).scalar()
+        elif self.backend == "postgresql":
+            from sqlalchemy import text
+
+            async with engine.connect() as conn:
+                self.settings["synchronous_commit"] = (
+                    await conn.execute(text("SHOW synchronous_commit"))).scalar()
+
+    async def _bulk_load(self, ds: Dataset) -> None:
+        import json
+
+        from sqlalchemy import MetaData
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        eng = create_async_engine(self.url)
+        md = MetaData()
+        async with eng.begin() as conn:
+            await conn.run_sync(md.reflect)
+        tables = md.tables
+        missing = {"users", "threads", "steps", "elements", "feedbacks"} - set(tables)
+        if missing:
+            raise Unavailable(f"migrate() made no tables {sorted(missing)}")
+
+        def fit(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            t = tables[table]
+            out = []
+            for r in rows:
+                d = {}
+                for c in t.columns:
+                    if c.name in r:
+                        v = r[c.name]
+                        if isinstance(v, (dict, list)) and c.type.__class__.__name__ in (
+                                "TEXT", "Text", "String", "VARCHAR", "NullType"):
+                            v = json.dumps(v)
+                        d[c.name] = v
+                out.append(d)
+            return out
+
+        threads, steps, elems, fbs = [], [], [], []
+        for t in ds.threads:
+            row = {"id": t.id, "createdAt": t.created_at, "name": t.name, "userId": t.user.id,
+                   "userIdentifier": t.user.identifier, "tags": None, "metadata": t.metadata}
+            for c in ACTIVITY_COLS:
+                row[c] = t.activity
+            threads.append(row)
+            steps.extend(t.steps)
+            elems.extend(t.elements)
+            fbs.extend(t.feedbacks)
+        users = [{"id": u.id, "identifier": u.identifier, "metadata": u.metadata,
+                  "createdAt": u.created_at} for u in ds.users]
+        async with eng.begin() as conn:
+            for name, rows in (("users", users), ("threads", threads), ("steps", steps),
+                               ("elements", elems), ("feedbacks", fbs)):
+                rows = fit(name, rows)
+                for i in range(0, len(rows), 5000):
+                    await conn.execute(tables[name].insert(), rows[i:i + 5000])
+        await eng.dispose()
+
+    async def leftover_rows(self, thread: ThreadRec) -> int | None:
+        return None
+
+
+class OrmDynamo(LayerTarget):
+    kind = "orm"
+    backend = "dynamodb"
+    name = "chainlit-orm/dynamodb"
+    description = "chainlit_orm.DynamoDataLayer"
+    TABLE = "bench_orm"
+
+    def check(self) -> None:
+        if not hasattr(_import(), "DynamoDataLayer"):
+            raise Unavailable("chainlit_orm has no DynamoDataLayer yet")
+
+    async def setup(self, ds: Dataset) -> None:
+        m = _import()
+        self.c = dynamo.client()
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+        self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,
+                                       endpoint_url=dynamo.ENDPOINT)
+        made = False
+        for meth in ("create_table", "ensure_table", "migrate"):
+            fn = getattr(self.layer, meth, None)
+            if fn is not None:
+                try:
+                    self.c.delete_table(TableName=self.TABLE)
+                    self.c.get_waiter("table_not_exists").wait(TableName=self.TABLE)
+                except self.c.exceptions.ResourceNotFoundException:
+                    pass
+                r = fn()
+                if asyncio.iscoroutine(r):
+                    await r
+                made = True
+                break
+        if not made:
+            dynamo.create_table(self.c, self.TABLE, ["id", "name"])
+        await asyncio.to_thread(dynamo.batch_put, self.c, self.TABLE,
+                                dynamo.layout(ds, self.user_key))
+
+    async def leftover_rows(self, thread: ThreadRec) -> int | None:
+        return dynamo.leftover(self.c, self.TABLE, thread.id)

@@ -1,0 +1,347 @@
+"""W1..W5. Each workload runs round by round; within a round every target takes its turn (the order
+rotates every round), so machine noise hits all targets alike. Round 0 is a warm-up: it is not
+timed into the figures, and it is where statements / API calls per operation are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from chainlit.types import Pagination, ThreadFilter
+
+from . import counting, dataset
+from .dataset import Dataset, ThreadRec
+from .targets.base import Target
+
+PAGE = 35  # the sidebar's page size
+SEARCH_PAGE = 20  # the search dialog's
+
+
+@dataclass
+class Metric:
+    key: str  # e.g. "W2 first page N=1000"
+    unit: str  # "ms" | "steps/s" | "calls/s"
+    higher_is_better: bool
+    rounds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    status: dict[str, str] = field(default_factory=dict)  # target -> ok | lost data | ...
+    extra: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(
+        lambda: defaultdict(list)))  # target -> name -> per-round values (p50, p99)
+
+    def void(self, target: str, why: str) -> None:
+        if self.status.get(target, "ok") == "ok":
+            self.status[target] = why
+
+
+@dataclass
+class Results:
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    calls: dict[str, dict[str, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
+    errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def metric(self, key: str, unit: str, higher: bool) -> Metric:
+        if key not in self.metrics:
+            self.metrics[key] = Metric(key, unit, higher)
+        return self.metrics[key]
+
+
+def _rotate(targets: list[Target], r: int) -> list[Target]:
+    k = r % len(targets)
+    return targets[k:] + targets[:k]
+
+
+class Counted:
+    """Accumulates per-operation counts over the warm-up round."""
+
+    def __init__(self, res: Results, target: Target) -> None:
+        self.res, self.t = res, target
+        self.acc: dict[str, list[counting.OpCounter]] = defaultdict(list)
+
+    async def __call__(self, op: str, coro_fn: Any, *a: Any, **kw: Any) -> Any:
+        with counting.counting() as c:
+            out = await coro_fn(*a, **kw)
+        self.acc[op].append(c)
+        return out
+
+    def commit(self) -> None:
+        for op, cs in self.acc.items():
+            n = len(cs)
+            self.res.calls[self.t.name][op] = {
+                "statements": sum(c.statements for c in cs) / n,
+                "transactions": sum(c.transactions for c in cs) / n,
+                "api_calls": sum(c.api_calls for c in cs) / n,
+                "kinds": dict(sum((c.by_kind for c in cs), counting._Counter())),
+                "samples": n}
+
+
+async def _plain(op: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    return await fn(*a, **kw)
+
+
+def _err(res: Results, t: Target, where: str, e: BaseException) -> str:
+    msg = f"{where}: {type(e).__name__}: {e}"[:300]
+    res.errors[t.name].append(msg + "\n" + traceback.format_exc(limit=3)[-800:])
+    return f"error ({type(e).__name__})"
+
+
+# --------------------------------------------------------------------------------------------
+# W1: update_thread, then S x (create_step, update_step)
+
+def _w1_script(user_id: str, s: int, base: float) -> tuple[str, list[tuple[dict, dict]]]:
+    tid = dataset.new_id()
+    pairs = []
+    for j in range(s):
+        kind = dataset.KIND_CYCLE[j % 3]
+        text = f"W1 step {j} " + "reply text " * 20
+        d0 = dataset.make_step(kind, tid, base + j * 0.001, text, final=False)
+        d1 = dataset.finalize(d0, text, base + j * 0.001 + 0.0005)
+        pairs.append((d0, d1))
+    return tid, pairs
+
+
+async def _w1_thread(t: Target, call: Any, user: Any, tid: str, pairs: list) -> None:
+    await call("update_thread", t.update_thread, tid, name=pairs[0][1]["output"][:40],
+               user_id=t.user_key(user))
+    for d0, d1 in pairs:
+        await call("create_step", t.create_step, dict(d0))
+        await call("update_step", t.update_step, dict(d1))
+
+
+async def _verify_thread(t: Target, tid: str, pairs: list) -> str | None:
+    got = await t.get_thread(tid)
+    if not got:
+        return "lost data"
+    steps = {s.get("id"): s for s in got.get("steps") or []}
+    for _d0, d1 in pairs:
+        s = steps.get(d1["id"])
+        if s is None or (s.get("output") or "") != d1["output"]:
+            return "lost data"
+    return None
+
+
+async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    for conc, nthreads in ((1, scale.w1_threads_c1), (32, 32)):
+        m = res.metric(f"W1 write c={conc}", "steps/s", True)
+        for r in range(scale.rounds + 1):
+            for t in _rotate(targets, r):
+                base = 5_000_000 + r * 1000 + random.random()
+                scripts = [(ds.w1_users[k % len(ds.w1_users)], *_w1_script(
+                    t.user_key(ds.w1_users[k % len(ds.w1_users)]), scale.w1_steps, base + k))
+                    for k in range(nthreads)]
+                counted = Counted(res, t) if (r == 0 and conc == 1) else None
+                call = counted or _plain
+                try:
+                    t0 = time.perf_counter()
+                    if conc == 1:
+                        for u, tid, pairs in scripts:
+                            await _w1_thread(t, call, u, tid, pairs)
+                    else:
+                        await asyncio.gather(*(_w1_thread(t, call, u, tid, pairs)
+                                               for u, tid, pairs in scripts))
+                    dt = time.perf_counter() - t0
+                    if counted:
+                        counted.commit()
+                    for _u, tid, pairs in scripts:
+                        bad = await _verify_thread(t, tid, pairs)
+                        if bad:
+                            m.void(t.name, bad)
+                            break
+                except Exception as e:  # noqa: BLE001
+                    m.void(t.name, _err(res, t, m.key, e))
+                    continue
+                if r > 0:
+                    m.rounds[t.name].append(nthreads * scale.w1_steps / dt)
+
+
+# --------------------------------------------------------------------------------------------
+# W2: list_threads first page, page 10 through the cursors, search; N = 100 .. 10,000
+
+def _expected(ds: Dataset, n: int) -> tuple[list[str], list[str], list[str]]:
+    u = ds.w2_users[n]
+    ts = sorted((t for t in ds.threads if t.user is u), key=lambda t: (t.activity, t.id),
+                reverse=True)
+    ids = [t.id for t in ts]
+    needles = [t.id for t in ts if t.name.startswith(dataset.NEEDLE)]
+    return ids[:PAGE], ids[9 * PAGE:10 * PAGE], needles[:SEARCH_PAGE]
+
+
+async def _timed(fn: Any, reps: int) -> tuple[float, Any]:
+    out = None
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = await fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000, out
+
+
+async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    for n in scale.w2_ns:
+        exp_first, exp_p10, exp_search = _expected(ds, n)
+        cursors: dict[str, str | None] = {}
+        for r in range(scale.rounds + 1):
+            for t in _rotate(targets, r):
+                uid = t.user_key(ds.w2_users[n])
+                cases = [("first page", Pagination(first=PAGE), ThreadFilter(userId=uid),
+                          exp_first, "list_threads first page")]
+                if n >= 10 * PAGE:
+                    cases.append(("page 10", None, ThreadFilter(userId=uid), exp_p10,
+                                  "list_threads page 10"))
+                cases.append(("search", Pagination(first=SEARCH_PAGE),
+                              ThreadFilter(userId=uid, search=dataset.NEEDLE), exp_search,
+                              "list_threads search"))
+                for label, pag, flt, exp, op in cases:
+                    m = res.metric(f"W2 {label} N={n}", "ms", False)
+                    try:
+                        if label == "page 10":
+                            if r == 0:  # walk the cursors once, untimed
+                                cur = None
+                                for _ in range(9):
+                                    page = await t.list_threads(Pagination(first=PAGE, cursor=cur),
+                                                                flt)
+                                    cur = page.pageInfo.endCursor
+                                cursors[t.name] = cur
+                            pag = Pagination(first=PAGE, cursor=cursors[t.name])
+                        if r == 0:
+                            c = Counted(res, t)
+                            page = await c(f"{op} N={n}", t.list_threads, pag, flt)
+                            c.commit()
+                            ms = 0.0
+                        else:
+                            ms, page = await _timed(lambda t=t, pag=pag, flt=flt:
+                                                    t.list_threads(pag, flt), scale.w2_reps)
+                        got = [d["id"] for d in page.data]
+                        if set(got) != set(exp):
+                            m.void(t.name, "wrong result")
+                    except Exception as e:  # noqa: BLE001
+                        m.void(t.name, _err(res, t, m.key, e))
+                        continue
+                    if r > 0:
+                        m.rounds[t.name].append(ms)
+
+
+# --------------------------------------------------------------------------------------------
+# W3: get_thread of a thread with 10 / 100 / 1,000 steps, 3 elements, some feedback
+
+def _check_thread(got: dict | None, th: ThreadRec) -> str | None:
+    if not got:
+        return "lost data"
+    steps = got.get("steps") or []
+    want = {s["id"]: s["output"] for s in th.steps}
+    have = {s.get("id"): s.get("output") for s in steps}
+    if have != want:
+        return "lost data"
+    if {e.get("id") for e in got.get("elements") or []} != {e["id"] for e in th.elements}:
+        return "lost data"
+    fb = {s.get("id"): (s.get("feedback") or {}).get("value") for s in steps if s.get("feedback")}
+    if fb != {f["forId"]: f["value"] for f in th.feedbacks}:
+        return "lost data"
+    return None
+
+
+async def w3(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    for n, th in ds.w3_threads.items():
+        m = res.metric(f"W3 get_thread steps={n}", "ms", False)
+        for r in range(scale.rounds + 1):
+            for t in _rotate(targets, r):
+                try:
+                    if r == 0:
+                        c = Counted(res, t)
+                        got = await c(f"get_thread steps={n}", t.get_thread, th.id)
+                        c.commit()
+                    else:
+                        ms, got = await _timed(lambda t=t: t.get_thread(th.id), scale.w3_reps)
+                    bad = _check_thread(got, th)
+                    if bad:
+                        m.void(t.name, bad)
+                except Exception as e:  # noqa: BLE001
+                    m.void(t.name, _err(res, t, m.key, e))
+                    continue
+                if r > 0:
+                    m.rounds[t.name].append(ms)
+
+
+# --------------------------------------------------------------------------------------------
+# W4: delete_thread of a thread with 100 steps, 3 elements, 10 feedback
+
+async def w4(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    m = res.metric("W4 delete_thread", "ms", False)
+    for r in range(scale.rounds + 1):
+        th = ds.w4_threads[r]
+        for t in _rotate(targets, r):
+            try:
+                if r == 0:
+                    c = Counted(res, t)
+                    await c("delete_thread", t.delete_thread, th.id)
+                    c.commit()
+                else:
+                    t0 = time.perf_counter()
+                    await t.delete_thread(th.id)
+                    ms = (time.perf_counter() - t0) * 1000
+                if await t.get_thread(th.id):
+                    m.void(t.name, "not deleted")
+                left = await t.leftover_rows(th)
+                if left:
+                    m.void(t.name, f"left {left} rows")
+            except Exception as e:  # noqa: BLE001
+                m.void(t.name, _err(res, t, m.key, e))
+                continue
+            if r > 0:
+                m.rounds[t.name].append(ms)
+
+
+# --------------------------------------------------------------------------------------------
+# W5: 32 concurrent users looping get_user, list_threads, get_thread, create_step
+
+async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    m = res.metric("W5 mixed c=32", "calls/s", True)
+    for r in range(scale.rounds + 1):
+        for t in _rotate(targets, r):
+            lat: list[float] = []
+            written: dict[str, list[dict]] = defaultdict(list)
+
+            async def user_loop(u: Any, t: Target = t, lat: list[float] = lat,
+                                written: dict = written, r: int = r) -> None:
+                uid = t.user_key(u)
+                threads = ds.w5_threads[u.id]
+                for i in range(scale.w5_iters):
+                    th = threads[(r * scale.w5_iters + i) % len(threads)]
+                    kind = ("user_message", "assistant_message")[i % 2]
+                    step = dataset.make_step(kind, th.id, 6_000_000 + r * 100 + i * 0.01
+                                             + random.random() * 0.001, f"W5 {u.identifier} {i}")
+                    for fn in (lambda: t.get_user(u.identifier),
+                               lambda: t.list_threads(Pagination(first=PAGE),
+                                                      ThreadFilter(userId=uid)),
+                               lambda: t.get_thread(th.id),
+                               lambda: t.create_step(dict(step))):
+                        t0 = time.perf_counter()
+                        await fn()
+                        lat.append(time.perf_counter() - t0)
+                    written[th.id].append(step)
+
+            try:
+                t0 = time.perf_counter()
+                await asyncio.gather(*(user_loop(u) for u in ds.w5_users))
+                dt = time.perf_counter() - t0
+                for tid in list(written)[:8]:
+                    got = await t.get_thread(tid)
+                    ids = {s.get("id") for s in (got or {}).get("steps") or []}
+                    if not all(s["id"] in ids for s in written[tid]):
+                        m.void(t.name, "lost data")
+                        break
+            except Exception as e:  # noqa: BLE001
+                m.void(t.name, _err(res, t, m.key, e))
+                continue
+            if r > 0:
+                m.rounds[t.name].append(len(lat) / dt)
+                q = statistics.quantiles(lat, n=100)
+                m.extra[t.name]["p50 ms"].append(statistics.median(lat) * 1000)
+                m.extra[t.name]["p99 ms"].append(q[98] * 1000)
+
+
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}
