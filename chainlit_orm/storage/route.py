@@ -130,7 +130,9 @@ async def _serve(request: Request) -> Response:
     if info is None:
         return Response("Not Found", status_code=404, media_type="text/plain")
 
+    # Content-Type goes in verbatim (not as media_type, to which Starlette appends a charset).
     headers = {
+        "Content-Type": info.content_type,
         "Accept-Ranges": "bytes",
         # Cacheable by the browser only, and no longer than the signature is valid.
         "Cache-Control": f"private, max-age={max(int(expires) - int(time.time()), 0)}",
@@ -151,10 +153,9 @@ async def _serve(request: Request) -> Response:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD" or end == start:
-        return Response(status_code=status, headers=headers, media_type=info.content_type)
+        return Response(status_code=status, headers=headers)
     return StreamingResponse(
         storage._iter_bytes(key, start, end),
         status_code=status,
         headers=headers,
-        media_type=info.content_type,
     )
