@@ -137,6 +137,12 @@ class ThreadFields(SQLModel):
             # Ours, projecting the list's summary attributes: one Query per sidebar page.
             DynamoIndexKeys("UserActivity", "UserActivityPK", "UserActivitySK", "USER#{userId}",
                             "TS#{activityAt}#{id}"),
+            # list_threads' feedback filter: sparse, the PK attribute is set only while the thread
+            # has a feedback of that value (see chainlit_orm.schema_gen.dynamo for the costs).
+            DynamoIndexKeys("UserFeedback0", "UserFeedback0PK", "UserActivitySK", "USER#{userId}",
+                            "TS#{activityAt}#{id}"),
+            DynamoIndexKeys("UserFeedback1", "UserFeedback1PK", "UserActivitySK", "USER#{userId}",
+                            "TS#{activityAt}#{id}"),
         ),
     )
 
