@@ -166,6 +166,12 @@ class FsspecStorage(BaseStorageClient):
             already imported, as it is under ``chainlit run`` and ``mount_chainlit``; ``True``
             imports it; ``False`` leaves mounting to
             :func:`~chainlit_orm.storage.mount_storage_route`.
+        concurrency: how many uploads/deletes of this storage run at once per event loop; the
+            rest wait their turn. It bounds the worker threads of local/memory (more threads
+            than cores only make the loop's thread wait longer for the GIL) and, for S3/Azure,
+            how much request preparation (payload hashing and signing, done on the loop by
+            aiobotocore/azure-core) piles up in one loop iteration. botocore's connection pool
+            holds 10 connections by default, so 8 costs no S3 throughput.
         **options: passed to the fsspec filesystem (s3fs: ``endpoint_url``, ``key``, ``token``,
             ``client_kwargs``, ...; adlfs: ``connection_string``, ``account_name``,
             ``account_key``, ``account_host``, ...). Unset options
@@ -197,6 +203,7 @@ class FsspecStorage(BaseStorageClient):
         expires: int | None = None,
         public_base_url: str | None = None,
         mount: bool | None = None,
+        concurrency: int = 8,
         **options: Any,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
@@ -251,6 +258,12 @@ class FsspecStorage(BaseStorageClient):
             if backend.served_by_route
             else b""
         )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"concurrency must be a positive integer, got {concurrency!r}", detail=concurrency
+            )
+        self.concurrency = concurrency
+        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._sync_fs: Any = None
         self._async_fs: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = {}
         if backend.served_by_route:
@@ -396,6 +409,11 @@ class FsspecStorage(BaseStorageClient):
     async def _open_async_fs(self) -> Any:
         fs = self._new_filesystem(asynchronous=True)
         if self._backend is _S3:
+            if fs.session is None:
+                # Creating an aiobotocore client reads botocore's JSON data files synchronously
+                # (~200 ms of blocking I/O and parsing, measured). Do it once in a worker thread;
+                # the session caches what it loaded, so set_session() below only builds the client.
+                fs.session = await asyncio.to_thread(_warmed_aio_session, dict(fs.kwargs))
             await fs.set_session()
         return fs
 
@@ -410,6 +428,16 @@ class FsspecStorage(BaseStorageClient):
             self._async_fs[loop] = task
         with self._translate("connect to", ""):
             return await asyncio.shield(task)
+
+    def _slot(self) -> asyncio.Semaphore:
+        """This loop's semaphore bounding concurrent operations (see ``concurrency``)."""
+        loop = asyncio.get_running_loop()
+        slot = self._slots.get(loop)
+        if slot is None:
+            for other in [lp for lp in self._slots if lp.is_closed()]:
+                del self._slots[other]
+            slot = self._slots[loop] = asyncio.Semaphore(self.concurrency)
+        return slot
 
     @contextlib.contextmanager
     def _translate(self, action: str, key: str) -> Iterator[None]:
@@ -455,6 +483,19 @@ class FsspecStorage(BaseStorageClient):
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         content_type = check_content_type(mime or "application/octet-stream")
         disposition = normalize_content_disposition(content_disposition)
+        async with self._slot():
+            await self._upload(key, path, payload, overwrite, content_type, disposition)
+        return {"object_key": key, "url": await self._read_url(key)}
+
+    async def _upload(
+        self,
+        key: str,
+        path: str,
+        payload: bytes,
+        overwrite: bool,
+        content_type: str,
+        disposition: str | None,
+    ) -> None:
         with self._translate("upload", key):
             if self._backend is _S3:
                 fs = await self._fs()
@@ -482,7 +523,6 @@ class FsspecStorage(BaseStorageClient):
             else:
                 meta = {"content_type": content_type, "content_disposition": disposition}
                 await asyncio.to_thread(self._upload_sync, key, payload, overwrite, meta)
-        return {"object_key": key, "url": await self._read_url(key)}
 
     def _conflict(self, key: str) -> ConflictError:
         return ConflictError(
@@ -519,7 +559,10 @@ class FsspecStorage(BaseStorageClient):
             StorageError: the backend failed (permissions, network, credentials), chained.
         """
         key = validate_key(object_key)
-        path = self._path(key)
+        async with self._slot():
+            return await self._delete(key, self._path(key))
+
+    async def _delete(self, key: str, path: str) -> bool:
         with self._translate("delete", key):
             if not self._backend.native_async:
                 return await asyncio.to_thread(self._delete_sync, key)
@@ -669,6 +712,31 @@ class FsspecStorage(BaseStorageClient):
 
     def __repr__(self) -> str:
         return f"FsspecStorage({mask_url(self.url)!r}, name={self.name!r})"
+
+
+def _warmed_aio_session(kwargs: dict[str, Any]) -> Any:
+    """Build the ``AioSession`` s3fs would build, with its S3 data files already loaded.
+
+    Runs in a worker thread with its own short-lived loop: the throwaway client uses explicit dummy
+    credentials, a region and an endpoint, so nothing is resolved or sent over the network; only
+    the session's loader cache is kept.
+    """
+    from aiobotocore.session import AioSession
+
+    session = AioSession(**kwargs)
+
+    async def warm() -> None:
+        async with session.create_client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="warm-up",
+            aws_secret_access_key="warm-up",  # noqa: S106 (never used to sign anything sent)
+        ):
+            pass
+
+    asyncio.run(warm())
+    return session
 
 
 def _detach_finalizers(match: Callable[[Any], bool]) -> None:
