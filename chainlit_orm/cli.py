@@ -1,0 +1,206 @@
+"""The ``chainlit-orm`` console command: generate, check and apply the schemas.
+
+::
+
+    chainlit-orm generate [--models pkg.mod:attr] [--out DIR] [--check]
+    chainlit-orm migrate URL [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr]
+    chainlit-orm ddl DIALECT [--models pkg.mod:attr]
+
+Exit codes: 0 success; 1 ``generate --check`` found drift; 2 bad input (an unsupported
+dialect, an unreachable server, refused credentials, a schema that cannot be migrated), reported
+as one line with any password masked. :class:`~chainlit_orm.errors.ChainlitORMError` is caught
+here, at the edge, and nowhere else; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import difflib
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chainlit_orm.errors import ChainlitORMError, ConfigurationError, mask_url
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
+
+__all__ = ["load_models", "main", "url_backend"]
+
+#: URL schemes ``migrate`` accepts (a ``+driver`` suffix is allowed on the SQL ones).
+SUPPORTED_URL_SCHEMES: tuple[str, ...] = ("postgresql", "sqlite", "mysql", "mariadb", "dynamodb")
+
+
+def load_models(spec: str | None) -> ModelSet:
+    """Load the model set named ``package.module:attr`` (the default set when None).
+
+    The current directory is put on ``sys.path`` first, as uvicorn does for its app argument, so
+    an app's own module is found when the command runs from the app's directory. ``attr`` may
+    also be a callable returning a set.
+
+    Raises:
+        ConfigurationError: a malformed spec, a module that cannot be imported, a missing
+            attribute, or something that is not a ``ModelSet``.
+    """
+    if spec is None:
+        return DEFAULT_MODELS
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--models must be package.module:attribute, got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"--models: cannot import {module_name!r}: {exc}") from exc
+    try:
+        found = getattr(module, attribute)
+    except AttributeError as exc:
+        raise ConfigurationError(f"--models: {module_name} has no attribute {attribute!r}") from exc
+    if callable(found) and not isinstance(found, ModelSet):
+        found = found()
+    if not isinstance(found, ModelSet):
+        raise ConfigurationError(
+            f"--models: {spec} is a {type(found).__name__}, not a ModelSet "
+            "(build one with chainlit_orm.models.ModelSet.build)"
+        )
+    return found
+
+
+def url_backend(url: str) -> str:
+    """The backend a database URL names: ``postgresql``, ``sqlite``, ``mysql`` or ``dynamodb``.
+
+    ``mariadb`` URLs count as ``mysql`` (one dialect, one DDL).
+
+    Raises:
+        ConfigurationError: the scheme is not supported; the message names the supported ones.
+    """
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme not in SUPPORTED_URL_SCHEMES:
+        raise ConfigurationError(
+            f"unsupported database URL {mask_url(url)}: supported schemes are "
+            f"{', '.join(s + '://' for s in SUPPORTED_URL_SCHEMES)} "
+            "(e.g. postgresql+asyncpg://, sqlite+aiosqlite:///file.db, mysql+asyncmy://, "
+            "dynamodb://TABLE?region=...)",
+            detail=scheme,
+        )
+    return "mysql" if scheme == "mariadb" else scheme
+
+
+def _generate(args: argparse.Namespace) -> int:
+    models = load_models(args.models)
+    files = generated_files(models)
+    out = Path(args.out)
+    if args.check:
+        drifted = 0
+        for name, expected in files.items():
+            path = out / name
+            actual = path.read_text(encoding="utf-8") if path.is_file() else ""
+            if actual != expected:
+                drifted += 1
+                sys.stdout.writelines(difflib.unified_diff(
+                    actual.splitlines(keepends=True), expected.splitlines(keepends=True),
+                    fromfile=f"{path}" if path.is_file() else f"{path} (missing)",
+                    tofile=f"{path} (from the models)",
+                ))
+        if drifted:
+            print(f"{drifted} of {len(files)} files in {out}/ drift from the models; "
+                  f"run: chainlit-orm generate --out {out}")
+            return 1
+        print(f"{out}/ is up to date ({len(files)} files)")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = out / name
+        if path.is_file() and path.read_text(encoding="utf-8") == content:
+            print(f"unchanged {path}")
+            continue
+        path.write_text(content, encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    backend = url_backend(args.url)
+    models = load_models(args.models)
+    try:
+        # Imported by name: the SQL migrator lives in its own module, loaded only when needed.
+        migrator = importlib.import_module("chainlit_orm.migrate")
+    except ModuleNotFoundError as exc:
+        if exc.name != "chainlit_orm.migrate":
+            raise
+        if backend != "dynamodb":
+            raise ConfigurationError(
+                "SQL migrations need chainlit_orm.migrate, which this build does not have"
+            ) from exc
+        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
+
+        lines = asyncio.run(migrate_dynamodb(args.url, models, args.dry_run))
+    else:
+        result = asyncio.run(migrator.migrate(args.url, models=models, dry_run=args.dry_run,
+                                     dedupe_feedback=args.dedupe_feedback))
+        lines = list(result.lines)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _ddl(args: argparse.Namespace) -> int:
+    sys.stdout.write(ddl(load_models(args.models), args.dialect))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chainlit-orm",
+        description="Generate, check and apply chainlit-orm's schemas.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    models_help = "model set as package.module:attribute (default: the five default models)"
+
+    generate = commands.add_parser(
+        "generate", help="write the generated schemas (SQL DDL, DynamoDB mapping, CloudFormation)"
+    )
+    generate.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+    generate.add_argument("--out", default="generated", metavar="DIR",
+                          help="output directory (default: ./generated)")
+    generate.add_argument("--check", action="store_true",
+                          help="write nothing; exit 1 with a diff when a file drifts")
+    generate.set_defaults(handler=_generate)
+
+    migrate = commands.add_parser(
+        "migrate", help="create or upgrade a database or DynamoDB table (additive, idempotent)"
+    )
+    migrate.add_argument("url", metavar="URL",
+                         help="SQLAlchemy URL, or dynamodb://TABLE?region=...&endpoint_url=...")
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.add_argument("--dedupe-feedback", action="store_true",
+                         help="keep one feedback per step (the newest) before adding the "
+                         "unique index on forId")
+    migrate.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+    migrate.set_defaults(handler=_migrate)
+
+    show = commands.add_parser("ddl", help="print the DDL for one SQL dialect")
+    show.add_argument("dialect", metavar="DIALECT",
+                      help=f"one of: {', '.join(SUPPORTED_DIALECTS)}")
+    show.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+    show.set_defaults(handler=_ddl)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ChainlitORMError as exc:
+        print(f"chainlit-orm: error: {mask_url(exc)}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""``chainlit-orm migrate dynamodb://TABLE``: create the single table or add its missing GSIs.
+
+This is the one module of :mod:`chainlit_orm.schema_gen` that does I/O; the package does not
+import it. ``chainlit_orm.migrate.migrate`` dispatches ``dynamodb://`` URLs here.
+
+What it does, additively and idempotently:
+
+* no table: ``CreateTable`` from :func:`~chainlit_orm.schema_gen.dynamo.dynamo_table_spec`, then
+  wait until it is ``ACTIVE``;
+* a table (for example one made from Chainlit's docs CloudFormation: ``PK``/``SK`` and GSI
+  ``UserThread`` with ``INCLUDE [id, name]``): check its primary key and existing GSIs, then add
+  each missing GSI with its own ``UpdateTable`` (DynamoDB accepts one GSI creation per call) and
+  wait until it is ``ACTIVE`` before the next;
+* record :data:`~chainlit_orm.schema_gen.sql.SCHEMA_VERSION` in the item
+  :data:`~chainlit_orm.schema_gen.dynamo.SCHEMA_VERSION_KEY`.
+
+It never deletes or changes an index: an index with other keys, or a projection lacking
+attributes the layer reads, is a :class:`~chainlit_orm.errors.SchemaError` naming the fix.
+
+Items written before a GSI existed lack its key attributes and so are not in it. Filling them in
+is a *backfill*, done by the DynamoDB layer (it knows how to derive the attributes); pass it as
+``backfill=`` and it is called once with the new index names. Without one, a line says so.
+
+boto3 is synchronous, so every call runs in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    MissingDependencyError,
+    SchemaError,
+    mask_url,
+)
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.types import utc_now
+from chainlit_orm.schema_gen.dynamo import (
+    SCHEMA_VERSION_KEY,
+    GsiSpec,
+    dynamo_indexes,
+    dynamo_table_spec,
+)
+from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
+
+__all__ = ["BackfillHook", "BackfillRequest", "DynamoURL", "migrate_dynamodb", "parse_dynamodb_url"]
+
+#: Query parameters a ``dynamodb://`` URL may carry.
+URL_PARAMETERS = ("region", "endpoint_url", "profile")
+
+
+@dataclass(frozen=True)
+class DynamoURL:
+    """A parsed ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...`` URL."""
+
+    table: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    """What a backfill hook gets: the table, how to reach it, and the GSIs just created."""
+
+    url: DynamoURL
+    models: ModelSet
+    new_indexes: tuple[str, ...]
+
+
+#: ``async def hook(request) -> list[str]``: fill the new GSIs' attributes on existing items,
+#: returning lines to print.
+BackfillHook = Callable[[BackfillRequest], Awaitable[list[str]]]
+
+
+def parse_dynamodb_url(url: str) -> DynamoURL:
+    """Parse a ``dynamodb://`` URL.
+
+    Credentials are never taken from the URL (it ends up in shell history and logs); they come
+    from the usual AWS chain, optionally a named ``profile``.
+
+    Raises:
+        ConfigurationError: not a ``dynamodb://`` URL, no table name, or an unknown parameter.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "dynamodb":
+        raise ConfigurationError(f"not a dynamodb:// URL: {mask_url(url)}")
+    table = (parts.netloc + parts.path).strip("/")
+    if not table:
+        raise ConfigurationError(
+            f"no table name in {mask_url(url)}; use dynamodb://TABLE?region=REGION"
+        )
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(URL_PARAMETERS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown parameter(s) {', '.join(unknown)} in {mask_url(url)}; "
+            f"supported: {', '.join(URL_PARAMETERS)} (credentials come from the AWS chain)"
+        )
+    values = {key: query[key][-1] or None for key in query}
+    return DynamoURL(table=table, **values)
+
+
+class _Table:
+    """Thin synchronous wrapper over one boto3 client and table; every method runs in a thread."""
+
+    def __init__(self, url: DynamoURL, shown: str) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise MissingDependencyError("boto3", "dynamodb") from exc
+        self.url = url
+        self.shown = shown
+        try:
+            session = boto3.session.Session(profile_name=url.profile, region_name=url.region)
+            self.client = session.client(
+                "dynamodb",
+                endpoint_url=url.endpoint_url,
+                config=Config(connect_timeout=5, read_timeout=30,
+                              retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        except Exception as exc:  # botocore raises many unrelated types for a bad setup
+            raise ConfigurationError(f"cannot configure DynamoDB for {shown}: {exc}") from exc
+
+    def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            result: dict[str, Any] = getattr(self.client, operation)(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise
+            if code in ("UnrecognizedClientException", "InvalidSignatureException",
+                        "AccessDeniedException", "ExpiredTokenException",
+                        "MissingAuthenticationTokenException"):
+                raise BackendUnavailableError(
+                    f"DynamoDB refused the credentials for {self.shown} ({code})", detail=code
+                ) from exc
+            raise SchemaError(
+                f"DynamoDB {operation} failed for {self.shown}: {code}: "
+                f"{exc.response.get('Error', {}).get('Message', '')}",
+                detail=code,
+            ) from exc
+        except BotoCoreError as exc:
+            if type(exc).__name__ in ("NoRegionError", "NoCredentialsError",
+                                      "ProfileNotFound", "PartialCredentialsError"):
+                raise ConfigurationError(
+                    f"{exc} for {self.shown} (add ?region=REGION, or configure AWS credentials)"
+                ) from exc
+            raise BackendUnavailableError(
+                f"cannot reach DynamoDB for {self.shown}: {exc}"
+            ) from exc
+        return result
+
+    def describe(self) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            table: dict[str, Any] = self.call("describe_table", TableName=self.url.table)["Table"]
+        except ClientError:  # only ResourceNotFoundException gets through call()
+            return None
+        return table
+
+    def wait_active(self, index: str | None, timeout: float, poll: float) -> None:
+        """Block until the table (and ``index``, if given) is ACTIVE."""
+        deadline = time.monotonic() + timeout
+        while True:
+            table = self.describe()
+            if table is not None and table.get("TableStatus") == "ACTIVE":
+                statuses = {gsi["IndexName"]: gsi.get("IndexStatus")
+                            for gsi in table.get("GlobalSecondaryIndexes", [])}
+                if index is None or statuses.get(index) == "ACTIVE":
+                    return
+            if time.monotonic() >= deadline:
+                what = f"index {index} of " if index else ""
+                raise BackendUnavailableError(
+                    f"{what}{self.shown} is not ACTIVE after {timeout:.0f} s; DynamoDB keeps "
+                    "building it: run migrate again later"
+                )
+            time.sleep(poll)
+
+
+def _projection_covers(existing: dict[str, Any], spec: GsiSpec) -> bool:
+    kind = existing.get("ProjectionType")
+    if kind == "ALL" or spec.projection == "KEYS_ONLY":
+        return True
+    if kind == "INCLUDE" and spec.projection == "INCLUDE":
+        return set(spec.attributes) <= set(existing.get("NonKeyAttributes", []))
+    return False
+
+
+def _key_names(key_schema: Sequence[dict[str, Any]]) -> tuple[str | None, str | None]:
+    hash_ = next((k["AttributeName"] for k in key_schema if k["KeyType"] == "HASH"), None)
+    range_ = next((k["AttributeName"] for k in key_schema if k["KeyType"] == "RANGE"), None)
+    return hash_, range_
+
+
+def _plan(table: dict[str, Any], models: ModelSet, shown: str) -> list[GsiSpec]:
+    """The GSIs to add to an existing table, after checking what it already has."""
+    spec = dynamo_table_spec(models, table["TableName"])
+    wanted_keys = _key_names(spec["KeySchema"])
+    if _key_names(table["KeySchema"]) != wanted_keys:
+        raise SchemaError(
+            f"{shown} has primary key {'/'.join(map(str, _key_names(table['KeySchema'])))}, "
+            f"chainlit-orm needs {'/'.join(map(str, wanted_keys))}; a primary key cannot change "
+            "in place: use another table"
+        )
+    existing = {gsi["IndexName"]: gsi for gsi in table.get("GlobalSecondaryIndexes", [])}
+    missing: list[GsiSpec] = []
+    for index in dynamo_indexes(models):
+        found = existing.get(index.name)
+        if found is None:
+            missing.append(index)
+            continue
+        if _key_names(found["KeySchema"]) != (index.pk_attribute, index.sk_attribute):
+            raise SchemaError(
+                f"index {index.name} of {shown} has keys "
+                f"{'/'.join(map(str, _key_names(found['KeySchema'])))}, the models declare "
+                f"{index.pk_attribute}/{index.sk_attribute}; delete the index and run migrate "
+                "again"
+            )
+        if not _projection_covers(found.get("Projection", {}), index):
+            raise SchemaError(
+                f"index {index.name} of {shown} does not project "
+                f"{', '.join(index.attributes) or 'what the models need'}; delete the index and "
+                "run migrate again (a projection cannot change in place)"
+            )
+    return missing
+
+
+def _create_index_update(
+    table: dict[str, Any], index: GsiSpec, spec: dict[str, Any]
+) -> dict[str, Any]:
+    create: dict[str, Any] = index.boto3()
+    billing = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+    throughput = table.get("ProvisionedThroughput", {})
+    if billing == "PROVISIONED" and throughput.get("ReadCapacityUnits"):
+        # A provisioned table's GSIs need capacity; give each the table's own.
+        create["ProvisionedThroughput"] = {
+            "ReadCapacityUnits": throughput["ReadCapacityUnits"],
+            "WriteCapacityUnits": throughput["WriteCapacityUnits"],
+        }
+    needed = {index.pk_attribute, index.sk_attribute}
+    return {
+        "TableName": table["TableName"],
+        "AttributeDefinitions": [
+            d for d in spec["AttributeDefinitions"] if d["AttributeName"] in needed
+        ],
+        "GlobalSecondaryIndexUpdates": [{"Create": create}],
+    }
+
+
+async def migrate_dynamodb(
+    url: str,
+    models: ModelSet = DEFAULT_MODELS,
+    dry_run: bool = False,
+    *,
+    backfill: BackfillHook | None = None,
+    wait_seconds: float = 3600.0,
+    poll_interval: float = 5.0,
+) -> list[str]:
+    """Create the single table, or add the GSIs it lacks, and record the schema version.
+
+    Args:
+        url: ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...``.
+        models: the model set whose declarations give keys and indexes.
+        dry_run: report what would be done, change nothing.
+        backfill: called once with the GSIs added to an existing table, to fill their key
+            attributes on items written before (the DynamoDB layer provides it).
+        wait_seconds: seconds to wait for the table or one index to become ACTIVE (a GSI on a big
+            table can take hours on AWS).
+        poll_interval: seconds between two ``DescribeTable`` calls while waiting.
+
+    Returns:
+        The lines to print, one per action (or one saying the table is up to date).
+
+    Raises:
+        ConfigurationError: a bad URL, no region, no credentials.
+        BackendUnavailableError: DynamoDB cannot be reached or refuses the credentials.
+        SchemaError: the table cannot be made to fit the models without deleting something.
+    """
+    parsed = parse_dynamodb_url(url)
+    shown = f"table {parsed.table} ({mask_url(url)})"
+    spec = dynamo_table_spec(models, parsed.table)
+    client = await asyncio.to_thread(_Table, parsed, shown)
+    lines: list[str] = []
+    prefix = "would " if dry_run else ""
+    table = await asyncio.to_thread(client.describe)
+    added: list[str] = []
+    if table is None:
+        names = [gsi["IndexName"] for gsi in spec.get("GlobalSecondaryIndexes", [])]
+        lines.append(f"{prefix}create {shown} with PK/SK and GSIs {', '.join(names)}")
+        if dry_run:
+            lines.append(f"would record schema version {SCHEMA_VERSION}")
+            return lines
+        await asyncio.to_thread(client.call, "create_table", **spec)
+        await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
+    else:
+        for index in _plan(table, models, shown):
+            lines.append(f"{prefix}add GSI {index.name} ({index.pk_attribute}/"
+                         f"{index.sk_attribute}, {index.projection}) to {shown}")
+            if dry_run:
+                continue
+            await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
+            current = await asyncio.to_thread(client.describe) or table
+            await asyncio.to_thread(
+                client.call, "update_table", **_create_index_update(current, index, spec)
+            )
+            await asyncio.to_thread(client.wait_active, index.name, wait_seconds, poll_interval)
+            added.append(index.name)
+    version = await asyncio.to_thread(_read_version, client) if table is not None else None
+    if version != SCHEMA_VERSION:
+        lines.append(f"{prefix}record schema version {SCHEMA_VERSION}")
+        if not dry_run:
+            await asyncio.to_thread(_write_version, client)
+    if added:
+        if backfill is not None:
+            lines += await backfill(BackfillRequest(parsed, models, tuple(added)))
+        else:
+            lines.append(
+                f"note: items written before this migration are not in {', '.join(added)} "
+                "until rewritten; the DynamoDB layer's backfill fills them in"
+            )
+    if not lines:
+        lines.append(f"{shown} is up to date (schema version {SCHEMA_VERSION})")
+    return lines
+
+
+def _read_version(client: _Table) -> int | None:
+    key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
+    item = client.call("get_item", TableName=client.url.table, Key=key,
+                       ConsistentRead=True).get("Item")
+    if not item or "version" not in item:
+        return None
+    return int(item["version"]["N"])
+
+
+def _write_version(client: _Table) -> None:
+    item = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
+    item["version"] = {"N": str(SCHEMA_VERSION)}
+    item["appliedAt"] = {"S": utc_now()}
+    client.call("put_item", TableName=client.url.table, Item=item)
