@@ -253,6 +253,8 @@ class ChainlitLayer(BaseDataLayer):
         _check_no_nul(meta_set, "thread metadata")
         self._check_size(json.dumps(meta_set, default=str) if meta_set else "", "metadata")
         create = name is not None or user_id is not None or tags is not None
+        if not create and metadata is None and not fields:
+            return  # nothing to change
         await self.backend.update_thread(
             thread_id, fields, meta_set, meta_delete, create=create, now=utc_now()
         )
@@ -322,7 +324,7 @@ class ChainlitLayer(BaseDataLayer):
 
     @queue_until_user_message
     async def create_step(self, step_dict: StepDict) -> None:
-        row, activity = self._step_row(step_dict)
+        row, activity = self._step_row(step_dict, create=True)
         await self.backend.upsert_step(row, create=True, activity=activity, now=utc_now())
 
     @queue_until_user_message
@@ -384,6 +386,7 @@ class ChainlitLayer(BaseDataLayer):
                     content_disposition=_content_disposition(data.get("name") or data["id"]),
                 )
                 data["objectKey"] = object_key
+                data["mime"] = mime
                 data["url"] = None  # signed afresh on every read
         row = to_row(self.models, "element", data)
         _check_no_nul(row, "element")
@@ -455,7 +458,9 @@ class ChainlitLayer(BaseDataLayer):
 
     # ---------------------------------------------------------------- helpers
 
-    def _step_row(self, step_dict: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    def _step_row(
+        self, step_dict: Mapping[str, Any], *, create: bool = False
+    ) -> tuple[dict[str, Any], str | None]:
         if not isinstance(step_dict, Mapping):
             raise InvalidInputError("step_dict must be a dict")
         data = dict(step_dict)
@@ -474,6 +479,8 @@ class ChainlitLayer(BaseDataLayer):
                 self._check_size(value, f"step {key}")
             elif value is not None:
                 raise InvalidInputError(f"step {key} must be a string")
+        if create and not data.get("createdAt"):
+            data["createdAt"] = utc_now()  # creation order is the thread's step order
         for key in ("createdAt", "start", "end"):
             if data.get(key):
                 data[key] = format_timestamp(parse_timestamp(data[key]))
