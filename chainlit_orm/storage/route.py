@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from chainlit_orm.errors import InvalidIdentifierError
 from chainlit_orm.storage._keys import validate_key
@@ -69,11 +69,33 @@ def mount_storage_route(app: Starlette, *storages: FsspecStorage, path_prefix: s
     if any(isinstance(r, _StorageRoute) and r.path == path for r in routes):
         return
     route = _StorageRoute(path, _serve, methods=["GET", "HEAD"], name="chainlit_orm_files")
-    index = next(
-        (i for i, r in enumerate(routes) if getattr(r, "path", "").endswith("{full_path:path}")),
-        len(routes),
-    )
-    routes.insert(index, route)
+    routes.insert(_first_capturing_route(app, f"{prefix}{ROUTE_PATH}/probe/key"), route)
+
+
+def _first_capturing_route(app: Starlette, probe_path: str) -> int:
+    """Index of the first route that would answer a GET of ``probe_path`` (else the end).
+
+    Asking each route whether it matches, rather than looking for Chainlit's catch-all by its
+    path, also finds it when FastAPI wraps an included router in one opaque entry (FastAPI 0.165
+    keeps ``include_router`` routers as ``_IncludedRouter``) and finds any other catch-all
+    (a ``Mount("/")``, a SPA fallback). The app's router reads ``routes`` on every request, so an
+    insertion here takes effect even after the app started.
+    """
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": probe_path,
+        "raw_path": probe_path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "app": app,
+    }
+    for index, candidate in enumerate(app.router.routes):
+        match, _ = candidate.matches(dict(scope))
+        if match == Match.FULL:
+            return index
+    return len(app.router.routes)
 
 
 def mount_on_chainlit() -> None:
