@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,7 +75,7 @@ async def test_expired_url_is_403(route_server: RouteServer, http: httpx.AsyncCl
     url = await storage.get_read_url("k")
     assert (await http.get(url)).content == b"short-lived"
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])
-    time.sleep(max(expires - time.time() + 1.1, 0))
+    await asyncio.sleep(max(expires - time.time() + 1.1, 0))
     response = await http.get(url)
     assert response.status_code == 403
     assert await storage.delete_file("k") is True
