@@ -11,7 +11,8 @@ Global secondary indexes and why each exists:
   Chainlit's layer, and keep its projection: a GSI's projection cannot be changed in place.
 * ``UserActivity`` (``USER#{userId}`` / ``TS#{activityAt}#{id}``) serves ``list_threads``. It
   projects every thread attribute a list item needs (:func:`list_attributes`: ``id, createdAt,
-  activityAt, name, userId, userIdentifier, tags, metadata`` plus any custom column), so a
+  activityAt, name, userId, userIdentifier, tags, metadata`` plus any custom column not derived
+  from ``metadata``), so a
   sidebar page is exactly one Query, and the ``id`` in the sort key makes the keyset cursor
   unique even when two threads share a timestamp.
 * ``UserFeedback0`` / ``UserFeedback1`` serve the ``feedback`` filter of ``list_threads``. They are
@@ -202,12 +203,18 @@ def _dynamo_type(type_: sa.types.TypeEngine[Any]) -> str:
 
 
 def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
-    """The thread attributes a ``list_threads`` item needs: every thread column but the overflow.
+    """The thread attributes a ``list_threads`` item needs, in column order.
 
-    A custom column (a tenant, say) is included, so a custom set's list index carries it.
+    Every thread column except the overflow and the columns derived from ``metadata``
+    (``metadata_column``): ``metadata`` itself is projected, so they would only add bytes, and
+    a projection cannot change in place, so adding such a column to a set must not force
+    recreating the list indexes of an existing table. Any other custom column is included.
     """
+    derived = models.metadata_columns("thread")
     return tuple(
-        column.name for column in models.table("thread").columns if column.name != OVERFLOW_COLUMN
+        column.name
+        for column in models.table("thread").columns
+        if column.name != OVERFLOW_COLUMN and column.name not in derived
     )
 
 
