@@ -1,0 +1,1054 @@
+"""Create or upgrade a live database to the schema a model set describes: ``chainlit-orm migrate``.
+
+Why it works the way it does:
+
+* **Drop-in for Chainlit's databases.** A database created from Chainlit's documented DDL (either
+  the current docs variant or the older one with ``"disableFeedback"``) already has our table and
+  column names, so upgrading it only *adds*: missing tables, columns, indexes and the version
+  record. Nothing is dropped, no type is changed, and no foreign key is added to an existing table
+  (the older variant has none, and orphan rows would make adding one fail). Three exceptions, each
+  needed for the layer to work on such a database, are named and reported:
+
+  a. ``NOT NULL`` is relaxed on columns the models do not have and that have no server default
+     (the older variant's ``"disableFeedback" BOOLEAN NOT NULL`` would fail every step insert);
+  b. new columns whose value can be derived are backfilled in batches (``threads."activityAt"``
+     from the thread's latest ``user_message``; ``steps.favorite`` and custom
+     :func:`~chainlit_orm.models.modelset.metadata_column` fields from the row's metadata, with the
+     same code the layer writes them with), leaving values already present alone;
+  c. where Chainlit's layer left several feedback rows for one step, the unique feedback-per-step
+     index is not built silently: migrate refuses, listing them, before changing anything; with
+     ``dedupe_feedback=True`` it keeps one row per step (see :func:`_dedupe_feedback`).
+
+* **Alembic's machinery, not hand-written DDL.** The comparison is Alembic's ``compare_metadata``
+  (filtered to the additive operations above) plus a reflection of the existing tables, and every
+  change is an :class:`alembic.operations.Operations` call (batch mode, which SQLite needs to relax
+  ``NOT NULL``). The same calls run twice: first against an offline ``as_sql`` migration context,
+  which renders the exact statements (for ``dry_run`` and for the report), then, unless it is a
+  dry run, against the live connection.
+
+* **Existing indexes are found by what they do.** Chainlit's DDL has no indexes beyond the keys,
+  but a user may already have created one under another name; an index (or unique constraint)
+  over the same columns in the same order, unique if ours is, counts as ours.
+
+* **One transaction where the dialect allows it** (PostgreSQL, SQLite): a failure leaves the
+  database as it was. MySQL/MariaDB commit every DDL statement, so each step is idempotent and the
+  version is recorded last: running migrate again after a failure finishes the job.
+
+* **Recorded in our own table** (``models.version_table``, one per table prefix, in the set's
+  schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
+from alembic.operations.ops import CreateTableOp
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import CreateSchema
+
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidInputError,
+    SchemaError,
+    SchemaOutdatedError,
+    mask_url,
+)
+from chainlit_orm.models.convert import to_row
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
+from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
+
+__all__ = ["BATCH_SIZE", "MigrationReport", "ensure_schema", "migrate"]
+
+logger = logging.getLogger("chainlit_orm")
+
+#: Rows read and written per backfill round trip: small enough to keep each statement short on a
+#: busy database, large enough that a million rows take a few thousand round trips.
+BATCH_SIZE = 500
+
+#: Entities whose rows reference a thread; a cascading FK on all three lets the layer delete a
+#: thread with one statement.
+_THREAD_CHILDREN = ("step", "element", "feedback")
+
+#: The step type whose creation is a thread's activity (``ThreadFields`` docstring).
+_USER_MESSAGE = "user_message"
+
+#: The unique index that allows one feedback row per step.
+_FEEDBACK_KEY = ("forId",)
+
+#: How many ids a report line or an error message lists before it says "and N more".
+_MAX_LISTED = 20
+
+
+@dataclass
+class MigrationReport:
+    """What :func:`migrate` did, or would do with ``dry_run``.
+
+    Attributes:
+        lines: human-readable lines for the console, one per action, then a summary; with
+            ``dry_run`` also the statements, each ending with ``;``.
+        statements: the SQL statements, in the order they run (backfill statements appear once,
+            as the parameterized statement repeated per batch). Empty for DynamoDB.
+        changed: True when the database was changed (always False for a dry run).
+    """
+
+    lines: list[str] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)
+    changed: bool = False
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+async def migrate(
+    url: str,
+    *,
+    models: ModelSet = DEFAULT_MODELS,
+    dry_run: bool = False,
+    dedupe_feedback: bool = False,
+) -> MigrationReport:
+    """Create the set's schema in an empty database or upgrade an existing one, additively.
+
+    Args:
+        url: a SQL database URL (``postgresql://``, ``sqlite:///``, ``mysql://``, ``mariadb://``,
+            with or without the async driver) or ``dynamodb://TABLE?...``.
+        models: the model set to migrate to (prefix, schema and extra columns included).
+        dry_run: compute and render the statements, print them in the report, change nothing.
+        dedupe_feedback: where a step has several feedback rows (Chainlit's layer allowed it),
+            keep the most recently written one and delete the others, so the unique
+            feedback-per-step index can be built. Without it migrate refuses.
+
+    Returns:
+        The report; ``changed`` is False when the schema was already up to date.
+
+    Raises:
+        ConfigurationError: the URL names an unsupported database (the message lists the
+            supported ones).
+        BackendUnavailableError: the server cannot be reached or refuses the credentials.
+        SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
+            a newer schema version, an index name taken by a different index, or a failed
+            statement (chained to the driver error).
+    """
+    if url.strip().lower().startswith("dynamodb://"):
+        return await _migrate_dynamodb(url, models, dry_run)
+    from chainlit_orm.layers.sql import normalize_url
+
+    sa_url = normalize_url(url)
+    shown = _shown(sa_url)
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
+    try:
+        async with _transaction(engine, shown) as conn:
+            return await _migrate_on(conn, models, shown, dry_run=dry_run,
+                                     dedupe_feedback=dedupe_feedback)
+    finally:
+        await engine.dispose()
+
+
+async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) -> bool:
+    """Check, on a layer's first use, that the database has the set's schema; maybe create it.
+
+    One round of inspection: the set's tables, the recorded version, and the foreign keys of the
+    thread's children. With ``create`` and none of the set's tables present, everything is
+    created on the spot through the same path as :func:`migrate` (this is how an embedded SQLite
+    database comes to life). Anything else that is not recorded at :data:`SCHEMA_VERSION` is
+    refused rather than altered behind the operator's back: upgrading a shared database is a
+    deliberate step (``chainlit-orm migrate``). A database recorded at a *newer* version is
+    accepted, since every migration is additive and an older layer still works on it.
+
+    Args:
+        engine: the layer's engine.
+        models: the layer's model set.
+        create: create the schema if the database has none of the set's tables.
+
+    Returns:
+        True when ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
+        ``threadId`` to ``threads`` with ``ON DELETE CASCADE`` (so deleting a thread deletes its
+        rows), False otherwise (the older Chainlit variant has no such keys).
+
+    Raises:
+        SchemaOutdatedError: the schema is missing, partial, unrecorded or older; the message
+            names ``chainlit-orm migrate <url>`` with the password masked.
+        BackendUnavailableError: the database cannot be reached.
+    """
+    shown = _shown(engine.url)
+    target = _Target.of(models, engine.dialect.name)
+    async with _transaction(engine, shown) as conn:
+        state = await conn.run_sync(_first_use_state, target)
+        if not state.existing:
+            if create:
+                report = await _migrate_on(conn, models, shown, dry_run=False,
+                                           dedupe_feedback=False)
+                for line in report.lines:
+                    logger.info("%s", line)
+                return _declares_cascade(target)
+            raise SchemaOutdatedError(
+                f"{shown} has none of the chainlit-orm tables; create them with: "
+                f"chainlit-orm migrate {shown}",
+                detail=None,
+            )
+    missing = [t.name for t in target.tables.values() if t.name not in state.existing]
+    if missing:
+        raise SchemaOutdatedError(
+            f"{shown} lacks the tables {', '.join(missing)}; upgrade it with: "
+            f"chainlit-orm migrate {shown}",
+            detail=state.version,
+        )
+    if state.version is None or state.version < SCHEMA_VERSION:
+        at = "has no chainlit-orm schema version" if state.version is None else (
+            f"is at schema version {state.version}")
+        raise SchemaOutdatedError(
+            f"{shown} {at} but this chainlit-orm needs version {SCHEMA_VERSION}; upgrade it "
+            f"with: chainlit-orm migrate {shown}",
+            detail=state.version,
+        )
+    return state.cascade
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+def _shown(url: URL) -> str:
+    """The URL as it may appear in messages: password and secret query values masked."""
+    return mask_url(url.render_as_string(hide_password=True))
+
+
+def _engine_options(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """Make SQLite DDL transactional: Python's sqlite3 module only opens a transaction before DML,
+    so by default every ``CREATE``/``ALTER`` (and Alembic's batch table copy) would commit on its
+    own. Driver-level autocommit plus an explicit ``BEGIN IMMEDIATE`` puts the whole migration in
+    one transaction and takes the write lock up front, so two migrations cannot interleave."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@asynccontextmanager
+async def _transaction(engine: AsyncEngine, shown: str) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction; a failure to connect becomes one clear typed error."""
+    conn = engine.connect()
+    try:
+        await conn.start()
+    except (DBAPIError, OSError) as exc:
+        raise BackendUnavailableError(
+            f"cannot connect to {shown}: {_short(exc)}", detail=shown
+        ) from exc
+    try:
+        async with conn.begin():
+            yield conn
+    finally:
+        await conn.close()
+
+
+def _short(exc: BaseException) -> str:
+    """The driver's message, first line, without any URL in it unmasked."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return mask_url(f"{type(orig).__name__}: {text}")[:300]
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The tables a model set has on one dialect.
+
+    On PostgreSQL the set's schema is a PostgreSQL schema. On SQLite and MySQL/MariaDB a "schema"
+    is an attached file or another database, which the URL already chooses, so the tables are
+    copied onto a schema-less ``MetaData`` (as the DDL generator does)."""
+
+    dialect: str
+    schema: str | None
+    metadata: sa.MetaData
+    tables: dict[str, sa.Table]
+    version: sa.Table
+
+    @classmethod
+    def of(cls, models: ModelSet, dialect: str) -> _Target:
+        copies = tables_for_dialect(models, "mysql" if dialect == "mariadb" else dialect)
+        tables = dict(zip(ENTITIES, copies[:-1], strict=True))
+        metadata = models.metadata if copies[0] is models.table(ENTITIES[0]) else copies[0].metadata
+        return cls(dialect, copies[0].schema, metadata, tables, copies[-1])
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.dialect in ("mysql", "mariadb")
+
+    @property
+    def transactional_ddl(self) -> bool:
+        return not self.is_mysql
+
+    def qualified(self, name: str) -> str:
+        return f"{self.schema}.{name}" if self.schema else name
+
+
+def _declares_cascade(target: _Target) -> bool:
+    """Whether the target tables themselves declare cascading thread FKs (tables we create)."""
+    threads = target.tables["thread"]
+    for entity in _THREAD_CHILDREN:
+        table = target.tables[entity]
+        if not any(
+            fk.parent.name == "threadId" and fk.column.table is threads
+            and (fk.ondelete or "").upper() == "CASCADE"
+            for fk in table.foreign_keys
+        ):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- first use
+
+
+@dataclass(frozen=True)
+class _FirstUse:
+    existing: frozenset[str]
+    version: int | None
+    cascade: bool
+
+
+def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
+    inspector = sa.inspect(conn)
+    names = set(inspector.get_table_names(schema=target.schema))
+    ours = {t.name for t in target.tables.values()}
+    existing = frozenset(ours & names)
+    version = _read_version(conn, target) if target.version.name in names else None
+    children = [target.tables[e].name for e in _THREAD_CHILDREN]
+    cascade = all(
+        name in existing and _has_cascade(inspector, target, name) for name in children
+    )
+    return _FirstUse(existing, version, cascade)
+
+
+def _has_cascade(inspector: sa.Inspector, target: _Target, table: str) -> bool:
+    threads = target.tables["thread"].name
+    for fk in inspector.get_foreign_keys(table, schema=target.schema):
+        if (
+            fk["constrained_columns"] == ["threadId"]
+            and fk["referred_table"] == threads
+            and fk["referred_columns"] == ["id"]
+            and str((fk.get("options") or {}).get("ondelete", "")).upper() == "CASCADE"
+        ):
+            return True
+    return False
+
+
+def _read_version(conn: Connection, target: _Target) -> int | None:
+    vt = target.version
+    value = conn.execute(sa.select(vt.c.version).where(vt.c.id == 1)).scalar()
+    return None if value is None else int(value)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _TableChange:
+    """Additive changes to one existing table: applied in one Alembic batch."""
+
+    name: str
+    reflected: sa.Table
+    add: list[sa.Column[Any]] = field(default_factory=list)
+    relax: list[sa.Column[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _NewIndex:
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    unique: bool
+    kwargs: dict[str, Any]
+    #: False for a unique constraint the model declares without a name (``unique=True``)
+    named: bool = True
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    id: str
+    for_id: str
+    value: Any
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class _Dedupe:
+    step_id: str
+    kept: _Feedback
+    removed: tuple[_Feedback, ...]
+
+
+@dataclass(frozen=True)
+class _Backfill:
+    """Derived values for new columns of an existing table.
+
+    ``kind`` is ``"activity"`` (threads."activityAt") or ``"metadata"`` (columns computed from the
+    row's metadata by :func:`~chainlit_orm.models.convert.to_row`)."""
+
+    entity: str
+    kind: str
+    columns: tuple[str, ...]
+    rows: int
+
+
+@dataclass
+class _Plan:
+    target: _Target
+    shown: str
+    version: int | None
+    version_table_exists: bool
+    create_schema: bool = False
+    new_tables: list[sa.Table] = field(default_factory=list)
+    changes: list[_TableChange] = field(default_factory=list)
+    indexes: list[_NewIndex] = field(default_factory=list)
+    dedupe: list[_Dedupe] = field(default_factory=list)
+    backfills: list[_Backfill] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def record_version(self) -> bool:
+        return self.version != SCHEMA_VERSION or not self.version_table_exists
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create_schema or self.new_tables or self.changes or self.indexes
+                    or self.dedupe or self.backfills or self.record_version)
+
+
+def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool) -> _Plan:
+    """Compare the database with the models and decide every change, before changing anything.
+
+    Every refusal (duplicates, a newer recorded version, an index name taken, a column that
+    cannot be added) is raised from here, so a refused migration has changed nothing even on
+    MySQL/MariaDB, whose DDL cannot be rolled back.
+    """
+    target = _Target.of(models, conn.dialect.name)
+    inspector = sa.inspect(conn)
+    schema = target.schema
+    names = set(inspector.get_table_names(schema=schema))
+    ours = {table.name: entity for entity, table in target.tables.items()}
+    existing = [t.name for t in target.tables.values() if t.name in names]
+    version_exists = target.version.name in names
+    version = _read_version(conn, target) if version_exists else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{shown} is recorded at schema version {version}, newer than this chainlit-orm "
+            f"({SCHEMA_VERSION}); upgrade chainlit-orm instead of migrating",
+            detail=version,
+        )
+    plan = _Plan(target, shown, version, version_exists)
+    if schema is not None and schema not in inspector.get_schema_names():
+        plan.create_schema = True
+
+    reflected_md = sa.MetaData()
+    if existing:
+        reflected_md.reflect(conn, schema=schema, only=existing, resolve_fks=False)
+    reflected = {name: reflected_md.tables[_key(schema, name)] for name in existing}
+
+    # Alembic's comparison, filtered to what is allowed: new tables and new columns. Removals,
+    # type and default differences, foreign keys on existing tables and tables outside the set
+    # are ignored (module docstring); indexes are matched by definition below, not by name.
+    def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+        if type_ == "schema":
+            return name == schema
+        if type_ == "table":
+            return name in ours and parent_names.get("schema_name") == schema
+        return True
+
+    context = MigrationContext.configure(conn, opts={
+        "compare_type": False,
+        "compare_server_default": False,
+        "include_schemas": schema is not None,
+        "include_name": include_name,
+    })
+    changes: dict[str, _TableChange] = {}
+    new_names: set[str] = set()
+    for diff in compare_metadata(context, target.metadata):
+        if not isinstance(diff, tuple):
+            continue  # lists hold column modifications (nullable, type, default): left alone
+        if diff[0] == "add_table" and diff[1].name in ours:
+            new_names.add(diff[1].name)
+        elif diff[0] == "add_column" and diff[2] in reflected:
+            column: sa.Column[Any] = diff[3]
+            if not column.nullable and column.server_default is None:
+                raise SchemaError(
+                    f"cannot add {diff[2]}.{column.name} to {shown}: it is NOT NULL without a "
+                    "server default, and the table has rows written before it existed; make it "
+                    "nullable or give it a server_default in the model",
+                    detail=f"{diff[2]}.{column.name}",
+                )
+            changes.setdefault(diff[2], _TableChange(diff[2], reflected[diff[2]])).add.append(
+                column)
+    plan.new_tables = [t for t in target.tables.values() if t.name in new_names]
+
+    # (a) legacy NOT NULL columns the models never write would fail every insert
+    for name, table in reflected.items():
+        model_columns = set(target.tables[ours[name]].columns.keys())
+        for col in table.columns:
+            if (col.name not in model_columns and not col.nullable and not col.primary_key
+                    and col.server_default is None):
+                changes.setdefault(name, _TableChange(name, table)).relax.append(col)
+    plan.changes = [changes[t.name] for t in target.tables.values() if t.name in changes]
+
+    _plan_indexes(conn, plan, reflected, ours, dedupe_feedback)
+    _plan_backfills(conn, plan, reflected, ours, changes)
+    return plan
+
+
+def _key(schema: str | None, name: str) -> str:
+    return f"{schema}.{name}" if schema else name
+
+
+def _plan_indexes(
+    conn: Connection,
+    plan: _Plan,
+    reflected: dict[str, sa.Table],
+    ours: dict[str, str],
+    dedupe_feedback: bool,
+) -> None:
+    """Indexes (and unique constraints) the models need on existing tables, matched by columns
+    and uniqueness; duplicates checked before a unique one is planned."""
+    target = plan.target
+    for name, table in reflected.items():
+        entity = ours[name]
+        model = target.tables[entity]
+        have: list[tuple[tuple[str, ...], bool, str]] = []
+        for existing in table.indexes:
+            have.append((tuple(str(c.name) for c in existing.columns), bool(existing.unique),
+                         str(existing.name)))
+        for cons in table.constraints:
+            if isinstance(cons, sa.UniqueConstraint | sa.PrimaryKeyConstraint):
+                have.append((tuple(c.name for c in cons.columns), True, str(cons.name)))
+        wanted: list[_NewIndex] = [
+            _NewIndex(str(index.name), name, tuple(c.name for c in index.columns),
+                      bool(index.unique), dict(index.dialect_kwargs))
+            for index in sorted(model.indexes, key=lambda index: str(index.name))
+        ]
+        for cons in model.constraints:
+            if isinstance(cons, sa.UniqueConstraint):
+                cols = tuple(c.name for c in cons.columns)
+                named = isinstance(cons.name, str)
+                wanted.append(_NewIndex(str(cons.name) if named else
+                                        f"uq_{name}_{'_'.join(cols)}", name, cols, True, {},
+                                        named))
+        for ix in wanted:
+            match = next((h for h in have if h[0] == ix.columns and (h[1] or not ix.unique)), None)
+            if match is not None:
+                if ix.named and match[2] != ix.name:
+                    plan.notes.append(
+                        f"index {ix.name} on {name} ({', '.join(ix.columns)}): the existing "
+                        f"{'unique ' if match[1] else ''}index {match[2]} is equivalent; kept"
+                    )
+                continue
+            clash = next((h for h in have if h[2] == ix.name), None)
+            if clash is not None:
+                raise SchemaError(
+                    f"{plan.shown}: an index named {ix.name} already exists on {name} over "
+                    f"({', '.join(clash[0])}), but the models define it over "
+                    f"({', '.join(ix.columns)}); drop or rename it, then migrate again",
+                    detail=ix.name,
+                )
+            if ix.unique and all(c in table.columns for c in ix.columns):
+                _check_duplicates(conn, plan, entity, table, ix, dedupe_feedback)
+            plan.indexes.append(ix)
+
+
+def _check_duplicates(
+    conn: Connection,
+    plan: _Plan,
+    entity: str,
+    table: sa.Table,
+    ix: _NewIndex,
+    dedupe_feedback: bool,
+) -> None:
+    cols = [table.c[name] for name in ix.columns]
+    groups = (
+        sa.select(*cols).where(*(c.is_not(None) for c in cols)).group_by(*cols)
+        .having(sa.func.count() > 1)
+    )
+    if entity == "feedback" and ix.columns == _FEEDBACK_KEY:
+        dupes = _feedback_duplicates(conn, table, groups)
+        if not dupes:
+            return
+        if not dedupe_feedback:
+            listed = "; ".join(
+                f"step {d.step_id}: feedbacks {', '.join(f.id for f in (*d.removed, d.kept))}"
+                for d in dupes[:_MAX_LISTED]
+            )
+            more = (f"; and {len(dupes) - _MAX_LISTED} more steps"
+                    if len(dupes) > _MAX_LISTED else "")
+            raise SchemaError(
+                f"{plan.shown}: {len(dupes)} step(s) have several feedback rows (Chainlit's layer "
+                f"allowed it), so the unique index {ix.name} on {table.name}(forId) cannot be "
+                f"built: {listed}{more}. Nothing was changed. Run again with --dedupe-feedback "
+                "(dedupe_feedback=True) to keep the most recently written row per step, or "
+                "delete the extra rows yourself",
+                detail={d.step_id: [f.id for f in (*d.removed, d.kept)] for d in dupes},
+            )
+        plan.dedupe = dupes
+        return
+    sample = conn.execute(groups.limit(_MAX_LISTED)).all()
+    if sample:
+        keys = "; ".join(", ".join(str(v) for v in row) for row in sample)
+        raise SchemaError(
+            f"{plan.shown}: {table.name} has duplicate values in ({', '.join(ix.columns)}), so "
+            f"the unique index {ix.name} cannot be built: {keys}. Nothing was changed; remove "
+            "the duplicates, then migrate again",
+            detail=ix.name,
+        )
+
+
+def _feedback_duplicates(
+    conn: Connection, table: sa.Table, groups: sa.Select[Any]
+) -> list[_Dedupe]:
+    """Group the feedback rows of steps that have several and pick the one to keep.
+
+    Which row to keep: there is no timestamp on feedback rows, so "most recent" is taken from the
+    only place a database records write order. In Chainlit's UI the thumbs a user sees on a
+    message are those of their last click, so the most recently written row is the user's current
+    opinion. PostgreSQL: the greatest ``ctid`` (a row's physical position; an ``UPDATE`` writes a
+    new version at the end, so a re-rated row counts as recent; space freed by ``VACUUM`` can be
+    reused, which is why this is the best available approximation, not a guarantee). SQLite: the
+    greatest ``rowid`` (insertion order). MySQL/MariaDB keep no write order (InnoDB orders rows by
+    primary key, which is also the order Chainlit's query returned them in): the greatest id.
+    """
+    dialect = conn.dialect.name
+    order: Any
+    if dialect == "postgresql":
+        order = sa.cast(sa.literal_column("ctid"), sa.Text)
+    elif dialect == "sqlite":
+        order = sa.literal_column("rowid")
+    else:
+        order = sa.cast(table.c.id, sa.String(64))
+    keys = groups.subquery()
+    rows = conn.execute(
+        sa.select(table.c.id, table.c.forId, table.c.value, table.c.comment, order)
+        .where(table.c.forId.in_(sa.select(keys.c.forId)))
+    ).all()
+    by_step: dict[str, list[tuple[Any, _Feedback]]] = {}
+    for fid, for_id, value, comment, position in rows:
+        feedback = _Feedback(str(fid), str(for_id), value, comment)
+        by_step.setdefault(str(for_id), []).append((_position(position), feedback))
+    result = []
+    for step_id in sorted(by_step):
+        ranked = [f for _, f in sorted(by_step[step_id], key=lambda pair: pair[0])]
+        result.append(_Dedupe(step_id, ranked[-1], tuple(ranked[:-1])))
+    return result
+
+
+def _position(value: Any) -> tuple[Any, ...]:
+    """A sortable write position: a PostgreSQL ctid ``(block,offset)``, a rowid, or an id."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\((\d+),(\d+)\)", value)
+        if match:
+            return (int(match[1]), int(match[2]))
+        return (value,)
+    return (value,)
+
+
+def _plan_backfills(
+    conn: Connection,
+    plan: _Plan,
+    reflected: dict[str, sa.Table],
+    ours: dict[str, str],
+    changes: dict[str, _TableChange],
+) -> None:
+    """Derived columns to fill on existing tables: those added now and, while the version is not
+    yet recorded as current (a run that stopped half-way on MySQL/MariaDB), those added before."""
+    catching_up = plan.version != SCHEMA_VERSION
+    for name, table in reflected.items():
+        entity = ours[name]
+        model = plan.target.tables[entity]
+        added = {c.name for c in changes[name].add} if name in changes else set()
+        derived: list[tuple[str, tuple[str, ...]]] = []
+        if entity == "thread" and "activityAt" in model.columns:
+            derived.append(("activity", ("activityAt",)))
+        metadata_cols = tuple(
+            c.name for c in model.columns
+            if (c.name == "favorite" or FROM_METADATA in c.info) and "metadata" in table.columns
+        )
+        if metadata_cols:
+            derived.append(("metadata", metadata_cols))
+        for kind, columns in derived:
+            todo = tuple(c for c in columns if c in added or (catching_up and c in table.columns))
+            if not todo:
+                continue
+            if any(c in added for c in todo):
+                count = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            else:
+                count = conn.execute(
+                    sa.select(sa.func.count()).select_from(table)
+                    .where(sa.or_(*(table.c[c].is_(None) for c in todo)))
+                ).scalar_one()
+            if count:
+                plan.backfills.append(_Backfill(entity, kind, todo, int(count)))
+
+
+# ----------------------------------------------------------------------------- applying the plan
+
+
+class _StatementBuffer:
+    """The ``output_buffer`` of an offline Alembic context: one entry per rendered statement."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def write(self, text: str) -> int:
+        statement = text.strip()
+        if statement:
+            self.statements.append(statement.removesuffix(";").rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def add(self, statement: str) -> None:
+        self.statements.append(statement.strip())
+
+
+async def _migrate_on(
+    conn: AsyncConnection,
+    models: ModelSet,
+    shown: str,
+    *,
+    dry_run: bool,
+    dedupe_feedback: bool,
+) -> MigrationReport:
+    """Plan, render, and (unless ``dry_run``) apply, on a connection inside a transaction."""
+    if conn.dialect.name == "postgresql" and not dry_run:
+        # Two migrations at once (two app replicas starting, a CI job and a person) queue up here;
+        # the second one then plans against the finished schema and has nothing to do.
+        lock = zlib.crc32(f"chainlit-orm:{models.schema}.{models.version_table}".encode())
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+    plan = await conn.run_sync(_plan, models, shown, dedupe_feedback)
+    if plan.empty:
+        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"])
+    lines: list[str] = []
+    buffer = _StatementBuffer()
+    offline = MigrationContext.configure(dialect=conn.dialect, opts={
+        "as_sql": True, "output_buffer": buffer, "literal_binds": True,
+    })
+    now = utc_now()
+    _apply(Operations(offline), plan, models, now, live=None, buffer=buffer, lines=lines)
+    statements = buffer.statements
+    before = "none recorded" if plan.version is None else str(plan.version)
+    head = f"{shown}: schema version {before} -> {SCHEMA_VERSION}"
+    if dry_run:
+        return MigrationReport(
+            [f"dry run on {head}", *lines,
+             f"dry run: {len(statements)} statements would run; nothing was changed",
+             *(f"{s};" for s in statements)],
+            statements,
+            changed=False,
+        )
+    applied: list[str] = []
+    try:
+        await conn.run_sync(_apply_live, plan, models, now, applied)
+    except DBAPIError as exc:
+        outcome = ("nothing was changed (the transaction was rolled back)"
+                   if plan.target.transactional_ddl else
+                   "the steps before it were applied; fix the cause and migrate again to finish")
+        raise SchemaError(
+            f"migrating {shown} failed: {_short(exc)}; {outcome}", detail=shown
+        ) from exc
+    return MigrationReport(
+        [f"migrating {head}", *lines, *applied,
+         f"done: schema version {SCHEMA_VERSION} recorded; {len(statements)} statements"],
+        statements,
+        changed=True,
+    )
+
+
+def _apply_live(conn: Connection, plan: _Plan, models: ModelSet, now: str,
+                applied: list[str]) -> None:
+    context = MigrationContext.configure(conn)
+    _apply(Operations(context), plan, models, now, live=conn, buffer=None, lines=applied)
+
+
+def _apply(
+    op: Operations,
+    plan: _Plan,
+    models: ModelSet,
+    now: str,
+    *,
+    live: Connection | None,
+    buffer: _StatementBuffer | None,
+    lines: list[str],
+) -> None:
+    """Issue the plan's operations, in order, on ``op``.
+
+    Called twice with the same plan: offline (``live`` None) to render the statements and write
+    the report lines, then live to apply them; ``lines`` then only receives what only the live
+    run knows (backfill outcomes). Order: schema, new tables (parents first), column changes,
+    duplicate feedback removal, indexes, backfills (after the indexes, which they read through),
+    version record last.
+    """
+    target = plan.target
+    schema = target.schema
+    offline = live is None
+    say = lines.append if offline else (lambda _line: None)
+
+    if plan.create_schema and schema is not None:
+        say(f"create schema {schema}")
+        op.execute(CreateSchema(schema, if_not_exists=True))
+
+    for table in plan.new_tables:
+        say(f"create table {target.qualified(table.name)}")
+        op.invoke(CreateTableOp.from_table(table))
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            op.create_index(str(index.name), table.name, [c.name for c in index.columns],
+                            unique=bool(index.unique), schema=schema, **index.dialect_kwargs)
+
+    for change in plan.changes:
+        for col in change.add:
+            say(f"add column {change.name}.{col.name} ({_type_name(col, op)})")
+        for col in change.relax:
+            say(f"allow NULL in {change.name}.{col.name}: a legacy NOT NULL column the models "
+                "do not write (it would fail every insert)")
+        copy_from = change.reflected if target.dialect == "sqlite" and change.relax else None
+        with op.batch_alter_table(change.name, schema=schema, copy_from=copy_from,
+                                  recreate="auto") as batch:
+            for col in change.add:
+                batch.add_column(col._copy())
+            for col in change.relax:
+                batch.alter_column(
+                    col.name,
+                    nullable=True,
+                    existing_type=col.type,
+                    existing_nullable=False,
+                    existing_server_default=col.server_default,
+                    existing_comment=col.comment,
+                )
+
+    if plan.dedupe:
+        feedbacks = target.tables["feedback"]
+        removed = [f.id for d in plan.dedupe for f in d.removed]
+        for d in plan.dedupe:
+            for f in d.removed:
+                say(f"remove duplicate feedback {f.id} on step {d.step_id} (value {f.value}, "
+                    f"comment {f.comment!r}); kept feedback {d.kept.id} (value {d.kept.value}, "
+                    f"comment {d.kept.comment!r}), the most recently written")
+        op.execute(sa.delete(feedbacks).where(feedbacks.c.id.in_(removed)))
+
+    for ix in plan.indexes:
+        say(f"create {'unique ' if ix.unique else ''}index {ix.name} on {ix.table} "
+            f"({', '.join(ix.columns)})")
+        op.create_index(ix.name, ix.table, list(ix.columns), unique=ix.unique, schema=schema,
+                        **ix.kwargs)
+    for note in plan.notes:
+        say(note)
+
+    for backfill in plan.backfills:
+        table = target.tables[backfill.entity]
+        what = ", ".join(f"{table.name}.{c}" for c in backfill.columns)
+        if backfill.kind == "activity":
+            say(f"backfill {what} on {backfill.rows} rows: createdAt of the thread's latest "
+                "user_message, else the thread's createdAt, else now")
+            select, update = _activity_statements(target)
+        else:
+            say(f"backfill {what} on {backfill.rows} rows from each row's metadata")
+            select, update = _metadata_statements(target, backfill)
+        if buffer is not None:
+            for stmt in (*select, update):
+                buffer.add(_template(stmt, op.get_context().dialect))
+        if live is not None:
+            lines.extend(_run_backfill(live, target, models, backfill, now))
+
+    if plan.record_version:
+        vt = target.version
+        if not plan.version_table_exists:
+            say(f"create table {target.qualified(vt.name)}")
+            op.invoke(CreateTableOp.from_table(vt))
+        say(f"record schema version {SCHEMA_VERSION} in {target.qualified(vt.name)}")
+        if plan.version_table_exists and plan.version is not None:
+            op.execute(sa.update(vt).where(vt.c.id == 1)
+                       .values(version=SCHEMA_VERSION, appliedAt=now))
+        else:
+            if plan.version_table_exists:  # the table exists but holds no row
+                op.execute(sa.delete(vt))
+            op.execute(sa.insert(vt).values(id=1, version=SCHEMA_VERSION, appliedAt=now))
+
+
+def _template(stmt: sa.ClauseElement, dialect: Any) -> str:
+    """A backfill statement as text: it runs once per batch with parameters, so it is shown
+    with named placeholders and a comment saying so, rather than with one batch's values."""
+    named = type(dialect)(paramstyle="named")
+    text = str(stmt.compile(dialect=named))
+    text = re.sub(r"\(?__\[POSTCOMPILE_(\w+)\]\)?", r"(:\1)", text)
+    return f"-- once per batch of up to {BATCH_SIZE} rows\n{text}"
+
+
+def _type_name(col: sa.Column[Any], op: Operations) -> str:
+    return str(col.type.compile(dialect=op.get_context().dialect))
+
+
+# ----------------------------------------------------------------------------- backfills
+
+
+def _activity_statements(target: _Target) -> tuple[tuple[sa.Select[Any], ...], sa.Update]:
+    """The statements of one activity batch: threads to fill, their user messages, the update."""
+    t, s = target.tables["thread"], target.tables["step"]
+    threads = (
+        sa.select(t.c.id, sa.type_coerce(t.c.createdAt, sa.Text))
+        .where(t.c.activityAt.is_(None), t.c.id > sa.bindparam("after", type_=t.c.id.type))
+        .order_by(t.c.id).limit(BATCH_SIZE)
+    )
+    messages = (
+        sa.select(s.c.threadId, sa.type_coerce(s.c.createdAt, sa.Text))
+        .where(s.c.type == _USER_MESSAGE,
+               s.c.threadId.in_(sa.bindparam("ids", expanding=True, type_=s.c.threadId.type)))
+    )
+    update = (
+        sa.update(t)
+        .where(t.c.id == sa.bindparam("b_id", type_=t.c.id.type), t.c.activityAt.is_(None))
+        .values(activityAt=sa.bindparam("b_value", type_=t.c.activityAt.type))
+    )
+    return (threads, messages), update
+
+
+def _metadata_statements(
+    target: _Target, backfill: _Backfill
+) -> tuple[tuple[sa.Select[Any], ...], sa.Update]:
+    table = target.tables[backfill.entity]
+    rows = (
+        sa.select(table.c.id, sa.type_coerce(table.c.metadata, sa.Text))
+        .where(sa.or_(*(table.c[c].is_(None) for c in backfill.columns)),
+               table.c.id > sa.bindparam("after", type_=table.c.id.type))
+        .order_by(table.c.id).limit(BATCH_SIZE)
+    )
+    update = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id", type_=table.c.id.type))
+        .values({c: sa.func.coalesce(table.c[c], sa.bindparam(f"b_{c}", type_=table.c[c].type))
+                 for c in backfill.columns})
+    )
+    return (rows,), update
+
+
+_LOWEST_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _run_backfill(conn: Connection, target: _Target, models: ModelSet, backfill: _Backfill,
+                  now: str) -> list[str]:
+    """Fill one backfill in keyset-paginated batches; return lines about rows it could not read.
+
+    Values are computed in Python with the package's own parsing and conversion (timestamps
+    written by Chainlit's layers come in several shapes; a SQL ``MAX`` over text would order
+    ``...:02Z`` after ``...:02.5Z`` and copy non-normalized text), so every backfilled value is
+    exactly what the layer would have written.
+    """
+    selects, update = (_activity_statements(target) if backfill.kind == "activity"
+                       else _metadata_statements(target, backfill))
+    problems: list[str] = []
+    after = _LOWEST_ID
+    filled = 0
+    while True:
+        batch = conn.execute(selects[0], {"after": after}).all()
+        if not batch:
+            break
+        after = str(batch[-1][0])
+        if backfill.kind == "activity":
+            params = _activity_values(conn, selects[1], batch, now, problems)
+        else:
+            params = _metadata_values(models, backfill, batch, problems)
+        if params:
+            conn.execute(update, params)
+            filled += len(params)
+    table = target.tables[backfill.entity].name
+    shown = problems[:_MAX_LISTED]
+    more = [f"... and {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED else []
+    return [f"backfilled {filled} rows of {table}", *shown, *more]
+
+
+def _activity_values(conn: Connection, messages: sa.Select[Any], batch: Sequence[Any], now: str,
+                     problems: list[str]) -> list[dict[str, Any]]:
+    ids = [str(row[0]) for row in batch]
+    latest: dict[str, str] = {}
+    for thread_id, created in conn.execute(messages, {"ids": ids}):
+        value = _timestamp(created, f"step of thread {thread_id}", problems)
+        key = str(thread_id)
+        if value is not None and (key not in latest or value > latest[key]):
+            latest[key] = value
+    params = []
+    for thread_id, created in batch:
+        key = str(thread_id)
+        value = latest.get(key) or _timestamp(created, f"thread {key}", problems) or now
+        params.append({"b_id": key, "b_value": value})
+    return params
+
+
+def _timestamp(value: Any, what: str, problems: list[str]) -> str | None:
+    """A stored timestamp in our fixed-width form (so text order is time order), or None."""
+    if value is None or value == "":
+        return None
+    try:
+        return format_timestamp(parse_timestamp(value))
+    except InvalidInputError:
+        problems.append(f"{what}: createdAt {value!r} is not a timestamp; not used for activityAt")
+        return None
+
+
+def _metadata_values(models: ModelSet, backfill: _Backfill, batch: Sequence[Any],
+                     problems: list[str]) -> list[dict[str, Any]]:
+    params = []
+    for row_id, raw in batch:
+        metadata = _json(raw, f"{backfill.entity} {row_id}", problems)
+        derived = to_row(models, backfill.entity, {"metadata": metadata})
+        params.append({"b_id": str(row_id), **{f"b_{c}": derived.get(c) for c in backfill.columns}})
+    return params
+
+
+def _json(raw: Any, what: str, problems: list[str]) -> Any:
+    if raw is None or isinstance(raw, dict | list):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        problems.append(f"{what}: metadata is not JSON; derived columns filled as for no metadata")
+        return None
+
+
+# ----------------------------------------------------------------------------- DynamoDB
+
+
+async def _migrate_dynamodb(url: str, models: ModelSet, dry_run: bool) -> MigrationReport:
+    """``dynamodb://`` URLs go to the DynamoDB migrator (imported here: it needs the extra)."""
+    try:
+        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("chainlit_orm"):
+            raise ConfigurationError(
+                "this build of chainlit-orm has no DynamoDB migrator", detail=url
+            ) from exc
+        raise
+    lines = list(await migrate_dynamodb(url, models, dry_run))
+    up_to_date = len(lines) == 1 and "is up to date" in lines[0]
+    return MigrationReport(lines, [], changed=not dry_run and not up_to_date)
