@@ -239,6 +239,7 @@ async def test_s3_missing_bucket_upload_is_storage_error() -> None:
         await storage.close()
 
 
+@pytest.mark.s3
 async def test_close_never_raises_and_logs_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
