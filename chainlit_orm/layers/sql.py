@@ -173,11 +173,11 @@ class SQLBackend:
 
     async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with bounded retries of transient errors and typed error mapping."""
-        if self._ready is None or not self._ready.done():
-            await self.ensure_ready()
         delay = 0.02
         for attempt in range(self.retries):
             try:
+                if self._ready is None or not self._ready.done():
+                    await self.ensure_ready()
                 return await fn()
             except DBAPIError as exc:
                 if attempt + 1 < self.retries and self._transient(exc):

@@ -1,0 +1,103 @@
+"""Transient failures are retried; nothing acknowledged is lost; errors are typed, never silent."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from chainlit_orm import SQLDataLayer
+from chainlit_orm.errors import BackendUnavailableError, ConfigurationError
+from tests.backends import SQL_BACKENDS
+from tests.sql.conftest import new_id
+
+
+def _step(tid: str, i: int) -> dict[str, object]:
+    return {"id": new_id(), "threadId": tid, "type": "assistant_message", "name": "bot",
+            "output": f"m{i}", "streaming": False, "metadata": {}}
+
+
+async def _write_loop(layer: SQLDataLayer, tid: str, n: int, acknowledged: list[str]) -> None:
+    for i in range(n):
+        step = _step(tid, i)
+        await layer.create_step(step)  # raises if it could not be written after the retries
+        acknowledged.append(str(step["id"]))
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mariadb"])
+async def test_killed_connections_lose_no_acknowledged_write(backend: str, tmp_path: Path) -> None:
+    async with SQL_BACKENDS[backend].database(tmp_path) as url:
+        layer = SQLDataLayer(url, create_schema=True, pool_size=2)
+        admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        tid, acknowledged = new_id(), []
+        await layer.sql.ensure_ready()
+        try:
+            loop = asyncio.create_task(_write_loop(layer, tid, 150, acknowledged))
+            killed = 0
+            while not loop.done():
+                await asyncio.sleep(0.05)
+                async with admin.connect() as conn:
+                    if backend == "postgres":
+                        result = await conn.execute(sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+                        killed += sum(1 for (ok,) in result if ok)
+                    else:
+                        ids = (await conn.execute(sa.text(
+                            "SELECT id FROM information_schema.processlist "
+                            "WHERE db = DATABASE() AND id <> CONNECTION_ID()"))).scalars().all()
+                        for pid in ids:
+                            await conn.execute(sa.text(f"KILL {int(pid)}"))
+                        killed += len(ids)
+            await loop
+            assert killed >= 3
+            thread = await layer.get_thread(tid)
+            assert thread is not None
+            assert sorted(s["id"] for s in thread["steps"]) == sorted(acknowledged)
+            assert len(acknowledged) == 150
+        finally:
+            await admin.dispose()
+            await layer.close()
+
+
+async def test_postgres_restart_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    async with SQL_BACKENDS["postgres"].database(tmp_path) as url:
+        layer = SQLDataLayer(url, create_schema=True, retries=12)
+        tid, acknowledged = new_id(), []
+        await layer.sql.ensure_ready()
+        try:
+            loop = asyncio.create_task(_write_loop(layer, tid, 60, acknowledged))
+            await asyncio.sleep(0.1)
+            cluster = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True,
+                                     check=True).stdout.split()[0]
+            await asyncio.to_thread(subprocess.run, [
+                "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart",
+                "-m", "fast"], check=True)
+            await loop
+            thread = await layer.get_thread(tid)
+            assert thread is not None
+            assert sorted(s["id"] for s in thread["steps"]) == sorted(acknowledged)
+            assert len(acknowledged) == 60
+        finally:
+            await layer.close()
+
+
+async def test_unreachable_database_gives_a_typed_error_with_the_password_masked() -> None:
+    layer = SQLDataLayer("postgresql://user:sekret@127.0.0.1:1/nowhere", retries=2)
+    with pytest.raises(BackendUnavailableError) as info:
+        await layer.get_user("x")
+    assert "sekret" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+    await layer.close()
+
+
+def test_unsupported_dialect_is_refused_naming_the_supported_ones() -> None:
+    with pytest.raises(ConfigurationError, match="postgresql\\+asyncpg"):
+        SQLDataLayer("oracle://u:p@h/db")
+    with pytest.raises(ConfigurationError, match="supported"):
+        SQLDataLayer("postgresql+psycopg2://u:p@h/db")
