@@ -36,7 +36,7 @@ SUPPORTED_URL_SCHEMES: tuple[str, ...] = ("postgresql", "sqlite", "mysql", "mari
 def load_models(spec: str | None) -> ModelSet:
     """Load the model set named ``package.module:attr`` (the default set when None).
 
-    The current directory is put on ``sys.path`` first, as uvicorn does for its app argument, so
+    The current directory is put first on ``sys.path``, as uvicorn does for its app argument, so
     an app's own module is found when the command runs from the app's directory. ``attr`` may
     also be a callable returning a set.
 
@@ -50,7 +50,9 @@ def load_models(spec: str | None) -> ModelSet:
     if not module_name or not attribute:
         raise ConfigurationError(f"--models must be package.module:attribute, got {spec!r}")
     cwd = os.getcwd()
-    if cwd not in sys.path:
+    if sys.path[:1] != [cwd]:
+        # first, even if an editable install put it at the end: a site-packages package with
+        # the same top-level name (``tests`` is a common one) must not shadow the app's module
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
@@ -60,11 +62,13 @@ def load_models(spec: str | None) -> ModelSet:
         found = getattr(module, attribute)
     except AttributeError as exc:
         raise ConfigurationError(f"--models: {module_name} has no attribute {attribute!r}") from exc
-    if callable(found) and not isinstance(found, ModelSet):
+    if callable(found) and not isinstance(found, type | ModelSet):
         found = found()
     if not isinstance(found, ModelSet):
+        what = f"the class {found.__name__}" if isinstance(found, type) else (
+            f"a {type(found).__name__}")
         raise ConfigurationError(
-            f"--models: {spec} is a {type(found).__name__}, not a ModelSet "
+            f"--models: {spec} is {what}, not a ModelSet "
             "(build one with chainlit_orm.models.ModelSet.build)"
         )
     return found
