@@ -42,6 +42,7 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.config import config
+from chainlit.logger import logger
 from chainlit.types import ThreadDict
 
 import chainlit_orm
@@ -168,9 +169,20 @@ async def on_chat_start() -> None:
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: ThreadDict) -> None:
-    # Everything else (the messages, the chat context) Chainlit rebuilds from get_thread().
+    # Chainlit rebuilds the messages and the chat context from get_thread(), and seeds the user
+    # session with the thread's metadata; whatever is in the user session when the browser leaves
+    # is written back with update_thread(metadata=...), which chainlit-orm merges into the stored
+    # metadata (so a flag set meanwhile, like is_shared, survives).
     turns = sum(1 for step in thread["steps"] if step.get("type") == "user_message")
     cl.user_session.set("turns", turns)
+    cl.user_session.set("resumes", int(cl.user_session.get("resumes") or 0) + 1)
+
+
+@cl.on_chat_end
+async def on_chat_end() -> None:
+    session = cl.context.session
+    if session.thread_id and getattr(session, "has_first_interaction", False):
+        logger.info("chat session ended; saving session metadata of thread %s", session.thread_id)
 
 
 def _describe(element: Any) -> str:

@@ -1,0 +1,397 @@
+"""The example app in a real browser, on two stacks: SQLite + local disk, PostgreSQL + S3 (moto).
+
+One scenario per stack, asserting what the page shows (and, where the page cannot tell, what the
+database and the storage hold):
+
+1. alice logs in, sends a message, then a second one with a PNG attached;
+2. after a reload the thread is in the sidebar under "Today" with its name; opening it shows both
+   messages, the bot's ``think`` steps and the image, whose URL serves exactly the uploaded bytes;
+3. thumbs-down with a comment on a bot message survives a reload;
+4. a rename survives a reload;
+5. bob (fresh browser context) does not see alice's thread, neither in his sidebar nor by URL;
+6. alice shares the thread and leaves it; bob, sent to the login page first, reads it through the
+   share link; leaving did not drop the shared flag (Chainlit writes the resume-time session
+   metadata back on disconnect, which must merge);
+7. alice deletes the open thread: gone from the sidebar and by URL, its files gone from storage,
+   and once the browser is closed no row of it is left (the disconnect's metadata-only
+   ``update_thread`` must not bring it back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from playwright.async_api import expect
+
+from .conftest import (
+    STEP_RESULTS,
+    App,
+    Artifacts,
+    Stack,
+    element_keys,
+    thread_metadata,
+    thread_rows,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+T = TypeVar("T")
+
+FIRST = "Hello from alice"
+SECOND = "Here is a picture"
+COMMENT = "Too short, please explain more."
+NEW_NAME = "Renamed by alice"
+IMAGE_NAME = "pixel.png"
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+USER_MSG = ".step[data-step-type=user_message]"
+BOT_MSG = ".step[data-step-type=assistant_message]"
+TOOL_STEP = ".step[data-step-type=tool]"
+
+expect.set_options(timeout=20_000)
+
+
+def make_png(width: int = 3, height: int = 2) -> bytes:
+    """A valid RGB PNG, small and built here (no fixture file)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes([200, 30, 60]) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+PNG = make_png()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, timeout: float = 15,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``accept`` holds; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout} s")
+        await asyncio.sleep(0.25)
+
+
+class Scenario:
+    def __init__(self, stack: Stack, app: App, browser: Any, artifacts: Artifacts) -> None:
+        self.stack, self.app, self.browser, self.artifacts = stack, app, browser, artifacts
+        artifacts.app = app
+        self.results = STEP_RESULTS.setdefault(f"{artifacts.test_id}", [])
+        self.contexts: list[Any] = []
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as exc:
+            self.results.append((name, "FAIL", time.monotonic() - started))
+            await self.artifacts.save(f"step {name!r} failed: {exc!r}")
+            raise
+        self.results.append((name, "pass", time.monotonic() - started))
+
+    # -- browser helpers ------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return self.app.url + path
+
+    async def new_context(self) -> Any:
+        context = await self.browser.new_context(
+            base_url=self.app.url, viewport={"width": 1280, "height": 900}, locale="en-US",
+            timezone_id="UTC",
+        )
+        # The share dialog copies the link to the clipboard before it reports success.
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=self.app.url)
+        self.contexts.append(context)
+        return context
+
+    async def new_page(self, context: Any, who: str) -> Any:
+        return self.artifacts.watch(who, await context.new_page())
+
+    async def login(self, page: Any, user: str) -> None:
+        if not page.url.endswith("/login"):
+            await page.goto(self.url("/"))
+        await expect(page).to_have_url(self.url("/login"))
+        await page.locator("#email").fill(user)
+        await page.locator("#password").fill(self.stack.passwords[user])
+        await page.locator("#password").press("Enter")
+        await expect(page).to_have_url(self.url("/"))
+        await expect(page.locator("#chat-input")).to_be_editable()
+
+    async def send(self, page: Any, text: str) -> None:
+        await page.locator("#chat-input").fill(text)
+        await expect(page.locator("#chat-submit")).to_be_enabled()
+        await page.locator("#chat-submit").click()
+
+    def thread_item(self, page: Any, thread_id: str) -> Any:
+        return page.locator(f"#thread-history li#thread-{thread_id}")
+
+    async def thread_menu(self, page: Any, thread_id: str, action: str) -> None:
+        item = self.thread_item(page, thread_id)
+        await item.hover()
+        await item.locator("#thread-options").click()
+        await page.locator(f"#{action}-thread").click()
+
+    async def open_from_sidebar(self, page: Any, thread_id: str) -> None:
+        """Start from a new chat and open the thread through its sidebar entry (a resume)."""
+        await page.goto(self.url("/"))
+        await self.thread_item(page, thread_id).locator("a").click()
+        await expect(page).to_have_url(self.url(f"/thread/{thread_id}"))
+        await expect(page.locator(USER_MSG)).to_have_count(2)
+
+    async def expect_conversation(self, page: Any) -> None:
+        """The whole conversation as the page shows it after a reload (resumed or shared)."""
+        await expect(page.locator(USER_MSG)).to_have_count(2)
+        await expect(page.locator(f"{USER_MSG} .message-content")).to_have_text([FIRST, SECOND])
+        await expect(page.locator(BOT_MSG)).to_have_count(2)
+        bots = page.locator(BOT_MSG)
+        await expect(bots.nth(0)).to_contain_text(f"You said: {FIRST}")
+        # (Playwright compares text with whitespace collapsed to single spaces.)
+        await expect(bots.nth(1)).to_contain_text(
+            f"You said: {SECOND} Received 1 file(s): {IMAGE_NAME} (image/png, {len(PNG)} bytes)"
+        )
+        # Each reply's Text element, whose content the page reads back from storage.
+        await expect(bots.nth(0)).to_contain_text(f"Turn 1 Message: {FIRST} Files: no files")
+        await expect(bots.nth(1)).to_contain_text(
+            f"Turn 2 Message: {SECOND} Files: {IMAGE_NAME} (image/png, {len(PNG)} bytes)"
+        )
+        await expect(page.locator(TOOL_STEP)).to_have_count(2)
+        await expect(page.locator(TOOL_STEP)).to_have_text(["Used think", "Used think"])
+        await self.expect_image(page)
+
+    async def expect_image(self, page: Any) -> str:
+        image = page.locator(f"{USER_MSG} img[alt='{IMAGE_NAME}']")
+        await expect(image).to_have_count(1)
+        await image.scroll_into_view_if_needed()
+        await expect(image).to_have_js_property("naturalWidth", 3)
+        await expect(image).to_have_js_property("naturalHeight", 2)
+        src: str = await image.evaluate("img => img.src")
+        prefix = self.stack.url_prefix
+        expected = (self.app.url + prefix if prefix.startswith("/") else prefix)
+        assert src.startswith(expected), src
+        assert "/project/file/" not in src, src
+        return src
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_example_app(stack: Stack, app: App, browser: Any, artifacts: Artifacts) -> None:
+    sc = Scenario(stack, app, browser, artifacts)
+    try:
+        await run_scenario(sc)
+    finally:
+        for context in sc.contexts:
+            with contextlib.suppress(Exception):
+                await context.close()
+
+
+async def run_scenario(sc: Scenario) -> None:  # noqa: PLR0915 (one story, told in order)
+    stack, app = sc.stack, sc.app
+
+    async with sc.step("app starts and prints the demo logins"):
+        log = app.log()
+        assert "  login     alice / alice-pass\n" in log, log
+        if "DEMO_BOB_PASSWORD" in stack.env:
+            assert "  login     bob / <$DEMO_BOB_PASSWORD>\n" in log, log
+        else:
+            assert "  login     bob / bob-pass\n" in log, log
+        if "CHAINLIT_AUTH_SECRET" in stack.env:
+            assert "  secret    CHAINLIT_AUTH_SECRET from the environment\n" in log, log
+        else:
+            secret_file = app.directory / ".data" / "auth-secret"
+            assert f"  secret    generated now (CHAINLIT_AUTH_SECRET was unset), kept in {secret_file}\n" in log, log
+            assert len(secret_file.read_text().strip()) >= 32
+
+    alice_ctx = await sc.new_context()
+    alice = await sc.new_page(alice_ctx, "alice")
+
+    async with sc.step("alice logs in and sends a message, then one with a PNG"):
+        await sc.login(alice, "alice")
+        await sc.send(alice, FIRST)
+        await expect(alice.locator(BOT_MSG)).to_have_count(1)
+        await expect(alice.locator(BOT_MSG)).to_contain_text(f"You said: {FIRST}")
+        await expect(alice).to_have_url(re.compile(re.escape(sc.url("/thread/")) + UUID + "$"))
+        thread_id = alice.url.rsplit("/", 1)[1]
+
+        await alice.locator("#upload-button-input").set_input_files(
+            files=[{"name": IMAGE_NAME, "mimeType": "image/png", "buffer": PNG}]
+        )
+        await expect(alice.locator(f"#attachments img[alt='{IMAGE_NAME}']")).to_have_count(1)
+        await sc.send(alice, SECOND)
+        await expect(alice.locator(BOT_MSG)).to_have_count(2)
+        await expect(alice.locator(BOT_MSG).nth(1)).to_contain_text(
+            f"Received 1 file(s): {IMAGE_NAME} (image/png, {len(PNG)} bytes)"
+        )
+        await expect(alice.locator(TOOL_STEP)).to_have_count(2)
+        await expect(alice.locator(f"{USER_MSG} .message-content")).to_have_text([FIRST, SECOND])
+
+    async with sc.step("reload: the thread is in the sidebar under Today, with its name"):
+        await alice.reload()
+        item = sc.thread_item(alice, thread_id)
+        await expect(item).to_have_text(FIRST)
+        group = alice.locator("#thread-history [data-sidebar=group]").filter(
+            has=alice.locator(f"li#thread-{thread_id}")
+        )
+        await expect(group.locator("[data-sidebar=group-label]")).to_have_text("Today")
+        await expect(alice.locator("#thread-history li[id^=thread-]")).to_have_count(1)
+
+    async with sc.step("open it: both messages, the think steps and the image are shown"):
+        await sc.open_from_sidebar(alice, thread_id)
+        await sc.expect_conversation(alice)
+
+    async with sc.step("the image URL answers 200 with exactly the uploaded bytes"):
+        src = await sc.expect_image(alice)
+        response = await alice_ctx.request.get(src)
+        assert response.status == 200, (response.status, src)
+        assert await response.body() == PNG
+        assert response.headers["content-type"] == "image/png"
+
+    async with sc.step("thumbs-down with a comment on a bot message survives a reload"):
+        first_bot = alice.locator(BOT_MSG).nth(0)
+        await first_bot.locator(".negative-feedback-off").click()
+        dialog = alice.get_by_role("dialog")
+        await dialog.locator("textarea").fill(COMMENT)
+        await dialog.locator("#submit-feedback").click()
+        await expect(first_bot.locator(".negative-feedback-on")).to_have_count(1)
+        await expect(alice.get_by_text("Feedback updated")).to_have_count(1)
+
+        await alice.reload()
+        first_bot = alice.locator(BOT_MSG).nth(0)
+        await expect(alice.locator(BOT_MSG)).to_have_count(2)
+        await expect(first_bot.locator(".negative-feedback-on")).to_have_count(1)
+        await expect(alice.locator(".negative-feedback-on")).to_have_count(1)
+        await expect(alice.locator(".positive-feedback-on")).to_have_count(0)
+        await first_bot.locator("button:has(svg.lucide-message-circle)").click()
+        await expect(alice.get_by_role("dialog").locator("textarea")).to_have_value(COMMENT)
+        await alice.keyboard.press("Escape")
+        await expect(alice.get_by_role("dialog")).to_have_count(0)
+
+    async with sc.step("rename the thread; the new name survives a reload"):
+        await sc.thread_menu(alice, thread_id, "rename")
+        dialog = alice.get_by_role("dialog")
+        await dialog.locator("input#name").fill(NEW_NAME)
+        await dialog.get_by_role("button", name="Confirm").click()
+        await expect(sc.thread_item(alice, thread_id)).to_have_text(NEW_NAME)
+        await alice.reload()
+        await expect(sc.thread_item(alice, thread_id)).to_have_text(NEW_NAME)
+        await expect(alice.locator(USER_MSG)).to_have_count(2)
+
+    bob_ctx = await sc.new_context()
+    bob = await sc.new_page(bob_ctx, "bob")
+
+    async with sc.step("bob does not see alice's thread in his sidebar nor by its URL"):
+        await sc.login(bob, "bob")
+        await expect(bob.locator("#thread-history")).to_contain_text("No threads found")
+        await expect(bob.locator("#thread-history li[id^=thread-]")).to_have_count(0)
+        response = await bob_ctx.request.get(sc.url(f"/project/thread/{thread_id}"))
+        assert response.status == 401, response.status
+        # Not shared yet: the share endpoint hides it too.
+        response = await bob_ctx.request.get(sc.url(f"/project/share/{thread_id}"))
+        assert response.status == 404, response.status
+
+        await bob.goto(sc.url(f"/thread/{thread_id}"))
+        await expect(bob.get_by_text("Couldn't resume chat")).to_have_count(1)
+        await expect(bob).to_have_url(sc.url("/"))
+        await expect(bob.locator(".step")).to_have_count(0)
+        await expect(bob.get_by_text(FIRST)).to_have_count(0)
+
+    async with sc.step("alice shares the thread and leaves; the shared flag stays"):
+        await sc.thread_menu(alice, thread_id, "share")
+        dialog = alice.get_by_role("dialog")
+        await expect(dialog).to_contain_text(sc.url(f"/share/{thread_id}"))
+        await dialog.get_by_role("button", name="Share", exact=True).click()
+        await expect(alice.get_by_text("Share link created!")).to_have_count(1)
+        shared = await eventually(
+            lambda: thread_metadata(stack, thread_id), lambda m: bool(m and m.get("is_shared")),
+            what="is_shared after sharing",
+        )
+        assert shared is not None
+        resumes = int(shared.get("resumes") or 0)
+        await alice.close()
+        # Leaving writes back the session metadata of the last resume (taken before the share,
+        # so without is_shared, and with one more resume counted): it must merge.
+        left = await eventually(
+            lambda: thread_metadata(stack, thread_id),
+            lambda m: bool(m) and int(m.get("resumes") or 0) == resumes + 1,
+            what="metadata after alice left",
+        )
+        assert left["is_shared"] is True, left
+        assert left["shared_at"] == shared["shared_at"], left
+
+    async with sc.step("bob, logged out, is sent to log in, then reads the share link"):
+        visitor_ctx = await sc.new_context()
+        visitor = await sc.new_page(visitor_ctx, "bob-share")
+        await visitor.goto(sc.url(f"/share/{thread_id}"))
+        await expect(visitor).to_have_url(sc.url("/login"))
+        await sc.login(visitor, "bob")
+        await visitor.goto(sc.url(f"/share/{thread_id}"))
+        await sc.expect_conversation(visitor)
+        await expect(visitor.locator("#thread-history li[id^=thread-]")).to_have_count(0)
+
+    ended = f"saving session metadata of thread {thread_id}"
+    ended_before = app.log().count(ended)
+
+    async with sc.step("alice deletes the open thread: gone from sidebar, URL and storage"):
+        # A second tab keeps the thread open through the deletion: when the browser closes, its
+        # disconnect sends update_thread(thread_id, metadata=...) for a thread that is gone.
+        other_tab = await sc.new_page(alice_ctx, "alice-other-tab")
+        await sc.open_from_sidebar(other_tab, thread_id)
+        alice = await sc.new_page(alice_ctx, "alice-2")
+        await sc.open_from_sidebar(alice, thread_id)
+        keys = await element_keys(stack, thread_id)
+        # the PNG and the two replies' Text elements
+        assert len(keys) == 3, keys
+        assert all(k.startswith(f"threads/{thread_id}/files/") for k in keys), keys
+        prefix = f"threads/{thread_id}/"
+        assert [k for k in stack.list_objects() if k.startswith(prefix)] == keys
+
+        await sc.thread_menu(alice, thread_id, "delete")
+        await alice.get_by_role("alertdialog").get_by_role("button", name="Confirm").click()
+        await expect(alice.get_by_text("Chat deleted")).to_have_count(1)
+        await expect(sc.thread_item(alice, thread_id)).to_have_count(0)
+        await expect(alice).to_have_url(sc.url("/"))
+        await expect(alice.locator("#thread-history")).to_contain_text("No threads found")
+
+        assert [k for k in stack.list_objects() if k.startswith(prefix)] == []
+        assert [m for m in stack.list_meta() if thread_id in m] == []
+        response = await alice_ctx.request.get(sc.url(f"/project/thread/{thread_id}"))
+        assert response.status == 404, response.status
+
+        await alice.goto(sc.url(f"/thread/{thread_id}"))
+        await expect(alice.get_by_text("Couldn't resume chat")).to_have_count(1)
+        await expect(alice).to_have_url(sc.url("/"))
+        await expect(alice.locator(".step")).to_have_count(0)
+
+    async with sc.step("after the browser closes, no row of the thread remains"):
+        for context in sc.contexts:
+            await context.close()
+        sc.contexts.clear()
+
+        async def disconnects() -> int:
+            return app.log().count(ended) - ended_before
+
+        # Chainlit's disconnect handler sends update_thread(metadata=...) for the thread each
+        # session had open: the deleting tab (at its clear, before the delete) and the other tab
+        # (at the close, after it). Wait until both have run, then check nothing was recreated.
+        await eventually(disconnects, lambda n: n >= 2, what="disconnects of alice's two tabs")
+        await asyncio.sleep(1.0)
+        assert await thread_rows(stack, thread_id) == {
+            "threads": 0, "steps": 0, "elements": 0, "feedbacks": 0,
+        }
