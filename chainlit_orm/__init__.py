@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 from chainlit_orm.config import from_env as from_env
 from chainlit_orm.layers.base import ChainlitLayer as ChainlitLayer
 from chainlit_orm.layers.sql import SQLDataLayer as SQLDataLayer
+
+# Bound after the submodule of the same name is imported, so ``chainlit_orm.migrate`` is the
+# function (``chainlit_orm.migrate.migrate`` stays importable through ``sys.modules``).
+from chainlit_orm.migrate import migrate as migrate  # noqa: I001
 from chainlit_orm.models import DEFAULT_MODELS as DEFAULT_MODELS
 from chainlit_orm.models import ModelSet as ModelSet
 
 if TYPE_CHECKING:
     from chainlit_orm.layers.dynamodb import DynamoDataLayer as DynamoDataLayer
-    from chainlit_orm.migrate import migrate as migrate
     from chainlit_orm.storage import FsspecStorage as FsspecStorage
 
 __all__ = [
@@ -42,7 +45,6 @@ _LAZY = {
     # imported on first use so that optional extras (pynamodb, s3fs, adlfs) stay optional
     "DynamoDataLayer": "chainlit_orm.layers.dynamodb",
     "FsspecStorage": "chainlit_orm.storage",
-    "migrate": "chainlit_orm.migrate",
 }
 
 

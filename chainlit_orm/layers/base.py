@@ -502,6 +502,9 @@ class ChainlitLayer(BaseDataLayer):
         step = from_row(self.models, "step", row)
         if step.get("metadata") is None:
             step["metadata"] = {}
+        for key in ("input", "output"):  # StepDict types them ``str``; Message.from_dict reads them
+            if step.get(key) is None:
+                step[key] = ""
         feedback = row.get("feedback")
         if feedback:
             step["feedback"] = feedback
