@@ -192,7 +192,9 @@ class ChainlitLayer(BaseDataLayer):
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
     ) -> None:
         if thread_order not in ("activity", "created"):
-            raise InvalidInputError(f"thread_order must be 'activity' or 'created': {thread_order!r}")
+            raise InvalidInputError(
+                f"thread_order must be 'activity' or 'created': {thread_order!r}"
+            )
         self.backend = backend
         self.models = backend.models
         self.storage = storage
@@ -345,11 +347,11 @@ class ChainlitLayer(BaseDataLayer):
         except InvalidIdentifierError:
             return None
         row = await self.backend.get_step(step_id)
-        return None if row is None else self._step_dict(row)
+        return None if row is None else cast("StepDict", self._step_dict(row))
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         rows = await self.backend.get_favorite_steps(normalize_id(user_id, what="user_id"))
-        return [self._step_dict(row) for row in rows]
+        return [cast("StepDict", self._step_dict(row)) for row in rows]
 
     # --------------------------------------------------------------- elements
 
@@ -375,15 +377,15 @@ class ChainlitLayer(BaseDataLayer):
                     )
             else:
                 object_key = f"threads/{data['threadId']}/files/{data['id']}"
-                mime = data.get("mime") or _guess_mime(data.get("name")) or (
-                    "application/octet-stream"
+                mime = str(
+                    data.get("mime") or _guess_mime(data.get("name")) or "application/octet-stream"
                 )
                 await self.storage.upload_file(
                     object_key,
                     content,
                     mime=mime,
                     overwrite=True,
-                    content_disposition=_content_disposition(data.get("name") or data["id"]),
+                    content_disposition=_content_disposition(str(data.get("name") or data["id"])),
                 )
                 data["objectKey"] = object_key
                 data["mime"] = mime
@@ -422,7 +424,9 @@ class ChainlitLayer(BaseDataLayer):
         if comment is not None and not isinstance(comment, str):
             raise InvalidInputError("feedback comment must be a string")
         row = {
-            "id": normalize_id(feedback.id, what="feedback id") if feedback.id else str(uuid.uuid4()),
+            "id": (
+                normalize_id(feedback.id, what="feedback id") if feedback.id else str(uuid.uuid4())
+            ),
             "forId": normalize_id(feedback.forId, what="feedback forId"),
             "threadId": normalize_id(feedback.threadId, what="feedback threadId")
             if feedback.threadId
@@ -453,7 +457,7 @@ class ChainlitLayer(BaseDataLayer):
                 continue
             try:
                 await closer()
-            except Exception as exc:  # noqa: BLE001 - close() must not raise (module docstring)
+            except Exception as exc:
                 logger.debug("error while closing %r: %r", closer, exc)
 
     # ---------------------------------------------------------------- helpers
@@ -536,7 +540,9 @@ class ChainlitLayer(BaseDataLayer):
                 if not isinstance(result, Exception):
                     raise result
                 element["url"] = None
-                logger.warning("could not sign a read URL for element %s: %r", element["id"], result)
+                logger.warning(
+                    "could not sign a read URL for element %s: %r", element["id"], result
+                )
             else:
                 element["url"] = result
 

@@ -1,4 +1,4 @@
-"""``SQLDataLayer``: the Chainlit layer on SQLite, PostgreSQL and MySQL/MariaDB (SQLAlchemy 2 async).
+"""``SQLDataLayer``: the Chainlit layer on SQLite, PostgreSQL and MySQL/MariaDB (SQLAlchemy async).
 
 Design points (each one is a defect of Chainlit's own SQL layers, contract §2/§4):
 
@@ -26,13 +26,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-from chainlit.data.storage_clients.base import BaseStorageClient
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
@@ -182,13 +181,13 @@ class SQLBackend:
             except DBAPIError as exc:
                 if attempt + 1 < self.retries and self._transient(exc):
                     logger.info("retrying after transient database error: %s", _short(exc))
-                    await asyncio.sleep(delay * (1 + random.random()))  # noqa: S311
+                    await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
                 raise self._map_error(exc) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries:
-                    await asyncio.sleep(delay * (1 + random.random()))  # noqa: S311
+                    await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
                 raise BackendUnavailableError(
@@ -386,7 +385,9 @@ class SQLBackend:
                     .scalar_subquery()
                 )
             if has_meta:
-                insert_values["metadata"] = sa.bindparam("meta_insert", type_=threads.c.metadata.type)
+                insert_values["metadata"] = sa.bindparam(
+                    "meta_insert", type_=threads.c.metadata.type
+                )
             stmt = self._insert(threads).values(insert_values)
             ex = stmt.inserted if self.is_mysql else stmt.excluded
             pairs: list[tuple[Any, Any]] = []
@@ -430,7 +431,7 @@ class SQLBackend:
 
         async def op() -> str | None:
             async with self.auto.connect() as conn:
-                return (await conn.execute(stmt, {"tid": thread_id})).scalar()  # type: ignore[no-any-return]
+                return (await conn.execute(stmt, {"tid": thread_id})).scalar()
 
         return await self._run(op)
 
@@ -444,7 +445,7 @@ class SQLBackend:
         ).select_from(s.outerjoin(f, f.c.forId == s.c.id))
 
     @staticmethod
-    def _with_feedback(row: Mapping[str, Any]) -> dict[str, Any]:
+    def _with_feedback(row: Mapping[Any, Any]) -> dict[str, Any]:
         data = dict(row)
         fb_id = data.pop("fb_id", None)
         value = data.pop("fb_value", None)
@@ -481,7 +482,7 @@ class SQLBackend:
             return (dict(thread), [self._with_feedback(r) for r in steps],
                     [dict(r) for r in elements])
 
-        return await self._run(op)  # type: ignore[no-any-return]
+        return await self._run(op)
 
     async def list_threads(
         self,
@@ -748,7 +749,7 @@ class SQLBackend:
 
         async def op() -> str | None:
             async with self.auto.connect() as conn:
-                return (await conn.execute(stmt, params)).scalar()  # type: ignore[no-any-return]
+                return (await conn.execute(stmt, params)).scalar()
 
         return await self._run(op)
 

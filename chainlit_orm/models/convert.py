@@ -72,9 +72,9 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
     if "favorite" in columns and "metadata" in data:
         row["favorite"] = bool(isinstance(metadata, Mapping) and metadata.get("favorite") is True)
     for column in columns:
-        key = column.info.get(FROM_METADATA)
-        if key is not None and "metadata" in data:
-            value = metadata.get(key) if isinstance(metadata, Mapping) else None
+        meta_key = column.info.get(FROM_METADATA)
+        if meta_key is not None and "metadata" in data:
+            value = metadata.get(meta_key) if isinstance(metadata, Mapping) else None
             row[column.name] = None if value is None else str(value)
     return row
 

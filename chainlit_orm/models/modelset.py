@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import registry as sa_registry
@@ -165,7 +165,7 @@ class ModelSet:
                 namespace,
                 table=True,
             )
-            models[entity] = model
+            models[entity] = cast("type[SQLModel]", model)
         for entity in ENTITIES:
             _add_constraints(models, entity, fields[entity], prefix)
         return cls(

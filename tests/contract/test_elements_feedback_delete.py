@@ -159,7 +159,7 @@ async def test_feedback_without_thread_id_uses_the_steps_thread(
 async def test_feedback_for_a_step_of_another_thread_is_refused(
     layer: ChainlitLayer, user: PersistedUser, chainlit_ctx: Any
 ) -> None:
-    tid, sid = await _thread_with_step(layer, user)
+    _tid, sid = await _thread_with_step(layer, user)
     other_tid, _ = await _thread_with_step(layer, user)
     with pytest.raises(ConflictError):
         await layer.upsert_feedback(Feedback(forId=sid, value=1, threadId=other_tid))

@@ -25,7 +25,7 @@ from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.convert import RELATION_KEYS, chainlit_keys, from_row, to_row
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _typed_dict_keys(typed_dict: Any) -> set[str]:

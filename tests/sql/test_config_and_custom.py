@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from chainlit.types import Pagination, ThreadFilter
 from chainlit.user import User
@@ -32,12 +33,8 @@ async def test_from_env_builds_the_sql_layer_with_storage(tmp_path: Path) -> Non
 
 
 def test_from_env_without_a_database_names_the_variable() -> None:
-    try:
+    with pytest.raises(ConfigurationError, match="CHAINLIT_ORM_DATABASE_URL"):
         chainlit_orm.from_env({})
-    except ConfigurationError as exc:
-        assert "CHAINLIT_ORM_DATABASE_URL" in str(exc)
-    else:
-        raise AssertionError("from_env({}) must raise")
 
 
 async def test_custom_tenant_column_is_filled_from_metadata_and_indexed(tmp_path: Path) -> None:
