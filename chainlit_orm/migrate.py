@@ -781,7 +781,8 @@ async def _migrate_on(
         ) from exc
     return MigrationReport(
         [f"migrating {head}", *lines, *applied,
-         f"done: schema version {SCHEMA_VERSION} recorded; {len(statements)} statements"],
+         f"done: schema version {SCHEMA_VERSION}{' recorded' if plan.record_version else ''}; "
+         f"{len(statements)} statements"],
         statements,
         changed=True,
     )

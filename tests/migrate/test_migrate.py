@@ -7,6 +7,8 @@ custom model set, SQLite through the layer) are created; bad input fails with ty
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import uuid
 from pathlib import Path
@@ -27,12 +29,13 @@ from chainlit_orm.migrate import ensure_schema, migrate
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION
-from tests.backends import custom_models
+from tests.backends import TenantThreadFields, custom_models
 from tests.fixtures.legacy import TABLES, snapshot, temp_mariadb_db, temp_postgres_db
 from tests.migrate.conftest import Seeded, execute, scalar_rows, set_step_metadata, structure
 
 UP_TO_DATE = [f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"]
 VERSION_TABLE = "chainlit_orm_version"
+MOTO = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
 
 #: Columns of Chainlit's DDL that the models do not have, per variant (left in place).
 LEGACY_ONLY = {
@@ -249,6 +252,29 @@ async def test_dry_run_prints_statements_and_changes_nothing(seeded: Seeded) -> 
     assert without_appliedat(real.statements) == without_appliedat(dry.statements)
 
 
+async def test_metadata_columns_of_a_custom_set_are_backfilled(seeded: Seeded) -> None:
+    """A custom set over Chainlit's table names: its ``tenant`` column is filled from each
+    thread's metadata with the layer's own conversion (a str, None where the key is absent)."""
+    url, seed = seeded.url, seeded.seed
+    t0, t1, t2 = seed.thread_ids
+    models = ModelSet.build(thread=TenantThreadFields)
+    pg = url.startswith("postgresql")
+    meta = "CAST(:m AS JSONB)" if pg else ":m"
+    for thread_id, tenant in ((t0, "acme"), (t1, 42)):
+        await execute(url, f'UPDATE threads SET "metadata" = {meta} WHERE "id" = :id',
+                      {"m": json.dumps({"tenant": tenant}), "id": thread_id})
+
+    report = await migrate(url, models=models, dedupe_feedback=True)
+
+    assert "add column threads.tenant (TEXT)" in report.lines
+    tenants = {str(r[0]): r[1] for r in await scalar_rows(url, 'SELECT "id", tenant FROM threads')}
+    assert tenants == {t0: "acme", t1: "42", t2: None}
+    assert ("ix_threads_tenant", ("tenant", "activityAt"), False) in (
+        (await structure(url))["threads"]["indexes"])
+    again = await migrate(url, models=models)
+    assert (again.lines, again.changed) == (UP_TO_DATE, False)
+
+
 # --------------------------------------------------------------------------- empty databases
 
 
@@ -355,6 +381,38 @@ async def test_ensure_schema_after_migrate_detects_cascades(seeded: Seeded) -> N
             seeded.variant == "docs")
     finally:
         await engine.dispose()
+
+
+# --------------------------------------------------------------------------- DynamoDB
+
+
+@pytest.mark.dynamodb
+async def test_dynamodb_urls_go_to_the_dynamodb_migrator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    table = f"clorm_{uuid.uuid4().hex}"
+    url = f"dynamodb://{table}?region=us-east-1&endpoint_url={MOTO}"
+    client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=MOTO)
+    try:
+        dry = await migrate(url, dry_run=True)
+        assert (dry.changed, dry.statements) == (False, [])
+        assert dry.lines[-1] == f"would record schema version {SCHEMA_VERSION}"
+        assert table not in client.list_tables()["TableNames"]
+
+        report = await migrate(url)
+        assert report.changed is True
+        assert report.lines[-1] == f"record schema version {SCHEMA_VERSION}"
+
+        again = await migrate(url)
+        assert again.changed is False
+        assert again.lines == [
+            f"table {table} ({url}) is up to date (schema version {SCHEMA_VERSION})"
+        ]
+    finally:
+        if table in client.list_tables()["TableNames"]:
+            client.delete_table(TableName=table)
 
 
 # --------------------------------------------------------------------------- bad input
