@@ -122,6 +122,25 @@ async def machine() -> dict[str, Any]:
     return info
 
 
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """A private moto server, so the DynamoDB figures see neither other users' tables nor load."""
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 async def run(args: argparse.Namespace) -> int:
     from chainlit.context import init_http_context
 
@@ -131,6 +150,25 @@ async def run(args: argparse.Namespace) -> int:
         scale.w4_rounds = max(scale.w4_rounds, args.rounds + 1)
     t_start = time.perf_counter()
     counting.hook_botocore()
+    from .targets import dynamo
+
+    moto = None
+    if args.dynamodb_url:
+        dynamo.set_endpoint(args.dynamodb_url)
+    elif not args.targets or "dynamo" in args.targets:
+        moto, url = start_moto()
+        dynamo.set_endpoint(url)
+    try:
+        return await _run(args, scale, t_start)
+    finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(10)
+
+
+async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
+    from chainlit.context import init_http_context
+
     init_http_context()  # an HTTP (not websocket) context: queued writes run immediately
     ds = dataset.build(scale)
     print(f"dataset: {len(ds.users)} users, {len(ds.threads)} threads, "
@@ -181,6 +219,10 @@ async def run(args: argparse.Namespace) -> int:
     meta = {"mode": "full" if args.full else "quick", "rounds": scale.rounds,
             "elapsed_s": time.perf_counter() - t_start, "scale": asdict(scale),
             "command": " ".join(["python -m bench", *sys.argv[1:]]), "machine": await machine()}
+    from .targets import dynamo
+
+    meta["machine"]["dynamodb"] = (f"moto server {dynamo.ENDPOINT}"
+                                   + ("" if args.dynamodb_url else " (private, started by the bench)"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "quick" if not args.full else "full"
@@ -207,6 +249,8 @@ def main() -> None:
     p.add_argument("--targets", help="comma-separated substrings of target names to run")
     p.add_argument("--workloads", help="comma-separated, e.g. W1,W3 (default all)")
     p.add_argument("--rounds", type=int, help="override the number of timed rounds")
+    p.add_argument("--dynamodb-url", help="use this moto/DynamoDB endpoint instead of starting "
+                   "a private moto server")
     p.add_argument("--out", default=str(HERE / "results"), help="report directory")
     args = p.parse_args()
     logging.getLogger("chainlit").setLevel(logging.CRITICAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,10 +17,15 @@ from chainlit.user import PersistedUser
 from ..dataset import Dataset, ThreadRec
 from .base import LayerTarget, Target
 
-ENDPOINT = "http://127.0.0.1:5055"
+ENDPOINT = os.environ.get("BENCH_DYNAMODB_URL", "http://127.0.0.1:5055")
 REGION = "us-east-1"
 _ser = TypeSerializer()
 _de = TypeDeserializer()
+
+
+def set_endpoint(url: str) -> None:
+    global ENDPOINT
+    ENDPOINT = url
 
 
 def client() -> Any:
@@ -28,7 +34,8 @@ def client() -> Any:
 
     return boto3.client("dynamodb", endpoint_url=ENDPOINT, region_name=REGION,
                         aws_access_key_id="bench", aws_secret_access_key="bench",
-                        config=Config(max_pool_connections=64, retries={"max_attempts": 2}))
+                        config=Config(max_pool_connections=64, retries={"max_attempts": 2},
+                                      read_timeout=300))
 
 
 def ser(item: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ URLS = {
     "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm",
     "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/bench_orm?charset=utf8mb4",
 }
-ACTIVITY_COLS = ("activity", "updatedAt", "lastActivityAt", "activityAt")
+ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 
 
 def _import() -> Any:
@@ -46,8 +46,10 @@ class OrmSQL(LayerTarget):
     def check(self) -> None:
         m = _import()
         for attr in ("SQLDataLayer", "migrate"):
-            if not hasattr(m, attr):
-                raise Unavailable(f"chainlit_orm has no {attr} yet")
+            try:
+                getattr(m, attr)
+            except Exception as e:  # noqa: BLE001 - lazy attributes import their module
+                raise Unavailable(f"chainlit_orm.{attr}: {type(e).__name__}: {e}") from e
 
     async def setup(self, ds: Dataset) -> None:
         m = _import()
@@ -62,12 +64,17 @@ class OrmSQL(LayerTarget):
         res = m.migrate(self.url)
         if asyncio.iscoroutine(res):
             await res
-        await self._bulk_load(ds)
         self.layer = m.SQLDataLayer(self.url)
-        engine = getattr(self.layer, "engine", None) or getattr(self.layer, "_engine", None)
+        sql = getattr(self.layer, "sql", None)
+        engine = getattr(sql, "engine", None)
         if engine is None:
-            raise Unavailable("SQLDataLayer exposes no engine to count statements on")
-        counting.instrument_engine(engine)
+            raise Unavailable("SQLDataLayer exposes no .sql.engine to count statements on")
+        await self._bulk_load(ds, sql)
+        seen = set()
+        for e in (engine, getattr(sql, "auto", None)):
+            if e is not None and id(e.sync_engine) not in seen:
+                seen.add(id(e.sync_engine))
+                counting.instrument_engine(e)
         if self.backend == "sqlite":
             from sqlalchemy import text
 
@@ -81,35 +88,18 @@ class OrmSQL(LayerTarget):
                 self.settings["synchronous_commit"] = (
                     await conn.execute(text("SHOW synchronous_commit"))).scalar()
 
-    async def _bulk_load(self, ds: Dataset) -> None:
-        import json
-
-        from sqlalchemy import MetaData
+    async def _bulk_load(self, ds: Dataset, sql: Any) -> None:
+        """Core executemany into the layer's own model tables (column name = Chainlit key)."""
         from sqlalchemy.ext.asyncio import create_async_engine
 
         eng = create_async_engine(self.url)
-        md = MetaData()
-        async with eng.begin() as conn:
-            await conn.run_sync(md.reflect)
-        tables = md.tables
-        missing = {"users", "threads", "steps", "elements", "feedbacks"} - set(tables)
-        if missing:
-            raise Unavailable(f"migrate() made no tables {sorted(missing)}")
+        tables = {"users": sql.users, "threads": sql.threads, "steps": sql.steps,
+                  "elements": sql.elements, "feedbacks": sql.feedbacks}
 
         def fit(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            t = tables[table]
-            out = []
-            for r in rows:
-                d = {}
-                for c in t.columns:
-                    if c.name in r:
-                        v = r[c.name]
-                        if isinstance(v, (dict, list)) and c.type.__class__.__name__ in (
-                                "TEXT", "Text", "String", "VARCHAR", "NullType"):
-                            v = json.dumps(v)
-                        d[c.name] = v
-                out.append(d)
-            return out
+            names = set().union(*(r.keys() for r in rows)) if rows else set()
+            cols = [c for c in tables[table].columns if c.name in names]
+            return [{c.key: r.get(c.name) for c in cols} for r in rows]
 
         threads, steps, elems, fbs = [], [], [], []
         for t in ds.threads:
@@ -151,7 +141,7 @@ class OrmDynamo(LayerTarget):
         self.c = dynamo.client()
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,
+        self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,  # type: ignore[call-arg]
                                        endpoint_url=dynamo.ENDPOINT)
         made = False
         for meth in ("create_table", "ensure_table", "migrate"):
