@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -144,30 +143,29 @@ def test_unreachable_dynamodb_is_one_line_and_exit_2() -> None:
     assert len(done.stderr.splitlines()) == 1
 
 
-def test_migrate_dynamodb_from_the_command_line(dynamodb: Any) -> None:
-    table = f"clorm_{uuid.uuid4().hex}"
+def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) -> None:
+    table = table_name
     url = f"dynamodb://{table}?region={REGION}&endpoint_url={MOTO_ENDPOINT}"
-    try:
-        dry = run_cli("migrate", url, "--dry-run")
-        assert (dry.returncode, dry.stderr) == (0, "")
-        assert dry.stdout.splitlines() == [
-            f"would create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
-            "UserFeedback0, UserFeedback1",
-            "would record schema version 1",
-        ]
-        done = run_cli("migrate", url)
-        assert (done.returncode, done.stderr) == (0, "")
-        assert done.stdout.splitlines()[0].startswith(f"create table {table} ")
-        again = run_cli("migrate", url)
-        assert again.stdout == f"table {table} ({url}) is up to date (schema version 1)\n"
-        assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table)["Table"][
-            "GlobalSecondaryIndexes"]] == ["UserThread", "UserActivity", "UserFeedback0",
-                                           "UserFeedback1"]
-    finally:
-        try:
-            dynamodb.delete_table(TableName=table)
-        except dynamodb.exceptions.ResourceNotFoundException:
-            pass
+    dry = run_cli("migrate", url, "--dry-run")
+    assert (dry.returncode, dry.stderr) == (0, "")
+    assert dry.stdout.splitlines() == [
+        f"would create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
+        "UserFeedback0, UserFeedback1",
+        "would record schema version 1",
+    ]
+    done = run_cli("migrate", url)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        f"create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
+        "UserFeedback0, UserFeedback1",
+        "record schema version 1",
+    ]
+    again = run_cli("migrate", url)
+    assert (again.returncode, again.stdout) == (
+        0, f"table {table} ({url}) is up to date (schema version 1)\n")
+    assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table)["Table"][
+        "GlobalSecondaryIndexes"]] == ["UserThread", "UserActivity", "UserFeedback0",
+                                       "UserFeedback1"]
 
 
 def test_module_runs_as_a_script() -> None:
