@@ -30,8 +30,22 @@ from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION
 from tests.backends import TenantThreadFields, custom_models
-from tests.fixtures.legacy import TABLES, snapshot, temp_mariadb_db, temp_postgres_db
-from tests.migrate.conftest import Seeded, execute, scalar_rows, set_step_metadata, structure
+from tests.fixtures.legacy import (
+    TABLES,
+    create_legacy_schema,
+    snapshot,
+    temp_mariadb_db,
+    temp_postgres_db,
+    temp_sqlite_url,
+)
+from tests.migrate.conftest import (
+    LEGACY_BACKENDS,
+    Seeded,
+    execute,
+    scalar_rows,
+    set_step_metadata,
+    structure,
+)
 
 UP_TO_DATE = [f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"]
 VERSION_TABLE = "chainlit_orm_version"
@@ -275,18 +289,75 @@ async def test_metadata_columns_of_a_custom_set_are_backfilled(seeded: Seeded) -
     assert (again.lines, again.changed) == (UP_TO_DATE, False)
 
 
+async def test_an_equivalent_index_under_another_name_is_kept(seeded: Seeded) -> None:
+    url = seeded.url
+    await execute(url, 'CREATE INDEX my_feedback_lookup ON feedbacks ("threadId", "value")')
+
+    report = await migrate(url, dedupe_feedback=True)
+
+    assert ("index ix_feedbacks_thread on feedbacks (threadId, value): the existing index "
+            "my_feedback_lookup is equivalent; kept") in report.lines
+    assert not any("ix_feedbacks_thread" in s for s in report.statements)
+    indexes = (await structure(url))["feedbacks"]["indexes"]
+    assert [i for i in indexes if i[1] == ("threadId", "value")] == [
+        ("my_feedback_lookup", ("threadId", "value"), False)]
+
+
+@pytest.mark.parametrize("backend", LEGACY_BACKENDS)
+async def test_a_failing_statement_rolls_everything_back(backend: str, tmp_path: Path) -> None:
+    """Index names are per schema (PostgreSQL) or per database (SQLite): one taken by another
+    table makes the CREATE INDEX fail half-way; the transaction leaves the database as it was."""
+    database = temp_postgres_db() if backend == "postgresql" else temp_sqlite_url(tmp_path)
+    async with database as url:
+        await create_legacy_schema(url, "docs")
+        await execute(url, "CREATE INDEX ix_steps_favorite ON users (identifier)")
+        before = await structure(url)
+
+        with pytest.raises(SchemaError) as info:
+            await migrate(url)
+
+        assert str(info.value).startswith(f"migrating {url}")
+        assert "nothing was changed (the transaction was rolled back)" in str(info.value)
+        assert info.value.__cause__ is not None
+        assert await structure(url) == before
+
+
+@pytest.mark.sqlite
+async def test_a_database_recorded_at_a_newer_version(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'newer.db'}"
+    await migrate(url)
+    await execute(url, f"UPDATE {VERSION_TABLE} SET version = :v", {"v": SCHEMA_VERSION + 1})
+
+    with pytest.raises(SchemaError) as info:
+        await migrate(url)
+    assert f"recorded at schema version {SCHEMA_VERSION + 1}, newer than this" in str(info.value)
+    engine = create_async_engine(url)
+    try:  # the layer accepts it: every migration is additive
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is True
+    finally:
+        await engine.dispose()
+
+
 # --------------------------------------------------------------------------- empty databases
 
 
 @pytest.mark.mariadb
 async def test_empty_mariadb_is_created_then_left_alone() -> None:
     async with temp_mariadb_db() as url:
+        # the app's own tables, and its own Alembic's, are none of migrate's business
+        await execute(url, "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT NOT NULL)")
+        await execute(url, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        await execute(url, "INSERT INTO alembic_version VALUES ('abc123')")
+        apps = await structure(url)
+
         report = await migrate(url)
 
         assert report.changed is True
         assert report.lines[1:6] == [f"create table {t}" for t in TABLES]
         struct = await structure(url)
-        assert set(struct) == {*TABLES, VERSION_TABLE}
+        assert set(struct) == {*TABLES, VERSION_TABLE, "notes", "alembic_version"}
+        assert {t: struct[t] for t in apps} == apps
+        assert await scalar_rows(url, "SELECT version_num FROM alembic_version") == [("abc123",)]
         assert_has_models(struct, DEFAULT_MODELS)
         assert struct["threads"]["fks"] == [(("userId",), "users", "CASCADE")]
         for table in ("steps", "elements", "feedbacks"):
