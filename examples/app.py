@@ -1,4 +1,4 @@
-"""chainlit-orm demo: a Chainlit app whose chat history lives in SQL and whose files live in storage.
+"""chainlit-orm demo: a Chainlit app whose chat history lives in SQL and files in storage.
 
 Run it with ``bash examples/run.sh`` (creates the virtualenv on first use), or, inside the
 virtualenv::

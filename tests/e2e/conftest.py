@@ -8,7 +8,8 @@ environment variables it documents:
 * ``sqlite-local``: a SQLite file (schema created by the layer on first use) + files on local disk,
   read back through the signed route FsspecStorage mounts on Chainlit's app;
 * ``postgres-s3``: a fresh PostgreSQL database ``clorm_e2e_<hex>`` (created, migrated with
-  ``chainlit_orm.migrate`` and dropped here) + a fresh bucket on moto's S3 server (presigned URLs).
+  ``chainlit_orm.migrate`` and dropped here) + a fresh bucket on a moto S3 server started for this
+  session (presigned URLs).
 
 On failure a scenario step saves a screenshot of every open page, the pages' console logs and the
 app's log under ``tests/e2e/artifacts/<timestamp>/<test>/`` and prints that directory.
@@ -52,7 +53,8 @@ CHROMIUM_ARGS = [
 ]
 PG_ADMIN = os.environ.get("CHAINLIT_ORM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_URL_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-MOTO_ENDPOINT = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
+#: An S3 endpoint to use instead of a private moto server (e.g. the shared one on :5055).
+MOTO_OVERRIDE = os.environ.get("CHAINLIT_ORM_E2E_MOTO")
 ARTIFACTS_ROOT = Path(__file__).resolve().parent / "artifacts"
 RUN_STAMP = time.strftime("%Y%m%d-%H%M%S")
 META_DIR = ".chainlit-orm-meta"  # FsspecStorage's sidecar metadata folder on local disk
@@ -110,12 +112,40 @@ def chromium_executable() -> str:
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    wanted = {"postgresql": 5432, "moto": int(MOTO_ENDPOINT.rsplit(":", 1)[1])}
-    if not all(_port_open("127.0.0.1", p) for p in wanted.values()):
+    if not _port_open("127.0.0.1", 5432):
         subprocess.run(["bash", str(REPO / "scripts" / "services.sh")], check=False)
-    down = [name for name, port in wanted.items() if not _port_open("127.0.0.1", port)]
-    if down:
-        pytest.fail(f"{', '.join(down)} not running: run `bash scripts/services.sh`")
+    if not _port_open("127.0.0.1", 5432):
+        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432: run `bash scripts/services.sh`")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server of our own, so the browser's presigned GETs never queue behind other
+    suites' load on the shared one (set CHAINLIT_ORM_E2E_MOTO to use an existing endpoint)."""
+    if MOTO_OVERRIDE:
+        yield MOTO_OVERRIDE
+        return
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _port_open("127.0.0.1", port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -195,16 +225,20 @@ async def _pg_admin(sql: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def postgres_s3_stack() -> AsyncIterator[Stack]:
+async def postgres_s3_stack(moto: str) -> AsyncIterator[Stack]:
     import boto3
+
     import chainlit_orm
 
     suffix = uuid.uuid4().hex[:12]
     dbname, bucket = f"clorm_e2e_{suffix}", f"clorm-e2e-{suffix}"
     url = f"{PG_URL_BASE}/{dbname}"
+    from botocore.config import Config
+
     s3 = boto3.client(
-        "s3", endpoint_url=MOTO_ENDPOINT, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+        "s3", endpoint_url=moto, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2}),
     )
     await _pg_admin(f'CREATE DATABASE "{dbname}"')
     s3.create_bucket(Bucket=bucket)
@@ -214,7 +248,7 @@ async def postgres_s3_stack() -> AsyncIterator[Stack]:
         storage_url=f"s3://{bucket}",
         env={
             "CHAINLIT_AUTH_SECRET": "e2e-" + uuid.uuid4().hex * 2,
-            "AWS_ENDPOINT_URL_S3": MOTO_ENDPOINT,
+            "AWS_ENDPOINT_URL_S3": moto,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": "us-east-1",
@@ -224,7 +258,7 @@ async def postgres_s3_stack() -> AsyncIterator[Stack]:
             o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
         ),
         passwords={"alice": "alice-pass", "bob": "bob-e2e-pass"},
-        url_prefix=f"{MOTO_ENDPOINT}/{bucket}/",
+        url_prefix=f"{moto}/{bucket}/",
     )
     try:
         await chainlit_orm.migrate(url)
@@ -250,7 +284,8 @@ async def stack(
                 if s.engine is not None:
                     await s.engine.dispose()
     else:
-        async with postgres_s3_stack() as s:
+        moto = request.getfixturevalue("moto_endpoint")
+        async with postgres_s3_stack(moto) as s:
             yield s
 
 
@@ -295,7 +330,7 @@ async def app(stack: Stack, tmp_path: Path) -> AsyncIterator[App]:
     port = _free_port()
     log_path = tmp_path / "app.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 (started once, waited for below)
+        process = subprocess.Popen(
             [str(VENV_BIN / "chainlit"), "run", "app.py", "--headless",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=directory, env=app_environment(stack), stdout=log, stderr=subprocess.STDOUT,

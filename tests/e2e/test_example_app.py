@@ -202,7 +202,7 @@ async def test_example_app(stack: Stack, app: App, browser: Any, artifacts: Arti
                 await context.close()
 
 
-async def run_scenario(sc: Scenario) -> None:  # noqa: PLR0915 (one story, told in order)
+async def run_scenario(sc: Scenario) -> None:
     stack, app = sc.stack, sc.app
 
     async with sc.step("app starts and prints the demo logins"):
