@@ -144,16 +144,20 @@ class SqliteDB(RawDB):
                    readers: int = 2) -> SqliteDB:
         import aiosqlite
 
+        async def pragma(c: Any, sql: str) -> None:
+            async with c.execute(sql) as cur:  # a PRAGMA's open cursor would hold a lock
+                await cur.fetchall()
+
         async def conn() -> Any:
             c = await aiosqlite.connect(path)
-            await c.execute("PRAGMA busy_timeout = 10000")
+            await pragma(c, "PRAGMA busy_timeout = 10000")
             if synchronous:
-                await c.execute(f"PRAGMA synchronous = {synchronous}")
+                await pragma(c, f"PRAGMA synchronous = {synchronous}")
             return c
 
         w = await conn()
         if journal_mode:
-            await w.execute(f"PRAGMA journal_mode = {journal_mode}")
+            await pragma(w, f"PRAGMA journal_mode = {journal_mode}")
         return cls(w, [await conn() for _ in range(readers)])
 
     async def pragmas(self) -> dict[str, Any]:
