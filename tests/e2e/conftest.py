@@ -8,7 +8,7 @@ environment variables it documents:
 * ``sqlite-local``: a SQLite file (schema created by the layer on first use) + files on local disk,
   read back through the signed route FsspecStorage mounts on Chainlit's app;
 * ``postgres-s3``: a fresh PostgreSQL database ``clorm_e2e_<hex>`` (created, migrated with
-  ``chainlit_orm.migrate`` and dropped here) + a fresh bucket on a moto S3 server started for this
+  ``chainlit_orm.migrate()`` and dropped here) + a fresh bucket on a moto S3 server started for this
   session (presigned URLs).
 
 On failure a scenario step saves a screenshot of every open page, the pages' console logs and the
@@ -338,6 +338,7 @@ async def app(stack: Stack, tmp_path: Path) -> AsyncIterator[App]:
         )
     url = f"http://127.0.0.1:{port}"
     running = App(url=url, directory=directory, log_path=log_path, process=process)
+    print(f"\nexample app log: {log_path}", flush=True)
     try:
         deadline = time.monotonic() + 90
         async with httpx.AsyncClient() as client:
