@@ -10,24 +10,24 @@ through fsspec. Plug it in with::
     @cl.data_layer
     def data_layer():
         return chainlit_orm.from_env()
+
+Every public name is imported on first use: importing the package (as the ``chainlit-orm`` CLI
+does) does not import Chainlit, SQLAlchemy's drivers or the optional extras.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from chainlit_orm.config import from_env as from_env
-from chainlit_orm.layers.base import ChainlitLayer as ChainlitLayer
-from chainlit_orm.layers.sql import SQLDataLayer as SQLDataLayer
-
-# Bound after the submodule of the same name is imported, so ``chainlit_orm.migrate`` is the
-# function (``chainlit_orm.migrate.migrate`` stays importable through ``sys.modules``).
-from chainlit_orm.migrate import migrate as migrate  # noqa: I001
-from chainlit_orm.models import DEFAULT_MODELS as DEFAULT_MODELS
-from chainlit_orm.models import ModelSet as ModelSet
-
 if TYPE_CHECKING:
+    from chainlit_orm.config import from_env as from_env
+    from chainlit_orm.layers.base import ChainlitLayer as ChainlitLayer
     from chainlit_orm.layers.dynamodb import DynamoDataLayer as DynamoDataLayer
+    from chainlit_orm.layers.sql import SQLDataLayer as SQLDataLayer
+    from chainlit_orm.migration import migrate as migrate
+    from chainlit_orm.models import DEFAULT_MODELS as DEFAULT_MODELS
+    from chainlit_orm.models import ModelSet as ModelSet
     from chainlit_orm.storage import FsspecStorage as FsspecStorage
 
 __all__ = [
@@ -42,15 +42,24 @@ __all__ = [
 ]
 
 _LAZY = {
-    # imported on first use so that optional extras (pynamodb, s3fs, adlfs) stay optional
+    "ChainlitLayer": "chainlit_orm.layers.base",
+    "DEFAULT_MODELS": "chainlit_orm.models",
     "DynamoDataLayer": "chainlit_orm.layers.dynamodb",
     "FsspecStorage": "chainlit_orm.storage",
+    "ModelSet": "chainlit_orm.models",
+    "SQLDataLayer": "chainlit_orm.layers.sql",
+    "from_env": "chainlit_orm.config",
+    "migrate": "chainlit_orm.migration",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'chainlit_orm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -132,13 +132,13 @@ def _migrate(args: argparse.Namespace) -> int:
     models = load_models(args.models)
     try:
         # Imported by name: the SQL migrator lives in its own module, loaded only when needed.
-        migrator = importlib.import_module("chainlit_orm.migrate")
+        migrator = importlib.import_module("chainlit_orm.migration")
     except ModuleNotFoundError as exc:
-        if exc.name != "chainlit_orm.migrate":
+        if exc.name != "chainlit_orm.migration":
             raise
         if backend != "dynamodb":
             raise ConfigurationError(
-                "SQL migrations need chainlit_orm.migrate, which this build does not have"
+                "SQL migrations need chainlit_orm.migration, which this build does not have"
             ) from exc
         from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
 

@@ -1,6 +1,6 @@
 """chainlit-orm's own layers. Skipped with the import error as the reason until they exist.
 
-Bulk loading does not go through the layer: the schema built by ``chainlit_orm.migrate`` is
+Bulk loading does not go through the layer: the schema built by ``chainlit_orm.migrate()`` is
 reflected and filled with SQLAlchemy Core ``executemany`` (column names are Chainlit's keys, per
 DESIGN.md); for DynamoDB the items are written in Chainlit's single-table layout with batch writes.
 """

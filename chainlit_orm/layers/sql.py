@@ -131,14 +131,22 @@ class SQLBackend:
             raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED}")
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        if models.schema is not None and self.dialect != "postgresql":
+            # a set's schema is a PostgreSQL notion; elsewhere its tables live unqualified,
+            # as the generated DDL and migrate create them
+            self.engine = self.engine.execution_options(
+                schema_translate_map={models.schema: None}
+            )
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
         # One pool; single-statement work runs on AUTOCOMMIT connections. On MySQL switching a
         # pooled connection's autocommit costs a round trip, so it gets a second engine instead.
         if self.is_mysql and self.owns_engine:
             self.auto = create_async_engine(
-                self.engine.url, isolation_level="AUTOCOMMIT",
+                self.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
                 **{k: v for k, v in engine_options.items() if k != "isolation_level"},
             )
+            if models.schema is not None:
+                self.auto = self.auto.execution_options(schema_translate_map={models.schema: None})
         else:
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
@@ -156,7 +164,7 @@ class SQLBackend:
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             try:
-                from chainlit_orm.migrate import ensure_schema
+                from chainlit_orm.migration import ensure_schema
 
                 self._cascade = await ensure_schema(
                     self.engine, self.models, create=self.create_schema

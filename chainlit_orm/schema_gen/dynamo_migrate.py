@@ -1,7 +1,7 @@
 """``chainlit-orm migrate dynamodb://TABLE``: create the single table or add its missing GSIs.
 
 This is the one module of :mod:`chainlit_orm.schema_gen` that does I/O; the package does not
-import it. ``chainlit_orm.migrate.migrate`` dispatches ``dynamodb://`` URLs here.
+import it. ``chainlit_orm.migration.migrate`` dispatches ``dynamodb://`` URLs here.
 
 What it does, additively and idempotently:
 

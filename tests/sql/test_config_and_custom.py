@@ -67,3 +67,21 @@ async def test_custom_tenant_column_is_filled_from_metadata_and_indexed(tmp_path
         assert sorted(rows) == sorted([a, b])
         assert {"name": "ix_acme_threads_tenant", "columns": ["tenant", "activityAt"]} in [
             {"name": i["name"], "columns": i["column_names"]} for i in indexes]
+
+
+async def test_a_set_with_a_postgres_schema_also_runs_on_sqlite_and_mariadb(tmp_path: Path) -> None:
+    """The schema is a PostgreSQL notion: elsewhere the same set's tables live unqualified."""
+    models = custom_models(schema="chat")
+    for name in ("sqlite", "mariadb"):
+        async with SQL_BACKENDS[name].database(tmp_path) as url:
+            await chainlit_orm.migrate(url, models=models)
+            layer = SQLDataLayer(url, models=models)
+            try:
+                user = await layer.create_user(User(identifier="s", metadata={}))
+                assert user is not None
+                tid = new_id()
+                await layer.update_thread(tid, name="n", user_id=user.id, metadata={"tenant": "t"})
+                page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+                assert [t["id"] for t in page.data] == [tid]
+            finally:
+                await layer.close()
