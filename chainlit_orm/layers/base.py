@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
-from urllib.parse import quote
 
 from chainlit.data.base import BaseDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -236,7 +235,7 @@ class ChainlitLayer(BaseDataLayer):
         if name is not None:
             fields["name"] = _require_str(name, "name", allow_empty=True)
         if user_id is not None:
-            fields["userId"] = normalize_id(user_id, what="user_id")
+            fields["userId"] = self._user_id(user_id, "user_id")
         if tags is not None:
             if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
                 raise InvalidInputError(f"tags must be a list of strings, got {tags!r}")
@@ -291,7 +290,7 @@ class ChainlitLayer(BaseDataLayer):
         if not isinstance(first, int) or isinstance(first, bool) or not 1 <= first <= 1000:
             raise InvalidInputError(f"pagination.first must be an int in 1..1000, got {first!r}")
         after = _decode_cursor(pagination.cursor) if pagination.cursor else None
-        user_id = normalize_id(filters.userId, what="userId") if filters.userId else None
+        user_id = self._user_id(filters.userId, "userId") if filters.userId else None
         feedback = filters.feedback
         if feedback is not None and feedback not in (0, 1):
             raise InvalidInputError(f"feedback filter must be 0, 1 or None, got {feedback!r}")
@@ -350,7 +349,7 @@ class ChainlitLayer(BaseDataLayer):
         return None if row is None else cast("StepDict", self._step_dict(row))
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
-        rows = await self.backend.get_favorite_steps(normalize_id(user_id, what="user_id"))
+        rows = await self.backend.get_favorite_steps(self._user_id(user_id, "user_id"))
         return [cast("StepDict", self._step_dict(row)) for row in rows]
 
     # --------------------------------------------------------------- elements
@@ -461,6 +460,15 @@ class ChainlitLayer(BaseDataLayer):
                 logger.debug("error while closing %r: %r", closer, exc)
 
     # ---------------------------------------------------------------- helpers
+
+    def _user_id(self, value: object, what: str) -> str:
+        """A user id as the backend stores it: a UUID, unless the backend says otherwise with a
+        ``normalize_user_id(value, what)`` method (DynamoDB tables written by Chainlit's own layer
+        use the identifier as the user id)."""
+        hook = getattr(self.backend, "normalize_user_id", None)
+        if hook is not None:
+            return cast(str, hook(value, what))
+        return normalize_id(value, what=what)
 
     def _step_row(
         self, step_dict: Mapping[str, Any], *, create: bool = False
@@ -644,7 +652,9 @@ def _guess_mime(name: object) -> str | None:
 
 
 def _content_disposition(name: str) -> str:
-    """``inline`` with an RFC 6266 / RFC 5987 file name, safe for any Unicode name."""
-    cleaned = "".join(ch for ch in name if ch >= " " and ch not in '"\\\x7f')
-    fallback = cleaned.encode("ascii", "replace").decode().replace("?", "_") or "file"
-    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(cleaned, safe='')}"
+    """``inline`` with an RFC 6266 / RFC 5987 file name (control characters dropped, since a
+    file name Chainlit received must not fail the upload)."""
+    from chainlit_orm.storage import build_content_disposition
+
+    cleaned = "".join(ch for ch in name if ch >= " " and ch != "\x7f") or "file"
+    return build_content_disposition(cleaned, "inline")
