@@ -195,3 +195,19 @@ class Scenario:
         await expect(page.locator(TOOL_STEP)).to_have_count(2)
         await expect(page.locator(f"{USER_MSG} .message-content")).to_have_text([FIRST, SECOND])
         return thread_id
+
+    async def search(self, page: Any, queries: list[tuple[str, list[str]]]) -> None:
+        """Type each query in the sidebar's search dialog and expect exactly those thread names.
+
+        Start with a query that finds nothing: the dialog first lists the unfiltered threads,
+        which would satisfy a positive expectation before the search has even run.
+        """
+        await page.locator("#search-chats-button").click()
+        dialog = page.get_by_role("dialog")
+        for query, names in queries:
+            await dialog.locator("[cmdk-input]").fill(query)
+            await expect(dialog.locator("[cmdk-item]")).to_have_text(names)
+            if not names:
+                await expect(dialog).to_contain_text("No threads found")
+        await page.keyboard.press("Escape")
+        await expect(page.get_by_role("dialog")).to_have_count(0)

@@ -127,6 +127,12 @@ async def run_scenario(sc: Scenario) -> None:
         await expect(sc.thread_item(alice, thread_id)).to_have_text(NEW_NAME)
         await expect(alice.locator(USER_MSG)).to_have_count(2)
 
+    async with sc.step("search finds the thread by message text and by name, any case"):
+        await sc.search(alice, [
+            ("zebra", []), ("PICTURE", [NEW_NAME]), ("no such words", []),
+            ("renamed BY", [NEW_NAME]), ("100%_", []),
+        ])
+
     bob_ctx = await sc.new_context()
     bob = await sc.new_page(bob_ctx, "bob")
 
@@ -134,6 +140,7 @@ async def run_scenario(sc: Scenario) -> None:
         await sc.login(bob, "bob")
         await expect(bob.locator("#thread-history")).to_contain_text("No threads found")
         await expect(bob.locator("#thread-history li[id^=thread-]")).to_have_count(0)
+        await sc.search(bob, [("zebra", []), ("picture", []), ("renamed", [])])
         response = await bob_ctx.request.get(sc.url(f"/project/thread/{thread_id}"))
         assert response.status == 401, response.status
         # Not shared yet: the share endpoint hides it too.
