@@ -105,7 +105,12 @@ class UserFields(SQLModel):
     __foreign_keys__: ClassVar[tuple[tuple[str, str], ...]] = ()
     __base_table__: ClassVar[str] = "users"
     __indexes__: ClassVar[tuple[IndexSpec, ...]] = ()
-    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(pk="USER#{identifier}", sk="USER")
+    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
+        pk="USER#{identifier}",
+        sk="USER",
+        # the thread owner's identifier from its id (``update_thread`` gets only the id)
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "USER#{id}", "USER"),),
+    )
 
     id: str | None = _pk()
     identifier: str | None = _col(
@@ -168,8 +173,11 @@ class StepFields(SQLModel):
         # get_favorite_steps: few rows are favorites, so the flag is selective on its own
         IndexSpec("favorite", ("favorite", "createdAt")),
     )
-    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(pk="THREAD#{threadId}",
-                                                              sk="STEP#{id}")
+    # ById: get_step/delete_step and feedback without a threadId get only the step id
+    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
+        pk="THREAD#{threadId}", sk="STEP#{id}",
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "STEP#{id}", "STEP"),),
+    )
 
     id: str | None = _pk()
     name: str | None = _col("name", LongText, nullable=False)
@@ -208,8 +216,10 @@ class ElementFields(SQLModel):
         IndexSpec("thread", ("threadId",)),
         IndexSpec("for", ("forId",)),
     )
-    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(pk="THREAD#{threadId}",
-                                                              sk="ELEMENT#{id}")
+    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
+        pk="THREAD#{threadId}", sk="ELEMENT#{id}",
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "ELEMENT#{id}", "ELEMENT"),),
+    )
 
     id: str | None = _pk()
     thread_id: str | None = _col("threadId", IdType)
@@ -243,8 +253,10 @@ class FeedbackFields(SQLModel):
     )
     # Chainlit's DynamoDB layer embeds feedback in the step item; ours keeps its own item in the
     # thread's partition so a thread's feedback is read with the thread.
-    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(pk="THREAD#{threadId}",
-                                                              sk="FEEDBACK#{forId}")
+    __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
+        pk="THREAD#{threadId}", sk="FEEDBACK#{forId}",
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "FEEDBACK#{id}", "FEEDBACK"),),
+    )
 
     id: str | None = _pk()
     for_id: str | None = _col("forId", IdType, nullable=False)

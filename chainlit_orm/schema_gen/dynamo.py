@@ -30,6 +30,12 @@ Global secondary indexes and why each exists:
   index write per thread update for threads with feedback of a value, and a filtered page reads
   only matching threads. Keeping the marker exact needs a per-value counter on the thread item,
   maintained by the DynamoDB layer in the same transaction as the feedback item.
+* ``ById`` (``{ENTITY}#{id}`` / ``{ENTITY}``, ``KEYS_ONLY``) finds the item of a user, step,
+  element or feedback from its id alone: Chainlit calls ``delete_step(step_id)``,
+  ``delete_feedback(feedback_id)`` and ``upsert_feedback`` without a ``threadId``, and
+  ``update_thread(user_id=...)`` needs the owner's identifier (users are keyed by identifier). Keys
+  only: it returns the item's ``PK``/``SK`` and the layer reads the item itself (consistently), so
+  a write that does not change the key attributes never writes the index.
 
 Every GSI key attribute is a string, and an item carries a GSI's attributes only when all the
 placeholders of its templates have a value (:func:`render_key` returns None otherwise), which is
@@ -56,6 +62,7 @@ __all__ = [
     "LEGACY_PROJECTIONS",
     "OVERFLOW_COLUMN",
     "PARTITION_KEY",
+    "PROJECTIONS",
     "SCHEMA_VERSION_KEY",
     "SORT_KEY",
     "SPARSE_CONDITIONS",
@@ -81,6 +88,9 @@ OVERFLOW_COLUMN = "extra"
 #: Projections fixed by tables that already exist in the wild: Chainlit's docs declare
 #: ``UserThread`` with ``INCLUDE [id, name]`` and a projection cannot be changed in place.
 LEGACY_PROJECTIONS: Mapping[str, tuple[str, ...]] = {"UserThread": ("id", "name")}
+
+#: Projections chosen per index rather than derived from the entity: lookup indexes read keys only.
+PROJECTIONS: Mapping[str, str] = {"ById": "KEYS_ONLY"}
 
 #: When an item carries an index's key attributes, beyond "every placeholder has a value".
 SPARSE_CONDITIONS: Mapping[str, str] = {
@@ -221,6 +231,8 @@ def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
 def _projection(models: ModelSet, entity: str, index: str) -> tuple[str, tuple[str, ...]]:
     if index in LEGACY_PROJECTIONS:
         return "INCLUDE", LEGACY_PROJECTIONS[index]
+    if index in PROJECTIONS:
+        return PROJECTIONS[index], ()
     if entity == "thread":
         return "INCLUDE", list_attributes(models)
     # An index over another entity reads that entity's items; project them whole.
@@ -228,7 +240,8 @@ def _projection(models: ModelSet, entity: str, index: str) -> tuple[str, tuple[s
 
 
 def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
-    """Every GSI the set declares, merged across entities, validated, in declaration order.
+    """Every GSI the set declares, merged across entities, validated, in declaration order
+    (lookup indexes last).
 
     Raises:
         SchemaError: a template names a key the entity has no column for, an index is declared
@@ -267,15 +280,19 @@ def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
                     f"{declared.sk_attribute}",
                     detail=declared.index,
                 )
-            if "ALL" in (entry["projection"], projection):
+            if entry["projection"] == "KEYS_ONLY" and projection == "KEYS_ONLY":
+                pass
+            elif "ALL" in (entry["projection"], projection):
                 entry["projection"], entry["attributes"] = "ALL", []
             else:
                 entry["attributes"] += [a for a in attributes if a not in entry["attributes"]]
             entry["entities"][entity] = declared
-    specs = tuple(
-        GsiSpec(name, e["pk"], e["sk"], e["projection"], tuple(e["attributes"]), e["entities"])
-        for name, e in merged.items()
-    )
+    # declaration order, lookup indexes (PROJECTIONS) last: Chainlit's and the list's first
+    specs = tuple(sorted(
+        (GsiSpec(name, e["pk"], e["sk"], e["projection"], tuple(e["attributes"]), e["entities"])
+         for name, e in merged.items()),
+        key=lambda spec: spec.name in PROJECTIONS,
+    ))
     if len(specs) > _MAX_GSIS:
         raise SchemaError(f"{len(specs)} GSIs declared; DynamoDB allows {_MAX_GSIS} per table")
     projected = sum(len(spec.attributes) for spec in specs)

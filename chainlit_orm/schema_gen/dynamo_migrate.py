@@ -18,8 +18,12 @@ It never deletes or changes an index: an index with other keys, or a projection 
 attributes the layer reads, is a :class:`~chainlit_orm.errors.SchemaError` naming the fix.
 
 Items written before a GSI existed lack its key attributes and so are not in it. Filling them in
-is a *backfill*, done by the DynamoDB layer (it knows how to derive the attributes); pass it as
-``backfill=`` and it is called once with the new index names. Without one, a line says so.
+is a *backfill*, done by the DynamoDB layer (it knows how to derive the attributes:
+:func:`chainlit_orm.layers.dynamodb.backfill`, the default ``backfill=``). It is called with the
+new index names after they are ACTIVE. The pending backfill is recorded in the schema-version item
+(``backfillPending``) before it starts and removed when it ends, and the hook records its scan
+position there (``backfillCursor``): an interrupted migrate resumes it when run again, and the
+layer refuses to start while it is pending. ``backfill=None`` skips it (a line says so).
 
 boto3 is synchronous, so every call runs in a worker thread (``asyncio.to_thread``).
 """
@@ -50,7 +54,14 @@ from chainlit_orm.schema_gen.dynamo import (
 )
 from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
 
-__all__ = ["BackfillHook", "BackfillRequest", "DynamoURL", "migrate_dynamodb", "parse_dynamodb_url"]
+__all__ = [
+    "BackfillHook",
+    "BackfillRequest",
+    "DynamoURL",
+    "layer_backfill",
+    "migrate_dynamodb",
+    "parse_dynamodb_url",
+]
 
 #: Query parameters a ``dynamodb://`` URL may carry.
 URL_PARAMETERS = ("region", "endpoint_url", "profile")
@@ -78,6 +89,13 @@ class BackfillRequest:
 #: ``async def hook(request) -> list[str]``: fill the new GSIs' attributes on existing items,
 #: returning lines to print.
 BackfillHook = Callable[[BackfillRequest], Awaitable[list[str]]]
+
+
+async def layer_backfill(request: BackfillRequest) -> list[str]:
+    """The default hook: the DynamoDB layer's backfill (imported here, it needs the extra)."""
+    from chainlit_orm.layers.dynamodb import backfill
+
+    return await backfill(request)
 
 
 def parse_dynamodb_url(url: str) -> DynamoURL:
@@ -264,7 +282,7 @@ async def migrate_dynamodb(
     models: ModelSet = DEFAULT_MODELS,
     dry_run: bool = False,
     *,
-    backfill: BackfillHook | None = None,
+    backfill: BackfillHook | None = layer_backfill,
     wait_seconds: float = 3600.0,
     poll_interval: float = 5.0,
 ) -> list[str]:
@@ -274,8 +292,9 @@ async def migrate_dynamodb(
         url: ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...``.
         models: the model set whose declarations give keys and indexes.
         dry_run: report what would be done, change nothing.
-        backfill: called once with the GSIs added to an existing table, to fill their key
-            attributes on items written before (the DynamoDB layer provides it).
+        backfill: called with the GSIs added to an existing table, to fill their key attributes
+            on items written before (default: the DynamoDB layer's); also called again, with
+            the indexes recorded as pending, when an earlier run was interrupted. None skips it.
         wait_seconds: seconds to wait for the table or one index to become ACTIVE (a GSI on a big
             table can take hours on AWS).
         poll_interval: seconds between two ``DescribeTable`` calls while waiting.
@@ -317,14 +336,21 @@ async def migrate_dynamodb(
             )
             await asyncio.to_thread(client.wait_active, index.name, wait_seconds, poll_interval)
             added.append(index.name)
-    version = await asyncio.to_thread(_read_version, client) if table is not None else None
+    stored = await asyncio.to_thread(_read_version_item, client) if table is not None else {}
+    version = int(stored["version"]["N"]) if "version" in stored else None
+    pending = [p["S"] for p in stored.get("backfillPending", {}).get("L", [])]
     if version != SCHEMA_VERSION:
         lines.append(f"{prefix}record schema version {SCHEMA_VERSION}")
         if not dry_run:
-            await asyncio.to_thread(_write_version, client)
-    if added:
+            await asyncio.to_thread(_write_version, client, pending)
+    if pending and dry_run:
+        lines.append(f"would resume the backfill of {', '.join(pending)}")
+    todo = pending + [name for name in added if name not in pending]
+    if todo and not dry_run:
         if backfill is not None:
-            lines += await backfill(BackfillRequest(parsed, models, tuple(added)))
+            await asyncio.to_thread(_mark_pending, client, todo)
+            lines += await backfill(BackfillRequest(parsed, models, tuple(todo)))
+            await asyncio.to_thread(_clear_pending, client)
         else:
             lines.append(
                 f"note: items written before this migration are not in {', '.join(added)} "
@@ -335,17 +361,30 @@ async def migrate_dynamodb(
     return lines
 
 
-def _read_version(client: _Table) -> int | None:
+def _read_version_item(client: _Table) -> dict[str, Any]:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
-    item = client.call("get_item", TableName=client.url.table, Key=key,
-                       ConsistentRead=True).get("Item")
-    if not item or "version" not in item:
-        return None
-    return int(item["version"]["N"])
+    item: dict[str, Any] = client.call("get_item", TableName=client.url.table, Key=key,
+                                       ConsistentRead=True).get("Item") or {}
+    return item
 
 
-def _write_version(client: _Table) -> None:
-    item = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
+def _write_version(client: _Table, pending: Sequence[str] = ()) -> None:
+    item: dict[str, Any] = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     item["version"] = {"N": str(SCHEMA_VERSION)}
     item["appliedAt"] = {"S": utc_now()}
+    if pending:
+        item["backfillPending"] = {"L": [{"S": name} for name in pending]}
     client.call("put_item", TableName=client.url.table, Item=item)
+
+
+def _mark_pending(client: _Table, indexes: Sequence[str]) -> None:
+    key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
+    client.call("update_item", TableName=client.url.table, Key=key,
+                UpdateExpression="SET backfillPending = :p",
+                ExpressionAttributeValues={":p": {"L": [{"S": name} for name in indexes]}})
+
+
+def _clear_pending(client: _Table) -> None:
+    key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
+    client.call("update_item", TableName=client.url.table, Key=key,
+                UpdateExpression="REMOVE backfillPending, backfillCursor")

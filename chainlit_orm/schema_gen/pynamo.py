@@ -48,7 +48,12 @@ try:
     )
     from pynamodb.constants import PAY_PER_REQUEST_BILLING_MODE
     from pynamodb.expressions.update import RemoveAction, SetAction
-    from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+    from pynamodb.indexes import (
+        AllProjection,
+        GlobalSecondaryIndex,
+        IncludeProjection,
+        KeysOnlyProjection,
+    )
     from pynamodb.models import Model
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
@@ -198,10 +203,13 @@ def _attribute_for(dynamo_type: str) -> Attribute[Any]:
 
 
 def _index_class(spec: GsiSpec, meta: Mapping[str, Any]) -> type[GlobalSecondaryIndex[Any]]:
-    projection = (
-        IncludeProjection(list(spec.attributes)) if spec.projection == "INCLUDE"
-        else AllProjection()
-    )
+    projection: Any
+    if spec.projection == "INCLUDE":
+        projection = IncludeProjection(list(spec.attributes))
+    elif spec.projection == "KEYS_ONLY":
+        projection = KeysOnlyProjection()
+    else:
+        projection = AllProjection()
     index_meta = type("Meta", (), {**meta, "index_name": spec.name, "projection": projection})
     namespace: dict[str, Any] = {
         "Meta": index_meta,

@@ -52,6 +52,43 @@ CONTRACT_BACKENDS: dict[str, ContractBackend] = {
 }
 
 
+def _dynamodb_entry() -> ContractBackend:
+    """moto's DynamoDB server: one table per session made by ``chainlit-orm migrate``, deleted
+    afterwards. Search matches thread names only (the one allowed deviation)."""
+    import os
+    from contextlib import asynccontextmanager
+
+    endpoint = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
+
+    @asynccontextmanager
+    async def open_table(_tmp: Path) -> AsyncIterator[str]:
+        import boto3
+
+        from chainlit_orm import migrate
+
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            os.environ.setdefault(name, value)
+        table = f"clorm_contract_{uuid.uuid4().hex[:12]}"
+        await migrate(f"dynamodb://{table}?region=us-east-1&endpoint_url={endpoint}")
+        try:
+            yield table
+        finally:
+            boto3.client("dynamodb", region_name="us-east-1",
+                         endpoint_url=endpoint).delete_table(TableName=table)
+
+    async def new_layer(table: Any, storage: Any) -> ChainlitLayer:
+        from chainlit_orm import DynamoDataLayer
+
+        return DynamoDataLayer(table, storage=storage, region="us-east-1", endpoint_url=endpoint)
+
+    return ContractBackend(name="dynamodb", open=open_table, new_layer=new_layer,
+                           search_in_messages=False, sql=False)
+
+
+CONTRACT_BACKENDS["dynamodb"] = _dynamodb_entry()
+
+
 @pytest.fixture(scope="session", params=list(CONTRACT_BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> AsyncIterator[tuple[ContractBackend, Any]]:

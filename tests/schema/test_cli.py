@@ -150,14 +150,14 @@ def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) 
     assert (dry.returncode, dry.stderr) == (0, "")
     assert dry.stdout.splitlines() == [
         f"would create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
-        "UserFeedback0, UserFeedback1",
+        "UserFeedback0, UserFeedback1, ById",
         "would record schema version 1",
     ]
     done = run_cli("migrate", url)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == [
         f"create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
-        "UserFeedback0, UserFeedback1",
+        "UserFeedback0, UserFeedback1, ById",
         "record schema version 1",
     ]
     again = run_cli("migrate", url)
@@ -165,7 +165,7 @@ def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) 
         0, f"table {table} ({url}) is up to date (schema version 1)\n")
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table)["Table"][
         "GlobalSecondaryIndexes"]] == ["UserThread", "UserActivity", "UserFeedback0",
-                                       "UserFeedback1"]
+                                       "UserFeedback1", "ById"]
 
 
 def test_module_runs_as_a_script() -> None:

@@ -71,7 +71,7 @@ def test_default_spec_is_chainlit_layout_plus_list_and_feedback_indexes() -> Non
                                  {"AttributeName": "SK", "KeyType": "RANGE"}]
     assert [d["AttributeName"] for d in spec["AttributeDefinitions"]] == [
         "PK", "SK", "UserThreadPK", "UserThreadSK", "UserActivityPK", "UserActivitySK",
-        "UserFeedback0PK", "UserFeedback1PK"]
+        "UserFeedback0PK", "UserFeedback1PK", "ByIdPK", "ByIdSK"]
     assert {d["AttributeType"] for d in spec["AttributeDefinitions"]} == {"S"}
     assert gsi_view(spec["GlobalSecondaryIndexes"]) == {
         "UserThread": ([("UserThreadPK", "HASH"), ("UserThreadSK", "RANGE")], "INCLUDE",
@@ -82,6 +82,7 @@ def test_default_spec_is_chainlit_layout_plus_list_and_feedback_indexes() -> Non
                           sorted(LIST_ATTRIBUTES)),
         "UserFeedback1": ([("UserFeedback1PK", "HASH"), ("UserActivitySK", "RANGE")], "INCLUDE",
                           sorted(LIST_ATTRIBUTES)),
+        "ById": ([("ByIdPK", "HASH"), ("ByIdSK", "RANGE")], "KEYS_ONLY", []),
     }
     # the projection keeps column order, which is what the generated file shows
     assert spec["GlobalSecondaryIndexes"][1]["Projection"]["NonKeyAttributes"] == LIST_ATTRIBUTES
@@ -231,6 +232,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"would add GSI UserActivity (UserActivityPK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
+        f"would add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
         "would record schema version 1",
     ]
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table_name)["Table"][
@@ -241,9 +243,10 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"add GSI UserActivity (UserActivityPK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
+        f"add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
         "record schema version 1",
-        "note: items written before this migration are not in UserActivity, UserFeedback0, "
-        "UserFeedback1 until rewritten; the DynamoDB layer's backfill fills them in",
+        "backfill: scanned 2 items; 0 users and 1 threads brought to the current layout, "
+        "1 items rewritten, 0 feedback-only items converted",
     ]
     table = dynamodb.describe_table(TableName=table_name)["Table"]
     assert gsi_view(table["GlobalSecondaryIndexes"]) == gsi_view(
@@ -252,10 +255,11 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
     version = dynamodb.get_item(TableName=table_name, Key={
         "PK": {"S": "CHAINLIT_ORM#SCHEMA"}, "SK": {"S": "VERSION"}})["Item"]
     assert version["version"] == {"N": "1"}
-    # the existing item is untouched
+    # the existing item only gains its id (the backfill derives it from the key); no owner, no
+    # timestamp: it is in no list index
     assert dynamodb.get_item(TableName=table_name, Key={
         "PK": {"S": "THREAD#1"}, "SK": {"S": "THREAD"}})["Item"] == {
-        "PK": {"S": "THREAD#1"}, "SK": {"S": "THREAD"}}
+        "PK": {"S": "THREAD#1"}, "SK": {"S": "THREAD"}, "id": {"S": "1"}}
 
     again = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False)
     assert again == [f"{shown} is up to date (schema version 1)"]
@@ -268,14 +272,14 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
     shown = f"table {table_name} ({url})"
     assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=True) == [
         f"would create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
-        "UserFeedback1, TenantActivity",
+        "UserFeedback1, TenantActivity, ById",
         "would record schema version 1",
     ]
     with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
         dynamodb.describe_table(TableName=table_name)
     assert await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False) == [
         f"create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
-        "UserFeedback1",
+        "UserFeedback1, ById",
         "record schema version 1",
     ]
     seen: list[tuple[str, ...]] = []

@@ -1,0 +1,1745 @@
+"""``DynamoDataLayer``: the Chainlit layer on one DynamoDB table (PynamoDB's connection, botocore).
+
+Layout: Chainlit's own single table (contract §3.3) plus the GSIs ``chainlit-orm migrate`` adds,
+all derived from the models' ``__dynamo__`` declarations (:mod:`chainlit_orm.schema_gen.dynamo`).
+A thread and everything in it (steps, elements, feedback) share the partition ``THREAD#{id}``, so
+``get_thread`` is one Query page and ``delete_thread`` one Query plus batched deletes.
+
+How it works, and why:
+
+* **Never on the event loop.** PynamoDB and botocore are synchronous. Every request runs in a
+  dedicated thread pool whose size is the connection-pool size (``max_pool_connections``, default
+  10), so at most that many requests are in flight and none waits for a pooled connection while
+  holding a thread. One botocore client (the one of a PynamoDB ``Connection``, shared by the
+  generated item classes) serves every call.
+* **Retries are botocore's.** ``retries={"mode": "standard"|"adaptive", "max_attempts": N}``
+  retries throttling and transient errors; what still fails becomes a typed error
+  (:class:`~chainlit_orm.errors.BackendUnavailableError`, ...), raised ``from`` the botocore error.
+  Unprocessed items of batch calls and transaction conflicts are retried here with backoff.
+* **Items are what schema_gen declares.** The attribute types come from the generated PynamoDB
+  item classes (:func:`~chainlit_orm.schema_gen.pynamo.pynamodb_models`): numbers keep their type
+  (an int stays an int), ``showInput`` is a BOOL or a string, JSON documents are native maps.
+  Keys are rendered and parsed from the declared templates (``render_key``/``parse_key``), never
+  with ``str.strip``.
+* **Hot paths are one call.** ``get_user``, ``get_thread_author``, ``update_step`` and
+  ``create_step`` (a user message bumps its thread's activity in the same TransactWriteItems) are
+  one request; ``get_thread`` one Query page; a ``list_threads`` page one Query on ``UserActivity``
+  (or a feedback index) that returns exactly ``first`` threads, because the cursor *is* the
+  index's ``ExclusiveStartKey``.
+* **Metadata is merged in place**: ``SET metadata.#k = :v`` / ``REMOVE metadata.#k`` on the map, so
+  concurrent merges of different keys all survive; ``createdAt`` and the owner are written with
+  ``if_not_exists`` (set once).
+* **Feedback** is its own item (``FEEDBACK#{stepId}``), one per step, written in one transaction
+  with the per-value counters on the thread item that keep the sparse ``UserFeedback0/1`` indexes
+  exact. Feedback Chainlit's layer embedded in step items is read too (and converted by migrate).
+* **Item size.** A step text (``input``/``output``) above ``offload_bytes`` (default 100 KB) is
+  stored with the storage client under ``threads/{threadId}/steps/{stepId}/{field}`` and read back
+  transparently; without a storage client a step whose item would exceed DynamoDB's 400 KB is
+  refused with :class:`~chainlit_orm.errors.PayloadTooLargeError` before anything is written.
+* **Search** matches the thread name only, case-insensitively (the one documented deviation from
+  the SQL layers, which also search message text). The name is compared lower-cased in Python on
+  the summary rows the list index returns: a DynamoDB ``FilterExpression`` is case-sensitive and
+  would not read fewer capacity units (filters apply after the read), so a stored lower-case copy
+  would only cost bytes on every thread and a wider index projection.
+* **Checked once.** On first use the layer reads ``DescribeTable`` (and the schema-version item)
+  and refuses, naming ``chainlit-orm migrate``, a table without the indexes it needs or with an
+  unfinished backfill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import re
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chainlit.data.storage_clients.base import BaseStorageClient
+
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ChainlitORMError,
+    ConfigurationError,
+    ConflictError,
+    InvalidCursorError,
+    InvalidIdentifierError,
+    InvalidInputError,
+    MissingDependencyError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SchemaError,
+    StorageError,
+)
+from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.types import Timestamp, format_timestamp, normalize_id, parse_timestamp
+from chainlit_orm.schema_gen.dynamo import (
+    OVERFLOW_COLUMN,
+    PARTITION_KEY,
+    SCHEMA_VERSION_KEY,
+    SORT_KEY,
+    GsiSpec,
+    dynamo_indexes,
+    dynamo_table_spec,
+    parse_key,
+    placeholders,
+    render_key,
+)
+
+try:
+    import botocore.exceptions
+    from pynamodb.connection import Connection
+
+    from chainlit_orm.schema_gen.pynamo import (
+        BoolOrStringAttribute,
+        ChainlitItem,
+        JsonAttribute,
+        from_attribute_value,
+        pynamodb_models,
+        to_attribute_value,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("pynamodb", "dynamodb") from exc
+
+if TYPE_CHECKING:
+    from chainlit_orm.schema_gen.dynamo_migrate import BackfillRequest
+
+__all__ = ["DynamoBackend", "DynamoDataLayer", "backfill"]
+
+logger = logging.getLogger("chainlit_orm")
+
+#: DynamoDB's item size limit (attribute names and values, UTF-8).
+ITEM_LIMIT = 400 * 1024
+#: Step texts above this many UTF-8 bytes go to the storage client when one is configured.
+DEFAULT_OFFLOAD_BYTES = 100 * 1024
+#: BatchWriteItem takes at most 25 requests; BatchGetItem 100 keys.
+BATCH_WRITE = 25
+#: Step texts that may be offloaded, and the attribute naming the object that holds each.
+TEXT_REFS = {"input": "inputRef", "output": "outputRef"}
+#: Per-value feedback counters on the thread item, and the sparse index each one drives.
+FEEDBACK_COUNTERS = {0: "fbCount0", 1: "fbCount1"}
+FEEDBACK_INDEXES = {0: "UserFeedback0", 1: "UserFeedback1"}
+LIST_INDEX = "UserActivity"
+LOOKUP_INDEX = "ById"
+#: Chainlit's layer embeds feedback in the step item under this attribute.
+LEGACY_FEEDBACK = "feedback"
+#: Namespace of the ids given to feedback Chainlit's layer wrote (its ids are not UUIDs).
+LEGACY_FEEDBACK_NAMESPACE = uuid.UUID("5b0c1c52-7d0f-4c77-9b83-6f7c2a1d9e10")
+
+_RETRYABLE_TX = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+_THROTTLED = {
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable", "LimitExceededException",
+}
+_AUTH = {
+    "UnrecognizedClientException", "InvalidSignatureException", "AccessDeniedException",
+    "ExpiredTokenException", "MissingAuthenticationTokenException",
+}
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_MAX_USER_ID = 512
+
+
+class _ConditionFailed(Exception):
+    """A condition of a write failed (internal; callers decide what it means).
+
+    Attributes:
+        item: the item as it was (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), or None.
+        reasons: for a cancelled transaction, the code of each action ("None" when it passed).
+    """
+
+    def __init__(self, item: dict[str, Any] | None, reasons: list[str] | None = None) -> None:
+        super().__init__("condition failed")
+        self.item = item
+        self.reasons = reasons or []
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {PARTITION_KEY: _s(pk), SORT_KEY: _s(sk)}
+
+
+def _item_size(item: Mapping[str, Any]) -> int:
+    """DynamoDB's size of an item in wire form: names plus values (an upper-bound estimate)."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    ((kind, payload),) = value.items()
+    if kind == "S":
+        return len(payload.encode())
+    if kind == "N":
+        return len(payload) // 2 + 2
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + 1 + _value_size(v) for k, v in payload.items())
+    if kind == "L":
+        return 3 + sum(1 + _value_size(v) for v in payload)
+    return len(json.dumps(payload, default=str))
+
+
+class _Update:
+    """An UpdateItem expression under construction: placeholders for every name and value."""
+
+    def __init__(self) -> None:
+        self.sets: list[str] = []
+        self.removes: list[str] = []
+        self.conditions: list[str] = []
+        self.names: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
+
+    def n(self, attribute: str) -> str:
+        for placeholder, name in self.names.items():
+            if name == attribute:
+                return placeholder
+        placeholder = f"#n{len(self.names)}"
+        self.names[placeholder] = attribute
+        return placeholder
+
+    def v(self, value: Mapping[str, Any]) -> str:
+        placeholder = f":v{len(self.values)}"
+        self.values[placeholder] = dict(value)
+        return placeholder
+
+    def set(self, attribute: str, value: Mapping[str, Any], *, if_absent: bool = False) -> None:
+        name = self.n(attribute)
+        if if_absent:
+            self.sets.append(f"{name} = if_not_exists({name}, {self.v(value)})")
+        else:
+            self.sets.append(f"{name} = {self.v(value)}")
+
+    def set_path(self, attribute: str, key: str, value: Mapping[str, Any]) -> None:
+        self.sets.append(f"{self.n(attribute)}.{self.n(key)} = {self.v(value)}")
+
+    def remove(self, attribute: str) -> None:
+        self.removes.append(self.n(attribute))
+
+    def remove_path(self, attribute: str, key: str) -> None:
+        self.removes.append(f"{self.n(attribute)}.{self.n(key)}")
+
+    def condition(self, expression: str) -> None:
+        self.conditions.append(f"({expression})")
+
+    def params(self) -> dict[str, Any]:
+        parts = []
+        if self.sets:
+            parts.append("SET " + ", ".join(self.sets))
+        if self.removes:
+            parts.append("REMOVE " + ", ".join(self.removes))
+        params: dict[str, Any] = {"UpdateExpression": " ".join(parts)}
+        if self.conditions:
+            params["ConditionExpression"] = " AND ".join(self.conditions)
+        if self.names:
+            params["ExpressionAttributeNames"] = dict(self.names)
+        if self.values:
+            params["ExpressionAttributeValues"] = dict(self.values)
+        return params
+
+
+class _Codec:
+    """One entity's attribute types, taken from its generated PynamoDB item class."""
+
+    def __init__(self, models: ModelSet, entity: str, item_class: type[ChainlitItem],
+                 reserved: set[str]) -> None:
+        table = models.table(entity)
+        self.entity = entity
+        self.attributes = dict(item_class.get_attributes())
+        self.columns = tuple(table.columns.keys())
+        self.timestamps = {c.name for c in table.columns if isinstance(c.type, Timestamp)}
+        self.has_overflow = OVERFLOW_COLUMN in table.columns
+        self.reserved = reserved
+
+    def encode(self, name: str, value: Any) -> dict[str, Any]:
+        attribute = self.attributes.get(name)
+        try:
+            if attribute is None or isinstance(attribute, JsonAttribute | BoolOrStringAttribute):
+                return to_attribute_value(value) if attribute is None else dict(
+                    attribute.serialize(value))
+            return {attribute.attr_type: attribute.serialize(value)}
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{self.entity}.{name}: cannot store {value!r}") from exc
+
+    def decode(self, name: str, value: Mapping[str, Any]) -> Any:
+        attribute = self.attributes.get(name)
+        kind = next(iter(value))
+        if kind == "NULL":
+            return None
+        if isinstance(attribute, JsonAttribute | BoolOrStringAttribute):
+            decoded = attribute.deserialize(dict(value))
+        elif attribute is not None and kind == attribute.attr_type:
+            decoded = attribute.deserialize(value[kind])
+        else:
+            decoded = from_attribute_value(value)
+        if name in self.timestamps and isinstance(decoded, str):
+            # a legacy value we cannot read is returned as stored, not lost
+            with contextlib.suppress(InvalidInputError):
+                decoded = format_timestamp(parse_timestamp(decoded))
+        return decoded
+
+    def row(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """An item as a row keyed by column name (every column, None when absent, as a SQL row);
+        unknown attributes go to the overflow."""
+        row: dict[str, Any] = dict.fromkeys(self.columns)
+        overflow: dict[str, Any] = {}
+        for name, value in item.items():
+            if name in self.columns:
+                row[name] = self.decode(name, value)
+            elif name not in self.reserved:
+                overflow[name] = from_attribute_value(value)
+        if self.has_overflow and overflow:
+            merged = dict(row.get(OVERFLOW_COLUMN) or {})
+            for key, value in overflow.items():
+                merged.setdefault(key, value)
+            row[OVERFLOW_COLUMN] = merged
+        return row
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Rendering and parsing of one entity's table keys."""
+
+    pk: str
+    sk: str
+
+    def render(self, **values: Any) -> tuple[str, str]:
+        pk, sk = render_key(self.pk, values), render_key(self.sk, values)
+        if pk is None or sk is None:
+            raise InvalidInputError(f"cannot build a key from {values!r}")
+        return pk, sk
+
+
+class DynamoBackend:
+    """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring."""
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        models: ModelSet = DEFAULT_MODELS,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        max_pool_connections: int = 10,
+        retry_mode: str = "standard",
+        max_attempts: int = 8,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
+        storage: Callable[[], BaseStorageClient | None] = lambda: None,
+        check_schema: bool = True,
+    ) -> None:
+        try:
+            dynamo_table_spec(models, table_name)
+        except SchemaError as exc:
+            raise ConfigurationError(str(exc), detail=table_name) from exc
+        if retry_mode not in ("standard", "adaptive"):
+            raise ConfigurationError(f"retry_mode must be 'standard' or 'adaptive': {retry_mode!r}")
+        if max_pool_connections < 1 or max_attempts < 1:
+            raise ConfigurationError("max_pool_connections and max_attempts must be positive")
+        if region is None:
+            import botocore.session
+
+            region = botocore.session.get_session().get_config_variable("region")
+            if not region:
+                raise ConfigurationError(
+                    "no AWS region: pass region=, set AWS_REGION/AWS_DEFAULT_REGION, or use a "
+                    "profile with a region"
+                )
+        self.models = models
+        self.table = table_name
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.offload_bytes = offload_bytes
+        self.storage = storage
+        self.check_schema = check_schema
+        self.max_pool_connections = max_pool_connections
+        self.items = pynamodb_models(
+            models, table_name, region=region, host=endpoint_url,
+            max_pool_connections=max_pool_connections,
+            connect_timeout_seconds=connect_timeout, read_timeout_seconds=read_timeout,
+        )
+        # One PynamoDB connection (one botocore client, one pool) for every item class, with
+        # botocore's own retry configuration instead of PynamoDB's legacy loop.
+        self.connection = Connection(
+            region=region, host=endpoint_url, max_pool_connections=max_pool_connections,
+            connect_timeout_seconds=connect_timeout, read_timeout_seconds=read_timeout,
+            retry_configuration={"mode": retry_mode, "max_attempts": max_attempts},
+        )
+        for item_class in self.items.values():
+            item_class._get_connection().connection = self.connection
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_pool_connections, thread_name_prefix="chainlit-orm-dynamodb"
+        )
+        self.indexes: dict[str, GsiSpec] = {spec.name: spec for spec in dynamo_indexes(models)}
+        reserved = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, *TEXT_REFS.values(),
+                    *FEEDBACK_COUNTERS.values()}
+        for spec in self.indexes.values():
+            reserved |= {spec.pk_attribute, spec.sk_attribute}
+        self.codecs = {entity: _Codec(models, entity, cls, reserved)
+                       for entity, cls in self.items.items()}
+        self.keys = {entity: _Keys(keys.pk, keys.sk) for entity, keys in models.dynamo.items()}
+        self._ready: asyncio.Future[None] | None = None
+        self._identifiers: OrderedDict[str, str] = OrderedDict()
+        self._activity: OrderedDict[str, str] = OrderedDict()
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = (
+            weakref.WeakKeyDictionary())
+
+    # ---------------------------------------------------------------- plumbing
+
+    @property
+    def client(self) -> Any:
+        """The botocore client every request goes through (PynamoDB's connection's)."""
+        return self.connection.client
+
+    @property
+    def url(self) -> str:
+        query = f"region={self.region}"
+        if self.endpoint_url:
+            query += f"&endpoint_url={self.endpoint_url}"
+        return f"dynamodb://{self.table}?{query}"
+
+    def _command(self) -> str:
+        return f"chainlit-orm migrate '{self.url}'"
+
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call in the worker pool; typed errors; failed conditions: _ConditionFailed."""
+        if self._ready is None or not self._ready.done():
+            await self.ensure_ready()
+        return await self._raw(operation, **kwargs)
+
+    async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._call_sync, operation, kwargs)
+        )
+
+    def _call_sync(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        client = self.connection.client
+        try:
+            result: dict[str, Any] = getattr(client, operation)(TableName=self.table, **kwargs) \
+                if operation not in ("transact_write_items", "batch_write_item",
+                                     "batch_get_item") else getattr(client, operation)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            raise self._map_client_error(operation, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            name = type(exc).__name__
+            if name in ("NoRegionError", "NoCredentialsError", "PartialCredentialsError",
+                        "ProfileNotFound"):
+                raise ConfigurationError(f"{exc} (DynamoDB table {self.table})") from exc
+            raise BackendUnavailableError(
+                f"cannot reach DynamoDB for table {self.table}: {exc}"
+            ) from exc
+        return result
+
+    def _map_client_error(self, operation: str,
+                          exc: botocore.exceptions.ClientError) -> Exception:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        if code == "ConditionalCheckFailedException":
+            item = exc.response.get("Item")
+            return _ConditionFailed(dict(item) if item else None)
+        if code == "TransactionCanceledException":
+            reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
+            if any(r in _RETRYABLE_TX for r in reasons) or not reasons:
+                return _TransactionRetry(reasons)
+            if any(r == "ValidationError" for r in reasons):
+                return InvalidInputError(f"DynamoDB {operation} refused: {message}")
+            return _ConditionFailed(None, reasons)
+        if code == "ResourceNotFoundException":
+            return SchemaError(
+                f"DynamoDB table {self.table} (or an index) does not exist; run: {self._command()}",
+                detail=code,
+            )
+        if code == "ValidationException":
+            if "size" in message.lower() and ("exceed" in message.lower()
+                                              or "maximum" in message.lower()):
+                return PayloadTooLargeError(f"DynamoDB refused the item: {message}", detail=code)
+            return InvalidInputError(f"DynamoDB {operation} refused the request: {message}",
+                                     detail=code)
+        if code in _THROTTLED:
+            return BackendUnavailableError(
+                f"DynamoDB {operation} still throttled or failing after the configured retries "
+                f"({code})", detail=code)
+        if code in _AUTH:
+            return BackendUnavailableError(
+                f"DynamoDB refused the credentials for table {self.table} ({code})", detail=code)
+        return ChainlitORMError(f"DynamoDB {operation} failed: {code}: {message}", detail=code)
+
+    async def ensure_ready(self) -> None:
+        """Check the table once, on first use: indexes present and ACTIVE, no pending backfill."""
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                if self.check_schema:
+                    await self._check_table()
+            except BaseException as exc:
+                self._ready.set_exception(exc)
+                self._ready.exception()
+                self._ready = None
+                raise
+            self._ready.set_result(None)
+        elif not self._ready.done():
+            await asyncio.shield(self._ready)
+
+    async def _check_table(self) -> None:
+        try:
+            described = (await self._raw("describe_table"))["Table"]
+        except SchemaError as exc:
+            raise SchemaError(
+                f"DynamoDB table {self.table} does not exist; create it with: {self._command()}"
+            ) from exc
+        keys = {k["KeyType"]: k["AttributeName"] for k in described["KeySchema"]}
+        if keys != {"HASH": PARTITION_KEY, "RANGE": SORT_KEY}:
+            raise SchemaError(f"DynamoDB table {self.table} is not keyed PK/SK: {keys}")
+        existing = {g["IndexName"]: g for g in described.get("GlobalSecondaryIndexes", [])}
+        problems = []
+        for name, spec in self.indexes.items():
+            found = existing.get(name)
+            if found is None:
+                problems.append(f"index {name} is missing")
+                continue
+            found_keys = {k["KeyType"]: k["AttributeName"] for k in found["KeySchema"]}
+            if found_keys != {"HASH": spec.pk_attribute, "RANGE": spec.sk_attribute}:
+                problems.append(f"index {name} has keys {found_keys}")
+            projection = found.get("Projection", {})
+            if spec.projection == "INCLUDE" and projection.get("ProjectionType") != "ALL" and (
+                    set(spec.attributes) - set(projection.get("NonKeyAttributes", []))):
+                problems.append(f"index {name} does not project {', '.join(spec.attributes)}")
+            if found.get("IndexStatus", "ACTIVE") != "ACTIVE":
+                problems.append(f"index {name} is {found.get('IndexStatus')}, not ACTIVE yet")
+        if problems:
+            raise SchemaError(
+                f"DynamoDB table {self.table} cannot be used by chainlit-orm: "
+                f"{'; '.join(problems)}. Run: {self._command()}",
+                detail=problems,
+            )
+        version = (await self._raw(
+            "get_item", Key={k: _s(v) for k, v in SCHEMA_VERSION_KEY.items()}, ConsistentRead=True,
+        )).get("Item") or {}
+        if "backfillPending" in version:
+            raise SchemaError(
+                f"DynamoDB table {self.table} has an unfinished backfill; run: {self._command()}"
+            )
+
+    async def _transact(self, actions: list[dict[str, Any]]) -> None:
+        """TransactWriteItems, retrying conflicts with other transactions (bounded, backoff)."""
+        delay = 0.02
+        for attempt in range(8):
+            try:
+                await self._call("transact_write_items", TransactItems=actions)
+                return
+            except _TransactionRetry as exc:
+                if attempt == 7:
+                    raise BackendUnavailableError(
+                        f"DynamoDB transaction kept conflicting ({', '.join(exc.reasons)})"
+                    ) from exc
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    async def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        """BatchWriteItem in chunks of 25, retrying unprocessed items with backoff."""
+        for start in range(0, len(requests), BATCH_WRITE):
+            pending = requests[start:start + BATCH_WRITE]
+            delay = 0.05
+            for attempt in range(10):
+                result = await self._call("batch_write_item",
+                                          RequestItems={self.table: pending})
+                pending = result.get("UnprocessedItems", {}).get(self.table, [])
+                if not pending:
+                    break
+                if attempt == 9:
+                    raise BackendUnavailableError(
+                        f"DynamoDB left {len(pending)} writes unprocessed after retries"
+                    )
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    async def _batch_get(self, keys: list[dict[str, Any]], **options: Any
+                         ) -> list[dict[str, Any]]:
+        """BatchGetItem (consistent), retrying unprocessed keys; items in no particular order."""
+        found: list[dict[str, Any]] = []
+        pending: dict[str, Any] = {"Keys": keys, "ConsistentRead": True, **options}
+        delay = 0.05
+        for attempt in range(10):
+            result = await self._call("batch_get_item", RequestItems={self.table: pending})
+            found += result.get("Responses", {}).get(self.table, [])
+            unprocessed = result.get("UnprocessedKeys", {}).get(self.table)
+            if not unprocessed:
+                return found
+            if attempt == 9:
+                raise BackendUnavailableError("DynamoDB left keys unprocessed after retries")
+            pending = unprocessed
+            await asyncio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+        return found
+
+    async def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            result = await self._call("query", **kwargs)
+            items += result.get("Items", [])
+            last = result.get("LastEvaluatedKey")
+            if not last:
+                return items
+            kwargs["ExclusiveStartKey"] = last
+
+    def _key_of(self, entity: str, **values: Any) -> dict[str, Any]:
+        return _key(*self.keys[entity].render(**values))
+
+    def _index_attributes(self, entity: str, values: Mapping[str, Any]) -> dict[str, str]:
+        """The GSI key attributes an item of ``entity`` with ``values`` carries (sparse indexes
+        driven by feedback counters excluded)."""
+        result: dict[str, str] = {}
+        for declared in self.models.dynamo[entity].indexes:
+            if declared.index in FEEDBACK_INDEXES.values():
+                continue
+            for attribute, template in ((declared.pk_attribute, declared.pk),
+                                        (declared.sk_attribute, declared.sk)):
+                rendered = render_key(template, values)
+                if rendered is not None:
+                    result[attribute] = rendered
+        return result
+
+    def _index_templates(self, entity: str) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for declared in self.models.dynamo[entity].indexes:
+            if declared.index in FEEDBACK_INDEXES.values():
+                continue
+            result[declared.pk_attribute] = declared.pk
+            result[declared.sk_attribute] = declared.sk
+        return result
+
+    async def _lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
+        """The table key of the item of ``entity`` with this id, through the ById index."""
+        declared = next(d for d in self.models.dynamo[entity].indexes if d.index == LOOKUP_INDEX)
+        spec = self.indexes[LOOKUP_INDEX]
+        value = render_key(declared.pk, {"id": item_id})
+        result = await self._call(
+            "query", IndexName=LOOKUP_INDEX,
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": spec.pk_attribute},
+            ExpressionAttributeValues={":p": _s(value or "")},
+        )
+        for item in result.get("Items", []):
+            return item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
+        return None
+
+    def _thread_of_key(self, pk: str) -> str | None:
+        parsed = parse_key(self.models.dynamo["thread"].pk, pk)
+        return parsed["id"] if parsed else None
+
+    def _kind(self, sk: str) -> str | None:
+        """Which entity an item of a thread partition is, from its sort key prefix."""
+        for entity in ("thread", "step", "element", "feedback"):
+            template = self.models.dynamo[entity].sk
+            if (placeholders(template) and parse_key(template, sk) is not None) or sk == template:
+                return entity
+        return None
+
+    # ------------------------------------------------------------------- users
+
+    def normalize_user_id(self, value: object, what: str) -> str:
+        """User ids are UUIDs, except in tables Chainlit's layer wrote: there the id is the
+        identifier (contract §4.3, 11), so any non-empty string without NUL is accepted."""
+        if isinstance(value, uuid.UUID) or (isinstance(value, str) and _UUID.match(value)):
+            return normalize_id(value, what=what)
+        if isinstance(value, str) and value and len(value) <= _MAX_USER_ID and "\x00" not in value:
+            return value
+        shown = value if isinstance(value, str) and len(value) <= 80 else type(value).__name__
+        raise InvalidIdentifierError(f"{what} is not a valid user id: {shown!r}", detail=what)
+
+    def _remember(self, row: Mapping[str, Any]) -> None:
+        if row.get("id") and row.get("identifier"):
+            self._identifiers[str(row["id"])] = str(row["identifier"])
+            self._identifiers.move_to_end(str(row["id"]))
+            while len(self._identifiers) > 10_000:
+                self._identifiers.popitem(last=False)
+
+    def _user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        row = self.codecs["user"].row(item)
+        if not row.get("identifier"):
+            parsed = parse_key(self.models.dynamo["user"].pk, item[PARTITION_KEY]["S"])
+            row["identifier"] = parsed["identifier"] if parsed else None
+        if not row.get("id"):
+            row["id"] = row["identifier"]  # Chainlit's layer: the id is the identifier
+        self._remember(row)
+        return row
+
+    async def get_user(self, identifier: str) -> dict[str, Any] | None:
+        item = (await self._call("get_item", Key=self._key_of("user", identifier=identifier),
+                                 ConsistentRead=True)).get("Item")
+        return None if item is None else self._user_row(item)
+
+    async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
+        codec = self.codecs["user"]
+        u = _Update()
+        u.set("id", codec.encode("id", row["id"]), if_absent=True)
+        u.set("createdAt", codec.encode("createdAt", row["createdAt"]), if_absent=True)
+        u.set("identifier", codec.encode("identifier", row["identifier"]))
+        u.set("metadata", codec.encode("metadata", row["metadata"]))
+        if row.get("display_name") is not None:
+            u.set("display_name", codec.encode("display_name", row["display_name"]))
+        index = self._index_attributes("user", row)
+        for attribute, value in index.items():
+            u.set(attribute, _s(value), if_absent="{id}" in self._index_templates("user")[
+                attribute])
+        key = self._key_of("user", identifier=row["identifier"])
+        result = await self._call("update_item", Key=key, ReturnValues="ALL_NEW", **u.params())
+        stored = self._user_row(result["Attributes"])
+        fixed = self._index_attributes("user", stored)
+        stale = {a: v for a, v in fixed.items() if result["Attributes"].get(a) != _s(v)}
+        if stale:  # an id written before the index attributes existed: point them at it
+            fix = _Update()
+            for attribute, value in stale.items():
+                fix.set(attribute, _s(value))
+            await self._call("update_item", Key=key, **fix.params())
+        return stored
+
+    async def _identifier_of(self, user_id: str) -> str | None:
+        if user_id in self._identifiers:
+            return self._identifiers[user_id]
+        found = await self._lookup("user", user_id)
+        if found is None:
+            return None
+        parsed = parse_key(self.models.dynamo["user"].pk, found[0])
+        if parsed is None:
+            return None
+        self._remember({"id": user_id, "identifier": parsed["identifier"]})
+        return parsed["identifier"]
+
+    # ----------------------------------------------------------------- threads
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        fields: dict[str, Any],
+        meta_set: dict[str, Any] | None,
+        meta_delete: list[str] | None,
+        create: bool,
+        now: str,
+    ) -> None:
+        codec = self.codecs["thread"]
+        identifier = None
+        if fields.get("userId"):
+            identifier = await self._identifier_of(fields["userId"])
+        key = self._key_of("thread", id=thread_id)
+        templates = self._index_templates("thread")
+        merge = bool(meta_set or meta_delete)
+
+        def build(mode: str) -> _Update:
+            u = _Update()
+            u.set("id", codec.encode("id", thread_id))
+            known: dict[str, Any] = {"id": thread_id}
+            for name, value in fields.items():
+                if name == "userId":
+                    u.set("userId", codec.encode("userId", value), if_absent=True)
+                    if identifier is not None:
+                        u.set("userIdentifier", codec.encode("userIdentifier", identifier),
+                              if_absent=True)
+                elif value is None:
+                    u.remove(name)
+                else:
+                    u.set(name, codec.encode(name, value))
+                known[name] = value
+            if create:
+                u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
+                u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+            for attribute, template in templates.items():
+                names = placeholders(template)
+                if "activityAt" in names:
+                    if create:
+                        rendered = render_key(template, {**known, "activityAt": now})
+                        if rendered is not None:
+                            u.set(attribute, _s(rendered), if_absent=True)
+                    continue
+                rendered = render_key(template, known)
+                if rendered is None or not all(n in known for n in names):
+                    continue
+                u.set(attribute, _s(rendered), if_absent="userId" in names)
+            if not create:
+                u.condition(f"attribute_exists({u.n(PARTITION_KEY)})")
+            if mode == "paths":
+                for k, value in (meta_set or {}).items():
+                    u.set_path("metadata", k, to_attribute_value(value))
+                for k in meta_delete or []:
+                    u.remove_path("metadata", k)
+                u.condition(f"attribute_type({u.n('metadata')}, {u.v(_s('M'))})")
+            elif mode == "whole":
+                u.set("metadata", to_attribute_value(meta_set or {}))
+                m = u.n("metadata")
+                u.condition(f"attribute_not_exists({m}) OR NOT attribute_type({m}, "
+                            f"{u.v(_s('M'))})")
+            elif meta_set is not None:  # metadata={}: nothing to merge, but a map exists
+                u.set("metadata", {"M": {}}, if_absent=True)
+            return u
+
+        mode = "paths" if merge else "none"
+        returns = "ALL_NEW" if "userId" in fields else "NONE"
+        for _attempt in range(8):
+            try:
+                result = await self._call(
+                    "update_item", Key=key, ReturnValues=returns,
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
+            except _ConditionFailed as failed:
+                if failed.item is None and not create:
+                    return  # a metadata-only update never creates a thread (#1684)
+                stored = (failed.item or {}).get("metadata")
+                mode = "paths" if stored is not None and "M" in stored else "whole"
+                continue
+            if returns == "ALL_NEW":
+                await self._sync_feedback_markers(key, result.get("Attributes", {}))
+            return
+        raise ConflictError(f"thread {thread_id}: metadata merge kept conflicting")
+
+    async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
+        """After an owner is set: mark the thread in the feedback indexes its counters call for."""
+        user_id = self.codecs["thread"].row(item).get("userId")
+        if not user_id:
+            return
+        u = _Update()
+        for value, counter in FEEDBACK_COUNTERS.items():
+            spec = self.indexes.get(FEEDBACK_INDEXES[value])
+            count = from_attribute_value(item[counter]) if counter in item else 0
+            if spec is None or not count or spec.pk_attribute in item:
+                continue
+            declared = next(d for d in self.models.dynamo["thread"].indexes
+                            if d.index == spec.name)
+            u.set(spec.pk_attribute, _s(render_key(declared.pk, {"userId": user_id}) or ""))
+        if u.sets:
+            await self._call("update_item", Key=key, **u.params())
+
+    async def get_thread_author(self, thread_id: str) -> str | None:
+        item = (await self._call(
+            "get_item", Key=self._key_of("thread", id=thread_id), ConsistentRead=True,
+            ProjectionExpression="#u", ExpressionAttributeNames={"#u": "userIdentifier"},
+        )).get("Item")
+        if not item or "userIdentifier" not in item:
+            return None
+        value = from_attribute_value(item["userIdentifier"])
+        return str(value) if value else None
+
+    async def get_thread(
+        self, thread_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+        items = await self._query_all(
+            KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": PARTITION_KEY},
+            ExpressionAttributeValues={":p": self._key_of("thread", id=thread_id)[PARTITION_KEY]},
+            ConsistentRead=True,
+        )
+        thread: dict[str, Any] | None = None
+        steps: dict[str, dict[str, Any]] = {}
+        step_items: dict[str, Mapping[str, Any]] = {}
+        elements: list[dict[str, Any]] = []
+        feedback: dict[str, dict[str, Any]] = {}
+        for item in items:
+            kind = self._kind(item[SORT_KEY]["S"])
+            if kind == "thread":
+                thread = self.codecs["thread"].row(item)
+            elif kind == "step":
+                if _is_phantom(item):
+                    legacy = _legacy_feedback(item)
+                    if legacy:
+                        feedback.setdefault(legacy["forId"], legacy)
+                    continue
+                row = self.codecs["step"].row(item)
+                steps[str(row.get("id"))] = row
+                step_items[str(row.get("id"))] = item
+            elif kind == "element":
+                elements.append(self.codecs["element"].row(item))
+            elif kind == "feedback":
+                row = self.codecs["feedback"].row(item)
+                feedback[str(row.get("forId"))] = _feedback_dict(row)
+        if thread is None:
+            return None
+        await self._load_texts(list(step_items.values()), list(steps.values()))
+        for step_id, row in steps.items():
+            found = feedback.get(step_id) or _legacy_feedback(step_items[step_id])
+            if found:
+                row["feedback"] = found
+        ordered = sorted(steps.values(), key=lambda r: (r.get("createdAt") or "", str(r["id"])))
+        elements.sort(key=lambda r: str(r.get("id")))
+        return thread, ordered, elements
+
+    async def list_threads(
+        self,
+        *,
+        user_id: str | None,
+        limit: int,
+        after: tuple[str, str] | None,
+        search: str | None,
+        feedback: int | None,
+        order: ThreadOrder,
+    ) -> list[dict[str, Any]]:
+        if order != "activity":
+            raise ConfigurationError("the DynamoDB layer lists threads by activity only")
+        needle = search.lower() if search else None
+        if user_id is None:
+            return await self._list_by_scan(limit, after, needle, feedback)
+        index_name = LIST_INDEX if feedback is None else FEEDBACK_INDEXES[feedback]
+        spec = self.indexes[index_name]
+        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == index_name)
+        pk_value = render_key(declared.pk, {"userId": user_id}) or ""
+        kwargs: dict[str, Any] = {
+            "IndexName": index_name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": spec.pk_attribute},
+            "ExpressionAttributeValues": {":p": _s(pk_value)},
+            "ScanIndexForward": False,
+        }
+        if needle is None and limit <= 1000:
+            kwargs["Limit"] = limit
+        if after is not None:
+            moment, tid = after
+            sk = render_key(declared.sk, {"activityAt": moment, "id": tid, "userId": user_id})
+            kwargs["ExclusiveStartKey"] = {
+                spec.pk_attribute: _s(pk_value), spec.sk_attribute: _s(sk or ""),
+                **self._key_of("thread", id=tid),
+            }
+        rows: list[dict[str, Any]] = []
+        codec = self.codecs["thread"]
+        while len(rows) < limit:
+            try:
+                result = await self._call("query", **kwargs)
+            except InvalidInputError as exc:
+                if after is not None and not isinstance(exc, PayloadTooLargeError):
+                    raise InvalidCursorError("the pagination cursor does not fit this query") \
+                        from exc
+                raise
+            for item in result.get("Items", []):
+                row = codec.row(item)
+                if needle is not None and needle not in str(row.get("name") or "").lower():
+                    continue
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+            last = result.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        return rows
+
+    async def _list_by_scan(self, limit: int, after: tuple[str, str] | None,
+                            needle: str | None, feedback: int | None) -> list[dict[str, Any]]:
+        """Every user's threads (Chainlit never asks for this; admin tools do): a Scan."""
+        thread_sk = self.models.dynamo["thread"].sk
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "#s = :s",
+            "ExpressionAttributeNames": {"#s": SORT_KEY},
+            "ExpressionAttributeValues": {":s": _s(thread_sk)},
+        }
+        rows: list[dict[str, Any]] = []
+        codec = self.codecs["thread"]
+        while True:
+            result = await self._call("scan", **kwargs)
+            for item in result.get("Items", []):
+                if feedback is not None:
+                    counter = item.get(FEEDBACK_COUNTERS[feedback])
+                    if not counter or not from_attribute_value(counter):
+                        continue
+                row = codec.row(item)
+                if needle is not None and needle not in str(row.get("name") or "").lower():
+                    continue
+                row.pop(OVERFLOW_COLUMN, None)
+                rows.append(row)
+            last = result.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        rows.sort(key=lambda r: (r.get("activityAt") or "", str(r.get("id"))), reverse=True)
+        if after is not None:
+            rows = [r for r in rows if (r.get("activityAt") or "", str(r.get("id"))) < after]
+        return rows[:limit]
+
+    async def delete_thread(self, thread_id: str) -> list[str]:
+        items = await self._query_all(
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
+                                      "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
+            ExpressionAttributeValues={":p": self._key_of("thread", id=thread_id)[PARTITION_KEY]},
+            ProjectionExpression="#p, #s, #o, #i, #t",
+            ConsistentRead=True,
+        )
+        thread_sk = self.models.dynamo["thread"].sk
+        # children first, the thread item last: an interrupted delete leaves a thread to retry
+        items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
+        keys = _object_keys(items)
+        await self._batch_write([
+            {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
+            for i in items
+        ])
+        return keys
+
+    # ------------------------------------------------------------------- steps
+
+    def _text_key(self, thread_id: str, step_id: str, field: str, create: bool) -> str:
+        return f"threads/{thread_id}/steps/{step_id}/{field}{'.initial' if create else ''}"
+
+    async def upsert_step(
+        self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
+    ) -> None:
+        codec = self.codecs["step"]
+        thread_id, step_id = str(row["threadId"]), str(row["id"])
+        key = self._key_of("step", threadId=thread_id, id=step_id)
+        encoded = {name: codec.encode(name, value) for name, value in row.items()
+                   if value is not None}
+        index = self._index_attributes("step", row)
+        storage = self.storage()
+        offload = [f for f in TEXT_REFS if f in encoded and storage is not None
+                   and len(row[f].encode()) > self.offload_bytes]
+        size = _item_size({**key, **encoded, **{a: _s(v) for a, v in index.items()}})
+        size -= sum(_value_size(encoded[f]) for f in offload)
+        if size > ITEM_LIMIT - 1024:
+            hint = "" if storage is not None else " (configure a storage client to offload texts)"
+            raise PayloadTooLargeError(
+                f"step {step_id} would be a {size} byte DynamoDB item, above the 400 KB limit"
+                f"{hint}", detail="step")
+        refs: dict[str, str] = {}
+        if offload:
+            assert storage is not None
+            for field in offload:
+                object_key = self._text_key(thread_id, step_id, field, create)
+                await storage.upload_file(object_key, row[field].encode(),
+                                          mime="text/plain; charset=utf-8", overwrite=True)
+                refs[field] = object_key
+
+        def build(with_refs: bool) -> _Update:
+            u = _Update()
+            for name, encoded_value in encoded.items():
+                if name in offload:
+                    continue
+                u.set(name, encoded_value, if_absent=create and name not in ("id", "threadId"))
+                if name in TEXT_REFS and not create:
+                    u.remove(TEXT_REFS[name])  # an inline update replaces an offloaded text
+            for attribute, value in index.items():
+                u.set(attribute, _s(value))
+            if with_refs:
+                for field, ref_key in refs.items():
+                    u.set(TEXT_REFS[field], _s(ref_key))
+                    if create:
+                        u.condition(f"attribute_not_exists({u.n(field)}) AND "
+                                    f"attribute_not_exists({u.n(TEXT_REFS[field])})")
+                    else:
+                        u.remove(field)
+            return u
+
+        if activity is None:
+            await self._write_step(key, thread_id, step_id, build, refs, None, now)
+        else:
+            # User messages of one thread are written one at a time by this process, and a bump
+            # already overtaken by a later activity is skipped: a transaction whose condition
+            # fails costs a second call (and on moto rolls back concurrent writes).
+            async with self._thread_lock(thread_id):
+                known = self._activity.get(thread_id)
+                bump = None if known is not None and activity < known else activity
+                bumped = await self._write_step(key, thread_id, step_id, build, refs, bump, now)
+                if bumped:
+                    self._activity[thread_id] = activity
+                    self._activity.move_to_end(thread_id)
+                    while len(self._activity) > 10_000:
+                        self._activity.popitem(last=False)
+
+    async def _write_step(
+        self, key: dict[str, Any], thread_id: str, step_id: str,
+        build: Callable[[bool], _Update], refs: dict[str, str], activity: str | None, now: str,
+    ) -> bool:
+        """One step write (with the thread's activity bump in the same transaction when
+        ``activity`` is given); returns whether the bump was applied."""
+        storage = self.storage()
+        with_refs = bool(refs)
+        bump = activity is not None
+        for _attempt in range(4):
+            step_update = build(with_refs)
+            try:
+                if bump:
+                    await self._transact([
+                        {"Update": {"TableName": self.table,
+                                    "Key": self._key_of("thread", id=thread_id),
+                                    **self._bump(thread_id, str(activity), now).params()}},
+                        {"Update": {"TableName": self.table, "Key": key,
+                                    **step_update.params()}},
+                    ])
+                else:
+                    await self._call("update_item", Key=key, **step_update.params())
+                break
+            except _ConditionFailed as failed:
+                reasons = failed.reasons if bump else ["None", "ConditionalCheckFailed"]
+                if reasons[0] == "ConditionalCheckFailed":
+                    bump = False  # the thread already has a later activity
+                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                    with_refs = False  # an update already wrote these texts: keep them
+        else:
+            raise ConflictError(f"step {step_id} kept conflicting", detail=step_id)
+        if refs and not with_refs and storage is not None:
+            for object_key in refs.values():
+                await storage.delete_file(object_key)
+        return bump
+
+    def _thread_lock(self, thread_id: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        stripes = self._locks.get(loop)
+        if stripes is None:
+            stripes = self._locks[loop] = [asyncio.Lock() for _ in range(64)]
+        return stripes[hash(thread_id) % 64]
+
+    def _bump(self, thread_id: str, activity: str, now: str) -> _Update:
+        """Raise the thread's activity to ``activity`` (never lower it); a stub thread if none."""
+        codec = self.codecs["thread"]
+        u = _Update()
+        u.set("id", codec.encode("id", thread_id))
+        u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
+        u.set("activityAt", codec.encode("activityAt", activity))
+        for attribute, template in self._index_templates("thread").items():
+            if "activityAt" not in placeholders(template):
+                continue
+            rendered = render_key(template, {"id": thread_id, "activityAt": activity})
+            if rendered is not None:
+                u.set(attribute, _s(rendered))
+        a = u.n("activityAt")
+        u.condition(f"attribute_not_exists({a}) OR {a} <= {u.v(_s(activity))}")
+        return u
+
+    async def _load_texts(self, items: Sequence[Mapping[str, Any]],
+                          rows: Sequence[dict[str, Any]]) -> None:
+        """Read offloaded step texts back into their rows, concurrently."""
+        jobs = []
+        for item, row in zip(items, rows, strict=True):
+            for field, ref in TEXT_REFS.items():
+                if ref in item:
+                    jobs.append((row, field, item[ref]["S"]))
+        if not jobs:
+            return
+        texts = await asyncio.gather(*(self._read_text(key) for _, _, key in jobs))
+        for (row, field, _), text in zip(jobs, texts, strict=True):
+            row[field] = text
+
+    async def _read_text(self, object_key: str) -> str:
+        storage = self.storage()
+        if storage is None:
+            raise StorageError(
+                f"a step text is stored at {object_key!r} but no storage client is configured")
+        data = await _read_object(storage, object_key)
+        return data.decode()
+
+    async def delete_step(self, step_id: str) -> list[str]:
+        found = await self._lookup("step", step_id)
+        if found is None:
+            return []
+        pk, sk = found
+        thread_id = self._thread_of_key(pk)
+        if thread_id is None:
+            return []
+        element_prefix = self.models.dynamo["element"].sk.split("{", 1)[0]
+        elements = await self._query_all(
+            KeyConditionExpression="#p = :p AND begins_with(#s, :e)",
+            FilterExpression="#f = :sid",
+            ProjectionExpression="#p, #s, #o",
+            ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#f": "forId",
+                                      "#o": "objectKey"},
+            ExpressionAttributeValues={":p": _s(pk), ":e": _s(element_prefix),
+                                       ":sid": _s(step_id)},
+            ConsistentRead=True,
+        )
+        step = (await self._call("get_item", Key=_key(pk, sk), ConsistentRead=True)).get("Item")
+        await self._delete_feedback_of(thread_id, step_id)
+        targets = [*elements, *([step] if step else [])]
+        keys = _object_keys(targets)
+        await self._batch_write([
+            {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
+            for i in targets
+        ])
+        return keys
+
+    async def get_step(self, step_id: str) -> dict[str, Any] | None:
+        found = await self._lookup("step", step_id)
+        if found is None:
+            return None
+        pk, sk = found
+        thread_id = self._thread_of_key(pk) or ""
+        feedback_key = self._key_of("feedback", threadId=thread_id, forId=step_id)
+        items = await self._batch_get([_key(pk, sk), feedback_key])
+        step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
+        if step_item is None or _is_phantom(step_item):
+            return None
+        row = self.codecs["step"].row(step_item)
+        await self._load_texts([step_item], [row])
+        feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
+        if feedback_item is not None:
+            row["feedback"] = _feedback_dict(self.codecs["feedback"].row(feedback_item))
+        elif _legacy_feedback(step_item):
+            row["feedback"] = _legacy_feedback(step_item)
+        return row
+
+    async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's favorite steps, newest first: one query of the user's threads on the list
+        index, then one filtered query per thread (run concurrently) returning its favorite steps
+        and its feedback. Chainlit only calls this with ``features.favorites`` on."""
+        threads = await self.list_threads(user_id=user_id, limit=10**9, after=None, search=None,
+                                          feedback=None, order="activity")
+        step_prefix = self.models.dynamo["step"].sk.split("{", 1)[0]
+        feedback_prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
+
+        async def favorites(thread_id: str) -> list[dict[str, Any]]:
+            items = await self._query_all(
+                KeyConditionExpression="#p = :p",
+                FilterExpression="(begins_with(#s, :st) AND (#f = :t OR #m.#f = :t)) OR "
+                                 "begins_with(#s, :fb)",
+                ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#f": "favorite",
+                                          "#m": "metadata"},
+                ExpressionAttributeValues={
+                    ":p": self._key_of("thread", id=thread_id)[PARTITION_KEY],
+                    ":st": _s(step_prefix), ":fb": _s(feedback_prefix), ":t": {"BOOL": True}},
+                ConsistentRead=True,
+            )
+            feedback = {}
+            step_items = []
+            for item in items:
+                if self._kind(item[SORT_KEY]["S"]) == "feedback":
+                    row = self.codecs["feedback"].row(item)
+                    feedback[str(row.get("forId"))] = _feedback_dict(row)
+                elif not _is_phantom(item):
+                    step_items.append(item)
+            rows = [self.codecs["step"].row(item) for item in step_items]
+            await self._load_texts(step_items, rows)
+            for item, row in zip(step_items, rows, strict=True):
+                found = feedback.get(str(row.get("id"))) or _legacy_feedback(item)
+                if found:
+                    row["feedback"] = found
+            return rows
+
+        nested = await asyncio.gather(*(favorites(str(t["id"])) for t in threads))
+        steps = [s for group in nested for s in group]
+        steps.sort(key=lambda r: (r.get("createdAt") or "", str(r["id"])), reverse=True)
+        return steps
+
+    # ---------------------------------------------------------------- elements
+
+    async def upsert_element(self, row: dict[str, Any], now: str) -> None:
+        codec = self.codecs["element"]
+        key = self._key_of("element", threadId=row["threadId"], id=row["id"])
+        u = _Update()
+        for name, value in row.items():
+            if value is not None:
+                u.set(name, codec.encode(name, value))
+        for attribute, value in self._index_attributes("element", row).items():
+            u.set(attribute, _s(value))
+        await self._call("update_item", Key=key, **u.params())
+
+    async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
+        item = (await self._call(
+            "get_item", Key=self._key_of("element", threadId=thread_id, id=element_id),
+            ConsistentRead=True)).get("Item")
+        return None if item is None else self.codecs["element"].row(item)
+
+    async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
+        if thread_id is None:
+            found = await self._lookup("element", element_id)
+            if found is None:
+                return None
+            key = _key(*found)
+        else:
+            key = self._key_of("element", threadId=thread_id, id=element_id)
+        old = (await self._call("delete_item", Key=key, ReturnValues="ALL_OLD")).get("Attributes")
+        if not old or "objectKey" not in old:
+            return None
+        value = from_attribute_value(old["objectKey"])
+        return str(value) if value else None
+
+    # ---------------------------------------------------------------- feedback
+
+    async def upsert_feedback(self, row: dict[str, Any]) -> str:
+        step_id = str(row["forId"])
+        thread_id = row.get("threadId")
+        if thread_id is None:
+            found = await self._lookup("step", step_id)
+            thread_id = self._thread_of_key(found[0]) if found else None
+            if thread_id is None:
+                raise InvalidInputError(
+                    f"feedback for step {step_id} has no threadId and the step is unknown")
+        thread_key = self._key_of("thread", id=thread_id)
+        step_key = self._key_of("step", threadId=thread_id, id=step_id)
+        feedback_key = self._key_of("feedback", threadId=thread_id, forId=step_id)
+        checked_step = row.get("threadId") is None
+        for _attempt in range(8):
+            items = await self._batch_get([thread_key, step_key, feedback_key])
+            by_sk = {i[SORT_KEY]["S"]: i for i in items}
+            thread = by_sk.get(thread_key[SORT_KEY]["S"])
+            if thread is None:
+                raise NotFoundError(f"thread {thread_id} does not exist", detail=thread_id)
+            if step_key[SORT_KEY]["S"] not in by_sk and not checked_step:
+                elsewhere = await self._lookup("step", step_id)
+                if elsewhere is not None and elsewhere[0] != thread_key[PARTITION_KEY]["S"]:
+                    raise ConflictError(
+                        f"step {step_id} does not belong to thread {thread_id}", detail=step_id)
+                checked_step = True
+            old = by_sk.get(feedback_key[SORT_KEY]["S"])
+            old_row = self.codecs["feedback"].row(old) if old else None
+            feedback_id = str(old_row["id"]) if old_row and old_row.get("id") else str(row["id"])
+            new = {**row, "id": feedback_id, "threadId": thread_id}
+            item = {**feedback_key}
+            codec = self.codecs["feedback"]
+            for name, value in new.items():
+                if value is not None:
+                    item[name] = codec.encode(name, value)
+            for attribute, value in self._index_attributes("feedback", new).items():
+                item[attribute] = _s(value)
+            put: dict[str, Any] = {"TableName": self.table, "Item": item}
+            if old_row is None:
+                put["ConditionExpression"] = "attribute_not_exists(#p)"
+                put["ExpressionAttributeNames"] = {"#p": PARTITION_KEY}
+            else:
+                assert old is not None
+                put["ConditionExpression"] = "#v = :v AND #i = :i"
+                put["ExpressionAttributeNames"] = {"#v": "value", "#i": "id"}
+                put["ExpressionAttributeValues"] = {":v": old["value"], ":i": old["id"]}
+            delta = {int(new["value"]): 1}
+            if old_row is not None:
+                old_value = int(old_row["value"])
+                delta[old_value] = delta.get(old_value, 0) - 1
+            counters = self._counter_update(thread, delta)
+            try:
+                if counters is None:
+                    await self._call("put_item", **{k: v for k, v in put.items()
+                                                    if k != "TableName"})
+                else:
+                    await self._transact([
+                        {"Put": put},
+                        {"Update": {"TableName": self.table, "Key": thread_key,
+                                    **counters.params()}},
+                    ])
+            except _ConditionFailed:
+                continue  # another writer changed the feedback or the counters: read again
+            return feedback_id
+        raise ConflictError(f"feedback for step {step_id} kept conflicting", detail=step_id)
+
+    def _counter_update(self, thread: Mapping[str, Any], delta: Mapping[int, int]
+                        ) -> _Update | None:
+        """The thread update applying ``delta`` to its feedback counters, conditioned on the
+        counters read (so the sparse index markers stay exact), or None when nothing changes."""
+        changes = {v: d for v, d in delta.items() if d}
+        if not changes:
+            return None
+        user_id = self.codecs["thread"].row(thread).get("userId")
+        u = _Update()
+        u.condition(f"attribute_exists({u.n(PARTITION_KEY)})")
+        for value, change in changes.items():
+            counter = FEEDBACK_COUNTERS[value]
+            current = int(from_attribute_value(thread[counter])) if counter in thread else 0
+            updated = max(current + change, 0)
+            name = u.n(counter)
+            if counter in thread:
+                u.condition(f"{name} = {u.v(thread[counter])}")
+            else:
+                u.condition(f"attribute_not_exists({name})")
+            u.set(counter, {"N": str(updated)})
+            spec = self.indexes.get(FEEDBACK_INDEXES[value])
+            if spec is None:
+                continue
+            declared = next(d for d in self.models.dynamo["thread"].indexes
+                            if d.index == spec.name)
+            marker = render_key(declared.pk, {"userId": user_id}) if user_id else None
+            if updated and marker:
+                u.set(spec.pk_attribute, _s(marker))
+            else:
+                u.remove(spec.pk_attribute)
+        return u
+
+    async def _delete_feedback_of(self, thread_id: str, step_id: str,
+                                  feedback_id: str | None = None) -> bool:
+        """Delete the feedback of a step (and its count on the thread); False if there is none
+        (or, with ``feedback_id``, if it has another id)."""
+        thread_key = self._key_of("thread", id=thread_id)
+        feedback_key = self._key_of("feedback", threadId=thread_id, forId=step_id)
+        for _attempt in range(8):
+            items = await self._batch_get([thread_key, feedback_key])
+            by_sk = {i[SORT_KEY]["S"]: i for i in items}
+            old = by_sk.get(feedback_key[SORT_KEY]["S"])
+            if old is None:
+                return False
+            old_row = self.codecs["feedback"].row(old)
+            if feedback_id is not None and str(old_row.get("id")) != feedback_id:
+                return False
+            delete: dict[str, Any] = {
+                "TableName": self.table, "Key": feedback_key,
+                "ConditionExpression": "#v = :v",
+                "ExpressionAttributeNames": {"#v": "value"},
+                "ExpressionAttributeValues": {":v": old["value"]},
+            }
+            thread = by_sk.get(thread_key[SORT_KEY]["S"])
+            counters = None if thread is None else self._counter_update(
+                thread, {int(old_row["value"]): -1})
+            try:
+                if counters is None:
+                    await self._call("delete_item", **{k: v for k, v in delete.items()
+                                                       if k != "TableName"})
+                else:
+                    await self._transact([
+                        {"Delete": delete},
+                        {"Update": {"TableName": self.table, "Key": thread_key,
+                                    **counters.params()}},
+                    ])
+            except _ConditionFailed:
+                continue
+            return True
+        raise ConflictError(f"feedback of step {step_id} kept conflicting", detail=step_id)
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        found = await self._lookup("feedback", feedback_id)
+        if found is None:
+            return False
+        thread_id = self._thread_of_key(found[0])
+        parsed = parse_key(self.models.dynamo["feedback"].sk, found[1])
+        if thread_id is None or parsed is None:
+            return False
+        return await self._delete_feedback_of(thread_id, parsed["forId"], feedback_id)
+
+    async def close(self) -> None:
+        client = getattr(self.connection, "_client", None)
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False)
+
+
+class _TransactionRetry(Exception):
+    """A transaction was cancelled by a conflict or throttling: run it again (internal)."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(", ".join(reasons))
+        self.reasons = reasons
+
+
+# -------------------------------------------------------------------- helpers
+
+_STEP_KEYS_ONLY = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, "ByIdPK", "ByIdSK"}
+
+
+def _is_phantom(item: Mapping[str, Any]) -> bool:
+    """A step item with nothing but keys and feedback: what Chainlit's ``upsert_feedback`` leaves
+    for a step that was never created. Not a step."""
+    return set(item) <= _STEP_KEYS_ONLY
+
+
+def _feedback_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row.get("id"), "forId": row.get("forId"), "value": row.get("value"),
+            "comment": row.get("comment")}
+
+
+def _legacy_feedback(item: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Feedback Chainlit's layer embedded in a step item, with a UUID id derived from its own
+    (``THREAD#{t}::STEP#{s}``, not a UUID, so Chainlit's UI could not send it back to us)."""
+    raw = item.get(LEGACY_FEEDBACK)
+    if not raw or "M" not in raw:
+        return None
+    data = from_attribute_value(raw)
+    value = data.get("value")
+    if value not in (0, 1):
+        return None
+    legacy_id = str(data.get("id") or "")
+    try:
+        feedback_id = normalize_id(legacy_id)
+    except InvalidInputError:
+        feedback_id = str(uuid.uuid5(LEGACY_FEEDBACK_NAMESPACE, legacy_id or str(item["SK"])))
+    for_id = data.get("forId")
+    if not for_id:
+        parsed = parse_key("STEP#{id}", item[SORT_KEY]["S"])
+        for_id = parsed["id"] if parsed else None
+    return {"id": feedback_id, "forId": for_id, "value": int(value),
+            "comment": data.get("comment")}
+
+
+def _object_keys(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    keys = []
+    for item in items:
+        for attribute in ("objectKey", *TEXT_REFS.values()):
+            value = item.get(attribute)
+            if value and "S" in value and value["S"]:
+                keys.append(value["S"])
+    return keys
+
+
+async def _read_object(storage: BaseStorageClient, object_key: str) -> bytes:
+    """The bytes of a stored object through whatever the storage client offers.
+
+    Chainlit's ``BaseStorageClient`` has no read method, so: a ``read_file`` method if the client
+    has one; for :class:`~chainlit_orm.storage.FsspecStorage` on local/memory its reader; else a
+    GET of the signed read URL (S3 presigned, Azure SAS).
+    """
+    reader = getattr(storage, "read_file", None)
+    if reader is not None:
+        return bytes(await reader(object_key))
+    stat = getattr(storage, "_stat", None)
+    iterate = getattr(storage, "_iter_bytes", None)
+    if stat is not None and iterate is not None and getattr(storage, "_sync_fs", None) is not None:
+        info = await stat(object_key)
+        if info is None:
+            raise StorageError(f"stored step text {object_key!r} is missing", detail=object_key)
+        return b"".join([chunk async for chunk in iterate(object_key, 0, info.size)])
+    url = await storage.get_read_url(object_key)
+    if not url.startswith(("http://", "https://")):
+        raise StorageError(f"cannot read {object_key!r} back from {type(storage).__name__}")
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise StorageError(f"cannot read stored step text {object_key!r}: {exc}") from exc
+    return response.content
+
+
+class DynamoDataLayer(ChainlitLayer):
+    """The Chainlit data layer on one DynamoDB table.
+
+    Create or upgrade the table first with ``chainlit-orm migrate 'dynamodb://TABLE?region=...'``
+    (it also adds the indexes this layer needs to a table made from Chainlit's docs CloudFormation
+    and backfills them); the layer checks the table on first use and refuses, naming that command,
+    a table that lacks them.
+
+    Args:
+        table_name: the table.
+        storage: a Chainlit ``BaseStorageClient`` for element bytes and offloaded step texts.
+        region: AWS region (default: the standard chain, ``AWS_REGION``/``AWS_DEFAULT_REGION`` or
+            the profile's).
+        endpoint_url: a DynamoDB-compatible endpoint (DynamoDB Local, moto, LocalStack).
+        models: the model set (its ``__dynamo__`` declarations give keys and indexes).
+        max_pool_connections: botocore connection-pool size, which is also the number of worker
+            threads, so at most that many requests run at once.
+        retry_mode, max_attempts: botocore's retry configuration for throttling and transient
+            errors (``"standard"`` or ``"adaptive"``).
+        offload_bytes: step texts larger than this go to ``storage`` (when configured).
+        connect_timeout, read_timeout: seconds.
+
+    Credentials come from the standard AWS chain (environment, shared profile, instance/task
+    role). Threads are listed by activity only (``thread_order="created"`` is refused).
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        storage: BaseStorageClient | None = None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        models: ModelSet = DEFAULT_MODELS,
+        max_pool_connections: int = 10,
+        retry_mode: str = "standard",
+        max_attempts: int = 8,
+        offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        thread_order: ThreadOrder = "activity",
+        max_text_bytes: int | None = None,
+    ) -> None:
+        if thread_order != "activity":
+            raise ConfigurationError(
+                "DynamoDataLayer lists threads by activity (its UserActivity index); "
+                f"thread_order={thread_order!r} is not supported")
+        backend = DynamoBackend(
+            table_name, models=models, region=region, endpoint_url=endpoint_url,
+            max_pool_connections=max_pool_connections, retry_mode=retry_mode,
+            max_attempts=max_attempts, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, offload_bytes=offload_bytes,
+            storage=lambda: self.storage,
+        )
+        kwargs: dict[str, Any] = {}
+        if max_text_bytes is not None:
+            kwargs["max_text_bytes"] = max_text_bytes
+        super().__init__(backend, storage=storage, thread_order=thread_order, **kwargs)
+        self.dynamo: DynamoBackend = backend
+
+
+# ------------------------------------------------------------------- backfill
+
+
+async def backfill(request: BackfillRequest) -> list[str]:
+    """Bring items written before the indexes existed (e.g. by Chainlit's layer) to this layout.
+
+    Called by ``chainlit-orm migrate`` after it adds GSIs. Scans the table in pages; for each user
+    it sets the ``ById`` keys; for each thread partition it derives ``activityAt`` (the latest user
+    message, else the thread's ``createdAt``), the list and lookup index keys, converts feedback
+    embedded in step items into feedback items (deleting the feedback-only items Chainlit left for
+    steps that were never created), and recounts feedback per value for the sparse indexes. Items
+    are rewritten with BatchWriteItem, 25 at a time. Every rewrite is idempotent, and the scan
+    position is saved in the schema-version item after each page, so an interrupted run resumes
+    where it stopped. Run it while no app writes to the table (the layer refuses to start until
+    it is done).
+    """
+    url = request.url
+    backend = DynamoBackend(url.table, models=request.models, region=url.region,
+                            endpoint_url=url.endpoint_url, check_schema=False)
+    try:
+        return await _Backfill(backend).run()
+    finally:
+        await backend.close()
+
+
+class _Backfill:
+    def __init__(self, backend: DynamoBackend) -> None:
+        self.b = backend
+        self.version_key = {k: _s(v) for k, v in SCHEMA_VERSION_KEY.items()}
+        self.scanned = self.rewritten = self.deleted = self.threads = self.users = 0
+        self.done: set[str] = set()
+
+    async def run(self) -> list[str]:
+        b = self.b
+        version = (await b._call("get_item", Key=self.version_key, ConsistentRead=True)
+                   ).get("Item") or {}
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s",
+                                  "ExpressionAttributeNames": {"#p": PARTITION_KEY,
+                                                               "#s": SORT_KEY}}
+        resumed = "backfillCursor" in version
+        if resumed:
+            kwargs["ExclusiveStartKey"] = json.loads(version["backfillCursor"]["S"])
+        while True:
+            page = await b._call("scan", **kwargs)
+            self.scanned += len(page.get("Items", []))
+            for item in page.get("Items", []):
+                pk, sk = item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
+                if parse_key(b.models.dynamo["user"].pk, pk) and sk == b.models.dynamo["user"].sk:
+                    await self.user(pk, sk)
+                elif b._thread_of_key(pk) is not None and pk not in self.done:
+                    self.done.add(pk)
+                    await self.partition(pk)
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+            await b._call("update_item", Key=self.version_key,
+                          UpdateExpression="SET backfillCursor = :c",
+                          ExpressionAttributeValues={":c": _s(json.dumps(last))})
+            logger.info("backfill %s: %d items scanned, %d rewritten", b.table, self.scanned,
+                        self.rewritten)
+        return [
+            f"backfill{' (resumed)' if resumed else ''}: scanned {self.scanned} items; "
+            f"{self.users} users and {self.threads} threads brought to the current layout, "
+            f"{self.rewritten} items rewritten, {self.deleted} feedback-only items converted"
+        ]
+
+    async def user(self, pk: str, sk: str) -> None:
+        b = self.b
+        item = (await b._call("get_item", Key=_key(pk, sk), ConsistentRead=True)).get("Item")
+        if item is None:
+            return
+        row = b._user_row(item)
+        wanted = b._index_attributes("user", row)
+        missing = {a: v for a, v in wanted.items() if item.get(a) != _s(v)}
+        if not missing and "id" in item:
+            return
+        u = _Update()
+        u.set("id", b.codecs["user"].encode("id", row["id"]), if_absent=True)
+        for attribute, value in missing.items():
+            u.set(attribute, _s(value))
+        await b._call("update_item", Key=_key(pk, sk), **u.params())
+        self.users += 1
+        self.rewritten += 1
+
+    async def partition(self, pk: str) -> None:
+        b = self.b
+        items = await b._query_all(
+            KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": PARTITION_KEY},
+            ExpressionAttributeValues={":p": _s(pk)}, ConsistentRead=True)
+        thread_id = b._thread_of_key(pk) or ""
+        puts: list[dict[str, Any]] = []
+        deletes: list[dict[str, Any]] = []
+        feedback_items: dict[str, dict[str, Any]] = {}
+        thread_item: dict[str, Any] | None = None
+        latest_user_message = ""
+        for item in items:
+            kind = b._kind(item[SORT_KEY]["S"])
+            if kind == "feedback":
+                row = b.codecs["feedback"].row(item)
+                feedback_items[str(row.get("forId"))] = item
+        for item in items:
+            kind = b._kind(item[SORT_KEY]["S"])
+            new = dict(item)
+            if kind == "thread":
+                thread_item = item
+                continue
+            if kind == "step":
+                legacy = _legacy_feedback(item)
+                if legacy and legacy["forId"] and str(legacy["forId"]) not in feedback_items:
+                    fb_row = {**legacy, "threadId": thread_id}
+                    fb_item = {**b._key_of("feedback", threadId=thread_id,
+                                           forId=legacy["forId"])}
+                    for name, value in fb_row.items():
+                        if value is not None:
+                            fb_item[name] = b.codecs["feedback"].encode(name, value)
+                    for attribute, value in b._index_attributes("feedback", fb_row).items():
+                        fb_item[attribute] = _s(value)
+                    feedback_items[str(legacy["forId"])] = fb_item
+                    puts.append(fb_item)
+                new.pop(LEGACY_FEEDBACK, None)
+                if _is_phantom(item):
+                    deletes.append({PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: item[SORT_KEY]})
+                    self.deleted += 1
+                    continue
+                row = b.codecs["step"].row(item)
+                if row.get("type") == USER_MESSAGE and row.get("createdAt"):
+                    latest_user_message = max(latest_user_message, str(row["createdAt"]))
+                metadata = row.get("metadata")
+                if isinstance(metadata, dict) and metadata.get("favorite") is True:
+                    new["favorite"] = {"BOOL": True}
+                parsed = parse_key(b.models.dynamo["step"].sk, item[SORT_KEY]["S"]) or {}
+                values = {**row, "id": row.get("id") or parsed.get("id")}
+                for attribute, value in b._index_attributes("step", values).items():
+                    new[attribute] = _s(value)
+            elif kind == "element":
+                row = b.codecs["element"].row(item)
+                for attribute, value in b._index_attributes("element", row).items():
+                    new[attribute] = _s(value)
+            elif kind == "feedback":
+                row = b.codecs["feedback"].row(item)
+                for attribute, value in b._index_attributes("feedback", row).items():
+                    new[attribute] = _s(value)
+            if new != item:
+                puts.append(new)
+        if thread_item is not None:
+            new = dict(thread_item)
+            row = b.codecs["thread"].row(thread_item)
+            activity = row.get("activityAt") or latest_user_message or row.get("createdAt")
+            if activity:
+                activity = format_timestamp(parse_timestamp(str(activity)))
+                new["activityAt"] = _s(activity)
+            new.setdefault("id", _s(thread_id))
+            values = {**row, "id": thread_id, "activityAt": activity}
+            for attribute, value in b._index_attributes("thread", values).items():
+                if attribute not in thread_item or attribute.startswith(LIST_INDEX):
+                    new[attribute] = _s(value)
+            counts = {0: 0, 1: 0}
+            for fb in feedback_items.values():
+                fb_value = from_attribute_value(fb.get("value", {"NULL": True}))
+                if fb_value in counts:
+                    counts[fb_value] += 1
+            for value, counter in FEEDBACK_COUNTERS.items():
+                if counts[value] or counter in new:
+                    new[counter] = {"N": str(counts[value])}
+                spec = b.indexes.get(FEEDBACK_INDEXES[value])
+                if spec is None:
+                    continue
+                declared = next(d for d in b.models.dynamo["thread"].indexes
+                                if d.index == spec.name)
+                marker = render_key(declared.pk, row) if counts[value] else None
+                if marker:
+                    new[spec.pk_attribute] = _s(marker)
+                else:
+                    new.pop(spec.pk_attribute, None)
+            if new != thread_item:
+                puts.append(new)
+            self.threads += 1
+        requests = [{"PutRequest": {"Item": p}} for p in puts]
+        requests += [{"DeleteRequest": {"Key": d}} for d in deletes]
+        await b._batch_write(requests)
+        self.rewritten += len(puts)
