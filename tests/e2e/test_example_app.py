@@ -208,9 +208,11 @@ async def run_scenario(sc: Scenario) -> None:
         await expect(alice.get_by_text("Chat deleted")).to_have_count(1)
         await expect(sc.thread_item(alice, thread_id)).to_have_count(0)
         await expect(alice.locator("#thread-history")).to_contain_text("No threads found")
-        # Chainlit's UI goes to "/" and, racing with its own chat view, sometimes straight back
-        # to /thread/<id> (an empty chat): either way none of the conversation is on the page.
-        await expect(alice.locator(".step")).to_have_count(0)
+        # Not asserted: what the deleting page shows right now. Chainlit's UI clears the chat,
+        # waits 300 ms, then deletes; meanwhile its /thread/<id> route may auto-resume the thread
+        # (still there), and after the delete its chat view navigates back to /thread/<id>,
+        # showing the resumed copy. A fresh load of that URL (below) is what must come up empty;
+        # the stale session's disconnect is one more metadata-only update_thread for the end.
 
         assert [k for k in stack.list_objects() if k.startswith(prefix)] == []
         assert [m for m in stack.list_meta() if thread_id in m] == []
