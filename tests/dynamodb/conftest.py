@@ -6,6 +6,7 @@ has a unique name and is deleted afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -47,10 +48,8 @@ def table_name(dynamodb: Any) -> Iterator[str]:
     """A unique table name; the table is deleted afterwards if it was created."""
     name = f"clorm_dy_{uuid.uuid4().hex[:16]}"
     yield name
-    try:
+    with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
         dynamodb.delete_table(TableName=name)
-    except dynamodb.exceptions.ResourceNotFoundException:
-        pass
 
 
 @pytest.fixture

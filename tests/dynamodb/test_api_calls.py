@@ -28,7 +28,7 @@ async def _owned_thread(layer: DynamoDataLayer) -> tuple[str, str, str]:
 
 async def test_hot_paths_cost_one_call(layer: DynamoDataLayer, recorder: Recorder) -> None:
     init_http_context(thread_id=new_id())
-    tid, user_id, identifier = await _owned_thread(layer)
+    tid, _, identifier = await _owned_thread(layer)
 
     recorder.clear()
     assert (await layer.get_user(identifier)) is not None
