@@ -42,7 +42,7 @@ async def test_writes_are_queued_until_the_first_interaction_then_flushed(
         await sql_layer.create_step(other)
         assert (await sql_layer.get_step(other["id"])) is not None
     finally:
-        session.delete()
+        await session.delete()
 
 
 async def test_without_any_chainlit_context_calls_run_at_once(sql_layer: SQLDataLayer) -> None:
