@@ -579,14 +579,15 @@ class SQLBackend:
 
         stmts = self._cached(("delete_thread", self._cascade), build)
 
-        async def op() -> list[str]:
-            async with self.engine.begin() as conn:
-                keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
-                for stmt in stmts[1:]:
-                    await conn.execute(stmt, params)
-            return keys
+        return await self._run(lambda: self._delete_in_transaction(stmts, params))
 
-        return await self._run(op)
+    async def _delete_in_transaction(self, stmts: list[Any], params: dict[str, Any]) -> list[str]:
+        """Run ``stmts`` in one transaction; the first one returns the object keys to delete."""
+        async with self.engine.begin() as conn:
+            keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
+            for stmt in stmts[1:]:
+                await conn.execute(stmt, params)
+        return keys
 
     # ------------------------------------------------------------------- steps
 
@@ -672,14 +673,7 @@ class SQLBackend:
 
         stmts = self._cached("delete_step", build)
 
-        async def op() -> list[str]:
-            async with self.engine.begin() as conn:
-                keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
-                for stmt in stmts[1:]:
-                    await conn.execute(stmt, params)
-            return keys
-
-        return await self._run(op)
+        return await self._run(lambda: self._delete_in_transaction(stmts, params))
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
         s = self.steps
