@@ -15,6 +15,8 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 echo "bootstrap: installing chainlit-orm and its extras (pinned by constraints.txt)" >&2
-"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -c constraints.txt -e '.[all,test,bench]'
+# this machine's pip configuration names local mirrors that may be absent: drop that noise only
+quiet() { "$@" 2> >(grep -v '^WARNING: Location .* is ignored' >&2); }
+quiet "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+quiet "$venv/bin/python" -m pip install -q -c constraints.txt -e '.[all,test,bench]'
 echo "$want" >"$stamp"
