@@ -38,9 +38,9 @@ class Scale:
     w5_iters: int
 
 
-QUICK = Scale(rounds=3, w1_threads_c1=3, w1_steps=6, w2_ns=(100, 1000, 10000), w2_reps=3,
-              w3_steps=(10, 100, 1000), w3_reps=3, w4_rounds=4, w5_users=32,
-              w5_threads_per_user=4, w5_iters=3)
+QUICK = Scale(rounds=2, w1_threads_c1=2, w1_steps=3, w2_ns=(100, 1000, 10000), w2_reps=3,
+              w3_steps=(10, 100, 1000), w3_reps=3, w4_rounds=3, w5_users=32,
+              w5_threads_per_user=4, w5_iters=2)
 FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w5_users=32,
              w5_threads_per_user=8, w5_iters=8)
@@ -132,6 +132,11 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     exe = str(Path(sys.executable).with_name("moto_server"))
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    import atexit
+    import signal
+
+    atexit.register(lambda: proc.poll() is None and proc.terminate())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so atexit runs on kill too
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -203,6 +208,9 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
         except Exception as e:  # noqa: BLE001
             unavailable[name] = f"setup failed: {type(e).__name__}: {e}"[:300]
             print(f"  {name}: setup failed: {e!r}", flush=True)
+    from . import workloads
+
+    workloads.VERBOSE[0] = args.verbose
     res = Results()
     wl = [w.strip().upper() for w in (args.workloads or "W1,W2,W3,W4,W5").split(",")]
     for w in wl:
@@ -251,6 +259,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="override the number of timed rounds")
     p.add_argument("--dynamodb-url", help="use this moto/DynamoDB endpoint instead of starting "
                    "a private moto server")
+    p.add_argument("-v", "--verbose", action="store_true", help="time of every target turn")
     p.add_argument("--out", default=str(HERE / "results"), help="report directory")
     args = p.parse_args()
     logging.getLogger("chainlit").setLevel(logging.CRITICAL)

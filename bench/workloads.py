@@ -50,6 +50,14 @@ class Results:
         return self.metrics[key]
 
 
+def _progress(key: str, r: int, t: Target, seconds: float) -> None:
+    if VERBOSE[0]:
+        print(f"    {key} round {r} {t.name}: {seconds:.2f} s", flush=True)
+
+
+VERBOSE = [False]
+
+
 def _rotate(targets: list[Target], r: int) -> list[Target]:
     k = r % len(targets)
     return targets[k:] + targets[:k]
@@ -156,6 +164,7 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                     continue
                 if r > 0:
                     m.rounds[t.name].append(nthreads * scale.w1_steps / dt)
+                _progress(m.key, r, t, dt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +195,8 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
         cursors: dict[str, str | None] = {}
         for r in range(scale.rounds + 1):
             for t in _rotate(targets, r):
+                if n > getattr(t, "max_w2_n", n):
+                    continue
                 uid = t.user_key(ds.w2_users[n])
                 cases = [("first page", Pagination(first=PAGE), ThreadFilter(userId=uid),
                           exp_first, "list_threads first page")]
@@ -337,6 +348,7 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
             except Exception as e:  # noqa: BLE001
                 m.void(t.name, _err(res, t, m.key, e))
                 continue
+            _progress(m.key, r, t, dt)
             if r > 0:
                 m.rounds[t.name].append(len(lat) / dt)
                 q = statistics.quantiles(lat, n=100)

@@ -18,6 +18,7 @@ class Target:
     backend: str = "?"  # sqlite | postgresql | mariadb | dynamodb
     kind: str = "?"  # orm | chainlit | floor
     description: str = ""
+    max_w2_n: int = 10**9  # W2 stops at this N (DynamoDB on moto: see targets/dynamo.py)
 
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
