@@ -70,11 +70,13 @@ class OrmSQL(LayerTarget):
         if engine is None:
             raise Unavailable("SQLDataLayer exposes no .sql.engine to count statements on")
         await self._bulk_load(ds, sql)
-        seen = set()
-        for e in (engine, getattr(sql, "auto", None)):
-            if e is not None and id(e.sync_engine) not in seen:
-                seen.add(id(e.sync_engine))
-                counting.instrument_engine(e)
+        counting.instrument_engine(engine)
+        auto = getattr(sql, "auto", None)
+        # the AUTOCOMMIT engine is either an option view of the same engine (its events already
+        # reach our listeners: instrumenting it too would count every statement twice) or, on
+        # MySQL, a second engine with its own pool
+        if auto is not None and auto.sync_engine.pool is not engine.sync_engine.pool:
+            counting.instrument_engine(auto)
         if self.backend == "sqlite":
             from sqlalchemy import text
 
