@@ -121,6 +121,17 @@ class OrmSQL(LayerTarget):
                 rows = fit(name, rows)
                 for i in range(0, len(rows), 5000):
                     await conn.execute(tables[name].insert(), rows[i:i + 5000])
+        # planner statistics after the bulk load, as for every other SQL target
+        from sqlalchemy import text
+
+        stmts = {"postgresql": ["ANALYZE"], "sqlite": ["ANALYZE"],
+                 "mariadb": [f"ANALYZE TABLE {t.name}" for t in tables.values()]}[self.backend]
+        async with eng.connect() as conn:
+            for st in stmts:
+                r = await conn.execute(text(st))
+                if r.returns_rows:
+                    r.fetchall()
+            await conn.commit()
         await eng.dispose()
 
     async def leftover_rows(self, thread: ThreadRec) -> int | None:
