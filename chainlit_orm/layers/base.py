@@ -46,7 +46,13 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.models.convert import from_row, to_row
 from chainlit_orm.models.modelset import ModelSet
-from chainlit_orm.models.types import format_timestamp, normalize_id, parse_timestamp, utc_now
+from chainlit_orm.models.types import (
+    canonical_timestamp,
+    format_timestamp,
+    normalize_id,
+    parse_timestamp,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -495,7 +501,7 @@ class ChainlitLayer(BaseDataLayer):
             data["createdAt"] = utc_now()  # creation order is the thread's step order
         for key in ("createdAt", "start", "end"):
             if data.get(key):
-                data[key] = format_timestamp(parse_timestamp(data[key]))
+                data[key] = canonical_timestamp(data[key])
         row = to_row(self.models, "step", data)
         _check_no_nul(row, "step")
         activity = None

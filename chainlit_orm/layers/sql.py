@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -64,7 +63,8 @@ SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncm
 
 # PostgreSQL SQLSTATEs and MySQL error numbers worth retrying: serialization failure, deadlock,
 # lock wait timeout, server shutting down, connection lost.
-_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001"}
+_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001",
+                 "53300"}
 _MY_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1927, 4031}
 
 
@@ -114,41 +114,42 @@ class SQLBackend:
                 raise ConfigurationError("engine options cannot be combined with an AsyncEngine")
             self.engine = url_or_engine
             self.owns_engine = False
+            # a borrowed engine: its pool is shared, so AUTOCOMMIT is set per checkout
+            self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             url = normalize_url(url_or_engine)
             options = dict(engine_options)
+            options.pop("isolation_level", None)
             if url.get_backend_name() == "sqlite":
                 options.setdefault("connect_args", {}).setdefault("timeout", 30)
             else:
-                options.setdefault("pool_size", 10)
-                options.setdefault("max_overflow", 20)
+                # two pools (AUTOCOMMIT and transactional) of up to 15 connections each
+                options.setdefault("pool_size", 5)
+                options.setdefault("max_overflow", 10)
                 options.setdefault("pool_recycle", 1800)
             self.engine = create_async_engine(url, **options)
+            # Single-statement work runs on a pool of its own whose connections are AUTOCOMMIT
+            # from the start: no BEGIN/COMMIT round trips, no isolation switch per checkout, and
+            # nothing to roll back when a connection goes back to the pool.
+            self.auto = create_async_engine(
+                url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
+            )
             self.owns_engine = True
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
             raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED}")
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, autocommit=False)
+            if self.owns_engine:
+                _configure_sqlite(self.auto, autocommit=True)
         if models.schema is not None and self.dialect != "postgresql":
             # a set's schema is a PostgreSQL notion; elsewhere its tables live unqualified,
             # as the generated DDL and migrate create them
-            self.engine = self.engine.execution_options(
-                schema_translate_map={models.schema: None}
-            )
+            translate = {models.schema: None}
+            self.engine = self.engine.execution_options(schema_translate_map=translate)
+            self.auto = self.auto.execution_options(schema_translate_map=translate)
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
-        # One pool; single-statement work runs on AUTOCOMMIT connections. On MySQL switching a
-        # pooled connection's autocommit costs a round trip, so it gets a second engine instead.
-        if self.is_mysql and self.owns_engine:
-            self.auto = create_async_engine(
-                self.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
-                **{k: v for k, v in engine_options.items() if k != "isolation_level"},
-            )
-            if models.schema is not None:
-                self.auto = self.auto.execution_options(schema_translate_map={models.schema: None})
-        else:
-            self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
         self._ready: asyncio.Future[None] | None = None
         self._cache: dict[Any, Any] = {}
@@ -232,7 +233,10 @@ class SQLBackend:
                 f"database schema does not match the models ({text}); run: chainlit-orm migrate "
                 f"{self.url_text}"
             )
-        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or sqlstate[:2] in (
+            "08", "53", "57"
+        ):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
 
@@ -814,8 +818,7 @@ class SQLBackend:
     async def close(self) -> None:
         if self.owns_engine:
             await self.engine.dispose()
-            if self.auto is not self.engine and isinstance(self.auto, AsyncEngine):
-                await self.auto.dispose()
+            await self.auto.dispose()
 
 
 class SQLDataLayer(ChainlitLayer):
@@ -893,7 +896,7 @@ def _unicode_lower(value: str | None) -> str | None:
     return None if value is None else value.lower()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, autocommit: bool) -> None:
     """WAL, enforced foreign keys, a Unicode ``lower`` (SQLite's folds ASCII only), the merge
     function, and ``BEGIN IMMEDIATE`` for transactions (a deferred transaction that later writes
     fails with "database is locked" under concurrency instead of waiting)."""
@@ -911,7 +914,5 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        if not autocommit and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    _ = os  # keep import for type checkers of platform specifics

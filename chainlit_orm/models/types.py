@@ -39,6 +39,7 @@ __all__ = [
     "LongText",
     "StringList",
     "Timestamp",
+    "canonical_timestamp",
     "format_timestamp",
     "normalize_id",
     "parse_timestamp",
@@ -94,6 +95,10 @@ _UUID_RE = re.compile(
 )
 
 
+_CANONICAL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_CANONICAL_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
 def normalize_id(value: object, *, what: str = "id") -> str:
     """Return ``value`` as a canonical lower-case dashed UUID string.
 
@@ -104,12 +109,21 @@ def normalize_id(value: object, *, what: str = "id") -> str:
     Raises:
         InvalidIdentifierError: ``value`` is not a UUID.
     """
+    if isinstance(value, str) and _CANONICAL_ID.match(value):
+        return value  # the hot path: Chainlit's ids are already canonical
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str) or not _UUID_RE.match(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else type(value).__name__
         raise InvalidIdentifierError(f"{what} must be a UUID string, got {shown!r}", detail=what)
     return str(uuid.UUID(value))
+
+
+def canonical_timestamp(value: str | datetime) -> str:
+    """``value`` in the fixed-width form; values already in it are returned as they are."""
+    if isinstance(value, str) and _CANONICAL_TS.match(value):
+        return value
+    return format_timestamp(parse_timestamp(value))
 
 
 def utc_now() -> str:
@@ -172,13 +186,13 @@ class Timestamp(TypeDecorator[str]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        return format_timestamp(parse_timestamp(value))
+        return canonical_timestamp(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
         try:
-            return format_timestamp(parse_timestamp(value))
+            return canonical_timestamp(value)
         except InvalidInputError:
             return str(value)  # a legacy value we cannot read is returned as stored, not lost
 

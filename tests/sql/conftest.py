@@ -56,12 +56,12 @@ def count_round_trips(backend: SQLBackend) -> RoundTrips:
     IMMEDIATE`` is a statement (seen by ``before_cursor_execute``), so the begin event is not
     counted twice there."""
     trips = RoundTrips()
-    from sqlalchemy.engine.base import OptionEngine
-
-    # an OptionEngine shares its parent's events: listening on both would count twice
-    engines = [e.sync_engine for e in (backend.engine, backend.auto)
-               if not isinstance(e.sync_engine, OptionEngine)]
-    for engine in engines:
+    # an OptionEngine shares its parent's events: listen on each underlying engine once
+    engines = {}
+    for async_engine in (backend.engine, backend.auto):
+        base = getattr(async_engine.sync_engine, "_proxied", async_engine.sync_engine)
+        engines[id(base)] = base
+    for engine in engines.values():
         @event.listens_for(engine, "before_cursor_execute")
         def _stmt(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             trips.events.append(statement.split()[0].upper())
