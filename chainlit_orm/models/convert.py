@@ -13,6 +13,7 @@ conversion is a projection plus the overflow field:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +41,20 @@ RELATION_KEYS: dict[str, dict[str, str]] = {
 _EXTRA = "extra"
 
 
+@functools.cache
 def chainlit_keys(table: sa.Table) -> tuple[str, ...]:
-    """The columns of ``table`` that are Chainlit dict keys (everything not marked internal)."""
+    """The columns of ``table`` that are Chainlit dict keys (everything not marked internal).
+
+    Cached per table (tables are immutable once a model set is built): this runs for every row
+    of every read.
+    """
     return tuple(c.name for c in table.columns if not c.info.get("internal"))
+
+
+@functools.cache
+def _derived_columns(table: sa.Table) -> tuple[tuple[str, str], ...]:
+    """(column, metadata key) for the columns filled from ``metadata``."""
+    return tuple((c.name, c.info[FROM_METADATA]) for c in table.columns if FROM_METADATA in c.info)
 
 
 def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,27 +67,26 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
     """
     table = models.table(entity)
     columns = table.columns
+    keys = frozenset(chainlit_keys(table))
     relations = RELATION_KEYS[entity]
     row: dict[str, Any] = {}
     overflow: dict[str, Any] = {}
     for key, value in data.items():
-        if key in relations:
-            continue
-        column = columns.get(key)
-        if column is not None and not column.info.get("internal"):
+        if key in keys:
             row[key] = value
-        else:
+        elif key not in relations:
             overflow[key] = value
     if _EXTRA in columns:
         row[_EXTRA] = overflow or None
-    metadata = data.get("metadata")
-    if "favorite" in columns and "metadata" in data:
-        row["favorite"] = bool(isinstance(metadata, Mapping) and metadata.get("favorite") is True)
-    for column in columns:
-        meta_key = column.info.get(FROM_METADATA)
-        if meta_key is not None and "metadata" in data:
+    if "metadata" in data:
+        metadata = data["metadata"]
+        if "favorite" in columns:
+            row["favorite"] = bool(
+                isinstance(metadata, Mapping) and metadata.get("favorite") is True
+            )
+        for name, meta_key in _derived_columns(table):
             value = metadata.get(meta_key) if isinstance(metadata, Mapping) else None
-            row[column.name] = None if value is None else str(value)
+            row[name] = None if value is None else str(value)
     return row
 
 
