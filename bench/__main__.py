@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -98,7 +99,7 @@ async def machine() -> dict[str, Any]:
             await c.fetchval("SHOW fsync")) + ", synchronous_commit=" + (
             await c.fetchval("SHOW synchronous_commit"))
         await c.close()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["postgresql"] = f"unreachable: {e}"
     try:
         import asyncmy
@@ -109,16 +110,14 @@ async def machine() -> dict[str, Any]:
             v, f = await cur.fetchone()
         c.close()
         info["mariadb"] = f"{v}, innodb_flush_log_at_trx_commit={f}"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["mariadb"] = f"unreachable: {e}"
     info["packages"] = ", ".join(f"{p} {_v(p)}" for p in (
         "chainlit", "sqlalchemy", "asyncpg", "aiosqlite", "asyncmy", "boto3", "pynamodb", "moto",
         "chainlit-orm"))
-    try:
+    with contextlib.suppress(OSError):
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True, cwd=HERE.parent, check=False).stdout.strip()
-    except OSError:
-        pass
     return info
 
 
@@ -147,7 +146,6 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from chainlit.context import init_http_context
 
     scale = QUICK if not args.full else FULL
     if args.rounds:
@@ -205,7 +203,7 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
         except Unavailable as e:
             unavailable[name] = str(e)
             print(f"  {name}: not available: {e}", flush=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             unavailable[name] = f"setup failed: {type(e).__name__}: {e}"[:300]
             print(f"  {name}: setup failed: {e!r}", flush=True)
     from . import workloads
@@ -218,10 +216,8 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
         await WORKLOADS[w](targets, ds, res, scale)
         print(f"{w} done in {time.perf_counter() - t0:.1f} s", flush=True)
     for t in targets:
-        try:
+        with contextlib.suppress(Exception):
             await t.close()
-        except Exception:  # noqa: BLE001
-            pass
     an = report.analyse(res, targets)
     chk = report.checks(an, res, targets)
     meta = {"mode": "full" if args.full else "quick", "rounds": scale.rounds,

@@ -10,10 +10,11 @@ import sys
 import tempfile
 
 import chainlit as cl
-import chainlit_orm
 from chainlit.context import init_http_context
 from chainlit.types import Pagination, ThreadFilter
 from pyinstrument import Profiler
+
+import chainlit_orm
 
 from . import dataset, rawdb
 

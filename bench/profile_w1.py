@@ -8,9 +8,10 @@ import os
 import sys
 import tempfile
 
-import chainlit_orm
 from chainlit.context import init_http_context
 from pyinstrument import Profiler
+
+import chainlit_orm
 
 from . import dataset
 from .targets.orm import URLS

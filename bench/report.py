@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from typing import Any
 
 from .targets.base import Target
-from .workloads import Metric, Results
+from .workloads import Results
 
 LIMITS = {  # issue #8 targets, as (kind, bound) on the ratio to the floor
     "W1 write c=1": (">=", 1 / 1.3),

@@ -159,7 +159,7 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         if bad:
                             m.void(t.name, bad)
                             break
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     m.void(t.name, _err(res, t, m.key, e))
                     continue
                 if r > 0:
@@ -229,7 +229,7 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         got = [d["id"] for d in page.data]
                         if set(got) != set(exp):
                             m.void(t.name, "wrong result")
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         m.void(t.name, _err(res, t, m.key, e))
                         continue
                     if r > 0:
@@ -266,11 +266,11 @@ async def w3(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         got = await c(f"get_thread steps={n}", t.get_thread, th.id)
                         c.commit()
                     else:
-                        ms, got = await _timed(lambda t=t: t.get_thread(th.id), scale.w3_reps)
+                        ms, got = await _timed(lambda t=t, th=th: t.get_thread(th.id), scale.w3_reps)
                     bad = _check_thread(got, th)
                     if bad:
                         m.void(t.name, bad)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     m.void(t.name, _err(res, t, m.key, e))
                     continue
                 if r > 0:
@@ -299,7 +299,7 @@ async def w4(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                 left = await t.leftover_rows(th)
                 if left:
                     m.void(t.name, f"left {left} rows")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 m.void(t.name, _err(res, t, m.key, e))
                 continue
             if r > 0:
@@ -328,8 +328,8 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                     for fn in (lambda: t.get_user(u.identifier),
                                lambda: t.list_threads(Pagination(first=PAGE),
                                                       ThreadFilter(userId=uid)),
-                               lambda: t.get_thread(th.id),
-                               lambda: t.create_step(dict(step))):
+                               lambda th=th: t.get_thread(th.id),
+                               lambda step=step: t.create_step(dict(step))):
                         t0 = time.perf_counter()
                         await fn()
                         lat.append(time.perf_counter() - t0)
@@ -345,7 +345,7 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                     if not all(s["id"] in ids for s in written[tid]):
                         m.void(t.name, "lost data")
                         break
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 m.void(t.name, _err(res, t, m.key, e))
                 continue
             _progress(m.key, r, t, dt)

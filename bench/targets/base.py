@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from chainlit.types import Pagination, ThreadFilter
@@ -96,7 +97,5 @@ class LayerTarget(Target):
         await self.layer.delete_thread(thread_id)
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self.layer.close()
-        except Exception:  # noqa: BLE001 - shutdown of a competitor must not end the run
-            pass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -263,10 +263,10 @@ class FloorDynamo(Target):
     update_step = create_step
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> Any:
-        kw: dict[str, Any] = dict(
-            TableName=self.TABLE, IndexName="UserThread", ScanIndexForward=False,
-            KeyConditionExpression="UserThreadPK = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"USER#{filters.userId}"}})
+        kw: dict[str, Any] = {
+            "TableName": self.TABLE, "IndexName": "UserThread", "ScanIndexForward": False,
+            "KeyConditionExpression": "UserThreadPK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"USER#{filters.userId}"}}}
         if pagination.cursor:
             kw["ExclusiveStartKey"] = _cur_dec(pagination.cursor)
         items: list[dict[str, Any]] = []
@@ -300,8 +300,8 @@ class FloorDynamo(Target):
                                                    endCursor=end), data=data)
 
     async def _partition(self, thread_id: str, keys_only: bool = False) -> list[dict[str, Any]]:
-        kw: dict[str, Any] = dict(TableName=self.TABLE, KeyConditionExpression="PK = :pk",
-                                  ExpressionAttributeValues={":pk": {"S": f"THREAD#{thread_id}"}})
+        kw: dict[str, Any] = {"TableName": self.TABLE, "KeyConditionExpression": "PK = :pk",
+                                  "ExpressionAttributeValues": {":pk": {"S": f"THREAD#{thread_id}"}}}
         if keys_only:
             kw["ProjectionExpression"] = "PK, SK"
         out: list[dict[str, Any]] = []

@@ -222,9 +222,7 @@ class FloorSQL(Target):
             self.settings.update(await self.db.pragmas())
         await self.db.script(ddl(self.backend))
         await self.load(ds)
-        if self.backend == "postgresql":
-            await self.db.script("ANALYZE")
-        elif self.backend == "sqlite":
+        if self.backend == "postgresql" or self.backend == "sqlite":
             await self.db.script("ANALYZE")
 
     async def load(self, ds: Dataset) -> None:

@@ -27,7 +27,7 @@ ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 def _import() -> Any:
     try:
         import chainlit_orm
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise Unavailable(f"chainlit_orm does not import: {e!r}") from e
     return chainlit_orm
 
@@ -48,7 +48,7 @@ class OrmSQL(LayerTarget):
         for attr in ("SQLDataLayer", "migrate"):
             try:
                 getattr(m, attr)
-            except Exception as e:  # noqa: BLE001 - lazy attributes import their module
+            except Exception as e:
                 raise Unavailable(f"chainlit_orm.{attr}: {type(e).__name__}: {e}") from e
 
     async def setup(self, ds: Dataset) -> None:
@@ -149,7 +149,7 @@ class OrmDynamo(LayerTarget):
     def check(self) -> None:
         try:
             _import().DynamoDataLayer  # noqa: B018
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise Unavailable(f"chainlit_orm.DynamoDataLayer: {type(e).__name__}: {e}") from e
         raise Unavailable(
             "the bench cannot bulk-load chainlit-orm's DynamoDB item layout yet (FEEDBACK# items, "
