@@ -7,36 +7,19 @@ has a unique name and is deleted afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import pytest
 
 from chainlit_orm import FsspecStorage, migrate
 from chainlit_orm.layers.dynamodb import DynamoDataLayer
+from tests.aws import MOTO_ENDPOINT, REGION, aws_env, dynamodb
 
-MOTO_ENDPOINT = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
-REGION = "us-east-1"
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials for moto; never real ones."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-
-
-@pytest.fixture
-def dynamodb(aws_env: None) -> Any:
-    return boto3.client("dynamodb", endpoint_url=MOTO_ENDPOINT, region_name=REGION)
+__all__ = ["MOTO_ENDPOINT", "REGION", "aws_env", "dynamodb"]
 
 
 def table_url(name: str) -> str:

@@ -6,7 +6,6 @@ Nothing is skipped: a service that is down fails the test (start them with
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,23 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-MOTO_ENDPOINT = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
-REGION = "us-east-1"
+from tests.aws import MOTO_ENDPOINT, REGION, aws_env, dynamodb
 
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials for moto; never real ones."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-
-
-@pytest.fixture
-def dynamodb(aws_env: None) -> Any:
-    return boto3.client("dynamodb", endpoint_url=MOTO_ENDPOINT, region_name=REGION)
+__all__ = ["MOTO_ENDPOINT", "REGION", "aws_env", "dynamodb"]
 
 
 @pytest.fixture
