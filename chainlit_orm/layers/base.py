@@ -505,7 +505,7 @@ class ChainlitLayer(BaseDataLayer):
         row = to_row(self.models, "step", data)
         _check_no_nul(row, "step")
         activity = None
-        if data.get("type") == USER_MESSAGE:
+        if create and data.get("type") == USER_MESSAGE:  # its creation is the activity
             activity = data.get("createdAt") or utc_now()
         return row, activity
 

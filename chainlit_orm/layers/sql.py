@@ -261,12 +261,14 @@ class SQLBackend:
         columns: list[str],
         conflict: list[str],
         set_: Callable[[Any], list[tuple[str, Any]]] | None,
+        *,
+        prefix: str = "",
     ) -> Any:
         """``INSERT ... ON CONFLICT DO UPDATE`` / ``ON DUPLICATE KEY UPDATE`` with bind params
-        named after the columns. ``set_`` receives the "excluded"/"inserted" namespace; None
-        means do nothing on conflict."""
+        named after the columns (plus ``prefix``). ``set_`` receives the "excluded"/"inserted"
+        namespace; None means do nothing on conflict."""
         stmt = self._insert(table).values(
-            {name: sa.bindparam(name, type_=table.c[name].type) for name in columns}
+            {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in columns}
         )
         if self.is_mysql:
             pairs = set_(stmt.inserted) if set_ else [(conflict[0], table.c[conflict[0]])]
@@ -613,7 +615,7 @@ class SQLBackend:
         if "metadata" not in row:
             params["favorite"] = None  # unknown: leave the stored flag alone
 
-        def build() -> Any:
+        def build(prefix: str = "") -> Any:
             def set_(ex: Any) -> list[tuple[str, Any]]:
                 pairs = []
                 for name in columns:
@@ -625,7 +627,7 @@ class SQLBackend:
                         pairs.append((name, sa.func.coalesce(ex[name], s.c[name])))
                 return pairs
 
-            return self._upsert(s, columns, ["id"], set_)
+            return self._upsert(s, columns, ["id"], set_, prefix=prefix)
 
         stmt = self._cached(("upsert_step", create), build)
         thread_id = row["threadId"]
@@ -651,11 +653,36 @@ class SQLBackend:
                         t.c.activityAt < sa.bindparam("ts", type_=t.c.activityAt.type)),
                  sa.bindparam("ts", type_=t.c.activityAt.type)),
                 else_=t.c.activityAt)))
+        bump_params = {"tid": thread_id, "ts": activity}
+
+        if self.dialect == "postgresql":
+            # One statement: a data-modifying CTE moves the activity, the INSERT upserts the step;
+            # atomic, and no BEGIN/COMMIT round trips. A missing thread (foreign-key violation)
+            # takes the transactional path below, which creates it.
+            # the step's bind names get a prefix: execution parameters named like a column of
+            # ``threads`` would otherwise become extra SET clauses of the CTE's UPDATE
+            prefix = "s_"
+            combined = self._cached(("upsert_step_bump", create), lambda: build(prefix).add_cte(
+                bump.returning(t.c.id).cte("bump")))
+            combined_params = {prefix + k: v for k, v in params.items()} | bump_params
+
+            async def op_pg() -> bool:
+                async with self.auto.connect() as conn:
+                    try:
+                        await conn.execute(combined, combined_params)
+                    except IntegrityError as exc:
+                        if not self._is_fk_violation(exc):
+                            raise
+                        return False
+                return True
+
+            if await self._run(op_pg):
+                return
 
         async def op_tx() -> None:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             async with self.engine.begin() as conn:
-                result = await conn.execute(bump, {"tid": thread_id, "ts": activity})
+                result = await conn.execute(bump, bump_params)
                 if result.rowcount == 0:
                     await conn.execute(self._stub_thread(),
                                        {"id": thread_id, "createdAt": now, "activityAt": activity})
