@@ -22,10 +22,9 @@ REPO = HERE.parent
 
 
 def docs_ddl(dialect: str) -> tuple[str, str]:
-    """(DDL text, where it came from): the colleague's legacy fixture when present, else ours."""
+    """(DDL text, where it came from): the test suite's fixture of Chainlit's documented DDL."""
     name = f"chainlit_docs_{dialect}.sql"
-    shared = REPO / "tests" / "fixtures" / "legacy" / name
-    path = shared if shared.exists() else HERE / "fixtures" / name
+    path = REPO / "tests" / "fixtures" / "legacy" / name  # one copy of Chainlit's documented DDL
     return path.read_text(), str(path.relative_to(REPO))
 
 
