@@ -28,3 +28,21 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def dynamodb(aws_env: None) -> Any:
     return boto3.client("dynamodb", endpoint_url=MOTO_ENDPOINT, region_name=REGION)
+
+
+def docs_table(dynamodb: Any, name: str) -> None:
+    """A table exactly as Chainlit's docs CloudFormation makes it (contract §3.3)."""
+    dynamodb.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
+                              for a in ("PK", "SK", "UserThreadPK", "UserThreadSK")],
+        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"},
+                   {"AttributeName": "SK", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[{
+            "IndexName": "UserThread",
+            "KeySchema": [{"AttributeName": "UserThreadPK", "KeyType": "HASH"},
+                          {"AttributeName": "UserThreadSK", "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]},
+        }],
+        BillingMode="PAY_PER_REQUEST",
+    )

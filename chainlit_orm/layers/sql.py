@@ -30,7 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
@@ -602,9 +602,20 @@ class SQLBackend:
         return self._cached("stub_thread", lambda: self._upsert(
             t, ["id", "createdAt", "activityAt"], ["id"], None))
 
-    async def _ensure_thread(self, conn: AsyncConnection, thread_id: str, now: str) -> None:
-        await conn.execute(self._stub_thread(),
-                           {"id": thread_id, "createdAt": now, "activityAt": now})
+    async def _execute_creating_thread(
+        self, stmt: Any, params: dict[str, Any], thread_id: str, now: str
+    ) -> None:
+        """One statement; if its thread does not exist yet (Chainlit writes steps and elements
+        before the thread), create a stub thread and run it again."""
+        async with self.auto.connect() as conn:
+            try:
+                await conn.execute(stmt, params)
+            except IntegrityError as exc:
+                if not self._is_fk_violation(exc):
+                    raise
+                await conn.execute(self._stub_thread(),
+                                   {"id": thread_id, "createdAt": now, "activityAt": now})
+                await conn.execute(stmt, params)
 
     async def upsert_step(
         self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
@@ -633,18 +644,8 @@ class SQLBackend:
         thread_id = row["threadId"]
 
         if activity is None:
-            async def op() -> None:
-                async with self.auto.connect() as conn:
-                    try:
-                        await conn.execute(stmt, params)
-                    except IntegrityError as exc:
-                        if not self._is_fk_violation(exc):
-                            raise
-                        # the step arrived before its thread: create a stub, then retry
-                        await self._ensure_thread(conn, thread_id, now)
-                        await conn.execute(stmt, params)
-
-            return await self._run(op)
+            return await self._run(
+                lambda: self._execute_creating_thread(stmt, params, thread_id, now))
 
         bump = self._cached("bump_activity", lambda: sa.update(t).where(
             t.c.id == sa.bindparam("tid", type_=t.c.id.type)).values(
@@ -742,17 +743,8 @@ class SQLBackend:
             e, columns, ["id"],
             lambda ex: [(n, sa.func.coalesce(ex[n], e.c[n])) for n in columns if n != "id"]))
 
-        async def op() -> None:
-            async with self.auto.connect() as conn:
-                try:
-                    await conn.execute(stmt, params)
-                except IntegrityError as exc:
-                    if not self._is_fk_violation(exc):
-                        raise
-                    await self._ensure_thread(conn, row["threadId"], now)
-                    await conn.execute(stmt, params)
-
-        await self._run(op)
+        await self._run(
+            lambda: self._execute_creating_thread(stmt, params, row["threadId"], now))
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
         e = self.elements

@@ -26,6 +26,7 @@ from chainlit.user import User
 
 from chainlit_orm.layers.dynamodb import DynamoDataLayer
 from chainlit_orm.models.types import format_timestamp, parse_timestamp
+from tests.aws import docs_table
 from tests.contract.conftest import new_id
 from tests.dynamodb.conftest import MOTO_ENDPOINT, REGION, table_url
 
@@ -54,22 +55,6 @@ class MemoryStorage(BaseStorageClient):
         return None
 
 
-def docs_table(dynamodb: Any, name: str) -> None:
-    """Chainlit's docs CloudFormation table (contract §3.3)."""
-    dynamodb.create_table(
-        TableName=name,
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
-                              for a in ("PK", "SK", "UserThreadPK", "UserThreadSK")],
-        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"},
-                   {"AttributeName": "SK", "KeyType": "RANGE"}],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "UserThread",
-            "KeySchema": [{"AttributeName": "UserThreadPK", "KeyType": "HASH"},
-                          {"AttributeName": "UserThreadSK", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]},
-        }],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 STEP_KEYS = ("id", "threadId", "parentId", "name", "type", "input", "output", "metadata", "tags",

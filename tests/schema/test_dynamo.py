@@ -25,6 +25,7 @@ from chainlit_orm.schema_gen.dynamo_migrate import (
     migrate_dynamodb,
     parse_dynamodb_url,
 )
+from tests.aws import docs_table
 from tests.schema.conftest import MOTO_ENDPOINT, REGION
 from tests.schema.custom_models import MODELS as CUSTOM_MODELS
 
@@ -45,22 +46,6 @@ def gsi_view(gsis: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def docs_table(dynamodb: Any, name: str) -> None:
-    """A table exactly as Chainlit's docs CloudFormation makes it (contract §3.3)."""
-    dynamodb.create_table(
-        TableName=name,
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
-                              for a in ("PK", "SK", "UserThreadPK", "UserThreadSK")],
-        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"},
-                   {"AttributeName": "SK", "KeyType": "RANGE"}],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "UserThread",
-            "KeySchema": [{"AttributeName": "UserThreadPK", "KeyType": "HASH"},
-                          {"AttributeName": "UserThreadSK", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]},
-        }],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 def test_default_spec_is_chainlit_layout_plus_list_and_feedback_indexes() -> None:
