@@ -2,9 +2,10 @@
 
 Design points (each one is a defect of Chainlit's own SQL layers, contract §2/§4):
 
-* Core statements built once per shape from the model set's tables and cached, executed on
-  AUTOCOMMIT connections when they are one statement: a write that is one statement needs no
-  BEGIN/COMMIT round trips. Multi-statement writes run in one transaction.
+* Core statements built once per shape from the model set's tables, compiled once, and run on
+  the pooled driver connection (:mod:`chainlit_orm.layers.sqlexec`: SQLAlchemy's per-execution
+  path costs more than a loopback round trip). Connections are in autocommit: a write that is one
+  statement needs no BEGIN/COMMIT round trips. Multi-statement writes run in one transaction.
 * Every write is an idempotent upsert; a write whose thread does not exist yet (Chainlit fires
   ``create_step`` before the first ``update_thread``) creates a stub thread and retries, so the
   normal case stays one statement.
@@ -21,7 +22,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -29,7 +30,7 @@ from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chainlit_orm.errors import (
@@ -44,6 +45,7 @@ from chainlit_orm.errors import (
     mask_url,
 )
 from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
+from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
@@ -143,12 +145,19 @@ class SQLBackend:
             _configure_sqlite(self.engine, autocommit=False)
             if self.owns_engine:
                 _configure_sqlite(self.auto, autocommit=True)
+        self._translate: dict[str | None, str | None] | None = None
         if models.schema is not None and self.dialect != "postgresql":
             # a set's schema is a PostgreSQL notion; elsewhere its tables live unqualified,
             # as the generated DDL and migrate create them
-            translate = {models.schema: None}
-            self.engine = self.engine.execution_options(schema_translate_map=translate)
-            self.auto = self.auto.execution_options(schema_translate_map=translate)
+            self._translate = {models.schema: None}
+            self.engine = self.engine.execution_options(schema_translate_map=self._translate)
+            self.auto = self.auto.execution_options(schema_translate_map=self._translate)
+        self.raw = RawPool(self.auto, self.dialect, self._disconnected)
+        # the driver's errors, and the DB-API errors of SQLAlchemy's adapter (a connection the
+        # pool fails to open raises those, unwrapped)
+        adapter_errors = self.engine.dialect.loaded_dbapi.Error
+        self._driver_errors = (*_driver_errors(self.dialect), adapter_errors)
+        self._all_errors: tuple[type[Exception], ...] = (DBAPIError, *self._driver_errors)
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
         self._ready: asyncio.Future[None] | None = None
@@ -157,6 +166,12 @@ class SQLBackend:
         t = models.table
         self.users, self.threads, self.steps = t("user"), t("thread"), t("step")
         self.elements, self.feedbacks = t("element"), t("feedback")
+
+    @property
+    def on_statement(self) -> list[StatementListener]:
+        """Callables that receive the first keyword of every statement the layer runs
+        (``SELECT``, ``INSERT``, ``BEGIN``, ``COMMIT``...): for counting round trips."""
+        return self.raw.listeners
 
     # ---------------------------------------------------------------- plumbing
 
@@ -187,13 +202,15 @@ class SQLBackend:
                 if self._ready is None or not self._ready.done():
                     await self.ensure_ready()
                 return await fn()
-            except DBAPIError as exc:
-                if attempt + 1 < self.retries and self._transient(exc):
+            except self._all_errors as exc:
+                orig: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+                invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+                if attempt + 1 < self.retries and (invalidated or self._transient(orig)):
                     logger.info("retrying after transient database error: %s", _short(exc))
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
-                raise self._map_error(exc) from exc
+                raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries:
                     await asyncio.sleep(delay * (1 + random.random()))
@@ -204,49 +221,55 @@ class SQLBackend:
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _transient(self, exc: DBAPIError) -> bool:
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        if self.dialect == "postgresql":
-            return getattr(orig, "sqlstate", None) in _PG_TRANSIENT or _looks_disconnected(orig)
-        if self.is_mysql:
-            code = orig.args[0] if orig is not None and orig.args else None
-            return code in _MY_TRANSIENT or _looks_disconnected(orig)
-        return "database is locked" in str(orig)
+    def _transient(self, orig: BaseException) -> bool:
+        """Worth retrying: deadlock, serialization failure, lock timeout, lost connection."""
+        kind = _classify(self.dialect, orig)
+        return kind == "transient" or (kind == "unavailable" and (
+            _looks_disconnected(orig) or self._client_side(orig)))
 
-    def _map_error(self, exc: DBAPIError) -> ChainlitORMError:
-        text = _short(exc)
-        if isinstance(exc, IntegrityError):
-            if self._is_fk_violation(exc):
-                return NotFoundError(f"referenced row does not exist: {text}")
-            if "null" in text.lower():
-                return InvalidInputError(f"missing required value: {text}")
+    def _client_side(self, exc: BaseException) -> bool:
+        """An error the client raised, not the server (asyncpg's errors without a SQLSTATE,
+        asyncmy's ``InterfaceError`` such as "Not connected"): the connection's state is
+        unknown, so it is dropped and the idempotent write retried."""
+        if self.dialect == "postgresql":
+            return not hasattr(exc, "sqlstate")
+        return self.is_mysql and type(exc).__name__ == "InterfaceError"
+
+    def _disconnected(self, exc: BaseException) -> bool:
+        """The connection is unusable after ``exc``: the pool must not hand it out again."""
+        if isinstance(exc, OSError | ConnectionError | TimeoutError):
+            return True
+        if not isinstance(exc, self._driver_errors):
+            return False
+        if self._client_side(exc):
+            return True
+        return _classify(self.dialect, exc) in ("transient", "unavailable") and (
+            _looks_disconnected(exc) or (self.dialect == "postgresql"
+            and str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "57")))
+
+    def _map_error(self, orig: BaseException) -> ChainlitORMError:
+        """A typed error for a driver error; the driver's text, never the parameters."""
+        text = _short(orig)
+        kind = _classify(self.dialect, orig)
+        if kind == "fk":
+            return NotFoundError(f"referenced row does not exist: {text}")
+        if kind == "null":
+            return InvalidInputError(f"missing required value: {text}")
+        if kind == "conflict":
             return ConflictError(f"constraint violated: {text}")
-        if isinstance(exc, sa.exc.DataError):
+        if kind == "data":
             return InvalidInputError(f"value rejected by the database: {text}")
-        if isinstance(exc, sa.exc.ProgrammingError) and (
-            "does not exist" in text or "no such" in text or "Unknown column" in text
-            or "doesn't exist" in text
-        ):
+        if kind == "schema":
             return SchemaError(
                 f"database schema does not match the models ({text}); run: chainlit-orm migrate "
                 f"{self.url_text}"
             )
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or sqlstate[:2] in (
-            "08", "53", "57"
-        ):
+        if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
 
-    def _is_fk_violation(self, exc: DBAPIError) -> bool:
-        orig = exc.orig
-        if self.dialect == "postgresql":
-            return getattr(orig, "sqlstate", None) == "23503"
-        if self.is_mysql:
-            return bool(orig is not None and orig.args and orig.args[0] in (1452, 1216))
-        return "FOREIGN KEY constraint failed" in str(orig)
+    def _is_fk_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._driver_errors) and _classify(self.dialect, exc) == "fk"
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -277,12 +300,19 @@ class SQLBackend:
             return stmt.on_conflict_do_nothing(index_elements=conflict)
         return stmt.on_conflict_do_update(index_elements=conflict, set_=dict(set_(stmt.excluded)))
 
-    def _cached(self, key: Any, build: Callable[[], T]) -> T:
+    def _cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The :class:`Statement` (or tuple/list of them) for the Core statement(s) ``build``
+        returns: built once per key, compiled once on first execution."""
         try:
-            return self._cache[key]  # type: ignore[no-any-return]
+            return self._cache[key]
         except KeyError:
-            value = self._cache[key] = build()
+            value = self._cache[key] = self._compile(build())
             return value
+
+    def _compile(self, value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return type(value)(self._compile(v) for v in value)
+        return Statement(value, self.auto.dialect, self._translate)
 
     # ------------------------------------------------------------------- users
 
@@ -291,9 +321,9 @@ class SQLBackend:
             self.users.c.identifier == sa.bindparam("identifier")))
 
         async def op() -> dict[str, Any] | None:
-            async with self.auto.connect() as conn:
-                row = (await conn.execute(stmt, {"identifier": identifier})).mappings().first()
-            return dict(row) if row else None
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, {"identifier": identifier})
+            return rows[0] if rows else None
 
         return await self._run(op)
 
@@ -308,16 +338,15 @@ class SQLBackend:
             return stmt if self.is_mysql else stmt.returning(*users.c)
 
         stmt = self._cached(("upsert_user", tuple(row)), build)
+        lookup = self._cached("get_user", lambda: sa.select(users).where(
+            users.c.identifier == sa.bindparam("identifier")))
 
         async def op() -> dict[str, Any]:
-            async with self.auto.connect() as conn:
-                result = await conn.execute(stmt, row)
+            async with self.raw.connect() as conn:
                 if not self.is_mysql:
-                    return dict(result.mappings().one())
-                found = (await conn.execute(
-                    sa.select(users).where(users.c.identifier == row["identifier"])
-                )).mappings().one()
-                return dict(found)
+                    return (await conn.fetch(stmt, row))[0]
+                await conn.execute(stmt, row)
+                return (await conn.fetch(lookup, row))[0]
 
         return await self._run(op)
 
@@ -433,7 +462,7 @@ class SQLBackend:
                 params["meta_insert"] = meta_set
 
         async def op() -> None:
-            async with self.auto.connect() as conn:
+            async with self.raw.connect() as conn:
                 await conn.execute(stmt, params)
 
         await self._run(op)
@@ -444,8 +473,9 @@ class SQLBackend:
             t.c.id == sa.bindparam("tid", type_=t.c.id.type)))
 
         async def op() -> str | None:
-            async with self.auto.connect() as conn:
-                return (await conn.execute(stmt, {"tid": thread_id})).scalar()
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, {"tid": thread_id})
+            return rows[0]["userIdentifier"] if rows else None
 
         return await self._run(op)
 
@@ -459,8 +489,8 @@ class SQLBackend:
         ).select_from(s.outerjoin(f, f.c.forId == s.c.id))
 
     @staticmethod
-    def _with_feedback(row: Mapping[Any, Any]) -> dict[str, Any]:
-        data = dict(row)
+    def _with_feedback(data: dict[str, Any]) -> dict[str, Any]:
+        """Move the joined feedback columns of a step row (changed in place) into ``feedback``."""
         fb_id = data.pop("fb_id", None)
         value = data.pop("fb_value", None)
         comment = data.pop("fb_comment", None)
@@ -487,14 +517,13 @@ class SQLBackend:
 
         async def op() -> Any:
             params = {"tid": thread_id}
-            async with self.auto.connect() as conn:
-                thread = (await conn.execute(q_thread, params)).mappings().first()
-                if thread is None:
+            async with self.raw.connect() as conn:
+                thread = await conn.fetch(q_thread, params)
+                if not thread:
                     return None
-                steps = (await conn.execute(q_steps, params)).mappings().all()
-                elements = (await conn.execute(q_elements, params)).mappings().all()
-            return (dict(thread), [self._with_feedback(r) for r in steps],
-                    [dict(r) for r in elements])
+                steps = await conn.fetch(q_steps, params)
+                elements = await conn.fetch(q_elements, params)
+            return thread[0], [self._with_feedback(r) for r in steps], elements
 
         return await self._run(op)
 
@@ -526,7 +555,8 @@ class SQLBackend:
                 in_name = sa.func.lower(t.c.name).like(pattern, escape="\\")
                 in_steps = sa.exists().where(
                     s.c.threadId == t.c.id,
-                    s.c.type.in_(MESSAGE_TYPES),
+                    # one bound value each (not an "expanding" IN): compiled once, run as is
+                    s.c.type.in_([sa.literal(kind) for kind in MESSAGE_TYPES]),
                     sa.func.lower(s.c.output).like(pattern, escape="\\"),
                 )
                 stmt = stmt.where(sa.or_(in_name, in_steps))
@@ -548,8 +578,8 @@ class SQLBackend:
             params["fb"] = feedback
 
         async def op() -> list[dict[str, Any]]:
-            async with self.auto.connect() as conn:
-                return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
+            async with self.raw.connect() as conn:
+                return await conn.fetch(stmt, params)
 
         return await self._run(op)
 
@@ -569,8 +599,9 @@ class SQLBackend:
             stmt = self._cached("delete_thread", build_pg)
 
             async def op_pg() -> list[str]:
-                async with self.auto.connect() as conn:
-                    return [k for (k,) in await conn.execute(stmt, params) if k]
+                async with self.raw.connect() as conn:
+                    return [r["objectKey"] for r in await conn.fetch(stmt, params)
+                            if r["objectKey"]]
 
             return await self._run(op_pg)
 
@@ -587,10 +618,12 @@ class SQLBackend:
 
         return await self._run(lambda: self._delete_in_transaction(stmts, params))
 
-    async def _delete_in_transaction(self, stmts: list[Any], params: dict[str, Any]) -> list[str]:
+    async def _delete_in_transaction(
+        self, stmts: list[Statement], params: dict[str, Any]
+    ) -> list[str]:
         """Run ``stmts`` in one transaction; the first one returns the object keys to delete."""
-        async with self.engine.begin() as conn:
-            keys = [k for (k,) in await conn.execute(stmts[0], params) if k]
+        async with self.raw.connect() as conn, conn.transaction():
+            keys = [r["objectKey"] for r in await conn.fetch(stmts[0], params) if r["objectKey"]]
             for stmt in stmts[1:]:
                 await conn.execute(stmt, params)
         return keys
@@ -603,14 +636,14 @@ class SQLBackend:
             t, ["id", "createdAt", "activityAt"], ["id"], None))
 
     async def _execute_creating_thread(
-        self, stmt: Any, params: dict[str, Any], thread_id: str, now: str
+        self, stmt: Statement, params: dict[str, Any], thread_id: str, now: str
     ) -> None:
         """One statement; if its thread does not exist yet (Chainlit writes steps and elements
         before the thread), create a stub thread and run it again."""
-        async with self.auto.connect() as conn:
+        async with self.raw.connect() as conn:
             try:
                 await conn.execute(stmt, params)
-            except IntegrityError as exc:
+            except Exception as exc:
                 if not self._is_fk_violation(exc):
                     raise
                 await conn.execute(self._stub_thread(),
@@ -647,13 +680,15 @@ class SQLBackend:
             return await self._run(
                 lambda: self._execute_creating_thread(stmt, params, thread_id, now))
 
-        bump = self._cached("bump_activity", lambda: sa.update(t).where(
-            t.c.id == sa.bindparam("tid", type_=t.c.id.type)).values(
-            activityAt=sa.case(
-                (sa.or_(t.c.activityAt.is_(None),
-                        t.c.activityAt < sa.bindparam("ts", type_=t.c.activityAt.type)),
-                 sa.bindparam("ts", type_=t.c.activityAt.type)),
-                else_=t.c.activityAt)))
+        def build_bump() -> Any:
+            return sa.update(t).where(t.c.id == sa.bindparam("tid", type_=t.c.id.type)).values(
+                activityAt=sa.case(
+                    (sa.or_(t.c.activityAt.is_(None),
+                            t.c.activityAt < sa.bindparam("ts", type_=t.c.activityAt.type)),
+                     sa.bindparam("ts", type_=t.c.activityAt.type)),
+                    else_=t.c.activityAt))
+
+        bump = self._cached("bump_activity", build_bump)
         bump_params = {"tid": thread_id, "ts": activity}
 
         if self.dialect == "postgresql":
@@ -664,14 +699,14 @@ class SQLBackend:
             # ``threads`` would otherwise become extra SET clauses of the CTE's UPDATE
             prefix = "s_"
             combined = self._cached(("upsert_step_bump", create), lambda: build(prefix).add_cte(
-                bump.returning(t.c.id).cte("bump")))
+                build_bump().returning(t.c.id).cte("bump")))
             combined_params = {prefix + k: v for k, v in params.items()} | bump_params
 
             async def op_pg() -> bool:
-                async with self.auto.connect() as conn:
+                async with self.raw.connect() as conn:
                     try:
                         await conn.execute(combined, combined_params)
-                    except IntegrityError as exc:
+                    except Exception as exc:
                         if not self._is_fk_violation(exc):
                             raise
                         return False
@@ -682,9 +717,8 @@ class SQLBackend:
 
         async def op_tx() -> None:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
-            async with self.engine.begin() as conn:
-                result = await conn.execute(bump, bump_params)
-                if result.rowcount == 0:
+            async with self.raw.connect() as conn, conn.transaction():
+                if await conn.execute(bump, bump_params) == 0:
                     await conn.execute(self._stub_thread(),
                                        {"id": thread_id, "createdAt": now, "activityAt": activity})
                 await conn.execute(stmt, params)
@@ -713,9 +747,9 @@ class SQLBackend:
             s.c.id == sa.bindparam("sid", type_=s.c.id.type)))
 
         async def op() -> dict[str, Any] | None:
-            async with self.auto.connect() as conn:
-                row = (await conn.execute(stmt, {"sid": step_id})).mappings().first()
-            return self._with_feedback(row) if row else None
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, {"sid": step_id})
+            return self._with_feedback(rows[0]) if rows else None
 
         return await self._run(op)
 
@@ -727,8 +761,8 @@ class SQLBackend:
         ).order_by(s.c.createdAt.desc(), s.c.id.desc()))
 
         async def op() -> list[dict[str, Any]]:
-            async with self.auto.connect() as conn:
-                rows = (await conn.execute(stmt, {"uid": user_id})).mappings().all()
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, {"uid": user_id})
             return [self._with_feedback(r) for r in rows]
 
         return await self._run(op)
@@ -753,10 +787,9 @@ class SQLBackend:
             e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type)))
 
         async def op() -> dict[str, Any] | None:
-            async with self.auto.connect() as conn:
-                found = (await conn.execute(stmt, {"eid": element_id, "tid": thread_id}))
-                row = found.mappings().first()
-            return dict(row) if row else None
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, {"eid": element_id, "tid": thread_id})
+            return rows[0] if rows else None
 
         return await self._run(op)
 
@@ -773,8 +806,9 @@ class SQLBackend:
         params = {"eid": element_id, "tid": thread_id}
 
         async def op() -> str | None:
-            async with self.auto.connect() as conn:
-                return (await conn.execute(stmt, params)).scalar()
+            async with self.raw.connect() as conn:
+                rows = await conn.fetch(stmt, params)
+            return rows[0]["objectKey"] if rows else None
 
         return await self._run(op)
 
@@ -808,12 +842,15 @@ class SQLBackend:
         stmt, lookup = self._cached("upsert_feedback", build)
 
         async def op() -> str:
-            async with self.auto.connect() as conn:
-                result = await conn.execute(stmt, row)
+            async with self.raw.connect() as conn:
+                found: Any = None
                 if self.is_mysql:
-                    found = (await conn.execute(lookup, row)).scalar() if result.rowcount else None
+                    if await conn.execute(stmt, row):
+                        rows = await conn.fetch(lookup, row)
+                        found = rows[0]["id"] if rows else None
                 else:
-                    found = result.scalar()
+                    rows = await conn.fetch(stmt, row)
+                    found = rows[0]["id"] if rows else None
             if found is None:
                 raise ConflictError(
                     f"step {row['forId']} does not belong to thread {row['threadId']}",
@@ -829,8 +866,8 @@ class SQLBackend:
             f.c.id == sa.bindparam("fid", type_=f.c.id.type)))
 
         async def op() -> bool:
-            async with self.auto.connect() as conn:
-                return bool((await conn.execute(stmt, {"fid": feedback_id})).rowcount)
+            async with self.raw.connect() as conn:
+                return bool(await conn.execute(stmt, {"fid": feedback_id}))
 
         return await self._run(op)
 
@@ -885,6 +922,84 @@ class SQLDataLayer(ChainlitLayer):
 def _json_path(key: str) -> str:
     """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal."""
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _driver_errors(dialect: str) -> tuple[type[Exception], ...]:
+    """The base classes of the errors the dialect's driver raises."""
+    if dialect == "postgresql":
+        import asyncpg  # type: ignore[import-untyped]
+
+        # InternalClientError: e.g. the server's "terminating connection" arrived while the
+        # connection sat idle in the pool, and the protocol still waits for the end of it
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    if dialect == "sqlite":
+        import sqlite3
+
+        return (sqlite3.Error,)
+    import asyncmy.errors
+
+    return (asyncmy.errors.MySQLError,)
+
+
+_MY_SCHEMA = {1146, 1054, 1049}  # no such table, unknown column, unknown database
+_MY_NULL = {1048, 1364}  # column cannot be null, field has no default
+
+
+def _classify(dialect: str, orig: BaseException) -> str:
+    """What a driver error means: ``fk``, ``null``, ``conflict``, ``data``, ``schema``,
+    ``transient``, ``unavailable`` or ``other``. Works on the driver's own exceptions and on
+    the ones SQLAlchemy's adapters wrap them in (same SQLSTATE, error number and class names)."""
+    text = str(orig)
+    names = {cls.__name__ for cls in type(orig).__mro__}
+    if dialect == "postgresql":
+        state = str(getattr(orig, "sqlstate", "") or "")
+        if state == "23503":
+            return "fk"
+        if state == "23502":
+            return "null"
+        if state.startswith("23"):
+            return "conflict"
+        if state.startswith("22"):
+            return "data"
+        if state in ("42P01", "42703", "3F000") or ("does not exist" in text and state[:2] == "42"):
+            return "schema"
+        if state in _PG_TRANSIENT:
+            return "transient"
+        if state[:2] in ("08", "53", "57") or names & {
+            "InterfaceError", "OperationalError", "InternalClientError"
+        }:
+            return "unavailable"
+        return "other"
+    if dialect == "sqlite":
+        if "IntegrityError" in names:
+            if "FOREIGN KEY constraint failed" in text:
+                return "fk"
+            return "null" if "NOT NULL" in text else "conflict"
+        if "DataError" in names:
+            return "data"
+        if "no such table" in text or "no such column" in text or "has no column" in text:
+            return "schema"
+        if "database is locked" in text:
+            return "transient"
+        if "OperationalError" in names:
+            return "unavailable"
+        return "other"
+    code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+    if code in (1452, 1216):
+        return "fk"
+    if code in _MY_NULL:
+        return "null"
+    if "IntegrityError" in names:
+        return "conflict"
+    if "DataError" in names:
+        return "data"
+    if code in _MY_SCHEMA:
+        return "schema"
+    if code in _MY_TRANSIENT:
+        return "transient"
+    if "OperationalError" in names or "InterfaceError" in names:
+        return "unavailable"
+    return "other"
 
 
 def _short(exc: BaseException) -> str:

@@ -52,10 +52,13 @@ def _autocommit(conn: Any) -> bool:
 
 
 def count_round_trips(backend: SQLBackend) -> RoundTrips:
-    """Attach listeners to every engine of ``backend``. On SQLite the layer's own ``BEGIN
-    IMMEDIATE`` is a statement (seen by ``before_cursor_execute``), so the begin event is not
-    counted twice there."""
+    """Attach listeners to the backend and to every engine of it. On SQLite ``BEGIN IMMEDIATE``
+    is a statement (seen by ``before_cursor_execute``), so the begin event is not counted twice
+    there."""
     trips = RoundTrips()
+    # the layer runs its statements on the driver connection and reports each one, BEGIN and
+    # COMMIT included; SQLAlchemy's events below see whatever still goes through SQLAlchemy
+    backend.on_statement.append(trips.events.append)
     # an OptionEngine shares its parent's events: listen on each underlying engine once
     engines = {}
     for async_engine in (backend.engine, backend.auto):

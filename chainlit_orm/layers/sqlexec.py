@@ -1,0 +1,271 @@
+"""Run compiled SQLAlchemy Core statements on the pooled driver connection.
+
+Why: SQLAlchemy compiles our statements, renders each dialect's SQL and gives the type processors
+(JSON, UUID, timestamps, arrays); that is the part worth reusing. Its per-execution machinery
+(execution context, cursor adaptation, result metadata, three thread hops per statement on
+aiosqlite) costs about 0.5 ms per statement, which is more than a PostgreSQL round trip on
+loopback. So each statement is compiled once into a :class:`Prepared` (SQL text, positional
+parameter order, bind and result processors, all taken from SQLAlchemy's compiled object), and is
+then run directly on the asyncpg / aiosqlite / asyncmy connection that SQLAlchemy's pool hands out.
+The pool still owns connecting, recycling, ``pool_pre_ping`` and invalidation, and the connect
+events (SQLite pragmas, asyncpg JSON codecs) still run, so a row reads back exactly as it would
+through ``Connection.execute``.
+
+Only the three drivers of :data:`chainlit_orm.layers.sql.SUPPORTED` are handled; each one is
+driven through its public API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "prepare"]
+
+_REQUIRED = object()
+StatementListener = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One statement compiled for one dialect: everything needed to run it without SQLAlchemy's
+    execution path."""
+
+    sql: str
+    keys: tuple[str | None, ...]  # the caller's parameter key per position (None: a constant)
+    defaults: tuple[Any, ...]  # the compiled-in value per position, or _REQUIRED
+    bind: tuple[Callable[[Any], Any] | None, ...]
+    columns: tuple[str, ...]
+    result: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column index, processor)
+    word: str  # the statement's first keyword, for listeners
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """Positional driver arguments for ``params`` (keys are the bind parameter names)."""
+        out = []
+        for key, default, proc in zip(self.keys, self.defaults, self.bind, strict=True):
+            if key is None:
+                value = default
+            elif default is _REQUIRED:
+                value = params[key]
+            else:
+                value = params.get(key, default)
+            out.append(value if proc is None or value is None else proc(value))
+        return out
+
+    def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Driver rows as dicts keyed by column label, through the result processors."""
+        columns, procs = self.columns, self.result
+        if not procs:
+            return [dict(zip(columns, row, strict=True)) for row in raw]
+        out = []
+        for row in raw:
+            values = list(row)
+            for i, proc in procs:
+                values[i] = proc(values[i])
+            out.append(dict(zip(columns, values, strict=True)))
+        return out
+
+
+def prepare(
+    stmt: Any, dialect: Dialect, translate: Mapping[str | None, str | None] | None
+) -> Prepared:
+    """Compile ``stmt`` once for ``dialect`` (schema names translated) into a :class:`Prepared`."""
+    compiled: Any = stmt.compile(
+        dialect=dialect,
+        schema_translate_map=dict(translate) if translate else None,
+        render_schema_translate=bool(translate),
+    )
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        raise AssertionError("expanding parameters are not supported; bind each value")
+    if not compiled.positional:  # pragma: no cover - every supported driver is positional
+        raise AssertionError(f"{dialect.name} uses a named paramstyle")
+    by_name = {name: bp for bp, name in compiled.bind_names.items()}
+    constants = compiled.construct_params(_check=False)
+    processors = compiled._bind_processors  # the processors SQLAlchemy itself applies
+    keys: list[str | None] = []
+    defaults: list[Any] = []
+    bind: list[Callable[[Any], Any] | None] = []
+    for name in compiled.positiontup or ():
+        bp = by_name[name]
+        user_key = None if bp.key.startswith("%(") else bp.key  # "%(...)": an anonymous bind
+        keys.append(user_key)
+        if user_key is not None and (bp.required or bp.value is None) and bp.callable is None:
+            defaults.append(_REQUIRED if bp.required else None)
+        else:
+            defaults.append(constants.get(name))
+        bind.append(processors.get(name))
+    columns: list[str] = []
+    result: list[tuple[int, Callable[[Any], Any]]] = []
+    for i, entry in enumerate(compiled._result_columns):
+        columns.append(entry.keyname)
+        proc = entry.type._cached_result_processor(dialect, None)
+        if proc is not None:
+            result.append((i, proc))
+    text = compiled.string
+    return Prepared(
+        sql=text,
+        keys=tuple(keys),
+        defaults=tuple(defaults),
+        bind=tuple(bind),
+        columns=tuple(columns),
+        result=tuple(result),
+        word=(text.lstrip().split(None, 1) or ["?"])[0].upper(),
+    )
+
+
+class Statement:
+    """A Core statement and its :class:`Prepared` form, compiled on first execution: by then the
+    pool has connected, so the dialect knows the server (version-dependent features such as
+    MariaDB's ``RETURNING``, the default schema a translated schema maps to)."""
+
+    __slots__ = ("_prepared", "core", "dialect", "translate")
+
+    def __init__(
+        self, core: Any, dialect: Dialect, translate: Mapping[str | None, str | None] | None
+    ) -> None:
+        self.core = core
+        self.dialect = dialect
+        self.translate = translate
+        self._prepared: Prepared | None = None
+
+    @property
+    def prepared(self) -> Prepared:
+        p = self._prepared
+        if p is None:
+            p = self._prepared = prepare(self.core, self.dialect, self.translate)
+        return p
+
+
+class RawConnection:
+    """A pooled driver connection with the operations the backend needs: fetch rows, execute for
+    a row count, run a transaction. Statement listeners see every statement, BEGIN and COMMIT."""
+
+    def __init__(self, driver: Any, dialect: str, listeners: list[StatementListener]) -> None:
+        self.driver = driver
+        self.dialect = dialect
+        self.listeners = listeners
+
+    def _notify(self, word: str) -> None:
+        for listener in self.listeners:
+            listener(word)
+
+    async def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a statement that returns rows (SELECT, or a write with RETURNING)."""
+        p = stmt.prepared
+        if self.listeners:
+            self._notify(p.word)
+        args = p.args(params)
+        d = self.driver
+        if self.dialect == "postgresql":
+            raw: Sequence[Sequence[Any]] = await d.fetch(p.sql, *args)
+        elif self.dialect == "sqlite":
+            raw = await d.execute_fetchall(p.sql, args)
+        else:
+            async with d.cursor() as cur:
+                await cur.execute(p.sql, args)
+                raw = await cur.fetchall()
+        return p.rows(raw)
+
+    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        """Run a statement that returns no rows; the number of rows it changed."""
+        p = stmt.prepared
+        if self.listeners:
+            self._notify(p.word)
+        args = p.args(params)
+        d = self.driver
+        if self.dialect == "postgresql":
+            status: str = await d.execute(p.sql, *args)
+            tail = status.rpartition(" ")[2]
+            return int(tail) if tail.isdigit() else 0
+        if self.dialect == "sqlite":
+            # the cursor of a statement that returns no rows holds nothing: not closing it saves a
+            # thread hop per write
+            cursor = await d.execute(p.sql, args)
+            count: int = cursor.rowcount
+            return count
+        async with d.cursor() as cur:
+            return int(await cur.execute(p.sql, args))
+
+    async def _command(self, sql: str) -> None:
+        if self.listeners:
+            self._notify(sql.split()[0])
+        if self.dialect == "postgresql":
+            await self.driver.execute(sql)
+        elif self.dialect == "sqlite":
+            cursor = await self.driver.execute(sql)
+            await cursor.close()
+        else:
+            async with self.driver.cursor() as cur:
+                await cur.execute(sql)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[RawConnection]:
+        """BEGIN (``BEGIN IMMEDIATE`` on SQLite: a deferred transaction that later writes fails
+        with "database is locked" instead of waiting) ... COMMIT, or ROLLBACK on any error."""
+        await self._command("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that got us here is raised instead
+                await self._command("ROLLBACK")
+            raise
+        await self._command("COMMIT")
+
+
+class RawPool:
+    """Checks driver connections out of an engine's pool, in autocommit mode."""
+
+    def __init__(
+        self, engine: AsyncEngine, dialect: str, disconnect: Callable[[BaseException], bool]
+    ) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.disconnect = disconnect
+        self.listeners: list[StatementListener] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[RawConnection]:
+        """A pooled connection; one that failed with a disconnect error is invalidated, not
+        returned to the pool."""
+        fairy: Any = await self.engine.raw_connection()
+        driver = fairy.driver_connection
+        restore = await self._autocommit(driver)
+        try:
+            yield RawConnection(driver, self.dialect, self.listeners)
+        except BaseException as exc:
+            # a cancelled operation can leave the driver mid-protocol: never hand that back out
+            if not isinstance(exc, Exception) or self.disconnect(exc):
+                await greenlet_spawn(fairy.invalidate, exc)
+            else:
+                await self._restore(driver, restore)
+            await greenlet_spawn(fairy.close)
+            raise
+        await self._restore(driver, restore)
+        await greenlet_spawn(fairy.close)
+
+    async def _autocommit(self, driver: Any) -> Any:
+        """Put a connection of a shared (borrowed) engine into autocommit; returns what to
+        restore. The layer's own AUTOCOMMIT engine's connections are already there."""
+        if self.dialect == "sqlite":
+            if driver.isolation_level is not None:
+                previous = driver.isolation_level
+                driver.isolation_level = None
+                return previous
+        elif self.dialect != "postgresql" and not driver.get_autocommit():
+            await driver.autocommit(True)
+            return False
+        return None
+
+    async def _restore(self, driver: Any, restore: Any) -> None:
+        if restore is None:
+            return
+        if self.dialect == "sqlite":
+            driver.isolation_level = restore
+        else:
+            await driver.autocommit(False)
