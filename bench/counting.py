@@ -68,6 +68,15 @@ def transaction() -> None:
         c.transactions += 1
 
 
+def layer_statement(word: str) -> None:
+    """A statement reported by chainlit-orm's ``SQLBackend.on_statement`` (its first keyword).
+    As for the floors, ``BEGIN`` counts as a transaction and ``COMMIT``/``ROLLBACK`` as nothing."""
+    if word == "BEGIN":
+        transaction()
+    elif word not in ("COMMIT", "ROLLBACK"):
+        statement(word)
+
+
 def instrument_engine(engine: Any) -> None:
     """Count statements and transactions of an SQLAlchemy (async) engine."""
     from sqlalchemy import event

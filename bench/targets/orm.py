@@ -70,13 +70,15 @@ class OrmSQL(LayerTarget):
         if engine is None:
             raise Unavailable("SQLDataLayer exposes no .sql.engine to count statements on")
         await self._bulk_load(ds, sql)
+        # what still goes through SQLAlchemy (the schema check) is seen by its events; the
+        # layer's own statements run on the driver connection and are reported to on_statement
         counting.instrument_engine(engine)
         auto = getattr(sql, "auto", None)
-        # the AUTOCOMMIT engine is either an option view of the same engine (its events already
-        # reach our listeners: instrumenting it too would count every statement twice) or, on
-        # MySQL, a second engine with its own pool
         if auto is not None and auto.sync_engine.pool is not engine.sync_engine.pool:
             counting.instrument_engine(auto)
+        listeners = getattr(sql, "on_statement", None)
+        if listeners is not None:
+            listeners.append(counting.layer_statement)
         if self.backend == "sqlite":
             from sqlalchemy import text
 

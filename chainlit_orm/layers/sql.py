@@ -125,17 +125,22 @@ class SQLBackend:
             if url.get_backend_name() == "sqlite":
                 options.setdefault("connect_args", {}).setdefault("timeout", 30)
             else:
-                # two pools (AUTOCOMMIT and transactional) of up to 15 connections each
-                options.setdefault("pool_size", 5)
-                options.setdefault("max_overflow", 10)
                 options.setdefault("pool_recycle", 1800)
-            self.engine = create_async_engine(url, **options)
-            # Single-statement work runs on a pool of its own whose connections are AUTOCOMMIT
-            # from the start: no BEGIN/COMMIT round trips, no isolation switch per checkout, and
-            # nothing to roll back when a connection goes back to the pool.
+            # The layer's work runs on a pool whose connections are AUTOCOMMIT from the start:
+            # no BEGIN/COMMIT round trips for one-statement writes, nothing to roll back when a
+            # connection goes back. It keeps 16 connections: a connection beyond pool_size is
+            # closed when it comes back, and opening one costs more than ten statements, so a
+            # pool smaller than the usual concurrency churns connections under load.
+            auto_options = dict(options)
+            engine_options_ = dict(options)
+            if not _in_memory(url):  # an in-memory SQLite database has a static pool
+                auto_options = {"pool_size": 16, "max_overflow": 16, **options}
+                engine_options_ = {"pool_size": 1, "max_overflow": 4, **options}
             self.auto = create_async_engine(
-                url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
+                url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **auto_options
             )
+            # the transactional engine only checks the schema (and serves migrate)
+            self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
@@ -342,7 +347,7 @@ class SQLBackend:
             users.c.identifier == sa.bindparam("identifier")))
 
         async def op() -> dict[str, Any]:
-            async with self.raw.connect() as conn:
+            async with self.raw.connect(write=True) as conn:
                 if not self.is_mysql:
                     return (await conn.fetch(stmt, row))[0]
                 await conn.execute(stmt, row)
@@ -462,7 +467,7 @@ class SQLBackend:
                 params["meta_insert"] = meta_set
 
         async def op() -> None:
-            async with self.raw.connect() as conn:
+            async with self.raw.connect(write=True) as conn:
                 await conn.execute(stmt, params)
 
         await self._run(op)
@@ -599,7 +604,7 @@ class SQLBackend:
             stmt = self._cached("delete_thread", build_pg)
 
             async def op_pg() -> list[str]:
-                async with self.raw.connect() as conn:
+                async with self.raw.connect(write=True) as conn:
                     return [r["objectKey"] for r in await conn.fetch(stmt, params)
                             if r["objectKey"]]
 
@@ -622,7 +627,7 @@ class SQLBackend:
         self, stmts: list[Statement], params: dict[str, Any]
     ) -> list[str]:
         """Run ``stmts`` in one transaction; the first one returns the object keys to delete."""
-        async with self.raw.connect() as conn, conn.transaction():
+        async with self.raw.connect(write=True) as conn, conn.transaction():
             keys = [r["objectKey"] for r in await conn.fetch(stmts[0], params) if r["objectKey"]]
             for stmt in stmts[1:]:
                 await conn.execute(stmt, params)
@@ -640,7 +645,7 @@ class SQLBackend:
     ) -> None:
         """One statement; if its thread does not exist yet (Chainlit writes steps and elements
         before the thread), create a stub thread and run it again."""
-        async with self.raw.connect() as conn:
+        async with self.raw.connect(write=True) as conn:
             try:
                 await conn.execute(stmt, params)
             except Exception as exc:
@@ -703,7 +708,7 @@ class SQLBackend:
             combined_params = {prefix + k: v for k, v in params.items()} | bump_params
 
             async def op_pg() -> bool:
-                async with self.raw.connect() as conn:
+                async with self.raw.connect(write=True) as conn:
                     try:
                         await conn.execute(combined, combined_params)
                     except Exception as exc:
@@ -717,7 +722,7 @@ class SQLBackend:
 
         async def op_tx() -> None:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
-            async with self.raw.connect() as conn, conn.transaction():
+            async with self.raw.connect(write=True) as conn, conn.transaction():
                 if await conn.execute(bump, bump_params) == 0:
                     await conn.execute(self._stub_thread(),
                                        {"id": thread_id, "createdAt": now, "activityAt": activity})
@@ -806,7 +811,7 @@ class SQLBackend:
         params = {"eid": element_id, "tid": thread_id}
 
         async def op() -> str | None:
-            async with self.raw.connect() as conn:
+            async with self.raw.connect(write=True) as conn:
                 rows = await conn.fetch(stmt, params)
             return rows[0]["objectKey"] if rows else None
 
@@ -842,7 +847,7 @@ class SQLBackend:
         stmt, lookup = self._cached("upsert_feedback", build)
 
         async def op() -> str:
-            async with self.raw.connect() as conn:
+            async with self.raw.connect(write=True) as conn:
                 found: Any = None
                 if self.is_mysql:
                     if await conn.execute(stmt, row):
@@ -866,7 +871,7 @@ class SQLBackend:
             f.c.id == sa.bindparam("fid", type_=f.c.id.type)))
 
         async def op() -> bool:
-            async with self.raw.connect() as conn:
+            async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"fid": feedback_id}))
 
         return await self._run(op)
@@ -922,6 +927,12 @@ class SQLDataLayer(ChainlitLayer):
 def _json_path(key: str) -> str:
     """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal."""
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _in_memory(url: URL) -> bool:
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or "mode=memory" in str(url.query))
 
 
 def _driver_errors(dialect: str) -> tuple[type[Exception], ...]:

@@ -17,6 +17,7 @@ driven through its public API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -228,11 +229,28 @@ class RawPool:
         self.dialect = dialect
         self.disconnect = disconnect
         self.listeners: list[StatementListener] = []
+        self._write_lock: asyncio.Lock | None = None
 
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[RawConnection]:
+    async def connect(self, *, write: bool = False) -> AsyncIterator[RawConnection]:
         """A pooled connection; one that failed with a disconnect error is invalidated, not
-        returned to the pool."""
+        returned to the pool.
+
+        ``write=True`` on SQLite also takes the process's write lock: SQLite has one writer, and
+        writers that meet in the database wait in its busy handler, which sleeps in steps of
+        milliseconds; queued on an asyncio lock, the next writer starts the moment the last one
+        commits. (Writers in other processes still meet in the busy handler.)"""
+        if write and self.dialect == "sqlite":
+            if self._write_lock is None:
+                self._write_lock = asyncio.Lock()
+            async with self._write_lock, self._connect() as conn:
+                yield conn
+            return
+        async with self._connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[RawConnection]:
         fairy: Any = await self.engine.raw_connection()
         driver = fairy.driver_connection
         restore = await self._autocommit(driver)
