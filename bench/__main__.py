@@ -39,7 +39,7 @@ class Scale:
     w5_iters: int
 
 
-QUICK = Scale(rounds=2, w1_threads_c1=2, w1_steps=3, w2_ns=(100, 1000, 10000), w2_reps=3,
+QUICK = Scale(rounds=2, w1_threads_c1=24, w1_steps=10, w2_ns=(100, 1000, 10000), w2_reps=3,
               w3_steps=(10, 100, 1000), w3_reps=3, w4_rounds=3, w5_users=32,
               w5_threads_per_user=4, w5_iters=2)
 FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,

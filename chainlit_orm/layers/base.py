@@ -86,11 +86,11 @@ def queue_until_user_message(
     admin tools) Chainlit's decorator raises; this one runs the call at once.
     """
 
+    from chainlit.context import ChainlitContextException, context
+    from chainlit.session import WebsocketSession
+
     @functools.wraps(method)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> R | None:
-        from chainlit.context import ChainlitContextException, context
-        from chainlit.session import WebsocketSession
-
         try:
             session = context.session
         except ChainlitContextException:
@@ -608,16 +608,29 @@ def _require_dict(value: object, what: str) -> dict[str, Any]:
 def _check_no_nul(value: object, what: str) -> None:
     """Refuse NUL characters: PostgreSQL cannot store them in TEXT or JSONB, and storing them
     on the other dialects only would make the backends disagree."""
+    if _has_nul(value):
+        raise InvalidInputError(f"{what} contains a NUL character, which cannot be stored")
+
+
+_SCALARS = (type(None), bool, int, float)
+
+
+def _has_nul(value: object) -> bool:
+    # exact-type checks first: this runs on every value of every write, and an ABC check
+    # (``Mapping``) on each None/int/bool costs more than the rest of the walk
+    if type(value) is str:
+        return "\x00" in value
+    if type(value) is dict:
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if type(value) in _SCALARS:
+        return False
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInputError(f"{what} contains a NUL character, which cannot be stored")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_no_nul(key, what)
-            _check_no_nul(item, what)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_no_nul(item, what)
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _encode_cursor(key: tuple[str, str]) -> str:
