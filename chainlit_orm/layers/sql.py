@@ -895,6 +895,7 @@ class SQLBackend:
         return await self._run(op)
 
     async def close(self) -> None:
+        await self.raw.close()
         if self.owns_engine:
             await self.engine.dispose()
             await self.auto.dispose()

@@ -199,8 +199,7 @@ class RawConnection:
         if self.dialect == "postgresql":
             await self.driver.execute(sql)
         elif self.dialect == "sqlite":
-            cursor = await self.driver.execute(sql)
-            await cursor.close()
+            await self.driver.execute(sql)  # no rows: the cursor need not be closed (a hop)
         else:
             async with self.driver.cursor() as cur:
                 await cur.execute(sql)
@@ -230,24 +229,56 @@ class RawPool:
         self.disconnect = disconnect
         self.listeners: list[StatementListener] = []
         self._write_lock: asyncio.Lock | None = None
+        self._writer: Any = None  # SQLite: the pooled connection all writes share, while held
+        self._writer_restore: Any = None
 
     @contextlib.asynccontextmanager
     async def connect(self, *, write: bool = False) -> AsyncIterator[RawConnection]:
         """A pooled connection; one that failed with a disconnect error is invalidated, not
         returned to the pool.
 
-        ``write=True`` on SQLite also takes the process's write lock: SQLite has one writer, and
-        writers that meet in the database wait in its busy handler, which sleeps in steps of
+        ``write=True`` on SQLite takes the process's write lock and the one connection writes
+        share (held out of the pool until :meth:`close`): SQLite has one writer, and writers
+        that meet in the database wait in its busy handler, which sleeps in steps of
         milliseconds; queued on an asyncio lock, the next writer starts the moment the last one
-        commits. (Writers in other processes still meet in the busy handler.)"""
+        commits, with no pool checkout inside the critical section. (Writers in other processes
+        still meet in the busy handler.)"""
         if write and self.dialect == "sqlite":
             if self._write_lock is None:
                 self._write_lock = asyncio.Lock()
-            async with self._write_lock, self._connect() as conn:
-                yield conn
+            async with self._write_lock:
+                if self._writer is None:
+                    fairy: Any = await self.engine.raw_connection()
+                    self._writer_restore = await self._autocommit(fairy.driver_connection)
+                    self._writer = fairy
+                try:
+                    yield RawConnection(self._writer.driver_connection, self.dialect,
+                                        self.listeners)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception) or self.disconnect(exc):
+                        await self._release_writer(exc)
+                    raise
             return
         async with self._connect() as conn:
             yield conn
+
+    async def _release_writer(self, exc: BaseException | None = None) -> None:
+        fairy, self._writer = self._writer, None
+        if fairy is None:
+            return
+        if exc is not None:
+            await greenlet_spawn(fairy.invalidate, exc)
+        else:
+            await self._restore(fairy.driver_connection, self._writer_restore)
+        await greenlet_spawn(fairy.close)
+
+    async def close(self) -> None:
+        """Give the held writer connection back to the pool (before the engine is disposed)."""
+        if self._write_lock is None:
+            await self._release_writer()
+            return
+        async with self._write_lock:
+            await self._release_writer()
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[RawConnection]:
