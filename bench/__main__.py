@@ -39,8 +39,8 @@ class Scale:
     w5_iters: int
 
 
-QUICK = Scale(rounds=2, w1_threads_c1=24, w1_steps=10, w2_ns=(100, 1000, 10000), w2_reps=3,
-              w3_steps=(10, 100, 1000), w3_reps=3, w4_rounds=3, w5_users=32,
+QUICK = Scale(rounds=3, w1_threads_c1=24, w1_steps=10, w2_ns=(100, 1000, 10000), w2_reps=5,
+              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w5_users=32,
               w5_threads_per_user=4, w5_iters=2)
 FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w5_users=32,
@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace) -> int:
     scale = QUICK if not args.full else FULL
     if args.rounds:
         scale.rounds = args.rounds
-        scale.w4_rounds = max(scale.w4_rounds, args.rounds + 1)
+    scale.w4_rounds = max(scale.w4_rounds, scale.rounds + 1)  # W4 deletes one thread per round
     t_start = time.perf_counter()
     counting.hook_botocore()
     from .targets import dynamo
