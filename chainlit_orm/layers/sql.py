@@ -176,7 +176,11 @@ class SQLBackend:
         t = models.table
         self.users, self.threads, self.steps = t("user"), t("thread"), t("step")
         self.elements, self.feedbacks = t("element"), t("feedback")
+        # column names, computed once: they are read on every write or read of these rows
         self._step_columns = [c.name for c in self.steps.columns]
+        self._element_columns = [c.name for c in self.elements.columns]
+        self._thread_columns = [c.name for c in self.threads.columns]
+        self._joined_element_columns = [(_ELEMENT + name, name) for name in self._element_columns]
 
     @property
     def on_statement(self) -> list[StatementListener]:
@@ -234,9 +238,7 @@ class SQLBackend:
 
     def _transient(self, orig: BaseException) -> bool:
         """Worth retrying: deadlock, serialization failure, lock timeout, lost connection."""
-        kind = _classify(self.dialect, orig)
-        return kind == "transient" or (kind == "unavailable" and (
-            _looks_disconnected(orig) or self._client_side(orig)))
+        return _classify(self.dialect, orig) == "transient" or self._disconnected(orig)
 
     def _client_side(self, exc: BaseException) -> bool:
         """An error the client raised, not the server (asyncpg's errors without a SQLSTATE,
@@ -327,9 +329,14 @@ class SQLBackend:
 
     # ------------------------------------------------------------------- users
 
+    def _user_by_identifier(self) -> Statement:
+        users = self.users
+        stmt: Statement = self._cached("get_user", lambda: sa.select(users).where(
+            users.c.identifier == sa.bindparam("identifier")))
+        return stmt
+
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
-        stmt = self._cached("get_user", lambda: sa.select(self.users).where(
-            self.users.c.identifier == sa.bindparam("identifier")))
+        stmt = self._user_by_identifier()
 
         async def op() -> dict[str, Any] | None:
             async with self.raw.connect() as conn:
@@ -349,8 +356,7 @@ class SQLBackend:
             return stmt if self.is_mysql else stmt.returning(*users.c)
 
         stmt = self._cached(("upsert_user", tuple(row)), build)
-        lookup = self._cached("get_user", lambda: sa.select(users).where(
-            users.c.identifier == sa.bindparam("identifier")))
+        lookup = self._user_by_identifier()
 
         async def op() -> dict[str, Any]:
             async with self.raw.connect(write=True) as conn:
@@ -530,8 +536,7 @@ class SQLBackend:
             return head, steps
 
         q_head, q_steps = self._cached("get_thread", build)
-        thread_columns = [c.name for c in t.columns]
-        element_columns = [(_ELEMENT + c.name, c.name) for c in e.columns]
+        thread_columns, element_columns = self._thread_columns, self._joined_element_columns
 
         async def op() -> Any:
             params = {"tid": thread_id}
@@ -794,7 +799,7 @@ class SQLBackend:
 
     async def upsert_element(self, row: dict[str, Any], now: str) -> None:
         e = self.elements
-        columns = [c.name for c in e.columns]
+        columns = self._element_columns
         params = {name: row.get(name) for name in columns}
         stmt = self._cached("upsert_element", lambda: self._upsert(
             e, columns, ["id"],
