@@ -524,12 +524,12 @@ class SQLBackend:
         def build() -> tuple[Any, Any]:
             tid = sa.bindparam("tid", type_=t.c.id.type)
             # two round trips, not three: the thread comes with its elements (a thread has
-            # few), the steps with their feedback
+            # few), the steps with their feedback. The elements are sorted here, not in SQL:
+            # MariaDB sorts a join through a temporary table
             head = (
                 sa.select(t, *(c.label(_ELEMENT + c.name) for c in e.columns))
                 .select_from(t.outerjoin(e, e.c.threadId == t.c.id))
                 .where(t.c.id == tid)
-                .order_by(e.c.id)
             )
             steps = (self._steps_with_feedback().where(s.c.threadId == tid)
                      .order_by(s.c.createdAt, s.c.id))
@@ -546,8 +546,9 @@ class SQLBackend:
                     return None
                 steps = await conn.fetch(q_steps, params)
             thread = {name: head[0][name] for name in thread_columns}
-            elements = [{name: row[label] for label, name in element_columns}
-                        for row in head if row[_ELEMENT + "id"] is not None]
+            elements = sorted(({name: row[label] for label, name in element_columns}
+                               for row in head if row[_ELEMENT + "id"] is not None),
+                              key=lambda element: element["id"])
             return thread, [self._with_feedback(r) for r in steps], elements
 
         return await self._run(op)
