@@ -589,9 +589,17 @@ class SQLBackend:
             if user_id is not None:
                 stmt = stmt.where(t.c.userId == sa.bindparam("uid", type_=t.c.userId.type))
             if after is not None:
-                stmt = stmt.where(sa.tuple_(sort_col, t.c.id) < sa.tuple_(
-                    sa.bindparam("after_ts", type_=sort_col.type),
-                    sa.bindparam("after_id", type_=t.c.id.type)))
+                after_ts = sa.bindparam("after_ts", type_=sort_col.type)
+                after_id = sa.bindparam("after_id", type_=t.c.id.type)
+                if self.is_mysql:
+                    # MariaDB does not seek an index with a row comparison (it reads the user's
+                    # whole index prefix: 0.77 ms against 0.24 ms for page 10 of 1,000); spelled
+                    # out, the same condition is an index range
+                    stmt = stmt.where(sa.or_(sort_col < after_ts, sa.and_(
+                        sort_col == after_ts, t.c.id < after_id)))
+                else:
+                    stmt = stmt.where(
+                        sa.tuple_(sort_col, t.c.id) < sa.tuple_(after_ts, after_id))
             if search is not None:
                 pattern = sa.bindparam("pattern", type_=sa.Text)
                 in_name = sa.func.lower(t.c.name).like(pattern, escape="\\")

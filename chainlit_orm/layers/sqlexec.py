@@ -68,7 +68,9 @@ class Prepared:
         for row in raw:
             values = list(row)
             for i, proc in procs:
-                values[i] = proc(values[i])
+                value = values[i]
+                if value is not None:  # every processor here maps NULL to None
+                    values[i] = proc(value)
             out.append(dict(zip(columns, values, strict=True)))
         return out
 
