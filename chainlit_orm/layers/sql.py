@@ -163,7 +163,10 @@ class SQLBackend:
             self._translate = {models.schema: None}
             self.engine = self.engine.execution_options(schema_translate_map=self._translate)
             self.auto = self.auto.execution_options(schema_translate_map=self._translate)
-        self.raw = RawPool(self.auto, self.dialect, self._disconnected)
+        self.raw = RawPool(self.auto, self.dialect, self._disconnected,
+                           keep_idle=self.owns_engine,
+                           # SQLite's writer holds one of the pool's connections for good
+                           capacity=self._pool_capacity() - (self.dialect == "sqlite"))
         # the driver's errors, and the DB-API errors of SQLAlchemy's adapter (a connection the
         # pool fails to open raises those, unwrapped)
         adapter_errors = self.engine.dialect.loaded_dbapi.Error
@@ -191,6 +194,15 @@ class SQLBackend:
         self._combine_after = 1 if self.dialect == "sqlite" else (
             pool_size() if callable(pool_size) else 16)
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
+
+    def _pool_capacity(self) -> int:
+        """How many connections the AUTOCOMMIT pool hands out at most (a static pool: any)."""
+        pool = self.auto.sync_engine.pool
+        size = getattr(pool, "size", None)
+        if not callable(size):
+            return 1_000_000
+        overflow = getattr(pool, "_max_overflow", 0)
+        return 1_000_000 if overflow < 0 else int(size()) + int(overflow)
 
     @property
     def on_statement(self) -> list[StatementListener]:

@@ -77,3 +77,19 @@ async def test_repeated_writes_of_one_step_keep_the_last(sql_layer: SQLDataLayer
     else:
         # concurrent connections give no order among the first writes; the row is one of them
         assert final in {f"v{i}" for i in range(n)}
+
+
+async def test_a_small_pool_serves_concurrent_reads_and_writes(sql_url: str) -> None:
+    """Connections kept between calls and SQLite's held writer stay within the pool: with two
+    connections and a 3-second pool timeout, 40 concurrent reads and writes all complete."""
+    layer = SQLDataLayer(sql_url, create_schema=True, pool_size=2, pool_timeout=3)
+    try:
+        init_http_context()
+        tid = new_id()
+        await layer.update_thread(tid, name="small pool")
+        steps = [_step(tid, f"out {i}") for i in range(20)]
+        await asyncio.gather(*(layer.create_step(s) for s in steps),
+                             *(layer.get_thread(tid) for _ in range(20)))
+        assert await _outputs(layer, tid) == {s["id"]: s["output"] for s in steps}
+    finally:
+        await layer.close()
