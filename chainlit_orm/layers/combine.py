@@ -67,21 +67,25 @@ class WriteCombiner(Generic[C]):
     def _drain(self) -> None:
         """Start a combined statement for the queued calls while there is room in flight."""
         while self._pending and self._inflight < self._concurrency:
-            batch: list[tuple[C, asyncio.Future[None]]] = []
-            later: list[tuple[C, asyncio.Future[None]]] = []
+            # drop callers cancelled before their write started
+            self._pending = [item for item in self._pending if not item[1].done()]
+            chosen: list[int] = []
             keys: set[Hashable] = set()
-            for item in self._pending:
-                if item[1].done():  # its caller was cancelled before the write started
-                    continue
-                key = self._key(item[0])
-                if key in keys or len(batch) >= self._max_rows:
-                    later.append(item)
-                else:
+            for i, (call, _) in enumerate(self._pending):
+                key = self._key(call)
+                if key not in keys:
                     keys.add(key)
-                    batch.append(item)
-            self._pending = later
-            if not batch:
+                    chosen.append(i)
+                    if len(chosen) == self._max_rows:
+                        break
+            if not chosen:
                 return
+            # a power of two rows: each size is a statement to build, compile and prepare on
+            # every connection, so only log2(max_rows) sizes ever exist
+            chosen = chosen[:1 << (len(chosen).bit_length() - 1)]
+            taken = set(chosen)
+            batch = [self._pending[i] for i in chosen]
+            self._pending = [item for i, item in enumerate(self._pending) if i not in taken]
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._flush(batch))
             self._tasks.add(task)

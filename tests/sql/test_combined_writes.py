@@ -31,16 +31,21 @@ async def test_writes_beyond_the_limit_share_one_statement(sql_layer: SQLDataLay
     await layer.update_thread(tid, name="combined")
     # SQLite has one writer: every write that waits for it is combined. Elsewhere writes beyond
     # the pool's 16 connections are.
-    n = 10 if layer.sql.dialect == "sqlite" else 40
     singles = 1 if layer.sql.dialect == "sqlite" else 16
-    steps = [_step(tid, f"out {i}") for i in range(n)]
+    steps = [_step(tid, f"out {i}") for i in range(singles + 10)]
     await asyncio.gather(*(layer.create_step(s) for s in steps))  # warm the pool
     trips = count_round_trips(layer.sql)
-    updated = [dict(s, output=f"final {i}") for i, s in enumerate(steps)]
-    await asyncio.gather(*(layer.update_step(s) for s in updated))
-    # the first writes run alone; everything queued behind them goes out as one statement
+    # the first writes run alone; the 8 queued behind them go out as one statement
+    first = [dict(s, output=f"first {i}") for i, s in enumerate(steps[:singles + 8])]
+    await asyncio.gather(*(layer.update_step(s) for s in first))
     assert trips.events == ["INSERT"] * (singles + 1)
-    assert await _outputs(layer, tid) == {s["id"]: s["output"] for s in updated}
+    # statements carry a power of two rows (each size is a statement to compile and prepare):
+    # a queue of 10 goes out as 8 + 2
+    trips.reset()
+    final = [dict(s, output=f"final {i}") for i, s in enumerate(steps)]
+    await asyncio.gather(*(layer.update_step(s) for s in final))
+    assert trips.events == ["INSERT"] * (singles + 2)
+    assert await _outputs(layer, tid) == {s["id"]: s["output"] for s in final}
 
 
 async def test_a_row_whose_thread_is_missing_does_not_fail_the_others(
