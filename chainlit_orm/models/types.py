@@ -89,6 +89,15 @@ class IdType(TypeDecorator[str]):
             return None
         return str(value)
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """None where the driver already returns ``str`` (every dialect but PostgreSQL's UUID):
+        this runs for every id of every row read, and a no-op still costs a call."""
+        base = dialect.type_descriptor(self.load_dialect_impl(dialect)).result_processor(
+            dialect, coltype)
+        if base is None and dialect.name != "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -195,6 +204,23 @@ class Timestamp(TypeDecorator[str]):
             return canonical_timestamp(value)
         except InvalidInputError:
             return str(value)  # a legacy value we cannot read is returned as stored, not lost
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """Every timestamp of every row read passes here: text in our own fixed-width shape is
+        returned as it is after a shape check, without the regular expression; anything else
+        takes :meth:`process_result_value`."""
+        base = dialect.type_descriptor(self.load_dialect_impl(dialect)).result_processor(
+            dialect, coltype)
+        if base is not None:  # pragma: no cover - no supported driver converts text
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> str | None:
+            if (type(value) is str and len(value) == 27 and value[26] == "Z"
+                    and value[10] == "T" and value[19] == "."):
+                return value
+            return self.process_result_value(value, dialect)
+
+        return process
 
 
 class StringList(TypeDecorator[list[str]]):
