@@ -129,8 +129,9 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    exe = str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+    # moto's server with per-item transaction rollback (see bench/moto_server.py)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.moto_server", "-H", "127.0.0.1",
+                             "-p", str(port)], cwd=HERE.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     import atexit
     import signal

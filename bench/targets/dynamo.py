@@ -71,10 +71,15 @@ def create_table(c: Any, name: str, gsi_attrs: list[str]) -> None:
 
 
 def batch_put(c: Any, table: str, items: list[dict[str, Any]], threads: int = 8) -> None:
+    batch_put_raw(c, table, [ser(it) for it in items], threads)
+
+
+def batch_put_raw(c: Any, table: str, items: list[dict[str, Any]], threads: int = 8) -> None:
+    """``batch_put`` of items already in DynamoDB's attribute-value form."""
     chunks = [items[i:i + 25] for i in range(0, len(items), 25)]
 
     def put(chunk: list[dict[str, Any]]) -> None:
-        req = {table: [{"PutRequest": {"Item": ser(it)}} for it in chunk]}
+        req = {table: [{"PutRequest": {"Item": it}} for it in chunk]}
         while req:
             req = c.batch_write_item(RequestItems=req).get("UnprocessedItems") or None
 

@@ -141,10 +141,13 @@ class OrmSQL(LayerTarget):
 
 
 class OrmDynamo(LayerTarget):
+    """``DynamoDataLayer`` on a table made by ``chainlit_orm.migrate``; bulk-loaded in the layer's
+    own item layout (:func:`orm_items`), with batch writes as for the other DynamoDB targets."""
+
     kind = "orm"
     backend = "dynamodb"
     name = "chainlit-orm/dynamodb"
-    description = "chainlit_orm.DynamoDataLayer"
+    description = "chainlit_orm.DynamoDataLayer (botocore in a 32-thread pool)"
     TABLE = "bench_orm"
     max_w2_n = dynamo.MAX_W2_N
 
@@ -153,36 +156,87 @@ class OrmDynamo(LayerTarget):
             _import().DynamoDataLayer  # noqa: B018
         except Exception as e:
             raise Unavailable(f"chainlit_orm.DynamoDataLayer: {type(e).__name__}: {e}") from e
-        raise Unavailable(
-            "the bench cannot bulk-load chainlit-orm's DynamoDB item layout yet (FEEDBACK# items, "
-            "UserActivity GSI, text refs differ from Chainlit's layout); loading through the "
-            "layer's write path is too slow on moto (TransactWriteItems deep-copies the table)")
 
     async def setup(self, ds: Dataset) -> None:
         m = _import()
         self.c = dynamo.client()
+        try:
+            self.c.delete_table(TableName=self.TABLE)
+            self.c.get_waiter("table_not_exists").wait(TableName=self.TABLE)
+        except self.c.exceptions.ResourceNotFoundException:
+            pass
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,  # type: ignore[call-arg]
-                                       endpoint_url=dynamo.ENDPOINT)
-        made = False
-        for meth in ("create_table", "ensure_table", "migrate"):
-            fn = getattr(self.layer, meth, None)
-            if fn is not None:
-                try:
-                    self.c.delete_table(TableName=self.TABLE)
-                    self.c.get_waiter("table_not_exists").wait(TableName=self.TABLE)
-                except self.c.exceptions.ResourceNotFoundException:
-                    pass
-                r = fn()
-                if asyncio.iscoroutine(r):
-                    await r
-                made = True
-                break
-        if not made:
-            dynamo.create_table(self.c, self.TABLE, ["id", "name"])
-        await asyncio.to_thread(dynamo.batch_put, self.c, self.TABLE,
-                                dynamo.layout(ds, self.user_key))
+        url = f"dynamodb://{self.TABLE}?region={dynamo.REGION}&endpoint_url={dynamo.ENDPOINT}"
+        await m.migrate(url)
+        # the floor's pool is 32 threads; the layer's pool (= its thread count) is the same
+        self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,
+                                       endpoint_url=dynamo.ENDPOINT, max_pool_connections=32)
+        items = orm_items(self.layer, ds)
+        await asyncio.to_thread(dynamo.batch_put_raw, self.c, self.TABLE, items)
 
     async def leftover_rows(self, thread: ThreadRec) -> int | None:
         return dynamo.leftover(self.c, self.TABLE, thread.id)
+
+
+def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
+    """The dataset as ``DynamoDataLayer`` writes it: rows made by the layer's own conversion
+    (``_step_row``, ``to_row``), encoded by its codecs, keyed and indexed by its key templates,
+    feedback as ``FEEDBACK#`` items with the per-value counters and sparse-index markers on the
+    thread item. The same subset as :func:`dynamo.layout` (W2's listed-only threads carry no
+    steps; users above ``MAX_W2_N`` threads are left out)."""
+    from chainlit_orm.layers import dynamodb as ddb
+    from chainlit_orm.models.convert import to_row
+    from chainlit_orm.schema_gen.dynamo import render_key
+
+    b = layer.dynamo
+    models = b.models
+
+    def item(entity: str, keys: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        codec = b.codecs[entity]
+        it = dict(b._key_of(entity, **keys))
+        for name, value in row.items():
+            if value is not None:
+                it[name] = codec.encode(name, value)
+        for attribute, value in b._index_attributes(entity, row).items():
+            it[attribute] = {"S": value}
+        return it
+
+    listed_only = {id(t) for t in ds.threads if t.user in ds.w2_users.values()}
+    too_big = {u.id for n, u in ds.w2_users.items() if n > dynamo.MAX_W2_N}
+    items: list[dict[str, Any]] = []
+    for u in ds.users:
+        items.append(item("user", {"identifier": u.identifier},
+                          {"id": u.id, "identifier": u.identifier, "metadata": u.metadata,
+                           "createdAt": u.created_at}))
+    for t in ds.threads:
+        if t.user.id in too_big:
+            continue
+        row = to_row(models, "thread", {
+            "id": t.id, "createdAt": t.created_at, "activityAt": t.activity, "name": t.name,
+            "userId": t.user.id, "userIdentifier": t.user.identifier, "metadata": t.metadata})
+        thread_item = item("thread", {"id": t.id}, row)
+        items.append(thread_item)
+        if id(t) in listed_only:
+            continue
+        for s in t.steps:
+            srow, _ = layer._step_row(s, create=True)
+            items.append(item("step", {"threadId": t.id, "id": srow["id"]}, srow))
+        for e in t.elements:
+            erow = to_row(models, "element", e)
+            items.append(item("element", {"threadId": t.id, "id": erow["id"]}, erow))
+        counts: dict[int, int] = {}
+        for f in t.feedbacks:
+            frow = {"id": f["id"], "forId": f["forId"], "threadId": t.id,
+                    "value": int(f["value"]), "comment": f.get("comment")}
+            items.append(item("feedback", {"threadId": t.id, "forId": f["forId"]}, frow))
+            counts[frow["value"]] = counts.get(frow["value"], 0) + 1
+        for value, n in counts.items():
+            thread_item[ddb.FEEDBACK_COUNTERS[value]] = {"N": str(n)}
+            spec = b.indexes.get(ddb.FEEDBACK_INDEXES[value])
+            if spec is not None:
+                declared = next(d for d in models.dynamo["thread"].indexes
+                                if d.index == spec.name)
+                thread_item[spec.pk_attribute] = {
+                    "S": render_key(declared.pk, {"userId": t.user.id})}
+    return items

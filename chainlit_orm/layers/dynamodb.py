@@ -549,10 +549,24 @@ class DynamoBackend:
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
 
-    async def _batch_write(self, requests: list[dict[str, Any]]) -> None:
-        """BatchWriteItem in chunks of 25, retrying unprocessed items with backoff."""
-        for start in range(0, len(requests), BATCH_WRITE):
-            pending = requests[start:start + BATCH_WRITE]
+    async def _batch_write(self, requests: list[dict[str, Any]], *,
+                           last_after_rest: bool = False) -> None:
+        """BatchWriteItem in chunks of 25, retrying unprocessed items with backoff.
+
+        ``last_after_rest``: every chunk but the last is sent at once, and the last only once
+        they all succeeded (``delete_thread`` puts its thread item there): two round trips of
+        latency instead of one per chunk, with the same number of calls.
+        """
+        chunks = [requests[i:i + BATCH_WRITE] for i in range(0, len(requests), BATCH_WRITE)]
+        if last_after_rest and len(chunks) > 2:
+            results = await asyncio.gather(*(self._batch_write(chunk) for chunk in chunks[:-1]),
+                                           return_exceptions=True)
+            for result in results:  # all settled; the first failure is raised, none is dropped
+                if isinstance(result, BaseException):
+                    raise result
+            await self._batch_write(chunks[-1])
+            return
+        for pending in chunks:
             delay = 0.05
             for attempt in range(10):
                 result = await self._call("batch_write_item",
@@ -979,7 +993,7 @@ class DynamoBackend:
         await self._batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in items
-        ])
+        ], last_after_rest=True)
         return keys
 
     # ------------------------------------------------------------------- steps
@@ -1035,8 +1049,16 @@ class DynamoBackend:
                         u.remove(field)
             return u
 
+        # A new step is one PutItem, conditioned on the item not existing; moto and DynamoDB
+        # evaluate it without parsing ~20 if_not_exists() clauses. Only when an update already
+        # wrote the step (Chainlit may send update_step first) does the create fall back to the
+        # update that keeps what is there: a second call, in the rare order only.
+        put = None
+        if create and not refs:
+            put = {**key, **encoded, **{a: _s(v) for a, v in index.items()}}
+
         if activity is None:
-            await self._write_step(key, thread_id, step_id, build, refs, None, now)
+            await self._write_step(key, thread_id, step_id, build, refs, None, now, put)
         else:
             # User messages of one thread are written one at a time by this process, and a bump
             # already overtaken by a later activity is skipped: a transaction whose condition
@@ -1044,7 +1066,8 @@ class DynamoBackend:
             async with self._thread_lock(thread_id):
                 known = self._activity.get(thread_id)
                 bump = None if known is not None and activity < known else activity
-                bumped = await self._write_step(key, thread_id, step_id, build, refs, bump, now)
+                bumped = await self._write_step(key, thread_id, step_id, build, refs, bump, now,
+                                                put)
                 if bumped:
                     self._activity[thread_id] = activity
                     self._activity.move_to_end(thread_id)
@@ -1054,32 +1077,47 @@ class DynamoBackend:
     async def _write_step(
         self, key: dict[str, Any], thread_id: str, step_id: str,
         build: Callable[[bool], _Update], refs: dict[str, str], activity: str | None, now: str,
+        put: dict[str, Any] | None = None,
     ) -> bool:
         """One step write (with the thread's activity bump in the same transaction when
-        ``activity`` is given); returns whether the bump was applied."""
+        ``activity`` is given); returns whether the bump was applied. ``put``: the whole new
+        item, written only if no item has the key (else the update from ``build`` runs)."""
         storage = self.storage()
         with_refs = bool(refs)
         bump = activity is not None
+        absent = {"ConditionExpression": "attribute_not_exists(#p)",
+                  "ExpressionAttributeNames": {"#p": PARTITION_KEY}}
         for _attempt in range(4):
-            step_update = build(with_refs)
+            if put is not None:
+                step_write: dict[str, Any] = {"Put": {"TableName": self.table, "Item": put,
+                                                      **absent}}
+            else:
+                step_write = {"Update": {"TableName": self.table, "Key": key,
+                                         **build(with_refs).params()}}
             try:
                 if bump:
                     await self._transact([
                         {"Update": {"TableName": self.table,
                                     "Key": self._key_of("thread", id=thread_id),
                                     **self._bump(thread_id, str(activity), now).params()}},
-                        {"Update": {"TableName": self.table, "Key": key,
-                                    **step_update.params()}},
+                        step_write,
                     ])
+                elif put is not None:
+                    await self._call("put_item", Item=put, **absent)
                 else:
-                    await self._call("update_item", Key=key, **step_update.params())
+                    await self._call("update_item", **{k: v for k, v in
+                                                       step_write["Update"].items()
+                                                       if k != "TableName"})
                 break
             except _ConditionFailed as failed:
                 reasons = failed.reasons if bump else ["None", "ConditionalCheckFailed"]
                 if reasons[0] == "ConditionalCheckFailed":
                     bump = False  # the thread already has a later activity
                 if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                    with_refs = False  # an update already wrote these texts: keep them
+                    if put is not None:
+                        put = None  # the step exists: keep what an earlier update wrote
+                    else:
+                        with_refs = False  # an update already wrote these texts: keep them
         else:
             raise ConflictError(f"step {step_id} kept conflicting", detail=step_id)
         if refs and not with_refs and storage is not None:

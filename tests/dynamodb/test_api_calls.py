@@ -41,7 +41,7 @@ async def test_hot_paths_cost_one_call(layer: DynamoDataLayer, recorder: Recorde
     reply = message(tid, "an answer", type_="assistant_message")
     recorder.clear()
     await layer.create_step(reply)
-    assert recorder.operations == ["UpdateItem"]
+    assert recorder.operations == ["PutItem"]  # a new step: one conditional PutItem
 
     recorder.clear()
     await layer.update_step({**reply, "output": "a better answer"})
@@ -61,12 +61,34 @@ async def test_hot_paths_cost_one_call(layer: DynamoDataLayer, recorder: Recorde
     step_dict = {**step.to_dict(), "threadId": tid}
     recorder.clear()
     await layer.create_step(step_dict)
-    assert recorder.operations == ["UpdateItem"]
+    assert recorder.operations == ["PutItem"]
+
+    # Chainlit may send update_step before create_step: the create's PutItem finds the item and
+    # falls back to the update that keeps what the update wrote
+    late = message(tid, "streamed first", type_="assistant_message")
+    recorder.clear()
+    await layer.update_step({**late, "output": "the final answer"})
+    await layer.create_step({**late, "output": ""})
+    assert recorder.operations == ["UpdateItem", "PutItem", "UpdateItem"]
 
     recorder.clear()
     thread = await layer.get_thread(tid)
-    assert thread is not None and len(thread["steps"]) == 3
+    assert thread is not None and len(thread["steps"]) == 4
+    assert {s["id"]: s["output"] for s in thread["steps"]}[late["id"]] == "the final answer"
     assert recorder.operations == ["Query"]
+
+    # the same order for a user message: the cancelled transaction (its Put found the step) is
+    # sent again as the bump plus the keeping update, and the thread's activity still moves
+    asked = message(tid, "asked while offline")
+    recorder.clear()
+    await layer.update_step({**asked, "output": "asked, edited"})
+    await layer.create_step({**asked, "output": "asked"})
+    assert recorder.operations == ["UpdateItem", "TransactWriteItems", "TransactWriteItems"]
+    thread = await layer.get_thread(tid)
+    assert thread is not None
+    assert {s["id"]: s["output"] for s in thread["steps"]}[asked["id"]] == "asked, edited"
+    stored = await layer.dynamo._call("get_item", Key=layer.dynamo._key_of("thread", id=tid))
+    assert stored["Item"]["activityAt"] == {"S": asked["createdAt"]}
 
     recorder.clear()
     await layer.update_thread(tid, name="renamed")
