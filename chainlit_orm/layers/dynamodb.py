@@ -559,11 +559,11 @@ class DynamoBackend:
         """
         chunks = [requests[i:i + BATCH_WRITE] for i in range(0, len(requests), BATCH_WRITE)]
         if last_after_rest and len(chunks) > 2:
-            results = await asyncio.gather(*(self._batch_write(chunk) for chunk in chunks[:-1]),
-                                           return_exceptions=True)
-            for result in results:  # all settled; the first failure is raised, none is dropped
-                if isinstance(result, BaseException):
-                    raise result
+            outcomes = await asyncio.gather(
+                *(self._batch_write(chunk) for chunk in chunks[:-1]), return_exceptions=True)
+            for outcome in outcomes:  # all settled; the first failure is raised, none dropped
+                if isinstance(outcome, BaseException):
+                    raise outcome
             await self._batch_write(chunks[-1])
             return
         for pending in chunks:
