@@ -133,10 +133,15 @@ async def _verify_thread(t: Target, tid: str, pairs: list) -> str | None:
 
 
 async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
-    for conc, nthreads in ((1, scale.w1_threads_c1), (32, 32)):
+    # The users log in first: Chainlit calls get_user on every request before any write.
+    for t in targets:
+        for u in ds.w1_users:
+            await t.get_user(u.identifier)
+    for conc, threads in ((1, scale.w1_threads_c1), (32, 32)):
         m = res.metric(f"W1 write c={conc}", "steps/s", True)
         for r in range(scale.rounds + 1):
             for t in _rotate(targets, r):
+                nthreads = (t.w1_threads_c1 or threads) if conc == 1 else threads
                 base = 5_000_000 + r * 1000 + random.random()
                 scripts = [(ds.w1_users[k % len(ds.w1_users)], *_w1_script(
                     t.user_key(ds.w1_users[k % len(ds.w1_users)]), scale.w1_steps, base + k))
@@ -320,8 +325,9 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                                 written: dict = written, r: int = r) -> None:
                 uid = t.user_key(u)
                 threads = ds.w5_threads[u.id]
-                for i in range(scale.w5_iters):
-                    th = threads[(r * scale.w5_iters + i) % len(threads)]
+                iters = t.w5_iters or scale.w5_iters
+                for i in range(iters):
+                    th = threads[(r * iters + i) % len(threads)]
                     kind = ("user_message", "assistant_message")[i % 2]
                     step = dataset.make_step(kind, th.id, 6_000_000 + r * 100 + i * 0.01
                                              + random.random() * 0.001, f"W5 {u.identifier} {i}")

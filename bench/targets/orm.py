@@ -150,6 +150,8 @@ class OrmDynamo(LayerTarget):
     description = "chainlit_orm.DynamoDataLayer (botocore in a 32-thread pool)"
     TABLE = "bench_orm"
     max_w2_n = dynamo.MAX_W2_N
+    w1_threads_c1 = dynamo.W1_THREADS_C1
+    w5_iters = dynamo.W5_ITERS
 
     def check(self) -> None:
         try:
@@ -212,9 +214,10 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
     for t in ds.threads:
         if t.user.id in too_big:
             continue
-        row = to_row(models, "thread", {
-            "id": t.id, "createdAt": t.created_at, "activityAt": t.activity, "name": t.name,
-            "userId": t.user.id, "userIdentifier": t.user.identifier, "metadata": t.metadata})
+        # activityAt is the layer's own column (not a Chainlit key): the row is built directly
+        row = {"id": t.id, "createdAt": t.created_at, "activityAt": t.activity, "name": t.name,
+               "userId": t.user.id, "userIdentifier": t.user.identifier,
+               "metadata": t.metadata}
         thread_item = item("thread", {"id": t.id}, row)
         items.append(thread_item)
         if id(t) in listed_only:
