@@ -137,14 +137,15 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
     for t in targets:
         for u in ds.w1_users:
             await t.get_user(u.identifier)
-    for conc, threads in ((1, scale.w1_threads_c1), (32, 32)):
+    for conc, threads in ((1, scale.w1_threads_c1), (32, 32)):  # c=1's count: per target
         m = res.metric(f"W1 write c={conc}", "steps/s", True)
         for r in range(scale.rounds + 1):
             for t in _rotate(targets, r):
-                nthreads = (t.w1_threads_c1 or threads) if conc == 1 else threads
+                nthreads = t.scaled(scale, "w1_threads_c1") if conc == 1 else threads
+                steps = t.scaled(scale, "w1_steps")
                 base = 5_000_000 + r * 1000 + random.random()
                 scripts = [(ds.w1_users[k % len(ds.w1_users)], *_w1_script(
-                    t.user_key(ds.w1_users[k % len(ds.w1_users)]), scale.w1_steps, base + k))
+                    t.user_key(ds.w1_users[k % len(ds.w1_users)]), steps, base + k))
                     for k in range(nthreads)]
                 counted = Counted(res, t) if (r == 0 and conc == 1) else None
                 call = counted or _plain
@@ -168,7 +169,7 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                     m.void(t.name, _err(res, t, m.key, e))
                     continue
                 if r > 0:
-                    m.rounds[t.name].append(nthreads * scale.w1_steps / dt)
+                    m.rounds[t.name].append(nthreads * steps / dt)
                 _progress(m.key, r, t, dt)
 
 
@@ -230,7 +231,8 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                             ms = 0.0
                         else:
                             ms, page = await _timed(lambda t=t, pag=pag, flt=flt:
-                                                    t.list_threads(pag, flt), scale.w2_reps)
+                                                    t.list_threads(pag, flt),
+                                                    t.scaled(scale, "w2_reps"))
                         got = [d["id"] for d in page.data]
                         if set(got) != set(exp):
                             m.void(t.name, "wrong result")
@@ -271,7 +273,8 @@ async def w3(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         got = await c(f"get_thread steps={n}", t.get_thread, th.id)
                         c.commit()
                     else:
-                        ms, got = await _timed(lambda t=t, th=th: t.get_thread(th.id), scale.w3_reps)
+                        ms, got = await _timed(lambda t=t, th=th: t.get_thread(th.id),
+                                               t.scaled(scale, "w3_reps"))
                     bad = _check_thread(got, th)
                     if bad:
                         m.void(t.name, bad)
@@ -325,7 +328,7 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                                 written: dict = written, r: int = r) -> None:
                 uid = t.user_key(u)
                 threads = ds.w5_threads[u.id]
-                iters = t.w5_iters or scale.w5_iters
+                iters = t.scaled(scale, "w5_iters")
                 for i in range(iters):
                     th = threads[(r * iters + i) % len(threads)]
                     kind = ("user_message", "assistant_message")[i % 2]

@@ -26,10 +26,9 @@ _de = TypeDeserializer()
 # moto answers a GSI Query by scanning and sorting the whole table in Python, so list_threads
 # timings on moto grow with the table, whatever the layer does: W2 on DynamoDB stops at this N.
 MAX_W2_N = 1000
-# moto serves ~50 writes/s: the DynamoDB targets run W1 at concurrency 1 on this many threads and
-# W5 with this many iterations per user (both figures are rates).
-W1_THREADS_C1 = 8
-W5_ITERS = 1
+# moto serves ~50 writes/s and answers a GSI Query by a scan: the DynamoDB targets run lighter
+# (see Target.scale_overrides and bench/README.md).
+MOTO_SCALE = {"w1_threads_c1": 8, "w1_steps": 4, "w2_reps": 3, "w3_reps": 3, "w5_iters": 1}
 
 
 def set_endpoint(url: str) -> None:
@@ -139,8 +138,7 @@ class ChainlitDynamo(LayerTarget):
                    "GSI UserThread INCLUDE [id, name], user_thread_limit=35")
     TABLE = "bench_cl_dynamo"
     max_w2_n = MAX_W2_N
-    w1_threads_c1 = W1_THREADS_C1
-    w5_iters = W5_ITERS
+    scale_overrides = MOTO_SCALE
 
     def user_key(self, user: Any) -> str:
         return str(user.identifier)  # this layer's PersistedUser.id is the identifier
@@ -177,8 +175,7 @@ class FloorDynamo(Target):
                    "attributes")
     TABLE = "bench_floor"
     max_w2_n = MAX_W2_N
-    w1_threads_c1 = W1_THREADS_C1
-    w5_iters = W5_ITERS
+    scale_overrides = MOTO_SCALE
     LIST_ATTRS = ["id", "name", "createdAt", "userId", "userIdentifier", "tags", "metadata"]
 
     async def setup(self, ds: Dataset) -> None:

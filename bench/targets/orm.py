@@ -150,8 +150,7 @@ class OrmDynamo(LayerTarget):
     description = "chainlit_orm.DynamoDataLayer (botocore in a 32-thread pool)"
     TABLE = "bench_orm"
     max_w2_n = dynamo.MAX_W2_N
-    w1_threads_c1 = dynamo.W1_THREADS_C1
-    w5_iters = dynamo.W5_ITERS
+    scale_overrides = dynamo.MOTO_SCALE
 
     def check(self) -> None:
         try:
