@@ -581,6 +581,14 @@ class SQLBackend:
 
         return await self._run(op)
 
+    def _list_index(self, sort_col: sa.Column[Any]) -> str:
+        """The threads index on (userId, sort column, id) that serves a user's list."""
+        want = ["userId", sort_col.name, "id"]
+        for index in self.threads.indexes:
+            if [c.name for c in index.columns] == want and index.name:
+                return str(index.name)
+        raise SchemaError(f"the threads table has no index on ({', '.join(want)})")
+
     async def list_threads(
         self,
         *,
@@ -628,6 +636,11 @@ class SQLBackend:
             if feedback is not None:
                 stmt = stmt.where(sa.exists().where(
                     f.c.threadId == t.c.id, f.c.value == sa.bindparam("fb", type_=sa.Integer)))
+            if self.is_mysql and user_id is not None:
+                # With every column selected, MariaDB reads the user's rows through the index's
+                # userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000 threads,
+                # 0.63 ms at 10,000); the keyset range on the list index is what it should read.
+                stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
             return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
 
         stmt = self._cached(key, build)
