@@ -46,7 +46,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
-from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener
+from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, SyncExecute
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
@@ -795,13 +795,24 @@ class SQLBackend:
             if await self._run(op_pg):
                 return
 
+        stub = self._stub_thread()
+        stub_params = {"id": thread_id, "createdAt": now, "activityAt": activity}
+
         async def op_tx() -> None:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
-            async with self.raw.connect(write=True) as conn, conn.transaction():
-                if await conn.execute(bump, bump_params) == 0:
-                    await conn.execute(self._stub_thread(),
-                                       {"id": thread_id, "createdAt": now, "activityAt": activity})
-                await conn.execute(stmt, params)
+            async with self.raw.connect(write=True) as conn:
+                if conn.runs_in_thread:  # SQLite: the whole transaction in one thread hop
+                    def body(execute: SyncExecute) -> None:
+                        if execute(bump, bump_params) == 0:
+                            execute(stub, stub_params)
+                        execute(stmt, params)
+
+                    await conn.transaction_in_thread(body)
+                    return
+                async with conn.transaction():
+                    if await conn.execute(bump, bump_params) == 0:
+                        await conn.execute(stub, stub_params)
+                    await conn.execute(stmt, params)
 
         await self._run(op_tx)
 
