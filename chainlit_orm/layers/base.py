@@ -616,20 +616,34 @@ _SCALARS = (type(None), bool, int, float)
 
 
 def _has_nul(value: object) -> bool:
-    # exact-type checks first: this runs on every value of every write, and an ABC check
-    # (``Mapping``) on each None/int/bool costs more than the rest of the walk
-    if type(value) is str:
-        return "\x00" in value
-    if type(value) is dict:
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if type(value) in _SCALARS:
+    # exact-type checks first and plain loops (no generator per container): this runs on every
+    # value of every write, and an ABC check (``Mapping``) on each None/int/bool costs more than
+    # the rest of the walk
+    kind = type(value)
+    if kind is str:
+        return "\x00" in value  # type: ignore[operator]
+    if kind in _SCALARS:
+        return False
+    if kind is dict or (kind is not str and isinstance(value, Mapping)):
+        for key, item in value.items():  # type: ignore[union-attr]
+            if type(key) is str:
+                if "\x00" in key:
+                    return True
+            elif _has_nul(key):
+                return True
+            item_kind = type(item)
+            if item_kind is str:
+                if "\x00" in item:
+                    return True
+            elif item_kind not in _SCALARS and _has_nul(item):
+                return True
         return False
     if isinstance(value, str):
         return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
+        for item in value:
+            if _has_nul(item):
+                return True
     return False
 
 
