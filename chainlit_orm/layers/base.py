@@ -625,7 +625,7 @@ def _has_nul(value: object) -> bool:
     if kind in _SCALARS:
         return False
     if kind is dict or (kind is not str and isinstance(value, Mapping)):
-        for key, item in value.items():  # type: ignore[union-attr]
+        for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is str:
                 if "\x00" in key:
                     return True
