@@ -29,14 +29,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncExecute", "prepare"]
+__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection", "prepare"]
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
 StatementListener = Callable[[str], None]
 T = TypeVar("T")
-#: ``execute(statement, params) -> rowcount`` inside :meth:`RawConnection.transaction_in_thread`.
-SyncExecute = Callable[["Statement", Mapping[str, Any]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +149,30 @@ class Statement:
         return p
 
 
+class SyncConnection:
+    """The statements of :meth:`RawConnection.transaction_in_thread`, run synchronously on the
+    sqlite3 connection in its own thread (the words are reported to the listeners after)."""
+
+    __slots__ = ("_raw", "_words")
+
+    def __init__(self, raw: Any, words: list[str]) -> None:
+        self._raw = raw
+        self._words = words
+
+    def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        """Run a statement that returns no rows; the number of rows it changed."""
+        p = stmt.prepared
+        self._words.append(p.word)
+        count: int = self._raw.execute(p.sql, p.args(params)).rowcount
+        return count
+
+    def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a statement that returns rows."""
+        p = stmt.prepared
+        self._words.append(p.word)
+        return p.rows(self._raw.execute(p.sql, p.args(params)).fetchall())
+
+
 class RawConnection:
     """A pooled driver connection with the operations the backend needs: fetch rows, execute for
     a row count, run a transaction. Statement listeners see every statement, BEGIN and COMMIT."""
@@ -217,33 +239,26 @@ class RawConnection:
         """Whether :meth:`transaction_in_thread` is available (aiosqlite connections)."""
         return self.dialect == "sqlite" and callable(getattr(self.driver, "_execute", None))
 
-    async def transaction_in_thread(self, body: Callable[[SyncExecute], T]) -> T:
+    async def transaction_in_thread(self, body: Callable[[SyncConnection], T]) -> T:
         """SQLite: BEGIN IMMEDIATE, ``body``, COMMIT (ROLLBACK on any error), all in the
         connection's own worker thread, in one hop.
 
         Why: aiosqlite runs each call in the connection's thread; a hop there and back costs
         65-85 us (thread wake-up, the loop's self-pipe), while SQLite runs one of our upserts in
         about 26 us. A user message is a transaction of 2 statements: 4 hops one by one, 1 here.
-        ``body`` gets a synchronous ``execute(statement, params) -> rowcount``; it must not
-        block on anything but SQLite. This uses aiosqlite's ``_execute`` (how its own public
-        methods run, the one private name used here; ``runs_in_thread`` checks it is there).
+        ``body`` gets a :class:`SyncConnection` (``execute`` and ``fetch``, synchronous); it
+        must not block on anything but SQLite. This uses aiosqlite's ``_execute`` (how its own
+        public methods run; the one private name used here, ``runs_in_thread`` checks it).
         """
         words: list[str] = []
         driver = self.driver
 
         def run() -> T:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
-
-            def execute(stmt: Statement, params: Mapping[str, Any]) -> int:
-                p = stmt.prepared
-                words.append(p.word)
-                count: int = raw.execute(p.sql, p.args(params)).rowcount
-                return count
-
             words.append("BEGIN")
             raw.execute("BEGIN IMMEDIATE")
             try:
-                result = body(execute)
+                result = body(SyncConnection(raw, words))
             except BaseException:
                 with contextlib.suppress(Exception):  # the error that got us here is raised
                     raw.execute("ROLLBACK")

@@ -85,3 +85,35 @@ async def test_a_set_with_a_postgres_schema_also_runs_on_sqlite_and_mariadb(tmp_
                 assert [t["id"] for t in page.data] == [tid]
             finally:
                 await layer.close()
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 4), (2, 4), (6, 8), (64, 16), (None, 4)])
+async def test_a_sqlite_file_pool_follows_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+) -> None:
+    """SQLite's connections are threads of this process: the default pool is cores + 2 (the
+    writer and a reader per core, one more), between 4 and 16; a server's pool stays 16 and an
+    explicit pool_size wins."""
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    layer = SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'p.sqlite'}", create_schema=True)
+    chosen = SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'q.sqlite'}", create_schema=True,
+                          pool_size=7)
+    try:
+        assert layer.sql.auto.sync_engine.pool.size() == expected  # type: ignore[attr-defined]
+        assert chosen.sql.auto.sync_engine.pool.size() == 7  # type: ignore[attr-defined]
+    finally:
+        await layer.close()
+        await chosen.close()
+
+
+async def test_the_default_pool_per_backend(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 2 cores: 4 connections for a SQLite file, 16 for a server, whatever the cores."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    layer = SQLDataLayer(sql_url)
+    try:
+        expected = 4 if layer.sql.dialect == "sqlite" else 16
+        assert layer.sql.auto.sync_engine.pool.size() == expected  # type: ignore[attr-defined]
+    finally:
+        await layer.close()

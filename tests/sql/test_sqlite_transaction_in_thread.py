@@ -86,3 +86,46 @@ async def test_a_failed_step_rolls_back_the_stub_thread(layer: SQLDataLayer) -> 
         await layer.create_step({**_step(tid, "user_message"), "name": "boom"})
     assert await _activity(layer, tid) == []
     assert await layer.get_thread(tid) is None
+
+
+async def _thread_with_children(layer: SQLDataLayer) -> tuple[str, dict[str, object], str]:
+    import chainlit as cl
+
+    tid = new_id()
+    await layer.update_thread(tid, name="to delete")
+    step = _step(tid, "assistant_message")
+    await layer.create_step(step)
+    element = cl.Text(name="n.txt", url="https://example.com/n.txt", for_id=str(step["id"]))
+    element.thread_id = tid
+    await layer.create_element(element)
+    return tid, step, element.id
+
+
+async def test_delete_thread_is_one_hop_and_one_transaction(layer: SQLDataLayer) -> None:
+    init_http_context()
+    tid, _, _ = await _thread_with_children(layer)
+    words: list[str] = []
+    layer.sql.on_statement.append(words.append)
+    await layer.delete_thread(tid)
+    assert words == ["BEGIN", "DELETE", "DELETE", "COMMIT"]
+    assert await layer.get_thread(tid) is None
+    async with layer.sql.engine.connect() as conn:
+        left = [(await conn.exec_driver_sql(
+            f'SELECT count(*) FROM {table} WHERE "threadId" = ?', (tid,))).scalar()
+            for table in ("steps", "elements")]
+    assert left == [0, 0]
+
+
+async def test_a_failed_delete_leaves_the_whole_thread(layer: SQLDataLayer) -> None:
+    init_http_context()
+    tid, step, element_id = await _thread_with_children(layer)
+    async with layer.sql.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER keep BEFORE DELETE ON threads "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END")
+    with pytest.raises(ChainlitORMError):
+        await layer.delete_thread(tid)
+    thread = await layer.get_thread(tid)
+    assert thread is not None
+    assert [s["id"] for s in thread["steps"]] == [step["id"]]
+    assert [e["id"] for e in thread["elements"] or []] == [element_id]
