@@ -35,16 +35,17 @@ class Scale:
     w3_steps: tuple[int, ...]
     w3_reps: int
     w4_rounds: int
+    w4_per_round: int
     w5_users: int
     w5_threads_per_user: int
     w5_iters: int
 
 
 QUICK = Scale(rounds=3, w1_threads_c1=24, w1_steps=10, w2_ns=(100, 1000, 10000), w2_reps=5,
-              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w5_users=32,
+              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w4_per_round=3, w5_users=32,
               w5_threads_per_user=4, w5_iters=2)
 FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
-             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w5_users=32,
+             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w4_per_round=3, w5_users=32,
              w5_threads_per_user=8, w5_iters=8)
 
 
@@ -152,7 +153,7 @@ async def run(args: argparse.Namespace) -> int:
     scale = QUICK if not args.full else FULL
     if args.rounds:
         scale.rounds = args.rounds
-    scale.w4_rounds = max(scale.w4_rounds, scale.rounds + 1)  # W4 deletes one thread per round
+    scale.w4_rounds = max(scale.w4_rounds, scale.rounds + 1)  # W4 deletes threads every round
     t_start = time.perf_counter()
     counting.hook_botocore()
     from .targets import dynamo

@@ -143,7 +143,7 @@ class Dataset:
     threads: list[ThreadRec]
     w2_users: dict[int, UserRec]  # N -> user with N threads
     w3_threads: dict[int, ThreadRec]  # steps -> thread
-    w4_threads: list[ThreadRec]  # one per round, deleted by W4
+    w4_threads: list[ThreadRec]  # w4_per_round per round, deleted by W4
     w5_users: list[UserRec]
     w5_threads: dict[str, list[ThreadRec]]  # user id -> threads
     w1_users: list[UserRec]
@@ -174,7 +174,7 @@ def build(scale: Any) -> Dataset:
         w3[n] = make_thread(owner, n, n, at=clock, n_elements=3, n_feedback=max(1, n // 10))
         threads.append(w3[n])
     w4 = []
-    for r in range(scale.w4_rounds):
+    for r in range(scale.w4_rounds * scale.w4_per_round):
         clock += 1
         t = make_thread(owner, 90000 + r, 100, at=clock, n_elements=3, n_feedback=10)
         w4.append(t)
