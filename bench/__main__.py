@@ -30,6 +30,7 @@ class Scale:
     rounds: int
     w1_threads_c1: int
     w1_steps: int
+    w1_waves: int  # W1 c=32: threads per worker, one after the other
     w2_ns: tuple[int, ...]
     w2_reps: int
     w3_steps: tuple[int, ...]
@@ -41,10 +42,10 @@ class Scale:
     w5_iters: int
 
 
-QUICK = Scale(rounds=3, w1_threads_c1=24, w1_steps=10, w2_ns=(100, 1000, 10000), w2_reps=5,
+QUICK = Scale(rounds=3, w1_threads_c1=64, w1_steps=10, w1_waves=3, w2_ns=(100, 1000, 10000), w2_reps=5,
               w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w4_per_round=3, w5_users=32,
               w5_threads_per_user=4, w5_iters=2)
-FULL = Scale(rounds=7, w1_threads_c1=8, w1_steps=12, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
+FULL = Scale(rounds=7, w1_threads_c1=64, w1_steps=12, w1_waves=3, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w4_per_round=3, w5_users=32,
              w5_threads_per_user=8, w5_iters=8)
 

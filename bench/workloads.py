@@ -141,7 +141,10 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
         m = res.metric(f"W1 write c={conc}", "steps/s", True)
         for r in range(scale.rounds + 1):
             for t in _rotate(targets, r):
-                nthreads = t.scaled(scale, "w1_threads_c1") if conc == 1 else threads
+                # c=32: 32 workers, each writing w1_waves threads one after the other, so the
+                # timed window is long enough (one wave of a fast target lasts ~0.1 s)
+                nthreads = (t.scaled(scale, "w1_threads_c1") if conc == 1
+                            else threads * t.scaled(scale, "w1_waves"))
                 steps = t.scaled(scale, "w1_steps")
                 base = 5_000_000 + r * 1000 + random.random()
                 scripts = [(ds.w1_users[k % len(ds.w1_users)], *_w1_script(
@@ -155,8 +158,12 @@ async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         for u, tid, pairs in scripts:
                             await _w1_thread(t, call, u, tid, pairs)
                     else:
-                        await asyncio.gather(*(_w1_thread(t, call, u, tid, pairs)
-                                               for u, tid, pairs in scripts))
+                        async def worker(mine: list[Any], t: Target = t, call: Any = call
+                                         ) -> None:
+                            for u, tid, pairs in mine:
+                                await _w1_thread(t, call, u, tid, pairs)
+
+                        await asyncio.gather(*(worker(scripts[w::conc]) for w in range(conc)))
                     dt = time.perf_counter() - t0
                     if counted:
                         counted.commit()

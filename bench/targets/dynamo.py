@@ -28,7 +28,8 @@ _de = TypeDeserializer()
 MAX_W2_N = 1000
 # moto serves ~50 writes/s and answers a GSI Query by a scan: the DynamoDB targets run lighter
 # (see Target.scale_overrides and bench/README.md).
-MOTO_SCALE = {"w1_threads_c1": 8, "w1_steps": 4, "w2_reps": 3, "w3_reps": 3, "w5_iters": 1}
+MOTO_SCALE = {"w1_threads_c1": 8, "w1_steps": 4, "w1_waves": 1, "w2_reps": 3, "w3_reps": 3,
+              "w5_iters": 1}
 
 
 def set_endpoint(url: str) -> None:
