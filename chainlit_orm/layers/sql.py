@@ -191,14 +191,15 @@ class SQLBackend:
         self._element_columns = [c.name for c in self.elements.columns]
         self._thread_columns = [c.name for c in self.threads.columns]
         self._joined_element_columns = [(_ELEMENT + name, name) for name in self._element_columns]
-        # Step writes beyond this many in flight are combined into multi-row statements. SQLite
-        # has one writer, so there every write that waits for it is combined (measured: 2,100
-        # -> 4,500 steps/s for 32 concurrent threads). Elsewhere, only writes that would wait for
-        # a pooled connection are: with fewer in flight, server-side parallelism is lost
-        # (PostgreSQL, 4 in flight: 4,000 -> 2,200 steps/s).
-        pool_size = getattr(self.auto.sync_engine.pool, "size", None)
-        self._combine_after = 1 if self.dialect == "sqlite" else (
-            pool_size() if callable(pool_size) else 16)
+        # Step writes beyond this many in flight are combined into multi-row statements (each
+        # caller still returns only after its row committed). SQLite has one writer, so there
+        # every write that waits for it is combined (measured: 2,100 -> 4,500 steps/s for 32
+        # concurrent threads). On a server, beyond 2 in flight: a statement of many rows is one
+        # parse, one commit and one log flush, and that beats running them side by side. W1 with
+        # 32 concurrent threads, 2 cores (`bench`'s harness, medians of 6 rounds): MariaDB 2,448
+        # (combining beyond the pool's 16) -> 3,242 (beyond 4) -> 3,585 steps/s (beyond 2);
+        # PostgreSQL 2,916 -> 4,167 -> 4,296.
+        self._combine_after = 1 if self.dialect == "sqlite" else 2
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
 
     def _pool_capacity(self) -> int:
