@@ -624,7 +624,7 @@ def _has_nul(value: object) -> bool:
         return "\x00" in value  # type: ignore[operator]
     if kind in _SCALARS:
         return False
-    if kind is dict or (kind is not str and isinstance(value, Mapping)):
+    if kind is dict or isinstance(value, Mapping):
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is str:
                 if "\x00" in key:

@@ -1088,26 +1088,20 @@ class DynamoBackend:
         absent = {"ConditionExpression": "attribute_not_exists(#p)",
                   "ExpressionAttributeNames": {"#p": PARTITION_KEY}}
         for _attempt in range(4):
-            if put is not None:
-                step_write: dict[str, Any] = {"Put": {"TableName": self.table, "Item": put,
-                                                      **absent}}
-            else:
-                step_write = {"Update": {"TableName": self.table, "Key": key,
-                                         **build(with_refs).params()}}
+            # the step's write: the whole new item, or the update (same parameters for
+            # PutItem/UpdateItem and for the transaction's Put/Update action)
+            kind, write = (("Put", {"Item": put, **absent}) if put is not None
+                           else ("Update", {"Key": key, **build(with_refs).params()}))
             try:
                 if bump:
                     await self._transact([
                         {"Update": {"TableName": self.table,
                                     "Key": self._key_of("thread", id=thread_id),
                                     **self._bump(thread_id, str(activity), now).params()}},
-                        step_write,
+                        {kind: {"TableName": self.table, **write}},
                     ])
-                elif put is not None:
-                    await self._call("put_item", Item=put, **absent)
                 else:
-                    await self._call("update_item", **{k: v for k, v in
-                                                       step_write["Update"].items()
-                                                       if k != "TableName"})
+                    await self._call("put_item" if put is not None else "update_item", **write)
                 break
             except _ConditionFailed as failed:
                 reasons = failed.reasons if bump else ["None", "ConditionalCheckFailed"]

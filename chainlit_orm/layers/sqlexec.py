@@ -159,18 +159,20 @@ class SyncConnection:
         self._raw = raw
         self._words = words
 
-    def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
-        """Run a statement that returns no rows; the number of rows it changed."""
+    def _run(self, stmt: Statement, params: Mapping[str, Any]) -> tuple[Prepared, Any]:
         p = stmt.prepared
         self._words.append(p.word)
-        count: int = self._raw.execute(p.sql, p.args(params)).rowcount
+        return p, self._raw.execute(p.sql, p.args(params))
+
+    def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        """Run a statement that returns no rows; the number of rows it changed."""
+        count: int = self._run(stmt, params)[1].rowcount
         return count
 
     def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows of a statement that returns rows."""
-        p = stmt.prepared
-        self._words.append(p.word)
-        return p.rows(self._raw.execute(p.sql, p.args(params)).fetchall())
+        p, cursor = self._run(stmt, params)
+        return p.rows(cursor.fetchall())
 
 
 class RawConnection:
@@ -186,12 +188,16 @@ class RawConnection:
         for listener in self.listeners:
             listener(word)
 
-    async def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Rows of a statement that returns rows (SELECT, or a write with RETURNING)."""
+    def _start(self, stmt: Statement, params: Mapping[str, Any]) -> tuple[Prepared, list[Any]]:
+        """The compiled form and driver arguments of a statement about to run (listeners told)."""
         p = stmt.prepared
         if self.listeners:
             self._notify(p.word)
-        args = p.args(params)
+        return p, p.args(params)
+
+    async def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a statement that returns rows (SELECT, or a write with RETURNING)."""
+        p, args = self._start(stmt, params)
         d = self.driver
         if self.dialect == "postgresql":
             raw: Sequence[Sequence[Any]] = await d.fetch(p.sql, *args)
@@ -205,10 +211,7 @@ class RawConnection:
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
-        p = stmt.prepared
-        if self.listeners:
-            self._notify(p.word)
-        args = p.args(params)
+        p, args = self._start(stmt, params)
         d = self.driver
         if self.dialect == "postgresql":
             status: str = await d.execute(p.sql, *args)
