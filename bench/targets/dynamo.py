@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -91,26 +92,33 @@ def batch_put_raw(c: Any, table: str, items: list[dict[str, Any]], threads: int 
         list(ex.map(put, chunks))
 
 
+def loaded_threads(ds: Dataset) -> Iterator[tuple[ThreadRec, bool]]:
+    """The threads every DynamoDB target loads, each with whether its children are loaded too.
+
+    W2's threads are only listed (GSI) and searched by name: their step items are never read on
+    DynamoDB, and moto loads ~3x faster without them. Users above ``MAX_W2_N`` threads are left
+    out."""
+    listed_only = {id(t) for t in ds.threads if t.user in ds.w2_users.values()}
+    too_big = {u.id for n, u in ds.w2_users.items() if n > MAX_W2_N}
+    for t in ds.threads:
+        if t.user.id not in too_big:
+            yield t, id(t) not in listed_only
+
+
 def layout(ds: Dataset, user_key: Any) -> list[dict[str, Any]]:
     """Chainlit's single-table layout (contract section 3.3), feedback embedded in the step."""
     items: list[dict[str, Any]] = []
-    # W2's threads are only listed (GSI) and searched by name: their step items are never read
-    # on DynamoDB, and moto loads ~3x faster without them.
-    listed_only = {id(t) for t in ds.threads if t.user in ds.w2_users.values()}
-    too_big = {u.id for n, u in ds.w2_users.items() if n > MAX_W2_N}
     for u in ds.users:
         items.append({"PK": f"USER#{u.identifier}", "SK": "USER", "id": user_key(u),
                       "identifier": u.identifier, "metadata": u.metadata,
                       "createdAt": u.created_at})
-    for t in ds.threads:
-        if t.user.id in too_big:
-            continue
+    for t, with_children in loaded_threads(ds):
         uk = user_key(t.user)
         items.append({"PK": f"THREAD#{t.id}", "SK": "THREAD", "UserThreadPK": f"USER#{uk}",
                       "UserThreadSK": f"TS#{t.activity}", "id": t.id, "createdAt": t.created_at,
                       "name": t.name, "userId": uk, "userIdentifier": t.user.identifier,
                       "metadata": t.metadata})
-        if id(t) in listed_only:
+        if not with_children:
             continue
         fb = {f["forId"]: f for f in t.feedbacks}
         for s in t.steps:

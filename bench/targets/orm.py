@@ -184,8 +184,7 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
     """The dataset as ``DynamoDataLayer`` writes it: rows made by the layer's own conversion
     (``_step_row``, ``to_row``), encoded by its codecs, keyed and indexed by its key templates,
     feedback as ``FEEDBACK#`` items with the per-value counters and sparse-index markers on the
-    thread item. The same subset as :func:`dynamo.layout` (W2's listed-only threads carry no
-    steps; users above ``MAX_W2_N`` threads are left out)."""
+    thread item. The same subset as :func:`dynamo.layout` (:func:`dynamo.loaded_threads`)."""
     from chainlit_orm.layers import dynamodb as ddb
     from chainlit_orm.models.convert import to_row
     from chainlit_orm.schema_gen.dynamo import render_key
@@ -203,23 +202,19 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
             it[attribute] = {"S": value}
         return it
 
-    listed_only = {id(t) for t in ds.threads if t.user in ds.w2_users.values()}
-    too_big = {u.id for n, u in ds.w2_users.items() if n > dynamo.MAX_W2_N}
     items: list[dict[str, Any]] = []
     for u in ds.users:
         items.append(item("user", {"identifier": u.identifier},
                           {"id": u.id, "identifier": u.identifier, "metadata": u.metadata,
                            "createdAt": u.created_at}))
-    for t in ds.threads:
-        if t.user.id in too_big:
-            continue
+    for t, with_children in dynamo.loaded_threads(ds):
         # activityAt is the layer's own column (not a Chainlit key): the row is built directly
         row = {"id": t.id, "createdAt": t.created_at, "activityAt": t.activity, "name": t.name,
                "userId": t.user.id, "userIdentifier": t.user.identifier,
                "metadata": t.metadata}
         thread_item = item("thread", {"id": t.id}, row)
         items.append(thread_item)
-        if id(t) in listed_only:
+        if not with_children:
             continue
         for s in t.steps:
             srow, _ = layer._step_row(s, create=True)
