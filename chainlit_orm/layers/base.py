@@ -44,7 +44,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     StorageError,
 )
-from chainlit_orm.models.convert import from_row, to_row
+from chainlit_orm.models.convert import from_row, take_row, to_row
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import (
     canonical_timestamp,
@@ -284,7 +284,7 @@ class ChainlitLayer(BaseDataLayer):
         thread_row, step_rows, element_rows = found
         thread = self._thread_dict(thread_row, listed=False)
         thread["steps"] = [self._step_dict(row) for row in step_rows]
-        elements = [from_row(self.models, "element", row) for row in element_rows]
+        elements = [take_row(self.models, "element", row) for row in element_rows]
         await self._sign_elements(elements)
         thread["elements"] = elements
         return cast("ThreadDict", thread)
@@ -516,16 +516,16 @@ class ChainlitLayer(BaseDataLayer):
                 f"{what} is larger than max_text_bytes={self.max_text_bytes}", detail=what
             )
 
-    def _step_dict(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        step = from_row(self.models, "step", row)
+    def _step_dict(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A backend's step row (given up: it becomes the dict) in Chainlit's shape."""
+        step = take_row(self.models, "step", row)
         if step.get("metadata") is None:
             step["metadata"] = {}
         for key in ("input", "output"):  # StepDict types them ``str``; Message.from_dict reads them
             if step.get(key) is None:
                 step[key] = ""
-        feedback = row.get("feedback")
-        if feedback:
-            step["feedback"] = feedback
+        if "feedback" in step and not step["feedback"]:
+            del step["feedback"]
         return step
 
     def _thread_dict(self, row: Mapping[str, Any], *, listed: bool) -> dict[str, Any]:

@@ -25,6 +25,7 @@ __all__ = [
     "RELATION_KEYS",
     "chainlit_keys",
     "from_row",
+    "take_row",
     "to_row",
 ]
 
@@ -49,6 +50,12 @@ def chainlit_keys(table: sa.Table) -> tuple[str, ...]:
     of every read.
     """
     return tuple(c.name for c in table.columns if not c.info.get("internal"))
+
+
+@functools.cache
+def _internal_columns(table: sa.Table) -> tuple[str, ...]:
+    """The columns of ``table`` that never appear in a Chainlit dict."""
+    return tuple(c.name for c in table.columns if c.info.get("internal"))
 
 
 @functools.cache
@@ -99,3 +106,22 @@ def from_row(models: ModelSet, entity: str, row: Mapping[str, Any]) -> dict[str,
         for key, value in overflow.items():
             result.setdefault(key, value)
     return result
+
+
+def take_row(models: ModelSet, entity: str, row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`from_row` for a row the caller gives up: ``row`` itself becomes the Chainlit dict.
+
+    Why: building a second dict of some 25 keys per row was a third of the Python work of a
+    1,000-step ``get_thread``; removing the two or three internal columns from the row is a tenth
+    of that. The row must be keyed by ``entity``'s columns (plus relation keys such as a step's
+    ``feedback``), as every backend's rows are; it must not be used again by the caller.
+    """
+    table = models.table(entity)
+    overflow = row.get(_EXTRA)
+    for key in _internal_columns(table):
+        row.pop(key, None)
+    if overflow:
+        for key, value in overflow.items():
+            row.setdefault(key, value)
+    return row
+

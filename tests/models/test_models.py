@@ -22,7 +22,7 @@ from chainlit.types import FeedbackDict, ThreadDict
 from chainlit.user import PersistedUser
 
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
-from chainlit_orm.models.convert import RELATION_KEYS, chainlit_keys, from_row, to_row
+from chainlit_orm.models.convert import RELATION_KEYS, chainlit_keys, from_row, take_row, to_row
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -128,6 +128,24 @@ def test_unknown_keys_survive_in_the_overflow_field() -> None:
     assert row["extra"] == {"brandNewKey": {"deep": [1, {"x": True}]}, "n": 5}
     back = from_row(DEFAULT_MODELS, "step", row)
     assert back["brandNewKey"] == {"deep": [1, {"x": True}]} and back["n"] == 5
+
+
+def test_take_row_gives_what_from_row_gives_from_the_row_itself() -> None:
+    """A full row (every column, as a backend reads it) plus a relation key: the in-place
+    conversion equals the copying one, and the dict it returns is the row."""
+    source = {"id": str(uuid.uuid4()), "threadId": str(uuid.uuid4()), "type": "run",
+              "name": "n", "metadata": {"favorite": True}, "brandNewKey": [1], "n": 5}
+    row = dict.fromkeys(c.name for c in DEFAULT_MODELS.table("step").columns)
+    row.update(to_row(DEFAULT_MODELS, "step", source))
+    assert row["favorite"] is True and row["extra"] == {"brandNewKey": [1], "n": 5}
+    expected = from_row(DEFAULT_MODELS, "step", row)
+    row["feedback"] = {"id": "f", "value": 1}
+    taken = take_row(DEFAULT_MODELS, "step", row)
+    assert taken is row
+    assert taken == {**expected, "feedback": {"id": "f", "value": 1}}
+    assert "favorite" not in taken and "extra" not in taken
+    assert sorted(set(taken) - set(chainlit_keys(DEFAULT_MODELS.table("step")))) == [
+        "brandNewKey", "feedback", "n"]
 
 
 def test_model_sets_are_independent() -> None:
