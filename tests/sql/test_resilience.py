@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit_orm import SQLDataLayer
 from chainlit_orm.errors import BackendUnavailableError, ConfigurationError
+from chainlit_orm.layers.sqlexec import Statement
 from tests.backends import SQL_BACKENDS
 from tests.sql.conftest import new_id
 
@@ -62,6 +63,48 @@ async def test_killed_connections_lose_no_acknowledged_write(backend: str, tmp_p
             assert len(acknowledged) == 150
         finally:
             await admin.dispose()
+            await layer.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mariadb"])
+async def test_a_cancelled_statement_never_hands_its_connection_out_again(
+    backend: str, tmp_path: Path
+) -> None:
+    """A statement cancelled mid-flight can leave the driver mid-protocol: the connection is
+    invalidated (not kept), its slot is freed, and the next calls run on fresh connections."""
+    async with SQL_BACKENDS[backend].database(tmp_path) as url:
+        layer = SQLDataLayer(url, create_schema=True, pool_size=2)
+        try:
+            await layer.sql.ensure_ready()
+            pool = layer.sql.raw
+            await layer.update_thread(new_id(), name="warm")  # one kept connection
+            assert len(pool._idle) == 1
+            kept = pool._idle[0][0]
+            sleep = sa.select(sa.func.pg_sleep(5) if backend == "postgres" else sa.func.sleep(5))
+            slow = Statement(sleep, layer.sql.auto.dialect, None)
+
+            async def stuck() -> None:
+                async with pool.connect() as conn:
+                    await conn.fetch(slow, {})
+
+            task = asyncio.create_task(stuck())
+            await asyncio.sleep(0.3)
+            assert pool._idle == []  # the kept connection is the one in use
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool._idle == []
+            assert not kept.is_valid
+            # both slots are free again: two leases at once do not wait
+            async with pool.connect() as one, pool.connect() as two:
+                assert one is not two
+            assert len(pool._idle) == 2
+            assert all(fairy.is_valid for fairy, _, _ in pool._idle)
+            tid = new_id()
+            await layer.update_thread(tid, name="after")
+            thread = await layer.get_thread(tid)
+            assert thread is not None and thread["name"] == "after"
+        finally:
             await layer.close()
 
 
