@@ -43,10 +43,10 @@ class Scale:
 
 
 QUICK = Scale(rounds=3, w1_threads_c1=64, w1_steps=10, w1_waves=3, w2_ns=(100, 1000, 10000), w2_reps=5,
-              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w4_per_round=3, w5_users=32,
+              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w4_per_round=5, w5_users=32,
               w5_threads_per_user=4, w5_iters=12)
 FULL = Scale(rounds=7, w1_threads_c1=64, w1_steps=12, w1_waves=3, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
-             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w4_per_round=3, w5_users=32,
+             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w4_per_round=5, w5_users=32,
              w5_threads_per_user=8, w5_iters=24)
 
 
