@@ -44,7 +44,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     StorageError,
 )
-from chainlit_orm.models.convert import from_row, take_row, to_row
+from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import (
     canonical_timestamp,
@@ -311,14 +311,13 @@ class ChainlitLayer(BaseDataLayer):
         )
         has_next = len(rows) > first
         rows = rows[:first]
-        data = [cast("ThreadDict", self._thread_dict(row, listed=True)) for row in rows]
+        # the cursors first: the rows become the dicts below, without their sort column
+        start_cursor = _encode_cursor(self._sort_key(rows[0])) if rows else None
         end_cursor = _encode_cursor(self._sort_key(rows[-1])) if rows else None
+        data = [cast("ThreadDict", self._thread_dict(row, listed=True)) for row in rows]
         return PaginatedResponse(
-            pageInfo=PageInfo(
-                hasNextPage=has_next,
-                startCursor=_encode_cursor(self._sort_key(rows[0])) if rows else None,
-                endCursor=end_cursor,
-            ),
+            pageInfo=PageInfo(hasNextPage=has_next, startCursor=start_cursor,
+                              endCursor=end_cursor),
             data=data,
         )
 
@@ -408,7 +407,7 @@ class ChainlitLayer(BaseDataLayer):
         row = await self.backend.get_element(thread_id, element_id)
         if row is None:
             return None
-        element = from_row(self.models, "element", row)
+        element = take_row(self.models, "element", row)
         await self._sign_elements([element])
         return cast("ElementDict", element)
 
@@ -528,12 +527,14 @@ class ChainlitLayer(BaseDataLayer):
             del step["feedback"]
         return step
 
-    def _thread_dict(self, row: Mapping[str, Any], *, listed: bool) -> dict[str, Any]:
-        thread = from_row(self.models, "thread", row)
+    def _thread_dict(self, row: dict[str, Any], *, listed: bool) -> dict[str, Any]:
+        """A backend's thread row (given up: it becomes the dict) in Chainlit's shape."""
+        activity = row.get("activityAt") if listed and self.thread_order == "activity" else None
+        thread = take_row(self.models, "thread", row)
         if thread.get("metadata") is None:
             thread["metadata"] = {}
-        if listed and self.thread_order == "activity" and row.get("activityAt"):
-            thread["createdAt"] = row["activityAt"]
+        if activity:
+            thread["createdAt"] = activity
         thread.setdefault("steps", [])
         return thread
 
