@@ -114,8 +114,12 @@ class ThreadPage:
 class Backend(Protocol):
     """What a storage backend implements. Rows are dicts keyed by SQL column / Chainlit key.
 
-    Every method raises typed errors from :mod:`chainlit_orm.errors`; none returns a sentinel for a
-    failure.
+    A row a backend returns is handed over: the layer turns it into the Chainlit dict in place
+    (:func:`~chainlit_orm.models.convert.take_row`), so a backend must return fresh dicts, never
+    ones it keeps (a cache, say).
+
+    Every method raises typed errors from :mod:`chainlit_orm.errors`; none returns a sentinel for
+    a failure.
     """
 
     models: ModelSet
