@@ -479,4 +479,3 @@ class _KeptLease:
         finally:
             assert pool._slots is not None
             pool._slots.release()
-

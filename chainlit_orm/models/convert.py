@@ -124,4 +124,3 @@ def take_row(models: ModelSet, entity: str, row: dict[str, Any]) -> dict[str, An
         for key, value in overflow.items():
             row.setdefault(key, value)
     return row
-
