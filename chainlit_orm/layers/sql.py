@@ -47,7 +47,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
-from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, SyncConnection
+from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
@@ -707,22 +707,14 @@ class SQLBackend:
         self, stmts: list[Statement], params: dict[str, Any]
     ) -> list[str]:
         """Run ``stmts`` in one transaction; the first one returns the object keys to delete."""
-        async with self.raw.connect(write=True) as conn:
-            if conn.runs_in_thread:  # SQLite: the whole transaction in one thread hop
-                def body(sync: SyncConnection) -> list[str]:
-                    found = [r["objectKey"] for r in sync.fetch(stmts[0], params)
-                             if r["objectKey"]]
-                    for stmt in stmts[1:]:
-                        sync.execute(stmt, params)
-                    return found
+        def script() -> TxScript[list[str]]:
+            rows = yield ("fetch", stmts[0], params)
+            for stmt in stmts[1:]:
+                yield ("execute", stmt, params)
+            return [r["objectKey"] for r in rows if r["objectKey"]]
 
-                return await conn.transaction_in_thread(body)
-            async with conn.transaction():
-                keys = [r["objectKey"] for r in await conn.fetch(stmts[0], params)
-                        if r["objectKey"]]
-                for stmt in stmts[1:]:
-                    await conn.execute(stmt, params)
-        return keys
+        async with self.raw.connect(write=True) as conn:
+            return await conn.run_transaction(script)
 
     # ------------------------------------------------------------------- steps
 
@@ -813,24 +805,16 @@ class SQLBackend:
             if await self._run(op_pg):
                 return
 
-        stub = self._stub_thread()
-        stub_params = {"id": thread_id, "createdAt": now, "activityAt": activity}
+        def script() -> TxScript[None]:
+            # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
+            if (yield ("execute", bump, bump_params)) == 0:  # no thread yet: a stub
+                yield ("execute", self._stub_thread(),
+                       {"id": thread_id, "createdAt": now, "activityAt": activity})
+            yield ("execute", stmt, params)
 
         async def op_tx() -> None:
-            # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             async with self.raw.connect(write=True) as conn:
-                if conn.runs_in_thread:  # SQLite: the whole transaction in one thread hop
-                    def body(sync: SyncConnection) -> None:
-                        if sync.execute(bump, bump_params) == 0:
-                            sync.execute(stub, stub_params)
-                        sync.execute(stmt, params)
-
-                    await conn.transaction_in_thread(body)
-                    return
-                async with conn.transaction():
-                    if await conn.execute(bump, bump_params) == 0:
-                        await conn.execute(stub, stub_params)
-                    await conn.execute(stmt, params)
+                await conn.run_transaction(script)
 
         await self._run(op_tx)
 

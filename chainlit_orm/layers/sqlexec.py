@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,12 +29,18 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection", "prepare"]
+__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection", "TxScript",
+           "prepare"]
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
 StatementListener = Callable[[str], None]
 T = TypeVar("T")
+#: A transaction's statements, written once for every driver: a generator that yields
+#: ``("execute", statement, params)`` (sent back: the changed row count) or
+#: ``("fetch", statement, params)`` (sent back: the rows), and returns the result.
+#: :meth:`RawConnection.run_transaction` runs it.
+TxScript = Generator[tuple[str, "Statement", Mapping[str, Any]], Any, T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,17 @@ class SyncConnection:
         p, cursor = self._run(stmt, params)
         return p.rows(cursor.fetchall())
 
+    def run(self, steps: TxScript[T]) -> T:
+        """A :data:`TxScript`'s statements, one after the other; its result."""
+        sent: Any = None
+        while True:
+            try:
+                kind, stmt, params = steps.send(sent)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            sent = self.fetch(stmt, params) if kind == "fetch" else self.execute(stmt, params)
+
 
 class RawConnection:
     """A pooled driver connection with the operations the backend needs: fetch rows, execute for
@@ -236,6 +253,27 @@ class RawConnection:
         else:
             async with self.driver.cursor() as cur:
                 await cur.execute(sql)
+
+    async def run_transaction(self, script: Callable[[], TxScript[T]]) -> T:
+        """``script``'s statements in one transaction (ROLLBACK on any error); its result.
+
+        On SQLite the whole transaction runs in the connection's thread, in one hop
+        (:meth:`transaction_in_thread`); elsewhere each statement is awaited between BEGIN and
+        COMMIT. The statements are the same either way, written once in ``script``.
+        """
+        if self.runs_in_thread:
+            return await self.transaction_in_thread(lambda sync: sync.run(script()))
+        async with self.transaction():
+            steps = script()
+            sent: Any = None
+            while True:
+                try:
+                    kind, stmt, params = steps.send(sent)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+                sent = await (self.fetch(stmt, params) if kind == "fetch"
+                              else self.execute(stmt, params))
 
     @property
     def runs_in_thread(self) -> bool:
@@ -355,9 +393,15 @@ class RawPool:
                 yield RawConnection(self._writer.driver_connection, self.dialect,
                                     self.listeners)
             except BaseException as exc:
-                if not isinstance(exc, Exception) or self.disconnect(exc):
+                if self._unusable(exc):
                     await self._release_writer(exc)
                 raise
+
+    def _unusable(self, exc: BaseException) -> bool:
+        """Whether a connection that raised ``exc`` must be invalidated, not handed out again:
+        a disconnect error, or an interruption (a cancelled operation can leave the driver
+        mid-protocol)."""
+        return not isinstance(exc, Exception) or self.disconnect(exc)
 
     async def _release_writer(self, exc: BaseException | None = None) -> None:
         fairy, self._writer = self._writer, None
@@ -390,8 +434,7 @@ class RawPool:
         try:
             yield RawConnection(driver, self.dialect, self.listeners)
         except BaseException as exc:
-            # a cancelled operation can leave the driver mid-protocol: never hand that back out
-            if not isinstance(exc, Exception) or self.disconnect(exc):
+            if self._unusable(exc):
                 await greenlet_spawn(fairy.invalidate, exc)
             else:
                 await self._restore(driver, restore)
@@ -470,7 +513,7 @@ class _KeptLease:
         pool, fairy, conn = self._pool, self._fairy, self._conn
         self._fairy = self._conn = None
         try:
-            if exc is not None and (not isinstance(exc, Exception) or pool.disconnect(exc)):
+            if exc is not None and pool._unusable(exc):
                 await greenlet_spawn(fairy.invalidate, exc)
                 await greenlet_spawn(fairy.close)
             else:
