@@ -98,14 +98,10 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
 
 
 def from_row(models: ModelSet, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn a row (mapping keyed by column name) back into Chainlit's dict shape."""
-    table = models.table(entity)
-    result = {key: row.get(key) for key in chainlit_keys(table) if key in row}
-    overflow = row.get(_EXTRA)
-    if overflow:
-        for key, value in overflow.items():
-            result.setdefault(key, value)
-    return result
+    """Turn a row (mapping keyed by column name) back into Chainlit's dict shape; ``row`` is
+    left as it is (see :func:`take_row` for a row the caller gives up)."""
+    keys = (*chainlit_keys(models.table(entity)), _EXTRA)
+    return take_row(models, entity, {key: row[key] for key in keys if key in row})
 
 
 def take_row(models: ModelSet, entity: str, row: dict[str, Any]) -> dict[str, Any]:
