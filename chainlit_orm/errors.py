@@ -24,6 +24,8 @@ __all__ = [
     "SchemaError",
     "SchemaOutdatedError",
     "StorageError",
+    "StorageTimeoutError",
+    "TimeoutExceededError",
     "mask_url",
 ]
 
@@ -83,6 +85,15 @@ class BackendUnavailableError(ChainlitORMError, ConnectionError):
     """The database or service cannot be reached, or kept failing after the bounded retries."""
 
 
+class TimeoutExceededError(BackendUnavailableError, TimeoutError):
+    """A database or DynamoDB call did not finish within its configured client-side timeout.
+
+    The call may or may not have taken effect on the server (a commit whose answer was lost looks
+    the same as a statement that never arrived); every write the layer sends is an idempotent
+    upsert, so the caller may retry it.
+    """
+
+
 class SchemaError(ChainlitORMError):
     """The database schema cannot be used or migrated as asked."""
 
@@ -93,6 +104,10 @@ class SchemaOutdatedError(SchemaError):
 
 class StorageError(ChainlitORMError, OSError):
     """An element-storage operation failed (permissions, network, credentials)."""
+
+
+class StorageTimeoutError(StorageError, TimeoutError):
+    """A storage call did not finish within its configured client-side timeout."""
 
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
