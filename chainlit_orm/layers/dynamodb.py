@@ -78,6 +78,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     SchemaError,
     StorageError,
+    TimeoutExceededError,
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
@@ -113,7 +114,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     from chainlit_orm.schema_gen.dynamo_migrate import BackfillRequest
 
-__all__ = ["DynamoBackend", "DynamoDataLayer", "backfill"]
+__all__ = [
+    "CONFLICT_RETRY", "UNREADABLE_KEY", "UNREADABLE_TEXT", "DynamoBackend", "DynamoDataLayer",
+    "RetryPolicy", "backfill", "can_read_back",
+]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -125,6 +129,10 @@ DEFAULT_OFFLOAD_BYTES = 100 * 1024
 BATCH_WRITE = 25
 #: Step texts that may be offloaded, and the attribute naming the object that holds each.
 TEXT_REFS = {"input": "inputRef", "output": "outputRef"}
+#: What an offloaded step text that cannot be read back reads as (see ``_load_texts``).
+UNREADABLE_TEXT = "[chainlit-orm: this text is stored outside DynamoDB and could not be read back]"
+#: The step ``metadata`` key that lists, per field, the object key of each unreadable text.
+UNREADABLE_KEY = "chainlit_orm_unreadable"
 #: Per-value feedback counters on the thread item, and the sparse index each one drives.
 FEEDBACK_COUNTERS = {0: "fbCount0", 1: "fbCount1"}
 FEEDBACK_INDEXES = {0: "UserFeedback0", 1: "UserFeedback1"}
@@ -148,6 +156,39 @@ _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
 _MAX_USER_ID = 512
+#: botocore's exceptions for a request that got no answer in time (connect or read timeout).
+_TIMEOUTS = ("ConnectTimeoutError", "ReadTimeoutError")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with "full jitter" exponential backoff, for the contention the layer
+    resolves itself (botocore retries throttling and transient network errors on its own).
+
+    Used for: optimistic writes whose condition another writer invalidated (feedback, metadata
+    merges, step writes), transactions cancelled by a conflicting transaction, plain writes
+    refused with ``TransactionConflictException`` (an item in an ongoing transaction), and
+    unprocessed batch items. The first retry is immediate (most conditions fail once, for a
+    known reason, e.g. the first metadata merge finds no map yet); retry ``k >= 2`` first sleeps
+    a uniformly random ``0 .. min(cap, base * 2**(k-1))`` seconds, so writers that collided
+    spread out instead of colliding again in lock step. After ``attempts`` tries the caller
+    raises a typed error; nothing is retried for ever.
+    """
+
+    attempts: int = 10
+    base: float = 0.01
+    cap: float = 1.0
+
+    async def pause(self, attempt: int) -> None:
+        """Wait before try number ``attempt`` (0 is the first try, 1 the first retry)."""
+        if attempt >= 2:
+            await asyncio.sleep(random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1))))
+
+
+#: Conflicts between writers: at most 10 tries, at most about 3.3 s of sleeping in all.
+CONFLICT_RETRY = RetryPolicy()
+#: Unprocessed batch items (the table is over its capacity): at most 10 tries, about 10 s.
+BATCH_RETRY = RetryPolicy(attempts=10, base=0.05, cap=2.0)
 
 
 class _ConditionFailed(Exception):
@@ -198,6 +239,7 @@ class _Update:
     def __init__(self) -> None:
         self.sets: list[str] = []
         self.removes: list[str] = []
+        self.adds: list[str] = []
         self.conditions: list[str] = []
         self.names: dict[str, str] = {}
         self.values: dict[str, Any] = {}
@@ -228,6 +270,11 @@ class _Update:
     def remove(self, attribute: str) -> None:
         self.removes.append(self.n(attribute))
 
+    def add(self, attribute: str, value: Mapping[str, Any]) -> None:
+        """``ADD`` a number: applied to the value the item has when the write lands, so
+        concurrent additions commute (no read-modify-write)."""
+        self.adds.append(f"{self.n(attribute)} {self.v(value)}")
+
     def remove_path(self, attribute: str, key: str) -> None:
         self.removes.append(f"{self.n(attribute)}.{self.n(key)}")
 
@@ -240,6 +287,8 @@ class _Update:
             parts.append("SET " + ", ".join(self.sets))
         if self.removes:
             parts.append("REMOVE " + ", ".join(self.removes))
+        if self.adds:
+            parts.append("ADD " + ", ".join(self.adds))
         params: dict[str, Any] = {"UpdateExpression": " ".join(parts)}
         if self.conditions:
             params["ConditionExpression"] = " AND ".join(self.conditions)
@@ -364,6 +413,9 @@ class DynamoBackend:
         self.endpoint_url = endpoint_url
         self.offload_bytes = offload_bytes
         self.storage = storage
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_attempts = max_attempts
         self.check_schema = check_schema
         self.max_pool_connections = max_pool_connections
         self.items = pynamodb_models(
@@ -415,10 +467,28 @@ class DynamoBackend:
         return f"chainlit-orm migrate '{self.url}'"
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One API call in the worker pool; typed errors; failed conditions: _ConditionFailed."""
+        """One API call in the worker pool; typed errors; failed conditions: _ConditionFailed.
+
+        A plain write refused because its item is part of an ongoing transaction
+        (``TransactionConflictException``, which botocore does not retry) is sent again under
+        :data:`CONFLICT_RETRY`: every write the layer sends is idempotent or conditioned, so
+        sending it again is safe, and giving up would lose it (Chainlit logs and drops a failed
+        ``update_thread``: the thread would stay without its owner).
+        """
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
-        return await self._raw(operation, **kwargs)
+        if operation == "transact_write_items":
+            return await self._raw(operation, **kwargs)
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
+            try:
+                return await self._raw(operation, **kwargs)
+            except _TransactionRetry as exc:
+                last = exc
+        raise BackendUnavailableError(
+            f"DynamoDB {operation} on table {self.table}: the item stayed locked by other "
+            f"transactions after {CONFLICT_RETRY.attempts} tries", detail="TransactionConflict",
+        ) from last
 
     async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -439,6 +509,12 @@ class DynamoBackend:
             if name in ("NoRegionError", "NoCredentialsError", "PartialCredentialsError",
                         "ProfileNotFound"):
                 raise ConfigurationError(f"{exc} (DynamoDB table {self.table})") from exc
+            if name in _TIMEOUTS:
+                raise TimeoutExceededError(
+                    f"DynamoDB {operation} on table {self.table} got no answer within the "
+                    f"configured timeouts (connect {self.connect_timeout:g} s, read "
+                    f"{self.read_timeout:g} s, {self.max_attempts} attempts)", detail=name,
+                ) from exc
             raise BackendUnavailableError(
                 f"cannot reach DynamoDB for table {self.table}: {exc}"
             ) from exc
@@ -451,6 +527,8 @@ class DynamoBackend:
         if code == "ConditionalCheckFailedException":
             item = exc.response.get("Item")
             return _ConditionFailed(dict(item) if item else None)
+        if code == "TransactionConflictException":  # the item is in an ongoing transaction
+            return _TransactionRetry([code])
         if code == "TransactionCanceledException":
             reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
             if any(r in _RETRYABLE_TX for r in reasons) or not reasons:
@@ -535,19 +613,23 @@ class DynamoBackend:
             )
 
     async def _transact(self, actions: list[dict[str, Any]]) -> None:
-        """TransactWriteItems, retrying conflicts with other transactions (bounded, backoff)."""
-        delay = 0.02
-        for attempt in range(8):
+        """TransactWriteItems, retrying conflicts with other transactions (:data:`CONFLICT_RETRY`).
+
+        botocore gives each call one ``ClientRequestToken``, kept across its own retries, so a
+        transaction whose answer was lost is not applied twice by DynamoDB. (moto ignores the
+        token; every transaction the layer sends also carries a condition that fails once it
+        has been applied, and the caller then reads the item again.)
+        """
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
             try:
                 await self._call("transact_write_items", TransactItems=actions)
                 return
             except _TransactionRetry as exc:
-                if attempt == 7:
-                    raise BackendUnavailableError(
-                        f"DynamoDB transaction kept conflicting ({', '.join(exc.reasons)})"
-                    ) from exc
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 1.0)
+                last = exc
+        raise BackendUnavailableError(
+            f"DynamoDB transaction kept conflicting ({', '.join(last.reasons)})",
+            detail="TransactionConflict") from last
 
     async def _batch_write(self, requests: list[dict[str, Any]], *,
                            last_after_rest: bool = False) -> None:
@@ -567,38 +649,31 @@ class DynamoBackend:
             await self._batch_write(chunks[-1])
             return
         for pending in chunks:
-            delay = 0.05
-            for attempt in range(10):
+            for attempt in range(BATCH_RETRY.attempts):
+                await BATCH_RETRY.pause(attempt + 1)  # unprocessed items: always back off
                 result = await self._call("batch_write_item",
                                           RequestItems={self.table: pending})
                 pending = result.get("UnprocessedItems", {}).get(self.table, [])
                 if not pending:
                     break
-                if attempt == 9:
-                    raise BackendUnavailableError(
-                        f"DynamoDB left {len(pending)} writes unprocessed after retries"
-                    )
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
+            else:
+                raise BackendUnavailableError(
+                    f"DynamoDB left {len(pending)} writes unprocessed after retries")
 
     async def _batch_get(self, keys: list[dict[str, Any]], **options: Any
                          ) -> list[dict[str, Any]]:
         """BatchGetItem (consistent), retrying unprocessed keys; items in no particular order."""
         found: list[dict[str, Any]] = []
         pending: dict[str, Any] = {"Keys": keys, "ConsistentRead": True, **options}
-        delay = 0.05
-        for attempt in range(10):
+        for attempt in range(BATCH_RETRY.attempts):
+            await BATCH_RETRY.pause(attempt + 1)  # unprocessed keys: always back off
             result = await self._call("batch_get_item", RequestItems={self.table: pending})
             found += result.get("Responses", {}).get(self.table, [])
             unprocessed = result.get("UnprocessedKeys", {}).get(self.table)
             if not unprocessed:
                 return found
-            if attempt == 9:
-                raise BackendUnavailableError("DynamoDB left keys unprocessed after retries")
             pending = unprocessed
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 2.0)
-        return found
+        raise BackendUnavailableError("DynamoDB left keys unprocessed after retries")
 
     async def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -802,20 +877,26 @@ class DynamoBackend:
 
         mode = "paths" if merge else "none"
         returns = "ALL_NEW" if "userId" in fields else "NONE"
-        for _attempt in range(8):
-            try:
-                result = await self._call(
-                    "update_item", Key=key, ReturnValues=returns,
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
-            except _ConditionFailed as failed:
-                if failed.item is None and not create:
-                    return  # a metadata-only update never creates a thread (#1684)
-                stored = (failed.item or {}).get("metadata")
-                mode = "paths" if stored is not None and "M" in stored else "whole"
-                continue
-            if returns == "ALL_NEW":
-                await self._sync_feedback_markers(key, result.get("Attributes", {}))
-            return
+        # The writes of this process to one thread item run one at a time (see _thread_lock):
+        # Chainlit's first message sends this update, the message's transaction (which makes a
+        # stub thread) and the session's metadata at once, and on DynamoDB a write that meets
+        # an item in a transaction is refused (TransactionConflictException).
+        async with self._thread_lock(thread_id):
+            for attempt in range(CONFLICT_RETRY.attempts):
+                await CONFLICT_RETRY.pause(attempt)
+                try:
+                    result = await self._call(
+                        "update_item", Key=key, ReturnValues=returns,
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
+                except _ConditionFailed as failed:
+                    if failed.item is None and not create:
+                        return  # a metadata-only update never creates a thread (#1684)
+                    stored = (failed.item or {}).get("metadata")
+                    mode = "paths" if stored is not None and "M" in stored else "whole"
+                    continue
+                if returns == "ALL_NEW":
+                    await self._sync_feedback_markers(key, result.get("Attributes", {}))
+                return
         raise ConflictError(f"thread {thread_id}: metadata merge kept conflicting")
 
     async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
@@ -1011,58 +1092,72 @@ class DynamoBackend:
                    if value is not None}
         index = self._index_attributes("step", row)
         storage = self.storage()
-        offload = [f for f in TEXT_REFS if f in encoded and storage is not None
+        # texts go only to a storage that can give them back: a step whose text cannot be
+        # read again would make its thread unreadable
+        readable = storage is not None and can_read_back(storage)
+        offload = [f for f in TEXT_REFS if f in encoded and readable
                    and len(row[f].encode()) > self.offload_bytes]
         size = _item_size({**key, **encoded, **{a: _s(v) for a, v in index.items()}})
         size -= sum(_value_size(encoded[f]) for f in offload)
         if size > ITEM_LIMIT - 1024:
-            hint = "" if storage is not None else " (configure a storage client to offload texts)"
+            if storage is None:
+                hint = " (configure a storage client to offload texts)"
+            elif not readable:
+                hint = (f" and {type(storage).__name__} cannot read a text back, so it is not "
+                        "offloaded there (a storage needs an async read_file(object_key) "
+                        "method, as chainlit_orm.storage.FsspecStorage has)")
+            else:
+                hint = ""
             raise PayloadTooLargeError(
                 f"step {step_id} would be a {size} byte DynamoDB item, above the 400 KB limit"
                 f"{hint}", detail="step")
         refs: dict[str, str] = {}
-        if offload:
-            assert storage is not None
+        try:
             for field in offload:
+                assert storage is not None
                 object_key = self._text_key(thread_id, step_id, field, create)
+                refs[field] = object_key
                 await storage.upload_file(object_key, row[field].encode(),
                                           mime="text/plain; charset=utf-8", overwrite=True)
-                refs[field] = object_key
 
-        def build(with_refs: bool) -> _Update:
-            u = _Update()
-            for name, encoded_value in encoded.items():
-                if name in offload:
-                    continue
-                u.set(name, encoded_value, if_absent=create and name not in ("id", "threadId"))
-                if name in TEXT_REFS and not create:
-                    u.remove(TEXT_REFS[name])  # an inline update replaces an offloaded text
-            for attribute, value in index.items():
-                u.set(attribute, _s(value))
-            if with_refs:
-                for field, ref_key in refs.items():
-                    u.set(TEXT_REFS[field], _s(ref_key))
-                    if create:
-                        u.condition(f"attribute_not_exists({u.n(field)}) AND "
-                                    f"attribute_not_exists({u.n(TEXT_REFS[field])})")
-                    else:
-                        u.remove(field)
-            return u
+            def build(with_refs: bool) -> _Update:
+                u = _Update()
+                for name, encoded_value in encoded.items():
+                    if name in offload:
+                        continue
+                    u.set(name, encoded_value,
+                          if_absent=create and name not in ("id", "threadId"))
+                    if name in TEXT_REFS and not create:
+                        u.remove(TEXT_REFS[name])  # an inline update replaces an offloaded text
+                for attribute, value in index.items():
+                    u.set(attribute, _s(value))
+                if with_refs:
+                    for field, ref_key in refs.items():
+                        u.set(TEXT_REFS[field], _s(ref_key))
+                        if create:
+                            u.condition(f"attribute_not_exists({u.n(field)}) AND "
+                                        f"attribute_not_exists({u.n(TEXT_REFS[field])})")
+                        else:
+                            u.remove(field)
+                return u
 
-        # A new step is one PutItem, conditioned on the item not existing; moto and DynamoDB
-        # evaluate it without parsing ~20 if_not_exists() clauses. Only when an update already
-        # wrote the step (Chainlit may send update_step first) does the create fall back to the
-        # update that keeps what is there: a second call, in the rare order only.
-        put = None
-        if create and not refs:
-            put = {**key, **encoded, **{a: _s(v) for a, v in index.items()}}
+            # A new step is one PutItem, conditioned on the item not existing; moto and DynamoDB
+            # evaluate it without parsing ~20 if_not_exists() clauses. Only when an update
+            # already wrote the step (Chainlit may send update_step first) does the create fall
+            # back to the update that keeps what is there: a second call, in the rare order
+            # only. In a transaction (a user message) the step is always that update, which
+            # cannot fail: a cancelled transaction costs a second call, and moto answers one by
+            # restoring a copy of the whole table taken when it began, undoing the writes other
+            # clients made meanwhile (an owner set by update_thread, say).
+            put = None
+            if create and not refs and activity is None:
+                put = {**key, **encoded, **{a: _s(v) for a, v in index.items()}}
 
-        if activity is None:
-            await self._write_step(key, thread_id, step_id, build, refs, None, now, put)
-        else:
+            if activity is None:
+                await self._write_step(key, thread_id, step_id, build, refs, None, now, put)
+                return
             # User messages of one thread are written one at a time by this process, and a bump
-            # already overtaken by a later activity is skipped: a transaction whose condition
-            # fails costs a second call (and on moto rolls back concurrent writes).
+            # already overtaken by a later activity is skipped (its condition would fail).
             async with self._thread_lock(thread_id):
                 known = self._activity.get(thread_id)
                 bump = None if known is not None and activity < known else activity
@@ -1073,6 +1168,14 @@ class DynamoBackend:
                     self._activity.move_to_end(thread_id)
                     while len(self._activity) > 10_000:
                         self._activity.popitem(last=False)
+        except BaseException as exc:
+            # Texts uploaded for a write that was refused are removed, so no object is left
+            # behind. After a timeout or an outage the write may have been applied, and the
+            # step would then point at a deleted object: those keep their texts.
+            if refs and storage is not None and not isinstance(
+                    exc, BackendUnavailableError | asyncio.CancelledError):
+                await _remove_objects(storage, list(refs.values()), exc)
+            raise
 
     async def _write_step(
         self, key: dict[str, Any], thread_id: str, step_id: str,
@@ -1087,7 +1190,8 @@ class DynamoBackend:
         bump = activity is not None
         absent = {"ConditionExpression": "attribute_not_exists(#p)",
                   "ExpressionAttributeNames": {"#p": PARTITION_KEY}}
-        for _attempt in range(4):
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
             # the step's write: the whole new item, or the update (same parameters for
             # PutItem/UpdateItem and for the transaction's Put/Update action)
             kind, write = (("Put", {"Item": put, **absent}) if put is not None
@@ -1120,6 +1224,16 @@ class DynamoBackend:
         return bump
 
     def _thread_lock(self, thread_id: str) -> asyncio.Lock:
+        """The lock (one of 64 stripes per event loop) under which this process writes a thread
+        item: ``update_thread``, a user message's activity bump, feedback and its counters.
+
+        Invariant: every write of the thread item itself runs under it, so within one process
+        those writes never race each other (no transaction conflict, no optimistic condition
+        invalidated by a sibling task, no lost first write). Writes of step and element items
+        do not take it. Never held across another acquisition (the lock is not re-entrant).
+        Across processes the writes commute or are conditioned, and conflicts are retried
+        (:data:`CONFLICT_RETRY`).
+        """
         loop = asyncio.get_running_loop()
         stripes = self._locks.get(loop)
         if stripes is None:
@@ -1127,7 +1241,16 @@ class DynamoBackend:
         return stripes[hash(thread_id) % 64]
 
     def _bump(self, thread_id: str, activity: str, now: str) -> _Update:
-        """Raise the thread's activity to ``activity`` (never lower it); a stub thread if none."""
+        """Raise the thread's activity to ``activity``; a stub thread if none.
+
+        The activity never goes down, with one exception: a thread whose activity is still its
+        creation time (``update_thread`` made it, no user message has moved it) takes the time
+        of its first user message even when that is earlier. Chainlit writes the first message
+        and the thread (``init_thread``: name and owner) as two concurrent tasks, and the
+        message was stamped a few milliseconds before ``update_thread`` stamps the thread, so
+        the activity becomes the message's time in either order, and this transaction's
+        condition holds in the common race instead of cancelling it.
+        """
         codec = self.codecs["thread"]
         u = _Update()
         u.set("id", codec.encode("id", thread_id))
@@ -1140,12 +1263,22 @@ class DynamoBackend:
             if rendered is not None:
                 u.set(attribute, _s(rendered))
         a = u.n("activityAt")
-        u.condition(f"attribute_not_exists({a}) OR {a} <= {u.v(_s(activity))}")
+        u.condition(f"attribute_not_exists({a}) OR {a} <= {u.v(_s(activity))} OR "
+                    f"{a} = {u.n('createdAt')}")
         return u
 
     async def _load_texts(self, items: Sequence[Mapping[str, Any]],
                           rows: Sequence[dict[str, Any]]) -> None:
-        """Read offloaded step texts back into their rows, concurrently."""
+        """Read offloaded step texts back into their rows, concurrently.
+
+        A text that cannot be read (its object is gone, the storage cannot read, the bytes are
+        not UTF-8) does not fail the whole read: one step must never make its thread unreadable.
+        That field reads :data:`UNREADABLE_TEXT` instead, the step's ``metadata`` gains
+        ``{UNREADABLE_KEY: {field: object_key}}`` (so an app can tell, and the text is not
+        silently shown as empty), and a warning names the step, the object and the error. This
+        is, with URL signing, the one place a storage error is caught and not raised: the rest
+        of the thread is still the user's to read.
+        """
         jobs = []
         for item, row in zip(items, rows, strict=True):
             for field, ref in TEXT_REFS.items():
@@ -1153,9 +1286,22 @@ class DynamoBackend:
                     jobs.append((row, field, item[ref]["S"]))
         if not jobs:
             return
-        texts = await asyncio.gather(*(self._read_text(key) for _, _, key in jobs))
-        for (row, field, _), text in zip(jobs, texts, strict=True):
-            row[field] = text
+        texts = await asyncio.gather(*(self._read_text(key) for _, _, key in jobs),
+                                     return_exceptions=True)
+        for (row, field, object_key), text in zip(jobs, texts, strict=True):
+            if isinstance(text, str):
+                row[field] = text
+                continue
+            if not isinstance(text, Exception):
+                raise text
+            logger.warning("step %s: its %s is stored at %r and could not be read back (%s: %s); "
+                           "returned with a marker", row.get("id"), field, object_key,
+                           type(text).__name__, text)
+            row[field] = UNREADABLE_TEXT
+            metadata = row.get("metadata")
+            metadata = dict(metadata) if isinstance(metadata, dict) else {}
+            metadata[UNREADABLE_KEY] = {**metadata.get(UNREADABLE_KEY, {}), field: object_key}
+            row["metadata"] = metadata
 
     async def _read_text(self, object_key: str) -> str:
         storage = self.storage()
@@ -1163,7 +1309,11 @@ class DynamoBackend:
             raise StorageError(
                 f"a step text is stored at {object_key!r} but no storage client is configured")
         data = await _read_object(storage, object_key)
-        return data.decode()
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"stored step text {object_key!r} is not UTF-8",
+                               detail=object_key) from exc
 
     async def delete_step(self, step_id: str) -> list[str]:
         found = await self._lookup("step", step_id)
@@ -1292,6 +1442,25 @@ class DynamoBackend:
     # ---------------------------------------------------------------- feedback
 
     async def upsert_feedback(self, row: dict[str, Any]) -> str:
+        """One feedback item per step, and the thread's per-value counters in the same
+        transaction (they keep the sparse ``UserFeedback0/1`` indexes exact).
+
+        Concurrency, and why it cannot fail under load:
+
+        * In this process, the feedback writes of one thread run one at a time (the thread's
+          lock stripe), so they never invalidate each other's reads.
+        * Across processes, the counters change by ``ADD`` (increments and decrements commute),
+          not by writing a value read earlier; the only conditions are on the feedback item
+          itself (the state it was read in: a concurrent writer of the same step makes us read
+          again) and, where a marker must go or stay, on the counter crossing 1. Writers of
+          different steps of one thread therefore do not conflict at all.
+        * A conflict left is retried under :data:`CONFLICT_RETRY` (jittered backoff).
+        * A transaction retried after its answer was lost finds its own write (the feedback
+          item's condition fails), reads again and writes no second increment.
+
+        Read: one BatchGetItem (thread, step, feedback). Write: one TransactWriteItems, or one
+        PutItem when the value does not change (a comment edit).
+        """
         step_id = str(row["forId"])
         thread_id = row.get("threadId")
         if thread_id is None:
@@ -1300,11 +1469,16 @@ class DynamoBackend:
             if thread_id is None:
                 raise InvalidInputError(
                     f"feedback for step {step_id} has no threadId and the step is unknown")
+        async with self._thread_lock(thread_id):
+            return await self._upsert_feedback(row, step_id, thread_id)
+
+    async def _upsert_feedback(self, row: dict[str, Any], step_id: str, thread_id: str) -> str:
         thread_key = self._key_of("thread", id=thread_id)
         step_key = self._key_of("step", threadId=thread_id, id=step_id)
         feedback_key = self._key_of("feedback", threadId=thread_id, forId=step_id)
         checked_step = row.get("threadId") is None
-        for _attempt in range(8):
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
             items = await self._batch_get([thread_key, step_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             thread = by_sk.get(thread_key[SORT_KEY]["S"])
@@ -1336,11 +1510,10 @@ class DynamoBackend:
                 put["ConditionExpression"] = "#v = :v AND #i = :i"
                 put["ExpressionAttributeNames"] = {"#v": "value", "#i": "id"}
                 put["ExpressionAttributeValues"] = {":v": old["value"], ":i": old["id"]}
-            delta = {int(new["value"]): 1}
-            if old_row is not None:
-                old_value = int(old_row["value"])
-                delta[old_value] = delta.get(old_value, 0) - 1
-            counters = self._counter_update(thread, delta)
+            old_value = int(old_row["value"]) if old_row is not None else None
+            counters = self._counter_update(
+                thread, add=int(new["value"]) if old_value != int(new["value"]) else None,
+                remove=old_value if old_value != int(new["value"]) else None)
             try:
                 if counters is None:
                     await self._call("put_item", **{k: v for k, v in put.items()
@@ -1356,45 +1529,68 @@ class DynamoBackend:
             return feedback_id
         raise ConflictError(f"feedback for step {step_id} kept conflicting", detail=step_id)
 
-    def _counter_update(self, thread: Mapping[str, Any], delta: Mapping[int, int]
-                        ) -> _Update | None:
-        """The thread update applying ``delta`` to its feedback counters, conditioned on the
-        counters read (so the sparse index markers stay exact), or None when nothing changes."""
-        changes = {v: d for v, d in delta.items() if d}
-        if not changes:
+    def _counter_update(self, thread: Mapping[str, Any], *, add: int | None,
+                        remove: int | None) -> _Update | None:
+        """The thread update counting one more feedback of value ``add`` and one fewer of value
+        ``remove`` (None: no change), or None when nothing changes.
+
+        Counters change by ``ADD`` so concurrent writers commute. A marker (the sparse index
+        key ``UserFeedback{v}PK``) is set with every increment when the owner is known; it goes
+        when a counter drops to 0, conditioned on the counter being 1 (or absent, for tables
+        whose counts predate it), and a decrement that keeps it is conditioned on the counter
+        staying above 1, so the marker is exact at every commit. While the thread has no owner
+        there is no marker to write: the condition that it still has none sends us back to read
+        when ``update_thread`` sets one meanwhile (it marks the thread from the counters it
+        reads). Every update is also conditioned on the thread existing.
+        """
+        if add is None and remove is None:
             return None
         user_id = self.codecs["thread"].row(thread).get("userId")
         u = _Update()
         u.condition(f"attribute_exists({u.n(PARTITION_KEY)})")
-        for value, change in changes.items():
-            counter = FEEDBACK_COUNTERS[value]
-            current = int(from_attribute_value(thread[counter])) if counter in thread else 0
-            updated = max(current + change, 0)
-            name = u.n(counter)
-            if counter in thread:
-                u.condition(f"{name} = {u.v(thread[counter])}")
-            else:
-                u.condition(f"attribute_not_exists({name})")
-            u.set(counter, {"N": str(updated)})
-            spec = self.indexes.get(FEEDBACK_INDEXES[value])
-            if spec is None:
+        if not user_id:
+            u.condition(f"attribute_not_exists({u.n('userId')})")
+        for value, change in ((add, 1), (remove, -1)):
+            if value is None:
                 continue
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.index == spec.name)
-            marker = render_key(declared.pk, {"userId": user_id}) if user_id else None
-            if updated and marker:
-                u.set(spec.pk_attribute, _s(marker))
-            else:
-                u.remove(spec.pk_attribute)
+            counter = FEEDBACK_COUNTERS[value]
+            name = u.n(counter)
+            spec = self.indexes.get(FEEDBACK_INDEXES[value])
+            declared = None if spec is None else next(
+                d for d in self.models.dynamo["thread"].indexes if d.index == spec.name)
+            marker = render_key(declared.pk, {"userId": user_id}) if declared and user_id \
+                else None
+            if change > 0:
+                u.add(counter, {"N": "1"})
+                if spec is not None and marker:
+                    u.set(spec.pk_attribute, _s(marker))
+                continue
+            current = int(from_attribute_value(thread[counter])) if counter in thread else 0
+            one = u.v({"N": "1"})
+            if current > 1:
+                u.add(counter, {"N": "-1"})
+                u.condition(f"{name} > {one}")
+            else:  # the last one of this value: the counter goes to 0 and the marker with it
+                u.set(counter, {"N": "0"})
+                u.condition(f"attribute_not_exists({name}) OR {name} <= {one}")
+                if spec is not None:
+                    u.remove(spec.pk_attribute)
         return u
 
     async def _delete_feedback_of(self, thread_id: str, step_id: str,
                                   feedback_id: str | None = None) -> bool:
         """Delete the feedback of a step (and its count on the thread); False if there is none
-        (or, with ``feedback_id``, if it has another id)."""
+        (or, with ``feedback_id``, if it has another id). Serialized and retried like
+        :meth:`upsert_feedback`."""
+        async with self._thread_lock(thread_id):
+            return await self._delete_feedback_locked(thread_id, step_id, feedback_id)
+
+    async def _delete_feedback_locked(self, thread_id: str, step_id: str,
+                                      feedback_id: str | None) -> bool:
         thread_key = self._key_of("thread", id=thread_id)
         feedback_key = self._key_of("feedback", threadId=thread_id, forId=step_id)
-        for _attempt in range(8):
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
             items = await self._batch_get([thread_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             old = by_sk.get(feedback_key[SORT_KEY]["S"])
@@ -1409,9 +1605,13 @@ class DynamoBackend:
                 "ExpressionAttributeNames": {"#v": "value"},
                 "ExpressionAttributeValues": {":v": old["value"]},
             }
+            if "id" in old:  # the one we read, not one written since
+                delete["ConditionExpression"] += " AND #i = :i"
+                delete["ExpressionAttributeNames"]["#i"] = "id"
+                delete["ExpressionAttributeValues"][":i"] = old["id"]
             thread = by_sk.get(thread_key[SORT_KEY]["S"])
             counters = None if thread is None else self._counter_update(
-                thread, {int(old_row["value"]): -1})
+                thread, add=None, remove=int(old_row["value"]))
             try:
                 if counters is None:
                     await self._call("delete_item", **{k: v for k, v in delete.items()
@@ -1501,15 +1701,28 @@ def _object_keys(items: Iterable[Mapping[str, Any]]) -> list[str]:
     return keys
 
 
-async def _read_object(storage: BaseStorageClient, object_key: str) -> bytes:
-    """The bytes of a stored object through whatever the storage client offers.
+def can_read_back(storage: BaseStorageClient) -> bool:
+    """Whether step texts may be offloaded to ``storage``: it must be able to give them back.
 
-    Chainlit's ``BaseStorageClient`` has no read method, so: a ``read_file`` method if the client
-    has one; for :class:`~chainlit_orm.storage.FsspecStorage` on local/memory its reader; else a
-    GET of the signed read URL (S3 presigned, Azure SAS).
+    Chainlit's ``BaseStorageClient`` has no read method (its S3, Azure, GCS and local clients
+    can only upload, delete and sign URLs), so a text offloaded there could never be read again.
+    The protocol is one method, ``async read_file(object_key: str) -> bytes``, looked up by name
+    so any client can offer it; :class:`~chainlit_orm.storage.FsspecStorage` is accepted as
+    well (it is read through its own reader, or its signed read URL).
+    """
+    from chainlit_orm.storage import FsspecStorage
+
+    return callable(getattr(storage, "read_file", None)) or isinstance(storage, FsspecStorage)
+
+
+async def _read_object(storage: BaseStorageClient, object_key: str) -> bytes:
+    """The bytes of a stored object, from a storage :func:`can_read_back` accepts.
+
+    A ``read_file`` method if the client has one; for :class:`~chainlit_orm.storage.FsspecStorage`
+    on local/memory its reader; else a GET of its signed read URL (S3 presigned, Azure SAS).
     """
     reader = getattr(storage, "read_file", None)
-    if reader is not None:
+    if callable(reader):
         return bytes(await reader(object_key))
     stat = getattr(storage, "_stat", None)
     iterate = getattr(storage, "_iter_bytes", None)
@@ -1527,9 +1740,25 @@ async def _read_object(storage: BaseStorageClient, object_key: str) -> bytes:
         async with httpx.AsyncClient(timeout=60) as client:
             response = await client.get(url)
             response.raise_for_status()
+    except httpx.HTTPStatusError as exc:  # the message would carry the signed URL: not shown
+        raise StorageError(f"cannot read stored step text {object_key!r}: HTTP "
+                           f"{exc.response.status_code}", detail=object_key) from exc
     except httpx.HTTPError as exc:
-        raise StorageError(f"cannot read stored step text {object_key!r}: {exc}") from exc
+        raise StorageError(f"cannot read stored step text {object_key!r}: "
+                           f"{type(exc).__name__}", detail=object_key) from exc
     return response.content
+
+
+async def _remove_objects(storage: BaseStorageClient, object_keys: list[str],
+                          cause: BaseException) -> None:
+    """Delete objects uploaded for a write that then failed. ``cause`` is re-raised by the
+    caller; a deletion that fails too is attached to it as a note, never hidden."""
+    results = await asyncio.gather(*(storage.delete_file(k) for k in object_keys),
+                                   return_exceptions=True)
+    for object_key, result in zip(object_keys, results, strict=True):
+        if isinstance(result, BaseException):
+            cause.add_note(f"chainlit-orm: could not delete {object_key!r} after the failed "
+                           f"write: {type(result).__name__}: {result}")
 
 
 class DynamoDataLayer(ChainlitLayer):

@@ -77,13 +77,14 @@ async def test_hot_paths_cost_one_call(layer: DynamoDataLayer, recorder: Recorde
     assert {s["id"]: s["output"] for s in thread["steps"]}[late["id"]] == "the final answer"
     assert recorder.operations == ["Query"]
 
-    # the same order for a user message: the cancelled transaction (its Put found the step) is
-    # sent again as the bump plus the keeping update, and the thread's activity still moves
+    # the same order for a user message: in its transaction the step is always the keeping
+    # update (it cannot be cancelled by the step existing), so the create is one call, and the
+    # thread's activity still moves
     asked = message(tid, "asked while offline")
     recorder.clear()
     await layer.update_step({**asked, "output": "asked, edited"})
     await layer.create_step({**asked, "output": "asked"})
-    assert recorder.operations == ["UpdateItem", "TransactWriteItems", "TransactWriteItems"]
+    assert recorder.operations == ["UpdateItem", "TransactWriteItems"]
     thread = await layer.get_thread(tid)
     assert thread is not None
     assert {s["id"]: s["output"] for s in thread["steps"]}[asked["id"]] == "asked, edited"
