@@ -58,7 +58,7 @@ import re
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -371,6 +371,25 @@ class _Keys:
         return pk, sk
 
 
+class _Gate:
+    """How one thread's child writes and its deletes take turns in this process (internal).
+
+    Child writes (steps, elements, feedback) share the gate; a delete excludes them: it waits for
+    the writes already running, and writes that arrive meanwhile wait until it is done. See
+    :meth:`DynamoBackend._child_write`. Events are made only while a delete runs, so a write on
+    the usual path costs two counter updates.
+    """
+
+    __slots__ = ("idle", "lock", "reopened", "users", "writers")
+
+    def __init__(self) -> None:
+        self.users = 0  # tasks inside or waiting: the gate is dropped when none is left
+        self.writers = 0  # child writes running
+        self.reopened: asyncio.Event | None = None  # set (and dropped) when a delete ends
+        self.idle: asyncio.Event | None = None  # set when the last running write ends
+        self.lock: asyncio.Lock | None = None  # one delete of the thread at a time
+
+
 class DynamoBackend:
     """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring."""
 
@@ -448,6 +467,10 @@ class DynamoBackend:
         self._activity: OrderedDict[str, str] = OrderedDict()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = (
             weakref.WeakKeyDictionary())
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Gate]] = (
+            weakref.WeakKeyDictionary())
+        #: threads this process deleted and nothing has written since (bounded, oldest dropped)
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -894,6 +917,8 @@ class DynamoBackend:
                     stored = (failed.item or {}).get("metadata")
                     mode = "paths" if stored is not None and "M" in stored else "whole"
                     continue
+                if create:
+                    self._deleted.pop(thread_id, None)  # the thread exists (again)
                 if returns == "ALL_NEW":
                     await self._sync_feedback_markers(key, result.get("Attributes", {}))
                 return
@@ -1059,6 +1084,15 @@ class DynamoBackend:
         return rows[:limit]
 
     async def delete_thread(self, thread_id: str) -> list[str]:
+        async with self._deleting(thread_id):
+            keys = await self._delete_partition(thread_id)
+            self._deleted[thread_id] = None
+            self._deleted.move_to_end(thread_id)
+            while len(self._deleted) > 10_000:
+                self._deleted.popitem(last=False)
+            return keys
+
+    async def _delete_partition(self, thread_id: str) -> list[str]:
         items = await self._query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
@@ -1149,25 +1183,27 @@ class DynamoBackend:
             # cannot fail: a cancelled transaction costs a second call, and moto answers one by
             # restoring a copy of the whole table taken when it began, undoing the writes other
             # clients made meanwhile (an owner set by update_thread, say).
-            put = None
-            if create and not refs and activity is None:
-                put = {**key, **encoded, **{a: _s(v) for a, v in index.items()}}
-
-            if activity is None:
-                await self._write_step(key, thread_id, step_id, build, refs, None, now, put)
-                return
-            # User messages of one thread are written one at a time by this process, and a bump
-            # already overtaken by a later activity is skipped (its condition would fail).
-            async with self._thread_lock(thread_id):
-                known = self._activity.get(thread_id)
-                bump = None if known is not None and activity < known else activity
-                bumped = await self._write_step(key, thread_id, step_id, build, refs, bump, now,
-                                                put)
-                if bumped:
-                    self._activity[thread_id] = activity
-                    self._activity.move_to_end(thread_id)
-                    while len(self._activity) > 10_000:
-                        self._activity.popitem(last=False)
+            async with self._child_write(thread_id) as late:
+                put = None
+                if create and not refs and activity is None and not late:
+                    put = {**key, **encoded, **{a: _s(v) for a, v in index.items()}}
+                if activity is None:
+                    await self._write_step(key, thread_id, step_id, build, refs, None, now, put,
+                                           stub=late)
+                    return
+                # User messages of one thread are written one at a time by this process, and a
+                # bump already overtaken by a later activity is skipped (its condition would
+                # fail).
+                async with self._thread_lock(thread_id):
+                    known = self._activity.get(thread_id)
+                    bump = None if known is not None and activity < known else activity
+                    bumped = await self._write_step(key, thread_id, step_id, build, refs, bump,
+                                                    now, put, stub=late)
+                    if bumped:
+                        self._activity[thread_id] = activity
+                        self._activity.move_to_end(thread_id)
+                        while len(self._activity) > 10_000:
+                            self._activity.popitem(last=False)
         except BaseException as exc:
             # Texts uploaded for a write that was refused are removed, so no object is left
             # behind. After a timeout or an outage the write may have been applied, and the
@@ -1180,14 +1216,17 @@ class DynamoBackend:
     async def _write_step(
         self, key: dict[str, Any], thread_id: str, step_id: str,
         build: Callable[[bool], _Update], refs: dict[str, str], activity: str | None, now: str,
-        put: dict[str, Any] | None = None,
+        put: dict[str, Any] | None = None, *, stub: bool = False,
     ) -> bool:
         """One step write (with the thread's activity bump in the same transaction when
         ``activity`` is given); returns whether the bump was applied. ``put``: the whole new
-        item, written only if no item has the key (else the update from ``build`` runs)."""
+        item, written only if no item has the key (else the update from ``build`` runs).
+        ``stub``: a late write (see :meth:`_child_write`), which recreates the thread item in
+        the same transaction unless the bump does."""
         storage = self.storage()
         with_refs = bool(refs)
         bump = activity is not None
+        thread_key = self._key_of("thread", id=thread_id)
         absent = {"ConditionExpression": "attribute_not_exists(#p)",
                   "ExpressionAttributeNames": {"#p": PARTITION_KEY}}
         for attempt in range(CONFLICT_RETRY.attempts):
@@ -1197,18 +1236,20 @@ class DynamoBackend:
             kind, write = (("Put", {"Item": put, **absent}) if put is not None
                            else ("Update", {"Key": key, **build(with_refs).params()}))
             try:
-                if bump:
+                if bump or stub:
+                    thread = self._bump(thread_id, str(activity), now) if bump \
+                        else self._stub(thread_id, now)
                     await self._transact([
-                        {"Update": {"TableName": self.table,
-                                    "Key": self._key_of("thread", id=thread_id),
-                                    **self._bump(thread_id, str(activity), now).params()}},
+                        {"Update": {"TableName": self.table, "Key": thread_key,
+                                    **thread.params()}},
                         {kind: {"TableName": self.table, **write}},
                     ])
+                    self._deleted.pop(thread_id, None)  # the thread exists again
                 else:
                     await self._call("put_item" if put is not None else "update_item", **write)
                 break
             except _ConditionFailed as failed:
-                reasons = failed.reasons if bump else ["None", "ConditionalCheckFailed"]
+                reasons = failed.reasons if bump or stub else ["None", "ConditionalCheckFailed"]
                 if reasons[0] == "ConditionalCheckFailed":
                     bump = False  # the thread already has a later activity
                 if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
@@ -1239,6 +1280,89 @@ class DynamoBackend:
         if stripes is None:
             stripes = self._locks[loop] = [asyncio.Lock() for _ in range(64)]
         return stripes[hash(thread_id) % 64]
+
+    def _gate(self, thread_id: str) -> _Gate:
+        gates = self._gates.get(asyncio.get_running_loop())
+        if gates is None:
+            gates = self._gates[asyncio.get_running_loop()] = {}
+        gate = gates.get(thread_id)
+        if gate is None:
+            gate = gates[thread_id] = _Gate()
+        gate.users += 1
+        return gate
+
+    def _leave(self, thread_id: str, gate: _Gate) -> None:
+        gate.users -= 1
+        if not gate.users:
+            gates = self._gates.get(asyncio.get_running_loop())
+            if gates is not None and gates.get(thread_id) is gate:
+                del gates[thread_id]
+
+    @contextlib.asynccontextmanager
+    async def _child_write(self, thread_id: str) -> AsyncIterator[bool]:
+        """Run a write of a step, element or feedback of ``thread_id``; yields whether it is
+        *late*: this process deleted the thread and nothing has recreated it since.
+
+        Deletes racing writes leave a thread that is either entirely gone or that exists with
+        everything written to it, never items without their thread. On the SQL backends the
+        foreign key gives that (a late step recreates a stub thread); here the writes of one
+        process take turns with its deletes of the same thread (a delete waits for the writes
+        already running, the others wait for it), and a late write recreates the stub thread in
+        the same transaction as its item (a late feedback finds no thread: NotFoundError). A
+        write from another process that lands after a delete's read of the partition is not
+        seen by it: guaranteeing that would take a transaction on the thread item with every
+        step write (twice the write cost, and conflicts with every other write of the thread);
+        such an item is invisible (``get_thread``/``list_threads`` need the thread item) and
+        the next ``delete_thread`` of the id removes it.
+        """
+        gate = self._gate(thread_id)
+        try:
+            while gate.reopened is not None:  # a delete of this thread is running
+                await gate.reopened.wait()
+            gate.writers += 1  # no await since the check: the delete cannot have started
+            try:
+                yield thread_id in self._deleted
+            finally:
+                gate.writers -= 1
+                if not gate.writers and gate.idle is not None:
+                    gate.idle.set()
+        finally:
+            self._leave(thread_id, gate)
+
+    @contextlib.asynccontextmanager
+    async def _deleting(self, thread_id: str) -> AsyncIterator[None]:
+        """Run a delete of ``thread_id`` alone among this process's writes of it."""
+        gate = self._gate(thread_id)
+        try:
+            if gate.lock is None:
+                gate.lock = asyncio.Lock()
+            async with gate.lock:
+                reopened = gate.reopened = asyncio.Event()
+                try:
+                    if gate.writers:
+                        gate.idle = asyncio.Event()
+                        await gate.idle.wait()
+                    yield
+                finally:
+                    gate.idle = gate.reopened = None
+                    reopened.set()
+        finally:
+            self._leave(thread_id, gate)
+
+    def _stub(self, thread_id: str, now: str) -> _Update:
+        """The thread item a late write recreates (as the SQL backends' stub thread): id, and
+        creation and activity times if absent. No owner, so it is listed for nobody."""
+        codec = self.codecs["thread"]
+        u = _Update()
+        u.set("id", codec.encode("id", thread_id))
+        u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
+        u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+        for attribute, template in self._index_templates("thread").items():
+            if "activityAt" in placeholders(template):
+                rendered = render_key(template, {"id": thread_id, "activityAt": now})
+                if rendered is not None:
+                    u.set(attribute, _s(rendered), if_absent=True)
+        return u
 
     def _bump(self, thread_id: str, activity: str, now: str) -> _Update:
         """Raise the thread's activity to ``activity``; a stub thread if none.
@@ -1417,7 +1541,17 @@ class DynamoBackend:
                 u.set(name, codec.encode(name, value))
         for attribute, value in self._index_attributes("element", row).items():
             u.set(attribute, _s(value))
-        await self._call("update_item", Key=key, **u.params())
+        thread_id = str(row["threadId"])
+        async with self._child_write(thread_id) as late:
+            if not late:
+                await self._call("update_item", Key=key, **u.params())
+                return
+            await self._transact([  # see _child_write: recreate the thread with the element
+                {"Update": {"TableName": self.table, "Key": self._key_of("thread", id=thread_id),
+                            **self._stub(thread_id, now).params()}},
+                {"Update": {"TableName": self.table, "Key": key, **u.params()}},
+            ])
+            self._deleted.pop(thread_id, None)
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
         item = (await self._call(
@@ -1469,7 +1603,7 @@ class DynamoBackend:
             if thread_id is None:
                 raise InvalidInputError(
                     f"feedback for step {step_id} has no threadId and the step is unknown")
-        async with self._thread_lock(thread_id):
+        async with self._child_write(thread_id), self._thread_lock(thread_id):
             return await self._upsert_feedback(row, step_id, thread_id)
 
     async def _upsert_feedback(self, row: dict[str, Any], step_id: str, thread_id: str) -> str:
