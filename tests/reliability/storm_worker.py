@@ -70,4 +70,31 @@ async def _first_message_race(target: Target, user_id: str, seed: int, threads: 
     return started
 
 
-__all__ = ["SESSION_METADATA", "first_message_race"]
+def feedback_rounds(target: Target, thread_id: str, ratings: dict[str, int], rounds: int
+                    ) -> dict[str, str]:
+    """Rate each step of ``ratings`` (step id -> value) of one shared thread, ``rounds`` times,
+    all steps at once in each round, with the comment ``round {r}``. Returns the feedback id
+    each step's last upsert reported."""
+    aws_test_env()
+    return asyncio.run(_feedback_rounds(target, thread_id, ratings, rounds))
+
+
+async def _feedback_rounds(target: Target, thread_id: str, ratings: dict[str, int], rounds: int
+                           ) -> dict[str, str]:
+    from chainlit.types import Feedback
+
+    layer = open_layer(target)
+    ids: dict[str, str] = {}
+    try:
+        for r in range(rounds):
+            got = await asyncio.gather(*(
+                layer.upsert_feedback(Feedback(forId=step_id, threadId=thread_id, value=value,
+                                               comment=f"round {r}"))
+                for step_id, value in ratings.items()))
+            ids = dict(zip(ratings, got, strict=True))
+    finally:
+        await layer.close()
+    return ids
+
+
+__all__ = ["SESSION_METADATA", "feedback_rounds", "first_message_race"]

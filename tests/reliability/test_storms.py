@@ -7,6 +7,7 @@ layer *and* below it (:func:`~tests.reliability.storm_targets.stored_children`):
 * 50 concurrent feedback upserts on one step: every call lands (no error), one feedback remains,
   its value and comment come from the same write, every call returned its id, the feedback
   filter of ``list_threads`` agrees with it, and a later upsert wins as it should.
+* 4 processes rating 10 steps each of one thread, at once: every rating lands, counts exact.
 * 50 concurrent metadata merges on one thread: all 50 keys are kept.
 * 50 concurrent step writes, each step's create and update racing: 50 steps, each with its
   update's text, and the thread's activity is its latest user message.
@@ -23,7 +24,7 @@ import asyncio
 import multiprocessing
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,21 @@ from tests.reliability.storm_targets import (
     open_target,
     stored_children,
 )
-from tests.reliability.storm_worker import SESSION_METADATA, first_message_race
+from tests.reliability.storm_worker import (
+    SESSION_METADATA,
+    feedback_rounds,
+    first_message_race,
+)
 
 STORM = 50
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[ProcessPoolExecutor]:
+    """4 spawned worker processes, the "app processes" of the cross-process storms (spawned
+    once: each start imports Chainlit). Each storm call builds its own layer in each worker."""
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 @pytest.fixture(params=STORM_BACKENDS)
@@ -121,6 +134,39 @@ async def test_feedback_storm_on_one_step(layer: ChainlitLayer, target: Target,
         "id": last, "forId": answer["id"], "value": 1 - value, "comment": "the last word"}
     assert await _listed(layer, owner, feedback=1 - value) == [tid]
     assert await _listed(layer, owner, feedback=value) == []
+
+
+async def test_feedback_of_one_thread_from_4_processes(
+        layer: ChainlitLayer, target: Target, owner: PersistedUser,
+        processes: ProcessPoolExecutor) -> None:
+    """4 app processes rate 10 steps each of one shared thread, all at once, 3 times over:
+    every rating lands and the per-value counts are exact (before, the thread's counters were
+    written back as read, so writers of different steps invalidated each other)."""
+    tid = str(uuid.uuid4())
+    await layer.update_thread(tid, name="rated everywhere", user_id=owner.id)
+    steps = [message(tid, f"answer {i}", type_="assistant_message") for i in range(40)]
+    await asyncio.gather(*(layer.create_step(step) for step in steps))
+    shares = [{s["id"]: i % 2 for i, s in enumerate(steps[p * 10:(p + 1) * 10])} for p in range(4)]
+    loop = asyncio.get_running_loop()
+    reported = await asyncio.gather(*(
+        loop.run_in_executor(processes, feedback_rounds, target, tid, share, 3)
+        for share in shares))
+
+    thread = await layer.get_thread(tid)
+    assert thread is not None
+    wanted = {step_id: value for share in shares for step_id, value in share.items()}
+    ids = {step_id: fid for got in reported for step_id, fid in got.items()}
+    assert {s["id"]: s.get("feedback") for s in thread["steps"]} == {
+        step_id: {"id": ids[step_id], "forId": step_id, "value": value, "comment": "round 2"}
+        for step_id, value in wanted.items()}
+    assert await _listed(layer, owner, feedback=0) == [tid]
+    assert await _listed(layer, owner, feedback=1) == [tid]
+    assert (await stored_children(layer, target, tid))["feedback"] == 40
+    if target.kind == "dynamodb":
+        item = (await layer.dynamo._call(  # type: ignore[attr-defined]
+            "get_item", Key={"PK": {"S": f"THREAD#{tid}"}, "SK": {"S": "THREAD"}},
+            ConsistentRead=True))["Item"]
+        assert (item["fbCount0"], item["fbCount1"]) == ({"N": "20"}, {"N": "20"})
 
 
 async def test_metadata_merge_storm(layer: ChainlitLayer, owner: PersistedUser) -> None:
@@ -210,17 +256,17 @@ async def test_deletes_racing_writes(layer: ChainlitLayer, target: Target,
 
 
 async def test_first_message_race_across_processes(layer: ChainlitLayer, target: Target,
-                                                   owner: PersistedUser) -> None:
+                                                   owner: PersistedUser,
+                                                   processes: ProcessPoolExecutor) -> None:
     """Issue 14, item 6: 4 processes, each with its own layer, start 40 conversations each (8 at
     a time) the way Chainlit 2.12 starts one. Every thread must end with its owner (set once the
     user's update arrives, in any order), its name and first message, and be listed for the
     user; the session metadata is there unless it arrived before the thread existed (a
     metadata-only update never creates a thread)."""
     loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        started = await asyncio.gather(*(
-            loop.run_in_executor(pool, first_message_race, target, owner.id, seed, 40, 8)
-            for seed in range(4)))
+    started = await asyncio.gather(*(
+        loop.run_in_executor(processes, first_message_race, target, owner.id, seed, 40, 8)
+        for seed in range(4)))
     tids = [tid for group in started for tid in group]
     assert len(set(tids)) == 160
 
