@@ -12,10 +12,20 @@ How it works, and why:
   10), so at most that many requests are in flight and none waits for a pooled connection while
   holding a thread. One botocore client (the one of a PynamoDB ``Connection``, shared by the
   generated item classes) serves every call.
-* **Retries are botocore's.** ``retries={"mode": "standard"|"adaptive", "max_attempts": N}``
-  retries throttling and transient errors; what still fails becomes a typed error
-  (:class:`~chainlit_orm.errors.BackendUnavailableError`, ...), raised ``from`` the botocore error.
-  Unprocessed items of batch calls and transaction conflicts are retried here with backoff.
+* **Retries are botocore's, and bounded.** ``retry_mode`` and ``max_attempts`` (attempts in
+  all) configure botocore's retries of throttling, transient errors and timeouts;
+  ``connect_timeout``/``read_timeout`` bound each attempt. What still fails becomes a typed error
+  raised ``from`` the botocore error: :class:`~chainlit_orm.errors.TimeoutExceededError` for an
+  endpoint that never answered, :class:`~chainlit_orm.errors.BackendUnavailableError` for a
+  refused or dropped connection. Contention the layer resolves itself (a condition another writer
+  invalidated, a transaction conflict, unprocessed batch items) is retried under
+  :class:`RetryPolicy`: a bounded number of tries with jittered exponential backoff.
+* **Concurrent writes all land.** The writes of one process to a thread item (``update_thread``,
+  a user message's activity bump, feedback counters) take turns under a per-thread lock; across
+  processes they commute (metadata paths, ``if_not_exists``, ``ADD`` counters) or are
+  conditioned and retried. No transaction is sent that Chainlit's own write order would cancel:
+  moto answers a cancelled transaction by restoring a copy of the whole table taken when it began,
+  undoing what other clients wrote meanwhile (DynamoDB itself does not).
 * **Items are what schema_gen declares.** The attribute types come from the generated PynamoDB
   item classes (:func:`~chainlit_orm.schema_gen.pynamo.pynamodb_models`): numbers keep their type
   (an int stays an int), ``showInput`` is a BOOL or a string, JSON documents are native maps.
@@ -34,8 +44,19 @@ How it works, and why:
   exact. Feedback Chainlit's layer embedded in step items is read too (and converted by migrate).
 * **Item size.** A step text (``input``/``output``) above ``offload_bytes`` (default 100 KB) is
   stored with the storage client under ``threads/{threadId}/steps/{stepId}/{field}`` and read back
-  transparently; without a storage client a step whose item would exceed DynamoDB's 400 KB is
-  refused with :class:`~chainlit_orm.errors.PayloadTooLargeError` before anything is written.
+  transparently, if that client can read it back (:func:`can_read_back`: an ``async
+  read_file(object_key) -> bytes`` method, or chainlit-orm's ``FsspecStorage``; Chainlit's own
+  clients cannot). Otherwise the text stays in the item, and a step whose item would exceed
+  DynamoDB's 400 KB is refused with :class:`~chainlit_orm.errors.PayloadTooLargeError` before
+  anything is written. Texts uploaded for a write DynamoDB then refuses are deleted again. A
+  stored text that cannot be read back (its object is gone) reads as :data:`UNREADABLE_TEXT`,
+  flagged in the step's metadata under :data:`UNREADABLE_KEY`, and the rest of the thread reads
+  as stored: one item never makes a thread unreadable.
+* **Deletes and writes.** A delete of a thread waits for this process's writes of it that are
+  running, and the writes that arrive meanwhile wait for it; a write that comes after this
+  process deleted the thread recreates it as an ownerless stub (as the SQL foreign key does),
+  so a thread is either entirely gone or holds what was written (see ``_child_write`` for the
+  limit across processes).
 * **Search** matches the thread name only, case-insensitively (the one documented deviation from
   the SQL layers, which also search message text). The name is compared lower-cased in Python on
   the summary rows the list index returns: a DynamoDB ``FilterExpression`` is case-sensitive and
@@ -417,6 +438,12 @@ class DynamoBackend:
             raise ConfigurationError(f"retry_mode must be 'standard' or 'adaptive': {retry_mode!r}")
         if max_pool_connections < 1 or max_attempts < 1:
             raise ConfigurationError("max_pool_connections and max_attempts must be positive")
+        for name, seconds in (("connect_timeout", connect_timeout),
+                              ("read_timeout", read_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+                    0 < seconds < float("inf")):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got "
+                                         f"{seconds!r}", detail=name)
         if region is None:
             import botocore.session
 
@@ -443,11 +470,13 @@ class DynamoBackend:
             connect_timeout_seconds=connect_timeout, read_timeout_seconds=read_timeout,
         )
         # One PynamoDB connection (one botocore client, one pool) for every item class, with
-        # botocore's own retry configuration instead of PynamoDB's legacy loop.
+        # botocore's own retry configuration instead of PynamoDB's legacy loop. botocore reads
+        # its "max_attempts" as retries after the first attempt; "total_max_attempts" is what
+        # this layer's max_attempts means: attempts in all.
         self.connection = Connection(
             region=region, host=endpoint_url, max_pool_connections=max_pool_connections,
             connect_timeout_seconds=connect_timeout, read_timeout_seconds=read_timeout,
-            retry_configuration={"mode": retry_mode, "max_attempts": max_attempts},
+            retry_configuration={"mode": retry_mode, "total_max_attempts": max_attempts},
         )
         for item_class in self.items.values():
             item_class._get_connection().connection = self.connection
@@ -493,10 +522,11 @@ class DynamoBackend:
         """One API call in the worker pool; typed errors; failed conditions: _ConditionFailed.
 
         A plain write refused because its item is part of an ongoing transaction
-        (``TransactionConflictException``, which botocore does not retry) is sent again under
-        :data:`CONFLICT_RETRY`: every write the layer sends is idempotent or conditioned, so
-        sending it again is safe, and giving up would lose it (Chainlit logs and drops a failed
-        ``update_thread``: the thread would stay without its owner).
+        (``TransactionConflictException``, which botocore does not retry) and an answer cut
+        short (:func:`_complete`) are sent again under :data:`CONFLICT_RETRY`: every request the
+        layer sends is a read, an idempotent write or a conditioned one, so sending it again is
+        safe, and giving up would lose it (Chainlit logs and drops a failed ``update_thread``:
+        the thread would stay without its owner). Transactions are retried by :meth:`_transact`.
         """
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
@@ -509,8 +539,9 @@ class DynamoBackend:
             except _TransactionRetry as exc:
                 last = exc
         raise BackendUnavailableError(
-            f"DynamoDB {operation} on table {self.table}: the item stayed locked by other "
-            f"transactions after {CONFLICT_RETRY.attempts} tries", detail="TransactionConflict",
+            f"DynamoDB {operation} on table {self.table} failed {CONFLICT_RETRY.attempts} times "
+            f"({', '.join(last.reasons)}): the item stayed in other transactions, or the answers "
+            "were cut short", detail=last.reasons,
         ) from last
 
     async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
@@ -526,6 +557,8 @@ class DynamoBackend:
                 if operation not in ("transact_write_items", "batch_write_item",
                                      "batch_get_item") else getattr(client, operation)(**kwargs)
         except botocore.exceptions.ClientError as exc:
+            if not _complete(exc.response):
+                raise _TransactionRetry([CUT_SHORT]) from exc
             raise self._map_client_error(operation, exc) from exc
         except botocore.exceptions.BotoCoreError as exc:
             name = type(exc).__name__
@@ -541,6 +574,8 @@ class DynamoBackend:
             raise BackendUnavailableError(
                 f"cannot reach DynamoDB for table {self.table}: {exc}"
             ) from exc
+        if not _complete(result):
+            raise _TransactionRetry([CUT_SHORT])
         return result
 
     def _map_client_error(self, operation: str,
@@ -1779,7 +1814,8 @@ class DynamoBackend:
 
 
 class _TransactionRetry(Exception):
-    """A transaction was cancelled by a conflict or throttling: run it again (internal)."""
+    """Send the request again (internal): a transaction cancelled by a conflict or throttling, a
+    write refused because its item is in a transaction, or an answer cut short."""
 
     def __init__(self, reasons: list[str]) -> None:
         super().__init__(", ".join(reasons))
@@ -1787,6 +1823,26 @@ class _TransactionRetry(Exception):
 
 
 # -------------------------------------------------------------------- helpers
+
+#: The reason given when an answer was cut short (see :func:`_complete`).
+CUT_SHORT = "AnswerCutShort"
+
+
+def _complete(response: Mapping[str, Any]) -> bool:
+    """Whether an answer is known to be whole.
+
+    An answer whose connection closed in the middle of its headers, before ``Content-Length``,
+    is taken by urllib3 as a complete answer with an empty body (the body of an HTTP/1.1 answer
+    without a length ends when the connection does), and botocore then reads ``{}``: a Query
+    "without items", a write "acknowledged", an error without its code. DynamoDB (and moto) send
+    ``Content-Length`` and ``x-amz-crc32`` with every answer, so one that has neither, and is not
+    chunked, was cut short. Every request the layer sends may be sent again (the writes are
+    idempotent or conditioned), so it is, under :data:`CONFLICT_RETRY`.
+    """
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+    return ("content-length" in headers or "x-amz-crc32" in headers
+            or "chunked" in str(headers.get("transfer-encoding", "")).lower())
+
 
 _STEP_KEYS_ONLY = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, "ByIdPK", "ByIdSK"}
 
@@ -1912,10 +1968,22 @@ class DynamoDataLayer(ChainlitLayer):
         models: the model set (its ``__dynamo__`` declarations give keys and indexes).
         max_pool_connections: botocore connection-pool size, which is also the number of worker
             threads, so at most that many requests run at once.
-        retry_mode, max_attempts: botocore's retry configuration for throttling and transient
-            errors (``"standard"`` or ``"adaptive"``).
-        offload_bytes: step texts larger than this go to ``storage`` (when configured).
-        connect_timeout, read_timeout: seconds.
+        retry_mode, max_attempts: botocore's retries of throttling, transient errors and
+            timeouts: ``"standard"`` (default) or ``"adaptive"`` (client-side rate limiting
+            too), and the number of attempts in all (default 8, so 7 retries).
+        connect_timeout, read_timeout: seconds botocore waits for a connection (default 5) and
+            for each read of an answer (default 30). One API call that gets no answer (a
+            black-holed endpoint) therefore ends, with
+            :class:`~chainlit_orm.errors.TimeoutExceededError`, after at most ``max_attempts x
+            (connect_timeout + read_timeout)`` plus botocore's backoff between attempts (random,
+            at most 1, 2, 4, ... 20 s); lower them for a tighter bound. A refused or dropped
+            connection is retried the same way and ends with
+            :class:`~chainlit_orm.errors.BackendUnavailableError`.
+        offload_bytes: step texts larger than this go to ``storage`` if it can read them back
+            (an ``async read_file(object_key) -> bytes`` method, as
+            :class:`~chainlit_orm.storage.FsspecStorage` has). Chainlit's own storage clients
+            cannot, so with them texts stay in the item and a step whose item would exceed
+            DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
 
     Credentials come from the standard AWS chain (environment, shared profile, instance/task
     role). Threads are listed by activity only (``thread_order="created"`` is refused).
