@@ -530,6 +530,10 @@ class DynamoBackend:
         """
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
+        return await self._send(operation, **kwargs)
+
+    async def _send(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`_call` without the table check (which uses it)."""
         if operation == "transact_write_items":
             return await self._raw(operation, **kwargs)
         for attempt in range(CONFLICT_RETRY.attempts):
@@ -632,7 +636,7 @@ class DynamoBackend:
 
     async def _check_table(self) -> None:
         try:
-            described = (await self._raw("describe_table"))["Table"]
+            described = (await self._send("describe_table"))["Table"]
         except SchemaError as exc:
             raise SchemaError(
                 f"DynamoDB table {self.table} does not exist; create it with: {self._command()}"
@@ -662,7 +666,7 @@ class DynamoBackend:
                 f"{'; '.join(problems)}. Run: {self._command()}",
                 detail=problems,
             )
-        version = (await self._raw(
+        version = (await self._send(
             "get_item", Key={k: _s(v) for k, v in SCHEMA_VERSION_KEY.items()}, ConsistentRead=True,
         )).get("Item") or {}
         if "backfillPending" in version:

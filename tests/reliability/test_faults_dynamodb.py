@@ -151,10 +151,11 @@ async def test_responses_cut_midway_never_lose_or_double_a_write(
     layer: DynamoDataLayer, proxy: FaultProxy, direct: DynamoDataLayer,
     owned: tuple[PersistedUser, str]
 ) -> None:
-    """The answer to each kind of write is cut half-way (the server applied it): botocore
-    retries it, or the caller gets a typed error and retries. Either way the write is there
-    once: a step once, metadata keys once, and a feedback counted once although its
-    transaction, which ADDs to the counters, was applied and then sent again."""
+    """The answer to each kind of write is cut half-way (the server applied it), and then the
+    answer to reads. The layer (or botocore) sends the request again, or the caller gets a typed
+    error and retries. Either way the write is there once: a step once, metadata keys once, and
+    a feedback counted once although its transaction, which ADDs to the counters, was applied
+    and then sent again; and a read returns what is stored, not an empty answer."""
     user, tid = owned
     operations: list[str] = []
 
@@ -185,8 +186,15 @@ async def test_responses_cut_midway_never_lose_or_double_a_write(
         Feedback(forId=answer["id"], threadId=tid, value=1, comment="good")))
     await once("TransactWriteItems", lambda: layer.upsert_feedback(
         Feedback(forId=answer["id"], threadId=tid, value=0, comment="on second thought")))
+    # and reads: an answer cut before its length was known must not read as "no items"
+    cutting.add("Query")
+    thread = await layer.get_thread(tid)
+    assert thread is not None and len(thread["steps"]) == 2
+    cutting.add("Query")
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+    assert [t["id"] for t in page.data] == [tid]
     assert operations == ["PutItem", "UpdateItem", "TransactWriteItems", "UpdateItem",
-                          "TransactWriteItems", "TransactWriteItems"]
+                          "TransactWriteItems", "TransactWriteItems", "Query", "Query"]
 
     thread = await direct.get_thread(tid)
     assert thread is not None
