@@ -2,8 +2,9 @@
 
 Every error the package raises on purpose is a :class:`ChainlitORMError`. Errors that come from a
 driver, an SDK or a filesystem are raised ``from`` the original exception so the cause is never
-lost; nothing in the package catches an error and merely logs it (the two documented exceptions are
-``close()`` and the per-element URL signing in ``get_thread``).
+lost; nothing in the package catches an error and merely logs it (the documented exceptions are
+``close()``, the per-element URL signing in ``get_thread``, and, on DynamoDB, a step text kept in
+storage that cannot be read back: that step reads as a marker so its thread still loads).
 """
 
 from __future__ import annotations
