@@ -1125,6 +1125,7 @@ class DynamoBackend:
     async def delete_thread(self, thread_id: str) -> list[str]:
         async with self._deleting(thread_id):
             keys = await self._delete_partition(thread_id)
+            self._activity.pop(thread_id, None)  # a recreated thread starts its activity anew
             self._deleted[thread_id] = None
             self._deleted.move_to_end(thread_id)
             while len(self._deleted) > 10_000:
