@@ -29,7 +29,8 @@ _de = TypeDeserializer()
 MAX_W2_N = 1000
 # moto serves ~50 writes/s and answers a GSI Query by a scan: the DynamoDB targets run lighter
 # (see Target.scale_overrides and bench/README.md).
-MOTO_SCALE = {"w1_threads_c1": 8, "w1_steps": 4, "w1_waves": 1, "w2_reps": 3, "w3_reps": 3,
+# W1 bursts: none (with one wave, W1 c=32 on moto is itself one burst of 32 threads)
+MOTO_SCALE = {"w1_threads_c1": 8, "w1_waves": 1, "w1_bursts": 0, "w2_reps": 3, "w3_reps": 3,
               "w5_iters": 1}
 
 
