@@ -285,7 +285,7 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float,
                                    + (" (private, started by the bench)" if private_moto else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = ("quick" if not args.full else "full") + (
+    stem = ("scale" if wl == ["SCALE"] else "quick" if not args.full else "full") + (
         f"_pgsync_{args.pg_sync_commit}" if args.pg_sync_commit else "")
     md = report.markdown(an, res, targets, unavailable, meta, chk)
     (out / f"{stem}.md").write_text(md)

@@ -121,24 +121,28 @@ def analyse(res: Results, targets: list[Target]) -> dict[str, Any]:
                             and (not label.startswith("search") or n >= SEARCH_GROWTH_FROM)):
                         pts.append((n, row["median"]))
             growth.setdefault(t.name, {})[label] = exponent(pts) if len(pts) >= 2 else None
-    return {"metrics": out, "growth": growth, "floors": floors_of, "scale": _scale(out, res)}
+    return {"metrics": out, "growth": growth, "floors": floors_of, "scale": _scale(res)}
 
 
-def _scale(metrics: dict[str, Any], res: Results) -> dict[str, Any]:
+SCALE_TARGET = "chainlit-orm/postgresql"
+
+
+def _scale(res: Results) -> dict[str, Any]:
     """SCALE medians per store size and their exponent over the store size."""
     if not res.scale:
         return {}
     series: dict[str, list[tuple[int, float]]] = {}
     status: dict[str, str] = {}
-    for key, mm in metrics.items():
+    for key, m in res.metrics.items():
         if not key.startswith("SCALE "):
             continue
         label, size = key[len("SCALE "):].rsplit(" S=", 1)
-        row = mm["targets"].get("chainlit-orm/postgresql", {})
-        if row.get("status") != "ok":
-            status[label] = row.get("status", "not run")
-        elif row.get("median"):
-            series.setdefault(label, []).append((int(size), row["median"]))
+        st = m.status.get(SCALE_TARGET, "ok")
+        vals = m.rounds.get(SCALE_TARGET, [])
+        if st != "ok" or not vals:
+            status[f"{label} S={size}"] = st if st != "ok" else "not run"
+        else:
+            series.setdefault(label, []).append((int(size), statistics.median(vals)))
     return {"series": {k: sorted(v) for k, v in series.items()},
             "exponent": {k: exponent(v) if len(v) >= 2 else None for k, v in series.items()},
             "status": status}
@@ -186,7 +190,8 @@ def checks(an: dict[str, Any], res: Results, targets: list[Target]) -> list[dict
                     p = row.get(f"{call}p99 ms x_floor")
                     add(t.name, f"{key}: {call or 'all calls '}p99 x {fl} <= {W5_P99_LIMIT:g}",
                         p, p is not None and p <= W5_P99_LIMIT)
-        for label in ("first page", "page 10", "search", "search text"):
+        ran_w2 = any(k.startswith("W2 ") for k in an["metrics"])
+        for label in ("first page", "page 10", "search", "search text") if ran_w2 else ():
             g = an["growth"].get(t.name, {}).get(label)
             span = f" (N >= {SEARCH_GROWTH_FROM:,})" if label.startswith("search") else ""
             check = f"W2 {label}: growth exponent{span} <= {GROWTH_LIMIT}"
@@ -363,11 +368,12 @@ def markdown(an: dict[str, Any], res: Results, targets: list[Target], unavailabl
         L.append("")
     if res.scale:
         L.extend(_scale_md(an, res))
-    L.append("## Statements / API calls per operation (warm-up round)")
-    L.append("SQL: statements (transactions); DynamoDB: API calls.")
     ops = sorted({op for n in names for op in res.calls.get(n, {})})
-    L.append("| operation | " + " | ".join(names) + " |")
-    L.append("|---|" + "---|" * len(names))
+    if ops:
+        L.append("## Statements / API calls per operation (warm-up round)")
+        L.append("SQL: statements (transactions); DynamoDB: API calls.")
+        L.append("| operation | " + " | ".join(names) + " |")
+        L.append("|---|" + "---|" * len(names))
     for op in ops:
         cells = []
         for n in names:
@@ -379,7 +385,8 @@ def markdown(an: dict[str, Any], res: Results, targets: list[Target], unavailabl
             else:
                 cells.append(f"{c['statements']:g} ({c['transactions']:g})")
         L.append(f"| {op} | " + " | ".join(cells) + " |")
-    L.append("")
+    if ops:
+        L.append("")
     L.append("## Targets of issue 19 (chainlit-orm only)")
     if not chk:
         L.append("No chainlit-orm target ran.")
