@@ -295,15 +295,17 @@ class FloorDynamo(Target):
             kw["FilterExpression"] = "contains(#n, :q)"
             kw["ExpressionAttributeNames"] = {"#n": "name"}
             kw["ExpressionAttributeValues"][":q"] = {"S": filters.search}
-        kw["Limit"] = pagination.first
-        while True:  # a filter applies after Limit: keep reading until the page is full
+        else:
+            # a filter applies after Limit, so a search sets none: each Query reads up to 1 MB
+            # of the user's index and the fewest calls fill the page (the surplus is dropped)
+            kw["Limit"] = pagination.first
+        while True:  # keep reading until the page is full
             r = await self._call(self.c.query, **kw)
             items.extend(r["Items"])
             last = r.get("LastEvaluatedKey")
             if len(items) >= pagination.first or not last:
                 break
             kw["ExclusiveStartKey"] = last
-            kw["Limit"] = pagination.first - len(items)
         data = []
         for it in items[:pagination.first]:
             d = de(it)
@@ -312,11 +314,12 @@ class FloorDynamo(Target):
                          "tags": d.get("tags"), "metadata": d.get("metadata") or {},
                          "steps": [], "elements": []})
         end = None
-        if last:
+        more = bool(last) or len(items) > pagination.first
+        if more:
             end = _cur_enc({k: v for k, v in items[pagination.first - 1].items()
                             if k in ("PK", "SK", "UserThreadPK", "UserThreadSK")}
                            if len(items) >= pagination.first else last)
-        return PaginatedResponse(pageInfo=PageInfo(hasNextPage=bool(last), startCursor=None,
+        return PaginatedResponse(pageInfo=PageInfo(hasNextPage=more, startCursor=None,
                                                    endCursor=end), data=data)
 
     async def _partition(self, thread_id: str, keys_only: bool = False) -> list[dict[str, Any]]:
