@@ -288,8 +288,8 @@ def search_hits(threads: list[ThreadRec], term: str, scope: frozenset[str]) -> l
     return out
 
 
-def _expected(ds: Dataset, n: int, label: str, scope: frozenset[str]) -> list[str]:
-    ts = user_threads(ds, n)
+def _expected(ts: list[ThreadRec], label: str, scope: frozenset[str]) -> list[str]:
+    """The ids a target searching ``scope`` answers for ``label`` on the user's threads ``ts``."""
     ids = [t.id for t in ts]
     if label == "first page":
         return ids[:PAGE]
@@ -341,6 +341,8 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
     three searches (:data:`SEARCHES`), each answer compared with the dataset's, computed for the
     target's declared search scope (``Target.search_scope``)."""
     for n in scale.w2_ns:
+        ts = user_threads(ds, n)
+        expected: dict[tuple[str, frozenset[str]], set[str]] = {}
         cursors: dict[str, str | None] = {}
         labels = ["first page", *(["page 10"] if n >= 10 * PAGE else []), *SEARCHES]
         for r in range(scale.rounds + 1):
@@ -350,7 +352,12 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                 if label in SEARCH_FLOOR:
                     m.floor_key = f"W2 {SEARCH_FLOOR[label]} N={n}"
                 op = f"list_threads {label}"
-                exp = {t.name: set(_expected(ds, n, label, t.search_scope)) for t in order}
+                exp = {}
+                for t in order:
+                    k = (label, t.search_scope)
+                    if k not in expected:
+                        expected[k] = set(_expected(ts, label, t.search_scope))
+                    exp[t.name] = expected[k]
                 calls: dict[str, tuple[Any, int]] = {}
                 for t in order:
                     uid = t.user_key(ds.w2_users[n])
