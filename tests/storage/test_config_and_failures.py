@@ -28,6 +28,9 @@ ENV_VARS = (
     "CHAINLIT_ORM_STORAGE_URL",
     "CHAINLIT_ORM_STORAGE_SECRET",
     "CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL",
+    "CHAINLIT_ORM_STORAGE_TIMEOUT",
+    "CHAINLIT_ORM_STORAGE_CONNECT_TIMEOUT",
+    "CHAINLIT_ORM_STORAGE_READ_TIMEOUT",
     "CHAINLIT_AUTH_SECRET",
     "STORAGE_EXPIRY_TIME",
     "AWS_ENDPOINT_URL",
@@ -140,6 +143,7 @@ def test_aws_and_azure_env_filled_in(clean_env: pytest.MonkeyPatch) -> None:
         "key": "env-key",
         "secret": "env-secret",
         "client_kwargs": {"region_name": "eu-west-1"},
+        "config_kwargs": {"connect_timeout": 5.0, "read_timeout": 30.0},
         "use_listings_cache": False,
     }
     explicit = FsspecStorage("s3://bucket/p", endpoint_url="http://other", key="k", secret="s")
@@ -148,6 +152,7 @@ def test_aws_and_azure_env_filled_in(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", AZURITE_CONN)
     azure = FsspecStorage("az://container/p")
     assert azure._options["connection_string"] == AZURITE_CONN
+    assert (azure._options["connection_timeout"], azure._options["read_timeout"]) == (5.0, 30.0)
 
 
 @pytest.mark.parametrize(
