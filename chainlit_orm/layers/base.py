@@ -389,7 +389,7 @@ class ChainlitLayer(BaseDataLayer):
             data["forId"] = normalize_id(data["forId"], what="element forId")
         data.pop("path", None)  # a session temp file: meaningless once the session ends
         content = await _element_bytes(element)
-        upload: _Upload | None = None
+        upload: tuple[str, bytes, str] | None = None  # (object key, bytes, MIME type)
         if content is not None and not data.get("url"):
             if self.storage is None:
                 if not self._warned_no_storage:
@@ -404,13 +404,8 @@ class ChainlitLayer(BaseDataLayer):
 
                 raw_mime = data.get("mime") or _guess_mime(data.get("name"))
                 mime = check_content_type(raw_mime or "application/octet-stream")
-                upload = _Upload(
-                    object_key=f"threads/{thread_id}/files/{element_id}",
-                    content=content,
-                    mime=mime,
-                    disposition=_content_disposition(_element_name(data)),
-                )
-                data["objectKey"] = upload.object_key
+                upload = (f"threads/{thread_id}/files/{element_id}", content, mime)
+                data["objectKey"] = upload[0]
                 data["mime"] = mime
                 data["url"] = None  # signed afresh on every read
         row = to_row(self.models, "element", data)
@@ -418,11 +413,15 @@ class ChainlitLayer(BaseDataLayer):
         if upload is None or self.storage is None:
             await self.backend.upsert_element(row, now=utc_now())
             return
-        await self._upload_element(self.storage, upload, thread_id, element_id)
+        key, content, mime = upload
+        disposition = _content_disposition(_element_name(data))  # the name is checked now
+        await self._upload_element(
+            self.storage, _Upload(key, content, mime, disposition), thread_id, element_id
+        )
         try:
             await self.backend.upsert_element(row, now=utc_now())
         except Exception as exc:
-            await self._remove_orphan(upload.object_key, thread_id, element_id, exc)
+            await self._remove_orphan(key, thread_id, element_id, exc)
             raise
 
     async def _upload_element(
@@ -764,9 +763,24 @@ def _decode_cursor(cursor: object) -> tuple[str, str]:
 
 
 async def _element_bytes(element: Element) -> bytes | None:
+    """The bytes an element carries: its ``content`` (text as UTF-8), else the file at its
+    ``path`` (read in a worker thread), else None."""
     content = getattr(element, "content", None)
     if content is not None:
-        return content.encode() if isinstance(content, str) else bytes(content)
+        if isinstance(content, str):
+            try:
+                return content.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(
+                    f"element {element.id}: content has a lone surrogate, which UTF-8 cannot "
+                    "encode"
+                ) from exc
+        if isinstance(content, bytes | bytearray | memoryview):
+            return bytes(content)
+        # bytes(5) would store five NUL bytes: refuse what is neither text nor bytes
+        raise InvalidInputError(
+            f"element {element.id}: content must be bytes or str, got {type(content).__name__}"
+        )
     path = getattr(element, "path", None)
     if path and not getattr(element, "url", None):
         from pathlib import Path
