@@ -48,10 +48,11 @@ from tests.reliability.storage_env import (
     file_element,
     new_thread,
     object_key,
+    refusing_db,
     site,
 )
 
-__all__ = ["chainlit_ctx", "db"]  # fixtures
+__all__ = ["chainlit_ctx", "db", "refusing_db"]  # fixtures
 
 STORAGE_KINDS = ["memory", "local", "s3", "azure", "chainlit-s3", "chainlit-azure-blob"]
 
@@ -66,13 +67,9 @@ def stored_paths(kind: str, keys: list[str]) -> list[str]:
     return sorted(keys)
 
 
-def refused_element(db: Db, thread_id: str, content: bytes = b"refused bytes") -> Any:
-    """An element only the database refuses (see :meth:`Db.refused_props`)."""
-    element = file_element(thread_id, REFUSED_NAME, content)
-    props = db.refused_props()
-    if props is not None:
-        element.props = props
-    return element
+def refused_element(thread_id: str, content: bytes = b"refused bytes") -> Any:
+    """An element only the database refuses (the trigger of ``storage_env._install_refusal``)."""
+    return file_element(thread_id, REFUSED_NAME, content)
 
 
 async def element_ids(layer: ChainlitLayer, thread_id: str) -> list[str]:
@@ -90,13 +87,13 @@ def storage_kind(request: pytest.FixtureRequest) -> str:
 
 
 async def test_a_row_the_database_refuses_leaves_no_object(
-    db: Db, storage_kind: str, tmp_path: Path, chainlit_ctx: Any
+    refusing_db: Db, storage_kind: str, tmp_path: Path, chainlit_ctx: Any
 ) -> None:
     async with site(storage_kind, tmp_path) as where:
-        layer = await db.layer(where.client())
+        layer = await refusing_db.layer(where.client())
         try:
             thread_id = await new_thread(layer)
-            refused = refused_element(db, thread_id)
+            refused = refused_element(thread_id)
             with pytest.raises(ChainlitORMError) as caught:
                 await layer.create_element(refused)
             assert not isinstance(caught.value, StorageError)  # the database's refusal
@@ -113,7 +110,7 @@ async def test_a_row_the_database_refuses_leaves_no_object(
 
 
 async def test_a_resent_element_that_is_refused_keeps_the_object_its_row_serves(
-    db: Db, tmp_path: Path, chainlit_ctx: Any
+    refusing_db: Db, tmp_path: Path, chainlit_ctx: Any
 ) -> None:
     """Chainlit re-sends updatable elements with the same id, so the same object key. When the
     re-send is refused, the earlier row still refers to that object: removing it would leave a
@@ -122,12 +119,12 @@ async def test_a_resent_element_that_is_refused_keeps_the_object_its_row_serves(
     async with site("memory", tmp_path) as where:
         storage = where.client()
         assert isinstance(storage, FsspecStorage)
-        layer = await db.layer(storage)
+        layer = await refusing_db.layer(storage)
         try:
             thread_id = await new_thread(layer)
             first = file_element(thread_id, "first.bin", b"first bytes")
             await layer.create_element(first)
-            again = refused_element(db, thread_id, b"second bytes")
+            again = refused_element(thread_id, b"second bytes")
             again.id = first.id
             with pytest.raises(ChainlitORMError):
                 await layer.create_element(again)
