@@ -240,7 +240,8 @@ class FsspecStorage(BaseStorageClient):
             :func:`~chainlit_orm.storage.mount_storage_route`.
         timeout: overall deadline, in seconds, of every call (upload, delete, read, signing a
             URL, one chunk of the local route), SDK retries and the wait for a ``concurrency``
-            slot included; past it the call raises ``StorageTimeoutError``. Defaults to
+            slot included (creating the SDK client on first use is not: it is local work);
+            past it the call raises ``StorageTimeoutError``. Defaults to
             ``CHAINLIT_ORM_STORAGE_TIMEOUT``, else 120. :meth:`discard_file`, the clean-up after
             a failed element write, gets half of it, so a failed upload and its clean-up end
             within 1.5 times ``timeout``.
@@ -553,6 +554,16 @@ class FsspecStorage(BaseStorageClient):
         with self._translate("connect to", ""):
             return await asyncio.shield(task)
 
+    async def _ready(self) -> None:
+        """Create this loop's filesystem, if it is a native-async one, outside any deadline.
+
+        Creating it is local work (aiobotocore loads botocore's data files in a worker thread;
+        credentials come from botocore's chain, with its own timeouts), not a call to the
+        service: a busy machine must not turn it into a ``StorageTimeoutError``.
+        """
+        if self._backend.native_async:
+            await self._fs()
+
     def _slot(self) -> asyncio.Semaphore:
         """This loop's semaphore bounding concurrent operations (see ``concurrency``)."""
         loop = asyncio.get_running_loop()
@@ -594,7 +605,8 @@ class FsspecStorage(BaseStorageClient):
         """One storage call: within its deadline (``timeout`` unless given), errors translated.
 
         Invariant: no public method of this class awaits the network, a worker thread or a
-        concurrency slot outside one of these blocks, so none can wait longer than its deadline.
+        concurrency slot outside one of these blocks (creating the filesystem, :meth:`_ready`,
+        is the one exception: local work), so none waits on the service past its deadline.
         """
         limit = self.timeout if seconds is None else seconds
         try:
@@ -643,6 +655,7 @@ class FsspecStorage(BaseStorageClient):
         payload = _payload(data)
         content_type = check_content_type(mime or "application/octet-stream")
         disposition = normalize_content_disposition(content_disposition)
+        await self._ready()
         async with self._bounded("upload", key):
             async with self._slot():
                 await self._upload(key, path, payload, overwrite, content_type, disposition)
@@ -721,6 +734,7 @@ class FsspecStorage(BaseStorageClient):
             StorageError: the backend failed (permissions, network, credentials), chained.
         """
         key = validate_key(object_key)
+        await self._ready()
         async with self._bounded("delete", key), self._slot():
             return await self._delete(key, self._path(key))
 
@@ -738,6 +752,7 @@ class FsspecStorage(BaseStorageClient):
                 the object may remain.
         """
         key = validate_key(object_key)
+        await self._ready()
         async with self._bounded("remove", key, self.cleanup_timeout):
             if not self._backend.native_async:
                 await asyncio.to_thread(self._discard_sync, key)
@@ -762,6 +777,7 @@ class FsspecStorage(BaseStorageClient):
         """
         key = validate_key(object_key)
         path = self._path(key)
+        await self._ready()
         async with self._bounded("read", key), self._slot():
             if self._backend.native_async:
                 fs = await self._fs()
@@ -821,6 +837,7 @@ class FsspecStorage(BaseStorageClient):
             StorageError: signing failed (chained).
         """
         key = validate_key(object_key)
+        await self._ready()
         async with self._bounded("sign a read URL for", key):
             return await self._read_url(key)
 
