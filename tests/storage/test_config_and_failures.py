@@ -320,20 +320,21 @@ def test_bad_timeouts_fail_at_construction(clean_env: pytest.MonkeyPatch, bad: o
 async def test_a_local_call_that_never_returns_ends_in_a_timeout(tmp_path: Path) -> None:
     """A FIFO nobody reads: opening it to write blocks the worker thread for ever, as a hung
     network mount would. The call still ends, typed, at its deadline; the test then opens the
-    other end so the thread can finish."""
+    other end so the abandoned thread can finish."""
     root = tmp_path / "root"
     (root / "fifo").parent.mkdir(parents=True)
     os.mkfifo(root / "fifo")
+    os.mkfifo(root / "fifo-to-read")  # its own FIFO: the upload's thread may still hold "fifo"
     storage = FsspecStorage(str(root), secret=TEST_SECRET, mount=False, timeout=0.5)
     upload = asyncio.ensure_future(storage.upload_file("fifo", b"never written"))
     with pytest.raises(StorageTimeoutError) as caught:
         await upload
     assert caught.value.detail == "fifo"
     assert "no answer within 0.5 s" in str(caught.value)
-    reader = os.open(root / "fifo", os.O_RDONLY | os.O_NONBLOCK)  # releases the blocked thread
-    os.close(reader)
-    reading = asyncio.ensure_future(storage.read_file("fifo"))
+    # meet the blocked thread at the FIFO (a blocking open returns once it has opened its end,
+    # however late the thread pool ran it), so it finishes
+    os.close(await asyncio.to_thread(os.open, root / "fifo", os.O_RDONLY))
+    reading = asyncio.ensure_future(storage.read_file("fifo-to-read"))
     with pytest.raises(StorageTimeoutError):
         await reading
-    writer = os.open(root / "fifo", os.O_WRONLY | os.O_NONBLOCK)
-    os.close(writer)
+    os.close(await asyncio.to_thread(os.open, root / "fifo-to-read", os.O_WRONLY))
