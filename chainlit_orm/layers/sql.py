@@ -77,6 +77,10 @@ SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncm
 _PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001",
                  "53300"}
 _MY_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1927, 4031}
+# MySQL/MariaDB errors after which the connection is gone: server gone away, lost connection
+# (during a query, or at a system call), connection killed, server shutting down, disconnected for
+# inactivity. The messages do not all say "connection", so the numbers decide.
+_MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -326,6 +330,8 @@ class SQLBackend:
         if not isinstance(exc, self._driver_errors):
             return False
         if self._client_side(exc):
+            return True
+        if self.is_mysql and exc.args and exc.args[0] in _MY_DISCONNECT:
             return True
         return _classify(self.dialect, exc) in ("transient", "unavailable") and (
             _looks_disconnected(exc) or (self.dialect == "postgresql"

@@ -32,8 +32,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from chainlit_orm.errors import TimeoutExceededError
 
-__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection", "TxScript",
-           "prepare"]
+__all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
+           "TxScript", "prepare"]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -160,17 +160,25 @@ class Statement:
         return p
 
 
+class Abandoned(Exception):
+    """Raised in a SQLite connection's thread when the caller of the transaction it runs has
+    given up (its timeout, a cancellation): the transaction rolls back instead of going on."""
+
+
 class SyncConnection:
     """The statements of :meth:`RawConnection.transaction_in_thread`, run synchronously on the
     sqlite3 connection in its own thread (the words are reported to the listeners after)."""
 
-    __slots__ = ("_raw", "_words")
+    __slots__ = ("_abandoned", "_raw", "_words")
 
-    def __init__(self, raw: Any, words: list[str]) -> None:
+    def __init__(self, raw: Any, words: list[str], abandoned: list[bool] | None = None) -> None:
         self._raw = raw
         self._words = words
+        self._abandoned = abandoned or [False]
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> tuple[Prepared, Any]:
+        if self._abandoned[0]:
+            raise Abandoned
         p = stmt.prepared
         self._words.append(p.word)
         return p, self._raw.execute(p.sql, p.args(params))
@@ -305,16 +313,25 @@ class RawConnection:
         ``body`` gets a :class:`SyncConnection` (``execute`` and ``fetch``, synchronous); it
         must not block on anything but SQLite. This uses aiosqlite's ``_execute`` (how its own
         public methods run; the one private name used here, ``runs_in_thread`` checks it).
+
+        A caller that gives up while the thread still waits (for another process's write lock,
+        in SQLite's busy handler, which nothing interrupts) sets ``abandoned``: the thread then
+        rolls back at its next statement or before COMMIT, instead of writing what its caller
+        was told failed. (Past the last check, the COMMIT lands: a timed-out write may or may
+        not have taken effect, as documented.)
         """
         words: list[str] = []
         driver = self.driver
+        abandoned = [False]  # set on the loop, read in the thread (a list item: atomic)
 
         def run() -> T:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
             words.append("BEGIN")
             raw.execute("BEGIN IMMEDIATE")
             try:
-                result = body(SyncConnection(raw, words))
+                result = body(SyncConnection(raw, words, abandoned))
+                if abandoned[0]:
+                    raise Abandoned
             except BaseException:
                 with contextlib.suppress(Exception):  # the error that got us here is raised
                     raw.execute("ROLLBACK")
@@ -326,6 +343,9 @@ class RawConnection:
 
         try:
             result: T = await driver._execute(run)
+        except BaseException:
+            abandoned[0] = True
+            raise
         finally:
             if self.listeners:
                 for word in words:
