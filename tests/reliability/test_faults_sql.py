@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chainlit_orm import SQLDataLayer
+from chainlit_orm import SQLDataLayer, migrate
+from chainlit_orm.cli import main
 from chainlit_orm.errors import BackendUnavailableError, ConfigurationError, TimeoutExceededError
 from tests.backends import SQL_BACKENDS
 from tests.reliability.faultproxy import FaultProxy, fault_proxy
@@ -356,6 +357,47 @@ async def test_a_slow_network_below_the_timeout_succeeds(backend: str, tmp_path:
         assert thread is not None and thread["name"] == "slow"
         assert _step_ids(thread) == [step["id"]]
         assert layer.sql.raw.generation == 0  # nothing failed, nothing was discarded
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_maintenance_has_its_own_longer_limit(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``migrate`` (and ``chainlit-orm migrate --timeout``) gives up after its own limit; the
+    layer's first-use schema check runs under ``migrate_timeout``, in a task that outlives the
+    call that started it (whose ``timeout`` is shorter), so a schema being created is not cut
+    short, and the next call waits for that same check."""
+    async with SQL_BACKENDS[backend].database(tmp_path) as url:
+        with fault_proxy(*SERVERS[backend]) as proxy:
+            via = make_url(url).set(port=proxy.port).render_as_string(hide_password=False)
+            loop = asyncio.get_running_loop()
+            proxy.set_mode("blackhole")
+            started = loop.time()
+            with pytest.raises(TimeoutExceededError, match=r"within its timeout of 0\.5 s"):
+                await migrate(via, timeout=0.5)
+            assert loop.time() - started < 2 * 0.5
+            assert await asyncio.to_thread(main, ["migrate", via, "--timeout", "0.5"]) == 2
+            assert "did not finish within its timeout of 0.5 s" in capsys.readouterr().err
+
+            layer = SQLDataLayer(via, create_schema=True, timeout=TIMEOUT, connect_timeout=30,
+                                 migrate_timeout=60)
+            try:
+                started = loop.time()
+                with pytest.raises(TimeoutExceededError):
+                    await layer.get_user("nobody")
+                assert loop.time() - started < 2 * TIMEOUT
+                check = layer.sql._ready_task
+                assert check is not None and not check.done()
+                proxy.set_mode("pass")
+                # the same check goes on (creating the schema can take longer than a call's
+                # timeout, on MariaDB) and succeeds; the next call then runs at once
+                await asyncio.wait({check})
+                assert check.exception() is None and layer.sql._is_ready
+                assert await layer.get_user("nobody") is None
+                assert layer.sql._ready_task is check
+            finally:
+                await layer.close()
+            assert (await migrate(via)).changed is False  # the layer created all of it
 
 
 async def test_a_postgres_restart_drops_the_kept_connections_then_one_call_succeeds() -> None:
