@@ -46,6 +46,7 @@ from chainlit_orm.errors import (
     StorageError,
     mask_url,
 )
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT, BoundedBackend, CallDeadline
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import (
@@ -192,6 +193,11 @@ class ChainlitLayer(BaseDataLayer):
             reports that time as each listed thread's ``createdAt`` (Chainlit's UI re-sorts and
             groups the sidebar by it, so the two must agree); ``"created"`` lists by creation.
         max_text_bytes: refuse a step whose input or output is larger (typed error, no write).
+        timeout: seconds each call to the backend may take (retries and waits for a connection
+            included); past it the call is cancelled and raises
+            :class:`~chainlit_orm.errors.TimeoutExceededError`. Client-side, so it holds behind
+            a transaction-mode pooler and on a network that swallows packets
+            (:mod:`chainlit_orm.layers.deadline`).
     """
 
     def __init__(
@@ -201,12 +207,16 @@ class ChainlitLayer(BaseDataLayer):
         storage: BaseStorageClient | None = None,
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
                 f"thread_order must be 'activity' or 'created': {thread_order!r}"
             )
-        self.backend = backend
+        deadline = CallDeadline(timeout)  # ConfigurationError unless a positive number
+        self.timeout = deadline.timeout
+        # every backend call is bounded: the proxy runs each coroutine method under the deadline
+        self.backend = cast(Backend, BoundedBackend(backend, deadline))
         self.models = backend.models
         self.storage = storage
         self.thread_order: ThreadOrder = thread_order

@@ -80,6 +80,7 @@ from chainlit_orm.errors import (
     StorageError,
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import Timestamp, format_timestamp, normalize_id, parse_timestamp
 from chainlit_orm.schema_gen.dynamo import (
@@ -1553,6 +1554,8 @@ class DynamoDataLayer(ChainlitLayer):
             errors (``"standard"`` or ``"adaptive"``).
         offload_bytes: step texts larger than this go to ``storage`` (when configured).
         connect_timeout, read_timeout: seconds.
+        timeout: seconds each data-layer call may take, botocore's retries included (see
+            :class:`~chainlit_orm.layers.base.ChainlitLayer`).
 
     Credentials come from the standard AWS chain (environment, shared profile, instance/task
     role). Threads are listed by activity only (``thread_order="created"`` is refused).
@@ -1574,6 +1577,7 @@ class DynamoDataLayer(ChainlitLayer):
         read_timeout: float = 30.0,
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -1589,7 +1593,8 @@ class DynamoDataLayer(ChainlitLayer):
         kwargs: dict[str, Any] = {}
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
-        super().__init__(backend, storage=storage, thread_order=thread_order, **kwargs)
+        super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
+                         **kwargs)
         self.dynamo: DynamoBackend = backend
 
 
