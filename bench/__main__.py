@@ -1,4 +1,5 @@
-"""``python -m bench [--quick|--full]``: run W1..W5 on every available target, write the report."""
+"""``python -m bench [--quick|--full]``: run W1..W5 on every available target (and, in --full, the
+PostgreSQL SCALE workload), write the report."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ HERE = Path(__file__).resolve().parent
 class Scale:
     rounds: int
     w1_threads_c1: int
-    w1_steps: int
+    w1_steps: int  # (create_step, update_step) pairs per W1 thread
     w1_waves: int  # W1 c=32: threads per worker, one after the other
+    w1_bursts: int  # W1 burst: bursts of 32 threads per round
     w2_ns: tuple[int, ...]
     w2_reps: int
     w3_steps: tuple[int, ...]
@@ -40,14 +42,17 @@ class Scale:
     w5_users: int
     w5_threads_per_user: int
     w5_iters: int
+    scale_sizes: tuple[int, ...]  # SCALE: threads per PostgreSQL store (bench/scale.py)
 
 
-QUICK = Scale(rounds=3, w1_threads_c1=64, w1_steps=10, w1_waves=3, w2_ns=(100, 1000, 10000), w2_reps=5,
-              w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=3, w4_per_round=5, w5_users=32,
-              w5_threads_per_user=4, w5_iters=12)
-FULL = Scale(rounds=7, w1_threads_c1=64, w1_steps=12, w1_waves=3, w2_ns=(100, 1000, 10000, 30000), w2_reps=5,
-             w3_steps=(10, 100, 1000), w3_reps=5, w4_rounds=8, w4_per_round=5, w5_users=32,
-             w5_threads_per_user=8, w5_iters=24)
+QUICK = Scale(rounds=3, w1_threads_c1=160, w1_steps=3, w1_waves=8, w1_bursts=5,
+              w2_ns=(100, 1000, 10000), w2_reps=5, w3_steps=(10, 100, 1000), w3_reps=5,
+              w4_rounds=3, w4_per_round=5, w5_users=32, w5_threads_per_user=4, w5_iters=12,
+              scale_sizes=(10_000, 100_000))
+FULL = Scale(rounds=7, w1_threads_c1=160, w1_steps=3, w1_waves=8, w1_bursts=5,
+             w2_ns=(100, 1000, 10000, 100000), w2_reps=5, w3_steps=(10, 100, 1000), w3_reps=5,
+             w4_rounds=8, w4_per_round=5, w5_users=32, w5_threads_per_user=8, w5_iters=24,
+             scale_sizes=(10_000, 100_000, 1_000_000))
 
 
 def all_targets(workdir: str) -> list[tuple[str, Any]]:
@@ -65,6 +70,7 @@ def all_targets(workdir: str) -> list[tuple[str, Any]]:
     out.append(("chainlit-dynamodb/dynamodb", lambda: dynamo.ChainlitDynamo(workdir)))
     for b in ("sqlite", "postgresql", "mariadb"):
         out.append((f"floor/{b}", lambda b=b: floor_sql.FloorSQL(workdir, b)))
+    out.append(("floor/sqlite-1conn", lambda: floor_sql.FloorSQL(workdir, "sqlite", "1conn")))
     out.append(("floor/dynamodb", lambda: dynamo.FloorDynamo(workdir)))
     return out
 
@@ -99,9 +105,12 @@ async def machine() -> dict[str, Any]:
 
         c = await asyncpg.connect(rawdb.PG_DSN.format(db="postgres"))
         info["postgresql"] = (await c.fetchval("SHOW server_version")) + ", fsync=" + (
-            await c.fetchval("SHOW fsync")) + ", synchronous_commit=" + (
+            await c.fetchval("SHOW fsync")) + ", server synchronous_commit=" + (
             await c.fetchval("SHOW synchronous_commit"))
         await c.close()
+        info["postgresql"] += ("; the bench's databases: " + (
+            f"synchronous_commit={rawdb.PG_SYNC_COMMIT[0]} (--pg-sync-commit, ALTER DATABASE)"
+            if rawdb.PG_SYNC_COMMIT[0] else "the server's setting (no --pg-sync-commit)"))
     except Exception as e:
         info["postgresql"] = f"unreachable: {e}"
     try:
@@ -154,6 +163,11 @@ async def run(args: argparse.Namespace) -> int:
     scale = QUICK if not args.full else FULL
     if args.rounds:
         scale.rounds = args.rounds
+    if args.scale_sizes:
+        scale.scale_sizes = tuple(int(x) for x in args.scale_sizes.split(","))
+    from . import rawdb
+
+    rawdb.PG_SYNC_COMMIT[0] = args.pg_sync_commit
     scale.w4_rounds = max(scale.w4_rounds, scale.rounds + 1)  # W4 deletes threads every round
     t_start = time.perf_counter()
     counting.hook_botocore()
@@ -162,31 +176,57 @@ async def run(args: argparse.Namespace) -> int:
     moto = None
     if args.dynamodb_url:
         dynamo.set_endpoint(args.dynamodb_url)
-    elif not args.targets or "dynamo" in args.targets:
+    elif (not args.targets or "dynamo" in args.targets) and _workloads(args) != ["SCALE"]:
         moto, url = start_moto()
         dynamo.set_endpoint(url)
     try:
-        return await _run(args, scale, t_start)
+        return await _run(args, scale, t_start, private_moto=moto is not None)
     finally:
         if moto is not None:
             moto.terminate()
-            moto.wait(10)
+            try:
+                moto.wait(10)
+            except subprocess.TimeoutExpired:  # busy answering a scan: it need not finish
+                moto.kill()
+                moto.wait(10)
 
 
-async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
+def _workloads(args: argparse.Namespace) -> list[str]:
+    # SCALE measures chainlit-orm/postgresql only: in the default list of --full unless --targets
+    # leaves that target out
+    want = [s for s in (args.targets or "").split(",") if s]
+    scale_target = not want or any(w in "chainlit-orm/postgresql" for w in want)
+    default = "W1,W2,W3,W4,W5" + (",SCALE" if args.full and scale_target else "")
+    return [w.strip().upper() for w in (args.workloads or default).split(",") if w.strip()]
+
+
+async def _run(args: argparse.Namespace, scale: Scale, t_start: float,
+               private_moto: bool) -> int:
     from chainlit.context import init_http_context
 
+    from . import memory
+    from . import scale as scale_wl
+
     init_http_context()  # an HTTP (not websocket) context: queued writes run immediately
-    ds = dataset.build(scale)
-    print(f"dataset: {len(ds.users)} users, {len(ds.threads)} threads, "
-          f"{sum(len(t.steps) for t in ds.threads)} steps", flush=True)
+    wl = _workloads(args)
+    unknown = [w for w in wl if w not in WORKLOADS and w != "SCALE"]
+    if unknown:
+        raise SystemExit(f"unknown workloads: {unknown}")
+    sampler = memory.RssSampler()
+    sampler.__enter__()
+    rss0 = memory.mib(memory.rss_bytes())
+    only_scale = wl == ["SCALE"]
+    ds = dataset.build(scale) if not only_scale else None
+    if ds is not None:
+        print(f"dataset: {len(ds.users)} users, {len(ds.threads)} threads, "
+              f"{sum(len(t.steps) for t in ds.threads)} steps", flush=True)
     workdir = str(HERE / ".work")
     os.makedirs(workdir, exist_ok=True)
     want = [s for s in (args.targets or "").split(",") if s]
     targets: list[Target] = []
     unavailable: dict[str, str] = {}
     orm_sqlite_pragmas: dict[str, str] = {}
-    for name, make in all_targets(workdir):
+    for name, make in ([] if only_scale else all_targets(workdir)):
         if want and not any(w in name for w in want):
             continue
         t0 = time.perf_counter()
@@ -194,11 +234,12 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
             t = make()
             if hasattr(t, "check"):
                 t.check()
-            if name == "floor/sqlite" and orm_sqlite_pragmas:
+            if name.startswith("floor/sqlite") and orm_sqlite_pragmas:
                 t.sqlite_pragmas = orm_sqlite_pragmas
             await t.setup(ds)
             if name == "chainlit-orm/sqlite":
-                orm_sqlite_pragmas = {k: str(v) for k, v in t.settings.items()}
+                orm_sqlite_pragmas = {k: str(v) for k, v in t.settings.items()
+                                      if k in ("journal_mode", "synchronous")}
                 sync = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
                 orm_sqlite_pragmas["synchronous"] = sync.get(orm_sqlite_pragmas.get(
                     "synchronous", "2"), "FULL")
@@ -219,26 +260,41 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
     gc.freeze()
     workloads.VERBOSE[0] = args.verbose
     res = Results()
-    wl = [w.strip().upper() for w in (args.workloads or "W1,W2,W3,W4,W5").split(",")]
+    res.memory["set-up"] = {"start": rss0, "peak": memory.mib(sampler.peak()),
+                            "end": memory.mib(memory.rss_bytes())}
+    durations: dict[str, float] = {}
     for w in wl:
         t0 = time.perf_counter()
-        await WORKLOADS[w](targets, ds, res, scale)
-        print(f"{w} done in {time.perf_counter() - t0:.1f} s", flush=True)
+        start = memory.mib(sampler.reset())
+        if w == "SCALE":
+            await scale_wl.run([scale_wl.Store(s) for s in scale.scale_sizes], res,
+                               scale.rounds, scale.w2_reps, sampler)
+        else:
+            assert ds is not None
+            await WORKLOADS[w](targets, ds, res, scale)
+        durations[w] = time.perf_counter() - t0
+        res.memory[w] = {"start": start, "peak": memory.mib(sampler.peak()),
+                         "end": memory.mib(memory.rss_bytes())}
+        print(f"{w} done in {durations[w]:.1f} s (peak RSS {res.memory[w]['peak']:.0f} MiB)",
+              flush=True)
+    sampler.__exit__(None, None, None)
     for t in targets:
         with contextlib.suppress(Exception):
             await t.close()
     an = report.analyse(res, targets)
     chk = report.checks(an, res, targets)
     meta = {"mode": "full" if args.full else "quick", "rounds": scale.rounds,
-            "elapsed_s": time.perf_counter() - t_start, "scale": asdict(scale),
+            "elapsed_s": time.perf_counter() - t_start, "workload_s": durations,
+            "pg_sync_commit": args.pg_sync_commit or "server default", "scale": asdict(scale),
             "command": " ".join(["python -m bench", *sys.argv[1:]]), "machine": await machine()}
     from .targets import dynamo
 
     meta["machine"]["dynamodb"] = (f"moto server {dynamo.ENDPOINT}"
-                                   + ("" if args.dynamodb_url else " (private, started by the bench)"))
+                                   + (" (private, started by the bench)" if private_moto else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if not args.full else "full"
+    stem = ("scale" if wl == ["SCALE"] else "quick" if not args.full else "full") + (
+        f"_pgsync_{args.pg_sync_commit}" if args.pg_sync_commit else "")
     md = report.markdown(an, res, targets, unavailable, meta, chk)
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(json.dumps({
@@ -246,10 +302,12 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
                                    "description": t.description, "settings": t.settings}
                                   for t in targets],
         "unavailable": unavailable, "analysis": an, "calls": res.calls, "checks": chk,
-        "errors": res.errors}, indent=1, default=str))
-    report.plot(an, targets, str(out / f"{stem}_w2.png"))
+        "memory_mib": res.memory, "scale": res.scale, "errors": res.errors}, indent=1,
+        default=str))
+    if any(k.startswith("W2 ") for k in an["metrics"]):
+        report.plot(an, targets, str(out / f"{stem}_w2.png"))
     print(md)
-    print(f"\nwritten: {out}/{stem}.md, {stem}.json, {stem}_w2.png "
+    print(f"\nwritten: {out}/{stem}.md, {stem}.json (+ {stem}_w2.png with W2) "
           f"({meta['elapsed_s']:.0f} s)")
     return 0
 
@@ -257,10 +315,17 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="the < 10 minute run (default)")
-    g.add_argument("--full", action="store_true", help="more rounds, bigger N")
+    g.add_argument("--quick", action="store_true", help="the < 12 minute run (default)")
+    g.add_argument("--full", action="store_true", help="more rounds, bigger N, and SCALE")
     p.add_argument("--targets", help="comma-separated substrings of target names to run")
-    p.add_argument("--workloads", help="comma-separated, e.g. W1,W3 (default all)")
+    p.add_argument("--workloads", help="comma-separated, e.g. W1,W3 or SCALE (default: W1..W5, "
+                   "and SCALE in --full)")
+    p.add_argument("--pg-sync-commit", choices=("on", "off"),
+                   help="synchronous_commit of the bench's own PostgreSQL databases (ALTER "
+                   "DATABASE; default: the server's setting); the report's name gets "
+                   "_pgsync_on|off")
+    p.add_argument("--scale-sizes", help="SCALE store sizes in threads, comma-separated "
+                   "(multiples of 10000; default 10000,100000 quick, +1000000 full)")
     p.add_argument("--rounds", type=int, help="override the number of timed rounds")
     p.add_argument("--dynamodb-url", help="use this moto/DynamoDB endpoint instead of starting "
                    "a private moto server")

@@ -14,8 +14,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-NEEDLE = "Needle"  # in the name and the step output of every SEARCH_EVERY-th W2 thread
-SEARCH_EVERY = 7
+
+# W2 search terms. Every W2 user (whatever its N) has exactly SEARCH_MATCHES threads with NAME_TERM
+# in their name and SEARCH_MATCHES other threads with TEXT_TERM in their assistant message, spread
+# evenly over the user's activity order; neither term (nor any substring of 3 characters or more
+# of it) occurs anywhere else in any store, and no other text of the dataset contains a "Z" or a
+# "z", so ONE_CHAR_TERM matches exactly the NAME_TERM threads, under case-sensitive and
+# case-insensitive matching alike. The other texts use the letters of "Question number .. about
+# things" and "message .. of thread ..: lorem ipsum dolor sit amet, consectetur adipiscing elit."
+NAME_TERM = "Zebra"
+TEXT_TERM = "Walrus"
+ONE_CHAR_TERM = "Z"
+SEARCH_MATCHES = 10
 
 
 def ts(seconds: float) -> str:
@@ -99,9 +109,23 @@ def _text(i: int, j: int, size: int) -> str:
     return (base * (size // len(base) + 1))[:size]
 
 
+def search_slots(n: int) -> tuple[set[int], set[int]]:
+    """Indexes (in creation order, which is activity order) of the threads of a W2 user with
+    ``n`` threads that carry NAME_TERM in their name and TEXT_TERM in their assistant message:
+    SEARCH_MATCHES of each, evenly spread (``n`` must be a multiple of SEARCH_MATCHES)."""
+    if n % SEARCH_MATCHES:
+        raise ValueError(f"W2 N must be a multiple of {SEARCH_MATCHES}: {n}")
+    step = n // SEARCH_MATCHES
+    name = {k * step + step // 3 for k in range(SEARCH_MATCHES)}
+    text = {k * step + (2 * step) // 3 for k in range(SEARCH_MATCHES)}
+    if name & text:
+        raise ValueError(f"W2 N too small for disjoint search slots: {n}")
+    return name, text
+
+
 def make_thread(user: UserRec, i: int, n_steps: int, *, at: float, name: str | None = None,
                 n_elements: int = 0, n_feedback: int = 0, text_size: int = 200,
-                needle: bool = False) -> ThreadRec:
+                name_term: bool = False, text_term: bool = False) -> ThreadRec:
     tid = new_id()
     steps: list[dict[str, Any]] = []
     last_user = at
@@ -110,8 +134,8 @@ def make_thread(user: UserRec, i: int, n_steps: int, *, at: float, name: str | N
         kind = KIND_CYCLE[j % 3] if n_steps > 2 else ("user_message", "assistant_message")[j % 2]
         t = at + j * 0.001
         text = _text(i, j, text_size)
-        if needle and kind != "user_message":
-            text = f"{NEEDLE} " + text
+        if text_term and kind == "assistant_message":
+            text = f"{TEXT_TERM} " + text
         s = make_step(kind, tid, t, text, parent_id=parent)
         if kind == "user_message":
             last_user = t
@@ -119,7 +143,8 @@ def make_thread(user: UserRec, i: int, n_steps: int, *, at: float, name: str | N
         if kind == "tool":
             parent = None
         steps.append(s)
-    thread_name = name or (f"{NEEDLE} thread {i}" if needle else f"Question number {i} about things")
+    thread_name = name or (f"Question number {i} about the {NAME_TERM}" if name_term
+                           else f"Question number {i} about things")
     elements = []
     for k in range(n_elements):
         e = copy.deepcopy(templates()["element"])
@@ -162,10 +187,11 @@ def build(scale: Any) -> Dataset:
         u = make_user(f"w2-user-{n}")
         users.append(u)
         w2_users[n] = u
+        in_name, in_text = search_slots(n)
         for i in range(n):
             clock += 1
-            threads.append(make_thread(u, i, 2, at=clock, needle=(i % SEARCH_EVERY == 0),
-                                       text_size=120))
+            threads.append(make_thread(u, i, 2, at=clock, name_term=i in in_name,
+                                       text_term=i in in_text, text_size=120))
     owner = make_user("w3-owner")
     users.append(owner)
     w3 = {}

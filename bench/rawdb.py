@@ -45,6 +45,16 @@ class RawDB:
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
+    async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run ``statements`` in one transaction (BEGIN .. COMMIT; ROLLBACK on error)."""
+        async with self.transaction() as tx:
+            for sql, args in statements:
+                await tx.execute(sql, args)
+
+    async def fetch_seq(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each query, in order (no snapshot shared between them)."""
+        return [await self.fetch(sql, args) for sql, args in queries]
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -59,9 +69,38 @@ async def pg_admin(sql: str) -> None:
         await conn.close()
 
 
+# ``--pg-sync-commit on|off``: set on every PostgreSQL database the bench creates (ALTER DATABASE,
+# so it applies to each new connection to that database only; the server's setting is untouched).
+# None: the server's setting.
+PG_SYNC_COMMIT: list[str | None] = [None]
+
+
 async def pg_recreate(db: str) -> None:
     await pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     await pg_admin(f'CREATE DATABASE "{db}"')
+    await pg_apply_settings(db)
+
+
+async def pg_apply_settings(db: str) -> None:
+    """The bench's durability setting on its own database ``db`` (before any pool opens)."""
+    mode = PG_SYNC_COMMIT[0]
+    if mode is None:  # a cached database may keep an earlier run's setting
+        await pg_admin(f'ALTER DATABASE "{db}" RESET synchronous_commit')
+    elif mode in ("on", "off"):
+        await pg_admin(f'ALTER DATABASE "{db}" SET synchronous_commit = {mode}')
+    else:
+        raise ValueError(f"synchronous_commit must be on or off: {mode!r}")
+
+
+async def pg_show(db: str, setting: str) -> str:
+    """``SHOW setting`` on a new connection to ``db`` (per-database settings apply)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN.format(db=db))
+    try:
+        return str(await conn.fetchval(f"SHOW {setting}"))
+    finally:
+        await conn.close()
 
 
 async def my_recreate(db: str) -> None:
@@ -83,10 +122,12 @@ class PgDB(RawDB):
         self.pool = pool
 
     @classmethod
-    async def open(cls, db: str, size: int = 16) -> PgDB:
+    async def open(cls, db: str, size: int = 16,
+                   server_settings: dict[str, str] | None = None) -> PgDB:
         import asyncpg
 
-        pool = await asyncpg.create_pool(PG_DSN.format(db=db), min_size=2, max_size=size)
+        pool = await asyncpg.create_pool(PG_DSN.format(db=db), min_size=2, max_size=size,
+                                         server_settings=server_settings)
         return cls(pool)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -169,8 +210,8 @@ class SqliteDB(RawDB):
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         counting.statement()
-        async with next(self._rr).execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        # one hop to the reader's thread (execute + fetchall + close would be three)
+        return list(await next(self._rr).execute_fetchall(sql, args))
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         async with self.lock:
@@ -204,6 +245,106 @@ class SqliteDB(RawDB):
     async def close(self) -> None:
         for c in [self.writer, *self.readers]:
             await c.close()
+
+
+class SqliteOneDB(RawDB):
+    """One aiosqlite connection in autocommit serving every caller, as the second harness of
+    issue 19 ran its SQLite floor.
+
+    aiosqlite runs a connection's calls one after the other on its own thread, so each call is
+    one hop to that thread and back. A single statement is one hop and its own transaction
+    (autocommit). A transaction of several statements, and a read of several, run as one function
+    on that thread (one hop): no other caller's statement can come between them, and a
+    transaction is never seen half-done."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, path: str, *, journal_mode: str | None = None,
+                   synchronous: str | None = None) -> SqliteOneDB:
+        import aiosqlite
+
+        c = await aiosqlite.connect(path, isolation_level=None)  # autocommit
+        for p in ("busy_timeout = 10000", *([f"synchronous = {synchronous}"] if synchronous
+                                             else []),
+                  *([f"journal_mode = {journal_mode}"] if journal_mode else [])):
+            await c.execute_fetchall(f"PRAGMA {p}")
+        return cls(c)
+
+    async def pragmas(self) -> dict[str, Any]:
+        return {p: (await self.conn.execute_fetchall(f"PRAGMA {p}"))[0][0]
+                for p in ("journal_mode", "synchronous")}
+
+    def _run(self, fn: Any) -> Any:
+        """``fn(sqlite3_connection)`` on the connection's thread: one hop (aiosqlite's own
+        mechanism for every call it makes)."""
+        return self.conn._execute(fn, self.conn._conn)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        counting.statement()
+        return list(await self.conn.execute_fetchall(sql, args))
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        counting.statement()
+
+        def run(c: Any) -> None:
+            c.execute(sql, args).close()
+
+        await self._run(run)
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        counting.statement()
+
+        def run(c: Any) -> None:
+            c.execute("BEGIN")
+            try:
+                c.executemany(sql, rows).close()
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+        await self._run(run)
+
+    async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        counting.transaction()
+        for _ in statements:
+            counting.statement()
+
+        def run(c: Any) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    c.execute(sql, args).close()
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+        await self._run(run)
+
+    async def fetch_seq(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        for _ in queries:
+            counting.statement()
+
+        def run(c: Any) -> list[list[Any]]:
+            return [c.execute(sql, args).fetchall() for sql, args in queries]
+
+        return list(await self._run(run))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        raise NotImplementedError("SqliteOneDB runs transactions with transact() (one hop)")
+        yield  # pragma: no cover
+
+    async def script(self, sql: str) -> None:
+        await self.conn.executescript(sql)
+
+    async def close(self) -> None:
+        await self.conn.close()
 
 
 class _SqliteConn:

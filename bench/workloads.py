@@ -32,6 +32,9 @@ class Metric:
     status: dict[str, str] = field(default_factory=dict)  # target -> ok | lost data | ...
     extra: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(
         lambda: defaultdict(list)))  # target -> name -> per-round values (p50, p99)
+    # the metric whose floor figures this one is compared with (None: this one's); W2's search of
+    # a term in message text is compared with the floors' name-only search
+    floor_key: str | None = None
 
     def void(self, target: str, why: str) -> None:
         if self.status.get(target, "ok") == "ok":
@@ -43,6 +46,8 @@ class Results:
     metrics: dict[str, Metric] = field(default_factory=dict)
     calls: dict[str, dict[str, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    scale: dict[str, Any] = field(default_factory=dict)  # SCALE: stores and the cursor walk
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)  # workload -> RSS (MiB)
 
     def metric(self, key: str, unit: str, higher: bool) -> Metric:
         if key not in self.metrics:
@@ -132,64 +137,165 @@ async def _verify_thread(t: Target, tid: str, pairs: list) -> str | None:
     return None
 
 
+async def _w1_window(t: Target, call: Any, scripts: list[Any], conc: int) -> float:
+    """Seconds to write ``scripts`` with ``conc`` workers, each taking its share one thread after
+    the other (conc=1: one after the other)."""
+    t0 = time.perf_counter()
+    if conc == 1:
+        for u, tid, pairs in scripts:
+            await _w1_thread(t, call, u, tid, pairs)
+    else:
+        async def worker(mine: list[Any]) -> None:
+            for u, tid, pairs in mine:
+                await _w1_thread(t, call, u, tid, pairs)
+
+        await asyncio.gather(*(worker(scripts[w::conc]) for w in range(conc)))
+    return time.perf_counter() - t0
+
+
+async def burst(run_one: Any, n: int) -> float:
+    """Seconds from the release of ``n`` tasks, all started at once, to the end of the last.
+
+    Each task is created and parked on one gate before the clock starts; the gate opens when all
+    ``n`` are parked, so every task makes its first call in the same event-loop turn, before any
+    of them can finish (``tests/bench/test_harness.py``). ``run_one(k)`` is task k's work."""
+    gate = asyncio.Event()
+    parked = 0
+    all_parked = asyncio.Event()
+
+    async def one(k: int) -> None:
+        nonlocal parked
+        parked += 1
+        if parked == n:
+            all_parked.set()
+        await gate.wait()
+        await run_one(k)
+
+    tasks = [asyncio.ensure_future(one(k)) for k in range(n)]
+    try:
+        await all_parked.wait()
+        t0 = time.perf_counter()
+        gate.set()
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - t0
+    finally:
+        for task in tasks:  # a failed task must not leave the others running
+            task.cancel()
+
+
+BURST = 32  # threads in one W1 burst
+
+
 async def w1(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    """Three figures, steps/s (a step = its create_step and update_step): ``c=1`` (threads one
+    after the other), ``c=32`` (a long window: 32 workers, each writing ``w1_waves`` threads one
+    after the other, so 32 threads are always in flight) and ``burst c=32`` (one burst of 32 new
+    threads started at once, timed from its start to its last write; ``w1_bursts`` bursts per
+    round, the targets taking turns burst by burst, the round's figure the median burst)."""
     # The users log in first: Chainlit calls get_user on every request before any write.
     for t in targets:
         for u in ds.w1_users:
             await t.get_user(u.identifier)
-    for conc, threads in ((1, scale.w1_threads_c1), (32, 32)):  # c=1's count: per target
+
+    def scripts_for(t: Target, n: int, base: float) -> list[Any]:
+        steps = t.scaled(scale, "w1_steps")
+        users = ds.w1_users
+        return [(users[k % len(users)], *_w1_script(t.user_key(users[k % len(users)]), steps,
+                                                    base + k)) for k in range(n)]
+
+    async def verify(t: Target, m: Metric, scripts: list[Any]) -> None:
+        for _u, tid, pairs in scripts:
+            bad = await _verify_thread(t, tid, pairs)
+            if bad:
+                m.void(t.name, bad)
+                return
+
+    for conc in (1, 32):
         m = res.metric(f"W1 write c={conc}", "steps/s", True)
         for r in range(scale.rounds + 1):
             for t in _rotate(targets, r):
-                # c=32: 32 workers, each writing w1_waves threads one after the other, so the
-                # timed window is long enough (one wave of a fast target lasts ~0.1 s)
                 nthreads = (t.scaled(scale, "w1_threads_c1") if conc == 1
-                            else threads * t.scaled(scale, "w1_waves"))
-                steps = t.scaled(scale, "w1_steps")
-                base = 5_000_000 + r * 1000 + random.random()
-                scripts = [(ds.w1_users[k % len(ds.w1_users)], *_w1_script(
-                    t.user_key(ds.w1_users[k % len(ds.w1_users)]), steps, base + k))
-                    for k in range(nthreads)]
+                            else conc * t.scaled(scale, "w1_waves"))
+                scripts = scripts_for(t, nthreads, 5_000_000 + r * 10_000 + random.random())
                 counted = Counted(res, t) if (r == 0 and conc == 1) else None
-                call = counted or _plain
                 try:
-                    t0 = time.perf_counter()
-                    if conc == 1:
-                        for u, tid, pairs in scripts:
-                            await _w1_thread(t, call, u, tid, pairs)
-                    else:
-                        async def worker(mine: list[Any], t: Target = t, call: Any = call
-                                         ) -> None:
-                            for u, tid, pairs in mine:
-                                await _w1_thread(t, call, u, tid, pairs)
-
-                        await asyncio.gather(*(worker(scripts[w::conc]) for w in range(conc)))
-                    dt = time.perf_counter() - t0
+                    dt = await _w1_window(t, counted or _plain, scripts, conc)
                     if counted:
                         counted.commit()
-                    for _u, tid, pairs in scripts:
-                        bad = await _verify_thread(t, tid, pairs)
-                        if bad:
-                            m.void(t.name, bad)
-                            break
+                    await verify(t, m, scripts)
                 except Exception as e:
                     m.void(t.name, _err(res, t, m.key, e))
                     continue
                 if r > 0:
-                    m.rounds[t.name].append(nthreads * steps / dt)
+                    m.rounds[t.name].append(nthreads * t.scaled(scale, "w1_steps") / dt)
                 _progress(m.key, r, t, dt)
+
+    m = res.metric(f"W1 burst c={BURST}", "steps/s", True)
+    for r in range(scale.rounds + 1):
+        per: dict[str, list[float]] = defaultdict(list)
+        failed: set[str] = set()
+        for b in range(scale.w1_bursts):
+            for t in _rotate(targets, r + b):
+                if t.name in failed or b >= t.scaled(scale, "w1_bursts"):
+                    continue
+                scripts = scripts_for(t, BURST, 7_000_000 + r * 10_000 + b * 100
+                                      + random.random())
+                try:
+                    dt = await burst(lambda k, t=t, scripts=scripts: _w1_thread(
+                        t, _plain, *scripts[k]), BURST)
+                    await verify(t, m, scripts)
+                except Exception as e:
+                    m.void(t.name, _err(res, t, m.key, e))
+                    failed.add(t.name)
+                    continue
+                per[t.name].append(BURST * t.scaled(scale, "w1_steps") / dt)
+                _progress(m.key, r, t, dt)
+        if r > 0:
+            for name, xs in per.items():
+                if name not in failed:
+                    m.rounds[name].append(statistics.median(xs))
 
 
 # --------------------------------------------------------------------------------------------
 # W2: list_threads first page, page 10 through the cursors, search; N = 100 .. 10,000
 
-def _expected(ds: Dataset, n: int) -> tuple[list[str], list[str], list[str]]:
+SEARCHES = {"search": dataset.NAME_TERM, "search text": dataset.TEXT_TERM,
+            "search 1-char": dataset.ONE_CHAR_TERM}
+# the floor figure each W2 search is compared with: a term in message text only is compared with
+# the floor's name-only search of the name term (the floors search names only)
+SEARCH_FLOOR = {"search": "search", "search text": "search", "search 1-char": "search 1-char"}
+
+
+def user_threads(ds: Dataset, n: int) -> list[ThreadRec]:
+    """The threads of the W2 user with ``n`` threads, newest activity first (the list's order)."""
     u = ds.w2_users[n]
-    ts = sorted((t for t in ds.threads if t.user is u), key=lambda t: (t.activity, t.id),
-                reverse=True)
+    return sorted((t for t in ds.threads if t.user is u), key=lambda t: (t.activity, t.id),
+                  reverse=True)
+
+
+def search_hits(threads: list[ThreadRec], term: str, scope: frozenset[str]) -> list[str]:
+    """Ids of ``threads`` (in order) that a layer searching ``scope`` ("name": the thread's name;
+    "text": the output of its messages) finds for ``term``, case-insensitively."""
+    q = term.casefold()
+    out = []
+    for t in threads:
+        in_name = "name" in scope and q in (t.name or "").casefold()
+        in_text = "text" in scope and any(
+            q in (s.get("output") or "").casefold() for s in t.steps
+            if s.get("type") in ("user_message", "assistant_message"))
+        if in_name or in_text:
+            out.append(t.id)
+    return out
+
+
+def _expected(ts: list[ThreadRec], label: str, scope: frozenset[str]) -> list[str]:
+    """The ids a target searching ``scope`` answers for ``label`` on the user's threads ``ts``."""
     ids = [t.id for t in ts]
-    needles = [t.id for t in ts if t.name.startswith(dataset.NEEDLE)]
-    return ids[:PAGE], ids[9 * PAGE:10 * PAGE], needles[:SEARCH_PAGE]
+    if label == "first page":
+        return ids[:PAGE]
+    if label == "page 10":
+        return ids[9 * PAGE:10 * PAGE]
+    return search_hits(ts, SEARCHES[label], scope)[:SEARCH_PAGE]
 
 
 BLOCK = 8  # calls a target makes in a row in _timed_all
@@ -231,22 +337,33 @@ async def _timed_all(calls: dict[str, tuple[Any, int]]) -> dict[str, Any]:
 
 
 async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    """list_threads of the W2 user with N threads: first page, page 10 (through the cursors) and
+    three searches (:data:`SEARCHES`), each answer compared with the dataset's, computed for the
+    target's declared search scope (``Target.search_scope``)."""
     for n in scale.w2_ns:
-        exp_first, exp_p10, exp_search = _expected(ds, n)
+        ts = user_threads(ds, n)
+        expected: dict[tuple[str, frozenset[str]], set[str]] = {}
         cursors: dict[str, str | None] = {}
-        labels = ["first page", *(["page 10"] if n >= 10 * PAGE else []), "search"]
+        labels = ["first page", *(["page 10"] if n >= 10 * PAGE else []), *SEARCHES]
         for r in range(scale.rounds + 1):
             order = [t for t in _rotate(targets, r) if n <= getattr(t, "max_w2_n", n)]
             for label in labels:
                 m = res.metric(f"W2 {label} N={n}", "ms", False)
+                if label in SEARCH_FLOOR:
+                    m.floor_key = f"W2 {SEARCH_FLOOR[label]} N={n}"
                 op = f"list_threads {label}"
-                exp = {"first page": exp_first, "page 10": exp_p10, "search": exp_search}[label]
+                exp = {}
+                for t in order:
+                    k = (label, t.search_scope)
+                    if k not in expected:
+                        expected[k] = set(_expected(ts, label, t.search_scope))
+                    exp[t.name] = expected[k]
                 calls: dict[str, tuple[Any, int]] = {}
                 for t in order:
                     uid = t.user_key(ds.w2_users[n])
-                    if label == "search":
+                    if label in SEARCHES:
                         pag = Pagination(first=SEARCH_PAGE)
-                        flt = ThreadFilter(userId=uid, search=dataset.NEEDLE)
+                        flt = ThreadFilter(userId=uid, search=SEARCHES[label])
                     else:
                         pag, flt = Pagination(first=PAGE), ThreadFilter(userId=uid)
                     try:
@@ -263,7 +380,7 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                             c = Counted(res, t)
                             page = await c(f"{op} N={n}", t.list_threads, pag, flt)
                             c.commit()
-                            if {d["id"] for d in page.data} != set(exp):
+                            if {d["id"] for d in page.data} != exp[t.name]:
                                 m.void(t.name, "wrong result")
                         else:
                             calls[t.name] = (lambda t=t, pag=pag, flt=flt:
@@ -278,7 +395,7 @@ async def w2(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                         m.void(name, _err(res, by_name[name], m.key, outcome))
                         continue
                     ms, page = outcome
-                    if {d["id"] for d in page.data} != set(exp):
+                    if {d["id"] for d in page.data} != exp[name]:
                         m.void(name, "wrong result")
                     m.rounds[name].append(ms)
 
@@ -370,14 +487,19 @@ async def w4(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
 # --------------------------------------------------------------------------------------------
 # W5: 32 concurrent users looping get_user, list_threads, get_thread, create_step
 
+W5_CALLS = ("get_user", "list_threads", "get_thread", "create_step")
+
+
 async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> None:
+    """32 users at once, each looping get_user, list_threads (first page), get_thread, create_step.
+    Figures: calls/s; p50 and p99 of all calls and of each call type."""
     m = res.metric("W5 mixed c=32", "calls/s", True)
     for r in range(scale.rounds + 1):
         for t in _rotate(targets, r):
-            lat: list[float] = []
+            lat: dict[str, list[float]] = {k: [] for k in W5_CALLS}
             written: dict[str, list[dict]] = defaultdict(list)
 
-            async def user_loop(u: Any, t: Target = t, lat: list[float] = lat,
+            async def user_loop(u: Any, t: Target = t, lat: dict[str, list[float]] = lat,
                                 written: dict = written, r: int = r) -> None:
                 uid = t.user_key(u)
                 threads = ds.w5_threads[u.id]
@@ -387,14 +509,15 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                     kind = ("user_message", "assistant_message")[i % 2]
                     step = dataset.make_step(kind, th.id, 6_000_000 + r * 100 + i * 0.01
                                              + random.random() * 0.001, f"W5 {u.identifier} {i}")
-                    for fn in (lambda: t.get_user(u.identifier),
-                               lambda: t.list_threads(Pagination(first=PAGE),
-                                                      ThreadFilter(userId=uid)),
-                               lambda th=th: t.get_thread(th.id),
-                               lambda step=step: t.create_step(dict(step))):
+                    for name, fn in (
+                            ("get_user", lambda: t.get_user(u.identifier)),
+                            ("list_threads", lambda: t.list_threads(Pagination(first=PAGE),
+                                                                    ThreadFilter(userId=uid))),
+                            ("get_thread", lambda th=th: t.get_thread(th.id)),
+                            ("create_step", lambda step=step: t.create_step(dict(step)))):
                         t0 = time.perf_counter()
                         await fn()
-                        lat.append(time.perf_counter() - t0)
+                        lat[name].append(time.perf_counter() - t0)
                     written[th.id].append(step)
 
             try:
@@ -412,10 +535,20 @@ async def w5(targets: list[Target], ds: Dataset, res: Results, scale: Any) -> No
                 continue
             _progress(m.key, r, t, dt)
             if r > 0:
-                m.rounds[t.name].append(len(lat) / dt)
-                q = statistics.quantiles(lat, n=100)
-                m.extra[t.name]["p50 ms"].append(statistics.median(lat) * 1000)
-                m.extra[t.name]["p99 ms"].append(q[98] * 1000)
+                every = [x for xs in lat.values() for x in xs]
+                m.rounds[t.name].append(len(every) / dt)
+                for name, xs in (("", every), *((f"{k} ", v) for k, v in lat.items())):
+                    p50, p99 = percentiles(xs)
+                    m.extra[t.name][f"{name}p50 ms"].append(p50 * 1000)
+                    m.extra[t.name][f"{name}p99 ms"].append(p99 * 1000)
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}
+def percentiles(xs: list[float]) -> tuple[float, float]:
+    """(p50, p99) of ``xs``: the median, and the 99th percentile by the "exclusive" method
+    (``statistics.quantiles``; with fewer than 100 samples it is about the largest)."""
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    return statistics.median(xs), statistics.quantiles(xs, n=100)[98]
+
+
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}  # SCALE: bench/scale.py

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chainlit_orm.errors import ChainlitORMError, ConfigurationError, mask_url
+from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
 
@@ -145,7 +146,8 @@ def _migrate(args: argparse.Namespace) -> int:
         lines = asyncio.run(migrate_dynamodb(args.url, models, args.dry_run))
     else:
         result = asyncio.run(migrator.migrate(args.url, models=models, dry_run=args.dry_run,
-                                     dedupe_feedback=args.dedupe_feedback))
+                                              dedupe_feedback=args.dedupe_feedback,
+                                              timeout=args.timeout))
         lines = list(result.lines)
     for line in lines:
         print(line)
@@ -185,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep one feedback per step (the newest) before adding the "
                          "unique index on forId")
     migrate.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+    migrate.add_argument("--timeout", type=float, default=DEFAULT_MIGRATE_TIMEOUT,
+                         metavar="SECONDS",
+                         help="give up after this long (default: %(default)g; raise it for a "
+                              "backfill of a large table)")
     migrate.set_defaults(handler=_migrate)
 
     show = commands.add_parser("ddl", help="print the DDL for one SQL dialect")

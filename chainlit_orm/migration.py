@@ -40,6 +40,7 @@ Why it works the way it does:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -67,8 +68,10 @@ from chainlit_orm.errors import (
     InvalidInputError,
     SchemaError,
     SchemaOutdatedError,
+    TimeoutExceededError,
     mask_url,
 )
+from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, FROM_METADATA, ModelSet
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
@@ -122,6 +125,8 @@ async def migrate(
     models: ModelSet = DEFAULT_MODELS,
     dry_run: bool = False,
     dedupe_feedback: bool = False,
+    # a limit that holds by default, not only when the caller wraps the call in one
+    timeout: float = DEFAULT_MIGRATE_TIMEOUT,  # noqa: ASYNC109
 ) -> MigrationReport:
     """Create the set's schema in an empty database or upgrade an existing one, additively.
 
@@ -133,6 +138,10 @@ async def migrate(
         dedupe_feedback: where a step has several feedback rows (Chainlit's layer allowed it),
             keep the most recently written one and delete the others, so the unique
             feedback-per-step index can be built. Without it migrate refuses.
+        timeout: seconds the whole migration may take (default 600; raise it for a backfill of
+            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
+            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
+            kept (migrate is idempotent: run it again).
 
     Returns:
         The report; ``changed`` is False when the schema was already up to date.
@@ -141,10 +150,25 @@ async def migrate(
         ConfigurationError: the URL names an unsupported database (the message lists the
             supported ones).
         BackendUnavailableError: the server cannot be reached or refuses the credentials.
+        TimeoutExceededError: the migration did not finish within ``timeout``.
         SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
             a newer schema version, an index name taken by a different index, or a failed
             statement (chained to the driver error).
     """
+    limit = check_timeout(timeout, "timeout")
+    try:
+        async with asyncio.timeout(limit):
+            return await _migrate(url, models, dry_run, dedupe_feedback)
+    except TimeoutError as exc:
+        if isinstance(exc, TimeoutExceededError):
+            raise
+        raise TimeoutExceededError(
+            f"migrate of {mask_url(url)} did not finish within its timeout of {limit:g} s",
+            detail=limit) from exc
+
+
+async def _migrate(url: str, models: ModelSet, dry_run: bool, dedupe_feedback: bool
+                   ) -> MigrationReport:
     if url.strip().lower().startswith("dynamodb://"):
         return await _migrate_dynamodb(url, models, dry_run)
     from chainlit_orm.layers.sql import normalize_url

@@ -24,6 +24,9 @@ class Target:
     # target (W1 threads and steps, W2/W3 repetitions, W5 iterations; the figures are rates and
     # medians, so only their spread changes).
     scale_overrides: dict[str, int] = {}
+    # What the target's list_threads search looks in: "name" (the thread's name) and/or "text"
+    # (its messages' output). W2 checks each search answer against this declared scope.
+    search_scope: frozenset[str] = frozenset({"name"})
 
     def scaled(self, scale: Any, field: str) -> int:
         return int(self.scale_overrides.get(field, getattr(scale, field)))

@@ -29,7 +29,8 @@ _de = TypeDeserializer()
 MAX_W2_N = 1000
 # moto serves ~50 writes/s and answers a GSI Query by a scan: the DynamoDB targets run lighter
 # (see Target.scale_overrides and bench/README.md).
-MOTO_SCALE = {"w1_threads_c1": 8, "w1_steps": 4, "w1_waves": 1, "w2_reps": 3, "w3_reps": 3,
+# W1 bursts: none (with one wave, W1 c=32 on moto is itself one burst of 32 threads)
+MOTO_SCALE = {"w1_threads_c1": 8, "w1_waves": 1, "w1_bursts": 0, "w2_reps": 3, "w3_reps": 3,
               "w5_iters": 1}
 
 
@@ -294,15 +295,17 @@ class FloorDynamo(Target):
             kw["FilterExpression"] = "contains(#n, :q)"
             kw["ExpressionAttributeNames"] = {"#n": "name"}
             kw["ExpressionAttributeValues"][":q"] = {"S": filters.search}
-        kw["Limit"] = pagination.first
-        while True:  # a filter applies after Limit: keep reading until the page is full
+        else:
+            # a filter applies after Limit, so a search sets none: each Query reads up to 1 MB
+            # of the user's index and the fewest calls fill the page (the surplus is dropped)
+            kw["Limit"] = pagination.first
+        while True:  # keep reading until the page is full
             r = await self._call(self.c.query, **kw)
             items.extend(r["Items"])
             last = r.get("LastEvaluatedKey")
             if len(items) >= pagination.first or not last:
                 break
             kw["ExclusiveStartKey"] = last
-            kw["Limit"] = pagination.first - len(items)
         data = []
         for it in items[:pagination.first]:
             d = de(it)
@@ -311,11 +314,12 @@ class FloorDynamo(Target):
                          "tags": d.get("tags"), "metadata": d.get("metadata") or {},
                          "steps": [], "elements": []})
         end = None
-        if last:
+        more = bool(last) or len(items) > pagination.first
+        if more:
             end = _cur_enc({k: v for k, v in items[pagination.first - 1].items()
                             if k in ("PK", "SK", "UserThreadPK", "UserThreadSK")}
                            if len(items) >= pagination.first else last)
-        return PaginatedResponse(pageInfo=PageInfo(hasNextPage=bool(last), startCursor=None,
+        return PaginatedResponse(pageInfo=PageInfo(hasNextPage=more, startCursor=None,
                                                    endCursor=end), data=data)
 
     async def _partition(self, thread_id: str, keys_only: bool = False) -> list[dict[str, Any]]:

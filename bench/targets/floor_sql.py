@@ -36,7 +36,30 @@ TYPES = {
 }
 
 
-def ddl(dialect: str) -> str:
+def search_ddl(dialect: str) -> list[str]:
+    """The name-search index of the pooled floors (see bench/README.md "The floor"): a trigram
+    index on threads.name. PostgreSQL: pg_trgm GIN. SQLite: an FTS5 trigram table over the name
+    (external content: the name is stored once, in threads), kept current by triggers; its rowid
+    is the thread row's rowid. MariaDB has no n-gram index: none (its search is a scan)."""
+    if dialect == "postgresql":
+        return ["CREATE EXTENSION IF NOT EXISTS pg_trgm",
+                'CREATE INDEX "threads_name_trgm" ON "threads" USING gin ("name" gin_trgm_ops)']
+    if dialect == "sqlite":
+        ins = 'INSERT INTO "threads_name_fts" (rowid, "name") VALUES (new.rowid, new."name")'
+        dele = ('INSERT INTO "threads_name_fts" ("threads_name_fts", rowid, "name") '
+                "VALUES ('delete', old.rowid, old.\"name\")")
+        return [
+            'CREATE VIRTUAL TABLE "threads_name_fts" USING fts5("name", content=\'threads\', '
+            "content_rowid='rowid', tokenize='trigram')",
+            f'CREATE TRIGGER "threads_fts_ins" AFTER INSERT ON "threads" BEGIN {ins}; END',
+            f'CREATE TRIGGER "threads_fts_del" AFTER DELETE ON "threads" BEGIN {dele}; END',
+            'CREATE TRIGGER "threads_fts_upd" AFTER UPDATE OF "name" ON "threads" '
+            f'WHEN old."name" IS NOT new."name" BEGIN {dele}; {ins}; END',
+        ]
+    return []
+
+
+def ddl(dialect: str, search_index: bool = False) -> str:
     ID, J, TS, B, T = TYPES[dialect]
     ident = "VARCHAR(255)" if dialect == "mariadb" else "TEXT"
     desc = " DESC" if dialect != "mariadb" else ""
@@ -66,6 +89,8 @@ def ddl(dialect: str) -> str:
     if dialect == "mariadb":
         stmts = [s.replace('"', "`") + " " if s.startswith("CREATE TABLE") else s.replace('"', "`")
                  for s in stmts]
+    if search_index:
+        stmts += search_ddl(dialect)
     return ";\n".join(stmts) + ";"
 
 
@@ -87,15 +112,32 @@ def upsert_sql(dialect: str, table: str, cols: tuple[str, ...]) -> str:
 
 
 class FloorSQL(Target):
+    """``variant="pool"``: the driver's pool (SQLite: one writer behind a lock and 2 readers),
+    with the name-search index where the engine has one (:func:`search_ddl`).
+    ``variant="1conn"`` (SQLite only): one aiosqlite connection in autocommit serving every
+    caller (:class:`rawdb.SqliteOneDB`), no search index: the second harness's floor."""
+
     kind = "floor"
 
-    def __init__(self, workdir: str, backend: str) -> None:
+    def __init__(self, workdir: str, backend: str, variant: str = "pool") -> None:
         super().__init__(workdir)
+        if variant not in ("pool", "1conn") or (variant == "1conn" and backend != "sqlite"):
+            raise ValueError(f"no {variant} floor on {backend}")
         self.backend = backend
-        self.name = f"floor/{backend}"
-        self.description = {"postgresql": "asyncpg", "sqlite": "aiosqlite",
-                            "mariadb": "asyncmy"}[backend] + ", hand-written SQL"
+        self.variant = variant
+        self.name = f"floor/{backend}" + ("-1conn" if variant == "1conn" else "")
+        self.search_index = variant == "pool" and backend in ("postgresql", "sqlite")
+        self.description = {"postgresql": "asyncpg pool (16)",
+                            "sqlite": "aiosqlite, 1 writer behind a lock + 2 readers",
+                            "mariadb": "asyncmy pool (16, autocommit)"}[backend]
+        if variant == "1conn":
+            self.description = "aiosqlite, one connection in autocommit serving every caller"
+        self.description += ", hand-written SQL; name search: " + (
+            {"postgresql": "pg_trgm GIN on threads.name", "sqlite": "FTS5 trigram on threads.name"
+             }[backend] + " (terms >= 3 characters), else a scan" if self.search_index
+            else "a scan (LIKE) of the user's threads")
         self.db: Any = None
+        self.search_db: Any = None  # PostgreSQL: the trigram search's connections
         self.sqlite_pragmas: dict[str, str] = {}  # set by the runner to match the ORM target
         d = backend
         self.step_upsert = upsert_sql(d, "steps", STEP_COLS)
@@ -127,10 +169,32 @@ class FloorSQL(Target):
         keyset = ('("activity", "id") < (?, ?)' if d != "mariadb"
                   else '("activity" < ? OR ("activity" = ? AND "id" < ?))')
         sel = f'SELECT {q((*THREAD_COLS, "activity"))} FROM "threads" WHERE "userId" = ?'
+        # search: None, "scan" (LIKE on the name, read through the user's list index) or "index"
+        # (the trigram index, for terms of 3 characters or more); same parameters in all shapes
         self.list_sql = {
             (c, s): sel + (f" AND {keyset}" if c else "") + (f' AND "name" {like} ?' if s else "")
             + ' ORDER BY "activity" DESC, "id" DESC LIMIT ?'
-            for c in (False, True) for s in (False, True)}
+            for c in (False, True) for s in (None, "scan")}
+        if self.search_index and d == "postgresql":
+            # the term's rows in the whole store through the trigram index (a bitmap scan; the
+            # CTE keeps the user's list index out of that scan), then those of the user, sorted.
+            # The pattern is the first parameter here (list_threads puts it first)
+            tsel = (f'WITH m AS MATERIALIZED (SELECT {q((*THREAD_COLS, "activity"))} '
+                    'FROM "threads" WHERE "name" ILIKE ?) '
+                    f'SELECT {q((*THREAD_COLS, "activity"))} FROM m WHERE "userId" = ?')
+            for c in (False, True):
+                self.list_sql[(c, "index")] = (
+                    tsel + (' AND ("activity", "id") < (?, ?)' if c else "")
+                    + ' ORDER BY "activity" DESC, "id" DESC LIMIT ?')
+        elif self.search_index:
+            # FTS5 first (CROSS JOIN fixes the join order): the term's rows in the whole store,
+            # then those of the user, sorted
+            tsel = (f'SELECT {q((*THREAD_COLS, "activity"), "t.")} FROM "threads_name_fts" f '
+                    'CROSS JOIN "threads" t ON t.rowid = f.rowid WHERE t."userId" = ?')
+            for c in (False, True):
+                self.list_sql[(c, "index")] = (
+                    tsel + (' AND (t."activity", t."id") < (?, ?)' if c else "")
+                    + ' AND f."name" LIKE ? ORDER BY t."activity" DESC, t."id" DESC LIMIT ?')
         self.thread_sql = (f'SELECT {q(THREAD_COLS, "t.")}, {q(ELEM_COLS, "e.")} FROM "threads" t '
                            'LEFT JOIN "elements" e ON e."threadId" = t."id" WHERE t."id" = ?')
         self.steps_sql = (f'SELECT {q(STEP_COLS, "s.")}, f."id", f."value", f."comment" '
@@ -214,15 +278,30 @@ class FloorSQL(Target):
             await rawdb.my_recreate("bench_floor")
             self.db = await rawdb.MyDB.open("bench_floor")
         else:
-            path = os.path.join(self.workdir, "floor.sqlite")
+            one = self.variant == "1conn"
+            path = os.path.join(self.workdir, "floor1.sqlite" if one else "floor.sqlite")
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(path + ext):
                     os.remove(path + ext)
-            self.db = await rawdb.SqliteDB.open(path, **self.sqlite_pragmas)
+            if one:
+                self.db = await rawdb.SqliteOneDB.open(path, **self.sqlite_pragmas)
+            else:
+                self.db = await rawdb.SqliteDB.open(path, **self.sqlite_pragmas)
             self.settings.update(await self.db.pragmas())
-        await self.db.script(ddl(self.backend))
+        if self.backend == "postgresql":
+            self.settings["synchronous_commit"] = await rawdb.pg_show("bench_floor",
+                                                                      "synchronous_commit")
+        await self.db.script(ddl(self.backend, self.search_index))
         await self.load(ds)
-        if self.backend == "postgresql" or self.backend == "sqlite":
+        if self.backend == "postgresql":  # VACUUM too: see targets/orm.py
+            await self.db.script("VACUUM ANALYZE")
+            if self.search_index:
+                # the trigram search runs on connections that never scan the table: the planner
+                # estimates a GIN trigram lookup dearer than a scan of a small table (it chose a
+                # scan: 37 ms against 2.7 ms through the index at 11,000 threads)
+                self.search_db = await rawdb.PgDB.open(
+                    "bench_floor", size=4, server_settings={"enable_seqscan": "off"})
+        elif self.backend == "sqlite":
             await self.db.script("ANALYZE")
 
     async def load(self, ds: Dataset) -> None:
@@ -249,6 +328,8 @@ class FloorSQL(Target):
     async def close(self) -> None:
         if self.db is not None:
             await self.db.close()
+        if self.search_db is not None:
+            await self.search_db.close()
 
     # ---- operations -----------------------------------------------------------------------
     async def get_user(self, identifier: str) -> Any:
@@ -277,10 +358,9 @@ class FloorSQL(Target):
         elif self.backend == "postgresql":
             await self.db.execute(self.step_upsert_user, row)
         else:
-            async with self.db.transaction() as tx:
-                await tx.execute(self.step_upsert, row)
-                at = step["createdAt"]
-                await tx.execute(self.bump_sql, (at, step["threadId"], at))
+            at = step["createdAt"]
+            await self.db.transact([(self.step_upsert, row),
+                                    (self.bump_sql, (at, step["threadId"], at))])
 
     update_step = create_step
 
@@ -289,11 +369,16 @@ class FloorSQL(Target):
         if pagination.cursor:
             activity, tid = pagination.cursor.split("|", 1)
             args += [activity, activity, tid] if self.backend == "mariadb" else [activity, tid]
+        shape = None
         if filters.search:
             args.append(f"%{filters.search}%")
+            shape = "index" if self.search_index and len(filters.search) >= 3 else "scan"
         args.append(pagination.first + 1)
-        rows = await self.db.fetch(self.list_sql[(bool(pagination.cursor), bool(filters.search))],
-                                   args)
+        db = self.db
+        if shape == "index" and self.backend == "postgresql":
+            args.insert(0, args.pop(-2))  # the pattern first (the CTE's parameter)
+            db = self.search_db
+        rows = await db.fetch(self.list_sql[(bool(pagination.cursor), shape)], args)
         more = len(rows) > pagination.first
         rows = rows[:pagination.first]
         data = [self._thread_dict(r) for r in rows]
@@ -303,13 +388,19 @@ class FloorSQL(Target):
             data=data)
 
     async def get_thread(self, thread_id: str) -> dict[str, Any] | None:
-        head = await self.db.fetch(self.thread_sql, (thread_id,))
-        if not head:
-            return None
+        if self.variant == "1conn":  # both statements in one hop
+            head, rows = await self.db.fetch_seq([(self.thread_sql, (thread_id,)),
+                                                  (self.steps_sql, (thread_id,))])
+            if not head:
+                return None
+        else:
+            head = await self.db.fetch(self.thread_sql, (thread_id,))
+            if not head:
+                return None
+            rows = await self.db.fetch(self.steps_sql, (thread_id,))
         thread = self._thread_dict(head[0])
         o = len(THREAD_COLS)
         thread["elements"] = [self._elem_dict(r, o) for r in head if r[o] is not None]
-        rows = await self.db.fetch(self.steps_sql, (thread_id,))
         thread["steps"] = [self._step_dict(r) for r in rows]
         return thread
 
@@ -317,10 +408,10 @@ class FloorSQL(Target):
         if self.backend == "postgresql":
             await self.db.execute(self.delete_cte, (thread_id,))
             return
-        async with self.db.transaction() as tx:
-            for table, col in (("feedbacks", "threadId"), ("elements", "threadId"),
-                               ("steps", "threadId"), ("threads", "id")):
-                await tx.execute(f'DELETE FROM "{table}" WHERE "{col}" = ?', (thread_id,))
+        await self.db.transact([(f'DELETE FROM "{table}" WHERE "{col}" = ?', (thread_id,))
+                                for table, col in (("feedbacks", "threadId"),
+                                                   ("elements", "threadId"),
+                                                   ("steps", "threadId"), ("threads", "id"))])
 
     async def leftover_rows(self, thread: ThreadRec) -> int | None:
         n = 0

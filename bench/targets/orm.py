@@ -24,6 +24,17 @@ URLS = {
 ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 
 
+def shipped_defaults(cls: Any) -> str:
+    """``name=default`` of every keyword parameter of ``cls`` with a default, as shipped."""
+    import inspect
+
+    out = []
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.default is not inspect.Parameter.empty and name != "models":
+            out.append(f"{name}={p.default!r}")
+    return ", ".join(out)
+
+
 def _import() -> Any:
     try:
         import chainlit_orm
@@ -34,6 +45,7 @@ def _import() -> Any:
 
 class OrmSQL(LayerTarget):
     kind = "orm"
+    search_scope = frozenset({"name", "text"})  # names and message text (DESIGN.md)
 
     def __init__(self, workdir: str, backend: str) -> None:
         super().__init__(workdir)
@@ -64,7 +76,11 @@ class OrmSQL(LayerTarget):
         res = m.migrate(self.url)
         if asyncio.iscoroutine(res):
             await res
+        # shipped defaults: no option passed (validation, timeouts, retries, reconnect handling
+        # as an app gets them); the report lists those defaults
         self.layer = m.SQLDataLayer(self.url)
+        self.settings["options"] = "none (shipped defaults: " + shipped_defaults(
+            m.SQLDataLayer) + ")"
         sql = getattr(self.layer, "sql", None)
         engine = getattr(sql, "engine", None)
         if engine is None:
@@ -123,12 +139,15 @@ class OrmSQL(LayerTarget):
                 rows = fit(name, rows)
                 for i in range(0, len(rows), 5000):
                     await conn.execute(tables[name].insert(), rows[i:i + 5000])
-        # planner statistics after the bulk load, as for every other SQL target
+        # planner statistics after the bulk load, as for every other SQL target; on PostgreSQL
+        # VACUUM too, as autovacuum would soon do in a live store (it sets the visibility map and
+        # merges a GIN index's pending list, which a lookup otherwise reads through)
         from sqlalchemy import text
 
-        stmts = {"postgresql": ["ANALYZE"], "sqlite": ["ANALYZE"],
+        stmts = {"postgresql": ["VACUUM ANALYZE"], "sqlite": ["ANALYZE"],
                  "mariadb": [f"ANALYZE TABLE {t.name}" for t in tables.values()]}[self.backend]
         async with eng.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             for st in stmts:
                 r = await conn.execute(text(st))
                 if r.returns_rows:
@@ -173,6 +192,8 @@ class OrmDynamo(LayerTarget):
         # the floor's pool is 32 threads; the layer's pool (= its thread count) is the same
         self.layer = m.DynamoDataLayer(self.TABLE, region=dynamo.REGION,
                                        endpoint_url=dynamo.ENDPOINT, max_pool_connections=32)
+        self.settings["options"] = ("max_pool_connections=32 (the floor's pool; shipped 10), "
+                                    "else shipped defaults: " + shipped_defaults(m.DynamoDataLayer))
         items = orm_items(self.layer, ds)
         await asyncio.to_thread(dynamo.batch_put_raw, self.c, self.TABLE, items)
 

@@ -38,12 +38,15 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from chainlit_orm.errors import (
+    ChainlitORMError,
     InvalidCursorError,
     InvalidIdentifierError,
     InvalidInputError,
     PayloadTooLargeError,
     StorageError,
+    mask_url,
 )
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT, BoundedBackend, CallDeadline
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import (
@@ -190,6 +193,11 @@ class ChainlitLayer(BaseDataLayer):
             reports that time as each listed thread's ``createdAt`` (Chainlit's UI re-sorts and
             groups the sidebar by it, so the two must agree); ``"created"`` lists by creation.
         max_text_bytes: refuse a step whose input or output is larger (typed error, no write).
+        timeout: seconds each call to the backend may take (retries and waits for a connection
+            included); past it the call is cancelled and raises
+            :class:`~chainlit_orm.errors.TimeoutExceededError`. Client-side, so it holds behind
+            a transaction-mode pooler and on a network that swallows packets
+            (:mod:`chainlit_orm.layers.deadline`).
     """
 
     def __init__(
@@ -199,12 +207,16 @@ class ChainlitLayer(BaseDataLayer):
         storage: BaseStorageClient | None = None,
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
                 f"thread_order must be 'activity' or 'created': {thread_order!r}"
             )
-        self.backend = backend
+        deadline = CallDeadline(timeout)  # ConfigurationError unless a positive number
+        self.timeout = deadline.timeout
+        # every backend call is bounded: the proxy runs each coroutine method under the deadline
+        self.backend = cast(Backend, BoundedBackend(backend, deadline))
         self.models = backend.models
         self.storage = storage
         self.thread_order: ThreadOrder = thread_order
@@ -365,15 +377,29 @@ class ChainlitLayer(BaseDataLayer):
 
     @queue_until_user_message
     async def create_element(self, element: Element) -> None:
-        data = dict(element.to_dict())
-        data["id"] = normalize_id(data.get("id"), what="element id")
+        """Store an element's row and, when it has bytes but no URL, its file.
+
+        Invariant: no orphan object and no row whose file is missing. So:
+
+        1. Everything that can be checked is checked before a byte is stored: ids, every value
+           of the row (:func:`_check_element_row`), the MIME type.
+        2. The file is uploaded. A client that raises, or that reports failure Chainlit's way
+           (its ``S3StorageClient``/``AzureStorageClient`` log and return ``{}``), makes this
+           raise :class:`StorageError`; no row is written.
+        3. The row is written. When step 2 or 3 fails, the uploaded object is removed (unless a
+           row of this element already refers to it: Chainlit re-sends updatable elements) and
+           the error is raised; a removal that fails is added to that error as a note.
+        """
+        data: dict[str, Any] = dict(element.to_dict())
+        element_id = data["id"] = normalize_id(data.get("id"), what="element id")
         if not data.get("threadId"):
-            raise InvalidInputError(f"element {data['id']} has no threadId")
-        data["threadId"] = normalize_id(data["threadId"], what="element threadId")
+            raise InvalidInputError(f"element {element_id} has no threadId")
+        thread_id = data["threadId"] = normalize_id(data["threadId"], what="element threadId")
         if data.get("forId"):
             data["forId"] = normalize_id(data["forId"], what="element forId")
         data.pop("path", None)  # a session temp file: meaningless once the session ends
         content = await _element_bytes(element)
+        upload: tuple[str, bytes, str] | None = None  # (object key, bytes, MIME type)
         if content is not None and not data.get("url"):
             if self.storage is None:
                 if not self._warned_no_storage:
@@ -381,26 +407,102 @@ class ChainlitLayer(BaseDataLayer):
                     logger.warning(
                         "element %s has bytes but no storage is configured: its record is kept "
                         "without its file. Set CHAINLIT_ORM_STORAGE_URL (or pass storage=).",
-                        data["id"],
+                        element_id,
                     )
             else:
-                object_key = f"threads/{data['threadId']}/files/{data['id']}"
-                mime = str(
-                    data.get("mime") or _guess_mime(data.get("name")) or "application/octet-stream"
-                )
-                await self.storage.upload_file(
-                    object_key,
-                    content,
-                    mime=mime,
-                    overwrite=True,
-                    content_disposition=_content_disposition(str(data.get("name") or data["id"])),
-                )
-                data["objectKey"] = object_key
+                from chainlit_orm.storage._headers import check_content_type
+
+                raw_mime = data.get("mime") or _guess_mime(data.get("name"))
+                mime = check_content_type(raw_mime or "application/octet-stream")
+                upload = (f"threads/{thread_id}/files/{element_id}", content, mime)
+                data["objectKey"] = upload[0]
                 data["mime"] = mime
                 data["url"] = None  # signed afresh on every read
         row = to_row(self.models, "element", data)
-        _check_no_nul(row, "element")
-        await self.backend.upsert_element(row, now=utc_now())
+        _check_element_row(row)
+        if upload is None or self.storage is None:
+            await self.backend.upsert_element(row, now=utc_now())
+            return
+        key, content, mime = upload
+        disposition = _content_disposition(_element_name(data))  # the name is checked now
+        await self._upload_element(
+            self.storage, _Upload(key, content, mime, disposition), thread_id, element_id
+        )
+        try:
+            await self.backend.upsert_element(row, now=utc_now())
+        except Exception as exc:
+            await self._remove_orphan(key, thread_id, element_id, exc)
+            raise
+
+    async def _upload_element(
+        self, storage: BaseStorageClient, upload: _Upload, thread_id: str, element_id: str
+    ) -> None:
+        """Upload an element's file; any failure raises typed, with the object removed."""
+        key = upload.object_key
+        failure: Exception
+        try:
+            result = await storage.upload_file(
+                key,
+                upload.content,
+                mime=upload.mime,
+                overwrite=True,
+                content_disposition=upload.disposition,
+            )
+        except InvalidInputError:
+            raise  # refused before anything was stored (the client's contract)
+        except ChainlitORMError as exc:
+            failure = exc
+        except Exception as exc:  # Chainlit's Azure Blob and GCS clients raise bare Exception
+            failure = StorageError(
+                mask_url(
+                    f"could not store the file of element {element_id}: "
+                    f"{type(storage).__name__}.upload_file raised {type(exc).__name__}: {exc}"
+                ),
+                detail=key,
+            )
+            failure.__cause__ = exc
+        else:
+            if isinstance(result, Mapping) and result:
+                return
+            failure = StorageError(
+                f"could not store the file of element {element_id}: "
+                f"{type(storage).__name__}.upload_file returned {result!r} (Chainlit's storage "
+                "clients report a failed upload this way and log its cause)",
+                detail=key,
+            )
+        await self._remove_orphan(key, thread_id, element_id, failure)
+        raise failure
+
+    async def _remove_orphan(
+        self, object_key: str, thread_id: str, element_id: str, error: BaseException
+    ) -> None:
+        """Remove the object of an element that was not stored, unless a row refers to it.
+
+        Never raises: ``error`` is what the caller raises, and what goes wrong here is added to
+        it as a note (and logged), so a leftover object is reported, not hidden. The check and
+        the removal run only on this failure path; a healthy write costs nothing more.
+        """
+        try:
+            existing = await self.backend.get_element(thread_id, element_id)
+        except Exception as exc:
+            _note_leftover(error, object_key, f"whether a row refers to it is unknown ({exc!r})")
+            return
+        if existing is not None and existing.get("objectKey") == object_key:
+            return  # an earlier row of this element serves it; removing it would break that row
+        storage = self.storage
+        if storage is None:
+            return
+        from chainlit_orm.storage.protocols import DiscardableStorage
+
+        try:
+            if isinstance(storage, DiscardableStorage):
+                await storage.discard_file(object_key)
+            elif await storage.delete_file(object_key) is False:
+                _note_leftover(
+                    error, object_key, f"{type(storage).__name__}.delete_file returned False"
+                )
+        except Exception as exc:
+            _note_leftover(error, object_key, f"removing it failed ({exc!r})")
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
         try:
@@ -671,9 +773,24 @@ def _decode_cursor(cursor: object) -> tuple[str, str]:
 
 
 async def _element_bytes(element: Element) -> bytes | None:
+    """The bytes an element carries: its ``content`` (text as UTF-8), else the file at its
+    ``path`` (read in a worker thread), else None."""
     content = getattr(element, "content", None)
     if content is not None:
-        return content.encode() if isinstance(content, str) else bytes(content)
+        if isinstance(content, str):
+            try:
+                return content.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(
+                    f"element {element.id}: content has a lone surrogate, which UTF-8 cannot "
+                    "encode"
+                ) from exc
+        if isinstance(content, bytes | bytearray | memoryview):
+            return bytes(content)
+        # bytes(5) would store five NUL bytes: refuse what is neither text nor bytes
+        raise InvalidInputError(
+            f"element {element.id}: content must be bytes or str, got {type(content).__name__}"
+        )
     path = getattr(element, "path", None)
     if path and not getattr(element, "url", None):
         from pathlib import Path
@@ -696,3 +813,83 @@ def _content_disposition(name: str) -> str:
 
     cleaned = "".join(ch for ch in name if ch >= " " and ch != "\x7f") or "file"
     return build_content_disposition(cleaned, "inline")
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """The file of an element, ready to upload: everything about it is checked already."""
+
+    object_key: str
+    content: bytes
+    mime: str
+    disposition: str
+
+
+def _element_name(data: Mapping[str, Any]) -> str:
+    name = data.get("name")
+    return name if isinstance(name, str) and name else str(data["id"])
+
+
+def _note_leftover(error: BaseException, object_key: str, why: str) -> None:
+    message = mask_url(f"the uploaded object {object_key!r} may remain in storage: {why}")
+    error.add_note(message)
+    logger.warning("%s (after: %s)", message, type(error).__name__)
+
+
+_ELEMENT_TEXT = ("type", "url", "chainlitKey", "display", "objectKey", "size", "language", "mime")
+_ELEMENT_JSON = ("props", "playerConfig", "extra")
+_INT32 = 2**31
+
+
+def _check_element_row(row: Mapping[str, Any]) -> None:
+    """Refuse, before any byte is stored, an element row that could not be written or would not
+    read back as sent: wrong types, values JSON cannot hold exactly, NUL or lone surrogates.
+
+    Raises:
+        InvalidInputError: naming the field; nothing was written.
+    """
+    what = f"element {row.get('id')}"
+    if not isinstance(row.get("name"), str):
+        raise InvalidInputError(f"{what}: name must be a string, got {row.get('name')!r}")
+    for key in _ELEMENT_TEXT:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"{what}: {key} must be a string, got {value!r}")
+    page = row.get("page")
+    if page is not None and (
+        isinstance(page, bool) or not isinstance(page, int) or not -_INT32 <= page < _INT32
+    ):
+        raise InvalidInputError(f"{what}: page must be a 32-bit integer, got {page!r}")
+    auto_play = row.get("autoPlay")
+    if auto_play is not None and not isinstance(auto_play, bool):
+        raise InvalidInputError(f"{what}: autoPlay must be a boolean, got {auto_play!r}")
+    for key in _ELEMENT_JSON:
+        value = row.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"{what}: {key} must be a dict, got {type(value).__name__}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidInputError(f"{what}: {key} cannot be stored as JSON: {exc}") from exc
+    _check_no_nul(row, what)
+    try:
+        _encode_all(row)
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} contains a lone surrogate, which cannot be stored as UTF-8"
+        ) from exc
+
+
+def _encode_all(value: object) -> None:
+    """UTF-8 encode every string in ``value`` (keys included); raises UnicodeEncodeError."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _encode_all(key)
+            _encode_all(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _encode_all(item)

@@ -11,6 +11,10 @@ written again alone, through the single-row path that handles those cases.
 
 A key (the row's id) appears at most once per statement: PostgreSQL refuses an upsert that
 touches a row twice, and the later write must win. A repeated key waits for the next statement.
+
+A combined statement runs in a task of its own, outside every caller's deadline, so it gets one
+of its own (``timeout``): a statement stuck on a dead network must not hold the combiner's
+in-flight count for ever, or every later write would queue behind it after the fault cleared.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from chainlit_orm.errors import TimeoutExceededError
 
 __all__ = ["WriteCombiner"]
 
@@ -39,12 +45,14 @@ class WriteCombiner(Generic[C]):
         *,
         concurrency: int,
         max_rows: int = 32,
+        timeout: float | None = None,
     ) -> None:
         self._single = single
         self._many = many
         self._key = key
         self._concurrency = max(1, concurrency)
         self._max_rows = max(1, max_rows)
+        self._timeout = timeout
         self._inflight = 0
         self._pending: list[tuple[C, asyncio.Future[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,7 +103,14 @@ class WriteCombiner(Generic[C]):
         try:
             if len(batch) > 1:
                 try:
-                    await self._many([call for call, _ in batch])
+                    await self._bounded(self._many([call for call, _ in batch]))
+                except TimeoutExceededError as exc:
+                    # the network or the server is stuck: writing each row alone would only
+                    # wait as long again (every caller's own deadline has passed by now)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    return
                 except Exception as exc:
                     # not swallowed: each row is written alone below and gets its own outcome
                     logger.debug("a combined write of %d rows failed (%s); writing them one "
@@ -105,8 +120,8 @@ class WriteCombiner(Generic[C]):
                         if not future.done():
                             future.set_result(None)
                     return
-            outcomes = await asyncio.gather(*(self._single(call) for call, _ in batch),
-                                            return_exceptions=True)
+            outcomes = await asyncio.gather(
+                *(self._bounded(self._single(call)) for call, _ in batch), return_exceptions=True)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
@@ -125,3 +140,18 @@ class WriteCombiner(Generic[C]):
         finally:
             self._inflight -= 1
             self._drain()
+
+    async def _bounded(self, write: Awaitable[None]) -> None:
+        """``write`` within ``timeout`` seconds (a :class:`TimeoutExceededError` after)."""
+        if self._timeout is None:
+            await write
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await write
+        except TimeoutError as exc:
+            if isinstance(exc, TimeoutExceededError):
+                raise
+            raise TimeoutExceededError(
+                f"a combined write did not finish within the timeout of {self._timeout:g} s"
+            ) from exc

@@ -102,6 +102,7 @@ from chainlit_orm.errors import (
     TimeoutExceededError,
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import Timestamp, format_timestamp, normalize_id, parse_timestamp
 from chainlit_orm.schema_gen.dynamo import (
@@ -116,6 +117,7 @@ from chainlit_orm.schema_gen.dynamo import (
     placeholders,
     render_key,
 )
+from chainlit_orm.storage.protocols import ReadableStorage
 
 try:
     import botocore.exceptions
@@ -1472,7 +1474,11 @@ class DynamoBackend:
         if storage is None:
             raise StorageError(
                 f"a step text is stored at {object_key!r} but no storage client is configured")
-        data = await _read_object(storage, object_key)
+        if not isinstance(storage, ReadableStorage):
+            raise StorageError(f"a step text is stored at {object_key!r} but "
+                               f"{type(storage).__name__} cannot read it back (no read_file)",
+                               detail=object_key)
+        data = await storage.read_file(object_key)
         try:
             return data.decode()
         except UnicodeDecodeError as exc:
@@ -1901,47 +1907,11 @@ def can_read_back(storage: BaseStorageClient) -> bool:
 
     Chainlit's ``BaseStorageClient`` has no read method (its S3, Azure, GCS and local clients
     can only upload, delete and sign URLs), so a text offloaded there could never be read again.
-    The protocol is one method, ``async read_file(object_key: str) -> bytes``, looked up by name
-    so any client can offer it; :class:`~chainlit_orm.storage.FsspecStorage` is accepted as
-    well (it is read through its own reader, or its signed read URL).
+    The protocol is :class:`~chainlit_orm.storage.ReadableStorage` (``async read_file(object_key)
+    -> bytes``, found by name, no base class), which
+    :class:`~chainlit_orm.storage.FsspecStorage` implements.
     """
-    from chainlit_orm.storage import FsspecStorage
-
-    return callable(getattr(storage, "read_file", None)) or isinstance(storage, FsspecStorage)
-
-
-async def _read_object(storage: BaseStorageClient, object_key: str) -> bytes:
-    """The bytes of a stored object, from a storage :func:`can_read_back` accepts.
-
-    A ``read_file`` method if the client has one; for :class:`~chainlit_orm.storage.FsspecStorage`
-    on local/memory its reader; else a GET of its signed read URL (S3 presigned, Azure SAS).
-    """
-    reader = getattr(storage, "read_file", None)
-    if callable(reader):
-        return bytes(await reader(object_key))
-    stat = getattr(storage, "_stat", None)
-    iterate = getattr(storage, "_iter_bytes", None)
-    if stat is not None and iterate is not None and getattr(storage, "_sync_fs", None) is not None:
-        info = await stat(object_key)
-        if info is None:
-            raise StorageError(f"stored step text {object_key!r} is missing", detail=object_key)
-        return b"".join([chunk async for chunk in iterate(object_key, 0, info.size)])
-    url = await storage.get_read_url(object_key)
-    if not url.startswith(("http://", "https://")):
-        raise StorageError(f"cannot read {object_key!r} back from {type(storage).__name__}")
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(timeout=60) as client:
-            response = await client.get(url)
-            response.raise_for_status()
-    except httpx.HTTPStatusError as exc:  # the message would carry the signed URL: not shown
-        raise StorageError(f"cannot read stored step text {object_key!r}: HTTP "
-                           f"{exc.response.status_code}", detail=object_key) from exc
-    except httpx.HTTPError as exc:
-        raise StorageError(f"cannot read stored step text {object_key!r}: "
-                           f"{type(exc).__name__}", detail=object_key) from exc
-    return response.content
+    return isinstance(storage, ReadableStorage)
 
 
 async def _remove_objects(storage: BaseStorageClient, object_keys: list[str],
@@ -1981,7 +1951,7 @@ class DynamoDataLayer(ChainlitLayer):
             black-holed endpoint) therefore ends, with
             :class:`~chainlit_orm.errors.TimeoutExceededError`, after at most ``max_attempts x
             (connect_timeout + read_timeout)`` plus botocore's backoff between attempts (random,
-            at most 1, 2, 4, ... 20 s); lower them for a tighter bound. A refused or dropped
+            at most 1, 2, 4, ... 20 s); ``timeout`` bounds the whole data-layer call. A refused or dropped
             connection is retried the same way and ends with
             :class:`~chainlit_orm.errors.BackendUnavailableError`.
         offload_bytes: step texts larger than this go to ``storage`` if it can read them back
@@ -1989,6 +1959,8 @@ class DynamoDataLayer(ChainlitLayer):
             :class:`~chainlit_orm.storage.FsspecStorage` has). Chainlit's own storage clients
             cannot, so with them texts stay in the item and a step whose item would exceed
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
+        timeout: seconds each data-layer call may take, botocore's retries included (see
+            :class:`~chainlit_orm.layers.base.ChainlitLayer`).
 
     Credentials come from the standard AWS chain (environment, shared profile, instance/task
     role). Threads are listed by activity only (``thread_order="created"`` is refused).
@@ -2010,6 +1982,7 @@ class DynamoDataLayer(ChainlitLayer):
         read_timeout: float = 30.0,
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -2025,7 +1998,8 @@ class DynamoDataLayer(ChainlitLayer):
         kwargs: dict[str, Any] = {}
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
-        super().__init__(backend, storage=storage, thread_order=thread_order, **kwargs)
+        super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
+                         **kwargs)
         self.dynamo: DynamoBackend = backend
 
 

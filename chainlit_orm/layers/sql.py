@@ -43,10 +43,17 @@ from chainlit_orm.errors import (
     MissingDependencyError,
     NotFoundError,
     SchemaError,
+    TimeoutExceededError,
     mask_url,
 )
 from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
+from chainlit_orm.layers.deadline import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MIGRATE_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    check_timeout,
+)
 from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
@@ -70,6 +77,10 @@ SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncm
 _PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001",
                  "53300"}
 _MY_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1927, 4031}
+# MySQL/MariaDB errors after which the connection is gone: server gone away, lost connection
+# (during a query, or at a system call), connection killed, server shutting down, disconnected for
+# inactivity. The messages do not all say "connection", so the numbers decide.
+_MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -109,10 +120,16 @@ class SQLBackend:
         models: ModelSet = DEFAULT_MODELS,
         retries: int = 5,
         create_schema: bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
         **engine_options: Any,
     ) -> None:
         self.models = models
         self.retries = max(1, retries)
+        self.timeout = check_timeout(timeout, "timeout")
+        self.connect_timeout = check_timeout(connect_timeout, "connect_timeout")
+        self.migrate_timeout = check_timeout(migrate_timeout, "migrate_timeout")
         if isinstance(url_or_engine, AsyncEngine):
             if engine_options:
                 raise ConfigurationError("engine options cannot be combined with an AsyncEngine")
@@ -124,10 +141,16 @@ class SQLBackend:
             url = normalize_url(url_or_engine)
             options = dict(engine_options)
             options.pop("isolation_level", None)
+            connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
             if url.get_backend_name() == "sqlite":
-                options.setdefault("connect_args", {}).setdefault("timeout", 30)
+                connect_args.setdefault("timeout", 30)  # the busy timeout: a local file
             else:
                 options.setdefault("pool_recycle", 1800)
+                # the driver's own limit on opening a connection, for the transactional engine
+                # too (the layer's pool also bounds each checkout: RawPool._checkout)
+                connect_args.setdefault(
+                    "timeout" if url.get_backend_name() == "postgresql" else "connect_timeout",
+                    self.connect_timeout)
             # The layer's work runs on a pool whose connections are AUTOCOMMIT from the start:
             # no BEGIN/COMMIT round trips for one-statement writes, nothing to roll back when a
             # connection goes back. It keeps up to 16 connections and opens no overflow ones:
@@ -170,7 +193,7 @@ class SQLBackend:
             self.engine = self.engine.execution_options(schema_translate_map=self._translate)
             self.auto = self.auto.execution_options(schema_translate_map=self._translate)
         self.raw = RawPool(self.auto, self.dialect, self._disconnected,
-                           keep_idle=self.owns_engine,
+                           keep_idle=self.owns_engine, connect_timeout=self.connect_timeout,
                            # SQLite's writer holds one of the pool's connections for good
                            capacity=self._pool_capacity() - (self.dialect == "sqlite"))
         # the driver's errors, and the DB-API errors of SQLAlchemy's adapter (a connection the
@@ -180,7 +203,8 @@ class SQLBackend:
         self._all_errors: tuple[type[Exception], ...] = (DBAPIError, *self._driver_errors)
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
-        self._ready: asyncio.Future[None] | None = None
+        self._is_ready = False
+        self._ready_task: asyncio.Task[None] | None = None
         self._cache: dict[Any, Any] = {}
         self._cascade = True
         t = models.table
@@ -220,49 +244,71 @@ class SQLBackend:
     # ---------------------------------------------------------------- plumbing
 
     async def ensure_ready(self) -> None:
-        """Check (or, for an empty embedded database, create) the schema once, on first use."""
-        if self._ready is None:
-            self._ready = asyncio.get_running_loop().create_future()
-            try:
-                from chainlit_orm.migration import ensure_schema
+        """Check (or, for an empty embedded database, create) the schema once, on first use.
 
+        The check runs in a task of its own, bounded by ``migrate_timeout`` and shared by the
+        calls that arrive meanwhile; a caller that gives up (its ``timeout``, a cancellation)
+        does not cut it short, so a schema being created is not left half-made. A failed check
+        is run again by the next call.
+        """
+        if self._is_ready:
+            return
+        loop = asyncio.get_running_loop()
+        task = self._ready_task
+        if task is None or task.get_loop() is not loop or (
+                task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._ready_task = loop.create_task(self._check_schema())
+            task.add_done_callback(_retrieve)
+        await asyncio.shield(task)
+
+    async def _check_schema(self) -> None:
+        from chainlit_orm.migration import ensure_schema
+
+        try:
+            async with asyncio.timeout(self.migrate_timeout):
                 self._cascade = await ensure_schema(
-                    self.engine, self.models, create=self.create_schema
-                )
-            except BaseException as exc:
-                self._ready.set_exception(exc)
-                self._ready.exception()  # mark retrieved; the next call retries
-                self._ready = None
-                raise
-            self._ready.set_result(None)
-        elif not self._ready.done():
-            await asyncio.shield(self._ready)
+                    self.engine, self.models, create=self.create_schema)
+        except TimeoutError as exc:
+            raise TimeoutExceededError(
+                f"the schema check of {self.url_text} did not finish within "
+                f"migrate_timeout={self.migrate_timeout:g} s") from exc
+        self._is_ready = True
 
     async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn`` with bounded retries of transient errors and typed error mapping."""
+        """Run ``fn`` with bounded retries of transient errors and typed error mapping.
+
+        A disconnect on a connection opened before the failure is retried at once: the pool has
+        discarded that connection's whole generation (:class:`~chainlit_orm.layers.sqlexec.
+        RawPool`), so the retry opens a fresh one. Other transient errors back off. Nothing is
+        retried once the calling task is being cancelled (its ``timeout``).
+        """
         delay = 0.02
         for attempt in range(self.retries):
             try:
-                if self._ready is None or not self._ready.done():
+                if not self._is_ready:
                     await self.ensure_ready()
                 return await fn()
             except self._all_errors as exc:
                 orig: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
                 invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
-                if attempt + 1 < self.retries and (invalidated or self._transient(orig)):
+                if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
+                        not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
-                    await asyncio.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 1.0)
+                    if attempt or not self._disconnected(orig):
+                        await asyncio.sleep(delay * (1 + random.random()))
+                        delay = min(delay * 2, 1.0)
                     continue
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
-                if attempt + 1 < self.retries:
+                if attempt + 1 < self.retries and not _cancelling():
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
-                raise BackendUnavailableError(
-                    f"database {self.url_text} unavailable: {exc!r}"
-                ) from exc
+                if isinstance(exc, TimeoutExceededError):
+                    raise
+                kind = TimeoutExceededError if isinstance(exc, TimeoutError) else (
+                    BackendUnavailableError)
+                raise kind(f"database {self.url_text} unavailable: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transient(self, orig: BaseException) -> bool:
@@ -284,6 +330,8 @@ class SQLBackend:
         if not isinstance(exc, self._driver_errors):
             return False
         if self._client_side(exc):
+            return True
+        if self.is_mysql and exc.args and exc.args[0] in _MY_DISCONNECT:
             return True
         return _classify(self.dialect, exc) in ("transient", "unavailable") and (
             _looks_disconnected(exc) or (self.dialect == "postgresql"
@@ -838,7 +886,7 @@ class SQLBackend:
             await self._run(op)
 
         return WriteCombiner(single, many, key=lambda call: call[0]["id"],
-                             concurrency=self._combine_after)
+                             concurrency=self._combine_after, timeout=self.timeout)
 
     async def delete_step(self, step_id: str) -> list[str]:
         s, e, f = self.steps, self.elements, self.feedbacks
@@ -987,6 +1035,11 @@ class SQLBackend:
         return await self._run(op)
 
     async def close(self) -> None:
+        task, self._ready_task = self._ready_task, None
+        if task is not None and not task.done() and task.get_loop() is (
+                asyncio.get_running_loop()):
+            task.cancel()
+            await asyncio.wait({task})
         await self.raw.close()
         if self.owns_engine:
             await self.engine.dispose()
@@ -1008,6 +1061,17 @@ class SQLDataLayer(ChainlitLayer):
             for SQLite, the embedded default). Otherwise the layer checks the recorded schema
             version and refuses with an error naming ``chainlit-orm migrate``.
         retries: attempts for transient errors (deadlock, serialization failure, lost connection).
+        timeout: seconds each call may take, retries and waits for a free connection included
+            (default 30); past it the call raises :class:`~chainlit_orm.errors.
+            TimeoutExceededError` and its connection is closed, never reused. Client-side, so
+            it holds behind a transaction-mode pooler (PgBouncer) where a session's
+            ``statement_timeout`` would not. A write that timed out may or may not have been
+            committed; every write is an idempotent upsert, so it may be sent again.
+        connect_timeout: seconds to open one connection (default 10); a connect that takes
+            longer is retried like a refused one, within ``timeout``.
+        migrate_timeout: seconds the schema check of the first call may take, including
+            creating the schema with ``create_schema`` (default 600). It runs once, shared by
+            the calls that wait for it, and is not cut short by their ``timeout``.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
 
@@ -1021,14 +1085,20 @@ class SQLDataLayer(ChainlitLayer):
         create_schema: bool | None = None,
         retries: int = 5,
         max_text_bytes: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
-                             create_schema=create_schema, **engine_options)
+                             create_schema=create_schema, timeout=timeout,
+                             connect_timeout=connect_timeout, migrate_timeout=migrate_timeout,
+                             **engine_options)
         kwargs: dict[str, Any] = {}
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
-        super().__init__(backend, storage=storage, thread_order=thread_order, **kwargs)
+        super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
+                         **kwargs)
         self.sql: SQLBackend = backend
 
 
@@ -1136,6 +1206,20 @@ def _classify(dialect: str, orig: BaseException) -> str:
     if "OperationalError" in names or "InterfaceError" in names:
         return "unavailable"
     return "other"
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (its call's deadline passed, or its caller
+    gave up): a retry would only run past it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared task's failure as seen: each caller that awaited it got it raised, and
+    the next call runs the task again."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _short(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-__all__ = ["Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection", "TxScript",
-           "prepare"]
+from chainlit_orm.errors import TimeoutExceededError
+
+__all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
+           "TxScript", "prepare"]
+
+logger = logging.getLogger("chainlit_orm")
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
@@ -155,17 +160,25 @@ class Statement:
         return p
 
 
+class Abandoned(Exception):
+    """Raised in a SQLite connection's thread when the caller of the transaction it runs has
+    given up (its timeout, a cancellation): the transaction rolls back instead of going on."""
+
+
 class SyncConnection:
     """The statements of :meth:`RawConnection.transaction_in_thread`, run synchronously on the
     sqlite3 connection in its own thread (the words are reported to the listeners after)."""
 
-    __slots__ = ("_raw", "_words")
+    __slots__ = ("_abandoned", "_raw", "_words")
 
-    def __init__(self, raw: Any, words: list[str]) -> None:
+    def __init__(self, raw: Any, words: list[str], abandoned: list[bool] | None = None) -> None:
         self._raw = raw
         self._words = words
+        self._abandoned = abandoned or [False]
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> tuple[Prepared, Any]:
+        if self._abandoned[0]:
+            raise Abandoned
         p = stmt.prepared
         self._words.append(p.word)
         return p, self._raw.execute(p.sql, p.args(params))
@@ -196,10 +209,20 @@ class RawConnection:
     """A pooled driver connection with the operations the backend needs: fetch rows, execute for
     a row count, run a transaction. Statement listeners see every statement, BEGIN and COMMIT."""
 
-    def __init__(self, driver: Any, dialect: str, listeners: list[StatementListener]) -> None:
+    def __init__(self, driver: Any, dialect: str, listeners: list[StatementListener],
+                 generation: int = 0) -> None:
         self.driver = driver
         self.dialect = dialect
         self.listeners = listeners
+        #: the pool's generation when this connection was checked out (:class:`RawPool`)
+        self.generation = generation
+
+    def known_closed(self) -> bool:
+        """Whether the driver already knows the connection is gone, without a round trip:
+        asyncpg reads the server's close (a terminated backend, a restart, a cut) as soon as it
+        arrives, even while the connection sits idle. asyncmy and aiosqlite only learn it on
+        the next use, which then fails and is retried."""
+        return self.dialect == "postgresql" and bool(self.driver.is_closed())
 
     def _notify(self, word: str) -> None:
         for listener in self.listeners:
@@ -290,16 +313,25 @@ class RawConnection:
         ``body`` gets a :class:`SyncConnection` (``execute`` and ``fetch``, synchronous); it
         must not block on anything but SQLite. This uses aiosqlite's ``_execute`` (how its own
         public methods run; the one private name used here, ``runs_in_thread`` checks it).
+
+        A caller that gives up while the thread still waits (for another process's write lock,
+        in SQLite's busy handler, which nothing interrupts) sets ``abandoned``: the thread then
+        rolls back at its next statement or before COMMIT, instead of writing what its caller
+        was told failed. (Past the last check, the COMMIT lands: a timed-out write may or may
+        not have taken effect, as documented.)
         """
         words: list[str] = []
         driver = self.driver
+        abandoned = [False]  # set on the loop, read in the thread (a list item: atomic)
 
         def run() -> T:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
             words.append("BEGIN")
             raw.execute("BEGIN IMMEDIATE")
             try:
-                result = body(SyncConnection(raw, words))
+                result = body(SyncConnection(raw, words, abandoned))
+                if abandoned[0]:
+                    raise Abandoned
             except BaseException:
                 with contextlib.suppress(Exception):  # the error that got us here is raised
                     raw.execute("ROLLBACK")
@@ -311,6 +343,9 @@ class RawConnection:
 
         try:
             result: T = await driver._execute(run)
+        except BaseException:
+            abandoned[0] = True
+            raise
         finally:
             if self.listeners:
                 for word in words:
@@ -332,7 +367,27 @@ class RawConnection:
 
 
 class RawPool:
-    """Checks driver connections out of an engine's pool, in autocommit mode."""
+    """Checks driver connections out of an engine's pool, in autocommit mode.
+
+    **Generations.** After a restart, a failover or a middlebox's idle timeout, every connection
+    opened before it is dead, and the pool must not hand them out one failed call at a time. So
+    the pool counts generations; a connection belongs to the generation that was current when it
+    was checked out. The first disconnect error of the current generation (or a kept connection
+    the driver already knows is closed) ends it: that connection and every kept idle one are
+    discarded at once, the ones in use are discarded when they come back, and SQLAlchemy's pool
+    recycles the ones it holds on their next checkout (its pool-wide invalidation, what SQLAlchemy
+    itself does on a disconnect). A failure of a connection of an ended generation discards only
+    that connection. The caller's retry (:meth:`SQLBackend._run`) then runs on a fresh connection.
+    Nothing is added to the healthy path: no ping, no statement.
+
+    **Interrupted connections.** A statement cancelled mid-flight (the call's timeout, a cancelled
+    task) can leave the driver mid-protocol, so its connection is never handed out again. It is
+    closed in the background, so the caller's error is not delayed: asyncpg gets to send its
+    cancel request (the server stops the statement), and a SQLite connection's thread, which
+    cannot be stopped from outside, finishes what it runs first (it is asked to stop with
+    ``sqlite3.Connection.interrupt``). Until it is closed the connection keeps its slot of the
+    pool's capacity (and SQLite's writer the write lock): it is out of the pool.
+    """
 
     def __init__(
         self,
@@ -342,10 +397,12 @@ class RawPool:
         *,
         keep_idle: bool = False,
         capacity: int = 16,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.engine = engine
         self.dialect = dialect
         self.disconnect = disconnect
+        self.connect_timeout = connect_timeout
         # Connections of the layer's own engine that were used in the last IDLE_REUSE seconds are
         # kept here, checked out, instead of going back to SQLAlchemy's pool: a checkout and a
         # check-in through the pool take two greenlet switches and the pool's bookkeeping, about
@@ -359,14 +416,15 @@ class RawPool:
         self._capacity = max(1, capacity)
         self._slots: asyncio.Semaphore | None = None
         self.listeners: list[StatementListener] = []
+        self.generation = 0
+        self._retiring: set[asyncio.Task[None]] = set()
         self._write_lock: asyncio.Lock | None = None
         self._writer: Any = None  # SQLite: the pooled connection all writes share, while held
         self._writer_restore: Any = None
 
     def connect(self, *, write: bool = False) -> contextlib.AbstractAsyncContextManager[
             RawConnection]:
-        """A pooled connection; one that failed with a disconnect error is invalidated, not
-        returned to the pool.
+        """A pooled connection; see the class docstring for what happens to one that fails.
 
         ``write=True`` on SQLite takes the process's write lock and the one connection writes
         share (held out of the pool until :meth:`close`): SQLite has one writer, and writers
@@ -380,80 +438,160 @@ class RawPool:
             return _KeptLease(self)
         return self._connect_borrowed()
 
+    async def _checkout(self) -> Any:
+        """A connection from SQLAlchemy's pool; one it must open is opened within
+        ``connect_timeout`` (TCP, TLS, authentication and the dialect's first queries)."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await self.engine.raw_connection()
+        except TimeoutError as exc:
+            raise TimeoutExceededError(
+                f"no database connection within connect_timeout={self.connect_timeout:g} s"
+            ) from exc
+
     @contextlib.asynccontextmanager
     async def _connect_writer(self) -> AsyncIterator[RawConnection]:
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        async with self._write_lock:
+        lock = self._write_lock
+        if lock is None:
+            lock = self._write_lock = asyncio.Lock()
+        await lock.acquire()
+        retiring = False
+        try:
             if self._writer is None:
-                fairy: Any = await self.engine.raw_connection()
+                fairy: Any = await self._checkout()
                 self._writer_restore = await self._autocommit(fairy.driver_connection)
                 self._writer = fairy
             try:
                 yield RawConnection(self._writer.driver_connection, self.dialect,
                                     self.listeners)
             except BaseException as exc:
-                if self._unusable(exc):
-                    await self._release_writer(exc)
+                if not isinstance(exc, Exception):
+                    # interrupted: the writer's thread may still be in the transaction; the
+                    # write lock stays held until that connection is closed
+                    fairy, self._writer = self._writer, None
+                    self._retire(fairy, exc, lock.release)
+                    retiring = True
+                elif self.disconnect(exc):
+                    fairy, self._writer = self._writer, None
+                    _discard(fairy, exc)
                 raise
+        finally:
+            if not retiring:
+                lock.release()
 
-    def _unusable(self, exc: BaseException) -> bool:
-        """Whether a connection that raised ``exc`` must be invalidated, not handed out again:
-        a disconnect error, or an interruption (a cancelled operation can leave the driver
-        mid-protocol)."""
-        return not isinstance(exc, Exception) or self.disconnect(exc)
+    def _fail(self, fairy: Any, generation: int, exc: BaseException | None) -> None:
+        """``fairy`` failed with a disconnect error, or is known to be closed: discard it, and
+        end its generation if it is the current one (see the class docstring)."""
+        if generation == self.generation:
+            self.generation += 1
+            # SQLAlchemy's pool-wide invalidation (what it runs itself on a disconnect error or a
+            # failed pre-ping): the connections it holds that were opened before now are
+            # recycled on their next checkout
+            self.engine.sync_engine.pool._invalidate(fairy, exc, _checkin=False)
+            stale, self._idle = self._idle, []
+            for old, _, _ in stale:
+                _discard(old, exc)
+        _discard(fairy, exc)
 
-    async def _release_writer(self, exc: BaseException | None = None) -> None:
-        fairy, self._writer = self._writer, None
-        if fairy is None:
-            return
-        if exc is not None:
-            await greenlet_spawn(fairy.invalidate, exc)
-        else:
-            await self._restore(fairy.driver_connection, self._writer_restore)
-        await greenlet_spawn(fairy.close)
+    def _retire(self, fairy: Any, exc: BaseException, release: Callable[[], None] | None
+                ) -> None:
+        """Close an interrupted connection in the background; ``release`` (its slot, the write
+        lock) is called once it is closed."""
+        if self.dialect == "sqlite":
+            raw = getattr(fairy.driver_connection, "_connection", None)  # sqlite3's connection
+            if raw is not None:
+                # documented as callable from any thread: aborts the statement the
+                # connection's thread is running, so the thread is free sooner
+                raw.interrupt()
+        task = asyncio.get_running_loop().create_task(self._close_retired(fairy, exc, release))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_retired(self, fairy: Any, exc: BaseException,
+                             release: Callable[[], None] | None) -> None:
+        try:
+            if self.dialect == "sqlite":
+                # the close is queued behind what the connection's thread runs: it returns
+                # once the thread is done with it
+                await greenlet_spawn(fairy.invalidate, exc)
+            else:
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        # a graceful close: asyncpg first sends the cancel request for the
+                        # interrupted statement
+                        await greenlet_spawn(fairy.invalidate, exc)
+                except TimeoutError:
+                    pass  # SQLAlchemy's terminate() closed it forcibly when cut short
+            await greenlet_spawn(fairy.close)
+        except Exception as err:  # a close: the connection is being thrown away anyway
+            logger.debug("error while closing an interrupted connection: %r", err)
+        finally:
+            if release is not None:
+                release()
+
+    async def settle(self) -> None:
+        """Wait until every interrupted connection is closed and out of the pool."""
+        while self._retiring:
+            await asyncio.wait(set(self._retiring))
 
     async def close(self) -> None:
         """Give the kept and held connections back to the pool (before the engine is
-        disposed)."""
+        disposed), once the interrupted ones are closed."""
         idle, self._idle = self._idle, []
         for fairy, _, _ in idle:
             await greenlet_spawn(fairy.close)
+        await self.settle()
         if self._write_lock is None:
             await self._release_writer()
             return
         async with self._write_lock:
             await self._release_writer()
 
+    async def _release_writer(self) -> None:
+        fairy, self._writer = self._writer, None
+        if fairy is None:
+            return
+        await self._restore(fairy.driver_connection, self._writer_restore)
+        await greenlet_spawn(fairy.close)
+
     @contextlib.asynccontextmanager
     async def _connect_borrowed(self) -> AsyncIterator[RawConnection]:
         """A connection of a borrowed engine: from its pool and back, autocommit while lent."""
-        fairy: Any = await self.engine.raw_connection()
+        fairy: Any = await self._checkout()
+        generation = self.generation
         driver = fairy.driver_connection
-        restore = await self._autocommit(driver)
+        restore = None
         try:
-            yield RawConnection(driver, self.dialect, self.listeners)
+            restore = await self._autocommit(driver)
+            yield RawConnection(driver, self.dialect, self.listeners, generation)
         except BaseException as exc:
-            if self._unusable(exc):
-                await greenlet_spawn(fairy.invalidate, exc)
+            if not isinstance(exc, Exception):
+                self._retire(fairy, exc, None)
+            elif self.disconnect(exc):
+                self._fail(fairy, generation, exc)
             else:
                 await self._restore(driver, restore)
-            await greenlet_spawn(fairy.close)
+                await greenlet_spawn(fairy.close)
             raise
         await self._restore(driver, restore)
         await greenlet_spawn(fairy.close)
 
     async def _take_kept(self) -> tuple[Any, RawConnection]:
-        """A kept connection used within IDLE_REUSE seconds (the latest first), or a new one
-        from the pool; older kept ones go back to the pool."""
+        """A kept connection used within IDLE_REUSE seconds (the latest first), or one from the
+        pool; older kept ones go back to the pool, and one the driver knows is closed ends its
+        generation."""
         now = time.monotonic()
         while self._idle:
             fairy, conn, since = self._idle.pop()
-            if now - since < IDLE_REUSE:
+            if conn.known_closed():
+                self._fail(fairy, conn.generation, None)
+            elif now - since < IDLE_REUSE:
                 return fairy, conn
-            await greenlet_spawn(fairy.close)
-        fairy = await self.engine.raw_connection()
-        return fairy, RawConnection(fairy.driver_connection, self.dialect, self.listeners)
+            else:
+                await greenlet_spawn(fairy.close)
+        fairy = await self._checkout()
+        return fairy, RawConnection(fairy.driver_connection, self.dialect, self.listeners,
+                                    self.generation)
 
     async def _autocommit(self, driver: Any) -> Any:
         """Put a connection of a shared (borrowed) engine into autocommit; returns what to
@@ -477,10 +615,18 @@ class RawPool:
             await driver.autocommit(False)
 
 
+def _discard(fairy: Any, exc: BaseException | None) -> None:
+    """Close a connection that must not be used again, without waiting on the network: called
+    outside a greenlet, SQLAlchemy's invalidation terminates the driver connection at once
+    (asyncpg's ``terminate()``, asyncmy's ``close()``, aiosqlite's ``stop()``) and checks the
+    fairy back in as a record without a connection."""
+    fairy.invalidate(exc)
+
+
 class _KeptLease:
     """``async with pool.connect()`` on the layer's own engine: a slot of the pool's capacity,
-    then a kept connection, given back to the kept list (or invalidated after a disconnect
-    error, or any interruption that can leave the driver mid-protocol).
+    then a kept connection, given back to the kept list, or discarded (a disconnect error, an
+    ended generation) or retired (an interruption); see :class:`RawPool`.
 
     Why a class and not a generator context manager: this runs around every statement, and
     the three nested generator managers it replaced cost about 6 us per use (each one an async
@@ -512,13 +658,17 @@ class _KeptLease:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         pool, fairy, conn = self._pool, self._fairy, self._conn
         self._fairy = self._conn = None
+        slots = pool._slots
+        assert slots is not None and conn is not None
+        if exc is not None and not isinstance(exc, Exception):
+            pool._retire(fairy, exc, slots.release)  # the slot is released once it is closed
+            return
         try:
-            if exc is not None and pool._unusable(exc):
-                await greenlet_spawn(fairy.invalidate, exc)
-                await greenlet_spawn(fairy.close)
+            if exc is not None and pool.disconnect(exc):
+                pool._fail(fairy, conn.generation, exc)
+            elif conn.generation != pool.generation:
+                _discard(fairy, None)  # opened before a failure: its generation is over
             else:
-                assert conn is not None
                 pool._idle.append((fairy, conn, time.monotonic()))
         finally:
-            assert pool._slots is not None
-            pool._slots.release()
+            slots.release()

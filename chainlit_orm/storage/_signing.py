@@ -62,8 +62,12 @@ def sign(signing_key: bytes, name: str, key: str, expires_at: int) -> str:
 def verify(
     signing_key: bytes, name: str, key: str, expires: str, signature: str, now: float
 ) -> bool:
-    """Check a URL's ``expires``/``sig`` pair in constant time; False if bad or expired."""
-    if not expires.isdigit() or len(expires) > 12:
+    """Check a URL's ``expires``/``sig`` pair in constant time; False if bad or expired.
+
+    ``expires`` must be 1 to 12 ASCII digits: ``str.isdigit`` alone also accepts ``"²"`` and
+    other Unicode digits that ``int()`` refuses.
+    """
+    if not (0 < len(expires) <= 12 and expires.isascii() and expires.isdigit()):
         return False
     expected = sign(signing_key, name, key, int(expires))
     valid = hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace"))

@@ -14,6 +14,13 @@ One class replaces Chainlit's per-cloud storage clients. The rules it keeps:
 * **Keys cannot escape the root** (:mod:`chainlit_orm.storage._keys`), and **errors are typed and
   chained**: absent objects are ``False`` from :meth:`FsspecStorage.delete_file`; everything else
   raises :class:`~chainlit_orm.errors.StorageError` ``from`` the cause, with the URL masked.
+* **No call waits for ever.** Each call has an overall deadline (``timeout``) enforced here with
+  :func:`asyncio.timeout`, on top of the SDKs' own connect/read timeouts. The SDK knobs alone are
+  not enough: aiohttp starts its read timer only once a request body is sent, and botocore sends
+  ``PutObject`` with ``Expect: 100-continue``, so a black-holed S3 upload waits for the
+  ``100 Continue`` for ever; adlfs passes its timeouts to transfers only, and azure-storage retries
+  a refused connection with backoffs of 15 s and more. Past the deadline the call raises
+  :class:`~chainlit_orm.errors.StorageTimeoutError`.
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import io
 import json
 import logging
+import math
 import os
 import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import fsspec
@@ -41,8 +50,11 @@ from chainlit_orm.errors import (
     ChainlitORMError,
     ConfigurationError,
     ConflictError,
+    InvalidInputError,
     MissingDependencyError,
+    NotFoundError,
     StorageError,
+    StorageTimeoutError,
     mask_url,
 )
 from chainlit_orm.storage import _signing
@@ -52,13 +64,35 @@ from chainlit_orm.storage._keys import meta_path, object_path, validate_key
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ENV_PUBLIC_BASE_URL", "ENV_SECRET", "ENV_URL", "FsspecStorage", "ObjectInfo"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "ENV_CONNECT_TIMEOUT",
+    "ENV_PUBLIC_BASE_URL",
+    "ENV_READ_TIMEOUT",
+    "ENV_SECRET",
+    "ENV_TIMEOUT",
+    "ENV_URL",
+    "FsspecStorage",
+    "ObjectInfo",
+]
 
 logger = logging.getLogger(__name__)
 
 ENV_URL = "CHAINLIT_ORM_STORAGE_URL"
 ENV_SECRET = "CHAINLIT_ORM_STORAGE_SECRET"  # noqa: S105 (a variable name)
 ENV_PUBLIC_BASE_URL = "CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL"
+ENV_TIMEOUT = "CHAINLIT_ORM_STORAGE_TIMEOUT"
+ENV_CONNECT_TIMEOUT = "CHAINLIT_ORM_STORAGE_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "CHAINLIT_ORM_STORAGE_READ_TIMEOUT"
+#: Overall deadline of one storage call (retries and waiting for a concurrency slot included).
+#: Generous because one call may move a large file; the connect/read timeouts catch a dead
+#: endpoint long before it on every path where the SDK applies them.
+DEFAULT_TIMEOUT = 120.0
+#: Same values as the DynamoDB backend's botocore client.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0
 _ENV_AUTH_SECRET = "CHAINLIT_AUTH_SECRET"  # noqa: S105 (a variable name)
 _ENV_EXPIRY = "STORAGE_EXPIRY_TIME"
 _DEFAULT_EXPIRES = 3600
@@ -107,6 +141,17 @@ class ObjectInfo:
     content_disposition: str | None
 
 
+@dataclass(frozen=True)
+class OpenObject:
+    """An object the local route has opened: what to serve it with, and the open handle."""
+
+    info: ObjectInfo
+    reader: IO[bytes]
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.reader.close)
+
+
 def _env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
@@ -128,6 +173,33 @@ def _read_expires(expires: int | None) -> int:
             f"expires must be a positive number of seconds, got {expires!r}", detail=expires
         )
     return expires
+
+
+def _read_seconds(value: float | None, env_name: str, default: float, option: str) -> float:
+    """A duration in seconds: the option, else the environment variable, else the default."""
+    source = option
+    if value is None:
+        raw = _env(env_name)
+        if raw is None:
+            return default
+        source = env_name
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{env_name}={raw!r} is not a number of seconds", detail=env_name
+            ) from exc
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{source} must be a positive, finite number of seconds, got {value!r}",
+            detail=source,
+        )
+    return float(value)
 
 
 def _read_root_path() -> str:
@@ -166,6 +238,21 @@ class FsspecStorage(BaseStorageClient):
             already imported, as it is under ``chainlit run`` and ``mount_chainlit``; ``True``
             imports it; ``False`` leaves mounting to
             :func:`~chainlit_orm.storage.mount_storage_route`.
+        timeout: overall deadline, in seconds, of every call (upload, delete, read, signing a
+            URL, one chunk of the local route), SDK retries and the wait for a ``concurrency``
+            slot included (creating the SDK client on first use is not: it is local work);
+            past it the call raises ``StorageTimeoutError``. Defaults to
+            ``CHAINLIT_ORM_STORAGE_TIMEOUT``, else 120. :meth:`discard_file`, the clean-up after
+            a failed element write, gets half of it, so a failed upload and its clean-up end
+            within 1.5 times ``timeout``.
+        connect_timeout: seconds to open a connection (S3: botocore ``connect_timeout``; Azure:
+            azure-core ``connection_timeout`` on transfers). Defaults to
+            ``CHAINLIT_ORM_STORAGE_CONNECT_TIMEOUT``, else 5.
+        read_timeout: seconds to wait for the next bytes of an answer (S3: botocore
+            ``read_timeout``; Azure: azure-core ``read_timeout`` on transfers). Defaults to
+            ``CHAINLIT_ORM_STORAGE_READ_TIMEOUT``, else 30. Explicit SDK settings in ``options``
+            (``config_kwargs`` for s3fs, ``connection_timeout``/``read_timeout`` for adlfs) win.
+            Local disk and memory have no connection: only ``timeout`` applies to them.
         concurrency: how many uploads/deletes of this storage run at once per event loop; the
             rest wait their turn. It bounds the worker threads of local/memory (more threads
             than cores only make the loop's thread wait longer for the GIL) and, for S3/Azure,
@@ -182,9 +269,9 @@ class FsspecStorage(BaseStorageClient):
             ``AZURE_STORAGE_ACCOUNT_KEY`` for Azure.
 
     Raises:
-        ConfigurationError: unsupported URL, missing bucket/container/name, bad ``expires`` or
-            ``secret``, Azure without an account key (SAS signing needs it), or a route ``name``
-            already used by another storage.
+        ConfigurationError: unsupported URL, missing bucket/container/name, bad ``expires``,
+            ``secret`` or timeout, Azure without an account key (SAS signing needs it), or a
+            route ``name`` already used by another storage.
         MissingDependencyError: s3fs (extra ``s3``) or adlfs (extra ``azure``) is not installed.
     """
 
@@ -204,6 +291,9 @@ class FsspecStorage(BaseStorageClient):
         public_base_url: str | None = None,
         mount: bool | None = None,
         concurrency: int = 8,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
@@ -218,7 +308,7 @@ class FsspecStorage(BaseStorageClient):
                 detail=protocol,
             )
         self._backend = backend
-        self._error_types = self._import_backend()
+        self._error_types, self._timeout_types = self._import_backend()
         self._fs_class: Any = fsspec.get_filesystem_class(protocol or "file")
         self.root: str = self._fs_class._strip_protocol(self.url).rstrip("/")
         if backend is _LOCAL:
@@ -245,6 +335,15 @@ class FsspecStorage(BaseStorageClient):
                 "account_key (or the connection string's AccountKey)",
                 detail="secret",
             )
+        self.timeout = _read_seconds(timeout, ENV_TIMEOUT, DEFAULT_TIMEOUT, "timeout")
+        self.connect_timeout = _read_seconds(
+            connect_timeout, ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, "connect_timeout"
+        )
+        self.read_timeout = _read_seconds(
+            read_timeout, ENV_READ_TIMEOUT, DEFAULT_READ_TIMEOUT, "read_timeout"
+        )
+        #: deadline of :meth:`discard_file` (see ``timeout``)
+        self.cleanup_timeout = self.timeout / 2
         self._options = self._resolve_options(options)
         self.name = name if name is not None else self._default_name()
         if not _NAME.match(self.name):
@@ -273,8 +372,12 @@ class FsspecStorage(BaseStorageClient):
 
     # -- construction helpers -------------------------------------------------------------------
 
-    def _import_backend(self) -> tuple[type[BaseException], ...]:
-        """Import the optional SDK now and return the exception types that mean a real failure."""
+    def _import_backend(
+        self,
+    ) -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+        """Import the optional SDK now; return the exception types that mean a real failure, and
+        those of them that mean a timeout (builtin ``TimeoutError`` covers asyncio's, aiohttp's
+        ``ServerTimeoutError``, fsspec's ``FSTimeoutError`` and ``socket.timeout``)."""
         backend = self._backend
         if backend.module is not None:
             try:
@@ -282,17 +385,29 @@ class FsspecStorage(BaseStorageClient):
             except ImportError as exc:
                 raise MissingDependencyError(backend.module, backend.extra or "all") from exc
         types: list[type[BaseException]] = [OSError]
+        timeouts: list[type[BaseException]] = [TimeoutError]
         if backend is _S3:
             import aiohttp
-            from botocore.exceptions import BotoCoreError, ClientError
+            from botocore.exceptions import (
+                BotoCoreError,
+                ClientError,
+                ConnectTimeoutError,
+                ReadTimeoutError,
+            )
 
             types += [BotoCoreError, ClientError, aiohttp.ClientError]
+            timeouts += [ConnectTimeoutError, ReadTimeoutError]
         elif backend is _AZURE:
             import aiohttp
-            from azure.core.exceptions import AzureError
+            from azure.core.exceptions import (
+                AzureError,
+                ServiceRequestTimeoutError,
+                ServiceResponseTimeoutError,
+            )
 
             types += [AzureError, aiohttp.ClientError]
-        return tuple(types)
+            timeouts += [ServiceRequestTimeoutError, ServiceResponseTimeoutError]
+        return tuple(types), tuple(timeouts)
 
     def _resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Merge the explicit options over the URL's and the environment's (read here, once)."""
@@ -313,7 +428,17 @@ class FsspecStorage(BaseStorageClient):
                 client_kwargs["region_name"] = region
             if client_kwargs:
                 merged["client_kwargs"] = client_kwargs
+            # botocore's own timeouts (aiobotocore maps them to aiohttp's sock_connect/sock_read);
+            # retries stay botocore's (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE or config_kwargs).
+            config_kwargs = dict(merged.get("config_kwargs") or {})
+            config_kwargs.setdefault("connect_timeout", self.connect_timeout)
+            config_kwargs.setdefault("read_timeout", self.read_timeout)
+            merged["config_kwargs"] = config_kwargs
         elif self._backend is _AZURE:
+            # adlfs hands these to azure-core on uploads and downloads; metadata calls (info,
+            # delete) keep azure-core's defaults and are bounded by ``timeout`` alone.
+            merged.setdefault("connection_timeout", self.connect_timeout)
+            merged.setdefault("read_timeout", self.read_timeout)
             for option, variable in (
                 ("connection_string", "AZURE_STORAGE_CONNECTION_STRING"),
                 ("account_name", "AZURE_STORAGE_ACCOUNT_NAME"),
@@ -429,6 +554,16 @@ class FsspecStorage(BaseStorageClient):
         with self._translate("connect to", ""):
             return await asyncio.shield(task)
 
+    async def _ready(self) -> None:
+        """Create this loop's filesystem, if it is a native-async one, outside any deadline.
+
+        Creating it is local work (aiobotocore loads botocore's data files in a worker thread;
+        credentials come from botocore's chain, with its own timeouts), not a call to the
+        service: a busy machine must not turn it into a ``StorageTimeoutError``.
+        """
+        if self._backend.native_async:
+            await self._fs()
+
     def _slot(self) -> asyncio.Semaphore:
         """This loop's semaphore bounding concurrent operations (see ``concurrency``)."""
         loop = asyncio.get_running_loop()
@@ -441,7 +576,8 @@ class FsspecStorage(BaseStorageClient):
 
     @contextlib.contextmanager
     def _translate(self, action: str, key: str) -> Iterator[None]:
-        """Turn backend failures into :class:`StorageError` chained to the cause."""
+        """Turn backend failures into :class:`StorageError` chained to the cause (a timeout of
+        the SDK, anywhere in the cause chain, into :class:`StorageTimeoutError`)."""
         try:
             yield
         except ChainlitORMError:
@@ -449,7 +585,42 @@ class FsspecStorage(BaseStorageClient):
         except self._error_types as exc:
             where = f"{key!r} in {self.url}" if key else self.url
             message = f"could not {action} {where}: {type(exc).__name__}: {exc}"
-            raise StorageError(mask_url(message), detail=key or None) from exc
+            kind = StorageTimeoutError if self._is_timeout(exc) else StorageError
+            raise kind(mask_url(message), detail=key or None) from exc
+
+    def _is_timeout(self, exc: BaseException) -> bool:
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            if isinstance(current, self._timeout_types):
+                return True
+            seen.add(id(current))
+            current = current.__cause__ or current.__context__
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _bounded(
+        self, action: str, key: str, seconds: float | None = None
+    ) -> AsyncIterator[None]:
+        """One storage call: within its deadline (``timeout`` unless given), errors translated.
+
+        Invariant: no public method of this class awaits the network, a worker thread or a
+        concurrency slot outside one of these blocks (creating the filesystem, :meth:`_ready`,
+        is the one exception: local work), so none waits on the service past its deadline.
+        """
+        limit = self.timeout if seconds is None else seconds
+        try:
+            async with asyncio.timeout(limit):
+                with self._translate(action, key):
+                    yield
+        except ChainlitORMError:
+            raise
+        except TimeoutError as exc:  # the deadline itself (asyncio.timeout raises it)
+            where = f"{key!r} in {self.url}" if key else self.url
+            raise StorageTimeoutError(
+                mask_url(f"could not {action} {where}: no answer within {limit:g} s (timeout)"),
+                detail=key or None,
+            ) from exc
 
     def _path(self, key: str) -> str:
         return object_path(self.root, key)
@@ -476,16 +647,20 @@ class FsspecStorage(BaseStorageClient):
             InvalidIdentifierError: the key is unsafe; nothing was written.
             InvalidInputError: ``mime`` or ``content_disposition`` has CR/LF or is malformed.
             ConflictError: ``overwrite=False`` and the key exists; nothing was written.
-            StorageError: the backend failed (chained to the cause).
+            StorageError: the backend failed (chained to the cause); ``StorageTimeoutError``
+                when it did not finish within ``timeout`` (the object may or may not exist).
         """
         key = validate_key(object_key)
         path = self._path(key)
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        payload = _payload(data)
         content_type = check_content_type(mime or "application/octet-stream")
         disposition = normalize_content_disposition(content_disposition)
-        async with self._slot():
-            await self._upload(key, path, payload, overwrite, content_type, disposition)
-        return {"object_key": key, "url": await self._read_url(key)}
+        await self._ready()
+        async with self._bounded("upload", key):
+            async with self._slot():
+                await self._upload(key, path, payload, overwrite, content_type, disposition)
+            url = await self._read_url(key)
+        return {"object_key": key, "url": url}
 
     async def _upload(
         self,
@@ -559,8 +734,70 @@ class FsspecStorage(BaseStorageClient):
             StorageError: the backend failed (permissions, network, credentials), chained.
         """
         key = validate_key(object_key)
-        async with self._slot():
+        await self._ready()
+        async with self._bounded("delete", key), self._slot():
             return await self._delete(key, self._path(key))
+
+    async def discard_file(self, object_key: str) -> None:
+        """Remove ``object_key`` (and its sidecar) whether or not it exists, within
+        ``cleanup_timeout`` (half of ``timeout``): the clean-up after a failed element write.
+
+        One DELETE, no existence check first: after a timeout the upload may still have landed,
+        and an S3/Azure DELETE the server received removes it even if its answer is lost.
+        It takes no concurrency slot: it must not queue behind the uploads that are failing.
+
+        Raises:
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: the backend failed (``StorageTimeoutError`` past ``cleanup_timeout``);
+                the object may remain.
+        """
+        key = validate_key(object_key)
+        await self._ready()
+        async with self._bounded("remove", key, self.cleanup_timeout):
+            if not self._backend.native_async:
+                await asyncio.to_thread(self._discard_sync, key)
+                return
+            fs = await self._fs()
+            with contextlib.suppress(FileNotFoundError):  # Azure: absent; S3 never says so
+                await fs._rm_file(self._path(key))
+
+    def _discard_sync(self, key: str) -> None:
+        fs = self._sync_fs
+        for path in (self._path(key), meta_path(self.root, key)):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(path)
+
+    async def read_file(self, object_key: str) -> bytes:
+        """Every byte stored under ``object_key`` (:class:`~chainlit_orm.storage.ReadableStorage`).
+
+        Raises:
+            NotFoundError: no such object (a prefix that only exists as a directory included).
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: the backend failed (``StorageTimeoutError`` past ``timeout``).
+        """
+        key = validate_key(object_key)
+        path = self._path(key)
+        await self._ready()
+        async with self._bounded("read", key), self._slot():
+            if self._backend.native_async:
+                fs = await self._fs()
+                try:
+                    data: bytes | None = bytes(await fs._cat_file(path))
+                except (FileNotFoundError, IsADirectoryError):
+                    data = None
+            else:
+                data = await asyncio.to_thread(self._read_sync, path)
+        if data is None:
+            raise NotFoundError(
+                f"no object {key!r} in {mask_url(self.url)}", detail=key
+            )
+        return data
+
+    def _read_sync(self, path: str) -> bytes | None:
+        try:
+            return bytes(self._sync_fs.cat_file(path))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
 
     async def _delete(self, key: str, path: str) -> bool:
         with self._translate("delete", key):
@@ -599,7 +836,10 @@ class FsspecStorage(BaseStorageClient):
             InvalidIdentifierError: the key is unsafe.
             StorageError: signing failed (chained).
         """
-        return await self._read_url(validate_key(object_key))
+        key = validate_key(object_key)
+        await self._ready()
+        async with self._bounded("sign a read URL for", key):
+            return await self._read_url(key)
 
     async def _read_url(self, key: str) -> str:
         path = self._path(key)
@@ -669,49 +909,88 @@ class FsspecStorage(BaseStorageClient):
     def _verify(self, key: str, expires: str, signature: str) -> bool:
         return _signing.verify(self._signing_key, self.name, key, expires, signature, time.time())
 
-    async def _stat(self, key: str) -> ObjectInfo | None:
-        """Size and stored headers of ``key``, or None if it is not a file (route backends)."""
-        with self._translate("read", key):
-            return await asyncio.to_thread(self._stat_sync, key)
+    async def _open_object(self, key: str) -> OpenObject | None:
+        """Open ``key`` for the route, or None if it is not a file (route backends only).
 
-    def _stat_sync(self, key: str) -> ObjectInfo | None:
-        fs = self._sync_fs
+        The object is opened, and its size taken from the open handle, before the route sends a
+        status line: an object deleted or replaced afterwards is still served whole from the
+        handle (a local file stays readable once unlinked; memory is served from a snapshot),
+        and one deleted before is a 404, never a response that breaks half-way.
+        """
+        async with self._bounded("read", key):
+            return await asyncio.to_thread(self._open_sync, key)
+
+    def _open_sync(self, key: str) -> OpenObject | None:
+        fs, path = self._sync_fs, self._path(key)
         try:
-            info = fs.info(self._path(key))
-        except FileNotFoundError:
-            return None
-        if info.get("type") != "file":
+            if self._backend is _MEMORY:
+                # fsspec's memory filesystem hands every reader the same file object, so
+                # concurrent reads would move each other's position: serve a snapshot.
+                reader: IO[bytes] = io.BytesIO(fs.cat_file(path))
+            else:
+                reader = fs.open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         try:
-            meta = json.loads(fs.cat_file(meta_path(self.root, key)))
-        except FileNotFoundError:
-            meta = {}
-        return ObjectInfo(
-            size=int(info["size"]),
+            size = reader.seek(0, io.SEEK_END)
+            reader.seek(0)
+            try:
+                meta = json.loads(fs.cat_file(meta_path(self.root, key)))
+            except FileNotFoundError:
+                meta = {}
+            except ValueError as exc:
+                raise StorageError(
+                    f"the metadata record of {key!r} in {mask_url(self.url)} is corrupt",
+                    detail=key,
+                ) from exc
+        except BaseException:
+            reader.close()
+            raise
+        info = ObjectInfo(
+            size=size,
             content_type=meta.get("content_type") or "application/octet-stream",
             content_disposition=meta.get("content_disposition"),
         )
+        return OpenObject(info=info, reader=reader)
 
-    async def _iter_bytes(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Yield bytes ``[start, end)`` of ``key`` in 1 MiB chunks read in a worker thread."""
-        fs, path = self._sync_fs, self._path(key)
-        with self._translate("read", key):
-            handle = await asyncio.to_thread(fs.open, path, "rb")
+    async def _read_range(
+        self, key: str, opened: OpenObject, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` of an opened object in 1 MiB chunks read in a worker
+        thread, each read within ``timeout``; the handle is closed at the end."""
+        reader = opened.reader
         try:
-            await asyncio.to_thread(handle.seek, start)
+            async with self._bounded("read", key):
+                await asyncio.to_thread(reader.seek, start)
             remaining = end - start
             while remaining > 0:
-                with self._translate("read", key):
-                    chunk: bytes = await asyncio.to_thread(handle.read, min(_READ_CHUNK, remaining))
+                async with self._bounded("read", key):
+                    chunk: bytes = await asyncio.to_thread(
+                        reader.read, min(_READ_CHUNK, remaining)
+                    )
                 if not chunk:
                     return
                 remaining -= len(chunk)
                 yield chunk
         finally:
-            await asyncio.to_thread(handle.close)
+            await opened.aclose()
 
     def __repr__(self) -> str:
         return f"FsspecStorage({mask_url(self.url)!r}, name={self.name!r})"
+
+
+def _payload(data: object) -> bytes:
+    """The bytes to store: ``str`` as UTF-8; anything else must already be bytes-like."""
+    try:
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        if isinstance(data, bytes | bytearray | memoryview):
+            return bytes(data)
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            "element content is text with a lone surrogate, which UTF-8 cannot encode"
+        ) from exc
+    raise InvalidInputError(f"content must be bytes or str, got {type(data).__name__}")
 
 
 def _warmed_aio_session(kwargs: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ appended after it would never run: :func:`mount_storage_route` inserts the route
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import TYPE_CHECKING
@@ -20,19 +21,22 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
-from chainlit_orm.errors import InvalidIdentifierError
+from chainlit_orm.errors import InvalidIdentifierError, StorageError, StorageTimeoutError
 from chainlit_orm.storage._keys import validate_key
-from chainlit_orm.storage.client import FsspecStorage
+from chainlit_orm.storage.client import FsspecStorage, OpenObject
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 __all__ = ["ROUTE_PATH", "mount_on_chainlit", "mount_storage_route"]
 
+logger = logging.getLogger(__name__)
+
 #: Path of the route, below the app's root path. Part of every local/memory read URL.
 ROUTE_PATH = "/chainlit-orm/files"
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# [0-9], not \d: \d also matches Unicode digits ("²") that int() refuses.
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 # Types a browser would execute when opened directly: served sandboxed, since the route shares
 # the Chainlit UI's origin (and its cookies).
 _ACTIVE_TYPES = (
@@ -148,9 +152,28 @@ async def _serve(request: Request) -> Response:
     signature = request.query_params.get("sig", "")
     if not storage._verify(key, expires, signature):
         return Response("Forbidden", status_code=403, media_type="text/plain")
-    info = await storage._stat(key)
-    if info is None:
+    try:
+        opened = await storage._open_object(key)
+    except StorageTimeoutError as exc:
+        logger.warning("chainlit-orm storage route: %s", exc)
+        return Response("Gateway Timeout", status_code=504, media_type="text/plain")
+    except StorageError as exc:
+        logger.warning("chainlit-orm storage route: %s", exc)
+        return Response("Service Unavailable", status_code=503, media_type="text/plain")
+    if opened is None:
         return Response("Not Found", status_code=404, media_type="text/plain")
+    response = _respond(request, storage, key, expires, opened)
+    if not isinstance(response, StreamingResponse):
+        await opened.aclose()
+    return response
+
+
+def _respond(
+    request: Request, storage: FsspecStorage, key: str, expires: str, opened: OpenObject
+) -> Response:
+    """The response for an opened object: a stream that closes the handle when it ends, or a
+    bodiless answer (HEAD, empty, unsatisfiable range) after which the caller closes it."""
+    info = opened.info
 
     # Content-Type goes in verbatim (not as media_type, to which Starlette appends a charset).
     headers = {
@@ -177,7 +200,7 @@ async def _serve(request: Request) -> Response:
     if request.method == "HEAD" or end == start:
         return Response(status_code=status, headers=headers)
     return StreamingResponse(
-        storage._iter_bytes(key, start, end),
+        storage._read_range(key, opened, start, end),
         status_code=status,
         headers=headers,
     )

@@ -9,7 +9,9 @@ Modes (set at any time with :meth:`FaultProxy.set_mode`; new and existing connec
 * ``refuse``: new connections are accepted and closed at once (the client sees a reset/EOF before
   any byte, as from a server that is going down); existing ones are cut.
 * ``blackhole``: connections are accepted and every byte either way is held, never forwarded and
-  never answered, as from a host whose route was dropped. Existing connections stall too.
+  never answered, as from a host whose route was dropped. Existing connections stall too. Leaving
+  the mode releases what is held; call :meth:`FaultProxy.cut_all` first to lose it instead (the
+  clients gave up: a cut connection's held bytes are never forwarded).
 * ``drop_response``: the next response chunk from the server is cut after half of it has been
   sent, then the connection is closed (a server dying mid-response); the mode then returns to
   ``pass``.
@@ -117,6 +119,8 @@ class FaultProxy:
         self._writers.add(client_w)
         try:
             await self._resume.wait()
+            if client_w.is_closing():  # cut while held: its bytes are lost, never delivered late
+                return
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             self._writers.discard(client_w)
@@ -142,6 +146,8 @@ class FaultProxy:
             if not data:
                 return
             await self._resume.wait()
+            if writer.is_closing():  # cut while held: its bytes are lost, never delivered late
+                return
             if not upstream and self.mode == "drop_response":
                 self.mode = "pass"
                 writer.write(data[: max(1, len(data) // 2)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from chainlit_orm.errors import (
     ConfigurationError,
     MissingDependencyError,
     StorageError,
+    StorageTimeoutError,
 )
 from chainlit_orm.storage import FsspecStorage, storage_from_env
 from tests.storage.conftest import (
@@ -28,6 +31,9 @@ ENV_VARS = (
     "CHAINLIT_ORM_STORAGE_URL",
     "CHAINLIT_ORM_STORAGE_SECRET",
     "CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL",
+    "CHAINLIT_ORM_STORAGE_TIMEOUT",
+    "CHAINLIT_ORM_STORAGE_CONNECT_TIMEOUT",
+    "CHAINLIT_ORM_STORAGE_READ_TIMEOUT",
     "CHAINLIT_AUTH_SECRET",
     "STORAGE_EXPIRY_TIME",
     "AWS_ENDPOINT_URL",
@@ -140,6 +146,7 @@ def test_aws_and_azure_env_filled_in(clean_env: pytest.MonkeyPatch) -> None:
         "key": "env-key",
         "secret": "env-secret",
         "client_kwargs": {"region_name": "eu-west-1"},
+        "config_kwargs": {"connect_timeout": 5.0, "read_timeout": 30.0},
         "use_listings_cache": False,
     }
     explicit = FsspecStorage("s3://bucket/p", endpoint_url="http://other", key="k", secret="s")
@@ -148,6 +155,7 @@ def test_aws_and_azure_env_filled_in(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", AZURITE_CONN)
     azure = FsspecStorage("az://container/p")
     assert azure._options["connection_string"] == AZURITE_CONN
+    assert (azure._options["connection_timeout"], azure._options["read_timeout"]) == (5.0, 30.0)
 
 
 @pytest.mark.parametrize(
@@ -259,3 +267,74 @@ async def test_close_never_raises_and_logs_at_debug(
         await storage.close()
     assert [r.levelno for r in caplog.records if "closing" in r.getMessage()] == [logging.DEBUG]
     await real_creator.__aexit__(None, None, None)
+
+
+# -- timeouts ------------------------------------------------------------------------------------
+
+
+def test_timeouts_default_and_reach_the_sdks(clean_env: pytest.MonkeyPatch) -> None:
+    local = FsspecStorage("memory://timeouts-default", secret=TEST_SECRET, mount=False)
+    assert (local.timeout, local.connect_timeout, local.read_timeout) == (120.0, 5.0, 30.0)
+    assert local.cleanup_timeout == 60.0
+    s3 = FsspecStorage("s3://b/p", key="k", secret="s", timeout=9, connect_timeout=1.5,
+                       read_timeout=4)
+    assert s3.timeout == 9.0
+    assert s3._options["config_kwargs"] == {"connect_timeout": 1.5, "read_timeout": 4.0}
+    # the SDK's own settings, given explicitly, win over the storage's
+    mine = FsspecStorage("s3://b/p", key="k", secret="s", read_timeout=4,
+                         config_kwargs={"read_timeout": 99, "retries": {"mode": "standard"}})
+    assert mine._options["config_kwargs"] == {
+        "read_timeout": 99, "retries": {"mode": "standard"}, "connect_timeout": 5.0,
+    }
+    azure = FsspecStorage("az://c/p", connection_string=AZURITE_CONN, connect_timeout=2,
+                          read_timeout=3)
+    assert (azure._options["connection_timeout"], azure._options["read_timeout"]) == (2.0, 3.0)
+
+
+def test_timeouts_from_the_environment_at_construction(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CHAINLIT_ORM_STORAGE_TIMEOUT", "7.5")
+    clean_env.setenv("CHAINLIT_ORM_STORAGE_CONNECT_TIMEOUT", "0.5")
+    clean_env.setenv("CHAINLIT_ORM_STORAGE_READ_TIMEOUT", "2")
+    storage = FsspecStorage("memory://timeouts-env", secret=TEST_SECRET, mount=False)
+    clean_env.setenv("CHAINLIT_ORM_STORAGE_TIMEOUT", "99")  # read once, at construction
+    assert (storage.timeout, storage.connect_timeout, storage.read_timeout) == (7.5, 0.5, 2.0)
+    assert storage.cleanup_timeout == 3.75
+    explicit = FsspecStorage("memory://timeouts-env2", secret=TEST_SECRET, mount=False, timeout=1)
+    assert explicit.timeout == 1.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), True, "5", None])
+def test_bad_timeouts_fail_at_construction(clean_env: pytest.MonkeyPatch, bad: object) -> None:
+    if bad is None:
+        clean_env.setenv("CHAINLIT_ORM_STORAGE_READ_TIMEOUT", "soon")
+        with pytest.raises(ConfigurationError, match="CHAINLIT_ORM_STORAGE_READ_TIMEOUT"):
+            FsspecStorage("memory://bad-timeout", secret=TEST_SECRET, mount=False)
+        return
+    for option in ("timeout", "connect_timeout", "read_timeout"):
+        with pytest.raises(ConfigurationError, match=option) as caught:
+            FsspecStorage("memory://bad-timeout", secret=TEST_SECRET, mount=False,
+                          **{option: bad})
+        assert caught.value.detail == option
+
+
+async def test_a_local_call_that_never_returns_ends_in_a_timeout(tmp_path: Path) -> None:
+    """A FIFO nobody reads: opening it to write blocks the worker thread for ever, as a hung
+    network mount would. The call still ends, typed, at its deadline; the test then opens the
+    other end so the abandoned thread can finish."""
+    root = tmp_path / "root"
+    (root / "fifo").parent.mkdir(parents=True)
+    os.mkfifo(root / "fifo")
+    os.mkfifo(root / "fifo-to-read")  # its own FIFO: the upload's thread may still hold "fifo"
+    storage = FsspecStorage(str(root), secret=TEST_SECRET, mount=False, timeout=0.5)
+    upload = asyncio.ensure_future(storage.upload_file("fifo", b"never written"))
+    with pytest.raises(StorageTimeoutError) as caught:
+        await upload
+    assert caught.value.detail == "fifo"
+    assert "no answer within 0.5 s" in str(caught.value)
+    # meet the blocked thread at the FIFO (a blocking open returns once it has opened its end,
+    # however late the thread pool ran it), so it finishes
+    os.close(await asyncio.to_thread(os.open, root / "fifo", os.O_RDONLY))
+    reading = asyncio.ensure_future(storage.read_file("fifo-to-read"))
+    with pytest.raises(StorageTimeoutError):
+        await reading
+    os.close(await asyncio.to_thread(os.open, root / "fifo-to-read", os.O_WRONLY))

@@ -18,8 +18,12 @@ from chainlit_orm.errors import (
     ConflictError,
     InvalidIdentifierError,
     InvalidInputError,
+    NotFoundError,
 )
+from chainlit_orm.storage import DiscardableStorage, ReadableStorage
 from tests.storage.conftest import BackendCase
+
+BIG_ISH = bytes(range(256)) * 5000  # 1.2 MiB: more than one read chunk
 
 TRAVERSAL_KEYS = [
     "../escape.txt",
@@ -246,3 +250,31 @@ class TestStorageContract:
         result = await storage.upload_file("cl/k2", b"after")
         assert (await fetch(http, result["url"])).content == b"after"
         await storage.close()
+
+    async def test_read_file_returns_every_byte(self, case: BackendCase) -> None:
+        storage = case.make()
+        assert isinstance(storage, ReadableStorage)
+        await storage.upload_file("rd/a.bin", BIG_ISH)
+        await storage.upload_file("rd/text.txt", "héllo")
+        assert await storage.read_file("rd/a.bin") == BIG_ISH
+        assert await storage.read_file("rd/text.txt") == "héllo".encode()
+        for absent in ("rd/missing.bin", "rd"):  # a prefix is not an object
+            with pytest.raises(NotFoundError) as caught:
+                await storage.read_file(absent)
+            assert caught.value.detail == absent
+
+    async def test_discard_file_removes_object_and_sidecar_and_ignores_absence(
+        self, case: BackendCase
+    ) -> None:
+        storage = case.make()
+        assert isinstance(storage, DiscardableStorage)
+        await storage.upload_file("dc/a.bin", b"bytes", content_disposition="inline")
+        assert await resolve(case.raw_exists("dc/a.bin")) is True
+        assert await storage.discard_file("dc/a.bin") is None
+        assert await resolve(case.raw_exists("dc/a.bin")) is False
+        assert await storage.discard_file("dc/a.bin") is None  # absent: not an error
+        assert await storage.delete_file("dc/a.bin") is False
+        if case.served_by_route:
+            fs = storage._sync_fs
+            assert not fs.exists(f"{storage.root}/.chainlit-orm-meta/dc/a.bin.json")
+        assert await resolve(case.outside_root()) == []

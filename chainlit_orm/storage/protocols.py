@@ -1,0 +1,49 @@
+"""What a storage client can offer beyond Chainlit's ``BaseStorageClient``, as small protocols.
+
+Chainlit's ``BaseStorageClient`` can upload, delete and sign a read URL; it cannot read an object
+back, and its clients report a failed delete by logging and returning False. Code that needs more
+(the DynamoDB backend reading an offloaded step text back, the element flow removing the object
+of a refused element) asks for it with ``isinstance(storage, Protocol)`` and treats any other
+client as a plain ``BaseStorageClient``. :class:`~chainlit_orm.storage.FsspecStorage` implements
+both; a custom client may too, by having the method (no registration, no base class).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+__all__ = ["DiscardableStorage", "ReadableStorage"]
+
+
+@runtime_checkable
+class ReadableStorage(Protocol):
+    """A storage client that can read an object back."""
+
+    async def read_file(self, object_key: str) -> bytes:
+        """Return every byte stored under ``object_key``.
+
+        Raises:
+            NotFoundError: there is no such object.
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: the backend failed (``StorageTimeoutError`` past the client's timeout).
+        """
+        ...
+
+
+@runtime_checkable
+class DiscardableStorage(Protocol):
+    """A storage client that can remove an object it may or may not hold, quickly and surely.
+
+    Used to clean up after a failed element write: unlike ``delete_file`` it does not first ask
+    whether the object exists (a request that could be answered late is one more chance to leave
+    it behind) and it reports failure by raising, never by returning False.
+    """
+
+    async def discard_file(self, object_key: str) -> None:
+        """Remove ``object_key`` and anything stored with it; an absent object is not an error.
+
+        Raises:
+            InvalidIdentifierError: the key is unsafe.
+            StorageError: the backend failed or did not answer in time (the object may remain).
+        """
+        ...
