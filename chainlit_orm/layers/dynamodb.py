@@ -1951,8 +1951,8 @@ class DynamoDataLayer(ChainlitLayer):
             black-holed endpoint) therefore ends, with
             :class:`~chainlit_orm.errors.TimeoutExceededError`, after at most ``max_attempts x
             (connect_timeout + read_timeout)`` plus botocore's backoff between attempts (random,
-            at most 1, 2, 4, ... 20 s); ``timeout`` bounds the whole data-layer call. A refused or dropped
-            connection is retried the same way and ends with
+            at most 1, 2, 4, ... 20 s); ``timeout`` bounds the whole data-layer call. A refused
+            or dropped connection is retried the same way and ends with
             :class:`~chainlit_orm.errors.BackendUnavailableError`.
         offload_bytes: step texts larger than this go to ``storage`` if it can read them back
             (an ``async read_file(object_key) -> bytes`` method, as
