@@ -749,6 +749,9 @@ class DynamoBackend:
         identifier = None
         if fields.get("userId"):
             identifier = await self._identifier_of(fields["userId"])
+            if identifier is None:  # as SQL's foreign key: an owner is a persisted user
+                raise NotFoundError(f"user_id {fields['userId']!r}: no such user",
+                                    detail="user_id")
         key = self._key_of("thread", id=thread_id)
         templates = self._index_templates("thread")
         merge = bool(meta_set or meta_delete)

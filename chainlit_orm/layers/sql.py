@@ -1079,6 +1079,10 @@ def _driver_errors(dialect: str) -> tuple[type[Exception], ...]:
 
 _MY_SCHEMA = {1146, 1054, 1049}  # no such table, unknown column, unknown database
 _MY_NULL = {1048, 1364}  # column cannot be null, field has no default
+#: Values the server refuses (invalid input, not an outage): a CHECK constraint (MariaDB's JSON
+#: columns are ``CHECK (json_valid(...))``: 4025), MariaDB's JSON errors (bad text, depth over 32,
+#: bad path: 4036-4046), MySQL's (3140-3160, 3819), out of range, too long, incorrect values.
+_MY_DATA = {4025, *range(4036, 4047), *range(3140, 3161), 3819, 1264, 1265, 1292, 1366, 1406}
 
 
 def _classify(dialect: str, orig: BaseException) -> str:
@@ -1095,7 +1099,7 @@ def _classify(dialect: str, orig: BaseException) -> str:
             return "null"
         if state.startswith("23"):
             return "conflict"
-        if state.startswith("22"):
+        if state.startswith("22") or state in ("54000", "54001"):  # bad value; value too big
             return "data"
         if state in ("42P01", "42703", "3F000") or ("does not exist" in text and state[:2] == "42"):
             return "schema"
@@ -1125,6 +1129,8 @@ def _classify(dialect: str, orig: BaseException) -> str:
         return "fk"
     if code in _MY_NULL:
         return "null"
+    if code in _MY_DATA:
+        return "data"
     if "IntegrityError" in names:
         return "conflict"
     if "DataError" in names:

@@ -141,10 +141,23 @@ def utc_now() -> str:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Format an aware (or UTC-naive) datetime as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    """Format an aware (or UTC-naive) datetime as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    The year is always four digits (``strftime("%Y")`` gives ``999`` for the year 999 on
+    glibc, which is neither fixed-width nor ISO-8601).
+
+    Raises:
+        InvalidInputError: the instant, in UTC, falls outside the years 1 to 9999.
+    """
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as exc:
+            raise InvalidInputError(
+                f"timestamp {moment.isoformat()!r} is outside the years 1 to 9999 in UTC"
+            ) from exc
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
 def parse_timestamp(value: str | datetime) -> datetime:
@@ -169,10 +182,14 @@ def parse_timestamp(value: str | datetime) -> datetime:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise InvalidInputError(f"not an ISO-8601 timestamp: {value!r}") from exc
+            raise InvalidInputError(f"not an ISO-8601 timestamp: {str(value)[:80]!r}") from exc
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise InvalidInputError(
+            f"timestamp {str(value)[:80]!r} is outside the years 1 to 9999 in UTC") from exc
 
 
 class Timestamp(TypeDecorator[str]):
