@@ -1,0 +1,588 @@
+"""Property-based fuzzing of every write and lookup Chainlit makes, on every backend.
+
+Hypothesis draws Chainlit's shapes (``StepDict``, ``update_thread`` arguments, ``Element``s,
+``Feedback``, users, cursors, search strings), mixing values within Chainlit's declared types with
+values outside them or outside the documented limit set (:mod:`chainlit_orm.models.limits`). For
+each call a *reference model* written here, from the documented rules and not from the code, says
+what must happen:
+
+* the value is storable: the call succeeds and the layer reads back exactly what the model
+  predicts (``get_step``/``get_thread``/``get_element``/``get_user``, compared strictly: a bool
+  never equals 1, a string never equals a list);
+* it is not: the call raises the typed error the model names (``InvalidInputError`` and its
+  subclasses, or ``NotFoundError`` for an unknown user) and nothing is written: the raw rows (SQL
+  tables, DynamoDB items) of the thread are counted, and the storage directory is listed.
+
+It runs on SQLite, PostgreSQL, MariaDB and DynamoDB (moto), each with a ``file://`` storage in a
+temp directory, under the ``ci`` Hypothesis profile (derandomized, bounded; see conftest.py).
+Each finding the fuzzing made is kept as an ``@example`` (or a plain test below) naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import chainlit as cl
+import pytest
+import sqlalchemy as sa
+from chainlit.context import init_http_context
+from chainlit.step import StepDict
+from chainlit.types import Feedback, Pagination, ThreadFilter
+from chainlit.user import PersistedUser, User
+from hypothesis import event, example, given
+from hypothesis import strategies as st
+
+from chainlit_orm import FsspecStorage
+from chainlit_orm.errors import (
+    ChainlitORMError,
+    InvalidCursorError,
+    InvalidIdentifierError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from chainlit_orm.layers.base import ChainlitLayer
+from tests.contract.conftest import CONTRACT_BACKENDS
+
+BACKENDS = ("sqlite", "postgres", "mariadb", "dynamodb")
+
+# --------------------------------------------------------------------------- the environment
+
+
+@dataclass
+class Env:
+    """One backend with its layer, storage directory and two persisted users."""
+
+    name: str
+    layer: ChainlitLayer
+    handle: Any
+    files: Path
+    user: PersistedUser
+    other: PersistedUser
+
+    async def rows_of_thread(self, thread_id: str) -> int:
+        """The raw rows (items) stored for ``thread_id``: the thread, its steps, elements and
+        feedback, counted in the database itself."""
+        if self.name == "dynamodb":
+            import boto3
+
+            from tests.aws import MOTO_ENDPOINT, REGION
+
+            def count() -> int:
+                client = boto3.client("dynamodb", endpoint_url=MOTO_ENDPOINT, region_name=REGION)
+                result = client.query(
+                    TableName=self.handle, KeyConditionExpression="PK = :p",
+                    ExpressionAttributeValues={":p": {"S": f"THREAD#{thread_id}"}},
+                    ConsistentRead=True, Select="COUNT")
+                return int(result["Count"])
+
+            return await asyncio.to_thread(count)
+        models = self.layer.models
+        total = 0
+        async with self.layer.backend.engine.connect() as conn:  # type: ignore[attr-defined]
+            for entity, column in (("thread", "id"), ("step", "threadId"),
+                                   ("element", "threadId"), ("feedback", "threadId")):
+                table = models.table(entity)
+                total += (await conn.execute(
+                    sa.select(sa.func.count()).select_from(table).where(
+                        table.c[column] == thread_id))).scalar_one()
+        return total
+
+    def stored_files(self, thread_id: str) -> list[str]:
+        root = self.files / "threads" / thread_id
+        return sorted(str(p.relative_to(self.files)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+async def fuzz(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> AsyncIterator[Env]:
+    entry = CONTRACT_BACKENDS[request.param]
+    files = tmp_path_factory.mktemp(f"fuzz-files-{request.param}")
+    async with entry.open(tmp_path_factory.mktemp(f"fuzz-{request.param}")) as handle:
+        storage = FsspecStorage(f"file://{files}", mount=False, secret="fuzz-secret-0123456789")
+        layer = await entry.new_layer(handle, storage)
+        try:
+            user = await layer.create_user(User(identifier=f"fuzz-{uuid.uuid4().hex}"))
+            other = await layer.create_user(User(identifier=f"fuzz-{uuid.uuid4().hex}"))
+            assert user is not None and other is not None
+            yield Env(request.param, layer, handle, files, user, other)
+        finally:
+            await layer.close()
+
+
+# ------------------------------------------------------------------------- the reference
+
+
+class Refused(Exception):  # noqa: N818 - a verdict of the model, not an error of the test
+    """The reference model's verdict that a call must raise ``error`` and write nothing."""
+
+    def __init__(self, error: type[ChainlitORMError], why: str) -> None:
+        super().__init__(why)
+        self.error = error
+
+
+def _container_depth(value: Any) -> int:
+    """Nested arrays/objects around the innermost value (0 for a scalar); iterative, so a
+    document 1,000 levels deep is measured too."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, above = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, above + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, above + 1) for v in item)
+        else:
+            deepest = max(deepest, above)
+            continue
+        deepest = max(deepest, above + 1)
+    return deepest
+
+
+def ref_text(value: Any, what: str, max_chars: int | None = None) -> str:
+    """Text is a str of valid Unicode without NUL, within ``max_chars`` characters."""
+    if not isinstance(value, str):
+        raise Refused(InvalidInputError, f"{what} is not a string")
+    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise Refused(InvalidInputError, f"{what} is not storable text")
+    if max_chars is not None and len(value) > max_chars:
+        raise Refused(InvalidInputError, f"{what} is too long")
+    return str(value)
+
+
+def ref_json_value(value: Any, what: str) -> Any:
+    """A JSON value as it reads back (tuples are arrays), or Refused."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) >= 10**38:
+            raise Refused(InvalidInputError, f"{what}: integer too large")
+        return int(value)
+    if isinstance(value, float):
+        if type(value) is not float or not math.isfinite(value) or (
+                value != 0 and not 1e-130 <= abs(value) < 1e16):
+            raise Refused(InvalidInputError, f"{what}: number out of range")
+        return value
+    if isinstance(value, str):
+        return ref_text(value, what)
+    if isinstance(value, list | tuple):
+        return [ref_json_value(v, what) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key == "":
+                raise Refused(InvalidInputError, f"{what}: bad key {key!r}")
+            out[ref_text(key, what)] = ref_json_value(item, what)
+        return out
+    raise Refused(InvalidInputError, f"{what}: {type(value).__name__} is not JSON")
+
+
+def ref_document(value: Any, what: str, *, levels: int = 32) -> dict[str, Any]:
+    """A JSON document (a dict) nested at most ``levels`` levels counting the innermost value."""
+    if not isinstance(value, dict):
+        raise Refused(InvalidInputError, f"{what} is not a dict")
+    if _container_depth(value) > levels - 1:
+        raise Refused(InvalidInputError, f"{what} is nested too deep")
+    normalized: dict[str, Any] = ref_json_value(value, what)
+    return normalized
+
+
+def ref_timestamp(value: Any, what: str) -> str:
+    """ISO-8601 text or a datetime between years 1 and 9999 in UTC, read back in the
+    fixed-width form ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; naive means UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        ref_text(value, what)
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        head, dot, rest = text.partition(".")
+        if dot:  # fractional seconds: any number of digits, kept to microseconds
+            digits = ""
+            while rest and rest[0] in "0123456789":
+                digits, rest = digits + rest[0], rest[1:]
+            text = f"{head}.{(digits + '000000')[:6]}{rest}"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise Refused(InvalidInputError, f"{what} is not a timestamp") from None
+    else:
+        raise Refused(InvalidInputError, f"{what} is not a timestamp")
+    if moment.tzinfo is not None:
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise Refused(InvalidInputError, f"{what} is outside the years 1-9999") from None
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def ref_uuid(value: Any, what: str) -> str:
+    try:
+        if not isinstance(value, str) or len(value.replace("-", "")) != 32:
+            raise ValueError(value)
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Refused(InvalidIdentifierError, f"{what} is not a UUID") from None
+
+
+#: What Chainlit's ``get_step``/``get_thread`` step dicts hold: StepDict's keys but feedback.
+STEP_KEYS = tuple(k for k in StepDict.__annotations__ if k != "feedback")
+STEP_BOOLS = ("isError", "waitForAnswer", "defaultOpen", "autoCollapse")
+STEP_DOCS = ("metadata", "generation", "modes")
+STEP_TEXTS = ("input", "output", "language", "command", "icon")
+STEP_TIMES = ("createdAt", "start", "end")
+
+
+def ref_step(data: Any, *, create: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(columns, unknown keys) of a step write as they read back, or Refused."""
+    if not isinstance(data, Mapping):
+        raise Refused(InvalidInputError, "not a dict")
+    out: dict[str, Any] = {}
+    out["id"] = ref_uuid(data.get("id"), "id")
+    if not data.get("threadId"):
+        raise Refused(InvalidInputError, "no threadId")
+    out["threadId"] = ref_uuid(data["threadId"], "threadId")
+    if data.get("parentId") is not None:
+        out["parentId"] = ref_uuid(data["parentId"], "parentId")
+    out["name"] = ref_text(data.get("name"), "name")
+    out["type"] = ref_text(data.get("type"), "type", 191)
+    if type(data.get("streaming")) is not bool:
+        raise Refused(InvalidInputError, "streaming")
+    out["streaming"] = data["streaming"]
+    unknown: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("id", "threadId", "parentId", "name", "type", "streaming", "feedback"):
+            continue
+        if key not in STEP_KEYS:
+            unknown[key] = value
+            continue
+        if key == "createdAt" and create and not value:
+            out[key] = "<now>"
+            continue
+        if value is None:
+            continue
+        if key in STEP_BOOLS:
+            if type(value) is not bool:
+                raise Refused(InvalidInputError, key)
+            out[key] = value
+        elif key in STEP_DOCS:
+            out[key] = ref_document(value, key)
+        elif key in STEP_TEXTS:
+            out[key] = ref_text(value, key)
+        elif key in STEP_TIMES:
+            out[key] = ref_timestamp(value, key)
+        elif key == "tags":
+            if not isinstance(value, list | tuple):
+                raise Refused(InvalidInputError, "tags")
+            out[key] = [ref_text(t, "tag") for t in value]
+        elif key == "showInput":
+            if type(value) is not bool:
+                ref_text(value, key, 191)
+                if value.lower() in ("true", "false"):
+                    raise Refused(InvalidInputError, "showInput reads back as a bool")
+            out[key] = value
+        else:  # pragma: no cover - every StepDict key is listed above
+            raise AssertionError(key)
+    if create and "createdAt" not in out:
+        out["createdAt"] = "<now>"
+    if unknown:  # kept in one overflow document: one level deeper than sent
+        unknown = ref_document(unknown, "unknown keys")
+    return out, unknown
+
+
+def step_read(columns: Mapping[str, Any], unknown: Mapping[str, Any]) -> dict[str, Any]:
+    """The dict ``get_step`` gives for stored columns: every StepDict key, None when unset,
+    metadata ``{}`` and texts ``""`` when unset, plus the unknown keys."""
+    read = dict.fromkeys(STEP_KEYS)
+    read.update(columns)
+    if read["metadata"] is None:
+        read["metadata"] = {}
+    for key in ("input", "output"):
+        if read[key] is None:
+            read[key] = ""
+    for key, value in unknown.items():
+        read.setdefault(key, value)
+    return read
+
+
+def same(got: Any, want: Any, path: str = "") -> None:
+    """Strict equality: bools are not numbers, a str is not a list, dicts have the same keys;
+    numbers compare by value (DynamoDB gives 1.0 back as 1)."""
+    if want == "<now>":
+        assert isinstance(got, str) and len(got) == 27 and got.endswith("Z"), (path, got)
+        return
+    if isinstance(want, bool) or isinstance(got, bool):
+        assert type(got) is bool and got == want, (path, got, want)
+    elif isinstance(want, int | float):
+        assert isinstance(got, int | float) and got == want, (path, got, want)
+    elif isinstance(want, str):
+        assert type(got) is str and got == want, (path, got, want)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (path, got, want)
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            same(g, w, f"{path}[{i}]")
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (path, sorted(got), sorted(want))
+        for key in want:
+            same(got[key], want[key], f"{path}.{key}")
+    else:
+        assert got is None and want is None, (path, got, want)
+
+
+async def expect(call: Callable[[], Any], verdict: Refused | None) -> bool:
+    """Run ``call``; True if it succeeded. A refusal must be the model's typed error."""
+    event("stored" if verdict is None else f"refused: {verdict.error.__name__}")
+    if verdict is None:
+        await call()
+        return True
+    with pytest.raises(verdict.error):
+        await call()
+    return False
+
+
+# ------------------------------------------------------------------------------ strategies
+
+GOOD_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+                    max_size=24)
+BAD_TEXT = st.one_of(
+    st.builds(lambda a, b: f"{a}\ud800{b}", GOOD_TEXT, GOOD_TEXT),
+    st.builds(lambda a, b: f"{a}\udfff{b}", GOOD_TEXT, GOOD_TEXT),
+    st.builds(lambda a: f"{a}\x00", GOOD_TEXT),
+)
+KEYS = st.one_of(GOOD_TEXT.filter(bool), st.sampled_from(
+    ['"', "\\", "a.b", "$", "[0]", "$.x", "é", "İ", "🙂", " ", "*", "'", "favorite"]))
+GOOD_FLOAT = st.one_of(
+    st.just(0.0), st.floats(-1e6, 1e6),
+    st.builds(lambda m, sign: sign * m, st.floats(1e-130, 1e16, exclude_max=True),
+              st.sampled_from([1.0, -1.0])))
+GOOD_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(10**38) + 1, 10**38 - 1),
+                      GOOD_FLOAT, GOOD_TEXT)
+BAD_LEAF = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e16, 1e-200, 10**40, -(10**38)]),
+    st.just(Decimal("1.5")), st.just(datetime(2026, 1, 1, tzinfo=UTC)), st.just(b"bytes"),
+    st.just({1, 2}), BAD_TEXT,
+)
+
+
+def _nest(depth: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def json_values(*, bad: bool) -> st.SearchStrategy[Any]:
+    leaf = st.one_of(GOOD_LEAF, BAD_LEAF) if bad else GOOD_LEAF
+    keys = st.one_of(KEYS, st.sampled_from(["", 1])) if bad else KEYS
+    tree = st.recursive(leaf, lambda kids: st.one_of(
+        st.lists(kids, max_size=3), st.tuples(kids, kids),
+        st.dictionaries(keys, kids, max_size=3)), max_leaves=8)
+    if not bad:
+        return tree
+    return st.one_of(tree, st.integers(27, 34).map(_nest))
+
+
+def documents(*, bad: bool = True) -> st.SearchStrategy[Any]:
+    doc = st.dictionaries(KEYS, json_values(bad=bad), max_size=4)
+    if not bad:
+        return doc
+    return st.one_of(doc, doc, doc, st.sampled_from([[1], "text", 5]),
+                     st.integers(28, 34).map(lambda n: {"deep": _nest(n)}),
+                     st.dictionaries(st.sampled_from(["", 1]), GOOD_LEAF, min_size=1,
+                                     max_size=1))
+
+
+@st.composite
+def timestamps(draw: st.DrawFn) -> Any:
+    """ISO-8601 in the forms Chainlit and its layers write (and some datetimes), from year 1
+    to 9999 with offsets that may push the instant outside that range."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.datetimes(timezones=st.just(UTC)))
+    day = draw(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23)))
+    sep = draw(st.sampled_from(["T", "T", " "]))
+    text = (f"{day.year:04d}-{day.month:02d}-{day.day:02d}{sep}{day.hour:02d}:"
+            f"{day.minute:02d}:{day.second:02d}")
+    digits = draw(st.integers(0, 9))
+    if digits:
+        text += "." + str(day.microsecond).rjust(6, "0")[:digits].ljust(digits, "7")
+    offset = draw(st.sampled_from(["", "Z", "Z", "+00:00", "+05:30", "-01:00", "+14:00",
+                                   "-23:59"]))
+    return text + offset
+
+
+BAD_TIMESTAMPS = st.sampled_from([
+    "not a date", "2026-13-01T00:00:00Z", "9999-12-31T23:59:59-01:00",
+    "0001-01-01T00:30:00+01:00", 20260101, "2026-01-01T00:00:00Z\ud800", "",
+])
+UUIDS = st.uuids().map(str)
+ID_FORMS = st.sampled_from(["canonical", "canonical", "canonical", "upper", "undashed"])
+BAD_IDS = st.sampled_from(["not-a-uuid", "", 5, "0" * 37])
+
+
+def _id_form(value: str, form: str) -> str:
+    if form == "upper":
+        return value.upper()
+    if form == "undashed":
+        return value.replace("-", "")
+    return value
+
+
+STEP_TYPES = st.sampled_from(["run", "tool", "llm", "embedding", "retrieval", "rerank",
+                              "undefined", "assistant_message", "user_message"])
+BOOLS = st.none() | st.booleans()
+TEXTS = st.none() | GOOD_TEXT
+#: Each StepDict key: (values within the limits, values outside them).
+STEP_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "name": (GOOD_TEXT, st.one_of(st.just(7), st.none(), BAD_TEXT)),
+    "type": (STEP_TYPES | GOOD_TEXT, st.one_of(st.just(5), st.text(min_size=192, max_size=200))),
+    "streaming": (st.booleans(), st.sampled_from(["yes", "no", 0, 1, None])),
+    "id": (ID_FORMS, BAD_IDS),
+    "threadId": (ID_FORMS, BAD_IDS),
+    "parentId": (st.none() | UUIDS, BAD_IDS),
+    "command": (TEXTS, st.one_of(BAD_TEXT, st.just(5))),
+    "modes": (st.none() | st.dictionaries(KEYS, GOOD_TEXT, max_size=3), documents()),
+    "waitForAnswer": (BOOLS, st.sampled_from([0, 1, 5, "true"])),
+    "isError": (BOOLS, st.sampled_from([0, 5, "no"])),
+    "metadata": (st.none() | documents(bad=False), documents()),
+    "tags": (st.none() | st.lists(GOOD_TEXT, max_size=3) | st.tuples(GOOD_TEXT),
+             st.one_of(st.just({"a": 1}), st.just("abc"), st.just(1.5),
+                       st.lists(st.integers(), min_size=1, max_size=2),
+                       st.lists(BAD_TEXT, min_size=1, max_size=1))),
+    "input": (TEXTS, st.one_of(BAD_TEXT, st.just(5), st.just(["a"]))),
+    "output": (GOOD_TEXT, st.one_of(BAD_TEXT, st.just({"a": 1}))),
+    "createdAt": (st.none() | timestamps(), BAD_TIMESTAMPS.filter(bool)),
+    "start": (st.none() | timestamps(), BAD_TIMESTAMPS),
+    "end": (st.none() | timestamps(), BAD_TIMESTAMPS),
+    "generation": (st.none() | documents(bad=False), documents()),
+    "showInput": (st.none() | st.booleans() | st.sampled_from(["json", "python", ""])
+                  | GOOD_TEXT.filter(lambda s: s.lower() not in ("true", "false")),
+                  st.sampled_from(["true", "False", "TRUE", 5, "x" * 192])),
+    "defaultOpen": (BOOLS, st.sampled_from([1, "yes"])),
+    "autoCollapse": (BOOLS, st.sampled_from([0, "no"])),
+    "language": (TEXTS, st.one_of(st.just(5), st.just({"a": 1}), BAD_TEXT)),
+    "icon": (TEXTS, st.just(5)),
+    "feedback": (st.none(), st.none()),
+    # keys a newer Chainlit may send (and names of our internal columns)
+    "newKey": (json_values(bad=False), json_values(bad=True)),
+    "favorite": (json_values(bad=False), st.just(math.nan)),
+    "extra": (json_values(bad=False), st.just({"": 1})),
+}
+REQUIRED_STEP = ("name", "type", "streaming", "id", "threadId")
+
+
+@st.composite
+def step_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    """A StepDict within the limits; half of them with one value outside (a draw with many
+    bad values tests the first only)."""
+    data = draw(st.fixed_dictionaries(
+        {key: STEP_FIELDS[key][0] for key in REQUIRED_STEP},
+        optional={key: good for key, (good, _) in STEP_FIELDS.items()
+                  if key not in REQUIRED_STEP}))
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(STEP_FIELDS)))
+        data[key] = draw(STEP_FIELDS[key][1])
+    return data
+
+
+STEPS = step_dicts()
+
+
+def with_ids(data: dict[str, Any], step_id: str, thread_id: str) -> dict[str, Any]:
+    """Put real ids where the strategy drew an id *form*; keep the bad ids it drew."""
+    out = dict(data)
+    for key, value in (("id", step_id), ("threadId", thread_id)):
+        form = out.get(key)
+        if form in ("canonical", "upper", "undashed"):
+            out[key] = _id_form(value, str(form))
+    return out
+
+
+# ------------------------------------------------------------------------------------ steps
+
+
+def S(**fields: Any) -> dict[str, Any]:  # noqa: N802 - reads as a literal in the examples
+    """A step dict for an ``@example``: a valid base with ``fields`` changed."""
+    base: dict[str, Any] = {"name": "n", "type": "run", "streaming": False, "id": "canonical",
+                            "threadId": "canonical"}
+    base.update(fields)
+    return base
+
+
+@given(first=STEPS, second=st.none() | STEPS)
+# issue #14, item 8: each was an untyped exception (TypeError, ValueError, RecursionError,
+# OverflowError, UnicodeEncodeError) from create_step
+@example(first=S(streaming="yes"), second=None)
+@example(first=S(isError=5), second=None)
+@example(first=S(metadata={"deep": _nest(40)}), second=None)  # 1,000 deep: a plain test
+@example(first=S(createdAt="9999-12-31T23:59:59-01:00"), second=None)
+@example(first=S(metadata={"when": datetime(2026, 1, 1, tzinfo=UTC)}), second=None)
+@example(first=S(tags=1.5), second=None)
+@example(first=S(name="x\ud800"), second=None)
+@example(first=S(output=["a", "list"]), second=None)
+@example(first=S(language=5), second=None)
+# a year before 1000 is a valid ISO-8601 timestamp: stored, zero-padded
+@example(first=S(createdAt="0999-01-01T00:00:00Z", start="0001-01-01T00:00:00"), second=None)
+# item 9: silent coercions (name 7 read back "7", a dict language read back as its repr, tags
+# {"a": 1} read back ["a"], streaming "no" read back True)
+@example(first=S(name=7), second=None)
+@example(first=S(language={"a": 1}), second=None)
+@example(first=S(tags={"a": 1}), second=None)
+@example(first=S(streaming="no"), second=None)
+# item 10: JSON nested at the limit (stored) and one level more (refused), inf, an empty key
+@example(first=S(metadata={"d": _nest(30)}), second=None)
+@example(first=S(metadata={"d": _nest(31)}), second=None)
+@example(first=S(metadata={"x": math.inf}), second=None)
+@example(first=S(metadata={"": 1}), second=None)
+# fuzzing found: a string showInput "true" read back as the bool True on SQL only
+@example(first=S(showInput="true"), second=None)
+# fuzzing found: a partial update_step (no name) refused by SQL's NOT NULL, stored by DynamoDB
+@example(first=S(), second={"id": "canonical", "threadId": "canonical", "output": "o"})
+# an update keeps what it does not set, replaces what it sets
+@example(first=S(metadata={"a": 1}, tags=["t"], newKey=1),
+         second=S(output="o", metadata={"b": [1.5, None]}, tags=[], extra={"z": True}))
+async def test_step_writes_read_back_exactly_or_are_refused(
+    fuzz: Env, first: dict[str, Any], second: dict[str, Any] | None
+) -> None:
+    layer = fuzz.layer
+    step_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
+    sent = with_ids(first, step_id, thread_id)
+    try:
+        columns, unknown = ref_step(sent, create=True)
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    written = await expect(lambda: layer.create_step(sent), verdict)  # type: ignore[arg-type]
+    if not written:
+        assert await fuzz.rows_of_thread(thread_id) == 0
+        return
+    got = await layer.get_step(step_id)
+    assert got is not None
+    same(got, step_read(columns, unknown))
+    if columns["createdAt"] == "<now>":
+        columns["createdAt"] = got["createdAt"]
+    if second is None:
+        return
+    update = with_ids(second, step_id, thread_id)
+    try:
+        new_columns, new_unknown = ref_step(update, create=False)
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    if await expect(lambda: layer.update_step(update), verdict):  # type: ignore[arg-type]
+        # an update replaces the columns it sets (None leaves a column as it is) and, when it
+        # has unknown keys, the overflow document
+        columns = {**columns, **new_columns}
+        unknown = new_unknown or unknown
+    got = await layer.get_step(step_id)
+    assert got is not None
+    same(got, step_read(columns, unknown))
