@@ -1036,8 +1036,15 @@ class SQLDataLayer(ChainlitLayer):
 
 
 def _json_path(key: str) -> str:
-    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal."""
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
+
+    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
+    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
+    refuses ``$."-..."`` even quoted (error 4042)."""
+    body = json.dumps(key, ensure_ascii=False)[1:-1]
+    if body.startswith("-"):
+        body = "\\u002d" + body[1:]
+    return '$."' + body + '"'
 
 
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread

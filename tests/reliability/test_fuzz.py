@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ from chainlit_orm.errors import (
     InvalidIdentifierError,
     InvalidInputError,
     NotFoundError,
-    PayloadTooLargeError,
 )
 from chainlit_orm.layers.base import ChainlitLayer
 from tests.contract.conftest import CONTRACT_BACKENDS
@@ -99,8 +97,11 @@ class Env:
         return total
 
     def stored_files(self, thread_id: str) -> list[str]:
-        root = self.files / "threads" / thread_id
-        return sorted(str(p.relative_to(self.files)) for p in root.rglob("*") if p.is_file())
+        """The objects stored under the thread's prefix, and their sidecar records."""
+        roots = (self.files / "threads" / thread_id,
+                 self.files / ".chainlit-orm-meta" / "threads" / thread_id)
+        return sorted(str(p.relative_to(self.files)) for root in roots
+                      for p in root.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -123,7 +124,7 @@ async def fuzz(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # ------------------------------------------------------------------------- the reference
 
 
-class Refused(Exception):  # noqa: N818 - a verdict of the model, not an error of the test
+class Refused(Exception):
     """The reference model's verdict that a call must raise ``error`` and write nothing."""
 
     def __init__(self, error: type[ChainlitORMError], why: str) -> None:
@@ -360,7 +361,8 @@ BAD_TEXT = st.one_of(
     st.builds(lambda a: f"{a}\x00", GOOD_TEXT),
 )
 KEYS = st.one_of(GOOD_TEXT.filter(bool), st.sampled_from(
-    ['"', "\\", "a.b", "$", "[0]", "$.x", "é", "İ", "🙂", " ", "*", "'", "favorite"]))
+    ['"', "\\", "a.b", "$", "[0]", "$.x", "é", "İ", "🙂", " ", "*", "'", "favorite", "-",
+     "-x", "\x1f", "\n"]))
 GOOD_FLOAT = st.one_of(
     st.just(0.0), st.floats(-1e6, 1e6),
     st.builds(lambda m, sign: sign * m, st.floats(1e-130, 1e16, exclude_max=True),
@@ -510,7 +512,7 @@ def with_ids(data: dict[str, Any], step_id: str, thread_id: str) -> dict[str, An
 # ------------------------------------------------------------------------------------ steps
 
 
-def S(**fields: Any) -> dict[str, Any]:  # noqa: N802 - reads as a literal in the examples
+def S(**fields: Any) -> dict[str, Any]:
     """A step dict for an ``@example``: a valid base with ``fields`` changed."""
     base: dict[str, Any] = {"name": "n", "type": "run", "streaming": False, "id": "canonical",
                             "threadId": "canonical"}
@@ -586,3 +588,464 @@ async def test_step_writes_read_back_exactly_or_are_refused(
     got = await layer.get_step(step_id)
     assert got is not None
     same(got, step_read(columns, unknown))
+
+
+# ---------------------------------------------------------------------------------- threads
+
+META_KEYS = st.one_of(st.sampled_from(["a", "b", "favorite", '"', "é", "is_shared"]), KEYS)
+USER_IDS_GOOD = st.sampled_from(["user", "user-upper", "other"])
+USER_IDS_BAD = st.sampled_from(["unknown", "alice@example.com", 5, "", "x\x00y", "x\ud800",
+                                "a" * 513])
+THREAD_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "name": (GOOD_TEXT, st.one_of(st.just(5), BAD_TEXT)),
+    "user_id": (USER_IDS_GOOD, USER_IDS_BAD),
+    "metadata": (st.dictionaries(META_KEYS, st.none() | json_values(bad=False), max_size=4),
+                 documents()),
+    "tags": (st.lists(GOOD_TEXT, max_size=3) | st.tuples(GOOD_TEXT),
+             st.one_of(st.just("tag"), st.just({"a": 1}), st.just([1]),
+                       st.lists(BAD_TEXT, min_size=1, max_size=1))),
+    "thread_id": (ID_FORMS, BAD_IDS),
+}
+
+
+@st.composite
+def thread_updates(draw: st.DrawFn) -> dict[str, Any]:
+    """``update_thread`` keyword arguments; half of them with one value outside the limits
+    (or an unknown user id)."""
+    call = draw(st.fixed_dictionaries({"thread_id": ID_FORMS}, optional={
+        key: good for key, (good, _) in THREAD_FIELDS.items() if key != "thread_id"}))
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(THREAD_FIELDS)))
+        call[key] = draw(THREAD_FIELDS[key][1])
+    return call
+
+
+def ref_user_id(value: Any, env: Env) -> str:
+    """User ids: 1-512 storable characters, naming a persisted user (else NotFoundError)."""
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise Refused(InvalidIdentifierError, "malformed user id")
+    try:
+        ref_text(value, "user id")
+    except Refused:
+        raise Refused(InvalidIdentifierError, "malformed user id") from None
+    for user in (env.user, env.other):
+        if value.lower() == user.id:
+            return user.id
+    raise Refused(NotFoundError, "no such user")
+
+
+def T(**fields: Any) -> dict[str, Any]:
+    """An ``update_thread`` call for an ``@example``."""
+    return {"thread_id": "canonical", **fields}
+
+
+@given(calls=st.lists(thread_updates(), min_size=1, max_size=4))
+# item 10: metadata with an empty key was accepted, then broke get_thread on DynamoDB
+@example(calls=[T(name="t", metadata={"": 1})])
+# item 9: a user id that is not a UUID was accepted by DynamoDB, refused by SQL: now the same
+# rule everywhere (an unknown user is NotFoundError, a malformed id InvalidIdentifierError)
+@example(calls=[T(name="t", user_id="alice@example.com")])
+# fuzzing found: MariaDB refused (error 4042) a metadata key with a control character or a
+# leading "-" in its JSON path, so such a key could be created but never merged or deleted
+@example(calls=[T(name="t", metadata={"\x1f": 1, "-x": 2}),
+                T(metadata={"\x1f": None, "-x": None, "-": 3, "\n": 4})])
+@example(calls=[T(name="t", user_id="unknown")])
+@example(calls=[T(name="t", user_id="x\ud800")])
+# merge semantics: a None value deletes a key, a metadata-only update never creates a thread
+@example(calls=[T(metadata={"a": 1}), T(name="n", metadata={"a": 1, "b": [1, {"c": None}]}),
+                T(metadata={"a": None, "$": "d", '"': "q"})])
+# the owner is set once
+@example(calls=[T(user_id="user"), T(user_id="other", name="x", tags=("a",))])
+@example(calls=[T(name="t", metadata={"deep": _nest(30)}), T(metadata={"deeper": _nest(31)})])
+async def test_update_thread_reads_back_exactly_or_is_refused(
+    fuzz: Env, calls: list[dict[str, Any]]
+) -> None:
+    layer = fuzz.layer
+    thread_id = str(uuid.uuid4())
+    state: dict[str, Any] | None = None
+    owners = {fuzz.user.id: fuzz.user.identifier, fuzz.other.id: fuzz.other.identifier}
+    for raw in calls:
+        call = dict(raw)
+        form = call.pop("thread_id")
+        tid = _id_form(thread_id, form) if form in ("canonical", "upper", "undashed") else form
+        user_id = call.get("user_id")
+        if user_id in ("user", "user-upper", "other", "unknown"):
+            user_id = {"user": fuzz.user.id, "user-upper": fuzz.user.id.upper(),
+                       "other": fuzz.other.id, "unknown": str(uuid.uuid4())}[user_id]
+            call["user_id"] = user_id
+        try:
+            ref_uuid(tid, "thread_id")
+            owner = None if user_id is None else ref_user_id(user_id, fuzz)
+            name = None if call.get("name") is None else ref_text(call["name"], "name")
+            tags = call.get("tags")
+            if tags is not None:
+                if not isinstance(tags, list | tuple):
+                    raise Refused(InvalidInputError, "tags")
+                tags = [ref_text(t, "tag") for t in tags]
+            metadata = call.get("metadata")
+            if metadata is not None:
+                metadata = ref_document(metadata, "metadata")
+            verdict = None
+        except Refused as refused:
+            verdict = refused
+        if not await expect(lambda c=call, t=tid: layer.update_thread(t, **c), verdict):
+            continue
+        if state is None and name is None and owner is None and tags is None:
+            continue  # a metadata-only update never creates a thread (Chainlit #1684)
+        if state is None:
+            state = {"id": thread_id, "createdAt": "<now>", "name": None, "userId": None,
+                     "userIdentifier": None, "tags": None, "metadata": {}, "steps": [],
+                     "elements": []}
+        if name is not None:
+            state["name"] = name
+        if tags is not None:
+            state["tags"] = tags
+        if owner is not None and state["userId"] is None:
+            state["userId"], state["userIdentifier"] = owner, owners[owner]
+        for key, value in (metadata or {}).items():
+            if value is None:
+                state["metadata"].pop(key, None)
+            else:
+                state["metadata"][key] = value
+    got = await layer.get_thread(thread_id)
+    if state is None:
+        assert got is None
+        assert await fuzz.rows_of_thread(thread_id) == 0
+        return
+    same(got, state)
+    assert await layer.get_thread_author(thread_id) == (state["userIdentifier"] or "")
+
+
+# --------------------------------------------------------------------------------- elements
+
+ELEMENT_CLASSES = (cl.File, cl.Image, cl.Text, cl.Pdf, cl.Audio, cl.Video)
+ELEMENT_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "id": (ID_FORMS, BAD_IDS),
+    "thread_id": (ID_FORMS, st.sampled_from([None, "not-a-uuid"])),
+    "type": (st.sampled_from(["file", "image", "text", "pdf", "custom"]) | GOOD_TEXT,
+             st.just(5)),
+    "name": (GOOD_TEXT, st.one_of(st.none(), st.just(5), BAD_TEXT)),
+    "url": (st.none() | st.just("https://example.com/a.png") | st.just(""),
+            st.one_of(st.just(5), BAD_TEXT.filter(bool))),
+    "chainlit_key": (TEXTS, st.just(5)),
+    "display": (st.sampled_from(["inline", "side", "page"]) | st.none(),
+                st.one_of(st.just(5), BAD_TEXT)),
+    "size": (st.none() | st.sampled_from(["small", "medium", "large"]), st.just(5)),
+    "props": (st.none() | documents(bad=False), documents()),
+    "page": (st.none() | st.integers(-(2**31), 2**31 - 1),
+             st.sampled_from([2**31, -(2**31) - 1, "3", True, 1.5])),
+    "auto_play": (BOOLS, st.sampled_from(["yes", 1])),
+    "player_config": (st.none() | documents(bad=False), st.sampled_from([[1], "x"])),
+    "language": (TEXTS, st.one_of(st.just(5), BAD_TEXT)),
+    "for_id": (st.none() | UUIDS, st.sampled_from(["not-a-uuid", 5])),
+    "mime": (st.none() | st.sampled_from(["image/png", "text/plain; charset=utf-8", ""]),
+             st.one_of(st.just(5), BAD_TEXT)),
+    "content": (st.none() | st.binary(max_size=64) | GOOD_TEXT,
+                st.one_of(st.just(5), st.just(["a"]), BAD_TEXT.filter(
+                    lambda t: "\x00" not in t))),
+}
+
+
+@st.composite
+def elements(draw: st.DrawFn) -> tuple[type[cl.Element], dict[str, Any]]:
+    cls = draw(st.sampled_from(ELEMENT_CLASSES))
+    fields = draw(st.fixed_dictionaries(
+        {"id": ID_FORMS, "thread_id": ID_FORMS, "name": GOOD_TEXT},
+        optional={k: good for k, (good, _) in ELEMENT_FIELDS.items()
+                  if k not in ("id", "thread_id", "name")}))
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(ELEMENT_FIELDS)))
+        fields[key] = draw(ELEMENT_FIELDS[key][1])
+    return cls, fields
+
+
+ELEMENT_KEYS = ("id", "threadId", "type", "chainlitKey", "path", "url", "objectKey", "name",
+                "display", "size", "language", "page", "props", "autoPlay", "playerConfig",
+                "forId", "mime")
+
+
+def ref_element(data: Mapping[str, Any], content: Any) -> tuple[dict[str, Any], bytes | None]:
+    """(the ElementDict ``get_element`` gives, the bytes stored), or Refused."""
+    out = dict.fromkeys(ELEMENT_KEYS)
+    out["id"] = ref_uuid(data["id"], "id")
+    if not data.get("threadId"):
+        raise Refused(InvalidInputError, "no threadId")
+    out["threadId"] = ref_uuid(data["threadId"], "threadId")
+    if data.get("forId"):
+        out["forId"] = ref_uuid(data["forId"], "forId")
+    out["name"] = ref_text(data.get("name"), "name")
+    stored: bytes | None = None
+    if content is not None:
+        if isinstance(content, str):
+            ref_text(content.replace("\x00", ""), "content")
+            stored = content.encode()
+        elif isinstance(content, bytes):
+            stored = content
+        else:
+            raise Refused(InvalidInputError, "content")
+    for key in ("type", "url", "chainlitKey", "display", "size", "language", "mime"):
+        if data.get(key) is not None:
+            out[key] = ref_text(data[key], key)
+    for key in ("props", "playerConfig"):
+        if data.get(key) is not None:
+            out[key] = ref_document(data[key], key)
+    if data.get("page") is not None:
+        page = data["page"]
+        if type(page) is not int or not -(2**31) <= page < 2**31:
+            raise Refused(InvalidInputError, "page")
+        out["page"] = page
+    if data.get("autoPlay") is not None:
+        if type(data["autoPlay"]) is not bool:
+            raise Refused(InvalidInputError, "autoPlay")
+        out["autoPlay"] = data["autoPlay"]
+    if stored is None or out["url"]:
+        return out, None  # nothing to upload: the record as sent
+    import mimetypes
+
+    out["objectKey"] = f"threads/{out['threadId']}/files/{out['id']}"
+    out["mime"] = out["mime"] or mimetypes.guess_type(out["name"])[0] or "application/octet-stream"
+    out["url"] = "<signed>"
+    return out, stored
+
+
+@given(drawn=elements())
+# item 8: a str content with a lone surrogate raised UnicodeEncodeError (after nothing: before
+# the upload), an int content was turned into that many zero bytes
+@example(drawn=(cl.File, {"id": "canonical", "thread_id": "canonical", "name": "f",
+                          "content": "x\ud800"}))
+@example(drawn=(cl.File, {"id": "canonical", "thread_id": "canonical", "name": "f",
+                          "content": 5}))
+# item 10: element props are bounded like every JSON document
+@example(drawn=(cl.File, {"id": "canonical", "thread_id": "canonical", "name": "f",
+                          "content": b"x", "props": {"": 1}}))
+@example(drawn=(cl.Pdf, {"id": "canonical", "thread_id": "canonical", "name": "f.pdf",
+                         "content": b"%PDF", "page": 2**40}))
+async def test_create_element_reads_back_exactly_or_is_refused(
+    fuzz: Env, drawn: tuple[type[cl.Element], dict[str, Any]]
+) -> None:
+    init_http_context(thread_id=str(uuid.uuid4()))
+    cls, fields = drawn
+    element_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
+    element = cls(name="placeholder", content=b"placeholder")
+    element.content = None
+    for key, value in fields.items():
+        if key in ("id", "thread_id") and value in ("canonical", "upper", "undashed"):
+            value = _id_form(element_id if key == "id" else thread_id, value)
+        setattr(element, key, value)
+    content = fields.get("content")
+    try:
+        want, stored = ref_element(element.to_dict(), content)
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    if not await expect(lambda: fuzz.layer.create_element(element), verdict):
+        assert await fuzz.rows_of_thread(thread_id) == 0
+        assert fuzz.stored_files(thread_id) == []
+        return
+    got = await fuzz.layer.get_element(thread_id, element_id)
+    assert got is not None
+    if want["url"] == "<signed>":
+        assert isinstance(got["url"], str) and quote(want["objectKey"], safe="/") in got["url"]
+        want["url"] = got["url"]
+        key = want["objectKey"]
+        assert fuzz.stored_files(thread_id) == [f".chainlit-orm-meta/{key}.json", key]
+        assert (fuzz.files / key).read_bytes() == stored
+    else:
+        assert fuzz.stored_files(thread_id) == []
+    same(dict(got), want)
+
+
+# --------------------------------------------------------------------------------- feedback
+
+
+@given(value=st.one_of(st.sampled_from([0, 1]), st.sampled_from([True, 2, "1", None, 0.5])),
+       comment=st.one_of(TEXTS, TEXTS, BAD_TEXT, st.just(5)),
+       feedback_id=st.one_of(st.none(), ID_FORMS, st.just("not-a-uuid")),
+       with_thread=st.booleans(),
+       again=st.none() | st.tuples(st.sampled_from([0, 1]), TEXTS))
+@example(value=1, comment="x\ud800", feedback_id=None, with_thread=True, again=None)
+@example(value=True, comment=None, feedback_id=None, with_thread=True, again=None)
+async def test_feedback_reads_back_exactly_or_is_refused(
+    fuzz: Env, value: Any, comment: Any, feedback_id: Any, with_thread: bool,
+    again: tuple[int, str | None] | None,
+) -> None:
+    layer = fuzz.layer
+    thread_id, step_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await layer.update_thread(thread_id, name="feedback", user_id=fuzz.user.id)
+    await layer.create_step(with_ids(S(), step_id, thread_id))  # type: ignore[arg-type]
+    fresh = str(uuid.uuid4())
+    if feedback_id in ("canonical", "upper", "undashed"):
+        feedback_id = _id_form(fresh, feedback_id)
+    feedback = Feedback(forId=step_id, value=0, threadId=thread_id if with_thread else None,
+                        id=feedback_id, comment=None)
+    feedback.value, feedback.comment = value, comment  # past pydantic: what a caller may send
+    try:
+        if type(value) is not int or value not in (0, 1):
+            raise Refused(InvalidInputError, "value")
+        if comment is not None:
+            ref_text(comment, "comment")
+        expected_id = None if feedback_id is None else ref_uuid(feedback_id, "id")
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    returned: list[str] = []
+
+    async def upsert(f: Feedback) -> None:
+        returned.append(await layer.upsert_feedback(f))
+
+    if not await expect(lambda: upsert(feedback), verdict):
+        got = await layer.get_step(step_id)
+        assert got is not None and "feedback" not in got
+        return
+    assert expected_id is None or returned[0] == expected_id
+    want = {"id": returned[0], "forId": step_id, "value": value, "comment": comment}
+    if again is not None:
+        await upsert(Feedback(forId=step_id, value=again[0], threadId=thread_id,
+                              id=returned[0], comment=again[1]))
+        assert returned[1] == returned[0]
+        want.update(value=again[0], comment=again[1])
+    got = await layer.get_step(step_id)
+    assert got is not None
+    same(got["feedback"], want)
+
+
+# ------------------------------------------------------------------------------------ users
+
+
+@given(suffix=st.one_of(GOOD_TEXT, GOOD_TEXT, BAD_TEXT, st.text(min_size=160, max_size=170)),
+       display_name=st.one_of(TEXTS, TEXTS, st.just(5), BAD_TEXT),
+       metadata=st.one_of(documents(bad=False), documents(bad=False), documents(), st.none()),
+       update=st.none() | st.tuples(TEXTS, documents(bad=False)))
+@example(suffix="\ud800", display_name=None, metadata={}, update=None)
+@example(suffix="", display_name="x\x00", metadata={}, update=None)
+@example(suffix="", display_name=None, metadata={"n": math.nan}, update=None)
+@example(suffix="", display_name="A", metadata={"a": 1}, update=(None, {"b": [True]}))
+async def test_users_read_back_exactly_or_are_refused(
+    fuzz: Env, suffix: str, display_name: Any, metadata: Any,
+    update: tuple[str | None, dict[str, Any]] | None,
+) -> None:
+    layer = fuzz.layer
+    identifier = f"fuzz-{uuid.uuid4().hex}-{suffix}"
+    try:
+        ref_text(identifier, "identifier", 191)
+        if display_name is not None:
+            ref_text(display_name, "display_name")
+        want_metadata = ref_document({} if metadata is None else metadata, "metadata")
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    user = User(identifier="placeholder")
+    # past pydantic's checks: what a caller (or a Chainlit that stops validating) may send
+    user.identifier, user.display_name, user.metadata = identifier, display_name, metadata
+    if not await expect(lambda: layer.create_user(user), verdict):
+        assert await layer.get_user(identifier) is None
+        return
+    if update is not None:
+        await layer.create_user(User(identifier=identifier, display_name=update[0],
+                                     metadata=update[1]))
+        display_name = update[0] if update[0] is not None else display_name
+        want_metadata = ref_document(update[1], "metadata")
+    got = await layer.get_user(identifier)
+    assert got is not None
+    same(got.identifier, identifier)
+    same(got.display_name, display_name)
+    same(got.metadata, want_metadata)
+
+
+# ------------------------------------------------------------------------ cursors and search
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@st.composite
+def cursors(draw: st.DrawFn) -> str:
+    import json
+
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        return draw(st.text(max_size=120))
+    if kind == 1:
+        return _b64(draw(st.binary(max_size=90)))
+    if kind == 2:
+        moment = draw(timestamps() | BAD_TIMESTAMPS)
+        tid = draw(st.one_of(UUIDS, BAD_IDS))
+        return _b64(json.dumps([moment if isinstance(moment, str | int) else str(moment),
+                                tid]).encode())
+    if kind == 3:
+        return _b64(draw(st.sampled_from([b"[" * 10, b'["a"]', b"{}", b"null", b"[1, 2]"])))
+    return "A" * draw(st.integers(500, 700))
+
+
+def ref_cursor(cursor: str) -> None:
+    """A cursor is base64url (padding optional) of JSON ``[timestamp, thread id]``; an empty
+    one asks for the first page."""
+    import base64
+    import binascii
+    import json
+
+    if cursor == "":
+        return
+    if len(cursor) > 512:
+        raise Refused(InvalidCursorError, "too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        moment, tid = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        raise Refused(InvalidCursorError, "not ours") from None
+    if not isinstance(moment, str) or not isinstance(tid, str):
+        raise Refused(InvalidCursorError, "not ours")
+    try:
+        ref_timestamp(moment, "cursor")
+        ref_uuid(tid, "cursor")
+    except Refused:
+        raise Refused(InvalidCursorError, "not ours") from None
+
+
+@given(cursor=cursors())
+# item 8: 100,000 nested brackets (RecursionError), a year-9999 instant an hour past the range
+# (OverflowError)
+@example(cursor=_b64(b"[" * 100_000))
+@example(cursor=_b64(b'["9999-12-31T23:59:59-01:00", "00000000-0000-4000-8000-000000000000"]'))
+@example(cursor="x\ud800")
+async def test_cursors_give_a_page_of_the_users_threads_or_invalid_cursor(
+    fuzz: Env, cursor: str
+) -> None:
+    try:
+        ref_cursor(cursor)
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    pages: list[Any] = []
+
+    async def page() -> None:
+        pages.append(await fuzz.layer.list_threads(Pagination(first=5, cursor=cursor),
+                                                   ThreadFilter(userId=fuzz.user.id)))
+
+    if await expect(page, verdict):
+        assert len(pages[0].data) <= 5
+        assert all(t["userId"] == fuzz.user.id for t in pages[0].data)
+
+
+@given(search=st.one_of(st.text(max_size=20), BAD_TEXT))
+# item 8: a lone surrogate in a search raised UnicodeEncodeError
+@example(search="\ud800")
+@example(search="\x00")
+async def test_search_gives_the_users_threads_or_a_typed_refusal(fuzz: Env, search: str) -> None:
+    try:
+        ref_text(search, "search")
+        verdict = None
+    except Refused as refused:
+        verdict = refused
+    pages: list[Any] = []
+
+    async def page() -> None:
+        pages.append(await fuzz.layer.list_threads(Pagination(first=20),
+                                                   ThreadFilter(userId=fuzz.user.id,
+                                                                search=search)))
+
+    if await expect(page, verdict):
+        assert all(t["userId"] == fuzz.user.id for t in pages[0].data)
