@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -145,8 +146,13 @@ def check_json(value: object, what: str, *, top_dict: bool = True) -> int:
 
 
 def _json_size(value: object, what: str, depth: int) -> int:
-    # exact-type tests first: this runs on every value of every write
+    # exact-type tests first, and the common cases (ASCII text, None, bools, small ints) inline
+    # in the container loops: this runs on every value of every write
     kind = type(value)
+    if kind is dict:
+        return _dict_size(value, what, depth)  # type: ignore[arg-type]
+    if kind is list or kind is tuple:
+        return _list_size(value, what, depth)  # type: ignore[arg-type]
     if kind is str:
         return _text_bytes(value, what)  # type: ignore[arg-type]
     if value is None or kind is bool:
@@ -165,33 +171,9 @@ def _json_size(value: object, what: str, depth: int) -> int:
             f"{what}: the float {value!r} is outside the storable range "
             f"(0, or a magnitude in [{FLOAT_MIN_MAGNITUDE}, {FLOAT_MAX_MAGNITUDE}))")
     if isinstance(value, dict):
-        if depth >= MAX_JSON_DEPTH:
-            raise InvalidInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
-        size = 3
-        inner = depth + 1
-        for key, item in value.items():
-            if type(key) is not str and not isinstance(key, str):
-                raise InvalidInputError(
-                    f"{what}: keys must be strings, got {type(key).__name__}")
-            if not key:
-                raise InvalidInputError(f"{what}: an empty key cannot be stored")
-            size += _text_bytes(key, what) + 1
-            item_kind = type(item)
-            if item_kind is str:
-                size += _text_bytes(item, what)
-            elif item is None or item_kind is bool:
-                size += 1
-            else:
-                size += _json_size(item, what, inner)
-        return size
-    if kind is list or kind is tuple or isinstance(value, list | tuple):
-        if depth >= MAX_JSON_DEPTH:
-            raise InvalidInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
-        size = 3
-        inner = depth + 1
-        for item in value:  # type: ignore[attr-defined]
-            size += 1 + _json_size(item, what, inner)
-        return size
+        return _dict_size(value, what, depth)
+    if isinstance(value, list | tuple):
+        return _list_size(value, what, depth)
     if isinstance(value, str):  # a str subclass (an enum member): stored as its text
         return _text_bytes(value, what)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -199,9 +181,59 @@ def _json_size(value: object, what: str, depth: int) -> int:
     raise InvalidInputError(f"{what}: {type(value).__name__} is not a JSON value")
 
 
+def _dict_size(value: dict[Any, Any], what: str, depth: int) -> int:
+    if depth >= MAX_JSON_DEPTH:
+        raise InvalidInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    size = 3
+    inner = depth + 1
+    for key, item in value.items():
+        if type(key) is str and key and key.isascii() and "\x00" not in key:
+            size += len(key) + 1
+        else:
+            size += _key_bytes(key, what) + 1
+        kind = type(item)
+        if kind is str:
+            size += len(item) if item.isascii() and "\x00" not in item else _text_bytes(item, what)
+        elif item is None or kind is bool:
+            size += 1
+        elif kind is int and -MAX_INTEGER <= item <= MAX_INTEGER:
+            size += _NUMBER_BYTES
+        else:
+            size += _json_size(item, what, inner)
+    return size
+
+
+def _list_size(value: list[Any] | tuple[Any, ...], what: str, depth: int) -> int:
+    if depth >= MAX_JSON_DEPTH:
+        raise InvalidInputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    size = 3 + len(value)
+    inner = depth + 1
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            size += len(item) if item.isascii() and "\x00" not in item else _text_bytes(item, what)
+        elif item is None or kind is bool:
+            size += 1
+        elif kind is int and -MAX_INTEGER <= item <= MAX_INTEGER:
+            size += _NUMBER_BYTES
+        else:
+            size += _json_size(item, what, inner)
+    return size
+
+
+def _key_bytes(key: object, what: str) -> int:
+    if not isinstance(key, str):
+        raise InvalidInputError(f"{what}: keys must be strings, got {type(key).__name__}")
+    if not key:
+        raise InvalidInputError(f"{what}: an empty key cannot be stored")
+    return _text_bytes(key, what)
+
+
 # ------------------------------------------------------------------------------------- rows
 
 _TEXT, _INDEXED, _BOOL, _BOOL_OR_TEXT, _INT, _JSON, _STRINGS, _TIMESTAMP, _ID, _ANY = range(10)
+_PLAIN_TEXT = frozenset((_TEXT, _INDEXED, _ID))
+_CANONICAL_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$", re.ASCII)
 
 
 @functools.cache
@@ -268,60 +300,71 @@ def check_row(
         if value is None:
             continue
         kind, max_chars = kinds.get(name, (_ANY, None))
-        label = f"{what} {name}"
-        if kind in (_TEXT, _INDEXED):
-            n = check_text(value, label, max_chars=max_chars)
-        elif kind == _BOOL:
-            if type(value) is not bool:
-                raise InvalidInputError(f"{label} must be a bool, got {value!r}"[:200])
+        value_kind = type(value)
+        # the common cases first, without building a label: ASCII text without NUL within its
+        # column's length, a bool, a timestamp already in the fixed-width form
+        if (value_kind is str and kind in _PLAIN_TEXT and value.isascii() and "\x00" not in value
+                and (max_chars is None or len(value) <= max_chars)):
+            n = len(value)
+        elif kind == _BOOL and value_kind is bool:
             n = 1
-        elif kind == _JSON:
-            n = check_json(value, label)
-        elif kind == _TIMESTAMP:
-            if not isinstance(value, str | datetime):
-                raise InvalidInputError(
-                    f"{label} must be an ISO-8601 string, got {type(value).__name__}")
-            if isinstance(value, str):
-                _text_bytes(value, label)
-            row[name] = canonical_timestamp(value)
+        elif kind == _TIMESTAMP and value_kind is str and _CANONICAL_TS.match(value):
             n = 27
-        elif kind == _ID:
-            n = check_text(value, label)
-        elif kind == _STRINGS:
-            if not isinstance(value, list | tuple):
-                raise InvalidInputError(
-                    f"{label} must be a list of strings, got {type(value).__name__}")
-            n = 3
-            for item in value:
-                if not isinstance(item, str):
-                    raise InvalidInputError(
-                        f"{label} must be a list of strings, got an item of type "
-                        f"{type(item).__name__}")
-                n += 1 + _text_bytes(item, label)
-            if type(value) is not list:
-                row[name] = list(value)
-        elif kind == _BOOL_OR_TEXT:
-            if type(value) is bool:
-                n = 1
-            else:
-                n = check_text(value, label, max_chars=max_chars)
-                if value.lower() in ("true", "false"):
-                    raise InvalidInputError(
-                        f"{label}: the string {value!r} would read back as a bool; send the "
-                        f"bool")
-        elif kind == _INT:
-            if type(value) is not int or not INT32_MIN <= value <= INT32_MAX:
-                raise InvalidInputError(f"{label} must be a 32-bit int, got {value!r}"[:200])
-            n = _NUMBER_BYTES
         else:
-            n = _json_size(value, label, 1)
+            n = _check_value(row, name, value, kind, max_chars, f"{what} {name}")
         limit = own_limits.get(name) if own_limits else None
         if limit is not None:
             if n > limit:
                 raise PayloadTooLargeError(
-                    f"{label} is larger than its limit of {limit} bytes", detail=label)
+                    f"{what} {name} is larger than its limit of {limit} bytes",
+                    detail=f"{what} {name}")
             continue
         size += len(name) + n
     if size > record_limit:
         raise PayloadTooLargeError(
             f"{what} is larger than the {record_limit} byte record limit", detail=what)
+
+
+def _check_value(row: dict[str, Any], name: str, value: Any, kind: int, max_chars: int | None,
+                 label: str) -> int:
+    """The full check of one value of ``row`` (see :func:`check_row`); its size in bytes."""
+    if kind in (_TEXT, _INDEXED, _ID):
+        return check_text(value, label, max_chars=max_chars)
+    if kind == _BOOL:
+        raise InvalidInputError(f"{label} must be a bool, got {value!r}"[:200])
+    if kind == _JSON:
+        return check_json(value, label)
+    if kind == _TIMESTAMP:
+        if not isinstance(value, str | datetime):
+            raise InvalidInputError(
+                f"{label} must be an ISO-8601 string, got {type(value).__name__}")
+        if isinstance(value, str):
+            _text_bytes(value, label)
+        row[name] = canonical_timestamp(value)
+        return 27
+    if kind == _STRINGS:
+        if not isinstance(value, list | tuple):
+            raise InvalidInputError(
+                f"{label} must be a list of strings, got {type(value).__name__}")
+        n = 3
+        for item in value:
+            if not isinstance(item, str):
+                raise InvalidInputError(f"{label} must be a list of strings, got an item of "
+                                        f"type {type(item).__name__}")
+            n += 1 + _text_bytes(item, label)
+        if type(value) is not list:
+            row[name] = list(value)
+        return n
+    if kind == _BOOL_OR_TEXT:
+        if type(value) is bool:
+            return 1
+        n = check_text(value, label, max_chars=max_chars)
+        if value.lower() in ("true", "false"):
+            raise InvalidInputError(
+                f"{label}: the string {value!r} would read back as a bool; send the bool")
+        return n
+    if kind == _INT:
+        if type(value) is not int or not INT32_MIN <= value <= INT32_MAX:
+            raise InvalidInputError(f"{label} must be a 32-bit int, got {value!r}"[:200])
+        return _NUMBER_BYTES
+    return _json_size(value, label, 1)
