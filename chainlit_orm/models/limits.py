@@ -94,8 +94,9 @@ MAX_USER_ID_CHARS = 512
 MAX_CURSOR_CHARS = 512
 #: An ``INTEGER`` column (PostgreSQL and MySQL/MariaDB ``INT`` are 32 bits).
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-#: One record, as DynamoDB counts bytes: its 400 KB item limit less 1 KB for key attributes.
-MAX_RECORD_BYTES = 400 * 1024 - 1024
+#: One record, as DynamoDB counts bytes: its 400 KB item read as 400,000 bytes (the tightest
+#: reading; moto refuses items above 405,000), less 1 KB for the key and index attributes.
+MAX_RECORD_BYTES = 400_000 - 1024
 
 # what DynamoDB counts for a number (at most 21 bytes): an upper bound, so the shared check
 # always refuses before the service would

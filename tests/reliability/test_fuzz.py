@@ -48,6 +48,7 @@ from chainlit_orm.errors import (
     InvalidIdentifierError,
     InvalidInputError,
     NotFoundError,
+    PayloadTooLargeError,
 )
 from chainlit_orm.layers.base import ChainlitLayer
 from tests.contract.conftest import CONTRACT_BACKENDS
@@ -1049,3 +1050,188 @@ async def test_search_gives_the_users_threads_or_a_typed_refusal(fuzz: Env, sear
 
     if await expect(page, verdict):
         assert all(t["userId"] == fuzz.user.id for t in pages[0].data)
+
+
+# ------------------------------------------------------------------------------ plain tests
+
+
+async def test_json_1000_levels_deep_is_refused_typed_with_nothing_written(fuzz: Env) -> None:
+    """Issue #14, item 8: metadata nested 1,000 deep raised RecursionError (the walk stops at
+    the limit instead; Hypothesis cannot print such an example, so it is a plain test)."""
+    layer = fuzz.layer
+    deep = _nest(1000)
+    thread_id, step_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(InvalidInputError, match="nested more than 32 levels"):
+        await layer.update_thread(thread_id, name="deep", metadata={"d": deep})
+    with pytest.raises(InvalidInputError, match="nested more than 32 levels"):
+        await layer.create_step(
+            with_ids(S(generation={"d": deep}), step_id, thread_id))  # type: ignore[arg-type]
+    init_http_context(thread_id=thread_id)
+    element = cl.File(name="f", content=b"x")
+    element.thread_id, element.props = thread_id, {"d": deep}  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInputError, match="nested more than 32 levels"):
+        await layer.create_element(element)
+    identifier = f"deep-{uuid.uuid4().hex}"
+    with pytest.raises(InvalidInputError, match="nested more than 32 levels"):
+        await layer.create_user(User(identifier=identifier, metadata={"d": deep}))
+    assert await fuzz.rows_of_thread(thread_id) == 0
+    assert fuzz.stored_files(thread_id) == []
+    assert await layer.get_user(identifier) is None
+
+
+async def test_one_record_limit_on_every_backend(fuzz: Env) -> None:
+    """Issue #14, item 10: DynamoDB did not check a thread's name/metadata/tags or an element's
+    props against its 400 KB item before writing; SQL stored what DynamoDB cannot. Now one limit
+    (``MAX_RECORD_BYTES`` as DynamoDB counts bytes) holds everywhere: at the limit a record is
+    stored and read back, one byte over it is refused with nothing written."""
+    from chainlit_orm.models.limits import MAX_RECORD_BYTES
+
+    layer = fuzz.layer
+    at_limit = "n" * (MAX_RECORD_BYTES - len("name"))
+    thread_id = str(uuid.uuid4())
+    await layer.update_thread(thread_id, name=at_limit)
+    got = await layer.get_thread(thread_id)
+    assert got is not None and got["name"] == at_limit
+
+    for call in (
+        {"name": at_limit + "n"},
+        {"name": "é" * (MAX_RECORD_BYTES // 2)},  # 2 bytes each in UTF-8: over the limit
+        {"metadata": {"big": "m" * MAX_RECORD_BYTES}},
+        {"tags": ["t" * 1000] * 410},
+        {"name": "n" * (MAX_RECORD_BYTES // 2), "metadata": {"m": "m" * (MAX_RECORD_BYTES // 2)}},
+    ):
+        fresh = str(uuid.uuid4())
+        with pytest.raises(PayloadTooLargeError):
+            await layer.update_thread(fresh, user_id=fuzz.user.id, **call)
+        assert await fuzz.rows_of_thread(fresh) == 0
+    with pytest.raises(PayloadTooLargeError):  # an existing thread is left as it was
+        await layer.update_thread(thread_id, metadata={"big": "m" * MAX_RECORD_BYTES})
+    got = await layer.get_thread(thread_id)
+    assert got is not None and got["name"] == at_limit and got["metadata"] == {}
+
+    init_http_context(thread_id=thread_id)
+    element = cl.File(name="big.bin", content=b"x")
+    element.thread_id = fresh = str(uuid.uuid4())
+    element.props = {"p": "p" * MAX_RECORD_BYTES}  # type: ignore[attr-defined]
+    with pytest.raises(PayloadTooLargeError):
+        await layer.create_element(element)
+    assert await fuzz.rows_of_thread(fresh) == 0
+    assert fuzz.stored_files(fresh) == []
+
+    step_id = str(uuid.uuid4())
+    with pytest.raises(PayloadTooLargeError):
+        await layer.create_step(with_ids(  # type: ignore[arg-type]
+            S(metadata={"m": "m" * MAX_RECORD_BYTES}), step_id, fresh))
+    assert await fuzz.rows_of_thread(fresh) == 0
+
+
+async def test_user_ids_follow_one_rule_on_every_backend(fuzz: Env) -> None:
+    """Issue #14, item 9: DynamoDB accepted user ids SQL refused. One rule now: a malformed id
+    is InvalidIdentifierError, a well-formed id of no user is NotFoundError on a write and finds
+    nothing on a read, whether or not it is a UUID; nothing is written."""
+    layer = fuzz.layer
+    for malformed in ("", "x\x00y", "x\ud800", "a" * 513, 5):
+        thread_id = str(uuid.uuid4())
+        with pytest.raises(InvalidIdentifierError):
+            await layer.update_thread(thread_id, name="x",
+                                      user_id=malformed)  # type: ignore[arg-type]
+        with pytest.raises(InvalidIdentifierError):
+            await layer.list_threads(Pagination(first=5), ThreadFilter.model_construct(
+                userId=malformed, feedback=None, search=None))
+        assert await fuzz.rows_of_thread(thread_id) == 0
+    for unknown in ("alice@example.com", str(uuid.uuid4()), str(uuid.uuid4()).upper()):
+        thread_id = str(uuid.uuid4())
+        with pytest.raises(NotFoundError):
+            await layer.update_thread(thread_id, name="x", user_id=unknown)
+        assert await fuzz.rows_of_thread(thread_id) == 0
+        page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=unknown))
+        assert page.data == [] and page.pageInfo.hasNextPage is False
+        assert await layer.get_favorite_steps(unknown) == []
+    thread_id = str(uuid.uuid4())
+    await layer.update_thread(thread_id, name="mine", user_id=fuzz.user.id.upper())
+    got = await layer.get_thread(thread_id)
+    assert got is not None and got["userId"] == fuzz.user.id
+    assert got["userIdentifier"] == fuzz.user.identifier
+
+
+async def test_a_favorite_survives_an_update_without_metadata(fuzz: Env) -> None:
+    """Fuzzing found: ``update_step`` with ``metadata=None`` (leave it) reset the favorite flag
+    on SQL, so ``get_favorite_steps`` lost a step whose metadata still said favorite."""
+    layer = fuzz.layer
+    owner = await layer.create_user(User(identifier=f"fav-{uuid.uuid4().hex}"))
+    assert owner is not None
+    thread_id, step_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await layer.update_thread(thread_id, name="fav", user_id=owner.id)
+    step = with_ids(S(type="assistant_message", output="o"), step_id, thread_id)
+    await layer.create_step({**step, "metadata": {"favorite": True}})  # type: ignore[typeddict-item]
+    await layer.update_step({**step, "metadata": None, "output": "o2"})  # type: ignore[typeddict-item]
+    assert [s["id"] for s in await layer.get_favorite_steps(owner.id)] == [step_id]
+    await layer.update_step({**step, "metadata": {}, "output": "o3"})  # type: ignore[typeddict-item]
+    assert await layer.get_favorite_steps(owner.id) == []
+
+
+async def test_mariadb_reports_refused_json_as_invalid_input(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Issue #14, item 10: MariaDB's refusals of a value (4025: the JSON column's CHECK
+    constraint, 4038: JSON syntax, 4040: JSON deeper than 32, 4042: a bad JSON path) were
+    reported as BackendUnavailableError, an outage. They reach the backend only when the shared
+    checks are bypassed, as here (the backend's own methods are called)."""
+    from chainlit_orm.models.types import utc_now
+
+    entry = CONTRACT_BACKENDS["mariadb"]
+    async with entry.open(tmp_path_factory.mktemp("mariadb-errors")) as url:
+        layer = await entry.new_layer(url, None)
+        backend: Any = layer.backend
+        try:
+            thread_id = str(uuid.uuid4())
+            await layer.update_thread(thread_id, name="t")
+            cases = (  # (meta_set, create, the MariaDB error number)
+                ({"d": _nest(40)}, True, "4025"),
+                ({"x": math.inf}, True, "4025"),
+                ({"d": _nest(40)}, False, "4040"),
+                ({"x": math.inf}, False, "4038"),
+            )
+            for meta_set, create, code in cases:
+                with pytest.raises(InvalidInputError, match=code) as caught:
+                    await backend.update_thread(str(uuid.uuid4()) if create else thread_id,
+                                                {"name": "x"}, meta_set, [], create=create,
+                                                now=utc_now())
+                assert not isinstance(caught.value, ConnectionError)
+            got = await layer.get_thread(thread_id)
+            assert got is not None and got["metadata"] == {} and got["name"] == "t"
+        finally:
+            await layer.close()
+
+
+async def test_dynamodb_keeps_the_user_ids_of_chainlits_own_layer(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Contract §3.3: in a table Chainlit's DynamoDB layer wrote, a user's id is its identifier
+    (not a UUID). Such an id names a persisted user, so it is accepted there (and only an id of
+    no user is NotFoundError), while it could never name a user of a SQL database."""
+    import boto3
+
+    from tests.aws import MOTO_ENDPOINT, REGION
+
+    entry = CONTRACT_BACKENDS["dynamodb"]
+    async with entry.open(tmp_path_factory.mktemp("dynamodb-legacy")) as table:
+        identifier = f"legacy-{uuid.uuid4().hex[:8]}@example.com"
+        client = boto3.client("dynamodb", endpoint_url=MOTO_ENDPOINT, region_name=REGION)
+        client.put_item(TableName=table, Item={  # as Chainlit wrote it, after migrate's backfill
+            "PK": {"S": f"USER#{identifier}"}, "SK": {"S": "USER"}, "id": {"S": identifier},
+            "identifier": {"S": identifier}, "metadata": {"M": {}},
+            "createdAt": {"S": "2026-01-01T00:00:00.000000Z"},
+            "ByIdPK": {"S": f"USER#{identifier}"}, "ByIdSK": {"S": "USER"}})
+        layer = await entry.new_layer(table, None)
+        try:
+            thread_id = str(uuid.uuid4())
+            await layer.update_thread(thread_id, name="legacy", user_id=identifier)
+            assert await layer.get_thread_author(thread_id) == identifier
+            page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=identifier))
+            assert [t["id"] for t in page.data] == [thread_id]
+            with pytest.raises(NotFoundError):
+                await layer.update_thread(str(uuid.uuid4()), name="x",
+                                          user_id="nobody@example.com")
+        finally:
+            await layer.close()
