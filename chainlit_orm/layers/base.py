@@ -38,6 +38,7 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from chainlit_orm.errors import (
+    ConflictError,
     InvalidCursorError,
     InvalidIdentifierError,
     InvalidInputError,
@@ -228,14 +229,19 @@ class ChainlitLayer(BaseDataLayer):
     async def get_user(self, identifier: str) -> PersistedUser | None:
         identifier = _require_str(identifier, "identifier")
         try:
-            check_text(identifier, "identifier", max_chars=MAX_INDEXED_CHARS)
+            _check_identifier(identifier)
         except InvalidInputError:
             return None  # no user can have an identifier that cannot be stored
         row = await self.backend.get_user(identifier)
-        return None if row is None else _persisted_user(row)
+        # exactly this identifier: a MySQL/MariaDB table made before the identifier column was
+        # binary matches "alice" to "Alice"; another user's account is never handed out
+        if row is None or row["identifier"] != identifier:
+            return None
+        return _persisted_user(row)
 
     async def create_user(self, user: User) -> PersistedUser | None:
         identifier = _require_str(user.identifier, "identifier")
+        _check_identifier(identifier)
         metadata = user.metadata if user.metadata is not None else {}
         row = {
             "id": str(uuid.uuid4()),
@@ -245,7 +251,13 @@ class ChainlitLayer(BaseDataLayer):
             "createdAt": utc_now(),
         }
         check_row(self.models.table("user"), row, "user")
-        return _persisted_user(await self.backend.upsert_user(row))
+        stored = await self.backend.upsert_user(row)
+        if stored["identifier"] != identifier:
+            raise ConflictError(
+                f"identifier {identifier!r} matches the existing user {stored['identifier']!r} "
+                "under the database's case-insensitive collation; run chainlit-orm migrate to "
+                "make the identifier column compare exactly", detail="identifier")
+        return _persisted_user(stored)
 
     # ---------------------------------------------------------------- threads
 
@@ -636,6 +648,17 @@ def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
         metadata=metadata if isinstance(metadata, dict) else {},
         createdAt=row.get("createdAt") or utc_now(),
     )
+
+
+def _check_identifier(identifier: str) -> None:
+    """A user identifier: storable, at most ``MAX_INDEXED_CHARS`` characters, not ending in a
+    space (MySQL/MariaDB compare strings ignoring trailing spaces, so "alice " would be
+    "alice" there and another user elsewhere)."""
+    check_text(identifier, "identifier", max_chars=MAX_INDEXED_CHARS)
+    if identifier.endswith(" "):
+        raise InvalidInputError(
+            f"identifier {identifier[:80]!r} ends with a space, which MySQL/MariaDB ignore when "
+            "comparing: it would name another user there", detail="identifier")
 
 
 def _require_str(value: object, what: str, *, allow_empty: bool = False) -> str:

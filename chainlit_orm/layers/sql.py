@@ -384,10 +384,21 @@ class SQLBackend:
         users = self.users
 
         def build() -> Any:
-            stmt = self._upsert(users, list(row), ["identifier"], lambda ex: [
-                ("metadata", ex.metadata),
-                ("display_name", sa.func.coalesce(ex.display_name, users.c.display_name)),
-            ])
+            def set_(ex: Any) -> list[tuple[str, Any]]:
+                pairs = [
+                    ("metadata", ex.metadata),
+                    ("display_name", sa.func.coalesce(ex.display_name, users.c.display_name)),
+                ]
+                if not self.is_mysql:
+                    return pairs
+                # a table whose identifier column predates its binary collation matches "alice"
+                # to "Alice": leave that other user's row alone (the layer then refuses)
+                same = (sa.cast(users.c.identifier, mysql.BINARY())
+                        == sa.cast(ex.identifier, mysql.BINARY()))
+                return [(name, sa.case((same, value), else_=users.c[name]))
+                        for name, value in pairs]
+
+            stmt = self._upsert(users, list(row), ["identifier"], set_)
             return stmt if self.is_mysql else stmt.returning(*users.c)
 
         stmt = self._cached(("upsert_user", tuple(row)), build)

@@ -14,8 +14,15 @@ The limits:
 * **Short, indexed text** (a step's ``type``, a user's ``identifier``, ``showInput`` when a
   string) is at most :data:`MAX_INDEXED_CHARS` characters: the ``VARCHAR(191)`` MySQL/MariaDB needs
   to index ``utf8mb4`` text.
+* A user's **identifier** does not end with a space: MySQL/MariaDB compare strings ignoring
+  trailing spaces, so "alice " would be "alice" there and another user elsewhere. Identifiers
+  are otherwise compared exactly everywhere ("Alice" and "alice" are two users; on
+  MySQL/MariaDB the column has a binary collation).
 * ``showInput`` as a string is not ``"true"``/``"false"`` in any case: those read back as the
   booleans (how Chainlit's layers stored booleans in that ``TEXT`` column).
+* A **step** has ``name`` and ``type`` strings and a ``streaming`` bool on every write (the
+  ``NOT NULL`` columns of Chainlit's documented schema; Chainlit's ``to_dict`` always sends them).
+  An element has a ``name`` string.
 * **JSON documents** (metadata, ``generation``, ``modes``, ``props``, ``playerConfig``, keys a newer
   Chainlit sends that have no column yet) are dicts of JSON values: ``dict`` (keys non-empty
   strings), ``list``/``tuple`` (read back as lists, as JSON does), ``str``, ``bool``, ``None`` and
@@ -24,7 +31,8 @@ The limits:
   finite; integers have at most 38 digits and floats a magnitude in ``[1e-130, 1e16)`` or are
   zero (DynamoDB keeps 38 digits between 1e-130 and 1e126; PostgreSQL prints a ``JSONB`` number
   without an exponent, so a float of 1e16 or more would read back as an integer of a different
-  value). An empty key is refused: DynamoDB cannot address it in an update.
+  value). An empty key is refused: DynamoDB cannot address it in an update. Keys without a
+  column are kept together in one overflow document, so their values may nest one level less.
 * **Booleans** are ``bool`` (not 0/1, not "yes"); **integers** (an element's ``page``) are ``int``
   within 32 bits; **timestamps** are ISO-8601 text or ``datetime`` between years 1 and 9999 in UTC
   (stored in the fixed-width form, which is how they read back).
@@ -37,7 +45,13 @@ The limits:
   feedback, and a step without its ``input``/``output`` are each at most
   :data:`MAX_RECORD_BYTES` as DynamoDB counts bytes (DynamoDB's 400 KB item, less room for its key
   attributes). A step's ``input`` and ``output`` are bounded by the layer's ``max_text_bytes``
-  instead (on DynamoDB large texts go to the storage client).
+  instead (on DynamoDB large texts go to the storage client). Two limits only DynamoDB can see
+  remain its own, each a typed :class:`~chainlit_orm.errors.PayloadTooLargeError` with nothing
+  written: a thread whose metadata *merged over several updates* outgrows the item, and a step
+  whose inline texts (below the offload threshold, or with no storage client) do.
+* **Pagination cursors** are ours (at most :data:`MAX_CURSOR_CHARS` characters, decoding to a
+  timestamp and a thread id) or refused with :class:`~chainlit_orm.errors.InvalidCursorError`;
+  an empty cursor asks for the first page. A **search** string is storable text.
 
 The checks walk each value once, doing the NUL check, the Unicode check, the depth and number
 checks and the size count together: no copy, no ``json.dumps``.

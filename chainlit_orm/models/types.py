@@ -34,6 +34,7 @@ __all__ = [
     "TIMESTAMP_LENGTH",
     "BoolOrText",
     "IdType",
+    "IdentifierText",
     "IndexedText",
     "JsonType",
     "LongText",
@@ -56,6 +57,16 @@ LongText: sa.types.TypeEngine[str] = sa.Text().with_variant(mysql.LONGTEXT(), "m
 #: prefix length). ``TEXT`` on PostgreSQL and SQLite, where length is free.
 IndexedText: sa.types.TypeEngine[str] = sa.Text().with_variant(
     sa.String(191), "mysql", "mariadb"
+)
+
+#: A user's identifier: indexed, unique, compared exactly. On MySQL/MariaDB the table's
+#: ``utf8mb4_unicode_ci`` would make "Alice", "alice" and "ALICE" one user (the unique index and
+#: ``get_user`` match case-insensitively, so a login as "alice" would get Alice's account);
+#: ``utf8mb4_bin`` compares code points. (It still ignores trailing spaces, as every MySQL
+#: ``PAD SPACE`` collation does: identifiers ending in a space are refused, see
+#: :mod:`chainlit_orm.models.limits`.)
+IdentifierText: sa.types.TypeEngine[str] = sa.Text().with_variant(
+    sa.String(191, collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 #: JSON documents. ``JSONB`` on PostgreSQL (Chainlit's documented type); SQL ``NULL`` for None.
