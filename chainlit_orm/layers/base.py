@@ -27,7 +27,7 @@ import json
 import logging
 import mimetypes
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
@@ -136,6 +136,8 @@ class Backend(Protocol):
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def user_exists(self, user_id: str) -> bool: ...
+
     async def update_thread(
         self,
         thread_id: str,
@@ -218,6 +220,9 @@ class ChainlitLayer(BaseDataLayer):
         self.thread_order: ThreadOrder = thread_order
         self.max_text_bytes = max_text_bytes
         self._warned_no_storage = False
+        # ids of users persisted in this backend, as get_user/create_user returned them: Chainlit
+        # authenticates every request with get_user, so an owner is nearly always known here
+        self._known_users: OrderedDict[str, None] = OrderedDict()
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -237,7 +242,7 @@ class ChainlitLayer(BaseDataLayer):
         # binary matches "alice" to "Alice"; another user's account is never handed out
         if row is None or row["identifier"] != identifier:
             return None
-        return _persisted_user(row)
+        return self._remember_user(_persisted_user(row))
 
     async def create_user(self, user: User) -> PersistedUser | None:
         identifier = _require_str(user.identifier, "identifier")
@@ -257,7 +262,7 @@ class ChainlitLayer(BaseDataLayer):
                 f"identifier {identifier!r} matches the existing user {stored['identifier']!r} "
                 "under the database's case-insensitive collation; run chainlit-orm migrate to "
                 "make the identifier column compare exactly", detail="identifier")
-        return _persisted_user(stored)
+        return self._remember_user(_persisted_user(stored))
 
     # ---------------------------------------------------------------- threads
 
@@ -274,10 +279,7 @@ class ChainlitLayer(BaseDataLayer):
         if name is not None:
             fields["name"] = name
         if user_id is not None:
-            known = self._user_id(user_id, "user_id")
-            if known is None:
-                raise NotFoundError(f"user_id {user_id!r}: no such user", detail="user_id")
-            fields["userId"] = known
+            fields["userId"] = await self._owner(user_id)
         if tags is not None:
             fields["tags"] = tags
         meta_set: dict[str, Any] | None = None
@@ -510,6 +512,33 @@ class ChainlitLayer(BaseDataLayer):
                 logger.debug("error while closing %r: %r", closer, exc)
 
     # ---------------------------------------------------------------- helpers
+
+    def _remember_user(self, user: PersistedUser) -> PersistedUser:
+        self._known_users[user.id] = None
+        self._known_users.move_to_end(user.id)
+        while len(self._known_users) > 10_000:
+            self._known_users.popitem(last=False)
+        return user
+
+    async def _owner(self, value: object) -> str:
+        """``update_thread``'s ``user_id``: the id of a persisted user, on every backend.
+
+        Checked here, not left to the database: a SQL foreign key catches an unknown owner only
+        when the row's owner is being set, and a thread's owner is set once, so a second owner
+        would pass silently on SQL and fail on DynamoDB. A user this process has seen costs
+        nothing; another one costs one lookup by id.
+
+        Raises:
+            InvalidIdentifierError: not a well-formed user id.
+            NotFoundError: no user has this id.
+        """
+        user_id = self._user_id(value, "user_id")
+        if user_id is not None and user_id in self._known_users:
+            return user_id
+        if user_id is None or not await self.backend.user_exists(user_id):
+            raise NotFoundError(f"user_id {value!r}: no such user", detail="user_id")
+        self._known_users[user_id] = None
+        return user_id
 
     def _user_id(self, value: object, what: str) -> str | None:
         """A user id as the backend stores it, or None when it is well-formed but no user of this

@@ -722,6 +722,9 @@ class DynamoBackend:
             await self._call("update_item", Key=key, **fix.params())
         return stored
 
+    async def user_exists(self, user_id: str) -> bool:
+        return await self._identifier_of(user_id) is not None
+
     async def _identifier_of(self, user_id: str) -> str | None:
         if user_id in self._identifiers:
             return self._identifiers[user_id]
@@ -749,9 +752,6 @@ class DynamoBackend:
         identifier = None
         if fields.get("userId"):
             identifier = await self._identifier_of(fields["userId"])
-            if identifier is None:  # as SQL's foreign key: an owner is a persisted user
-                raise NotFoundError(f"user_id {fields['userId']!r}: no such user",
-                                    detail="user_id")
         key = self._key_of("thread", id=thread_id)
         templates = self._index_templates("thread")
         merge = bool(meta_set or meta_delete)

@@ -413,6 +413,17 @@ class SQLBackend:
 
         return await self._run(op)
 
+    async def user_exists(self, user_id: str) -> bool:
+        users = self.users
+        stmt = self._cached("user_exists", lambda: sa.select(users.c.id).where(
+            users.c.id == sa.bindparam("uid", type_=users.c.id.type)))
+
+        async def op() -> bool:
+            async with self.raw.connect() as conn:
+                return bool(await conn.fetch(stmt, {"uid": user_id}))
+
+        return await self._run(op)
+
     # ----------------------------------------------------------------- threads
 
     def _meta_merge(self, column: sa.Column[Any], n_set: int, n_del: int) -> Any:

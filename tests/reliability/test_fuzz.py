@@ -674,6 +674,7 @@ def T(**fields: Any) -> dict[str, Any]:
                 T(metadata={"a": None, "$": "d", '"': "q"})])
 # the owner is set once
 @example(calls=[T(user_id="user"), T(user_id="other", name="x", tags=("a",))])
+@example(calls=[T(user_id="user"), T(user_id="unknown", name="x")])
 @example(calls=[T(name="t", metadata={"deep": _nest(30)}), T(metadata={"deeper": _nest(31)})])
 async def test_update_thread_reads_back_exactly_or_is_refused(
     fuzz: Env, calls: list[dict[str, Any]]
@@ -1204,8 +1205,13 @@ async def test_user_ids_follow_one_rule_on_every_backend(fuzz: Env) -> None:
         assert await layer.get_favorite_steps(unknown) == []
     thread_id = str(uuid.uuid4())
     await layer.update_thread(thread_id, name="mine", user_id=fuzz.user.id.upper())
+    # fuzzing found: on SQL the foreign key caught an unknown owner only while the thread had
+    # none (the owner is set once), DynamoDB refused it always; now refused always, everywhere
+    for unknown in (str(uuid.uuid4()), "alice@example.com"):
+        with pytest.raises(NotFoundError):
+            await layer.update_thread(thread_id, name="renamed", user_id=unknown)
     got = await layer.get_thread(thread_id)
-    assert got is not None and got["userId"] == fuzz.user.id
+    assert got is not None and got["userId"] == fuzz.user.id and got["name"] == "mine"
     assert got["userIdentifier"] == fuzz.user.identifier
 
 
