@@ -17,7 +17,10 @@ Why it works the way it does:
      same code the layer writes them with), leaving values already present alone;
   c. where Chainlit's layer left several feedback rows for one step, the unique feedback-per-step
      index is not built silently: migrate refuses, listing them, before changing anything; with
-     ``dedupe_feedback=True`` it keeps one row per step (see :func:`_dedupe_feedback`).
+     ``dedupe_feedback=True`` it keeps one row per step (see :func:`_dedupe_feedback`);
+  d. on MySQL/MariaDB, a ``VARCHAR`` the models give a binary collation (``users.identifier``)
+     that an older schema left case-insensitive is changed to it: there "Alice" and "alice" were
+     one user. Values unique case-insensitively stay unique, so the change cannot fail on them.
 
 * **Alembic's machinery, not hand-written DDL.** The comparison is Alembic's ``compare_metadata``
   (filtered to the additive operations above) plus a reflection of the existing tables, and every
@@ -402,6 +405,8 @@ class _TableChange:
     reflected: sa.Table
     add: list[sa.Column[Any]] = field(default_factory=list)
     relax: list[sa.Column[Any]] = field(default_factory=list)
+    #: (the model's column, the existing one): a collation to change (MySQL/MariaDB)
+    collate: list[tuple[sa.Column[Any], sa.Column[Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -540,6 +545,19 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool)
             if (col.name not in model_columns and not col.nullable and not col.primary_key
                     and col.server_default is None):
                 changes.setdefault(name, _TableChange(name, table)).relax.append(col)
+    # (d) MySQL/MariaDB: a column the models compare exactly, left case-insensitive by an older
+    # schema (only a VARCHAR of the models' length: nothing can be truncated)
+    if target.is_mysql:
+        for name, table in reflected.items():
+            for col in target.tables[ours[name]].columns:
+                want = getattr(col.type.dialect_impl(conn.dialect), "collation", None)
+                have = table.columns.get(col.name)
+                if (want and have is not None and isinstance(have.type, sa.String)
+                        and have.type.length == getattr(col.type.dialect_impl(conn.dialect),
+                                                        "length", None)
+                        and have.type.collation != want):
+                    changes.setdefault(name, _TableChange(name, table)).collate.append(
+                        (col, have))
     plan.changes = [changes[t.name] for t in target.tables.values() if t.name in changes]
 
     _plan_indexes(conn, plan, reflected, ours, dedupe_feedback)
@@ -855,6 +873,9 @@ def _apply(
     for change in plan.changes:
         for col in change.add:
             say(f"add column {change.name}.{col.name} ({_type_name(col, op)})")
+        for col, _ in change.collate:
+            say(f"compare {change.name}.{col.name} exactly (collation "
+                f"{col.type.dialect_impl(op.get_context().dialect).collation})")  # type: ignore[attr-defined]
         for col in change.relax:
             say(f"allow NULL in {change.name}.{col.name}: a legacy NOT NULL column the models "
                 "do not write (it would fail every insert)")
@@ -871,6 +892,16 @@ def _apply(
                     existing_nullable=False,
                     existing_server_default=col.server_default,
                     existing_comment=col.comment,
+                )
+            for col, have in change.collate:
+                batch.alter_column(
+                    col.name,
+                    type_=col.type,
+                    nullable=have.nullable,
+                    existing_type=have.type,
+                    existing_nullable=have.nullable,
+                    existing_server_default=have.server_default,
+                    existing_comment=have.comment,
                 )
 
     if plan.dedupe:

@@ -4,7 +4,7 @@
 
 CREATE TABLE users (
 	id VARCHAR(36) NOT NULL,
-	identifier VARCHAR(191) NOT NULL,
+	identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL,
 	display_name LONGTEXT,
 	metadata JSON NOT NULL,
 	`createdAt` VARCHAR(32),

@@ -27,7 +27,7 @@ import json
 import logging
 import mimetypes
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
@@ -39,18 +39,26 @@ from chainlit.user import PersistedUser, User
 
 from chainlit_orm.errors import (
     ChainlitORMError,
+    ConflictError,
     InvalidCursorError,
     InvalidIdentifierError,
     InvalidInputError,
-    PayloadTooLargeError,
+    NotFoundError,
     StorageError,
     mask_url,
 )
 from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT, BoundedBackend, CallDeadline
 from chainlit_orm.models.convert import take_row, to_row
+from chainlit_orm.models.limits import (
+    MAX_CURSOR_CHARS,
+    MAX_INDEXED_CHARS,
+    MAX_USER_ID_CHARS,
+    check_json,
+    check_row,
+    check_text,
+)
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import (
-    canonical_timestamp,
     format_timestamp,
     normalize_id,
     parse_timestamp,
@@ -130,6 +138,8 @@ class Backend(Protocol):
     async def get_user(self, identifier: str) -> dict[str, Any] | None: ...
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def user_exists(self, user_id: str) -> bool: ...
 
     async def update_thread(
         self,
@@ -222,16 +232,34 @@ class ChainlitLayer(BaseDataLayer):
         self.thread_order: ThreadOrder = thread_order
         self.max_text_bytes = max_text_bytes
         self._warned_no_storage = False
+        # ids of users persisted in this backend, as get_user/create_user returned them: Chainlit
+        # authenticates every request with get_user, so an owner is nearly always known here
+        self._known_users: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def _text_limits(self) -> dict[str, int]:
+        """A step's texts have their own limit, not the record's (see ``models.limits``)."""
+        return {"input": self.max_text_bytes, "output": self.max_text_bytes}
 
     # ------------------------------------------------------------------ users
 
     async def get_user(self, identifier: str) -> PersistedUser | None:
-        row = await self.backend.get_user(_require_str(identifier, "identifier"))
-        return None if row is None else _persisted_user(row)
+        identifier = _require_str(identifier, "identifier")
+        try:
+            _check_identifier(identifier)
+        except InvalidInputError:
+            return None  # no user can have an identifier that cannot be stored
+        row = await self.backend.get_user(identifier)
+        # exactly this identifier: a MySQL/MariaDB table made before the identifier column was
+        # binary matches "alice" to "Alice"; another user's account is never handed out
+        if row is None or row["identifier"] != identifier:
+            return None
+        return self._remember_user(_persisted_user(row))
 
     async def create_user(self, user: User) -> PersistedUser | None:
         identifier = _require_str(user.identifier, "identifier")
-        metadata = _require_dict(user.metadata or {}, "metadata")
+        _check_identifier(identifier)
+        metadata = user.metadata if user.metadata is not None else {}
         row = {
             "id": str(uuid.uuid4()),
             "identifier": identifier,
@@ -239,8 +267,14 @@ class ChainlitLayer(BaseDataLayer):
             "metadata": metadata,
             "createdAt": utc_now(),
         }
-        _check_no_nul(row, "user")
-        return _persisted_user(await self.backend.upsert_user(row))
+        check_row(self.models.table("user"), row, "user")
+        stored = await self.backend.upsert_user(row)
+        if stored["identifier"] != identifier:
+            raise ConflictError(
+                f"identifier {identifier!r} matches the existing user {stored['identifier']!r} "
+                "under the database's case-insensitive collation; run chainlit-orm migrate to "
+                "make the identifier column compare exactly", detail="identifier")
+        return self._remember_user(_persisted_user(stored))
 
     # ---------------------------------------------------------------- threads
 
@@ -255,26 +289,23 @@ class ChainlitLayer(BaseDataLayer):
         thread_id = normalize_id(thread_id, what="thread_id")
         fields: dict[str, Any] = {}
         if name is not None:
-            fields["name"] = _require_str(name, "name", allow_empty=True)
+            fields["name"] = name
         if user_id is not None:
-            fields["userId"] = self._user_id(user_id, "user_id")
+            fields["userId"] = await self._owner(user_id)
         if tags is not None:
-            if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-                raise InvalidInputError(f"tags must be a list of strings, got {tags!r}")
-            fields["tags"] = list(tags)
+            fields["tags"] = tags
         meta_set: dict[str, Any] | None = None
         meta_delete: list[str] | None = None
+        meta_size = 0
         if metadata is not None:
-            metadata = _require_dict(metadata, "metadata")
+            meta_size = check_json(metadata, "thread metadata")
             meta_set = {k: v for k, v in metadata.items() if v is not None}
             meta_delete = [k for k, v in metadata.items() if v is None]
             for column, key in self.models.metadata_columns("thread").items():
                 if key in metadata:
                     value = metadata[key]
                     fields[column] = None if value is None else str(value)
-        _check_no_nul(fields, "thread")
-        _check_no_nul(meta_set, "thread metadata")
-        self._check_size(json.dumps(meta_set, default=str) if meta_set else "", "metadata")
+        check_row(self.models.table("thread"), fields, "thread", counted=meta_size)
         create = name is not None or user_id is not None or tags is not None
         if not create and metadata is None and not fields:
             return  # nothing to change
@@ -312,11 +343,18 @@ class ChainlitLayer(BaseDataLayer):
         if not isinstance(first, int) or isinstance(first, bool) or not 1 <= first <= 1000:
             raise InvalidInputError(f"pagination.first must be an int in 1..1000, got {first!r}")
         after = _decode_cursor(pagination.cursor) if pagination.cursor else None
-        user_id = self._user_id(filters.userId, "userId") if filters.userId else None
+        user_id = (self._user_id(filters.userId, "userId") if filters.userId is not None
+                   else None)
         feedback = filters.feedback
-        if feedback is not None and feedback not in (0, 1):
+        if feedback is not None and (feedback not in (0, 1) or isinstance(feedback, bool)):
             raise InvalidInputError(f"feedback filter must be 0, 1 or None, got {feedback!r}")
-        search = filters.search.strip() if filters.search else None
+        search = filters.search
+        if search is not None:
+            check_text(search, "search")
+            search = search.strip()
+        if filters.userId is not None and user_id is None:  # no user here can have that id
+            return PaginatedResponse(
+                pageInfo=PageInfo(hasNextPage=False, startCursor=None, endCursor=None), data=[])
         rows = await self.backend.list_threads(
             user_id=user_id,
             limit=first + 1,
@@ -370,7 +408,10 @@ class ChainlitLayer(BaseDataLayer):
         return None if row is None else cast("StepDict", self._step_dict(row))
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
-        rows = await self.backend.get_favorite_steps(self._user_id(user_id, "user_id"))
+        known = self._user_id(user_id, "user_id")
+        if known is None:
+            return []
+        rows = await self.backend.get_favorite_steps(known)
         return [cast("StepDict", self._step_dict(row)) for row in rows]
 
     # --------------------------------------------------------------- elements
@@ -382,7 +423,7 @@ class ChainlitLayer(BaseDataLayer):
         Invariant: no orphan object and no row whose file is missing. So:
 
         1. Everything that can be checked is checked before a byte is stored: ids, every value
-           of the row (:func:`_check_element_row`), the MIME type.
+           of the row (:func:`~chainlit_orm.models.limits.check_row`), the MIME type.
         2. The file is uploaded. A client that raises, or that reports failure Chainlit's way
            (its ``S3StorageClient``/``AzureStorageClient`` log and return ``{}``), makes this
            raise :class:`StorageError`; no row is written.
@@ -398,6 +439,9 @@ class ChainlitLayer(BaseDataLayer):
         if data.get("forId"):
             data["forId"] = normalize_id(data["forId"], what="element forId")
         data.pop("path", None)  # a session temp file: meaningless once the session ends
+        if not isinstance(data.get("name"), str):
+            raise InvalidInputError(f"element {data['id']} name must be a string, got "
+                                    f"{type(data.get('name')).__name__}")
         content = await _element_bytes(element)
         upload: tuple[str, bytes, str] | None = None  # (object key, bytes, MIME type)
         if content is not None and not data.get("url"):
@@ -419,7 +463,7 @@ class ChainlitLayer(BaseDataLayer):
                 data["mime"] = mime
                 data["url"] = None  # signed afresh on every read
         row = to_row(self.models, "element", data)
-        _check_element_row(row)
+        check_row(self.models.table("element"), row, "element")
         if upload is None or self.storage is None:
             await self.backend.upsert_element(row, now=utc_now())
             return
@@ -528,11 +572,9 @@ class ChainlitLayer(BaseDataLayer):
 
     async def upsert_feedback(self, feedback: Feedback) -> str:
         value = feedback.value
-        if value not in (0, 1) or isinstance(value, bool):
+        if type(value) is not int or value not in (0, 1):
             raise InvalidInputError(f"feedback value must be 0 or 1, got {value!r}")
         comment = feedback.comment
-        if comment is not None and not isinstance(comment, str):
-            raise InvalidInputError("feedback comment must be a string")
         row = {
             "id": (
                 normalize_id(feedback.id, what="feedback id") if feedback.id else str(uuid.uuid4())
@@ -541,10 +583,10 @@ class ChainlitLayer(BaseDataLayer):
             "threadId": normalize_id(feedback.threadId, what="feedback threadId")
             if feedback.threadId
             else None,
-            "value": int(value),
+            "value": value,
             "comment": comment,
         }
-        _check_no_nul(row, "feedback")
+        check_row(self.models.table("feedback"), row, "feedback")
         return await self.backend.upsert_feedback(row)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
@@ -572,14 +614,61 @@ class ChainlitLayer(BaseDataLayer):
 
     # ---------------------------------------------------------------- helpers
 
-    def _user_id(self, value: object, what: str) -> str:
-        """A user id as the backend stores it: a UUID, unless the backend says otherwise with a
-        ``normalize_user_id(value, what)`` method (DynamoDB tables written by Chainlit's own layer
-        use the identifier as the user id)."""
+    def _remember_user(self, user: PersistedUser) -> PersistedUser:
+        self._known_users[user.id] = None
+        self._known_users.move_to_end(user.id)
+        while len(self._known_users) > 10_000:
+            self._known_users.popitem(last=False)
+        return user
+
+    async def _owner(self, value: object) -> str:
+        """``update_thread``'s ``user_id``: the id of a persisted user, on every backend.
+
+        Checked here, not left to the database: a SQL foreign key catches an unknown owner only
+        when the row's owner is being set, and a thread's owner is set once, so a second owner
+        would pass silently on SQL and fail on DynamoDB. A user this process has seen costs
+        nothing; another one costs one lookup by id.
+
+        Raises:
+            InvalidIdentifierError: not a well-formed user id.
+            NotFoundError: no user has this id.
+        """
+        user_id = self._user_id(value, "user_id")
+        if user_id is not None and user_id in self._known_users:
+            return user_id
+        if user_id is None or not await self.backend.user_exists(user_id):
+            raise NotFoundError(f"user_id {value!r}: no such user", detail="user_id")
+        self._known_users[user_id] = None
+        return user_id
+
+    def _user_id(self, value: object, what: str) -> str | None:
+        """A user id as the backend stores it, or None when it is well-formed but no user of this
+        backend can have it (callers: a write raises ``NotFoundError``, a read finds nothing, as
+        for a well-formed id of a user that does not exist).
+
+        Well-formed, on every backend: a string of 1 to ``MAX_USER_ID_CHARS`` storable
+        characters (or a ``uuid.UUID``). SQL databases hold UUID ids only; a backend with a
+        ``normalize_user_id(value, what)`` method says otherwise (DynamoDB tables written by
+        Chainlit's own layer use the identifier as the user id).
+
+        Raises:
+            InvalidIdentifierError: the value is not a well-formed user id.
+        """
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        try:
+            check_text(value, what, max_chars=MAX_USER_ID_CHARS)
+        except InvalidInputError as exc:
+            raise InvalidIdentifierError(str(exc), detail=what) from exc
+        if not value:
+            raise InvalidIdentifierError(f"{what} must not be empty", detail=what)
         hook = getattr(self.backend, "normalize_user_id", None)
         if hook is not None:
             return cast(str, hook(value, what))
-        return normalize_id(value, what=what)
+        try:
+            return normalize_id(value, what=what)
+        except InvalidIdentifierError:
+            return None
 
     def _step_row(
         self, step_dict: Mapping[str, Any], *, create: bool = False
@@ -592,34 +681,25 @@ class ChainlitLayer(BaseDataLayer):
         if not data.get("threadId"):
             raise InvalidInputError(f"step {data['id']} has no threadId")
         data["threadId"] = normalize_id(data["threadId"], what="step threadId")
-        if data.get("parentId"):
+        if data.get("parentId") is not None:
             data["parentId"] = normalize_id(data["parentId"], what="step parentId")
-        if "metadata" in data and data["metadata"] is not None:
-            data["metadata"] = _require_dict(data["metadata"], "step metadata")
-        for key in ("input", "output"):
-            value = data.get(key)
-            if isinstance(value, str):
-                self._check_size(value, f"step {key}")
-            elif value is not None:
-                raise InvalidInputError(f"step {key} must be a string")
+        # NOT NULL columns of Chainlit's documented schema: a step without them cannot be
+        # stored on SQL, so no backend takes one (Chainlit's to_dict always sends them)
+        for key in ("name", "type"):
+            if not isinstance(data.get(key), str):
+                raise InvalidInputError(f"step {key} must be a string, got "
+                                        f"{type(data.get(key)).__name__}")
+        if type(data.get("streaming")) is not bool:
+            raise InvalidInputError(
+                f"step streaming must be a bool, got {data.get('streaming')!r}"[:200])
         if create and not data.get("createdAt"):
             data["createdAt"] = utc_now()  # creation order is the thread's step order
-        for key in ("createdAt", "start", "end"):
-            if data.get(key):
-                data[key] = canonical_timestamp(data[key])
         row = to_row(self.models, "step", data)
-        _check_no_nul(row, "step")
+        check_row(self.models.table("step"), row, "step", own_limits=self._text_limits)
         activity = None
-        if create and data.get("type") == USER_MESSAGE:  # its creation is the activity
-            activity = data.get("createdAt") or utc_now()
+        if create and row.get("type") == USER_MESSAGE:  # its creation is the activity
+            activity = row["createdAt"]
         return row, activity
-
-    def _check_size(self, text: str, what: str) -> None:
-        # len() is a cheap lower bound of the UTF-8 size; encode only near the limit.
-        if len(text) * 4 > self.max_text_bytes and len(text.encode()) > self.max_text_bytes:
-            raise PayloadTooLargeError(
-                f"{what} is larger than max_text_bytes={self.max_text_bytes}", detail=what
-            )
 
     def _step_dict(self, row: dict[str, Any]) -> dict[str, Any]:
         """A backend's step row (given up: it becomes the dict) in Chainlit's shape."""
@@ -700,58 +780,21 @@ def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
     )
 
 
+def _check_identifier(identifier: str) -> None:
+    """A user identifier: storable, at most ``MAX_INDEXED_CHARS`` characters, not ending in a
+    space (MySQL/MariaDB compare strings ignoring trailing spaces, so "alice " would be
+    "alice" there and another user elsewhere)."""
+    check_text(identifier, "identifier", max_chars=MAX_INDEXED_CHARS)
+    if identifier.endswith(" "):
+        raise InvalidInputError(
+            f"identifier {identifier[:80]!r} ends with a space, which MySQL/MariaDB ignore when "
+            "comparing: it would name another user there", detail="identifier")
+
+
 def _require_str(value: object, what: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
         raise InvalidInputError(f"{what} must be a non-empty string, got {value!r}")
     return value
-
-
-def _require_dict(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
-    return value
-
-
-def _check_no_nul(value: object, what: str) -> None:
-    """Refuse NUL characters: PostgreSQL cannot store them in TEXT or JSONB, and storing them
-    on the other dialects only would make the backends disagree."""
-    if _has_nul(value):
-        raise InvalidInputError(f"{what} contains a NUL character, which cannot be stored")
-
-
-_SCALARS = (type(None), bool, int, float)
-
-
-def _has_nul(value: object) -> bool:
-    # exact-type checks first and plain loops (no generator per container): this runs on every
-    # value of every write, and an ABC check (``Mapping``) on each None/int/bool costs more than
-    # the rest of the walk
-    kind = type(value)
-    if kind is str:
-        return "\x00" in value  # type: ignore[operator]
-    if kind in _SCALARS:
-        return False
-    if kind is dict or isinstance(value, Mapping):
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is str:
-                if "\x00" in key:
-                    return True
-            elif _has_nul(key):
-                return True
-            item_kind = type(item)
-            if item_kind is str:
-                if "\x00" in item:
-                    return True
-            elif item_kind not in _SCALARS and _has_nul(item):
-                return True
-        return False
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list | tuple):
-        for item in value:
-            if _has_nul(item):
-                return True
-    return False
 
 
 def _encode_cursor(key: tuple[str, str]) -> str:
@@ -760,16 +803,23 @@ def _encode_cursor(key: tuple[str, str]) -> str:
 
 
 def _decode_cursor(cursor: object) -> tuple[str, str]:
-    """Decode and validate an opaque cursor; anything forged or stale is a typed error."""
+    """Decode and validate an opaque cursor; anything forged or stale is a typed error.
+
+    Ours are about 90 characters; a longer one is refused before it is decoded (a forged one of
+    100,000 nested brackets would otherwise exhaust the JSON decoder's recursion)."""
+    text = cursor if isinstance(cursor, str) else str(cursor)  # the UI types it str | number
+    shown = text[:80]
+    if len(text) > MAX_CURSOR_CHARS:
+        raise InvalidCursorError(f"invalid pagination cursor: {shown!r}... (too long)")
     try:
-        text = str(cursor)
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         moment, thread_id = json.loads(raw)
         if not isinstance(moment, str) or not isinstance(thread_id, str):
             raise ValueError(moment)
         return format_timestamp(parse_timestamp(moment)), normalize_id(thread_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, InvalidInputError) as exc:
-        raise InvalidCursorError(f"invalid pagination cursor: {str(cursor)[:80]!r}") from exc
+    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError, OverflowError,
+            InvalidInputError) as exc:
+        raise InvalidCursorError(f"invalid pagination cursor: {shown!r}") from exc
 
 
 async def _element_bytes(element: Element) -> bytes | None:
@@ -836,60 +886,3 @@ def _note_leftover(error: BaseException, object_key: str, why: str) -> None:
     logger.warning("%s (after: %s)", message, type(error).__name__)
 
 
-_ELEMENT_TEXT = ("type", "url", "chainlitKey", "display", "objectKey", "size", "language", "mime")
-_ELEMENT_JSON = ("props", "playerConfig", "extra")
-_INT32 = 2**31
-
-
-def _check_element_row(row: Mapping[str, Any]) -> None:
-    """Refuse, before any byte is stored, an element row that could not be written or would not
-    read back as sent: wrong types, values JSON cannot hold exactly, NUL or lone surrogates.
-
-    Raises:
-        InvalidInputError: naming the field; nothing was written.
-    """
-    what = f"element {row.get('id')}"
-    if not isinstance(row.get("name"), str):
-        raise InvalidInputError(f"{what}: name must be a string, got {row.get('name')!r}")
-    for key in _ELEMENT_TEXT:
-        value = row.get(key)
-        if value is not None and not isinstance(value, str):
-            raise InvalidInputError(f"{what}: {key} must be a string, got {value!r}")
-    page = row.get("page")
-    if page is not None and (
-        isinstance(page, bool) or not isinstance(page, int) or not -_INT32 <= page < _INT32
-    ):
-        raise InvalidInputError(f"{what}: page must be a 32-bit integer, got {page!r}")
-    auto_play = row.get("autoPlay")
-    if auto_play is not None and not isinstance(auto_play, bool):
-        raise InvalidInputError(f"{what}: autoPlay must be a boolean, got {auto_play!r}")
-    for key in _ELEMENT_JSON:
-        value = row.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise InvalidInputError(f"{what}: {key} must be a dict, got {type(value).__name__}")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise InvalidInputError(f"{what}: {key} cannot be stored as JSON: {exc}") from exc
-    _check_no_nul(row, what)
-    try:
-        _encode_all(row)
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"{what} contains a lone surrogate, which cannot be stored as UTF-8"
-        ) from exc
-
-
-def _encode_all(value: object) -> None:
-    """UTF-8 encode every string in ``value`` (keys included); raises UnicodeEncodeError."""
-    if isinstance(value, str):
-        value.encode("utf-8")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _encode_all(key)
-            _encode_all(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _encode_all(item)

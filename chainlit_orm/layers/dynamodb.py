@@ -861,6 +861,9 @@ class DynamoBackend:
             await self._call("update_item", Key=key, **fix.params())
         return stored
 
+    async def user_exists(self, user_id: str) -> bool:
+        return await self._identifier_of(user_id) is not None
+
     async def _identifier_of(self, user_id: str) -> str | None:
         if user_id in self._identifiers:
             return self._identifiers[user_id]

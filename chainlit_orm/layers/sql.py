@@ -432,10 +432,21 @@ class SQLBackend:
         users = self.users
 
         def build() -> Any:
-            stmt = self._upsert(users, list(row), ["identifier"], lambda ex: [
-                ("metadata", ex.metadata),
-                ("display_name", sa.func.coalesce(ex.display_name, users.c.display_name)),
-            ])
+            def set_(ex: Any) -> list[tuple[str, Any]]:
+                pairs = [
+                    ("metadata", ex.metadata),
+                    ("display_name", sa.func.coalesce(ex.display_name, users.c.display_name)),
+                ]
+                if not self.is_mysql:
+                    return pairs
+                # a table whose identifier column predates its binary collation matches "alice"
+                # to "Alice": leave that other user's row alone (the layer then refuses)
+                same = (sa.cast(users.c.identifier, mysql.BINARY())
+                        == sa.cast(ex.identifier, mysql.BINARY()))
+                return [(name, sa.case((same, value), else_=users.c[name]))
+                        for name, value in pairs]
+
+            stmt = self._upsert(users, list(row), ["identifier"], set_)
             return stmt if self.is_mysql else stmt.returning(*users.c)
 
         stmt = self._cached(("upsert_user", tuple(row)), build)
@@ -447,6 +458,17 @@ class SQLBackend:
                     return (await conn.fetch(stmt, row))[0]
                 await conn.execute(stmt, row)
                 return (await conn.fetch(lookup, row))[0]
+
+        return await self._run(op)
+
+    async def user_exists(self, user_id: str) -> bool:
+        users = self.users
+        stmt = self._cached("user_exists", lambda: sa.select(users.c.id).where(
+            users.c.id == sa.bindparam("uid", type_=users.c.id.type)))
+
+        async def op() -> bool:
+            async with self.raw.connect() as conn:
+                return bool(await conn.fetch(stmt, {"uid": user_id}))
 
         return await self._run(op)
 
@@ -1106,8 +1128,15 @@ class SQLDataLayer(ChainlitLayer):
 
 
 def _json_path(key: str) -> str:
-    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal."""
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
+
+    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
+    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
+    refuses ``$."-..."`` even quoted (error 4042)."""
+    body = json.dumps(key, ensure_ascii=False)[1:-1]
+    if body.startswith("-"):
+        body = "\\u002d" + body[1:]
+    return '$."' + body + '"'
 
 
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
@@ -1149,6 +1178,10 @@ def _driver_errors(dialect: str) -> tuple[type[Exception], ...]:
 
 _MY_SCHEMA = {1146, 1054, 1049}  # no such table, unknown column, unknown database
 _MY_NULL = {1048, 1364}  # column cannot be null, field has no default
+#: Values the server refuses (invalid input, not an outage): a CHECK constraint (MariaDB's JSON
+#: columns are ``CHECK (json_valid(...))``: 4025), MariaDB's JSON errors (bad text, depth over 32,
+#: bad path: 4036-4046), MySQL's (3140-3160, 3819), out of range, too long, incorrect values.
+_MY_DATA = {4025, *range(4036, 4047), *range(3140, 3161), 3819, 1264, 1265, 1292, 1366, 1406}
 
 
 def _classify(dialect: str, orig: BaseException) -> str:
@@ -1165,7 +1198,7 @@ def _classify(dialect: str, orig: BaseException) -> str:
             return "null"
         if state.startswith("23"):
             return "conflict"
-        if state.startswith("22"):
+        if state.startswith("22") or state in ("54000", "54001"):  # bad value; value too big
             return "data"
         if state in ("42P01", "42703", "3F000") or ("does not exist" in text and state[:2] == "42"):
             return "schema"
@@ -1195,6 +1228,8 @@ def _classify(dialect: str, orig: BaseException) -> str:
         return "fk"
     if code in _MY_NULL:
         return "null"
+    if code in _MY_DATA:
+        return "data"
     if "IntegrityError" in names:
         return "conflict"
     if "DataError" in names:

@@ -88,7 +88,9 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
     if "metadata" in data:
         metadata = data["metadata"]
         if "favorite" in columns:
-            row["favorite"] = bool(
+            # None (metadata not sent) leaves the stored flag as it is, like the metadata itself:
+            # a flag reset by an update that keeps the metadata would hide a favorite
+            row["favorite"] = None if metadata is None else bool(
                 isinstance(metadata, Mapping) and metadata.get("favorite") is True
             )
         for name, meta_key in _derived_columns(table):

@@ -27,6 +27,7 @@ from sqlmodel import Field, SQLModel
 
 from chainlit_orm.models.types import (
     BoolOrText,
+    IdentifierText,
     IdType,
     IndexedText,
     JsonType,
@@ -114,7 +115,7 @@ class UserFields(SQLModel):
 
     id: str | None = _pk()
     identifier: str | None = _col(
-        "identifier", IndexedText, nullable=False, sa_column_kwargs={"unique": True}
+        "identifier", IdentifierText, nullable=False, sa_column_kwargs={"unique": True}
     )
     display_name: str | None = _col("display_name", LongText)
     meta: dict[str, Any] | None = _col("metadata", JsonType, nullable=False)

@@ -34,6 +34,7 @@ __all__ = [
     "TIMESTAMP_LENGTH",
     "BoolOrText",
     "IdType",
+    "IdentifierText",
     "IndexedText",
     "JsonType",
     "LongText",
@@ -56,6 +57,16 @@ LongText: sa.types.TypeEngine[str] = sa.Text().with_variant(mysql.LONGTEXT(), "m
 #: prefix length). ``TEXT`` on PostgreSQL and SQLite, where length is free.
 IndexedText: sa.types.TypeEngine[str] = sa.Text().with_variant(
     sa.String(191), "mysql", "mariadb"
+)
+
+#: A user's identifier: indexed, unique, compared exactly. On MySQL/MariaDB the table's
+#: ``utf8mb4_unicode_ci`` would make "Alice", "alice" and "ALICE" one user (the unique index and
+#: ``get_user`` match case-insensitively, so a login as "alice" would get Alice's account);
+#: ``utf8mb4_bin`` compares code points. (It still ignores trailing spaces, as every MySQL
+#: ``PAD SPACE`` collation does: identifiers ending in a space are refused, see
+#: :mod:`chainlit_orm.models.limits`.)
+IdentifierText: sa.types.TypeEngine[str] = sa.Text().with_variant(
+    sa.String(191, collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 #: JSON documents. ``JSONB`` on PostgreSQL (Chainlit's documented type); SQL ``NULL`` for None.
@@ -141,10 +152,23 @@ def utc_now() -> str:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Format an aware (or UTC-naive) datetime as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    """Format an aware (or UTC-naive) datetime as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    The year is always four digits (``strftime("%Y")`` gives ``999`` for the year 999 on
+    glibc, which is neither fixed-width nor ISO-8601).
+
+    Raises:
+        InvalidInputError: the instant, in UTC, falls outside the years 1 to 9999.
+    """
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as exc:
+            raise InvalidInputError(
+                f"timestamp {moment.isoformat()!r} is outside the years 1 to 9999 in UTC"
+            ) from exc
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
 def parse_timestamp(value: str | datetime) -> datetime:
@@ -169,10 +193,14 @@ def parse_timestamp(value: str | datetime) -> datetime:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise InvalidInputError(f"not an ISO-8601 timestamp: {value!r}") from exc
+            raise InvalidInputError(f"not an ISO-8601 timestamp: {str(value)[:80]!r}") from exc
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise InvalidInputError(
+            f"timestamp {str(value)[:80]!r} is outside the years 1 to 9999 in UTC") from exc
 
 
 class Timestamp(TypeDecorator[str]):

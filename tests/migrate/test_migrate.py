@@ -22,6 +22,7 @@ from chainlit_orm import SQLDataLayer
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ConfigurationError,
+    ConflictError,
     SchemaError,
     SchemaOutdatedError,
 )
@@ -525,3 +526,46 @@ async def test_unsupported_dialect_names_the_supported_ones() -> None:
     message = str(info.value)
     assert "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncmy" in message
     assert "secret" not in message
+
+
+@pytest.mark.mariadb
+async def test_mariadb_identifier_made_exact_so_alice_and_ALICE_are_two_users() -> None:
+    """Issue #14 (fuzzing user identifiers): under the table's case-insensitive collation,
+    ``create_user("alice")`` found and updated Alice's row and ``get_user("ALICE")`` returned her
+    account. The models now give ``users.identifier`` a binary collation; migrate gives it to an
+    existing table whose column predates that."""
+    async with temp_mariadb_db() as url:
+        await migrate(url)
+        await execute(url, "ALTER TABLE users MODIFY identifier VARCHAR(191) "
+                           "COLLATE utf8mb4_unicode_ci NOT NULL")  # as the schema was before
+        layer = SQLDataLayer(url)
+        from chainlit.user import User
+
+        try:
+            alice = await layer.create_user(User(identifier="Alice", metadata={"who": "Alice"}))
+            assert alice is not None
+            # before the migration: no other user's account is handed out
+            assert await layer.get_user("ALICE") is None
+            with pytest.raises(ConflictError, match="case-insensitive collation"):
+                await layer.create_user(User(identifier="alice"))
+        finally:
+            await layer.close()
+
+        dry = await migrate(url, dry_run=True)
+        assert "compare users.identifier exactly (collation utf8mb4_bin)" in dry.lines
+        assert dry.statements == [
+            "ALTER TABLE users MODIFY identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL"]
+        report = await migrate(url)
+        assert report.changed is True
+        again = await migrate(url)
+        assert (again.lines, again.statements, again.changed) == (UP_TO_DATE, [], False)
+
+        layer = SQLDataLayer(url)
+        try:
+            bob = await layer.create_user(User(identifier="alice", metadata={"who": "alice"}))
+            assert bob is not None and bob.id != alice.id
+            found = await layer.get_user("Alice")
+            assert found is not None and (found.id, found.metadata) == (alice.id, {"who": "Alice"})
+            assert await layer.get_user("ALICE") is None
+        finally:
+            await layer.close()
