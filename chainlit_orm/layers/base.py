@@ -46,6 +46,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.modelset import ModelSet
+from chainlit_orm.models.search import search_term
 from chainlit_orm.models.types import (
     canonical_timestamp,
     format_timestamp,
@@ -68,9 +69,8 @@ R = TypeVar("R")
 
 ThreadOrder = Literal["activity", "created"]
 
-#: Step types whose creation counts as thread activity and whose text the search covers.
+#: The step type whose creation counts as thread activity.
 USER_MESSAGE = "user_message"
-MESSAGE_TYPES = ("user_message", "assistant_message")
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024 * 1024
 
@@ -153,7 +153,11 @@ class Backend(Protocol):
         search: str | None,
         feedback: int | None,
         order: ThreadOrder,
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` summary rows. ``search`` is the term already case-folded by
+        :func:`~chainlit_orm.models.search.search_term`; a row matches when it is a substring of
+        the folded name (or message text), compared binary, every character literal."""
+        ...
 
     async def delete_thread(self, thread_id: str) -> list[str]: ...
 
@@ -305,11 +309,15 @@ class ChainlitLayer(BaseDataLayer):
         if feedback is not None and feedback not in (0, 1):
             raise InvalidInputError(f"feedback filter must be 0, 1 or None, got {feedback!r}")
         search = filters.search.strip() if filters.search else None
+        folded = search_term(search) if search else None
+        if search and folded is None:  # a term no stored text can contain (a NUL)
+            return PaginatedResponse(
+                pageInfo=PageInfo(hasNextPage=False, startCursor=None, endCursor=None), data=[])
         rows = await self.backend.list_threads(
             user_id=user_id,
             limit=first + 1,
             after=after,
-            search=search or None,
+            search=folded,
             feedback=feedback,
             order=self.thread_order,
         )
