@@ -200,6 +200,8 @@ class SQLBackend:
         self._element_columns = [c.name for c in self.elements.columns]
         self._thread_columns = [c.name for c in self.threads.columns]
         self._joined_element_columns = [(_ELEMENT + name, name) for name in self._element_columns]
+        #: see :data:`SEARCH_CANDIDATES`; read when a search statement is first built
+        self.search_candidates = SEARCH_CANDIDATES
         # the search index of each folded column, by table (none on MySQL/MariaDB)
         self._search_index: dict[tuple[str, str], SearchIndex] = {
             (ix.table.name, ix.column): ix
@@ -632,7 +634,8 @@ class SQLBackend:
 
         * *through the search index* (PostgreSQL's trigram GIN, SQLite's FTS5 trigram table),
           when the term has a run of three characters the index can use and the index finds
-          fewer than :data:`SEARCH_CANDIDATES` candidate threads across the store: the page is
+          fewer than ``search_candidates`` (:data:`SEARCH_CANDIDATES`) candidate threads across
+          the store: the page is
           then made from those candidates (rechecked, scoped to the user and the filters), and
           its cost does not grow with the store;
         * *by scanning* the user's threads newest first otherwise (a short term, a common word,
@@ -648,8 +651,7 @@ class SQLBackend:
         def build() -> Any:
             columns = [c for c in t.columns if c.name != "extra" and FOLDED_FROM not in c.info]
             conditions: list[Any] = []
-            if user_id is not None:
-                conditions.append(t.c.userId == sa.bindparam("uid", type_=t.c.userId.type))
+            uid = sa.bindparam("uid", type_=t.c.userId.type)
             if after is not None:
                 after_ts = sa.bindparam("after_ts", type_=sort_col.type)
                 after_id = sa.bindparam("after_id", type_=t.c.id.type)
@@ -666,8 +668,16 @@ class SQLBackend:
                 conditions.append(sa.exists().where(
                     f.c.threadId == t.c.id, f.c.value == sa.bindparam("fb", type_=sa.Integer)))
 
-            def page(*more: Any) -> Any:
-                stmt = sa.select(*columns).where(*conditions, *more)
+            def page(*more: Any, from_candidates: bool = False) -> Any:
+                owner: Any = t.c.userId
+                if from_candidates and self.dialect == "sqlite":
+                    # unary "+": SQLite must not read the user's index and probe the candidates
+                    # per thread (that grows with the user's threads); from the few candidates
+                    # by primary key, then the owner is checked
+                    owner = sa.sql.expression.UnaryExpression(
+                        owner, operator=sa.sql.operators.custom_op("+"), type_=owner.type)
+                mine = [owner == uid] if user_id is not None else []
+                stmt = sa.select(*columns).where(*mine, *conditions, *more)
                 if self.is_mysql and user_id is not None:
                     # With every column selected, MariaDB reads the user's rows through the
                     # index's userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000
@@ -682,8 +692,9 @@ class SQLBackend:
                 return page(self._search_scan())
             candidates = self._search_candidates()
             few = sa.select(sa.func.count()).select_from(candidates).scalar_subquery() < (
-                SEARCH_CANDIDATES)
-            through_index = page(few, t.c.id.in_(sa.select(candidates.c.cid)))
+                self.search_candidates)
+            through_index = page(few, t.c.id.in_(sa.select(candidates.c.cid)),
+                                 from_candidates=True)
             scanned = page(sa.not_(few), self._search_scan())
             found = sa.union_all(sa.select(through_index.subquery()),
                                  sa.select(scanned.subquery())).subquery("found")
@@ -754,7 +765,7 @@ class SQLBackend:
 
     def _search_candidates(self) -> Any:
         """The ids of threads whose folded name or message text matches, found through the
-        search index, at most :data:`SEARCH_CANDIDATES` of them, as a materialized CTE ``cand``
+        search index, at most ``search_candidates`` of them, as a materialized CTE ``cand``
         (column ``cid``): read once, counted and joined."""
         t, s = self.threads, self.steps
         ct, cs = t.alias("ct"), s.alias("cs")
@@ -775,7 +786,7 @@ class SQLBackend:
         else:
             names = sa.select(ct.c.id.label("cid")).where(self._matches(ct.c.nameFolded))
             texts = sa.select(cs.c.threadId).where(self._matches(cs.c.outputFolded), messages)
-        return (sa.union_all(names, texts).limit(SEARCH_CANDIDATES).cte("cand")
+        return (sa.union_all(names, texts).limit(self.search_candidates).cte("cand")
                 .prefix_with("MATERIALIZED"))
 
     def _fts(self, table: str, column: str) -> Any:
