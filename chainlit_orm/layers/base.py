@@ -665,16 +665,24 @@ def _encode_cursor(key: tuple[str, str]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: Longer than any cursor :func:`_encode_cursor` makes (about 120 characters): a longer one is
+#: refused before it is decoded (100,000 nested brackets would exhaust the JSON parser's stack).
+_MAX_CURSOR = 512
+
+
 def _decode_cursor(cursor: object) -> tuple[str, str]:
     """Decode and validate an opaque cursor; anything forged or stale is a typed error."""
     try:
         text = str(cursor)
+        if len(text) > _MAX_CURSOR:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         moment, thread_id = json.loads(raw)
         if not isinstance(moment, str) or not isinstance(thread_id, str):
             raise ValueError(moment)
         return format_timestamp(parse_timestamp(moment)), normalize_id(thread_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, InvalidInputError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError,
+            InvalidInputError) as exc:  # OverflowError: a date at the edge of the calendar
         raise InvalidCursorError(f"invalid pagination cursor: {str(cursor)[:80]!r}") from exc
 
 
