@@ -635,9 +635,8 @@ class SQLBackend:
         * *through the search index* (PostgreSQL's trigram GIN, SQLite's FTS5 trigram table),
           when the term has a run of three characters the index can use and the index finds
           fewer than ``search_candidates`` (:data:`SEARCH_CANDIDATES`) candidate threads across
-          the store: the page is
-          then made from those candidates (rechecked, scoped to the user and the filters), and
-          its cost does not grow with the store;
+          the store: the page is then made from those candidates (rechecked, scoped to the user
+          and the filters), and its cost does not grow with the store;
         * *by scanning* the user's threads newest first otherwise (a short term, a common word,
           MySQL/MariaDB, which has no usable index): the scan stops at the page's end, which a
           common word reaches quickly.

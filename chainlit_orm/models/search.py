@@ -22,6 +22,7 @@ steps only: tool outputs are not searched, and a copy of them would double the l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,9 +56,14 @@ def fold(text: str) -> str:
     return text.casefold()
 
 
-def folded_columns(table: sa.Table) -> tuple[tuple[str, str], ...]:
-    """(folded column, source column) of ``table``, in column order."""
-    return tuple((c.name, c.info[FOLDED_FROM]) for c in table.columns if FOLDED_FROM in c.info)
+@functools.cache
+def folded_columns(table: sa.Table) -> tuple[tuple[str, str, tuple[str, ...] | None], ...]:
+    """(folded column, source column, step types or None) of ``table``, in column order.
+
+    Cached per table (a model set's tables do not change): this runs on every write.
+    """
+    return tuple((c.name, c.info[FOLDED_FROM], c.info.get(FOLDED_TYPES))
+                 for c in table.columns if FOLDED_FROM in c.info)
 
 
 def folded_values(table: sa.Table, row: Mapping[str, Any]) -> dict[str, str | None]:
@@ -69,17 +75,15 @@ def folded_values(table: sa.Table, row: Mapping[str, Any]) -> dict[str, str | No
     the copy: the search also checks the type, so a copy never makes a tool step match.
     """
     out: dict[str, str | None] = {}
-    for column in table.columns:
-        source = column.info.get(FOLDED_FROM)
-        if source is None or source not in row:
+    for name, source, types in folded_columns(table):
+        if source not in row:
             continue
         value = row[source]
-        types = column.info.get(FOLDED_TYPES)
         kind = row.get("type")
         if value is None or (types is not None and kind is not None and kind not in types):
-            out[column.name] = None
+            out[name] = None
         else:
-            out[column.name] = fold(value if isinstance(value, str) else str(value))
+            out[name] = fold(value if isinstance(value, str) else str(value))
     return out
 
 
