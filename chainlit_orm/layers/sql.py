@@ -667,15 +667,22 @@ class SQLBackend:
                 conditions.append(sa.exists().where(
                     f.c.threadId == t.c.id, f.c.value == sa.bindparam("fb", type_=sa.Integer)))
 
-            def page(*more: Any, from_candidates: bool = False) -> Any:
+            def page(*more: Any, from_candidates: bool = False, unless: Any = None) -> Any:
                 owner: Any = t.c.userId
+                key: Any = uid
                 if from_candidates and self.dialect == "sqlite":
                     # unary "+": SQLite must not read the user's index and probe the candidates
                     # per thread (that grows with the user's threads); from the few candidates
                     # by primary key, then the owner is checked
                     owner = sa.sql.expression.UnaryExpression(
                         owner, operator=sa.sql.operators.custom_op("+"), type_=owner.type)
-                mine = [owner == uid] if user_id is not None else []
+                if unless is not None and self.dialect == "sqlite":
+                    # SQLite checks a condition on a subquery row by row (it would walk the
+                    # user's whole index to find none); a key that is NULL when the page is not
+                    # wanted makes the index seek itself find nothing. PostgreSQL evaluates the
+                    # condition once, before the scan ("One-Time Filter")
+                    key = sa.select(uid).where(sa.not_(unless)).scalar_subquery()
+                mine = [owner == key] if user_id is not None else []
                 stmt = sa.select(*columns).where(*mine, *conditions, *more)
                 if self.is_mysql and user_id is not None:
                     # With every column selected, MariaDB reads the user's rows through the
@@ -694,7 +701,7 @@ class SQLBackend:
                 self.search_candidates)
             through_index = page(few, t.c.id.in_(sa.select(candidates.c.cid)),
                                  from_candidates=True)
-            scanned = page(sa.not_(few), self._search_scan())
+            scanned = page(sa.not_(few), self._search_scan(), unless=few)
             found = sa.union_all(sa.select(through_index.subquery()),
                                  sa.select(scanned.subquery())).subquery("found")
             return (sa.select(*found.c)
