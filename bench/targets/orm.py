@@ -130,9 +130,13 @@ class OrmSQL(LayerTarget):
         # planner statistics after the bulk load, as for every other SQL target
         from sqlalchemy import text
 
-        stmts = {"postgresql": ["ANALYZE"], "sqlite": ["ANALYZE"],
+        # PostgreSQL: VACUUM too, as autovacuum does on a live database after inserts: a GIN
+        # index (the trigram search index) publishes its statistics to the planner and merges
+        # its pending list only on VACUUM; after ANALYZE alone it looks empty and unusable
+        stmts = {"postgresql": ["VACUUM ANALYZE"], "sqlite": ["ANALYZE"],
                  "mariadb": [f"ANALYZE TABLE {t.name}" for t in tables.values()]}[self.backend]
         async with eng.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             for st in stmts:
                 r = await conn.execute(text(st))
                 if r.returns_rows:
