@@ -13,8 +13,10 @@ Why it works the way it does:
      (the older variant's ``"disableFeedback" BOOLEAN NOT NULL`` would fail every step insert);
   b. new columns whose value can be derived are backfilled in batches (``threads."activityAt"``
      from the thread's latest ``user_message``; ``steps.favorite`` and custom
-     :func:`~chainlit_orm.models.modelset.metadata_column` fields from the row's metadata, with the
-     same code the layer writes them with), leaving values already present alone;
+     :func:`~chainlit_orm.models.modelset.metadata_column` fields from the row's metadata; the
+     case-folded search copies ``threads."nameFolded"`` and ``steps."outputFolded"`` from the text
+     they fold; each with the same code the layer writes them with), leaving values already
+     present alone;
   c. where Chainlit's layer left several feedback rows for one step, the unique feedback-per-step
      index is not built silently: migrate refuses, listing them, before changing anything; with
      ``dedupe_feedback=True`` it keeps one row per step (see :func:`_dedupe_feedback`);
@@ -36,6 +38,12 @@ Why it works the way it does:
 * **One transaction where the dialect allows it** (PostgreSQL, SQLite): a failure leaves the
   database as it was. MySQL/MariaDB commit every DDL statement, so each step is idempotent and the
   version is recorded last: running migrate again after a failure finishes the job.
+
+* **Search indexes last** (:mod:`chainlit_orm.schema_gen.search`), after the backfills they
+  index: PostgreSQL's ``pg_trgm`` extension (checked first: a role that may not create it gets a
+  :class:`~chainlit_orm.errors.SchemaError` naming the fix, before anything changed) and its GIN
+  indexes; SQLite's FTS5 tables and triggers, rebuilt from the table whenever it was created or
+  rewritten (a batch copy gives rows new rowids). MySQL/MariaDB have none.
 
 * **Recorded in our own table** (``models.version_table``, one per table prefix, in the set's
   schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one.
@@ -63,7 +71,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.schema import CreateSchema
+from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
@@ -77,8 +85,20 @@ from chainlit_orm.errors import (
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, folded_values
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
+from chainlit_orm.schema_gen.search import (
+    PG_EXTENSION,
+    SearchIndex,
+    fts_rebuild,
+    fts_table,
+    fts_trigger_names,
+    fts_triggers,
+    gin_index,
+    pg_extension,
+    search_indexes,
+)
 
 __all__ = ["BATCH_SIZE", "MigrationReport", "ensure_schema", "migrate"]
 
@@ -439,13 +459,22 @@ class _Dedupe:
 class _Backfill:
     """Derived values for new columns of an existing table.
 
-    ``kind`` is ``"activity"`` (threads."activityAt") or ``"metadata"`` (columns computed from the
-    row's metadata by :func:`~chainlit_orm.models.convert.to_row`)."""
+    ``kind`` is ``"activity"`` (threads."activityAt"), ``"metadata"`` (columns computed from the
+    row's metadata by :func:`~chainlit_orm.models.convert.to_row`) or ``"folded"`` (the search
+    copies, computed by :func:`~chainlit_orm.models.search.folded_values`)."""
 
     entity: str
     kind: str
     columns: tuple[str, ...]
     rows: int
+
+
+@dataclass(frozen=True)
+class _SearchWork:
+    """One step of creating or repairing a search index: a report line and its statements."""
+
+    line: str
+    statements: tuple[ExecutableDDLElement, ...]
 
 
 @dataclass
@@ -460,6 +489,7 @@ class _Plan:
     indexes: list[_NewIndex] = field(default_factory=list)
     dedupe: list[_Dedupe] = field(default_factory=list)
     backfills: list[_Backfill] = field(default_factory=list)
+    search: list[_SearchWork] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -469,7 +499,7 @@ class _Plan:
     @property
     def empty(self) -> bool:
         return not (self.create_schema or self.new_tables or self.changes or self.indexes
-                    or self.dedupe or self.backfills or self.record_version)
+                    or self.dedupe or self.backfills or self.search or self.record_version)
 
 
 def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool) -> _Plan:
@@ -562,6 +592,7 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool)
 
     _plan_indexes(conn, plan, reflected, ours, dedupe_feedback)
     _plan_backfills(conn, plan, reflected, ours, changes)
+    _plan_search(conn, plan, reflected, changes)
     return plan
 
 
@@ -752,6 +783,137 @@ def _plan_backfills(
                 ).scalar_one()
             if count:
                 plan.backfills.append(_Backfill(entity, kind, todo, int(count)))
+        for column in model.columns:
+            source = column.info.get(FOLDED_FROM)
+            if source is None or source not in table.columns:
+                continue
+            if column.name not in added and not (catching_up and column.name in table.columns):
+                continue
+            wanted = _folded_wanted(table, column)
+            if column.name not in added:
+                wanted = sa.and_(wanted, table.c[column.name].is_(None))
+            count = conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(wanted)).scalar_one()
+            if count:
+                plan.backfills.append(_Backfill(entity, "folded", (column.name,), int(count)))
+
+
+def _folded_wanted(table: sa.Table, folded: sa.Column[Any]) -> Any:
+    """Rows of ``table`` (reflected or target) that get a folded copy of ``folded``'s source:
+    a text is there and, for a copy kept for some step types only, the row is of one of them."""
+    wanted: Any = table.c[folded.info[FOLDED_FROM]].is_not(None)
+    types = folded.info.get(FOLDED_TYPES)
+    if types is not None and "type" in table.columns:
+        wanted = sa.and_(wanted, table.c.type.in_(types))
+    return wanted
+
+
+def _plan_search(
+    conn: Connection,
+    plan: _Plan,
+    reflected: dict[str, sa.Table],
+    changes: dict[str, _TableChange],
+) -> None:
+    """The search indexes (:mod:`chainlit_orm.schema_gen.search`) to create or repair; runs last,
+    after the backfills fill what they index."""
+    target = plan.target
+    tables = [target.tables[entity] for entity in ENTITIES]
+    indexes = search_indexes(tables, target.dialect)
+    if not indexes:
+        return
+    if target.dialect == "postgresql":
+        _plan_pg_search(conn, plan, reflected, indexes)
+        return
+    known = {(str(kind), str(name)) for kind, name in conn.execute(
+        sa.text("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')"))}
+    for ix in indexes:
+        table = ix.table.name
+        # Alembic's batch mode rewrites a SQLite table to relax NOT NULL: new rowids, and its
+        # triggers are dropped with the old table
+        rewritten = table in changes and bool(changes[table].relax)
+        missing = [n for n in fts_trigger_names(ix) if ("trigger", n) not in known]
+        if ("table", ix.name) not in known:
+            plan.search.append(_SearchWork(
+                f"create search index {ix.name} (FTS5 trigram) on {table} ({ix.column}) and its "
+                "triggers; index the existing rows",
+                (fts_table(ix), *fts_triggers(ix), fts_rebuild(ix))))
+        elif rewritten or missing:
+            why = "is rewritten above" if rewritten else f"lacks {', '.join(missing)}"
+            plan.search.append(_SearchWork(
+                f"repair search index {ix.name}: {table} {why}; recreate the triggers and "
+                "rebuild it from the table",
+                (*fts_triggers(ix, if_not_exists=True), fts_rebuild(ix))))
+
+
+def _plan_pg_search(conn: Connection, plan: _Plan, reflected: dict[str, sa.Table],
+                    indexes: list[SearchIndex]) -> None:
+    """The trigram extension and GIN indexes; refuse, naming the fix, when the extension is
+    missing and this role may not create it (nothing has changed at this point)."""
+    target = plan.target
+    inspector = sa.inspect(conn)
+    todo = []
+    for ix in indexes:
+        if ix.table.name in reflected:
+            have = inspector.get_indexes(ix.table.name, schema=target.schema)
+            if any(h["name"] == ix.name or (
+                    list(h["column_names"]) == [ix.column]
+                    and (h.get("dialect_options") or {}).get("postgresql_using") == "gin")
+                   for h in have):
+                continue
+        todo.append(ix)
+    if not todo:
+        return
+    installed = conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = :e"),
+                             {"e": PG_EXTENSION}).first() is not None
+    if not installed:
+        _check_pg_extension(conn, plan.shown)
+        plan.search.append(_SearchWork(
+            f"create extension {PG_EXTENSION} (the trigram operator class of the search indexes)",
+            (pg_extension(),)))
+    for ix in todo:
+        plan.search.append(_SearchWork(
+            f"create search index {ix.name} on {ix.table.name} using gin ({ix.column} "
+            "gin_trgm_ops)",
+            (gin_index(ix),)))
+
+
+def _check_pg_extension(conn: Connection, shown: str) -> None:
+    """Raise a :class:`SchemaError` naming the fix if this role cannot create ``pg_trgm``.
+
+    ``pg_trgm`` is a *trusted* extension from PostgreSQL 13: any role with ``CREATE`` on the
+    database may create it; before 13, or without that privilege, a superuser must.
+    """
+    row = conn.execute(sa.text(
+        "SELECT current_user, current_database(), "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
+        "has_database_privilege(current_database(), 'CREATE'), "
+        "current_setting('server_version_num')::int, "
+        "EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = :e)"), {"e": PG_EXTENSION}
+    ).one()
+    role, database, superuser, may_create, version, available = row
+    if not available:
+        raise SchemaError(
+            f"{shown}: the search indexes need the PostgreSQL extension {PG_EXTENSION}, which is "
+            "not installed on the server; install the server's contrib package (for example "
+            "postgresql-contrib), then migrate again. Nothing was changed",
+            detail=PG_EXTENSION,
+        )
+    trusted = False
+    if version >= 130000:
+        trusted = bool(conn.execute(sa.text(
+            "SELECT trusted FROM pg_available_extension_versions v JOIN pg_available_extensions "
+            "a ON a.name = v.name AND a.default_version = v.version WHERE v.name = :e"),
+            {"e": PG_EXTENSION}).scalar())
+    if superuser or (trusted and may_create):
+        return
+    raise SchemaError(
+        f"{shown}: the search indexes need the PostgreSQL extension {PG_EXTENSION}, and role "
+        f"{role} may not create it. Nothing was changed. Fix: as a superuser or the database "
+        f"owner run CREATE EXTENSION {PG_EXTENSION}; in database {database} (or GRANT CREATE ON "
+        f"DATABASE {database} TO {role}, which lets it create this trusted extension), then "
+        "migrate again",
+        detail=PG_EXTENSION,
+    )
 
 
 # ----------------------------------------------------------------------------- applying the plan
@@ -852,7 +1014,7 @@ def _apply(
     the report lines, then live to apply them; ``lines`` then only receives what only the live
     run knows (backfill outcomes). Order: schema, new tables (parents first), column changes,
     duplicate feedback removal, indexes, backfills (after the indexes, which they read through),
-    version record last.
+    search indexes (after the backfills, whose values they index), version record last.
     """
     target = plan.target
     schema = target.schema
@@ -928,15 +1090,22 @@ def _apply(
         if backfill.kind == "activity":
             say(f"backfill {what} on {backfill.rows} rows: createdAt of the thread's latest "
                 "user_message, else the thread's createdAt, else now")
-            select, update = _activity_statements(target)
+        elif backfill.kind == "folded":
+            source = table.c[backfill.columns[0]].info[FOLDED_FROM]
+            say(f"backfill {what} on {backfill.rows} rows: the case-folded {source}")
         else:
             say(f"backfill {what} on {backfill.rows} rows from each row's metadata")
-            select, update = _metadata_statements(target, backfill)
+        select, update = _backfill_statements(target, backfill)
         if buffer is not None:
             for stmt in (*select, update):
                 buffer.add(_template(stmt, op.get_context().dialect))
         if live is not None:
             lines.extend(_run_backfill(live, target, models, backfill, now))
+
+    for work in plan.search:
+        say(work.line)
+        for statement in work.statements:
+            op.execute(statement)
 
     if plan.record_version:
         vt = target.version
@@ -990,6 +1159,53 @@ def _activity_statements(target: _Target) -> tuple[tuple[sa.Select[Any], ...], s
     return (threads, messages), update
 
 
+def _backfill_statements(
+    target: _Target, backfill: _Backfill
+) -> tuple[tuple[sa.Select[Any], ...], sa.Update]:
+    if backfill.kind == "activity":
+        return _activity_statements(target)
+    if backfill.kind == "folded":
+        return _folded_statements(target, backfill)
+    return _metadata_statements(target, backfill)
+
+
+def _folded_statements(
+    target: _Target, backfill: _Backfill
+) -> tuple[tuple[sa.Select[Any], ...], sa.Update]:
+    """One batch of a folded copy: rows with a text and no copy yet (a thread's ``name``, a
+    message's ``output`` and ``type``), then the update of each."""
+    table = target.tables[backfill.entity]
+    folded = table.c[backfill.columns[0]]
+    source = table.c[folded.info[FOLDED_FROM]]
+    typed = FOLDED_TYPES in folded.info and "type" in table.columns
+    rows = (
+        sa.select(table.c.id, source, *([table.c.type] if typed else []))
+        .where(_folded_wanted(table, folded), folded.is_(None),
+               table.c.id > sa.bindparam("after", type_=table.c.id.type))
+        .order_by(table.c.id).limit(BATCH_SIZE)
+    )
+    update = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id", type_=table.c.id.type), folded.is_(None))
+        .values({folded.name: sa.bindparam("b_value", type_=folded.type)})
+    )
+    return (rows,), update
+
+
+def _folded_values(target: _Target, backfill: _Backfill,
+                   batch: Sequence[Any]) -> list[dict[str, Any]]:
+    """The copies, computed by the function the layer's writes use."""
+    table = target.tables[backfill.entity]
+    folded = table.c[backfill.columns[0]]
+    source = folded.info[FOLDED_FROM]
+    params = []
+    for row in batch:
+        values = {source: row[1], **({"type": row[2]} if len(row) > 2 else {})}
+        params.append({"b_id": str(row[0]),
+                       "b_value": folded_values(table, values)[folded.name]})
+    return params
+
+
 def _metadata_statements(
     target: _Target, backfill: _Backfill
 ) -> tuple[tuple[sa.Select[Any], ...], sa.Update]:
@@ -1021,8 +1237,7 @@ def _run_backfill(conn: Connection, target: _Target, models: ModelSet, backfill:
     ``...:02Z`` after ``...:02.5Z`` and copy non-normalized text), so every backfilled value is
     exactly what the layer would have written.
     """
-    selects, update = (_activity_statements(target) if backfill.kind == "activity"
-                       else _metadata_statements(target, backfill))
+    selects, update = _backfill_statements(target, backfill)
     problems: list[str] = []
     after = _LOWEST_ID
     filled = 0
@@ -1033,6 +1248,8 @@ def _run_backfill(conn: Connection, target: _Target, models: ModelSet, backfill:
         after = str(batch[-1][0])
         if backfill.kind == "activity":
             params = _activity_values(conn, selects[1], batch, now, problems)
+        elif backfill.kind == "folded":
+            params = _folded_values(target, backfill, batch)
         else:
             params = _metadata_values(models, backfill, batch, problems)
         if params:

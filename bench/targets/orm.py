@@ -121,14 +121,18 @@ class OrmSQL(LayerTarget):
             cols = [c for c in tables[table].columns if c.name in names]
             return [{c.key: r.get(c.name) for c in cols} for r in rows]
 
+        # the case-folded search copies the layer writes with each name and message, computed
+        # by the layer's own function (copies: the dataset's dicts are shared with every target)
+        from chainlit_orm.models.search import folded_values
+
         threads, steps, elems, fbs = [], [], [], []
         for t in ds.threads:
             row = {"id": t.id, "createdAt": t.created_at, "name": t.name, "userId": t.user.id,
                    "userIdentifier": t.user.identifier, "tags": None, "metadata": t.metadata}
             for c in ACTIVITY_COLS:
                 row[c] = t.activity
-            threads.append(row)
-            steps.extend(t.steps)
+            threads.append({**row, **folded_values(sql.threads, row)})
+            steps.extend({**s, **folded_values(sql.steps, s)} for s in t.steps)
             elems.extend(t.elements)
             fbs.extend(t.feedbacks)
         users = [{"id": u.id, "identifier": u.identifier, "metadata": u.metadata,

@@ -58,6 +58,7 @@ from chainlit_orm.models.limits import (
     check_text,
 )
 from chainlit_orm.models.modelset import ModelSet
+from chainlit_orm.models.search import search_term
 from chainlit_orm.models.types import (
     format_timestamp,
     normalize_id,
@@ -79,9 +80,8 @@ R = TypeVar("R")
 
 ThreadOrder = Literal["activity", "created"]
 
-#: Step types whose creation counts as thread activity and whose text the search covers.
+#: The step type whose creation counts as thread activity.
 USER_MESSAGE = "user_message"
-MESSAGE_TYPES = ("user_message", "assistant_message")
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024 * 1024
 
@@ -166,7 +166,11 @@ class Backend(Protocol):
         search: str | None,
         feedback: int | None,
         order: ThreadOrder,
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` summary rows. ``search`` is the term already case-folded by
+        :func:`~chainlit_orm.models.search.search_term`; a row matches when it is a substring of
+        the folded name (or message text), compared binary, every character literal."""
+        ...
 
     async def delete_thread(self, thread_id: str) -> list[str]: ...
 
@@ -349,9 +353,11 @@ class ChainlitLayer(BaseDataLayer):
         if feedback is not None and (feedback not in (0, 1) or isinstance(feedback, bool)):
             raise InvalidInputError(f"feedback filter must be 0, 1 or None, got {feedback!r}")
         search = filters.search
+        folded = None
         if search is not None:
-            check_text(search, "search")
+            check_text(search, "search")  # a NUL or a lone surrogate is refused, typed
             search = search.strip()
+            folded = search_term(search) if search else None
         if filters.userId is not None and user_id is None:  # no user here can have that id
             return PaginatedResponse(
                 pageInfo=PageInfo(hasNextPage=False, startCursor=None, endCursor=None), data=[])
@@ -359,7 +365,7 @@ class ChainlitLayer(BaseDataLayer):
             user_id=user_id,
             limit=first + 1,
             after=after,
-            search=search or None,
+            search=folded,
             feedback=feedback,
             order=self.thread_order,
         )

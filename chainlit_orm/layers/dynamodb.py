@@ -58,10 +58,13 @@ How it works, and why:
   so a thread is either entirely gone or holds what was written (see ``_child_write`` for the
   limit across processes).
 * **Search** matches the thread name only, case-insensitively (the one documented deviation from
-  the SQL layers, which also search message text). The name is compared lower-cased in Python on
-  the summary rows the list index returns: a DynamoDB ``FilterExpression`` is case-sensitive and
-  would not read fewer capacity units (filters apply after the read), so a stored lower-case copy
-  would only cost bytes on every thread and a wider index projection.
+  the SQL layers, which also search message text), with the package's one folding
+  (:mod:`chainlit_orm.models.search`: full Unicode case folding, nothing else): the folded term is
+  looked for in the folded name of the summary rows the list index returns, so the answers are
+  the SQL layers' on names. The folded copy is computed on read, not stored: a
+  ``FilterExpression`` would not read fewer capacity units (filters apply after the read), and a
+  stored copy would have to be projected into the list indexes, whose projection cannot change in
+  place (every existing table would have to rebuild three GSIs).
 * **Checked once.** On first use the layer reads ``DescribeTable`` (and the schema-version item)
   and refuses, naming ``chainlit-orm migrate``, a table without the indexes it needs or with an
   unfinished backfill.
@@ -104,6 +107,7 @@ from chainlit_orm.errors import (
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.search import matches
 from chainlit_orm.models.types import Timestamp, format_timestamp, normalize_id, parse_timestamp
 from chainlit_orm.schema_gen.dynamo import (
     OVERFLOW_COLUMN,
@@ -1049,7 +1053,7 @@ class DynamoBackend:
     ) -> list[dict[str, Any]]:
         if order != "activity":
             raise ConfigurationError("the DynamoDB layer lists threads by activity only")
-        needle = search.lower() if search else None
+        needle = search or None  # case-folded by the layer (chainlit_orm.models.search)
         if user_id is None:
             return await self._list_by_scan(limit, after, needle, feedback)
         index_name = LIST_INDEX if feedback is None else FEEDBACK_INDEXES[feedback]
@@ -1084,7 +1088,7 @@ class DynamoBackend:
                 raise
             for item in result.get("Items", []):
                 row = codec.row(item)
-                if needle is not None and needle not in str(row.get("name") or "").lower():
+                if needle is not None and not matches(needle, row.get("name")):
                     continue
                 rows.append(row)
                 if len(rows) == limit:
@@ -1114,7 +1118,7 @@ class DynamoBackend:
                     if not counter or not from_attribute_value(counter):
                         continue
                 row = codec.row(item)
-                if needle is not None and needle not in str(row.get("name") or "").lower():
+                if needle is not None and not matches(needle, row.get("name")):
                     continue
                 row.pop(OVERFLOW_COLUMN, None)
                 rows.append(row)

@@ -12,8 +12,10 @@ Design points (each one is a defect of Chainlit's own SQL layers, contract ยง2/ย
 * Transient failures (deadlocks, serialization failures, dropped connections) are retried a
   bounded number of times with backoff, which is safe because every write is idempotent; then a
   typed error is raised ``from`` the driver error. Nothing is swallowed.
-* ``list_threads`` is one keyset-paginated statement over an index; search is case-insensitive
-  beyond ASCII on every dialect (SQLite gets a Unicode ``lower``), with ``%`` and ``_`` literal.
+* ``list_threads`` is one keyset-paginated statement over an index. Search compares the term,
+  case-folded in Python, with the folded copies every write stores (``nameFolded``,
+  ``outputFolded``: :mod:`chainlit_orm.models.search`), binary, every character literal; see
+  :meth:`SQLBackend.list_threads` for how the search index is used.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from chainlit_orm.errors import (
     TimeoutExceededError,
     mask_url,
 )
-from chainlit_orm.layers.base import MESSAGE_TYPES, ChainlitLayer, ThreadOrder
+from chainlit_orm.layers.base import ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
 from chainlit_orm.layers.deadline import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -56,6 +58,8 @@ from chainlit_orm.layers.deadline import (
 )
 from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
+from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
 
 __all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
 
@@ -81,6 +85,11 @@ _MY_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1927, 4031}
 # (during a query, or at a system call), connection killed, server shutting down, disconnected for
 # inactivity. The messages do not all say "connection", so the numbers decide.
 _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
+
+#: A search reads the search index's candidates only while they are fewer than this many across
+#: the store; a term with more (a common word) is answered by scanning the user's threads, newest
+#: first, which stops at the page's end (see SQLBackend.list_threads).
+SEARCH_CANDIDATES = 1000
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -215,6 +224,13 @@ class SQLBackend:
         self._element_columns = [c.name for c in self.elements.columns]
         self._thread_columns = [c.name for c in self.threads.columns]
         self._joined_element_columns = [(_ELEMENT + name, name) for name in self._element_columns]
+        #: see :data:`SEARCH_CANDIDATES`; read when a search statement is first built
+        self.search_candidates = SEARCH_CANDIDATES
+        # the search index of each folded column, by table (none on MySQL/MariaDB)
+        self._search_index: dict[tuple[str, str], SearchIndex] = {
+            (ix.table.name, ix.column): ix
+            for ix in search_indexes([self.threads, self.steps], self.dialect)
+        }
         # Step writes beyond this many in flight are combined into multi-row statements (each
         # caller still returns only after its row committed). SQLite has one writer, so there
         # every write that waits for it is combined (measured: 2,100 -> 4,500 steps/s for 32
@@ -520,6 +536,8 @@ class SQLBackend:
         now: str,
     ) -> None:
         threads, users = self.threads, self.users
+        # the folded copy of the name, written in the same statement (models.search)
+        fields = {**fields, **folded_values(threads, fields)}
         has_meta = meta_set is not None
         meta_set = meta_set or {}
         meta_delete = meta_delete or []
@@ -676,15 +694,33 @@ class SQLBackend:
         feedback: int | None,
         order: ThreadOrder,
     ) -> list[dict[str, Any]]:
-        t, s, f = self.threads, self.steps, self.feedbacks
+        """One statement: the user's threads newest first, from the keyset cursor on.
+
+        Search (``search`` is the case-folded term) compares it with the folded copies of the
+        thread's name and of its message texts, binary: ``GLOB`` on SQLite (its ``LIKE`` folds
+        ASCII), ``LIKE ... ESCAPE`` elsewhere (on MariaDB over ``utf8mb4_bin`` columns), the
+        term's wildcard characters escaped. Two ways to find the matches, both in the statement,
+        one of them switched off by a condition the database evaluates once:
+
+        * *through the search index* (PostgreSQL's trigram GIN, SQLite's FTS5 trigram table),
+          when the term has a run of three characters the index can use and the index finds
+          fewer than ``search_candidates`` (:data:`SEARCH_CANDIDATES`) candidate threads across
+          the store: the page is then made from those candidates (rechecked, scoped to the user
+          and the filters), and its cost does not grow with the store;
+        * *by scanning* the user's threads newest first otherwise (a short term, a common word,
+          MySQL/MariaDB, which has no usable index): the scan stops at the page's end, which a
+          common word reaches quickly.
+        """
+        t, f = self.threads, self.feedbacks
         sort_col = t.c.activityAt if order == "activity" else t.c.createdAt
-        key = ("list", user_id is None, after is None, search is None, feedback is None, order)
+        via_index = search is not None and self._indexable(search)
+        key = ("list", user_id is None, after is None, search is None, via_index,
+               feedback is None, order)
 
         def build() -> Any:
-            columns = [c for c in t.columns if c.name != "extra"]
-            stmt = sa.select(*columns)
-            if user_id is not None:
-                stmt = stmt.where(t.c.userId == sa.bindparam("uid", type_=t.c.userId.type))
+            columns = [c for c in t.columns if c.name != "extra" and FOLDED_FROM not in c.info]
+            conditions: list[Any] = []
+            uid = sa.bindparam("uid", type_=t.c.userId.type)
             if after is not None:
                 after_ts = sa.bindparam("after_ts", type_=sort_col.type)
                 after_id = sa.bindparam("after_id", type_=t.c.id.type)
@@ -692,33 +728,55 @@ class SQLBackend:
                     # MariaDB does not seek an index with a row comparison (it reads the user's
                     # whole index prefix: 0.77 ms against 0.24 ms for page 10 of 1,000); spelled
                     # out, the same condition is an index range
-                    stmt = stmt.where(sa.or_(sort_col < after_ts, sa.and_(
+                    conditions.append(sa.or_(sort_col < after_ts, sa.and_(
                         sort_col == after_ts, t.c.id < after_id)))
                 else:
-                    stmt = stmt.where(
+                    conditions.append(
                         sa.tuple_(sort_col, t.c.id) < sa.tuple_(after_ts, after_id))
-            if search is not None:
-                pattern = sa.bindparam("pattern", type_=sa.Text)
-                in_name = sa.func.lower(t.c.name).like(pattern, escape="\\")
-                # a correlated scalar subquery, not EXISTS: PostgreSQL turns ``OR EXISTS`` into a
-                # hashed subplan that scans every step of the table (20 ms at 25,000 steps),
-                # while this one probes the thread's steps by index (1 ms)
-                in_steps = sa.select(sa.true()).where(
-                    s.c.threadId == t.c.id,
-                    # one bound value each (not an "expanding" IN): compiled once, run as is
-                    s.c.type.in_([sa.literal(kind) for kind in MESSAGE_TYPES]),
-                    sa.func.lower(s.c.output).like(pattern, escape="\\"),
-                ).limit(1).scalar_subquery()
-                stmt = stmt.where(sa.or_(in_name, in_steps))
             if feedback is not None:
-                stmt = stmt.where(sa.exists().where(
+                conditions.append(sa.exists().where(
                     f.c.threadId == t.c.id, f.c.value == sa.bindparam("fb", type_=sa.Integer)))
-            if self.is_mysql and user_id is not None:
-                # With every column selected, MariaDB reads the user's rows through the index's
-                # userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000 threads,
-                # 0.63 ms at 10,000); the keyset range on the list index is what it should read.
-                stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
-            return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
+
+            def page(*more: Any, from_candidates: bool = False, unless: Any = None) -> Any:
+                owner: Any = t.c.userId
+                key: Any = uid
+                if from_candidates and self.dialect == "sqlite":
+                    # unary "+": SQLite must not read the user's index and probe the candidates
+                    # per thread (that grows with the user's threads); from the few candidates
+                    # by primary key, then the owner is checked
+                    owner = sa.sql.expression.UnaryExpression(
+                        owner, operator=sa.sql.operators.custom_op("+"), type_=owner.type)
+                if unless is not None and self.dialect == "sqlite":
+                    # SQLite checks a condition on a subquery row by row (it would walk the
+                    # user's whole index to find none); a key that is NULL when the page is not
+                    # wanted makes the index seek itself find nothing. PostgreSQL evaluates the
+                    # condition once, before the scan ("One-Time Filter")
+                    key = sa.select(uid).where(sa.not_(unless)).scalar_subquery()
+                mine = [owner == key] if user_id is not None else []
+                stmt = sa.select(*columns).where(*mine, *conditions, *more)
+                if self.is_mysql and user_id is not None:
+                    # With every column selected, MariaDB reads the user's rows through the
+                    # index's userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000
+                    # threads, 0.63 ms at 10,000); the keyset range on the list index is what it
+                    # should read.
+                    stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
+                return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
+
+            if search is None:
+                return page()
+            if not via_index:
+                return page(self._search_scan())
+            candidates = self._search_candidates()
+            few = sa.select(sa.func.count()).select_from(candidates).scalar_subquery() < (
+                self.search_candidates)
+            through_index = page(few, t.c.id.in_(sa.select(candidates.c.cid)),
+                                 from_candidates=True)
+            scanned = page(sa.not_(few), self._search_scan(), unless=few)
+            found = sa.union_all(sa.select(through_index.subquery()),
+                                 sa.select(scanned.subquery())).subquery("found")
+            return (sa.select(*found.c)
+                    .order_by(found.c[sort_col.name].desc(), found.c.id.desc())
+                    .limit(sa.bindparam("lim")))
 
         stmt = self._cached(key, build)
         params: dict[str, Any] = {"lim": limit}
@@ -727,8 +785,7 @@ class SQLBackend:
         if after is not None:
             params["after_ts"], params["after_id"] = after
         if search is not None:
-            escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params["pattern"] = f"%{escaped}%"
+            params["pattern"] = self._search_pattern(search)
         if feedback is not None:
             params["fb"] = feedback
 
@@ -737,6 +794,88 @@ class SQLBackend:
                 return await conn.fetch(stmt, params)
 
         return await self._run(op)
+
+    # ------------------------------------------------------------------ search
+
+    def _matches(self, column: sa.Column[Any]) -> Any:
+        """``column`` (a folded copy) contains the bound ``pattern``, compared binary."""
+        pattern = sa.bindparam("pattern", type_=sa.Text)
+        if self.dialect == "sqlite":
+            return column.op("GLOB")(pattern)
+        return column.like(pattern, escape="\\")
+
+    def _search_pattern(self, folded: str) -> str:
+        """The bound pattern for a folded term: every character literal."""
+        if self.dialect == "sqlite":  # GLOB: "*", "?" and "[" are special; a class escapes each
+            return "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in folded) + "*"
+        escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"%{escaped}%"
+
+    def _indexable(self, folded: str) -> bool:
+        """Whether the search index can narrow the term down: it needs a run of three characters
+        (pg_trgm's trigrams are made of a word's letters and digits; FTS5's trigram tokenizer
+        takes any character but the GLOB wildcards). A shorter term is answered by the scan, as
+        the index would read every row (same answers either way)."""
+        if not self._search_index:
+            return False
+        run = best = 0
+        for ch in folded:
+            usable = ch.isalnum() if self.dialect == "postgresql" else ch not in "*?["
+            run = run + 1 if usable else 0
+            best = max(best, run)
+        return best >= 3
+
+    def _search_scan(self) -> Any:
+        """The thread's folded name, or the folded text of one of its messages, matches."""
+        t, s = self.threads, self.steps
+        conditions = (
+            s.c.threadId == t.c.id,
+            # one bound value each (not an "expanding" IN): compiled once, run as is
+            s.c.type.in_([sa.literal(kind) for kind in MESSAGE_TYPES]),
+            self._matches(s.c.outputFolded),
+        )
+        in_steps: Any
+        if self.is_mysql:
+            # MariaDB runs EXISTS as a semi-join probe per thread (98 ms for 10,000 threads),
+            # the scalar subquery below as a dependent subquery (278 ms)
+            in_steps = sa.exists().where(*conditions)
+        else:
+            # a correlated scalar subquery, not EXISTS: PostgreSQL turns ``OR EXISTS`` into a
+            # hashed subplan that scans every step of the table (20 ms at 25,000 steps), while
+            # this one probes the thread's steps by index (1 ms)
+            in_steps = sa.select(sa.true()).where(*conditions).limit(1).scalar_subquery()
+        return sa.or_(self._matches(t.c.nameFolded), in_steps)
+
+    def _search_candidates(self) -> Any:
+        """The ids of threads whose folded name or message text matches, found through the
+        search index, at most ``search_candidates`` of them, as a materialized CTE ``cand``
+        (column ``cid``): read once, counted and joined."""
+        t, s = self.threads, self.steps
+        ct, cs = t.alias("ct"), s.alias("cs")
+        messages = cs.c.type.in_([sa.literal(kind) for kind in MESSAGE_TYPES])
+        if self.dialect == "sqlite":
+            # FTS5 rows are keyed by the content table's rowid; "rowid IN (FTS query)" makes
+            # SQLite read the FTS table first and fetch the few rows it names (a join lets it
+            # probe the FTS table once per thread instead)
+            by_name = self._fts(t.name, "nameFolded")
+            by_text = self._fts(s.name, "outputFolded")
+            names = sa.select(ct.c.id.label("cid")).where(
+                sa.literal_column("ct.rowid").in_(
+                    sa.select(by_name.c.rowid).where(self._matches(by_name.c.nameFolded))))
+            texts = sa.select(cs.c.threadId).where(
+                sa.literal_column("cs.rowid").in_(
+                    sa.select(by_text.c.rowid).where(self._matches(by_text.c.outputFolded))),
+                messages)
+        else:
+            names = sa.select(ct.c.id.label("cid")).where(self._matches(ct.c.nameFolded))
+            texts = sa.select(cs.c.threadId).where(self._matches(cs.c.outputFolded), messages)
+        return (sa.union_all(names, texts).limit(self.search_candidates).cte("cand")
+                .prefix_with("MATERIALIZED"))
+
+    def _fts(self, table: str, column: str) -> Any:
+        """The FTS5 table of a folded column, as a table clause with ``rowid`` and the column."""
+        ix = self._search_index[(table, column)]
+        return sa.table(ix.name, sa.column("rowid"), sa.column(column, sa.Text))
 
     async def delete_thread(self, thread_id: str) -> list[str]:
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
@@ -814,6 +953,8 @@ class SQLBackend:
         s, t = self.steps, self.threads
         columns = self._step_columns
         params = {name: row.get(name) for name in columns}
+        # the folded copy of a message's text, written in the same statement (models.search)
+        params.update(folded_values(s, row))
         if "metadata" not in row:
             params["favorite"] = None  # unknown: leave the stored flag alone
 
@@ -1281,14 +1422,10 @@ def _sqlite_merge(existing: str | None, patch: str) -> str:
     return json.dumps(base)
 
 
-def _unicode_lower(value: str | None) -> str | None:
-    return None if value is None else value.lower()
-
-
 def _configure_sqlite(engine: AsyncEngine, *, autocommit: bool) -> None:
-    """WAL, enforced foreign keys, a Unicode ``lower`` (SQLite's folds ASCII only), the merge
-    function, and ``BEGIN IMMEDIATE`` for transactions (a deferred transaction that later writes
-    fails with "database is locked" under concurrency instead of waiting)."""
+    """WAL, enforced foreign keys, the merge function, and ``BEGIN IMMEDIATE`` for transactions
+    (a deferred transaction that later writes fails with "database is locked" under concurrency
+    instead of waiting)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -1298,7 +1435,6 @@ def _configure_sqlite(engine: AsyncEngine, *, autocommit: bool) -> None:
                        "busy_timeout=30000"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
-        dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
         dbapi_connection.create_function("chainlit_merge", 2, _sqlite_merge, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")

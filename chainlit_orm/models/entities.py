@@ -25,8 +25,10 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, MESSAGE_TYPES
 from chainlit_orm.models.types import (
     BoolOrText,
+    FoldedText,
     IdentifierText,
     IdType,
     IndexedText,
@@ -55,6 +57,16 @@ def _col(name: str, type_: Any, *, nullable: bool = True, internal: bool = False
         column_kwargs["info"] = {"internal": True}
     column_kwargs.update(kw.pop("sa_column_kwargs", {}))
     return Field(default=None, sa_type=type_, sa_column_kwargs=column_kwargs, **kw)
+
+
+def _folded(name: str, source: str, *, types: tuple[str, ...] | None = None) -> Any:
+    """An internal column holding the case-folded copy of ``source`` that search compares with
+    (:mod:`chainlit_orm.models.search`); NULL until a write or ``migrate`` fills it."""
+    info: dict[str, Any] = {"internal": True, FOLDED_FROM: source}
+    if types is not None:
+        info[FOLDED_TYPES] = types
+    return Field(default=None, sa_type=FoldedText,
+                 sa_column_kwargs={"name": name, "nullable": True, "info": info})
 
 
 def _pk() -> Any:
@@ -161,6 +173,7 @@ class ThreadFields(SQLModel):
     tags: list[str] | None = _col("tags", StringList)
     meta: dict[str, Any] | None = _col("metadata", JsonType)
     extra: dict[str, Any] | None = _col("extra", JsonType, internal=True)
+    name_folded: str | None = _folded("nameFolded", "name")
 
 
 class StepFields(SQLModel):
@@ -205,6 +218,7 @@ class StepFields(SQLModel):
     icon: str | None = _col("icon", LongText)
     favorite: bool | None = _col("favorite", sa.Boolean, internal=True)
     extra: dict[str, Any] | None = _col("extra", JsonType, internal=True)
+    output_folded: str | None = _folded("outputFolded", "output", types=MESSAGE_TYPES)
 
 
 class ElementFields(SQLModel):

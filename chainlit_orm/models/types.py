@@ -33,6 +33,7 @@ __all__ = [
     "ID_LENGTH",
     "TIMESTAMP_LENGTH",
     "BoolOrText",
+    "FoldedText",
     "IdType",
     "IdentifierText",
     "IndexedText",
@@ -67,6 +68,14 @@ IndexedText: sa.types.TypeEngine[str] = sa.Text().with_variant(
 #: :mod:`chainlit_orm.models.limits`.)
 IdentifierText: sa.types.TypeEngine[str] = sa.Text().with_variant(
     sa.String(191, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+
+#: A case-folded copy of a searchable text (see :mod:`chainlit_orm.models.search`). Compared
+#: binary everywhere: ``utf8mb4_bin`` on MySQL/MariaDB, whose default collation would fold accents
+#: and letters (``"résumé"`` would find ``"resume"``); PostgreSQL and SQLite compare text by code
+#: point with their default (deterministic, C) collation already.
+FoldedText: sa.types.TypeEngine[str] = sa.Text().with_variant(
+    mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 #: JSON documents. ``JSONB`` on PostgreSQL (Chainlit's documented type); SQL ``NULL`` for None.

@@ -54,6 +54,7 @@ import sqlalchemy as sa
 from chainlit_orm.errors import SchemaError
 from chainlit_orm.models.entities import DynamoIndexKeys
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, ModelSet
+from chainlit_orm.models.search import FOLDED_FROM
 from chainlit_orm.models.types import BoolOrText, IdType, StringList, Timestamp
 from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
 
@@ -192,8 +193,11 @@ def attribute_types(models: ModelSet, entity: str) -> dict[str, str]:
 
     ``BOOL|S`` is ``showInput`` (Chainlit sends a bool or a language name); ``M``/``L`` are JSON
     documents and lists. Chainlit's own layer writes the same types through boto3's serializer.
+    The SQL search's case-folded copies (:data:`~chainlit_orm.models.search.FOLDED_FROM`) are not
+    attributes: the DynamoDB layer folds the projected ``name`` when it searches.
     """
-    return {column.name: _dynamo_type(column.type) for column in models.table(entity).columns}
+    return {column.name: _dynamo_type(column.type) for column in models.table(entity).columns
+            if FOLDED_FROM not in column.info}
 
 
 def _dynamo_type(type_: sa.types.TypeEngine[Any]) -> str:
@@ -215,16 +219,18 @@ def _dynamo_type(type_: sa.types.TypeEngine[Any]) -> str:
 def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
     """The thread attributes a ``list_threads`` item needs, in column order.
 
-    Every thread column except the overflow and the columns derived from ``metadata``
-    (``metadata_column``): ``metadata`` itself is projected, so they would only add bytes, and
-    a projection cannot change in place, so adding such a column to a set must not force
-    recreating the list indexes of an existing table. Any other custom column is included.
+    Every thread column except the overflow, the columns derived from ``metadata``
+    (``metadata_column``) and the SQL search's folded copy of the name: ``metadata`` and ``name``
+    themselves are projected, so they would only add bytes, and a projection cannot change in
+    place, so adding such a column to a set must not force recreating the list indexes of an
+    existing table. Any other custom column is included.
     """
     derived = models.metadata_columns("thread")
     return tuple(
         column.name
         for column in models.table("thread").columns
         if column.name != OVERFLOW_COLUMN and column.name not in derived
+        and FOLDED_FROM not in column.info
     )
 
 

@@ -50,6 +50,9 @@ from tests.migrate.conftest import (
 
 UP_TO_DATE = [f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"]
 VERSION_TABLE = "chainlit_orm_version"
+#: SQLite's search indexes: an FTS5 table per folded column and the FTS5 shadow tables.
+SQLITE_SEARCH_TABLES = {f"{name}{suffix}" for name in ("threads_name_fts", "steps_output_fts")
+                        for suffix in ("", "_data", "_idx", "_docsize", "_config")}
 MOTO = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
 
 #: Columns of Chainlit's DDL that the models do not have, per variant (left in place).
@@ -438,7 +441,7 @@ async def test_ensure_schema_creates_an_empty_sqlite_database(tmp_path: Path) ->
     finally:
         await engine.dispose()
     struct = await structure(url)
-    assert set(struct) == {*TABLES, VERSION_TABLE}
+    assert set(struct) == {*TABLES, VERSION_TABLE, *SQLITE_SEARCH_TABLES}
     assert_has_models(struct, DEFAULT_MODELS)
     assert await _version(url) == [(1, SCHEMA_VERSION)]
     again = await migrate(url)

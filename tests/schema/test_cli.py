@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chainlit_orm.cli import main
+from chainlit_orm.schema_gen import SCHEMA_VERSION
 from tests.schema.conftest import MOTO_ENDPOINT, REGION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,18 +152,18 @@ def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) 
     assert dry.stdout.splitlines() == [
         f"would create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
         "UserFeedback0, UserFeedback1, ById",
-        "would record schema version 1",
+        f"would record schema version {SCHEMA_VERSION}",
     ]
     done = run_cli("migrate", url)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == [
         f"create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
         "UserFeedback0, UserFeedback1, ById",
-        "record schema version 1",
+        f"record schema version {SCHEMA_VERSION}",
     ]
     again = run_cli("migrate", url)
     assert (again.returncode, again.stdout) == (
-        0, f"table {table} ({url}) is up to date (schema version 1)\n")
+        0, f"table {table} ({url}) is up to date (schema version {SCHEMA_VERSION})\n")
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table)["Table"][
         "GlobalSecondaryIndexes"]] == ["UserThread", "UserActivity", "UserFeedback0",
                                        "UserFeedback1", "ById"]

@@ -13,6 +13,7 @@ import pytest
 from chainlit_orm.errors import BackendUnavailableError, ConfigurationError, SchemaError
 from chainlit_orm.models import DEFAULT_MODELS
 from chainlit_orm.schema_gen import (
+    SCHEMA_VERSION,
     cloudformation,
     dynamo_key_mapping,
     dynamo_table_spec,
@@ -218,7 +219,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"would add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
-        "would record schema version 1",
+        f"would record schema version {SCHEMA_VERSION}",
     ]
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table_name)["Table"][
         "GlobalSecondaryIndexes"]] == ["UserThread"]
@@ -229,7 +230,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
-        "record schema version 1",
+        f"record schema version {SCHEMA_VERSION}",
         "backfill: scanned 2 items; 0 users and 1 threads brought to the current layout, "
         "1 items rewritten, 0 feedback-only items converted",
     ]
@@ -239,7 +240,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
     assert {g["IndexStatus"] for g in table["GlobalSecondaryIndexes"]} == {"ACTIVE"}
     version = dynamodb.get_item(TableName=table_name, Key={
         "PK": {"S": "CHAINLIT_ORM#SCHEMA"}, "SK": {"S": "VERSION"}})["Item"]
-    assert version["version"] == {"N": "1"}
+    assert version["version"] == {"N": str(SCHEMA_VERSION)}
     # the existing item only gains its id (the backfill derives it from the key); no owner, no
     # timestamp: it is in no list index
     assert dynamodb.get_item(TableName=table_name, Key={
@@ -247,7 +248,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         "PK": {"S": "THREAD#1"}, "SK": {"S": "THREAD"}, "id": {"S": "1"}}
 
     again = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False)
-    assert again == [f"{shown} is up to date (schema version 1)"]
+    assert again == [f"{shown} is up to date (schema version {SCHEMA_VERSION})"]
 
 
 async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
@@ -258,14 +259,14 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
     assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=True) == [
         f"would create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, TenantActivity, ById",
-        "would record schema version 1",
+        f"would record schema version {SCHEMA_VERSION}",
     ]
     with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
         dynamodb.describe_table(TableName=table_name)
     assert await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False) == [
         f"create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, ById",
-        "record schema version 1",
+        f"record schema version {SCHEMA_VERSION}",
     ]
     seen: list[tuple[str, ...]] = []
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SCHEMA_VERSION, ddl, tables_for_dialect, version_table
+from chainlit_orm.schema_gen.search import fts_trigger_names, search_indexes
 from tests.fixtures.legacy import temp_mariadb_db, temp_postgres_db, temp_sqlite_url
 from tests.schema.custom_models import MODELS as CUSTOM_MODELS
 
@@ -45,10 +46,13 @@ def family(type_text: str, dialect: str) -> str:
 
 
 def expected_schema(models: ModelSet, dialect: str, sa_dialect: Dialect) -> dict[str, Any]:
-    """What the models say the database must contain, in the reflected shape."""
+    """What the models say the database must contain, in the reflected shape (PostgreSQL's
+    trigram search indexes among the indexes; SQLite's FTS5 tables are checked apart)."""
     name = "mysql" if dialect == "mariadb" else dialect
     out: dict[str, Any] = {}
-    for table in tables_for_dialect(models, name):
+    tables = tables_for_dialect(models, name)
+    trigram = search_indexes(tables, "postgresql") if dialect == "postgresql" else []
+    for table in tables:
         out[table.name] = {
             "columns": [
                 (c.name, family(c.type.compile(dialect=sa_dialect), dialect), c.nullable)
@@ -56,7 +60,8 @@ def expected_schema(models: ModelSet, dialect: str, sa_dialect: Dialect) -> dict
             ],
             "pk": [c.name for c in table.primary_key.columns],
             "indexes": sorted(
-                (ix.name, [c.name for c in ix.columns], bool(ix.unique)) for ix in table.indexes
+                [(ix.name, [c.name for c in ix.columns], bool(ix.unique)) for ix in table.indexes]
+                + [(ix.name, [ix.column], False) for ix in trigram if ix.table is table]
             ),
             "unique": sorted([c.name] for c in table.columns if c.unique),
             "fks": sorted(
@@ -68,10 +73,14 @@ def expected_schema(models: ModelSet, dialect: str, sa_dialect: Dialect) -> dict
     return out
 
 
-def reflect(conn: sa.Connection, schema: str | None, dialect: str) -> dict[str, Any]:
+def reflect(conn: sa.Connection, schema: str | None, dialect: str,
+            skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     inspector = sa.inspect(conn)
     out: dict[str, Any] = {}
     for name in inspector.get_table_names(schema=schema):
+        if name in skip:
+            out[name] = None
+            continue
         columns = inspector.get_columns(name, schema=schema)
         indexes = [ix for ix in inspector.get_indexes(name, schema=schema)
                    if not ix.get("duplicates_constraint")]
@@ -136,7 +145,13 @@ async def check(url: str, models: ModelSet, dialect: str, schema: str | None) ->
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            actual = await conn.run_sync(reflect, schema, dialect)
+            fts = frozenset(
+                ix.name + suffix
+                for ix in search_indexes(tables_for_dialect(models, "sqlite"), dialect)
+                for suffix in ("", "_data", "_idx", "_docsize", "_config"))
+            actual = await conn.run_sync(reflect, schema, dialect, fts)
+            if dialect == "sqlite":
+                await check_fts(conn, models, actual)
             expected = expected_schema(models, dialect, engine.dialect)
             assert sorted(actual) == sorted(expected)
             for table in expected:
@@ -163,6 +178,28 @@ async def check(url: str, models: ModelSet, dialect: str, schema: str | None) ->
             await conn.rollback()
     finally:
         await engine.dispose()
+
+
+async def check_fts(conn: Any, models: ModelSet, actual: dict[str, Any]) -> None:
+    """SQLite: one FTS5 trigram table per folded column (its shadow tables with it) and its three
+    triggers; removed from ``actual``, which then holds the model tables only."""
+    indexes = search_indexes(tables_for_dialect(models, "sqlite"), "sqlite")
+    assert [(ix.table.name, ix.column) for ix in indexes] == [
+        (f"{models.prefix}threads", "nameFolded"), (f"{models.prefix}steps", "outputFolded")]
+    for ix in indexes:
+        for suffix in ("", "_data", "_idx", "_docsize", "_config"):
+            assert actual.pop(ix.name + suffix) is None  # present (and skipped by reflect)
+    rows = (await conn.execute(sa.text(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
+        "OR name LIKE '%fts'"))).all()
+    found = {(r[0], r[1], r[2]) for r in rows}
+    for ix in indexes:
+        assert ("table", ix.name, ix.name) in found
+        for trigger in fts_trigger_names(ix):
+            assert ("trigger", trigger, ix.table.name) in found
+    create = next(r[3] for r in rows if r[1] == indexes[0].name)
+    assert "tokenize='trigram case_sensitive 1'" in create
+    assert f"content='{indexes[0].table.name}'" in create
 
 
 def test_ddl_rejects_unknown_dialect() -> None:

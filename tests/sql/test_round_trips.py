@@ -45,6 +45,11 @@ async def test_round_trips_per_call(sql_layer: SQLDataLayer) -> None:
     run = _step(tid, "run")
     assert await measure(layer.create_step(run)) == ["INSERT"]
     assert await measure(layer.update_step({**run, "output": "done"})) == ["INSERT"]
+    # an assistant message's folded copy (and on SQLite its FTS row, by trigger) is written by
+    # the same statement
+    reply = _step(tid, "assistant_message", "Grüße")
+    assert await measure(layer.create_step(reply)) == ["INSERT"]
+    assert await measure(layer.update_step({**reply, "output": "STRASSE"})) == ["INSERT"]
     user_message = await measure(layer.create_step(_step(tid, "user_message")))
     if dialect == "postgresql":  # a data-modifying CTE: one statement, no transaction
         assert user_message == ["WITH"], user_message
@@ -55,6 +60,13 @@ async def test_round_trips_per_call(sql_layer: SQLDataLayer) -> None:
     searched = await measure(layer.list_threads(
         Pagination(first=20), ThreadFilter(userId=user.id, search="x", feedback=1)))
     assert searched == ["SELECT"]
+    # a term the search index serves: still one statement (its candidates are a CTE)
+    indexed = await measure(layer.list_threads(
+        Pagination(first=20), ThreadFilter(userId=user.id, search="straße")))
+    assert indexed == (["SELECT"] if mysql else ["WITH"]), indexed
+    page = await layer.list_threads(Pagination(first=20),
+                                    ThreadFilter(userId=user.id, search="straße"))
+    assert [t["id"] for t in page.data] == [tid]
     await layer.upsert_feedback(Feedback(forId=run["id"], threadId=tid, value=1))
     element = cl.Text(name="n.txt", url="https://example.com/n.txt", for_id=run["id"])
     element.thread_id = tid

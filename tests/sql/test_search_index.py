@@ -1,0 +1,211 @@
+"""The search index is what serves a search, and it stays right through every write.
+
+* Plan shape, not time: the layer's own search statement, as it runs, read through SQLite's FTS5
+  trigram tables (the threads then fetched by primary key, not the user's whole list) and through
+  PostgreSQL's trigram GIN indexes; a term shorter than a trigram reads no search index.
+* The FTS5 tables stay consistent with their tables (FTS5's own ``integrity-check``) through
+  inserts, updates of the text, renames, step and thread deletes (cascading), and ``VACUUM``.
+* MariaDB's folded columns compare binary (``utf8mb4_bin``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from chainlit.types import Pagination, ThreadFilter
+from chainlit.user import User
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from chainlit_orm import SQLDataLayer
+from tests.fixtures.legacy import temp_mariadb_db, temp_postgres_db, temp_sqlite_url
+from tests.sql.conftest import new_id
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+async def _seed(layer: SQLDataLayer, threads: int = 30) -> tuple[str, dict[str, str]]:
+    """A user with ``threads`` threads, each with a user message and an assistant message;
+    thread 7 alone says "Needle". Returns the user id and thread id -> name, newest first."""
+    user = await layer.create_user(User(identifier=f"ix-{new_id()}", metadata={}))
+    assert user is not None
+    names: dict[str, str] = {}
+    for i in range(threads):
+        tid = new_id()
+        names[tid] = f"{WORDS[i % 8]} {WORDS[(i * 3) % 8]} {i}"
+        await layer.update_thread(tid, name=names[tid], user_id=user.id)
+        for kind, body in _messages(i):
+            await layer.create_step({
+                "id": new_id(), "threadId": tid, "type": kind, "name": "n", "output": body,
+                "streaming": False, "createdAt": f"2026-01-01T00:00:{i:02d}.000000Z"})
+    return user.id, dict(reversed(names.items()))
+
+
+def _messages(i: int) -> list[tuple[str, str]]:
+    return [("user_message", f"question {i} about {WORDS[i % 8]}"),
+            ("assistant_message", "The Needle is here" if i == 7 else
+             f"answer {i} about {WORDS[(i + 1) % 8]}")]
+
+
+def _reference(names: dict[str, str], term: str) -> list[str]:
+    """Names of the seeded threads matching ``term`` (folded substring), newest first."""
+    needle = term.casefold()
+    return [name for name in names.values()
+            if needle in name.casefold() or any(
+                needle in body.casefold() for _, body in _messages(int(name.rsplit(" ", 1)[1])))]
+
+
+async def _search(layer: SQLDataLayer, user_id: str, term: str) -> list[str]:
+    page = await layer.list_threads(Pagination(first=50),
+                                    ThreadFilter(userId=user_id, search=term))
+    return [t["name"] for t in page.data]
+
+
+def _statement(layer: SQLDataLayer, user_id: str, term: str) -> tuple[str, list[Any]]:
+    """The SQL and arguments the layer ran for its last search of ``term`` (first page, no
+    cursor, no feedback filter): the statement it cached for that shape."""
+    backend = layer.sql
+    folded = term.casefold()
+    via_index = backend._indexable(folded)
+    key = ("list", False, True, False, via_index, True, "activity")
+    prepared = backend._cache[key].prepared
+    params = {"lim": 51, "uid": user_id, "pattern": backend._search_pattern(folded)}
+    return prepared.sql, prepared.args(params)
+
+
+async def test_sqlite_search_reads_the_fts5_trigram_tables(tmp_path: Path) -> None:
+    async with temp_sqlite_url(tmp_path) as url:
+        layer = SQLDataLayer(url)
+        try:
+            user_id, names = await _seed(layer)
+            needle = [n for n in names.values() if n.endswith(" 7")]
+            assert await _search(layer, user_id, "NEEDLE") == needle == _reference(names,
+                                                                                  "NEEDLE")
+            sql, args = _statement(layer, user_id, "NEEDLE")
+            path = url.removeprefix("sqlite+aiosqlite:///")
+            with sqlite3.connect(path) as raw:
+                plan = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert "SCAN threads_name_fts VIRTUAL TABLE INDEX 0:G0" in plan, plan
+            assert "SCAN steps_output_fts VIRTUAL TABLE INDEX 0:G0" in plan, plan
+            # the candidates are fetched by primary key; the user's list is read only by the
+            # scan that takes over when the candidates are too many
+            assert "SEARCH threads USING INDEX sqlite_autoindex_threads_1 (id=?)" in plan, plan
+
+            short = await _search(layer, user_id, "ho")
+            assert short == _reference(names, "ho") and len(short) > 3
+            sql, args = _statement(layer, user_id, "ho")
+            with sqlite3.connect(path) as raw:
+                plan = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert not [line for line in plan if "fts" in line], plan
+        finally:
+            await layer.close()
+
+
+async def test_postgres_search_reads_the_trigram_gin_indexes() -> None:
+    async with temp_postgres_db() as url:
+        layer = SQLDataLayer(url, create_schema=True)
+        try:
+            user_id, names = await _seed(layer)
+            needle = [n for n in names.values() if n.endswith(" 7")]
+            assert await _search(layer, user_id, "NEEDLE") == needle == _reference(names,
+                                                                                  "NEEDLE")
+            sql, args = _statement(layer, user_id, "NEEDLE")
+            assert await _search(layer, user_id, "ho") == _reference(names, "ho")
+            short_sql, short_args = _statement(layer, user_id, "ho")
+        finally:
+            await layer.close()
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await conn.execute("ANALYZE")
+            # a 30-thread table is read faster without an index: forbid the sequential scan to
+            # see which indexes the statement *can* use
+            await conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            assert "Bitmap Index Scan on ix_threads_name_trgm" in plan, plan
+            assert "Bitmap Index Scan on ix_steps_output_trgm" in plan, plan
+            # (how the few candidates meet the user's threads is the planner's choice: by primary
+            # key, or along the user's index when the user has few threads, as here)
+            short = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + short_sql,
+                                                             *short_args))
+            assert "trgm" not in short, short
+            assert "ix_threads_user_activity" in short, short
+        finally:
+            await conn.close()
+
+
+def _integrity(path: str) -> None:
+    with sqlite3.connect(path) as raw:
+        for fts in ("threads_name_fts", "steps_output_fts"):
+            raw.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
+
+
+async def test_fts5_tables_stay_consistent_through_every_write_and_vacuum(
+    tmp_path: Path
+) -> None:
+    async with temp_sqlite_url(tmp_path) as url:
+        path = url.removeprefix("sqlite+aiosqlite:///")
+        layer = SQLDataLayer(url)
+        try:
+            user_id, names = await _seed(layer, threads=12)
+            _integrity(path)
+            ids = list(names)
+            # rename a thread; rewrite a message; add a tool step (not searched); delete a step
+            await layer.update_thread(ids[0], name="Renamed ÉCLAIR")
+            step = {"id": new_id(), "threadId": ids[1], "type": "assistant_message", "name": "n",
+                    "output": "first draft", "streaming": False,
+                    "createdAt": "2026-02-01T00:00:00.000000Z"}
+            await layer.create_step(step)
+            await layer.update_step({**step, "output": "Final Wörding"})
+            await layer.create_step({**step, "id": new_id(), "type": "tool",
+                                     "output": "tool wording"})
+            gone = {**step, "id": new_id(), "output": "short-lived phrase"}
+            await layer.create_step(gone)
+            await layer.delete_step(gone["id"])
+            await layer.delete_thread(ids[2])  # its steps go by the cascading foreign key
+            _integrity(path)
+            expected = {
+                "éclair": ["Renamed ÉCLAIR"],
+                "wörding": [names[ids[1]]],
+                "first draft": [],
+                "tool wording": [],
+                "short-lived": [],
+                names[ids[2]]: [],
+            }
+            for term, want in expected.items():
+                assert await _search(layer, user_id, term) == want, term
+        finally:
+            await layer.close()
+        with sqlite3.connect(path) as raw:
+            raw.execute("VACUUM")
+        _integrity(path)
+        layer = SQLDataLayer(url)
+        try:
+            for term, want in expected.items():
+                assert await _search(layer, user_id, term) == want, term
+        finally:
+            await layer.close()
+
+
+async def test_mariadb_folded_columns_compare_binary() -> None:
+    async with temp_mariadb_db() as url:
+        layer = SQLDataLayer(url, create_schema=True)
+        try:
+            await layer.sql.ensure_ready()
+        finally:
+            await layer.close()
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text(
+                    "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME, COLLATION_NAME FROM "
+                    "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME "
+                    "LIKE '%Folded' ORDER BY TABLE_NAME"))).all()
+        finally:
+            await engine.dispose()
+        assert [tuple(r) for r in rows] == [
+            ("steps", "outputFolded", "utf8mb4", "utf8mb4_bin"),
+            ("threads", "nameFolded", "utf8mb4", "utf8mb4_bin"),
+        ]
