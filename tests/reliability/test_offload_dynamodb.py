@@ -122,14 +122,15 @@ async def test_an_item_that_would_not_fit_is_refused_before_any_upload(
     table: str, dynamodb: Any
 ) -> None:
     """Big texts go to storage, but the rest of the item (here ~450 KB of metadata) still has
-    to fit: refused before the texts are uploaded."""
+    to fit: refused (by the shared limit set, before the backend sees it) before the texts are
+    uploaded."""
     client = ReadableClient()
     layer = _layer(table, client)
     try:
         init_http_context(thread_id=new_id())
         tid = new_id()
         sent = {**message(tid, BIG, type_="assistant_message"), "metadata": {"x": "y" * 450_000}}
-        with pytest.raises(PayloadTooLargeError, match="above the 400 KB limit"):
+        with pytest.raises(PayloadTooLargeError, match="byte record limit"):
             await layer.create_step(sent)
         assert client.objects == {}
         assert _raw_step(dynamodb, table, tid, sent["id"]) is None
