@@ -1,0 +1,424 @@
+"""Bulk reads: every user and every thread (with all its rows) of a store, in a stable order.
+
+Every source hands out records (:mod:`chainlit_orm.transfer.records`) in ascending id order,
+users first, then threads a batch at a time; a thread is always whole (its steps, elements and
+feedback come with it). The order is what makes a copy resumable (the checkpoint is the last
+thread id written) and an export canonical.
+
+* :class:`SQLSource`: a chainlit-orm database, read with keyset pagination (``id > :after
+  ORDER BY id LIMIT :n``) and one ``IN`` query per entity per batch.
+* :class:`DynamoSource`: a chainlit-orm DynamoDB table. A Scan has no order, so one Scan
+  enumerates the user and thread items (projected to their ids, owner and activity) into a
+  temporary SQLite file, which then serves them sorted, whatever the table's size, in flat
+  memory; each thread is then one Query of its partition (run concurrently).
+
+:mod:`chainlit_orm.transfer.official` (Chainlit's ``ChainlitDataLayer`` schema) and
+:mod:`chainlit_orm.transfer.bundle` (a bundle directory) are sources too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from chainlit.data.storage_clients.base import BaseStorageClient
+
+from chainlit_orm.errors import NotFoundError, StorageError
+from chainlit_orm.models.modelset import ModelSet
+from chainlit_orm.models.types import canonical_timestamp
+from chainlit_orm.transfer import _layer
+from chainlit_orm.transfer._tasks import gather_bounded
+from chainlit_orm.transfer.records import FILE_KEY, ThreadData, finish_thread, record
+
+__all__ = ["DynamoSource", "SQLSource", "Scope", "Source"]
+
+#: Partitions read at once from DynamoDB (the table client's pool has 16 connections).
+DYNAMO_READS = 16
+
+
+@dataclass
+class Scope:
+    """Which part of a store to move: one user's data (``user``: an identifier) and/or the
+    threads active since ``since`` (compared with thread activity). ``user_id`` is filled in by
+    the source that finds the user."""
+
+    user: str | None = None
+    since: str | None = None
+    user_id: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.since is not None:
+            self.since = canonical_timestamp(self.since)
+
+
+class Source(Protocol):
+    """What every store read by a transfer offers (see the module docstring)."""
+
+    models: ModelSet
+    #: the store as it may be shown (passwords masked)
+    shown: str
+    #: ``sqlite``, ``postgresql``, ``mysql``, ``mariadb``, ``dynamodb``, ``official``, ``bundle``
+    kind: str
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Rows the source holds that chainlit-orm cannot, by reason (left out of the copy)."""
+
+    async def open(self, scope: Scope) -> None:
+        """Check the store and resolve ``scope.user`` (NotFoundError when it is not there)."""
+
+    def iter_users(self, scope: Scope, batch: int) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    def iter_threads(self, scope: Scope, after: str | None, batch: int
+                     ) -> AsyncIterator[list[ThreadData]]: ...
+
+    async def totals(self, scope: Scope) -> dict[str, int | None]:
+        """Rows in scope per entity name, where known cheaply (for progress bars)."""
+
+    async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
+        """The bytes of an element's stored file; None when its object is absent."""
+
+    async def close(self) -> None: ...
+
+
+class Store(Source, Protocol):
+    """A source that can also be read by id: what a verification reads the destination with."""
+
+    async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]: ...
+
+    async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+async def read_stored_file(storage: BaseStorageClient | None, element: Mapping[str, Any],
+                           where: str) -> bytes | None:
+    """An element's object from ``storage``; None when absent. No storage configured while an
+    element has an object is an error: silently copying rows without their files loses data."""
+    key = element.get("objectKey")
+    if not key:
+        return None
+    if storage is None:
+        raise StorageError(
+            f"element {element['id']} has a stored file ({key}) but no storage is configured "
+            f"for {where}: pass its storage URL (or --no-files to copy rows only)",
+            detail=element["id"])
+    try:
+        return await _layer.read_object(storage, str(key))
+    except StorageError as exc:
+        if await _absent(storage, str(key)):
+            return None
+        raise StorageError(f"cannot read the file of element {element['id']} ({key}) from "
+                           f"{where}: {exc}", detail=element["id"]) from exc
+
+
+async def _absent(storage: BaseStorageClient, key: str) -> bool:
+    """Whether an object is known to be absent (FsspecStorage can tell; other clients cannot,
+    and a failed read of theirs stays an error)."""
+    stat = getattr(storage, "_stat", None)
+    if stat is None:
+        return False
+    return await stat(key) is None
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+class SQLSource:
+    """A chainlit-orm SQL database (SQLite, PostgreSQL, MySQL/MariaDB)."""
+
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+        self.db = _layer.SQLHandle(url, models)
+        self.models = models
+        self.storage = storage
+        self.shown = self.db.shown
+        self.kind = self.db.dialect
+        self.skipped: dict[str, int] = {}
+        t = models.table
+        self.users, self.threads = t("user"), t("thread")
+        self.tables = {"step": t("step"), "element": t("element"), "feedback": t("feedback")}
+
+    async def open(self, scope: Scope) -> None:
+        await self.db.ensure_ready()
+        if scope.user is not None:
+            async with self.db.engine.connect() as conn:
+                found = (await conn.execute(sa.select(self.users.c.id).where(
+                    self.users.c.identifier == scope.user))).scalar()
+            if found is None:
+                raise NotFoundError(f"no user {scope.user!r} in {self.shown}", detail=scope.user)
+            scope.user_id = str(found)
+
+    def _thread_filter(self, scope: Scope) -> list[Any]:
+        t = self.threads
+        where: list[Any] = []
+        if scope.user_id is not None:
+            where.append(t.c.userId == scope.user_id)
+        if scope.since is not None:
+            where.append(t.c.activityAt >= scope.since)
+        return where
+
+    async def iter_users(self, scope: Scope, batch: int) -> AsyncIterator[list[dict[str, Any]]]:
+        u = self.users
+        after: str | None = None
+        while True:
+            stmt = sa.select(u).order_by(u.c.id).limit(batch)
+            if scope.user is not None:
+                stmt = stmt.where(u.c.identifier == scope.user)
+            if after is not None:
+                stmt = stmt.where(u.c.id > after)
+            async with self.db.engine.connect() as conn:
+                rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+            if not rows:
+                return
+            yield [record(self.models, "user", r) for r in rows]
+            after = str(rows[-1]["id"])
+
+    async def iter_threads(self, scope: Scope, after: str | None, batch: int
+                           ) -> AsyncIterator[list[ThreadData]]:
+        t = self.threads
+        while True:
+            stmt = sa.select(t.c.id).where(*self._thread_filter(scope)).order_by(t.c.id).limit(
+                batch)
+            if after is not None:
+                stmt = stmt.where(t.c.id > after)
+            async with self.db.engine.connect() as conn:
+                ids = [str(r[0]) for r in await conn.execute(stmt)]
+            if not ids:
+                return
+            yield await self.fetch_threads(ids)
+            after = ids[-1]
+
+    async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]:
+        """The threads with these ids that exist, whole, in id order."""
+        t = self.threads
+        found: dict[str, ThreadData] = {}
+        async with self.db.engine.connect() as conn:
+            for row in await conn.execute(sa.select(t).where(t.c.id.in_(list(ids)))):
+                data = dict(row._mapping)
+                found[str(data["id"])] = ThreadData(record(self.models, "thread", data))
+            for entity, table in self.tables.items():
+                if not found:
+                    break
+                stmt = sa.select(table).where(table.c.threadId.in_(list(found)))
+                for row in await conn.execute(stmt):
+                    data = dict(row._mapping)
+                    owner = found.get(str(data["threadId"]))
+                    if owner is not None:
+                        owner.children(entity).append(record(self.models, entity, data))
+        return [finish_thread(self.models, found[i]) for i in sorted(found)]
+
+    async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        u = self.users
+        ids = [str(x["id"]) for x in users]
+        async with self.db.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(
+                sa.select(u).where(u.c.id.in_(ids)))]
+        return [record(self.models, "user", r) for r in rows]
+
+    async def totals(self, scope: Scope) -> dict[str, int | None]:
+        t = self.threads
+        where = self._thread_filter(scope)
+        out: dict[str, int | None] = {}
+        async with self.db.engine.connect() as conn:
+            users = sa.select(sa.func.count()).select_from(self.users)
+            if scope.user is not None:
+                users = users.where(self.users.c.identifier == scope.user)
+            out["users"] = int((await conn.execute(users)).scalar_one())
+            out["threads"] = int((await conn.execute(
+                sa.select(sa.func.count()).select_from(t).where(*where))).scalar_one())
+            for entity, table in self.tables.items():
+                stmt = sa.select(sa.func.count()).select_from(table)
+                if where:
+                    stmt = stmt.where(table.c.threadId.in_(sa.select(t.c.id).where(*where)))
+                out[f"{entity}s"] = int((await conn.execute(stmt)).scalar_one())
+        return out
+
+    async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
+        return await read_stored_file(self.storage, element, self.shown)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+# ---------------------------------------------------------------------- DynamoDB
+
+
+class _Spool:
+    """Ids to hand out in sorted order, kept in a temporary SQLite file (not in memory).
+
+    sqlite3 is synchronous: every call runs in a worker thread, one at a time."""
+
+    def __init__(self) -> None:
+        handle, self.path = tempfile.mkstemp(prefix="chainlit-orm-ids-", suffix=".sqlite")
+        os.close(handle)
+        self.conn = sqlite3.connect(self.path, check_same_thread=False)
+        self.conn.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE users (id TEXT PRIMARY KEY, identifier TEXT NOT NULL);"
+            "CREATE TABLE threads (id TEXT PRIMARY KEY, user_id TEXT, activity TEXT);")
+        self.lock = asyncio.Lock()
+
+    async def run(self, sql: str, params: Sequence[Any] = (), *, many: bool = False
+                  ) -> list[tuple[Any, ...]]:
+        def work() -> list[tuple[Any, ...]]:
+            if many:
+                self.conn.executemany(sql, params)
+                self.conn.commit()
+                return []
+            return self.conn.execute(sql, params).fetchall()
+
+        async with self.lock:
+            return await asyncio.to_thread(work)
+
+    async def close(self) -> None:
+        async with self.lock:
+            await asyncio.to_thread(self.conn.close)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+
+
+class DynamoSource:
+    """A chainlit-orm DynamoDB table (see the module docstring)."""
+
+    kind = "dynamodb"
+
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+        self.table = _layer.DynamoTable(url, models, storage)
+        self.models = models
+        self.storage = storage
+        self.shown = self.table.shown
+        self.skipped: dict[str, int] = {}
+        self._spool: _Spool | None = None
+
+    async def open(self, scope: Scope) -> None:
+        await self.table.ensure_ready()
+        if scope.user is not None:
+            found = await self.table.get_user(scope.user)
+            if found is None:
+                raise NotFoundError(f"no user {scope.user!r} in {self.shown}", detail=scope.user)
+            scope.user_id = str(found["id"])
+
+    async def _spooled(self) -> _Spool:
+        """The table's user and thread ids, enumerated by one Scan on first use."""
+        if self._spool is None:
+            spool = _Spool()
+            try:
+                async for users, threads in self.table.scan_heads():
+                    await spool.run("INSERT OR REPLACE INTO users VALUES (?, ?)",
+                                    [(str(u["id"]), str(u["identifier"])) for u in users],
+                                    many=True)
+                    await spool.run("INSERT OR REPLACE INTO threads VALUES (?, ?, ?)",
+                                    [(str(t["id"]), t.get("userId"), t.get("activityAt"))
+                                     for t in threads], many=True)
+            except BaseException:
+                await spool.close()
+                raise
+            self._spool = spool
+        return self._spool
+
+    async def iter_users(self, scope: Scope, batch: int) -> AsyncIterator[list[dict[str, Any]]]:
+        if scope.user is not None:
+            found = await self.table.get_user(scope.user)
+            if found is not None:
+                yield [record(self.models, "user", found)]
+            return
+        spool = await self._spooled()
+        after = ""
+        while True:
+            page = await spool.run("SELECT id, identifier FROM users WHERE id > ? ORDER BY id "
+                                   "LIMIT ?", (after, batch))
+            if not page:
+                return
+            rows = await self.table.get_users([identifier for _, identifier in page])
+            yield sorted((record(self.models, "user", r) for r in rows),
+                         key=lambda r: str(r["id"]))
+            after = page[-1][0]
+
+    async def _thread_ids(self, scope: Scope, after: str | None, batch: int
+                          ) -> AsyncIterator[list[str]]:
+        if scope.user_id is not None:  # one user's threads: the list index, not a Scan
+            pairs = sorted(p for p in await self.table.user_thread_ids(scope.user_id)
+                           if (after is None or p[0] > after)
+                           and (scope.since is None or (p[1] or "") >= scope.since))
+            for start in range(0, len(pairs), batch):
+                yield [p[0] for p in pairs[start:start + batch]]
+            return
+        spool = await self._spooled()
+        cursor = after or ""
+        while True:
+            sql = "SELECT id FROM threads WHERE id > ?"
+            params: list[Any] = [cursor]
+            if scope.since is not None:
+                sql += " AND activity >= ?"
+                params.append(scope.since)
+            page = await spool.run(sql + " ORDER BY id LIMIT ?", (*params, batch))
+            if not page:
+                return
+            yield [row[0] for row in page]
+            cursor = page[-1][0]
+
+    async def iter_threads(self, scope: Scope, after: str | None, batch: int
+                           ) -> AsyncIterator[list[ThreadData]]:
+        async for ids in self._thread_ids(scope, after, batch):
+            found = await self.fetch_threads(ids)
+            if found:
+                yield found
+
+    async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]:
+        read = await gather_bounded(DYNAMO_READS, (self.table.read_partition(i) for i in ids))
+        out = []
+        for found in read:
+            if found is None:
+                continue
+            thread, steps, elements, feedbacks = found
+            data = ThreadData(
+                record(self.models, "thread", thread),
+                [record(self.models, "step", r) for r in steps],
+                [record(self.models, "element", r) for r in elements],
+                [record(self.models, "feedback", r) for r in feedbacks])
+            out.append(finish_thread(self.models, data))
+        out.sort(key=lambda d: d.id)
+        return out
+
+    async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rows = await self.table.get_users([str(u["identifier"]) for u in users])
+        return [record(self.models, "user", r) for r in rows]
+
+    async def totals(self, scope: Scope) -> dict[str, int | None]:
+        if scope.user_id is not None:
+            threads = len([p for p in await self.table.user_thread_ids(scope.user_id)
+                           if scope.since is None or (p[1] or "") >= scope.since])
+            return {"users": 1, "threads": threads}
+        spool = await self._spooled()
+        users = (await spool.run("SELECT COUNT(*) FROM users"))[0][0]
+        sql, params = "SELECT COUNT(*) FROM threads", tuple[str, ...]()
+        if scope.since is not None:
+            sql, params = sql + " WHERE activity >= ?", (scope.since,)
+        threads = (await spool.run(sql, params))[0][0]
+        return {"users": int(users), "threads": int(threads)}
+
+    async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
+        return await read_stored_file(self.storage, element, self.shown)
+
+    async def close(self) -> None:
+        try:
+            if self._spool is not None:
+                await self._spool.close()
+        finally:
+            await self.table.close()
+
+
+def file_info(data: bytes | None) -> dict[str, Any]:
+    """The ``$file`` value of an element whose object read as ``data`` (None: missing)."""
+    import hashlib
+
+    if data is None:
+        return {"missing": True}
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+__all__ += ["FILE_KEY", "Store", "file_info", "read_stored_file"]
