@@ -27,6 +27,7 @@ Names used, by origin:
   ``ensure_ready``, ``close``; module helpers ``_s``, ``_key``, ``_item_size``,
   ``_is_phantom``, ``_legacy_feedback``, ``_read_object``; constants ``ITEM_LIMIT``,
   ``TEXT_REFS``, ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
+* ``storage.FsspecStorage``'s ``_stat`` and ``_sync_fs`` (whether an object is absent);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 Two rules are written inline in the layers today, with no function to call; they are written
@@ -44,7 +45,12 @@ import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chainlit_orm.errors import ConfigurationError, PayloadTooLargeError
+from chainlit_orm.errors import (
+    ConfigurationError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StorageError,
+)
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
 from chainlit_orm.models.types import utc_now
@@ -118,16 +124,31 @@ def content_disposition(name: str) -> str:
     return _content_disposition(name)
 
 
-async def read_object(storage: BaseStorageClient, object_key: str) -> bytes:
-    """The bytes of a stored object, by whatever read the storage client offers (the layer's
-    reader of offloaded texts: ``read_file``, FsspecStorage's streaming reader, or the signed
-    URL). Raises :class:`~chainlit_orm.errors.StorageError` when it is missing."""
+async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | None:
+    """The bytes of a stored object, or None when it is absent.
+
+    Read by whatever the storage client offers: its ``read_file`` (a missing object is
+    ``NotFoundError``), else the DynamoDB layer's reader of offloaded texts (FsspecStorage's
+    streaming reader on local disk and memory, else a GET of the signed URL), after which only
+    local disk and memory can tell "absent" from a failure; anything else raises
+    :class:`~chainlit_orm.errors.StorageError`.
+    """
     reader = getattr(storage, "read_file", None)
     if reader is not None:
-        return bytes(await reader(object_key))
+        try:
+            return bytes(await reader(object_key))
+        except NotFoundError:
+            return None
     from chainlit_orm.layers.dynamodb import _read_object
 
-    return await _read_object(storage, object_key)
+    try:
+        return await _read_object(storage, object_key)
+    except StorageError:
+        stat = getattr(storage, "_stat", None)
+        if stat is not None and getattr(storage, "_sync_fs", None) is not None and (
+                await stat(object_key) is None):
+            return None
+        raise
 
 
 async def migrate(url: str, models: ModelSet) -> list[str]:

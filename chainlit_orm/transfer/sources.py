@@ -110,19 +110,8 @@ async def read_stored_file(storage: BaseStorageClient | None, element: Mapping[s
     try:
         return await _layer.read_object(storage, str(key))
     except StorageError as exc:
-        if await _absent(storage, str(key)):
-            return None
         raise StorageError(f"cannot read the file of element {element['id']} ({key}) from "
                            f"{where}: {exc}", detail=element["id"]) from exc
-
-
-async def _absent(storage: BaseStorageClient, key: str) -> bool:
-    """Whether an object is known to be absent (FsspecStorage can tell; other clients cannot,
-    and a failed read of theirs stays an error)."""
-    stat = getattr(storage, "_stat", None)
-    if stat is None:
-        return False
-    return await stat(key) is None
 
 
 # --------------------------------------------------------------------------- SQL
