@@ -8,6 +8,7 @@ import contextlib
 import filecmp
 import itertools
 from pathlib import Path
+
 from chainlit_orm import DynamoDataLayer, FsspecStorage, SQLDataLayer
 from chainlit_orm.layers.base import ChainlitLayer
 from chainlit_orm.transfer import copy, export
