@@ -211,3 +211,32 @@ async def answers(layer: ChainlitLayer, seeded: Seeded, *, messages: bool) -> di
                 "url")
         out[f"thread {label}"] = thread
     return out
+
+
+async def seed_many(layer: ChainlitLayer, users: list[Any], count: int, *,
+                    files: bool = True) -> list[str]:
+    """``count`` small threads (3 steps, one element with a file, feedback on every other one),
+    owned in turn by ``users``; returns their ids."""
+    init_http_context(thread_id=str(uuid.uuid4()))
+    ids = []
+    for number in range(count):
+        tid = str(uuid.uuid4())
+        ids.append(tid)
+        owner = users[number % len(users)]
+        await layer.update_thread(tid, name=f"thread {number} ✓", user_id=owner.id)
+        question = _step(tid, 100 + number, content=f"question {number}")
+        await layer.create_step(question)
+        await layer.create_step(_step(tid, 100.2 + number, kind="step", name="tool",
+                                      output=f"tool {number}"))
+        answer = _step(tid, 100.4 + number, content=f"answer {number}", author="Assistant",
+                       type_="assistant_message")
+        await layer.create_step(answer)
+        if files:
+            text = cl.Text(name=f"n{number}.txt", content=f"file {number} ✓",
+                           for_id=answer["id"])
+            text.thread_id = tid
+            await layer.create_element(text)
+        if number % 2:
+            await layer.upsert_feedback(Feedback(forId=answer["id"], threadId=tid,
+                                                 value=number % 4 // 2, comment=f"c{number}"))
+    return ids
