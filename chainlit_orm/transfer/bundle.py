@@ -56,6 +56,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -165,7 +166,8 @@ class BundleWriter:
         if path.exists():
             return  # content-addressed: the same bytes are already there
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        # a name of its own: two elements with the same bytes may be written at once
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
