@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chainlit_orm.errors import (
     ChainlitORMError,
@@ -40,6 +40,9 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
+
+if TYPE_CHECKING:
+    from chainlit_orm.transfer.progress import Progress, Summary
 
 __all__ = ["load_models", "main", "url_backend"]
 
@@ -176,14 +179,14 @@ def _ddl(args: argparse.Namespace) -> int:
 # declares their options.
 
 
-def _transfer_progress() -> object:
+def _transfer_progress() -> Progress:
     from chainlit_orm.transfer.progress import for_stream
 
     return for_stream(sys.stderr)
 
 
-def _print_summary(summary: object) -> int:
-    for line in summary.lines():  # type: ignore[attr-defined]
+def _print_summary(summary: Summary) -> int:
+    for line in summary.lines():
         print(line)
     return 0
 
@@ -195,7 +198,7 @@ def _copy(args: argparse.Namespace) -> int:
         args.src, args.dst, src_storage=args.src_storage, dst_storage=args.dst_storage,
         user=args.user, since=args.since, files=args.files, batch=args.batch,
         source_kind=args.source_kind, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress())))  # type: ignore[arg-type]
+        models=load_models(args.models), progress=_transfer_progress())))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -205,7 +208,7 @@ def _export(args: argparse.Namespace) -> int:
         args.src, args.out, src_storage=args.src_storage, user=args.user, since=args.since,
         files=args.files, batch=args.batch, source_kind=args.source_kind,
         canonical=args.canonical, models=load_models(args.models),
-        progress=_transfer_progress())))  # type: ignore[arg-type]
+        progress=_transfer_progress())))
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -214,7 +217,7 @@ def _import(args: argparse.Namespace) -> int:
     return _print_summary(asyncio.run(import_bundle(
         args.bundle, args.dst, dst_storage=args.dst_storage, files=args.files,
         batch=args.batch, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress())))  # type: ignore[arg-type]
+        models=load_models(args.models), progress=_transfer_progress())))
 
 
 def _transfer_parsers(commands: Any, models_help: str) -> None:

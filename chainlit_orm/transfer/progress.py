@@ -93,10 +93,11 @@ class LogProgress:
 class TerminalProgress:
     """Live bars per entity (rich): count, total, rows/s and time left."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, force_terminal: bool | None = None
+                 ) -> None:
         from rich.console import Console
 
-        self.console = Console(file=stream or sys.stderr)
+        self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal)
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
 
