@@ -403,7 +403,8 @@ class DynamoTable:
     async def put(self, items: Sequence[dict[str, Any]]) -> None:
         """Whole items, BatchWriteItem 25 at a time, unprocessed ones retried (the layer's)."""
         if items:
-            await self.backend._batch_write([{"PutRequest": {"Item": i}} for i in items])
+            await self.backend._batch_write([{"PutRequest": {"Item": i}} for i in items],
+                                            last_after_rest=True)
 
     async def thread_owners(self, thread_ids: Sequence[str]) -> dict[str, str | None]:
         """userId of each of these threads that exists (BatchGetItem of the thread items)."""
