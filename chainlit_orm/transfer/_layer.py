@@ -226,35 +226,37 @@ class DynamoTable:
 
     # ----------------------------------------------------------------- reading
 
-    async def scan_heads(self) -> AsyncIterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-        """Every user item and thread item of the table, a scan page at a time, as (users,
-        threads): users with ``id``/``identifier``, threads with ``id``/``userId``/
-        ``activityAt`` (what enumerating and filtering needs; rows are read whole later)."""
-        spec, b = self._spec, self.backend
-        user_sk, thread_sk = self.models.dynamo["user"].sk, self.models.dynamo["thread"].sk
-        kwargs: dict[str, Any] = {
-            "FilterExpression": "#s IN (:u, :t)",
-            "ProjectionExpression": "#p, #s, #i, #n, #o, #a",
-            "ExpressionAttributeNames": {"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY,
-                                         "#i": "id", "#n": "identifier", "#o": "userId",
-                                         "#a": "activityAt"},
-            "ExpressionAttributeValues": {":u": {"S": user_sk}, ":t": {"S": thread_sk}},
-        }
+    async def scan_items(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every item of the table, a Scan page (up to 1 MB) at a time, read consistently."""
+        kwargs: dict[str, Any] = {"ConsistentRead": True}
         while True:
-            page = await b._call("scan", **kwargs)
-            users, threads = [], []
-            for item in page.get("Items", []):
-                if item[spec.SORT_KEY]["S"] == user_sk:
-                    users.append(b._user_row(item))
-                else:
-                    row = b.codecs["thread"].row(item)
-                    row["id"] = row.get("id") or b._thread_of_key(item[spec.PARTITION_KEY]["S"])
-                    threads.append(row)
-            yield users, threads
+            page = await self.backend._call("scan", **kwargs)
+            yield list(page.get("Items", []))
             last = page.get("LastEvaluatedKey")
             if not last:
                 return
             kwargs["ExclusiveStartKey"] = last
+
+    def classify(self, item: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """(kind, thread id) of an item: ``user`` (no thread), or the entity of an item in a
+        thread's partition and that thread's id; (None, None) for anything else (the
+        schema-version item)."""
+        spec, b = self._spec, self.backend
+        pk, sk = item[spec.PARTITION_KEY]["S"], item[spec.SORT_KEY]["S"]
+        if sk == self.models.dynamo["user"].sk and spec.parse_key(
+                self.models.dynamo["user"].pk, pk) is not None:
+            return "user", None
+        thread_id = b._thread_of_key(pk)
+        if thread_id is None:
+            return None, None
+        return b._kind(sk), thread_id
+
+    def user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return self.backend._user_row(item)
+
+    def thread_head(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A thread item's row (what enumerating and filtering threads needs)."""
+        return self.backend.codecs["thread"].row(item)
 
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
         return await self.backend.get_user(identifier)
@@ -285,15 +287,23 @@ class DynamoTable:
     async def read_partition(self, thread_id: str) -> tuple[
             dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
     ] | None:
-        """A thread with all its rows, or None: ``get_thread``'s reading (the same item kinds,
-        phantom steps, embedded legacy feedback and offloaded texts), except that feedback items
-        whose step does not exist are kept, as the SQL backends keep such rows."""
-        dy, spec, b = self._dy, self._spec, self.backend
+        """A thread with all its rows, or None: one Query of its partition, decoded by
+        :meth:`decode_partition`."""
+        spec, b = self._spec, self.backend
         items = await b._query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
             ExpressionAttributeValues={
                 ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
             ConsistentRead=True)
+        return await self.decode_partition(thread_id, items)
+
+    async def decode_partition(self, thread_id: str, items: Sequence[Mapping[str, Any]]
+                               ) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                          list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """A thread partition's items as rows: ``get_thread``'s reading (the same item kinds,
+        phantom steps, embedded legacy feedback and offloaded texts), except that feedback items
+        whose step does not exist are kept, as the SQL backends keep such rows."""
+        dy, spec, b = self._dy, self._spec, self.backend
         thread: dict[str, Any] | None = None
         steps: list[dict[str, Any]] = []
         step_items: list[Mapping[str, Any]] = []

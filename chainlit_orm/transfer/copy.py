@@ -138,9 +138,12 @@ def open_sink(url: str, models: ModelSet, storage: BaseStorageClient | None) -> 
     return SQLSink(url, models, storage)
 
 
-def open_store(url: str, models: ModelSet, storage: BaseStorageClient | None) -> Store:
+def open_store(url: str, models: ModelSet, storage: BaseStorageClient | None,
+               scope: Scope) -> Store:
+    """The destination as a verification reads it: a DynamoDB table is read by a snapshot when
+    the whole source was copied, by a Query per thread when one user's data were."""
     if _is_dynamo(url):
-        return DynamoSource(url, models, storage)
+        return DynamoSource(url, models, storage, snapshot=scope.user is None)
     return SQLSource(url, models, storage)
 
 
@@ -391,7 +394,7 @@ async def copy(
                       files_in_place=storages.same)
     source = await open_source(src, models, storages.src, source_kind)
     sink = open_sink(dst, models, storages.dst)
-    store = open_store(dst, models, storages.dst)
+    store = open_store(dst, models, storages.dst, scope)
     try:
         summary.source, summary.destination = source.shown, sink.shown
         await source.open(scope)
@@ -503,8 +506,8 @@ async def import_bundle(
     files = files and source.has_files
     summary = Summary("import", str(bundle), mask_url(dst), files_skipped=not files)
     sink = open_sink(dst, models, storages.dst)
-    store = open_store(dst, models, storages.dst)
     scope = Scope()
+    store = open_store(dst, models, storages.dst, scope)
     try:
         summary.destination = sink.shown
         manifest_hash = hashlib.sha256(json.dumps(source.manifest["entities"],

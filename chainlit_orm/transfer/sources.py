@@ -7,10 +7,12 @@ thread id written) and an export canonical.
 
 * :class:`SQLSource`: a chainlit-orm database, read with keyset pagination (``id > :after
   ORDER BY id LIMIT :n``) and one ``IN`` query per entity per batch.
-* :class:`DynamoSource`: a chainlit-orm DynamoDB table. A Scan has no order, so one Scan
-  enumerates the user and thread items (projected to their ids, owner and activity) into a
-  temporary SQLite file, which then serves them sorted, whatever the table's size, in flat
-  memory; each thread is then one Query of its partition (run concurrently).
+* :class:`DynamoSource`: a chainlit-orm DynamoDB table. A Scan has no order, so the whole table
+  is read by one consistent Scan into a temporary SQLite file (a snapshot), which then serves
+  users and partitions in id order whatever the table's size, in flat memory. (Reading each
+  partition with its own Query would cost the same on DynamoDB plus a request per thread, and
+  on moto, whose Query looks at every item of the table, grow with the square of the size.)
+  One user's data are read through the layer's list index and a Query per thread.
 
 :mod:`chainlit_orm.transfer.official` (Chainlit's ``ChainlitDataLayer`` schema) and
 :mod:`chainlit_orm.transfer.bundle` (a bundle directory) are sources too.
@@ -19,7 +21,9 @@ thread id written) and an export canonical.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -237,18 +241,21 @@ class SQLSource:
 
 
 class _Spool:
-    """Ids to hand out in sorted order, kept in a temporary SQLite file (not in memory).
+    """A snapshot of a DynamoDB table in a temporary SQLite file (not in memory): its users, its
+    thread items (id, owner, activity) and every item of every thread partition, in wire form,
+    so partitions are handed out in id order whatever the table's size.
 
     sqlite3 is synchronous: every call runs in a worker thread, one at a time."""
 
     def __init__(self) -> None:
-        handle, self.path = tempfile.mkstemp(prefix="chainlit-orm-ids-", suffix=".sqlite")
+        handle, self.path = tempfile.mkstemp(prefix="chainlit-orm-snapshot-", suffix=".sqlite")
         os.close(handle)
         self.conn = sqlite3.connect(self.path, check_same_thread=False)
         self.conn.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-            "CREATE TABLE users (id TEXT PRIMARY KEY, identifier TEXT NOT NULL);"
-            "CREATE TABLE threads (id TEXT PRIMARY KEY, user_id TEXT, activity TEXT);")
+            "CREATE TABLE users (id TEXT PRIMARY KEY, identifier TEXT, item TEXT);"
+            "CREATE TABLE threads (id TEXT PRIMARY KEY, user_id TEXT, activity TEXT);"
+            "CREATE TABLE items (thread_id TEXT, sk TEXT, item TEXT, PRIMARY KEY (thread_id, sk));")
         self.lock = asyncio.Lock()
 
     async def run(self, sql: str, params: Sequence[Any] = (), *, many: bool = False
@@ -270,17 +277,38 @@ class _Spool:
             os.remove(self.path)
 
 
+def _dumps(item: Mapping[str, Any]) -> str:
+    """An item in wire form as JSON (binary values, which DynamoDB allows, as base64)."""
+    return json.dumps(item, default=lambda b: {"$bytes": base64.b64encode(b).decode()})
+
+
+def _loads(text: str) -> dict[str, Any]:
+    def revive(obj: dict[str, Any]) -> Any:
+        return base64.b64decode(obj["$bytes"]) if set(obj) == {"$bytes"} else obj
+
+    return dict(json.loads(text, object_hook=revive))
+
+
 class DynamoSource:
-    """A chainlit-orm DynamoDB table (see the module docstring)."""
+    """A chainlit-orm DynamoDB table (see the module docstring).
+
+    Reading the whole table (no ``user`` in scope) is one consistent Scan spooled to a temporary
+    SQLite file: the cheapest way DynamoDB reads everything, and each partition is then read
+    from the spool. One user's data are read with the layer's list index and one Query per
+    thread. ``snapshot=False`` makes :meth:`fetch_threads` query each thread even so (a
+    verification of one user's copy into a large table).
+    """
 
     kind = "dynamodb"
 
-    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None, *,
+                 snapshot: bool = True) -> None:
         self.table = _layer.DynamoTable(url, models, storage)
         self.models = models
         self.storage = storage
         self.shown = self.table.shown
         self.skipped: dict[str, int] = {}
+        self.snapshot = snapshot
         self._spool: _Spool | None = None
 
     async def open(self, scope: Scope) -> None:
@@ -292,17 +320,29 @@ class DynamoSource:
             scope.user_id = str(found["id"])
 
     async def _spooled(self) -> _Spool:
-        """The table's user and thread ids, enumerated by one Scan on first use."""
+        """The table's snapshot, taken by one Scan on first use."""
         if self._spool is None:
             spool = _Spool()
             try:
-                async for users, threads in self.table.scan_heads():
-                    await spool.run("INSERT OR REPLACE INTO users VALUES (?, ?)",
-                                    [(str(u["id"]), str(u["identifier"])) for u in users],
+                async for page in self.table.scan_items():
+                    users, threads, items = [], [], []
+                    for item in page:
+                        kind, thread_id = self.table.classify(item)
+                        if kind == "user":
+                            row = self.table.user_row(item)
+                            users.append((str(row["id"]), str(row["identifier"]), _dumps(item)))
+                        elif thread_id is not None:
+                            items.append((thread_id, item["SK"]["S"], _dumps(item)))
+                            if kind == "thread":
+                                head = self.table.thread_head(item)
+                                threads.append((thread_id, head.get("userId"),
+                                                head.get("activityAt")))
+                    await spool.run("INSERT OR REPLACE INTO users VALUES (?, ?, ?)", users,
                                     many=True)
-                    await spool.run("INSERT OR REPLACE INTO threads VALUES (?, ?, ?)",
-                                    [(str(t["id"]), t.get("userId"), t.get("activityAt"))
-                                     for t in threads], many=True)
+                    await spool.run("INSERT OR REPLACE INTO threads VALUES (?, ?, ?)", threads,
+                                    many=True)
+                    await spool.run("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", items,
+                                    many=True)
             except BaseException:
                 await spool.close()
                 raise
@@ -318,13 +358,12 @@ class DynamoSource:
         spool = await self._spooled()
         after = ""
         while True:
-            page = await spool.run("SELECT id, identifier FROM users WHERE id > ? ORDER BY id "
-                                   "LIMIT ?", (after, batch))
+            page = await spool.run("SELECT id, item FROM users WHERE id > ? ORDER BY id LIMIT ?",
+                                   (after, batch))
             if not page:
                 return
-            rows = await self.table.get_users([identifier for _, identifier in page])
-            yield sorted((record(self.models, "user", r) for r in rows),
-                         key=lambda r: str(r["id"]))
+            yield [record(self.models, "user", self.table.user_row(_loads(item)))
+                   for _, item in page]
             after = page[-1][0]
 
     async def _thread_ids(self, scope: Scope, after: str | None, batch: int
@@ -352,13 +391,29 @@ class DynamoSource:
 
     async def iter_threads(self, scope: Scope, after: str | None, batch: int
                            ) -> AsyncIterator[list[ThreadData]]:
+        snapshot = scope.user_id is None
         async for ids in self._thread_ids(scope, after, batch):
-            found = await self.fetch_threads(ids)
+            found = await self._read(ids, snapshot=snapshot)
             if found:
                 yield found
 
     async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]:
-        read = await gather_bounded(DYNAMO_READS, (self.table.read_partition(i) for i in ids))
+        return await self._read(ids, snapshot=self.snapshot)
+
+    async def _read(self, ids: Sequence[str], *, snapshot: bool) -> list[ThreadData]:
+        if snapshot:
+            spool = await self._spooled()
+            marks = ",".join("?" * len(ids))
+            rows = await spool.run(f"SELECT thread_id, item FROM items WHERE thread_id IN "
+                                   f"({marks}) ORDER BY thread_id, sk", list(ids))
+            grouped: dict[str, list[dict[str, Any]]] = {}
+            for thread_id, item in rows:
+                grouped.setdefault(thread_id, []).append(_loads(item))
+            read = await gather_bounded(DYNAMO_READS, (
+                self.table.decode_partition(i, items) for i, items in grouped.items()))
+        else:
+            read = await gather_bounded(DYNAMO_READS, (self.table.read_partition(i)
+                                                       for i in ids))
         out = []
         for found in read:
             if found is None:
