@@ -15,9 +15,10 @@ Names used, by origin:
 * ``models.modelset.FROM_METADATA``: which columns those are;
 * ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
   ``layers.base._content_disposition``: the header an element file is stored with;
-* ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``ensure_ready``,
-  ``close``): engines configured as the layer's (SQLite pragmas, ``BEGIN IMMEDIATE``, a model
-  set's schema translation) and the layer's schema check;
+* ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
+  ``ensure_ready``, ``_ready``, ``_run``, ``close``): engines configured as the layer's (SQLite
+  pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema check,
+  and its bounded retries of transient failures with typed errors;
 * ``migration.migrate``: the destination's schema before anything is written;
 * ``schema_gen.dynamo_migrate.parse_dynamodb_url``: ``dynamodb://`` URLs;
 * ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
@@ -38,8 +39,10 @@ here once each, with the place they mirror, until issue 15 gives them one home:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -67,6 +70,8 @@ __all__ = [
     "thread_activity",
 ]
 
+T = TypeVar("T")
+
 #: The step type whose creation counts as thread activity.
 USER_MESSAGE = "user_message"
 
@@ -86,7 +91,12 @@ def portable_columns(models: ModelSet, entity: str) -> tuple[str, ...]:
         ConfigurationError: the table has an internal column whose value the transfer cannot
             derive the way the layer does; copying it would leave it empty, so nothing is copied.
     """
-    table = models.table(entity)
+    return _portable(models.table(entity))
+
+
+@functools.cache
+def _portable(table: sa.Table) -> tuple[str, ...]:
+    # cached per table (a model set's tables never change): this runs for every row moved
     for column in table.columns:
         if column.info.get("internal") and column.name not in _FACT_COLUMNS and not _derived(
                 column):
@@ -96,11 +106,16 @@ def portable_columns(models: ModelSet, entity: str) -> tuple[str, ...]:
     return tuple(c.name for c in table.columns if not _derived(c))
 
 
+@functools.cache
+def _derived_names(table: sa.Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if _derived(c))
+
+
 def stored_row(models: ModelSet, entity: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """The full row a layer would store for ``record``: its columns plus the derived ones."""
     table = models.table(entity)
-    row = {name: record.get(name) for name in portable_columns(models, entity)}
-    derived = [c.name for c in table.columns if _derived(c)]
+    row = {name: record.get(name) for name in _portable(table)}
+    derived = _derived_names(table)
     if derived:
         computed = to_row(models, entity, {"metadata": record.get("metadata")})
         for name in derived:
@@ -159,13 +174,16 @@ async def migrate(url: str, models: ModelSet) -> list[str]:
 
 
 class SQLHandle:
-    """A SQL database as the layer opens it: its transactional engine, dialect and schema check.
+    """A SQL database as the layer opens it: its transactional engine (SQLite pragmas and
+    ``BEGIN IMMEDIATE``, a model set's schema translation), its schema check, and its way of
+    running work: :meth:`run` retries transient failures (a dropped connection, a deadlock) a
+    bounded number of times and turns driver errors into typed ones, as every layer call does.
 
-    Writes go through ``engine`` in explicit transactions (``BEGIN IMMEDIATE`` on SQLite, so a
-    running app's writers queue behind a batch instead of failing).
+    ``check_schema=False`` is for a database that is not chainlit-orm's (Chainlit's official
+    schema, or one being inspected): nothing checks or creates a schema there.
     """
 
-    def __init__(self, url: str, models: ModelSet) -> None:
+    def __init__(self, url: str, models: ModelSet, *, check_schema: bool = True) -> None:
         from chainlit_orm.layers.sql import SQLBackend
 
         self._backend = SQLBackend(url, models=models, create_schema=False)
@@ -173,26 +191,25 @@ class SQLHandle:
         self.dialect: str = self._backend.dialect
         self.models = models
         self.shown: str = self._backend.url_text
+        self._check_schema = check_schema
 
     async def ensure_ready(self) -> None:
         """The layer's first-use check: the schema is recorded at the current version."""
-        await self._backend.ensure_ready()
+        if self._check_schema:
+            await self._backend.ensure_ready()
+        elif self._backend._ready is None:
+            ready = asyncio.get_running_loop().create_future()
+            ready.set_result(None)
+            self._backend._ready = ready  # not chainlit-orm's schema: nothing to check
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` (idempotent: it may run again after a transient failure) with the layer's
+        retries and typed errors."""
+        await self.ensure_ready()
+        return await self._backend._run(work)
 
     async def close(self) -> None:
         await self._backend.close()
-
-
-def raw_sql_engine(url: str) -> tuple[AsyncEngine, str]:
-    """A plain engine on a SQL URL (any schema) with the layer's driver mapping; for reading a
-    database that is not ours (Chainlit's official schema)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from chainlit_orm.errors import mask_url
-    from chainlit_orm.layers.sql import normalize_url
-
-    parsed = normalize_url(url)
-    return (create_async_engine(parsed, pool_size=2, max_overflow=2),
-            mask_url(parsed.render_as_string(hide_password=True)))
 
 
 class DynamoTable:

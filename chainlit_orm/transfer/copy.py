@@ -75,8 +75,8 @@ def _is_dynamo(url: str) -> bool:
 async def _sql_kinds(url: str, models: ModelSet) -> set[str]:
     """Which schemas a SQL database holds: ``chainlit-orm`` (the set's tables) and/or
     ``official`` (Chainlit's official data layer's, in the default schema)."""
-    engine, _shown = _layer.raw_sql_engine(url)
-    postgres = engine.dialect.name == "postgresql"
+    db = _layer.SQLHandle(url, models, check_schema=False)
+    postgres = db.dialect == "postgresql"
 
     def names(sync: Any) -> tuple[set[str], set[str]]:
         inspector = sa.inspect(sync)
@@ -85,11 +85,14 @@ async def _sql_kinds(url: str, models: ModelSet) -> set[str]:
             return set(inspector.get_table_names(schema=models.schema)), default
         return default, default
 
+    async def inspect() -> tuple[set[str], set[str]]:
+        async with db.engine.connect() as conn:
+            return await conn.run_sync(names)
+
     try:
-        async with engine.connect() as conn:
-            ours, default = await conn.run_sync(names)
+        ours, default = await db.run(inspect)
     finally:
-        await engine.dispose()
+        await db.close()
     kinds = set()
     if all(models.table(e).name in ours for e in ENTITY_NAMES):
         kinds.add("chainlit-orm")

@@ -99,8 +99,9 @@ class OfficialSource:
     kind = "official"
 
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
-        self.engine, self.shown = _layer.raw_sql_engine(url)
-        if self.engine.dialect.name != "postgresql":
+        self.db = _layer.SQLHandle(url, models, check_schema=False)
+        self.engine, self.shown = self.db.engine, self.db.shown
+        if self.db.dialect != "postgresql":
             raise ConfigurationError(
                 f"Chainlit's official data layer runs on PostgreSQL only, not {self.shown}")
         self.models = models
@@ -123,15 +124,25 @@ class OfficialSource:
     def _skip(self, reason: str, row_id: object) -> None:
         self._left_out.setdefault(reason, set()).add(str(row_id))
 
+    async def _query(self, stmt: Any, params: Mapping[str, Any] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Rows of one statement, with the layer's retries of transient failures and typed
+        errors (a read: running it again is harmless)."""
+        async def read() -> list[dict[str, Any]]:
+            async with self.engine.connect() as conn:
+                return [dict(r._mapping) for r in await conn.execute(stmt, dict(params or {}))]
+
+        return await self.db.run(read)
+
     async def _scalar(self, sql: str, **params: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(sa.text(sql), params)).scalar_one())
+        rows = await self._query(sa.text(sql), params)
+        return int(next(iter(rows[0].values())))
 
     async def open(self, scope: Scope) -> None:
         if scope.user is not None:
-            async with self.engine.connect() as conn:
-                found = (await conn.execute(sa.text(
-                    'SELECT id FROM "User" WHERE identifier = :i'), {"i": scope.user})).scalar()
+            rows = await self._query(sa.text('SELECT id FROM "User" WHERE identifier = :i'),
+                                     {"i": scope.user})
+            found = rows[0]["id"] if rows else None
             if found is None:
                 raise NotFoundError(f"no user {scope.user!r} in {self.shown}", detail=scope.user)
             if _uuid(found) is None:
@@ -174,9 +185,7 @@ class OfficialSource:
             if scope.user is not None:
                 sql += " AND identifier = :i"
                 params["i"] = scope.user
-            async with self.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in await conn.execute(
-                    sa.text(sql + ' ORDER BY id COLLATE "C" LIMIT :n'), params)]
+            rows = await self._query(sa.text(sql + ' ORDER BY id COLLATE "C" LIMIT :n'), params)
             if not rows:
                 return
             out = []
@@ -199,9 +208,7 @@ class OfficialSource:
         if scope.user_id is not None:
             sql += ' AND t."userId" = :uid'
             params["uid"] = scope.user_id
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(
-                sa.text(sql + ' ORDER BY t.id COLLATE "C" LIMIT :n'), params)]
+        return await self._query(sa.text(sql + ' ORDER BY t.id COLLATE "C" LIMIT :n'), params)
 
     async def iter_threads(self, scope: Scope, after: str | None, batch: int
                            ) -> AsyncIterator[list[ThreadData]]:
@@ -221,9 +228,8 @@ class OfficialSource:
         sql = ('SELECT t.id, t."createdAt", t.name, t.metadata, t."userId", t.tags, '
                'u.identifier FROM "Thread" t LEFT JOIN "User" u ON u.id = t."userId" '
                'WHERE t."deletedAt" IS NULL AND t.id IN :ids')
-        async with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in await conn.execute(
-                sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)), {"ids": list(ids)})]
+        rows = await self._query(sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)),
+                                 {"ids": list(ids)})
         return await self._threads(rows)
 
     async def _threads(self, rows: list[dict[str, Any]]) -> list[ThreadData]:
@@ -246,24 +252,20 @@ class OfficialSource:
             return []
         ids = list(found)
         expanding: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
-        async with self.engine.connect() as conn:
-            steps = await conn.execute(sa.text(
+        for step in await self._query(sa.text(
                 'SELECT id, "threadId", "parentId", input, output, metadata, name, type, '
                 '"startTime", "endTime", "showInput", "isError" FROM "Step" '
-                'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids})
-            for step in steps:
-                self._step(found, dict(step._mapping))
-            elements = await conn.execute(sa.text(
+                'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids}):
+            self._step(found, step)
+        for element in await self._query(sa.text(
                 'SELECT id, "threadId", "stepId", metadata, mime, name, "objectKey", url, '
                 '"chainlitKey", display, size, language, page, props FROM "Element" '
-                'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids})
-            for element in elements:
-                self._element(found, dict(element._mapping))
-            feedback = await conn.execute(sa.text(
-                'SELECT f.id, f."stepId", f.value, f.comment, f."updatedAt", f."createdAt", '
-                's."threadId" FROM "Feedback" f JOIN "Step" s ON s.id = f."stepId" '
-                'WHERE s."threadId" IN :ids').bindparams(expanding), {"ids": ids})
-            self._feedback(found, [dict(f._mapping) for f in feedback])
+                'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids}):
+            self._element(found, element)
+        self._feedback(found, await self._query(sa.text(
+            'SELECT f.id, f."stepId", f.value, f.comment, f."updatedAt", f."createdAt", '
+            's."threadId" FROM "Feedback" f JOIN "Step" s ON s.id = f."stepId" '
+            'WHERE s."threadId" IN :ids').bindparams(expanding), {"ids": ids}))
         return [finish_thread(self.models, found[i]) for i in sorted(found)]
 
     def _step(self, found: dict[str, ThreadData], row: Mapping[str, Any]) -> None:
@@ -343,4 +345,4 @@ class OfficialSource:
         return await read_stored_file(self.storage, element, self.shown)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.db.close()

@@ -147,26 +147,40 @@ class SQLSink:
         u = self.models.table("user")
         ids = [str(x["id"]) for x in users]
         identifiers = [str(x["identifier"]) for x in users]
-        async with self.db.engine.connect() as conn:
-            existing = [dict(r._mapping) for r in await conn.execute(
-                sa.select(u.c.id, u.c.identifier).where(
-                    sa.or_(u.c.id.in_(ids), u.c.identifier.in_(identifiers))))]
-        _user_conflicts(users, existing, self.shown)
+        stmt = sa.select(u.c.id, u.c.identifier).where(
+            sa.or_(u.c.id.in_(ids), u.c.identifier.in_(identifiers)))
+
+        async def read() -> list[dict[str, Any]]:
+            async with self.db.engine.connect() as conn:
+                return [dict(r._mapping) for r in await conn.execute(stmt)]
+
+        _user_conflicts(users, await self.db.run(read), self.shown)
 
     async def write_users(self, users: Sequence[Mapping[str, Any]]) -> None:
-        if users:
+        if not users:
+            return
+        rows = self._rows("user", users)
+
+        async def write() -> None:
             async with self.db.engine.begin() as conn:
-                await conn.execute(self._upsert("user"), self._rows("user", users))
+                await conn.execute(self._upsert("user"), rows)
+
+        await self.db.run(write)
 
     async def check_threads(self, batch: Sequence[ThreadData]) -> None:
         t = self.models.table("thread")
         ids = [d.id for d in batch]
-        async with self.db.engine.connect() as conn:
-            owners = {str(r[0]): (None if r[1] is None else str(r[1])) for r in
-                      await conn.execute(sa.select(t.c.id, t.c.userId).where(t.c.id.in_(ids)))}
-            _thread_conflicts(batch, owners, self.shown)
-            for entity in CHILD_ENTITIES:
-                await self._check_children(conn, entity, batch)
+
+        async def check() -> None:
+            async with self.db.engine.connect() as conn:
+                owners = {str(r[0]): (None if r[1] is None else str(r[1])) for r in
+                          await conn.execute(sa.select(t.c.id, t.c.userId).where(
+                              t.c.id.in_(ids)))}
+                _thread_conflicts(batch, owners, self.shown)
+                for entity in CHILD_ENTITIES:
+                    await self._check_children(conn, entity, batch)
+
+        await self.db.run(check)
 
     async def _check_children(self, conn: Any, entity: str, batch: Sequence[ThreadData]) -> None:
         table = self.models.table(entity)
@@ -197,13 +211,18 @@ class SQLSink:
     async def write_threads(self, batch: Sequence[ThreadData]) -> None:
         if not batch:
             return
-        async with self.db.engine.begin() as conn:
-            await conn.execute(self._upsert("thread"),
-                               self._rows("thread", [d.thread for d in batch]))
-            for entity in CHILD_ENTITIES:
-                rows = self._rows(entity, [r for d in batch for r in d.children(entity)])
-                if rows:
-                    await conn.execute(self._upsert(entity), rows)
+        threads = self._rows("thread", [d.thread for d in batch])
+        children = {e: self._rows(e, [r for d in batch for r in d.children(e)])
+                    for e in CHILD_ENTITIES}
+
+        async def write() -> None:  # one transaction: run again whole after a transient failure
+            async with self.db.engine.begin() as conn:
+                await conn.execute(self._upsert("thread"), threads)
+                for entity, rows in children.items():
+                    if rows:
+                        await conn.execute(self._upsert(entity), rows)
+
+        await self.db.run(write)
 
     async def write_file(self, element: Mapping[str, Any], data: bytes) -> None:
         assert self.storage is not None  # the copy checks a destination storage exists first

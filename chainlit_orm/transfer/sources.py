@@ -122,7 +122,8 @@ async def read_stored_file(storage: BaseStorageClient | None, element: Mapping[s
 
 
 class SQLSource:
-    """A chainlit-orm SQL database (SQLite, PostgreSQL, MySQL/MariaDB)."""
+    """A chainlit-orm SQL database (SQLite, PostgreSQL, MySQL/MariaDB). Every read runs through
+    the layer's retries of transient failures and its typed errors."""
 
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
         self.db = _layer.SQLHandle(url, models)
@@ -135,15 +136,21 @@ class SQLSource:
         self.users, self.threads = t("user"), t("thread")
         self.tables = {"step": t("step"), "element": t("element"), "feedback": t("feedback")}
 
+    async def _rows(self, stmt: Any) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            async with self.db.engine.connect() as conn:
+                return [dict(r._mapping) for r in await conn.execute(stmt)]
+
+        return await self.db.run(read)
+
     async def open(self, scope: Scope) -> None:
         await self.db.ensure_ready()
         if scope.user is not None:
-            async with self.db.engine.connect() as conn:
-                found = (await conn.execute(sa.select(self.users.c.id).where(
-                    self.users.c.identifier == scope.user))).scalar()
-            if found is None:
+            found = await self._rows(sa.select(self.users.c.id).where(
+                self.users.c.identifier == scope.user))
+            if not found:
                 raise NotFoundError(f"no user {scope.user!r} in {self.shown}", detail=scope.user)
-            scope.user_id = str(found)
+            scope.user_id = str(found[0]["id"])
 
     def _thread_filter(self, scope: Scope) -> list[Any]:
         t = self.threads
@@ -163,8 +170,7 @@ class SQLSource:
                 stmt = stmt.where(u.c.identifier == scope.user)
             if after is not None:
                 stmt = stmt.where(u.c.id > after)
-            async with self.db.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+            rows = await self._rows(stmt)
             if not rows:
                 return
             yield [record(self.models, "user", r) for r in rows]
@@ -178,8 +184,7 @@ class SQLSource:
                 batch)
             if after is not None:
                 stmt = stmt.where(t.c.id > after)
-            async with self.db.engine.connect() as conn:
-                ids = [str(r[0]) for r in await conn.execute(stmt)]
+            ids = [str(r["id"]) for r in await self._rows(stmt)]
             if not ids:
                 return
             yield await self.fetch_threads(ids)
@@ -188,47 +193,53 @@ class SQLSource:
     async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]:
         """The threads with these ids that exist, whole, in id order."""
         t = self.threads
-        found: dict[str, ThreadData] = {}
-        async with self.db.engine.connect() as conn:
-            for row in await conn.execute(sa.select(t).where(t.c.id.in_(list(ids)))):
-                data = dict(row._mapping)
-                found[str(data["id"])] = ThreadData(record(self.models, "thread", data))
-            for entity, table in self.tables.items():
-                if not found:
-                    break
-                stmt = sa.select(table).where(table.c.threadId.in_(list(found)))
-                for row in await conn.execute(stmt):
+
+        async def read() -> list[ThreadData]:
+            found: dict[str, ThreadData] = {}
+            async with self.db.engine.connect() as conn:
+                for row in await conn.execute(sa.select(t).where(t.c.id.in_(list(ids)))):
                     data = dict(row._mapping)
-                    owner = found.get(str(data["threadId"]))
-                    if owner is not None:
-                        owner.children(entity).append(record(self.models, entity, data))
-        return [finish_thread(self.models, found[i]) for i in sorted(found)]
+                    found[str(data["id"])] = ThreadData(record(self.models, "thread", data))
+                for entity, table in self.tables.items():
+                    if not found:
+                        break
+                    stmt = sa.select(table).where(table.c.threadId.in_(list(found)))
+                    for row in await conn.execute(stmt):
+                        data = dict(row._mapping)
+                        owner = found.get(str(data["threadId"]))
+                        if owner is not None:
+                            owner.children(entity).append(record(self.models, entity, data))
+            return [finish_thread(self.models, found[i]) for i in sorted(found)]
+
+        return await self.db.run(read)
 
     async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         u = self.users
         ids = [str(x["id"]) for x in users]
-        async with self.db.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in await conn.execute(
-                sa.select(u).where(u.c.id.in_(ids)))]
+        rows = await self._rows(sa.select(u).where(u.c.id.in_(ids)))
         return [record(self.models, "user", r) for r in rows]
 
     async def totals(self, scope: Scope) -> dict[str, int | None]:
         t = self.threads
         where = self._thread_filter(scope)
-        out: dict[str, int | None] = {}
-        async with self.db.engine.connect() as conn:
-            users = sa.select(sa.func.count()).select_from(self.users)
-            if scope.user is not None:
-                users = users.where(self.users.c.identifier == scope.user)
-            out["users"] = int((await conn.execute(users)).scalar_one())
-            out["threads"] = int((await conn.execute(
-                sa.select(sa.func.count()).select_from(t).where(*where))).scalar_one())
-            for entity, table in self.tables.items():
-                stmt = sa.select(sa.func.count()).select_from(table)
-                if where:
-                    stmt = stmt.where(table.c.threadId.in_(sa.select(t.c.id).where(*where)))
-                out[f"{entity}s"] = int((await conn.execute(stmt)).scalar_one())
-        return out
+        statements: dict[str, Any] = {}
+        users = sa.select(sa.func.count()).select_from(self.users)
+        if scope.user is not None:
+            users = users.where(self.users.c.identifier == scope.user)
+        statements["users"] = users
+        statements["threads"] = sa.select(sa.func.count()).select_from(t).where(*where)
+        for entity, table in self.tables.items():
+            stmt = sa.select(sa.func.count()).select_from(table)
+            if where:
+                stmt = stmt.where(table.c.threadId.in_(sa.select(t.c.id).where(*where)))
+            statements[f"{entity}s"] = stmt
+
+        async def read() -> dict[str, int | None]:
+            async with self.db.engine.connect() as conn:
+                return {name: int((await conn.execute(stmt)).scalar_one())
+                        for name, stmt in statements.items()}
+
+        return await self.db.run(read)
 
     async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
         return await read_stored_file(self.storage, element, self.shown)

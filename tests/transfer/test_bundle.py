@@ -143,15 +143,15 @@ async def test_a_damaged_bundle_is_refused(source: Any, tmp_path: Path) -> None:
     steps = (bundle / "steps.jsonl").read_text().splitlines()
     (bundle / "steps.jsonl").write_text("\n".join([steps[0], "{not json", *steps[1:]]) + "\n")
     async with temp_sqlite_url(tmp_path) as dst:
-        with pytest.raises(InvalidInputError, match="steps.jsonl line 2 is not JSON"):
+        with pytest.raises(InvalidInputError, match=r"steps\.jsonl line 2 is not JSON"):
             await import_bundle(bundle, dst, files=False, checkpoint=tmp_path / "2.json")
 
     broken = json.loads(steps[0])
     broken["createdAt"] = "yesterday"
     (bundle / "steps.jsonl").write_text("\n".join([json.dumps(broken), *steps[1:]]) + "\n")
     async with temp_sqlite_url(tmp_path) as dst:
-        with pytest.raises(InvalidInputError, match="steps.jsonl line 1: not an ISO-8601 "
-                                                    "timestamp: 'yesterday'"):
+        with pytest.raises(InvalidInputError, match=r"steps\.jsonl line 1: not an ISO-8601 "
+                                                    r"timestamp: 'yesterday'"):
             await import_bundle(bundle, dst, files=False, checkpoint=tmp_path / "3.json")
 
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -113,7 +113,7 @@ async def test_official_schema_copies_into_every_backend(
 async def test_a_database_with_both_schemas_needs_a_source_kind(
     official: Any, tmp_path: Path
 ) -> None:
-    url, src_storage, _ = official
+    _url, src_storage, _ = official
     from chainlit_orm import migrate
 
     async with temp_postgres_db() as both, temp_sqlite_url(tmp_path) as dst:
@@ -133,7 +133,7 @@ async def test_a_database_with_both_schemas_needs_a_source_kind(
 
 
 async def test_one_user_of_the_official_schema(official: Any, tmp_path: Path) -> None:
-    url, src_storage, seeded = official
+    url, src_storage, _seeded = official
     async with temp_sqlite_url(tmp_path) as dst, memory_storage("one") as dst_storage:
         summary = await copy(url, dst, src_storage=src_storage, dst_storage=dst_storage,
                              user="bob 🐢@example.com", checkpoint=tmp_path / "ck.json")
