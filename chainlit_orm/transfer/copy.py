@@ -423,7 +423,8 @@ async def copy(
 async def _verify(source: Source, store: Store, scope: Scope, *, files: bool, batch: int,
                   progress: Progress, summary: Summary) -> None:
     started = time.monotonic()
-    totals: dict[str, int | None] = {"threads": summary.rows.get("threads") or None}
+    # what the copy moved is what the verification reads again
+    totals: dict[str, int | None] = {k: v for k, v in summary.rows.items() if v}
     progress.start("verify", totals)
     try:
         result = await verify(source, store, scope, files=files, batch=batch, progress=progress)

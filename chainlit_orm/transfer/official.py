@@ -336,9 +336,9 @@ class OfficialSource:
                 f'SELECT COUNT(*) FROM "Step" WHERE "threadId" IN ({live})', **params),
             "elements": None if scope.since else await self._scalar(
                 f'SELECT COUNT(*) FROM "Element" WHERE "threadId" IN ({live})', **params),
-            "feedbacks": None if scope.since else await self._scalar(
-                'SELECT COUNT(*) FROM "Feedback" f JOIN "Step" s ON s.id = f."stepId" '
-                f'WHERE s."threadId" IN ({live})', **params),
+            "feedbacks": None if scope.since else await self._scalar(  # one kept per step
+                'SELECT COUNT(DISTINCT f."stepId") FROM "Feedback" f JOIN "Step" s '
+                f'ON s.id = f."stepId" WHERE s."threadId" IN ({live})', **params),
         }
 
     async def read_file(self, element: Mapping[str, Any]) -> bytes | None:

@@ -114,7 +114,7 @@ class TerminalProgress:
         self.progress = Progress(
             TextColumn(f"{phase} [bold]{{task.description:>9}}"), BarColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[rate]:>9}"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, refresh_per_second=4)
         self.tasks = {}
         self.started = time.monotonic()
