@@ -5,7 +5,8 @@
 For each size N: N threads of ``--steps`` steps (Chainlit's own step dicts, cycling user message,
 tool, assistant message), one element and one feedback per thread, N/100 users. Three copies,
 each run in a child process (``python -m chainlit_orm.cli copy``-equivalent through the library)
-so its peak RSS is its own:
+so its peak RSS (``VmHWM``: ``ru_maxrss`` would include the parent's, inherited across fork and
+exec) is its own:
 
 * SQLite -> PostgreSQL (the SQLite store is written with the transfer's own bulk SQL writer);
 * PostgreSQL -> DynamoDB on a private moto server;
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -144,9 +144,9 @@ def _child(src: str, dst: str, env: dict[str, str]) -> dict[str, Any]:
         "from chainlit_orm.transfer import copy\n"
         "s = asyncio.run(copy(sys.argv[1], sys.argv[2], files=False, batch=500,\n"
         "                     checkpoint=sys.argv[3]))\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
         "print(json.dumps({'rows': s.rows, 'seconds': s.seconds, 'verify': s.verify_seconds,\n"
-        "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
-        "                  'skipped': s.skipped}))\n")
+        "                  'rss_mb': int(hwm.split()[1]) / 1024, 'skipped': s.skipped}))\n")
     checkpoint = os.path.join(tempfile.gettempdir(), f"bench-transfer-{uuid.uuid4().hex}.json")
     done = subprocess.run([sys.executable, "-c", code, src, dst, checkpoint], env=env,
                           capture_output=True, text=True, cwd=HERE.parent, check=False)
@@ -155,7 +155,11 @@ def _child(src: str, dst: str, env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-async def run(sizes: list[int], steps: int) -> list[dict[str, Any]]:
+PAIRS = ("sqlite-postgres", "postgres-dynamodb", "official-sqlite")
+
+
+async def run(sizes: list[int], steps: int, pairs: tuple[str, ...] = PAIRS
+              ) -> list[dict[str, Any]]:
     from .__main__ import start_moto
 
     proc, endpoint = start_moto()
@@ -178,11 +182,16 @@ async def run(sizes: list[int], steps: int) -> list[dict[str, Any]]:
             try:
                 await _load_sqlite(sqlite_src, users, threads)
                 await _load_official(official, users, threads)
-                for label, src, dst in (
-                    ("SQLite -> PostgreSQL", sqlite_src, PG.format(pg)),
-                    ("PostgreSQL -> DynamoDB (moto)", PG.format(pg), dynamo),
-                    ("official schema -> SQLite", PG.format(official), sqlite_dst),
+                for key, label, src, dst in (
+                    ("sqlite-postgres", "SQLite -> PostgreSQL", sqlite_src, PG.format(pg)),
+                    ("postgres-dynamodb", "PostgreSQL -> DynamoDB (moto)", PG.format(pg), dynamo),
+                    ("official-sqlite", "official schema -> SQLite", PG.format(official),
+                     sqlite_dst),
                 ):
+                    if key not in pairs:
+                        continue
+                    if key == "postgres-dynamodb" and "sqlite-postgres" not in pairs:
+                        figures = _child(sqlite_src, PG.format(pg), env)  # fills PostgreSQL
                     started = time.perf_counter()
                     figures = _child(src, dst, env)
                     figures.update(copy=label, threads=n, wall=time.perf_counter() - started)
@@ -226,13 +235,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer")
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--pairs", default=",".join(PAIRS),
+                        help=f"which copies, of: {', '.join(PAIRS)}")
     parser.add_argument("--out", default=str(HERE / "results" / "transfer.md"))
     args = parser.parse_args()
-    results = asyncio.run(run([int(x) for x in args.sizes.split(",")], args.steps))
+    results = asyncio.run(run([int(x) for x in args.sizes.split(",")], args.steps,
+                              tuple(args.pairs.split(","))))
     text = report(results, args.steps)
     Path(args.out).write_text(text)
     print(text)
-    _ = resource
     return 0
 
 
