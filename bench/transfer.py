@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,7 @@ async def run(sizes: list[int], steps: int, pairs: tuple[str, ...] = PAIRS
     finally:
         proc.terminate()
         proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 
