@@ -5,8 +5,16 @@
     chainlit-orm generate [--models pkg.mod:attr] [--out DIR] [--check]
     chainlit-orm migrate URL [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr]
     chainlit-orm ddl DIALECT [--models pkg.mod:attr]
+    chainlit-orm copy SRC DST [--src-storage URL] [--dst-storage URL] [--user IDENTIFIER]
+                      [--since TIME] [--files/--no-files] [--batch N] [--source-kind KIND]
+                      [--checkpoint FILE] [--verify] [--models pkg.mod:attr]
+    chainlit-orm export SRC OUT [--src-storage URL] [--user IDENTIFIER] [--since TIME]
+                        [--files/--no-files] [--batch N] [--source-kind KIND] [--canonical]
+    chainlit-orm import IN DST [--dst-storage URL] [--files/--no-files] [--batch N]
+                        [--checkpoint FILE] [--verify]
 
-Exit codes: 0 success; 1 ``generate --check`` found drift; 2 bad input (an unsupported
+Exit codes: 0 success; 1 ``generate --check`` found drift, or a transfer's verification found a
+difference; 2 bad input (an unsupported
 dialect, an unreachable server, refused credentials, a schema that cannot be migrated), reported
 as one line with any password masked. :class:`~chainlit_orm.errors.ChainlitORMError` is caught
 here, at the edge, and nowhere else; any other exception is a bug and keeps its traceback.
@@ -22,11 +30,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from chainlit_orm.errors import ChainlitORMError, ConfigurationError, mask_url
+from chainlit_orm.errors import (
+    ChainlitORMError,
+    ConfigurationError,
+    VerificationError,
+    mask_url,
+)
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
+
+if TYPE_CHECKING:
+    from chainlit_orm.transfer.progress import Progress, Summary
 
 __all__ = ["load_models", "main", "url_backend"]
 
@@ -159,10 +176,110 @@ def _ddl(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ transfer commands
+# One small function per command, each delegating to chainlit_orm.transfer; the parser below only
+# declares their options.
+
+
+def _transfer_progress() -> Progress:
+    from chainlit_orm.transfer.progress import for_stream
+
+    return for_stream(sys.stderr)
+
+
+def _print_summary(summary: Summary) -> int:
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from chainlit_orm.transfer import copy
+
+    return _print_summary(asyncio.run(copy(
+        args.src, args.dst, src_storage=args.src_storage, dst_storage=args.dst_storage,
+        user=args.user, since=args.since, files=args.files, batch=args.batch,
+        source_kind=args.source_kind, checkpoint=args.checkpoint, verify_only=args.verify,
+        models=load_models(args.models), progress=_transfer_progress())))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from chainlit_orm.transfer import export
+
+    return _print_summary(asyncio.run(export(
+        args.src, args.out, src_storage=args.src_storage, user=args.user, since=args.since,
+        files=args.files, batch=args.batch, source_kind=args.source_kind,
+        canonical=args.canonical, models=load_models(args.models),
+        progress=_transfer_progress())))
+
+
+def _import(args: argparse.Namespace) -> int:
+    from chainlit_orm.transfer import import_bundle
+
+    return _print_summary(asyncio.run(import_bundle(
+        args.bundle, args.dst, dst_storage=args.dst_storage, files=args.files,
+        batch=args.batch, checkpoint=args.checkpoint, verify_only=args.verify,
+        models=load_models(args.models), progress=_transfer_progress())))
+
+
+def _transfer_parsers(commands: Any, models_help: str) -> None:
+    from chainlit_orm.transfer.copy import DEFAULT_BATCH, SOURCE_KINDS
+
+    def common(parser: argparse.ArgumentParser, *, scope: bool, source_kind: bool,
+               resume: bool) -> None:
+        if scope:
+            parser.add_argument("--user", metavar="IDENTIFIER",
+                                help="one user's data only (a data-access export)")
+            parser.add_argument("--since", metavar="TIME",
+                                help="only threads active at or after TIME (ISO-8601)")
+        parser.add_argument("--files", action=argparse.BooleanOptionalAction, default=True,
+                            help="copy element files too (default: yes)")
+        parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                            help=f"threads per batch (default: {DEFAULT_BATCH})")
+        if source_kind:
+            parser.add_argument("--source-kind", choices=SOURCE_KINDS,
+                                help="which schema to read when SRC holds both")
+        if resume:
+            parser.add_argument("--checkpoint", metavar="FILE",
+                                help="resume file (default: .chainlit-orm-copy-<hash>.json here)")
+            parser.add_argument("--verify", action="store_true",
+                                help="copy nothing; compare the destination with the source")
+        parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+
+    storage_help = "storage URL of {} element files (default: CHAINLIT_ORM_STORAGE_URL)"
+    copy = commands.add_parser(
+        "copy", help="copy users, threads, steps, elements with files and feedback between "
+        "stores (resumable, verified)")
+    copy.add_argument("src", metavar="SRC", help="database URL, dynamodb://TABLE?..., or the "
+                      "PostgreSQL URL of Chainlit's official data layer")
+    copy.add_argument("dst", metavar="DST", help="database URL or dynamodb://TABLE?...")
+    copy.add_argument("--src-storage", metavar="URL", help=storage_help.format("SRC's"))
+    copy.add_argument("--dst-storage", metavar="URL", help=storage_help.format("DST's"))
+    common(copy, scope=True, source_kind=True, resume=True)
+    copy.set_defaults(handler=_copy)
+
+    export = commands.add_parser("export", help="write a portable bundle directory")
+    export.add_argument("src", metavar="SRC", help="as for copy")
+    export.add_argument("out", metavar="OUT", help="the bundle directory to create")
+    export.add_argument("--src-storage", metavar="URL", help=storage_help.format("SRC's"))
+    export.add_argument("--canonical", action="store_true",
+                        help="leave the export time and source out of the manifest")
+    common(export, scope=True, source_kind=True, resume=False)
+    export.set_defaults(handler=_export)
+
+    load = commands.add_parser("import", help="write a bundle into a store (resumable, verified)")
+    load.add_argument("bundle", metavar="IN", help="a bundle directory")
+    load.add_argument("dst", metavar="DST", help="database URL or dynamodb://TABLE?...")
+    load.add_argument("--dst-storage", metavar="URL", help=storage_help.format("DST's"))
+    common(load, scope=False, source_kind=False, resume=True)
+    load.set_defaults(handler=_import)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainlit-orm",
-        description="Generate, check and apply chainlit-orm's schemas.",
+        description="Generate, check and apply chainlit-orm's schemas; copy, export and "
+        "import chat history.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models_help = "model set as package.module:attribute (default: the five default models)"
@@ -198,6 +315,8 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"one of: {', '.join(SUPPORTED_DIALECTS)}")
     show.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
     show.set_defaults(handler=_ddl)
+
+    _transfer_parsers(commands, models_help)
     return parser
 
 
@@ -206,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)
+    except VerificationError as exc:
+        print(f"chainlit-orm: verification failed: {mask_url(exc)}", file=sys.stderr)
+        return 1
     except ChainlitORMError as exc:
         print(f"chainlit-orm: error: {mask_url(exc)}", file=sys.stderr)
         return 2

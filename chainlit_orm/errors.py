@@ -27,6 +27,7 @@ __all__ = [
     "StorageError",
     "StorageTimeoutError",
     "TimeoutExceededError",
+    "VerificationError",
     "mask_url",
 ]
 
@@ -93,6 +94,11 @@ class TimeoutExceededError(BackendUnavailableError, TimeoutError):
     the same as a statement that never arrived); every write the layer sends is an idempotent
     upsert, so the caller may retry it.
     """
+
+
+class VerificationError(ChainlitORMError):
+    """A transfer's verification found a difference between source and destination; the message
+    names the first differing user, thread or count."""
 
 
 class SchemaError(ChainlitORMError):

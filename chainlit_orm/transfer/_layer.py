@@ -1,0 +1,460 @@
+"""The transfer's one door into the layers' internals.
+
+Bulk reads and writes cannot go through the layers' per-call methods (a million ``create_step``
+calls), but every value a layer *derives* when it writes must be derived the same way here, so a
+copied store answers ``list_threads``, search and the feedback filters exactly as one written
+through the layer. Everything the transfer takes from the layers, the migrator and their private
+helpers is imported in this module and nowhere else in :mod:`chainlit_orm.transfer`, so moving
+those internals (issue 15: the DynamoDB package, ``migrations/``, one URL parser) changes this
+file only.
+
+Names used, by origin:
+
+* ``models.convert.to_row``: the columns derived from ``metadata`` (``steps.favorite``, custom
+  ``metadata_column`` fields), as the layer computes them on every write;
+* ``models.modelset.FROM_METADATA``: which columns those are;
+* ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
+  ``layers.base._content_disposition``: the header an element file is stored with;
+* ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
+  ``ensure_ready``, ``_ready``, ``_run``, ``close``): engines configured as the layer's (SQLite
+  pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema check,
+  and its bounded retries of transient failures with typed errors;
+* ``migration.migrate``: the destination's schema before anything is written;
+* ``schema_gen.dynamo_migrate.parse_dynamodb_url``: ``dynamodb://`` URLs;
+* ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
+  decoding), ``_key_of``, ``_index_attributes`` (GSI key attributes), ``indexes``, ``_kind``,
+  ``_user_row``, ``_load_texts``, ``_text_key``, ``offload_bytes``, ``_batch_write``,
+  ``_batch_get``, ``_query_all``, ``_call``, ``_lookup``, ``list_threads``, ``get_user``,
+  ``ensure_ready``, ``close``; module helpers ``_s``, ``_key``, ``_item_size``,
+  ``_is_phantom``, ``_legacy_feedback``, ``_read_object``; constants ``ITEM_LIMIT``,
+  ``TEXT_REFS``, ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
+* ``storage.FsspecStorage``'s ``_stat`` and ``_sync_fs`` (whether an object is absent);
+* ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
+
+Two rules are written inline in the layers today, with no function to call; they are written
+here once each, with the place they mirror, until issue 15 gives them one home:
+:func:`thread_activity` (``migration._activity_values`` and the DynamoDB backfill) and
+:func:`DynamoTable.feedback_markers` (``DynamoBackend._counter_update`` and the backfill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from chainlit.data.storage_clients.base import BaseStorageClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chainlit_orm.errors import (
+    ConfigurationError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StorageError,
+)
+from chainlit_orm.models.convert import to_row
+from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+from chainlit_orm.models.types import utc_now
+
+__all__ = [
+    "USER_MESSAGE",
+    "DynamoTable",
+    "SQLHandle",
+    "content_disposition",
+    "migrate",
+    "portable_columns",
+    "read_object",
+    "stored_row",
+    "thread_activity",
+]
+
+T = TypeVar("T")
+
+#: The step type whose creation counts as thread activity.
+USER_MESSAGE = "user_message"
+
+#: Internal columns that are facts of a row (copied as they are), not derived on write.
+_FACT_COLUMNS = frozenset({"activityAt", "extra"})
+
+
+def _derived(column: sa.Column[Any]) -> bool:
+    """A column every write recomputes from the row's ``metadata`` (see ``to_row``)."""
+    return column.name == "favorite" or FROM_METADATA in column.info
+
+
+def portable_columns(models: ModelSet, entity: str) -> tuple[str, ...]:
+    """The columns a transferred record carries: every column but the derived ones.
+
+    Raises:
+        ConfigurationError: the table has an internal column whose value the transfer cannot
+            derive the way the layer does; copying it would leave it empty, so nothing is copied.
+    """
+    return _portable(models.table(entity))
+
+
+@functools.cache
+def _portable(table: sa.Table) -> tuple[str, ...]:
+    # cached per table (a model set's tables never change): this runs for every row moved
+    for column in table.columns:
+        if column.info.get("internal") and column.name not in _FACT_COLUMNS and not _derived(
+                column):
+            raise ConfigurationError(
+                f"{table.name}.{column.name} is derived by a rule the transfer does not know; "
+                "chainlit_orm.transfer._layer must derive it as the layer does", detail=column.name)
+    return tuple(c.name for c in table.columns if not _derived(c))
+
+
+@functools.cache
+def _derived_names(table: sa.Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if _derived(c))
+
+
+def stored_row(models: ModelSet, entity: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The full row a layer would store for ``record``: its columns plus the derived ones."""
+    table = models.table(entity)
+    row = {name: record.get(name) for name in _portable(table)}
+    derived = _derived_names(table)
+    if derived:
+        computed = to_row(models, entity, {"metadata": record.get("metadata")})
+        for name in derived:
+            row[name] = computed.get(name)
+    return row
+
+
+def thread_activity(created_at: str | None, user_message_times: Iterable[str | None]) -> str:
+    """A thread's activity when its store does not record one: its latest user message, else its
+    creation, else now. Mirrors ``migration._activity_values`` (the rule ``migrate`` backfills an
+    adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
+    timestamps, so text order is time order."""
+    latest = max((t for t in user_message_times if t), default=None)
+    return latest or created_at or utc_now()
+
+
+def content_disposition(name: str) -> str:
+    """The ``Content-Disposition`` the layer stores an element's file with."""
+    from chainlit_orm.layers.base import _content_disposition
+
+    return _content_disposition(name)
+
+
+async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | None:
+    """The bytes of a stored object, or None when it is absent.
+
+    Read by whatever the storage client offers: its ``read_file`` (a missing object is
+    ``NotFoundError``), else the DynamoDB layer's reader of offloaded texts (FsspecStorage's
+    streaming reader on local disk and memory, else a GET of the signed URL), after which only
+    local disk and memory can tell "absent" from a failure; anything else raises
+    :class:`~chainlit_orm.errors.StorageError`.
+    """
+    reader = getattr(storage, "read_file", None)
+    if reader is not None:
+        try:
+            return bytes(await reader(object_key))
+        except NotFoundError:
+            return None
+    from chainlit_orm.layers.dynamodb import _read_object
+
+    try:
+        return await _read_object(storage, object_key)
+    except StorageError:
+        stat = getattr(storage, "_stat", None)
+        if stat is not None and getattr(storage, "_sync_fs", None) is not None and (
+                await stat(object_key) is None):
+            return None
+        raise
+
+
+async def migrate(url: str, models: ModelSet) -> list[str]:
+    """``chainlit-orm migrate`` on a destination: create or upgrade its schema, additively."""
+    from chainlit_orm.migration import migrate as run
+
+    return list((await run(url, models=models)).lines)
+
+
+class SQLHandle:
+    """A SQL database as the layer opens it: its transactional engine (SQLite pragmas and
+    ``BEGIN IMMEDIATE``, a model set's schema translation), its schema check, and its way of
+    running work: :meth:`run` retries transient failures (a dropped connection, a deadlock) a
+    bounded number of times and turns driver errors into typed ones, as every layer call does.
+
+    ``check_schema=False`` is for a database that is not chainlit-orm's (Chainlit's official
+    schema, or one being inspected): nothing checks or creates a schema there.
+    """
+
+    def __init__(self, url: str, models: ModelSet, *, check_schema: bool = True) -> None:
+        from chainlit_orm.layers.sql import SQLBackend
+
+        self._backend = SQLBackend(url, models=models, create_schema=False)
+        self.engine: AsyncEngine = self._backend.engine
+        self.dialect: str = self._backend.dialect
+        self.models = models
+        self.shown: str = self._backend.url_text
+        self._check_schema = check_schema
+
+    async def ensure_ready(self) -> None:
+        """The layer's first-use check: the schema is recorded at the current version."""
+        if self._check_schema:
+            await self._backend.ensure_ready()
+        elif self._backend._ready is None:
+            ready = asyncio.get_running_loop().create_future()
+            ready.set_result(None)
+            self._backend._ready = ready  # not chainlit-orm's schema: nothing to check
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` (idempotent: it may run again after a transient failure) with the layer's
+        retries and typed errors."""
+        await self.ensure_ready()
+        return await self._backend._run(work)
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+
+class DynamoTable:
+    """One chainlit-orm DynamoDB table: whole-partition reads and whole-item writes, with every
+    key, index attribute, counter and offloaded text made by the layer's own code."""
+
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+        from chainlit_orm.layers import dynamodb as dy
+        from chainlit_orm.schema_gen import dynamo as spec
+        from chainlit_orm.schema_gen.dynamo_migrate import parse_dynamodb_url
+
+        parsed = parse_dynamodb_url(url)
+        if parsed.profile:
+            raise ConfigurationError(
+                "profile= is not supported here; set AWS_PROFILE instead", detail="profile")
+        self._dy = dy
+        self._spec = spec
+        self.models = models
+        self.storage = storage
+        self.backend = dy.DynamoBackend(
+            parsed.table, models=models, region=parsed.region, endpoint_url=parsed.endpoint_url,
+            max_pool_connections=16, storage=lambda: storage)
+        self.table = parsed.table
+        self.shown = self.backend.url
+
+    async def ensure_ready(self) -> None:
+        await self.backend.ensure_ready()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    # ----------------------------------------------------------------- reading
+
+    async def scan_items(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every item of the table, a Scan page (up to 1 MB) at a time, read consistently."""
+        kwargs: dict[str, Any] = {"ConsistentRead": True}
+        while True:
+            page = await self.backend._call("scan", **kwargs)
+            yield list(page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+    def classify(self, item: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """(kind, thread id) of an item: ``user`` (no thread), or the entity of an item in a
+        thread's partition and that thread's id; (None, None) for anything else (the
+        schema-version item)."""
+        spec, b = self._spec, self.backend
+        pk, sk = item[spec.PARTITION_KEY]["S"], item[spec.SORT_KEY]["S"]
+        if sk == self.models.dynamo["user"].sk and spec.parse_key(
+                self.models.dynamo["user"].pk, pk) is not None:
+            return "user", None
+        thread_id = b._thread_of_key(pk)
+        if thread_id is None:
+            return None, None
+        return b._kind(sk), thread_id
+
+    def user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return self.backend._user_row(item)
+
+    def thread_head(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A thread item's row (what enumerating and filtering threads needs)."""
+        return self.backend.codecs["thread"].row(item)
+
+    async def get_user(self, identifier: str) -> dict[str, Any] | None:
+        return await self.backend.get_user(identifier)
+
+    async def get_users(self, identifiers: Sequence[str]) -> list[dict[str, Any]]:
+        """The user rows of these identifiers that exist (BatchGetItem, 100 keys a call)."""
+        b = self.backend
+        keys = [b._key_of("user", identifier=i) for i in identifiers]
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            items += await b._batch_get(keys[start:start + 100])
+        return [b._user_row(item) for item in items]
+
+    async def user_identifier(self, user_id: str) -> str | None:
+        """The identifier of the user item with this id, through the layer's ``ById`` lookup."""
+        found = await self.backend._lookup("user", user_id)
+        if found is None:
+            return None
+        parsed = self._spec.parse_key(self.models.dynamo["user"].pk, found[0])
+        return parsed["identifier"] if parsed else None
+
+    async def user_thread_ids(self, user_id: str) -> list[tuple[str, str | None]]:
+        """(id, activityAt) of a user's threads, from the layer's list index."""
+        rows = await self.backend.list_threads(user_id=user_id, limit=10**12, after=None,
+                                               search=None, feedback=None, order="activity")
+        return [(str(r["id"]), r.get("activityAt")) for r in rows]
+
+    async def read_partition(self, thread_id: str) -> tuple[
+            dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
+    ] | None:
+        """A thread with all its rows, or None: one Query of its partition, decoded by
+        :meth:`decode_partition`."""
+        spec, b = self._spec, self.backend
+        items = await b._query_all(
+            KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
+            ExpressionAttributeValues={
+                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
+            ConsistentRead=True)
+        return await self.decode_partition(thread_id, items)
+
+    async def decode_partition(self, thread_id: str, items: Sequence[Mapping[str, Any]]
+                               ) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                          list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """A thread partition's items as rows: ``get_thread``'s reading (the same item kinds,
+        phantom steps, embedded legacy feedback and offloaded texts), except that feedback items
+        whose step does not exist are kept, as the SQL backends keep such rows."""
+        dy, spec, b = self._dy, self._spec, self.backend
+        thread: dict[str, Any] | None = None
+        steps: list[dict[str, Any]] = []
+        step_items: list[Mapping[str, Any]] = []
+        elements: list[dict[str, Any]] = []
+        feedback: dict[str, dict[str, Any]] = {}
+        legacy: dict[str, dict[str, Any]] = {}
+        for item in items:
+            kind = b._kind(item[spec.SORT_KEY]["S"])
+            if kind == "thread":
+                thread = b.codecs["thread"].row(item)
+            elif kind == "step":
+                embedded = dy._legacy_feedback(item)
+                if embedded and embedded.get("forId"):
+                    legacy.setdefault(str(embedded["forId"]), embedded)
+                if not dy._is_phantom(item):
+                    steps.append(b.codecs["step"].row(item))
+                    step_items.append(item)
+            elif kind == "element":
+                elements.append(b.codecs["element"].row(item))
+            elif kind == "feedback":
+                row = b.codecs["feedback"].row(item)
+                feedback[str(row.get("forId"))] = row
+        if thread is None:
+            return None
+        await b._load_texts(step_items, steps)
+        for for_id, row in legacy.items():
+            feedback.setdefault(for_id, {**row, "threadId": thread_id})
+        return thread, steps, elements, list(feedback.values())
+
+    # ----------------------------------------------------------------- writing
+
+    def _item(self, entity: str, row: Mapping[str, Any], **key: Any) -> dict[str, Any]:
+        """An item as the layer writes it: the table key, every non-null column encoded by the
+        entity's codec, and the GSI key attributes (feedback-driven sparse indexes excluded)."""
+        b = self.backend
+        codec = b.codecs[entity]
+        item = dict(b._key_of(entity, **key))
+        for name, value in row.items():
+            if value is not None:
+                item[name] = codec.encode(name, value)
+        for attribute, value in b._index_attributes(entity, row).items():
+            item[attribute] = self._dy._s(value)
+        return item
+
+    def user_item(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._item("user", row, identifier=row["identifier"])
+
+    def element_item(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._item("element", row, threadId=row["threadId"], id=row["id"])
+
+    def feedback_item(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._item("feedback", row, threadId=row["threadId"], forId=row["forId"])
+
+    def thread_item(self, row: Mapping[str, Any], counts: Mapping[int, int]) -> dict[str, Any]:
+        """The thread item with its index attributes, feedback counters and sparse markers."""
+        item = self._item("thread", row, id=row["id"])
+        item.update(self.feedback_markers(row.get("userId"), counts))
+        return item
+
+    def feedback_markers(self, user_id: str | None, counts: Mapping[int, int]
+                         ) -> dict[str, Any]:
+        """The per-value feedback counters of a thread item, and the ``UserFeedback0/1`` key
+        attributes that put it in the sparse feedback indexes while its count is positive.
+        Mirrors ``DynamoBackend._counter_update`` and the backfill (inline there today)."""
+        dy, b = self._dy, self.backend
+        out: dict[str, Any] = {}
+        for value, counter in dy.FEEDBACK_COUNTERS.items():
+            count = counts.get(value, 0)
+            if not count:
+                continue
+            out[counter] = {"N": str(count)}
+            spec = b.indexes.get(dy.FEEDBACK_INDEXES[value])
+            if spec is None or not user_id:
+                continue
+            declared = next(d for d in self.models.dynamo["thread"].indexes
+                            if d.index == spec.name)
+            marker = self._spec.render_key(declared.pk, {"userId": user_id})
+            if marker:
+                out[spec.pk_attribute] = dy._s(marker)
+        return out
+
+    def step_item(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """A step item, and the texts to store as objects first: ``upsert_step``'s rule (a text
+        above ``offload_bytes`` goes to the storage client when there is one; an item above
+        DynamoDB's limit without one is refused before anything is written)."""
+        dy, b = self._dy, self.backend
+        thread_id, step_id = str(row["threadId"]), str(row["id"])
+        item = self._item("step", row, threadId=thread_id, id=step_id)
+        uploads: list[tuple[str, bytes]] = []
+        if self.storage is not None:
+            for field, ref in dy.TEXT_REFS.items():
+                text = row.get(field)
+                if isinstance(text, str) and len(text.encode()) > b.offload_bytes:
+                    key = b._text_key(thread_id, step_id, field, False)
+                    uploads.append((key, text.encode()))
+                    del item[field]
+                    item[ref] = dy._s(key)
+        size = dy._item_size(item)
+        if size > dy.ITEM_LIMIT - 1024:
+            hint = "" if self.storage is not None else (
+                " (configure a destination storage to offload texts)")
+            raise PayloadTooLargeError(
+                f"step {step_id} would be a {size} byte DynamoDB item, above the 400 KB limit"
+                f"{hint}", detail=step_id)
+        return item, uploads
+
+    async def put(self, items: Sequence[dict[str, Any]]) -> None:
+        """Whole items, BatchWriteItem 25 at a time, unprocessed ones retried (the layer's)."""
+        if items:
+            await self.backend._batch_write([{"PutRequest": {"Item": i}} for i in items],
+                                            last_after_rest=True)
+
+    async def thread_owners(self, thread_ids: Sequence[str]) -> dict[str, str | None]:
+        """userId of each of these threads that exists (BatchGetItem of the thread items)."""
+        b = self.backend
+        out: dict[str, str | None] = {}
+        keys = [b._key_of("thread", id=t) for t in thread_ids]
+        for start in range(0, len(keys), 100):
+            for item in await b._batch_get(keys[start:start + 100]):
+                row = b.codecs["thread"].row(item)
+                thread_id = b._thread_of_key(item[self._spec.PARTITION_KEY]["S"])
+                if thread_id is not None:
+                    out[thread_id] = row.get("userId")
+        return out
+
+    async def thread_feedback(self, thread_id: str) -> list[dict[str, Any]]:
+        """The feedback items a thread already has (to count them with the copied ones)."""
+        spec, b = self._spec, self.backend
+        prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
+        items = await b._query_all(
+            KeyConditionExpression="#p = :p AND begins_with(#s, :f)",
+            ExpressionAttributeNames={"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY},
+            ExpressionAttributeValues={
+                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY],
+                ":f": {"S": prefix}},
+            ConsistentRead=True)
+        return [b.codecs["feedback"].row(item) for item in items]

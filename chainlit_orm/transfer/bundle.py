@@ -1,0 +1,420 @@
+"""The portable bundle: a directory that ``chainlit-orm export`` writes and ``import`` reads.
+
+Format ``chainlit-orm-bundle``, version 1::
+
+    BUNDLE/
+      manifest.json     what the bundle holds (below); written last
+      users.jsonl       one user per line, sorted by id
+      threads.jsonl     one thread per line, sorted by id
+      steps.jsonl       one step per line, sorted by (threadId, id)
+      elements.jsonl    one element per line, sorted by (threadId, id)
+      feedbacks.jsonl   one feedback per line, sorted by (threadId, id)
+      files.jsonl       one stored file per line: {"path", "sha256", "size"}, sorted by sha256
+      files/ab/abcdef…  each element file once, named by the SHA-256 of its bytes
+
+Each ``.jsonl`` line is one *record* (:mod:`chainlit_orm.transfer.records`) in canonical JSON:
+sorted keys, UTF-8, no insignificant whitespace, integral numbers as integers, ids as lower-case
+dashed UUIDs, timestamps as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC. Keys are chainlit-orm's
+column names, which are Chainlit's own keys (``threadId``, ``createdAt``, ``showInput``, ...),
+plus:
+
+* ``threads.activityAt``: the thread's activity (its latest user message), the order of
+  Chainlit's thread list;
+* ``extra``: keys a newer Chainlit sent that have no column yet (or null);
+* ``elements.$file``: ``{"sha256": HEX, "size": BYTES}`` for an element whose file was stored
+  (``files/HEX[:2]/HEX`` holds it), ``{"missing": true}`` when its record names an object that
+  was not in storage, ``null`` for an element without a stored file. ``objectKey`` is where the
+  file is stored again on import.
+
+Columns a write derives from ``metadata`` (``favorite``, custom ``metadata_column`` fields) are
+not in the bundle: importing recomputes them, as the layer does on every write.
+
+``manifest.json``::
+
+    {"format": "chainlit-orm-bundle", "version": 1,
+     "entities": {"users": {"path": "users.jsonl", "count": 2, "sha256": HEX}, ...,
+                  "feedbacks": {...}},
+     "files": {"path": "files.jsonl", "count": 3, "bytes": 1234, "sha256": HEX}
+              (or {"included": false} for an export made with --no-files),
+     "scope": {"user": IDENTIFIER or null, "since": TIMESTAMP or null},
+     "skipped": {REASON: COUNT, ...},
+     "exported_at": TIMESTAMP, "source": URL (password masked)}
+
+``exported_at`` and ``source`` are left out of a *canonical* export (``--canonical``), whose every
+byte then depends on the data alone: two stores holding the same data give identical bundles.
+
+Writing streams: records are appended batch by batch (memory holds one batch), into
+``BUNDLE.partial``, which is renamed to ``BUNDLE`` once the manifest is written, so a bundle that
+exists is complete. Reading streams too, and checks the order, every record's ids and timestamps,
+and every file's size and SHA-256 before its bytes are stored anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from chainlit_orm.errors import ConfigurationError, InvalidInputError, NotFoundError, StorageError
+from chainlit_orm.models.modelset import ENTITIES, ModelSet
+from chainlit_orm.models.types import utc_now
+from chainlit_orm.transfer.records import (
+    CHILD_ENTITIES,
+    ENTITY_NAMES,
+    FILE_KEY,
+    ThreadData,
+    canonical_json,
+    finish_thread,
+    record,
+)
+from chainlit_orm.transfer.sources import Scope
+
+__all__ = ["FORMAT", "VERSION", "BundleReader", "BundleWriter"]
+
+FORMAT = "chainlit-orm-bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+FILES_INDEX = "files.jsonl"
+_PARTIAL_MARK = ".chainlit-orm-partial"
+
+
+def _file_path(sha256: str) -> str:
+    return f"files/{sha256[:2]}/{sha256}"
+
+
+class BundleWriter:
+    """Writes a bundle (a transfer's destination). See the module docstring."""
+
+    kind = "bundle"
+
+    def __init__(self, out: str | os.PathLike[str], models: ModelSet, *, files: bool,
+                 canonical: bool) -> None:
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.models = models
+        self.files = files
+        self.canonical = canonical
+        self.shown = str(self.out)
+        self._handles: dict[str, IO[str]] = {}
+        self._hashes: dict[str, Any] = {}
+        self._counts: dict[str, int] = dict.fromkeys(ENTITIES, 0)
+
+    async def prepare(self) -> list[str]:
+        if self.out.exists():
+            raise ConfigurationError(f"{self.out} exists; export writes a new directory",
+                                     detail=str(self.out))
+        await asyncio.to_thread(self._prepare_sync)
+        return []
+
+    def _prepare_sync(self) -> None:
+        if self.partial.exists():
+            if not (self.partial / _PARTIAL_MARK).exists():
+                raise ConfigurationError(
+                    f"{self.partial} exists and is not an unfinished export; move it away",
+                    detail=str(self.partial))
+            shutil.rmtree(self.partial)  # an export that was interrupted: start again
+        (self.partial / "files").mkdir(parents=True)
+        (self.partial / _PARTIAL_MARK).touch()
+        for entity in ENTITIES:
+            name = f"{ENTITY_NAMES[entity]}.jsonl"
+            self._handles[entity] = open(self.partial / name, "w", encoding="utf-8",  # noqa: SIM115
+                                         newline="\n")
+            self._hashes[entity] = hashlib.sha256()
+
+    def _append(self, lines: Mapping[str, list[str]]) -> None:
+        for entity, entity_lines in lines.items():
+            if not entity_lines:
+                continue
+            text = "".join(line + "\n" for line in entity_lines)
+            self._handles[entity].write(text)
+            self._hashes[entity].update(text.encode())
+            self._counts[entity] += len(entity_lines)
+
+    async def check_users(self, users: Sequence[Mapping[str, Any]]) -> None:
+        return None
+
+    async def check_threads(self, batch: Sequence[ThreadData]) -> None:
+        return None
+
+    async def write_users(self, users: Sequence[Mapping[str, Any]]) -> None:
+        lines = [canonical_json(u) for u in users]
+        await asyncio.to_thread(self._append, {"user": lines})
+
+    async def write_threads(self, batch: Sequence[ThreadData]) -> None:
+        lines: dict[str, list[str]] = {e: [] for e in ("thread", *CHILD_ENTITIES)}
+        for data in batch:
+            lines["thread"].append(canonical_json(data.thread))
+            for entity in CHILD_ENTITIES:
+                for row in data.children(entity):
+                    if entity == "element" and not self.files:
+                        row = {k: v for k, v in row.items() if k != FILE_KEY}
+                    lines[entity].append(canonical_json(row))
+        await asyncio.to_thread(self._append, lines)
+
+    async def write_file(self, element: Mapping[str, Any], data: bytes) -> None:
+        info = element[FILE_KEY]
+        await asyncio.to_thread(self._write_file_sync, str(info["sha256"]), data)
+
+    def _write_file_sync(self, sha256: str, data: bytes) -> None:
+        path = self.partial / _file_path(sha256)
+        if path.exists():
+            return  # content-addressed: the same bytes are already there
+        path.parent.mkdir(exist_ok=True)
+        # a name of its own: two elements with the same bytes may be written at once
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    async def finish(self, *, scope: Scope, skipped: Mapping[str, int], source: str) -> None:
+        """Close the record files, index the stored files, write the manifest, and make the
+        bundle appear under its name (only now)."""
+        await asyncio.to_thread(self._finish_sync, scope, dict(skipped), source)
+
+    def _finish_sync(self, scope: Scope, skipped: dict[str, int], source: str) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        entities = {
+            ENTITY_NAMES[e]: {"path": f"{ENTITY_NAMES[e]}.jsonl", "count": self._counts[e],
+                              "sha256": self._hashes[e].hexdigest()} for e in ENTITIES}
+        files: dict[str, Any] = {"included": False}
+        if self.files:
+            index = hashlib.sha256()
+            count = size = 0
+            with open(self.partial / FILES_INDEX, "w", encoding="utf-8", newline="\n") as out:
+                for sha256, length in self._stored_files():
+                    line = canonical_json({"path": _file_path(sha256), "sha256": sha256,
+                                           "size": length}) + "\n"
+                    out.write(line)
+                    index.update(line.encode())
+                    count += 1
+                    size += length
+            files = {"path": FILES_INDEX, "count": count, "bytes": size,
+                     "sha256": index.hexdigest()}
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "entities": entities, "files": files,
+            "scope": {"user": scope.user, "since": scope.since}, "skipped": skipped,
+        }
+        if not self.canonical:
+            manifest["exported_at"] = utc_now()
+            manifest["source"] = source
+        (self.partial / MANIFEST).write_text(
+            json.dumps(manifest, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
+            encoding="utf-8")
+        (self.partial / _PARTIAL_MARK).unlink()
+        os.replace(self.partial, self.out)
+
+    def _stored_files(self) -> Iterator[tuple[str, int]]:
+        """(sha256, size) of every stored file, sorted, one fan-out directory at a time."""
+        root = self.partial / "files"
+        for fan in sorted(p.name for p in root.iterdir() if p.is_dir()):
+            for name in sorted(p.name for p in (root / fan).iterdir()
+                               if not p.name.endswith(".tmp")):
+                yield name, (root / fan / name).stat().st_size
+
+    async def close(self) -> None:
+        for handle in self._handles.values():
+            if not handle.closed:
+                handle.close()
+
+
+class _Lines:
+    """A JSONL file read a block of lines at a time, in a worker thread, with one line of
+    look-ahead (the merge of a thread with its rows needs it)."""
+
+    def __init__(self, path: Path, entity: str, models: ModelSet) -> None:
+        self.path = path
+        self.entity = entity
+        self.models = models
+        self.handle: IO[str] | None = None
+        self.buffer: list[dict[str, Any]] = []
+        self.number = 0
+        self.done = False
+
+    def _read_block(self) -> list[tuple[int, str]]:
+        if self.handle is None:
+            self.handle = open(self.path, encoding="utf-8", newline="\n")  # noqa: SIM115
+        block = []
+        for _ in range(1000):
+            line = self.handle.readline()
+            if not line:
+                break
+            self.number += 1
+            block.append((self.number, line))
+        return block
+
+    async def peek(self) -> dict[str, Any] | None:
+        while not self.buffer and not self.done:
+            block = await asyncio.to_thread(self._read_block)
+            if not block:
+                self.done = True
+            for number, line in block:
+                self.buffer.append(self._parse(number, line))
+        return self.buffer[0] if self.buffer else None
+
+    async def take(self) -> dict[str, Any] | None:
+        found = await self.peek()
+        if found is not None:
+            self.buffer.pop(0)
+        return found
+
+    def _parse(self, number: int, line: str) -> dict[str, Any]:
+        where = f"{self.path.name} line {number}"
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{where} is not a JSON object")
+        try:
+            return record(self.models, self.entity, data, validate=True)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from exc
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+class BundleReader:
+    """Reads a bundle (a transfer's source). See the module docstring."""
+
+    kind = "bundle"
+
+    def __init__(self, path: str | os.PathLike[str], models: ModelSet) -> None:
+        self.path = Path(path)
+        self.models = models
+        self.shown = str(self.path)
+        self.skipped: dict[str, int] = {}
+        try:
+            self.manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigurationError(f"{self.path} is not a bundle (no {MANIFEST})") from exc
+        except ValueError as exc:
+            raise InvalidInputError(f"{self.path / MANIFEST} is not JSON: {exc}") from exc
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise ConfigurationError(
+                f"{self.path} is not a {FORMAT} version {VERSION} bundle "
+                f"(format {self.manifest.get('format')!r}, version "
+                f"{self.manifest.get('version')!r})")
+        self.has_files = self.manifest.get("files", {}).get("included", True) is not False
+        self._open: list[_Lines] = []
+
+    def _lines(self, entity: str) -> _Lines:
+        name = self.manifest["entities"][ENTITY_NAMES[entity]]["path"]
+        if "/" in name or name.startswith("."):
+            raise InvalidInputError(f"manifest names an unexpected file {name!r}")
+        lines = _Lines(self.path / name, entity, self.models)
+        self._open.append(lines)
+        return lines
+
+    async def open(self, scope: Scope) -> None:
+        if scope.user is None:
+            return
+        async for users in self.iter_users(scope, 1000):
+            for user in users:
+                scope.user_id = str(user["id"])
+                return
+        raise NotFoundError(f"no user {scope.user!r} in {self.shown}", detail=scope.user)
+
+    async def iter_users(self, scope: Scope, batch: int) -> AsyncIterator[list[dict[str, Any]]]:
+        lines = self._lines("user")
+        try:
+            page: list[dict[str, Any]] = []
+            previous = ""
+            while (user := await lines.take()) is not None:
+                if str(user["id"]) <= previous:
+                    raise InvalidInputError(f"{lines.path.name}: users are not sorted by id")
+                previous = str(user["id"])
+                if scope.user is not None and user["identifier"] != scope.user:
+                    continue
+                page.append(user)
+                if len(page) == batch:
+                    yield page
+                    page = []
+            if page:
+                yield page
+        finally:
+            lines.close()
+
+    async def iter_threads(self, scope: Scope, after: str | None, batch: int
+                           ) -> AsyncIterator[list[ThreadData]]:
+        threads = self._lines("thread")
+        children = {e: self._lines(e) for e in CHILD_ENTITIES}
+        try:
+            page: list[ThreadData] = []
+            previous = ""
+            while (thread := await threads.take()) is not None:
+                thread_id = str(thread["id"])
+                if thread_id <= previous:
+                    raise InvalidInputError(f"{threads.path.name}: threads are not sorted by id")
+                previous = thread_id
+                data = ThreadData(thread)
+                for entity, lines in children.items():
+                    while (row := await lines.peek()) is not None:
+                        owner = str(row.get("threadId"))
+                        if owner > thread_id:
+                            break
+                        if owner < thread_id:
+                            raise InvalidInputError(
+                                f"{lines.path.name} line {lines.number - len(lines.buffer) + 1}"
+                                f": {entity} {row['id']} names thread {owner}, which is not in "
+                                "the bundle (or the file is not sorted by threadId)")
+                        data.children(entity).append(row)
+                        await lines.take()
+                if after is not None and thread_id <= after:
+                    continue
+                if scope.user_id is not None and thread.get("userId") != scope.user_id:
+                    continue
+                if scope.since is not None and str(thread.get("activityAt") or "") < scope.since:
+                    continue
+                page.append(finish_thread(self.models, data))
+                if len(page) == batch:
+                    yield page
+                    page = []
+            if page:
+                yield page
+            for entity, lines in children.items():
+                left = await lines.peek()
+                if left is not None:
+                    raise InvalidInputError(
+                        f"{lines.path.name}: {entity} {left['id']} names thread "
+                        f"{left.get('threadId')}, which is not in the bundle")
+        finally:
+            threads.close()
+            for lines in children.values():
+                lines.close()
+
+    async def totals(self, scope: Scope) -> dict[str, int | None]:
+        if scope.user is not None or scope.since is not None:
+            return {}
+        return {name: int(entry["count"]) for name, entry in self.manifest["entities"].items()}
+
+    async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
+        info = element.get(FILE_KEY)
+        if not element.get("objectKey") or not info:
+            return None
+        if info.get("missing"):
+            return None
+        sha256 = str(info.get("sha256", ""))
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidInputError(f"element {element['id']}: {FILE_KEY} has no valid sha256")
+        path = self.path / _file_path(sha256)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise StorageError(f"the bundle lacks the file of element {element['id']} "
+                               f"({_file_path(sha256)})", detail=element["id"]) from exc
+        if hashlib.sha256(data).hexdigest() != sha256 or len(data) != info.get("size"):
+            raise StorageError(f"{_file_path(sha256)} in the bundle does not match its hash "
+                               f"or size (element {element['id']})", detail=element["id"])
+        return data
+
+    async def close(self) -> None:
+        for lines in self._open:
+            lines.close()
