@@ -13,12 +13,18 @@ Names used, by origin:
 * ``models.convert.to_row``: the columns derived from ``metadata`` (``steps.favorite``, custom
   ``metadata_column`` fields), as the layer computes them on every write;
 * ``models.modelset.FROM_METADATA``: which columns those are;
+* ``models.search.folded_values`` and ``FOLDED_FROM``: the case-folded copies the SQL search
+  compares with (``threads."nameFolded"``, ``steps."outputFolded"``), as every SQL write stores
+  them (DynamoDB has none: its search folds the projected name when it reads);
+* ``models.limits.check_row`` (and ``MAX_RECORD_BYTES``), ``layers.base._check_identifier``:
+  the checks every layer write passes, applied to records that come from outside (a bundle,
+  Chainlit's official schema) by :func:`check_record`;
 * ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
   ``layers.base._content_disposition``: the header an element file is stored with;
 * ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
-  ``ensure_ready``, ``_ready``, ``_run``, ``close``): engines configured as the layer's (SQLite
-  pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema check,
-  and its bounded retries of transient failures with typed errors;
+  ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
+  (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
+  check, and its bounded retries of transient failures with typed errors;
 * ``migration.migrate``: the destination's schema before anything is written;
 * ``schema_gen.dynamo_migrate.parse_dynamodb_url``: ``dynamodb://`` URLs;
 * ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
@@ -26,9 +32,9 @@ Names used, by origin:
   ``_user_row``, ``_load_texts``, ``_text_key``, ``offload_bytes``, ``_batch_write``,
   ``_batch_get``, ``_query_all``, ``_call``, ``_lookup``, ``list_threads``, ``get_user``,
   ``ensure_ready``, ``close``; module helpers ``_s``, ``_key``, ``_item_size``,
-  ``_is_phantom``, ``_legacy_feedback``, ``_read_object``; constants ``ITEM_LIMIT``,
-  ``TEXT_REFS``, ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
-* ``storage.FsspecStorage``'s ``_stat`` and ``_sync_fs`` (whether an object is absent);
+  ``_is_phantom``, ``_legacy_feedback``; constants ``ITEM_LIMIT``, ``TEXT_REFS``,
+  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
+* ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 Two rules are written inline in the layers today, with no function to call; they are written
@@ -39,8 +45,8 @@ here once each, with the place they mirror, until issue 15 gives them one home:
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -50,18 +56,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chainlit_orm.errors import (
     ConfigurationError,
+    InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
     StorageError,
 )
 from chainlit_orm.models.convert import to_row
+from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 
 __all__ = [
     "USER_MESSAGE",
     "DynamoTable",
     "SQLHandle",
+    "check_record",
     "content_disposition",
     "migrate",
     "portable_columns",
@@ -79,9 +89,15 @@ USER_MESSAGE = "user_message"
 _FACT_COLUMNS = frozenset({"activityAt", "extra"})
 
 
-def _derived(column: sa.Column[Any]) -> bool:
+def _from_metadata(column: sa.Column[Any]) -> bool:
     """A column every write recomputes from the row's ``metadata`` (see ``to_row``)."""
     return column.name == "favorite" or FROM_METADATA in column.info
+
+
+def _derived(column: sa.Column[Any]) -> bool:
+    """A column a write derives: from ``metadata``, or a case-folded search copy of another
+    column (``models.search.folded_values``)."""
+    return _from_metadata(column) or FOLDED_FROM in column.info
 
 
 def portable_columns(models: ModelSet, entity: str) -> tuple[str, ...]:
@@ -107,20 +123,109 @@ def _portable(table: sa.Table) -> tuple[str, ...]:
 
 
 @functools.cache
-def _derived_names(table: sa.Table) -> tuple[str, ...]:
-    return tuple(c.name for c in table.columns if _derived(c))
+def _metadata_names(table: sa.Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if _from_metadata(c))
 
 
-def stored_row(models: ModelSet, entity: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The full row a layer would store for ``record``: its columns plus the derived ones."""
+@functools.cache
+def _has_folded(table: sa.Table) -> bool:
+    return any(FOLDED_FROM in c.info for c in table.columns)
+
+
+def stored_row(models: ModelSet, entity: str, record: Mapping[str, Any], *,
+               search_copies: bool) -> dict[str, Any]:
+    """The full row a layer would store for ``record``: its columns plus the derived ones.
+
+    ``search_copies``: include the case-folded copies the SQL search reads, computed by
+    ``folded_values`` as every SQL write computes them (True for a SQL destination). A DynamoDB
+    item has no such attribute (False): its search folds the projected name when it reads.
+    """
     table = models.table(entity)
     row = {name: record.get(name) for name in _portable(table)}
-    derived = _derived_names(table)
+    derived = _metadata_names(table)
     if derived:
         computed = to_row(models, entity, {"metadata": record.get("metadata")})
         for name in derived:
             row[name] = computed.get(name)
+    if search_copies and _has_folded(table):
+        # the row holds every source column (and a step's type), so every copy is computed
+        row.update(folded_values(table, row))
     return row
+
+
+#: A step's ``input``/``output`` are bounded by each layer's configurable ``max_text_bytes``,
+#: not by a storable-value limit: the store a record comes from may have allowed more, and
+#: every destination holds it (DynamoDB offloads large texts to its storage). So the transfer
+#: checks that they are storable text, and counts them outside the record's size, as the layer
+#: does, without a bound of its own.
+_TEXT_LIMITS = {"input": sys.maxsize, "output": sys.maxsize}
+
+
+def check_record(models: ModelSet, entity: str, record: dict[str, Any]) -> None:
+    """The checks a layer write of ``record`` passes (``models.limits.check_row`` with the
+    layer's per-entity rules), for records that come from outside chainlit-orm's layers: a
+    bundle, Chainlit's official schema. A record that passes is stored, and read back exactly,
+    by every backend; timestamps and tag tuples are normalised in place, as ``check_row`` does.
+
+    The record is checked whole, as one write (the layer checks a thread's name, tags and
+    metadata in the ``update_thread`` call that sends them).
+
+    Raises:
+        InvalidInputError: a value no backend can hold (a subclass, ``PayloadTooLargeError``,
+            when the record or a document is too large).
+    """
+    from chainlit_orm.layers.base import _check_identifier
+
+    table = models.table(entity)
+    if entity == "user":
+        if not isinstance(record.get("identifier"), str):
+            raise InvalidInputError("user identifier must be a string", detail="identifier")
+        _check_identifier(record["identifier"])
+    elif entity == "step":
+        # NOT NULL in Chainlit's documented schema; the layer's _step_row refuses them too
+        for key in ("name", "type"):
+            if not isinstance(record.get(key), str):
+                raise InvalidInputError(f"step {key} must be a string, got "
+                                        f"{type(record.get(key)).__name__}", detail=key)
+        if type(record.get("streaming")) is not bool:
+            raise InvalidInputError(
+                f"step streaming must be a bool, got {record.get('streaming')!r}"[:200],
+                detail="streaming")
+    elif entity == "element":
+        if not isinstance(record.get("name"), str):
+            raise InvalidInputError(f"element name must be a string, got "
+                                    f"{type(record.get('name')).__name__}", detail="name")
+    elif entity == "feedback":
+        value = record.get("value")
+        if type(value) is not int or value not in (0, 1):
+            raise InvalidInputError(f"feedback value must be 0 or 1, got {value!r}"[:200],
+                                    detail="value")
+    own_limits = _TEXT_LIMITS if entity == "step" else None
+    try:
+        check_row(table, record, entity, own_limits=own_limits)
+    except PayloadTooLargeError:
+        raise  # the whole record (detail: the entity): own_limits bound no column here
+    except InvalidInputError as exc:
+        if exc.detail is not None:
+            raise
+        # name the column (check_row's messages do, but not as a detail): a caller that counts
+        # refusals groups them by column, not by the value each message quotes
+        raise type(exc)(str(exc), detail=_refused_column(table, record, entity, own_limits)
+                        ) from exc
+
+
+def _refused_column(table: sa.Table, record: Mapping[str, Any], entity: str,
+                    own_limits: Mapping[str, int] | None) -> str | None:
+    """The first column of ``record`` whose value alone ``check_row`` refuses."""
+    for name, value in record.items():
+        if value is None:
+            continue
+        try:
+            check_row(table, {name: value}, entity, own_limits=own_limits,
+                      record_limit=sys.maxsize)
+        except InvalidInputError:
+            return name
+    return None
 
 
 def thread_activity(created_at: str | None, user_message_times: Iterable[str | None]) -> str:
@@ -142,28 +247,25 @@ def content_disposition(name: str) -> str:
 async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | None:
     """The bytes of a stored object, or None when it is absent.
 
-    Read by whatever the storage client offers: its ``read_file`` (a missing object is
-    ``NotFoundError``), else the DynamoDB layer's reader of offloaded texts (FsspecStorage's
-    streaming reader on local disk and memory, else a GET of the signed URL), after which only
-    local disk and memory can tell "absent" from a failure; anything else raises
-    :class:`~chainlit_orm.errors.StorageError`.
-    """
-    reader = getattr(storage, "read_file", None)
-    if reader is not None:
-        try:
-            return bytes(await reader(object_key))
-        except NotFoundError:
-            return None
-    from chainlit_orm.layers.dynamodb import _read_object
+    Read through :class:`~chainlit_orm.storage.protocols.ReadableStorage` (``read_file``; a
+    missing object is :class:`~chainlit_orm.errors.NotFoundError`), as the DynamoDB layer reads
+    an offloaded text back. Chainlit's own clients (``BaseStorageClient``) cannot read an object
+    back; a transfer from one raises :class:`~chainlit_orm.errors.StorageError` asking for the
+    storage's URL (:class:`~chainlit_orm.storage.FsspecStorage` reads S3, Azure, GCS and disk).
 
+    Raises:
+        StorageError: the client cannot read, or the storage failed.
+    """
+    from chainlit_orm.storage.protocols import ReadableStorage
+
+    if not isinstance(storage, ReadableStorage):
+        raise StorageError(
+            f"{type(storage).__name__} cannot read a stored object back (it has no read_file); "
+            "give the storage as a URL instead", detail=object_key)
     try:
-        return await _read_object(storage, object_key)
-    except StorageError:
-        stat = getattr(storage, "_stat", None)
-        if stat is not None and getattr(storage, "_sync_fs", None) is not None and (
-                await stat(object_key) is None):
-            return None
-        raise
+        return bytes(await storage.read_file(object_key))
+    except NotFoundError:
+        return None
 
 
 async def migrate(url: str, models: ModelSet) -> list[str]:
@@ -197,10 +299,8 @@ class SQLHandle:
         """The layer's first-use check: the schema is recorded at the current version."""
         if self._check_schema:
             await self._backend.ensure_ready()
-        elif self._backend._ready is None:
-            ready = asyncio.get_running_loop().create_future()
-            ready.set_result(None)
-            self._backend._ready = ready  # not chainlit-orm's schema: nothing to check
+        else:
+            self._backend._is_ready = True  # not chainlit-orm's schema: nothing to check
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()`` (idempotent: it may run again after a transient failure) with the layer's

@@ -46,7 +46,10 @@ byte then depends on the data alone: two stores holding the same data give ident
 Writing streams: records are appended batch by batch (memory holds one batch), into
 ``BUNDLE.partial``, which is renamed to ``BUNDLE`` once the manifest is written, so a bundle that
 exists is complete. Reading streams too, and checks the order, every record's ids and timestamps,
-and every file's size and SHA-256 before its bytes are stored anywhere.
+every record against the limits every layer write passes (:mod:`chainlit_orm.models.limits`), and
+every file's size and SHA-256 before its bytes are stored anywhere. An import reads the records
+once before it writes anything (:meth:`BundleReader.check`): a bad record refuses the bundle
+whole, and the destination is left as it was.
 """
 
 from __future__ import annotations
@@ -273,8 +276,8 @@ class _Lines:
             raise InvalidInputError(f"{where} is not a JSON object")
         try:
             return record(self.models, self.entity, data, validate=True)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{where}: {exc}") from exc
+        except InvalidInputError as exc:  # the same type (PayloadTooLargeError stays one)
+            raise type(exc)(f"{where}: {exc}", detail=exc.detail) from exc
 
     def close(self) -> None:
         if self.handle is not None:
@@ -389,6 +392,23 @@ class BundleReader:
             threads.close()
             for lines in children.values():
                 lines.close()
+
+    async def check(self) -> None:
+        """Read every record once, checked exactly as the import reads it (JSON, order, ids,
+        timestamps, the limits every layer write passes), and keep none: an import runs this
+        before it touches the destination, so a bundle with one bad record is refused whole,
+        with the file and line named, and nothing of it is written. Memory stays one batch.
+        (Each file's size and SHA-256 are checked when it is read to be stored.)
+
+        Raises:
+            InvalidInputError: the first bad record (``PayloadTooLargeError`` for a record
+                above the record limit).
+        """
+        scope = Scope()
+        async for _users in self.iter_users(scope, 1000):
+            pass
+        async for _threads in self.iter_threads(scope, None, 1000):
+            pass
 
     async def totals(self, scope: Scope) -> dict[str, int | None]:
         if scope.user is not None or scope.since is not None:

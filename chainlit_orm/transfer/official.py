@@ -28,13 +28,20 @@ manifest list them; ``--verify`` compares what was copied): a soft-deleted threa
 set: that layer no longer shows it) and the rows in it; a step or element without a thread; a
 feedback without a step (``ON DELETE SET NULL`` leaves them) or whose step has no thread; a
 feedback value other than 0 or 1; an id that is not a lower-case UUID (every id Chainlit makes
-is one; chainlit-orm's PostgreSQL columns are ``UUID``); and, where that layer kept several
-feedback rows for one step, all but the most recently updated (chainlit-orm keeps one per step).
+is one; chainlit-orm's PostgreSQL columns are ``UUID``); where that layer kept several
+feedback rows for one step, all but the most recently updated (chainlit-orm keeps one per step);
+and a row that chainlit-orm's input limits refuse (:mod:`chainlit_orm.models.limits`: the checks
+every layer write passes, e.g. an identifier ending in a space, metadata nested deeper than
+MariaDB and DynamoDB allow, a record above DynamoDB's item size): such a user with its threads
+and their rows, such a thread with its rows, such a step with its feedback, such an element or
+feedback alone. Each of those is also logged as a warning naming the row and the limit; the
+summary counts them by entity and column.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -42,7 +49,8 @@ from typing import Any
 import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 
-from chainlit_orm.errors import ConfigurationError, NotFoundError
+from chainlit_orm.errors import ConfigurationError, InvalidInputError, NotFoundError
+from chainlit_orm.models.limits import MAX_RECORD_BYTES
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import BoolOrText, canonical_timestamp
 from chainlit_orm.transfer import _layer
@@ -50,6 +58,8 @@ from chainlit_orm.transfer.records import ThreadData, finish_thread, record
 from chainlit_orm.transfer.sources import Scope, read_stored_file
 
 __all__ = ["OFFICIAL_TABLES", "OfficialSource"]
+
+logger = logging.getLogger(__name__)
 
 #: The tables that make a database Chainlit's official data layer's.
 OFFICIAL_TABLES: tuple[str, ...] = ("User", "Thread", "Step", "Element", "Feedback")
@@ -67,6 +77,18 @@ FEEDBACK_VALUE = "feedback value other than 0 or 1"
 FEEDBACK_SUPERSEDED = "feedback superseded by a newer one on the same step"
 NOT_UUID = "id that is not a lower-case UUID"
 OWNER_SKIPPED = "thread whose owner's id is not a lower-case UUID, with its rows"
+FEEDBACK_STEP_REFUSED = "feedback on a step that chainlit-orm's limits refuse"
+OWNER_REFUSED = "thread whose owner chainlit-orm's limits refuse, with its rows"
+
+
+def refusal_reason(entity: str, exc: InvalidInputError) -> str:
+    """The summary's reason for a row the limits refuse: by entity and column (the message
+    itself, which may quote the value, goes to the log)."""
+    if exc.detail == entity:
+        return f"{entity} larger than chainlit-orm's record limit ({MAX_RECORD_BYTES} bytes)"
+    if exc.detail is None:
+        return f"{entity} that chainlit-orm's limits refuse"
+    return f"{entity} whose {exc.detail} chainlit-orm's limits refuse"
 
 
 def _show_input(value: Any) -> bool | str | None:
@@ -91,6 +113,13 @@ def _ts(value: Any) -> str | None:
 def _json(value: Any) -> Any:
     """asyncpg returns ``jsonb`` as text (no codec is set on this engine's connections)."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+#: Live threads with their owner's row (whose refusal leaves the thread out too).
+_THREADS = ('SELECT t.id, t."createdAt", t.name, t.metadata, t."userId", t.tags, '
+            'u.identifier, u.metadata AS "ownerMetadata", u."createdAt" AS "ownerCreatedAt" '
+            'FROM "Thread" t LEFT JOIN "User" u ON u.id = t."userId" '
+            'WHERE t."deletedAt" IS NULL')
 
 
 class OfficialSource:
@@ -149,6 +178,14 @@ class OfficialSource:
                 raise NotFoundError(
                     f"user {scope.user!r} has the id {found!r}, which chainlit-orm cannot hold "
                     "(not a lower-case UUID)", detail=scope.user)
+            user = await self._query(sa.text(
+                'SELECT id, identifier, metadata, "createdAt" FROM "User" WHERE id = :u'),
+                {"u": found})
+            try:
+                self._user_record(user[0])
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"user {scope.user!r} cannot be copied: {exc}",
+                                        detail=scope.user) from exc
             scope.user_id = str(found)
         await self._count_unreachable(scope)
 
@@ -193,17 +230,37 @@ class OfficialSource:
                 if _uuid(row["id"]) is None:
                     self._skip(NOT_UUID, f"user {row['id']}")
                     continue
-                out.append(record(self.models, "user", {
-                    "id": row["id"], "identifier": row["identifier"], "display_name": None,
-                    "metadata": _json(row["metadata"]), "createdAt": _ts(row["createdAt"])}))
+                try:
+                    out.append(self._user_record(row))
+                except InvalidInputError as exc:
+                    self._refuse("user", row["id"], exc)
             if out:
                 yield out
             after = str(rows[-1]["id"])
 
+    def _user_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``"User"`` row as a record, checked against the limits.
+
+        Raises:
+            InvalidInputError: chainlit-orm cannot hold this user.
+        """
+        return record(self.models, "user", {
+            "id": row["id"], "identifier": row["identifier"], "display_name": None,
+            "metadata": _json(row["metadata"]), "createdAt": _ts(row["createdAt"])},
+            validate=True)
+
+    def _refuse(self, entity: str, row_id: object, exc: InvalidInputError,
+                reason: str | None = None) -> str:
+        """Leave out a row the limits refuse: counted by reason, logged with its id."""
+        reason = reason or refusal_reason(entity, exc)
+        key = f"{entity} {row_id}"
+        if key not in self._left_out.get(reason, ()):  # a verification reads it again
+            logger.warning("left out %s %s: %s", entity, row_id, exc)
+        self._skip(reason, key)
+        return reason
+
     async def _thread_rows(self, scope: Scope, after: str, batch: int) -> list[dict[str, Any]]:
-        sql = ('SELECT t.id, t."createdAt", t.name, t.metadata, t."userId", t.tags, '
-               'u.identifier FROM "Thread" t LEFT JOIN "User" u ON u.id = t."userId" '
-               'WHERE t."deletedAt" IS NULL AND t.id COLLATE "C" > :after')
+        sql = (_THREADS + ' AND t.id COLLATE "C" > :after')
         params: dict[str, Any] = {"after": after, "n": batch}
         if scope.user_id is not None:
             sql += ' AND t."userId" = :uid'
@@ -225,9 +282,7 @@ class OfficialSource:
                 yield found
 
     async def fetch_threads(self, ids: Sequence[str]) -> list[ThreadData]:
-        sql = ('SELECT t.id, t."createdAt", t.name, t.metadata, t."userId", t.tags, '
-               'u.identifier FROM "Thread" t LEFT JOIN "User" u ON u.id = t."userId" '
-               'WHERE t."deletedAt" IS NULL AND t.id IN :ids')
+        sql = _THREADS + " AND t.id IN :ids"
         rows = await self._query(sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)),
                                  {"ids": list(ids)})
         return await self._threads(rows)
@@ -235,72 +290,123 @@ class OfficialSource:
     async def _threads(self, rows: list[dict[str, Any]]) -> list[ThreadData]:
         """Threads and their rows mapped onto records; what cannot be held is counted."""
         found: dict[str, ThreadData] = {}
+        #: thread id -> the reason its rows are left out with (the thread was)
+        dropped: dict[str, str] = {}
+        owners: dict[str, InvalidInputError | None] = {}  # owner id -> why it is refused
         for row in rows:
+            thread_id = str(row["id"])
             if _uuid(row["id"]) is None:
                 self._skip(NOT_UUID, f"thread {row['id']}")
                 continue
             owner = row["userId"]
             if owner is not None and _uuid(owner) is None:
-                self._skip(OWNER_SKIPPED, row["id"])
+                self._skip(OWNER_SKIPPED, f"thread {thread_id}")
+                dropped[thread_id] = OWNER_SKIPPED
                 continue
-            found[str(row["id"])] = ThreadData(record(self.models, "thread", {
-                "id": row["id"], "createdAt": _ts(row["createdAt"]), "activityAt": None,
-                "name": row["name"], "userId": owner, "userIdentifier": row["identifier"],
-                "tags": None if row["tags"] is None else list(row["tags"]),
-                "metadata": _json(row["metadata"]), "extra": None}))
-        if not found:
+            if owner is not None and row["identifier"] is not None:
+                if owner not in owners:
+                    try:
+                        self._user_record({"id": owner, "identifier": row["identifier"],
+                                           "metadata": row["ownerMetadata"],
+                                           "createdAt": row["ownerCreatedAt"]})
+                        owners[owner] = None
+                    except InvalidInputError as exc:
+                        owners[owner] = exc
+                refused = owners[owner]
+                if refused is not None:
+                    dropped[thread_id] = self._refuse("thread", thread_id, refused,
+                                                      OWNER_REFUSED)
+                    continue
+            try:
+                found[thread_id] = ThreadData(record(self.models, "thread", {
+                    "id": row["id"], "createdAt": _ts(row["createdAt"]), "activityAt": None,
+                    "name": row["name"], "userId": owner, "userIdentifier": row["identifier"],
+                    "tags": None if row["tags"] is None else list(row["tags"]),
+                    "metadata": _json(row["metadata"]), "extra": None}, validate=True))
+            except InvalidInputError as exc:
+                reason = refusal_reason("thread", exc) + ", with its rows"
+                dropped[thread_id] = self._refuse("thread", thread_id, exc, reason)
+        if not found and not dropped:
             return []
-        ids = list(found)
+        ids = [*found, *dropped]
         expanding: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        refused_steps: set[str] = set()
         for step in await self._query(sa.text(
                 'SELECT id, "threadId", "parentId", input, output, metadata, name, type, '
                 '"startTime", "endTime", "showInput", "isError" FROM "Step" '
                 'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids}):
-            self._step(found, step)
+            self._step(found, dropped, refused_steps, step)
         for element in await self._query(sa.text(
                 'SELECT id, "threadId", "stepId", metadata, mime, name, "objectKey", url, '
                 '"chainlitKey", display, size, language, page, props FROM "Element" '
                 'WHERE "threadId" IN :ids').bindparams(expanding), {"ids": ids}):
-            self._element(found, element)
-        self._feedback(found, await self._query(sa.text(
+            self._element(found, dropped, element)
+        self._feedback(found, dropped, refused_steps, await self._query(sa.text(
             'SELECT f.id, f."stepId", f.value, f.comment, f."updatedAt", f."createdAt", '
             's."threadId" FROM "Feedback" f JOIN "Step" s ON s.id = f."stepId" '
             'WHERE s."threadId" IN :ids').bindparams(expanding), {"ids": ids}))
         return [finish_thread(self.models, found[i]) for i in sorted(found)]
 
-    def _step(self, found: dict[str, ThreadData], row: Mapping[str, Any]) -> None:
+    def _step(self, found: dict[str, ThreadData], dropped: Mapping[str, str],
+              refused: set[str], row: Mapping[str, Any]) -> None:
+        thread_id = str(row["threadId"])
+        if thread_id in dropped:
+            self._skip(dropped[thread_id], f"step {row['id']}")
+            return
         if _uuid(row["id"]) is None:
             self._skip(NOT_UUID, f"step {row['id']}")
             return
         start = _ts(row["startTime"])
         show = row["showInput"]
-        found[str(row["threadId"])].steps.append(record(self.models, "step", {
-            "id": row["id"], "threadId": row["threadId"], "parentId": _uuid(row["parentId"]),
-            "name": row["name"] if row["name"] is not None else "", "type": str(row["type"]),
-            "streaming": False, "isError": row["isError"], "metadata": _json(row["metadata"]),
-            "input": row["input"], "output": row["output"], "createdAt": start, "start": start,
-            "end": _ts(row["endTime"]),
-            "showInput": None if show is None else _show_input(show),
-        }))
+        try:
+            found[thread_id].steps.append(record(self.models, "step", {
+                "id": row["id"], "threadId": row["threadId"],
+                "parentId": _uuid(row["parentId"]),
+                "name": row["name"] if row["name"] is not None else "",
+                "type": str(row["type"]), "streaming": False, "isError": row["isError"],
+                "metadata": _json(row["metadata"]), "input": row["input"],
+                "output": row["output"], "createdAt": start, "start": start,
+                "end": _ts(row["endTime"]),
+                "showInput": None if show is None else _show_input(show),
+            }, validate=True))
+        except InvalidInputError as exc:
+            self._refuse("step", row["id"], exc)
+            refused.add(str(row["id"]))
 
-    def _element(self, found: dict[str, ThreadData], row: Mapping[str, Any]) -> None:
+    def _element(self, found: dict[str, ThreadData], dropped: Mapping[str, str],
+                 row: Mapping[str, Any]) -> None:
+        thread_id = str(row["threadId"])
+        if thread_id in dropped:
+            self._skip(dropped[thread_id], f"element {row['id']}")
+            return
         if _uuid(row["id"]) is None or _uuid(row["stepId"]) is None:
             self._skip(NOT_UUID, f"element {row['id']}")
             return
         metadata = _json(row["metadata"]) or {}
-        found[str(row["threadId"])].elements.append(record(self.models, "element", {
-            "id": row["id"], "threadId": row["threadId"], "forId": row["stepId"],
-            "type": metadata.get("type") or "file", "url": row["url"],
-            "chainlitKey": row["chainlitKey"], "name": row["name"], "display": row["display"],
-            "objectKey": row["objectKey"], "size": row["size"], "page": row["page"],
-            "language": row["language"], "mime": row["mime"], "props": _json(row["props"]),
-        }))
+        try:
+            found[thread_id].elements.append(record(self.models, "element", {
+                "id": row["id"], "threadId": row["threadId"], "forId": row["stepId"],
+                "type": metadata.get("type") or "file", "url": row["url"],
+                "chainlitKey": row["chainlitKey"], "name": row["name"],
+                "display": row["display"], "objectKey": row["objectKey"], "size": row["size"],
+                "page": row["page"], "language": row["language"], "mime": row["mime"],
+                "props": _json(row["props"]),
+            }, validate=True))
+        except InvalidInputError as exc:
+            self._refuse("element", row["id"], exc)
 
-    def _feedback(self, found: dict[str, ThreadData], rows: list[dict[str, Any]]) -> None:
+    def _feedback(self, found: dict[str, ThreadData], dropped: Mapping[str, str],
+                  refused_steps: set[str], rows: list[dict[str, Any]]) -> None:
         newest: dict[str, dict[str, Any]] = {}
         for row in rows:
+            if str(row["threadId"]) in dropped:
+                self._skip(dropped[str(row["threadId"])], f"feedback {row['id']}")
+                continue
             if _uuid(row["id"]) is None or _uuid(row["stepId"]) is None:
                 self._skip(NOT_UUID, f"feedback {row['id']}")
+                continue
+            if str(row["stepId"]) in refused_steps:
+                self._skip(FEEDBACK_STEP_REFUSED, f"feedback {row['id']}")
                 continue
             if row["value"] not in (0, 1):
                 self._skip(FEEDBACK_VALUE, row["id"])
@@ -316,9 +422,12 @@ class OfficialSource:
             else:
                 self._skip(FEEDBACK_SUPERSEDED, row["id"])
         for step, row in newest.items():
-            found[str(row["threadId"])].feedbacks.append(record(self.models, "feedback", {
-                "id": row["id"], "forId": step, "threadId": row["threadId"],
-                "value": int(row["value"]), "comment": row["comment"]}))
+            try:
+                found[str(row["threadId"])].feedbacks.append(record(self.models, "feedback", {
+                    "id": row["id"], "forId": step, "threadId": row["threadId"],
+                    "value": int(row["value"]), "comment": row["comment"]}, validate=True))
+            except InvalidInputError as exc:
+                self._refuse("feedback", row["id"], exc)
 
     async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - a source only, never verified against

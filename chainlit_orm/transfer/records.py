@@ -32,7 +32,12 @@ from typing import Any
 from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import IdType, Timestamp, canonical_timestamp, normalize_id
-from chainlit_orm.transfer._layer import USER_MESSAGE, portable_columns, thread_activity
+from chainlit_orm.transfer._layer import (
+    USER_MESSAGE,
+    check_record,
+    portable_columns,
+    thread_activity,
+)
 
 __all__ = [
     "CHILD_ENTITIES",
@@ -106,8 +111,16 @@ def record(models: ModelSet, entity: str, row: Mapping[str, Any], *,
            validate: bool = False) -> dict[str, Any]:
     """The record of a row: its portable columns (absent ones as None), nothing else.
 
-    With ``validate`` (rows from a bundle or another schema), ids and timestamps are brought to
-    their canonical form, and a value that is neither refuses the record with a typed error.
+    With ``validate`` (rows from a bundle or another schema: input from outside chainlit-orm's
+    layers), ids and timestamps are brought to their canonical form, and the record must pass
+    every check a layer write passes (:func:`~chainlit_orm.transfer._layer.check_record`: the
+    shared limits of :mod:`chainlit_orm.models.limits`), so what a transfer writes is what
+    every backend can hold and read back exactly.
+
+    Raises:
+        InvalidInputError: (with ``validate``) a value no backend can hold;
+            ``PayloadTooLargeError`` for a record or document that is too large. The caller
+            decides: a bundle is refused, a row of the official schema is left out and counted.
     """
     out = {name: row.get(name) for name in portable_columns(models, entity)}
     if validate:
@@ -120,6 +133,7 @@ def record(models: ModelSet, entity: str, row: Mapping[str, Any], *,
                 out[name] = normalize_id(value, what=f"{entity}.{name}")
             elif isinstance(kind, Timestamp):
                 out[name] = canonical_timestamp(value)
+        check_record(models, entity, out)
     if entity == "element" and FILE_KEY in row:
         out[FILE_KEY] = row[FILE_KEY]
     return out

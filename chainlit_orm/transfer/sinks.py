@@ -141,7 +141,7 @@ class SQLSink:
         return self._statements[entity]
 
     def _rows(self, entity: str, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [_layer.stored_row(self.models, entity, r) for r in records]
+        return [_layer.stored_row(self.models, entity, r, search_copies=True) for r in records]
 
     async def check_users(self, users: Sequence[Mapping[str, Any]]) -> None:
         u = self.models.table("user")
@@ -268,8 +268,8 @@ class DynamoSink:
                                  if i is not None], self.shown)
 
     async def write_users(self, users: Sequence[Mapping[str, Any]]) -> None:
-        await self.table.put([self.table.user_item(_layer.stored_row(self.models, "user", u))
-                              for u in users])
+        await self.table.put([self.table.user_item(
+            _layer.stored_row(self.models, "user", u, search_copies=False)) for u in users])
 
     async def check_threads(self, batch: Sequence[ThreadData]) -> None:
         self._owners = await self.table.thread_owners([d.id for d in batch])
@@ -287,7 +287,11 @@ class DynamoSink:
         children: list[dict[str, Any]] = []
         threads: list[dict[str, Any]] = []
         uploads: list[tuple[str, bytes]] = []
-        stored = _layer.stored_row
+        def stored(models: ModelSet, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+            # no search copies: a DynamoDB item has no folded attribute (its search folds the
+            # projected name when it reads)
+            return _layer.stored_row(models, entity, row, search_copies=False)
+
         for data in batch:
             for step in data.steps:
                 item, texts = self.table.step_item(stored(self.models, "step", step))

@@ -136,6 +136,12 @@ class SQLSource:
         self.users, self.threads = t("user"), t("thread")
         self.tables = {"step": t("step"), "element": t("element"), "feedback": t("feedback")}
 
+    def _select(self, entity: str) -> Any:
+        """SELECT of an entity's portable columns: not the derived ones (a search copy of
+        every message text would double the bytes read), which the destination recomputes."""
+        table = self.models.table(entity)
+        return sa.select(*(table.c[n] for n in _layer.portable_columns(self.models, entity)))
+
     async def _rows(self, stmt: Any) -> list[dict[str, Any]]:
         async def read() -> list[dict[str, Any]]:
             async with self.db.engine.connect() as conn:
@@ -165,7 +171,7 @@ class SQLSource:
         u = self.users
         after: str | None = None
         while True:
-            stmt = sa.select(u).order_by(u.c.id).limit(batch)
+            stmt = self._select("user").order_by(u.c.id).limit(batch)
             if scope.user is not None:
                 stmt = stmt.where(u.c.identifier == scope.user)
             if after is not None:
@@ -197,13 +203,14 @@ class SQLSource:
         async def read() -> list[ThreadData]:
             found: dict[str, ThreadData] = {}
             async with self.db.engine.connect() as conn:
-                for row in await conn.execute(sa.select(t).where(t.c.id.in_(list(ids)))):
+                for row in await conn.execute(
+                        self._select("thread").where(t.c.id.in_(list(ids)))):
                     data = dict(row._mapping)
                     found[str(data["id"])] = ThreadData(record(self.models, "thread", data))
                 for entity, table in self.tables.items():
                     if not found:
                         break
-                    stmt = sa.select(table).where(table.c.threadId.in_(list(found)))
+                    stmt = self._select(entity).where(table.c.threadId.in_(list(found)))
                     for row in await conn.execute(stmt):
                         data = dict(row._mapping)
                         owner = found.get(str(data["threadId"]))
@@ -216,7 +223,7 @@ class SQLSource:
     async def fetch_users(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         u = self.users
         ids = [str(x["id"]) for x in users]
-        rows = await self._rows(sa.select(u).where(u.c.id.in_(ids)))
+        rows = await self._rows(self._select("user").where(u.c.id.in_(ids)))
         return [record(self.models, "user", r) for r in rows]
 
     async def totals(self, scope: Scope) -> dict[str, int | None]:
