@@ -16,7 +16,7 @@ Names used, by origin:
 * ``models.search.folded_values`` and ``FOLDED_FROM``: the case-folded copies the SQL search
   compares with (``threads."nameFolded"``, ``steps."outputFolded"``), as every SQL write stores
   them (DynamoDB has none: its search folds the projected name when it reads);
-* ``models.limits.check_row`` (and ``MAX_RECORD_BYTES``), ``layers.base._check_identifier``:
+* ``models.limits.check_row``, ``layers.base._check_identifier``:
   the checks every layer write passes, applied to records that come from outside (a bundle,
   Chainlit's official schema) by :func:`check_record`;
 * ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
@@ -171,8 +171,9 @@ def check_record(models: ModelSet, entity: str, record: dict[str, Any]) -> None:
     metadata in the ``update_thread`` call that sends them).
 
     Raises:
-        InvalidInputError: a value no backend can hold (a subclass, ``PayloadTooLargeError``,
-            when the record or a document is too large).
+        InvalidInputError: a value no backend can hold, with the refused column as its
+            ``detail`` (its subclass ``PayloadTooLargeError``, detail the entity, when the
+            record is above the record limit).
     """
     from chainlit_orm.layers.base import _check_identifier
 
