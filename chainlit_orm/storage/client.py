@@ -850,7 +850,9 @@ class FsspecStorage(BaseStorageClient):
                 return url
         from chainlit_orm.storage.route import ROUTE_PATH
 
-        expires_at = int(time.time()) + self.expires
+        # Rounded up: ``int(now)`` would cut up to a second off the promised lifetime, so a URL
+        # signed at x.99 s with expires=1 would already be dead 0.01 s later.
+        expires_at = math.ceil(time.time()) + self.expires
         signature = _signing.sign(self._signing_key, self.name, key, expires_at)
         base = self.public_base_url or self._root_path
         quoted = quote(key, safe="/")

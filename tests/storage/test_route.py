@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from fastapi import FastAPI
 
 from chainlit_orm.errors import ConfigurationError
 from chainlit_orm.storage import ROUTE_PATH, FsspecStorage, mount_storage_route
+from chainlit_orm.storage import client as client_module
 from tests.storage.conftest import TEST_SECRET, RouteServer, backend_case, serve_app
 
 
@@ -63,22 +63,53 @@ async def test_tampered_signature_key_and_expiry_are_403(
         assert (response.status_code, response.content) == (403, b"Forbidden"), bad
 
 
-async def test_expired_url_is_403(route_server: RouteServer, http: httpx.AsyncClient) -> None:
+async def test_expired_url_is_403(
+    route_server: RouteServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry is checked against the clock the route reads; moving that clock past ``expires``
+    (rather than sleeping through a 1 s lifetime) keeps the test independent of machine load."""
     storage = FsspecStorage(
         "memory://route-expiry/root",
         secret=TEST_SECRET,
         public_base_url=route_server.base_url,
         mount=False,
-        expires=1,
+        expires=60,
     )
     await storage.upload_file("k", b"short-lived")
     url = await storage.get_read_url("k")
     assert (await http.get(url)).content == b"short-lived"
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])
-    await asyncio.sleep(max(expires - time.time() + 1.1, 0))
+
+    class _Clock:
+        now = float(expires)
+
+        @classmethod
+        def time(cls) -> float:
+            return cls.now
+
+    monkeypatch.setattr(client_module, "time", _Clock)
+    assert (await http.get(url)).status_code == 200  # the last second is still valid
+    _Clock.now = expires + 0.001
     response = await http.get(url)
-    assert response.status_code == 403
+    assert (response.status_code, response.content) == (403, b"Forbidden")
+    monkeypatch.undo()
     assert await storage.delete_file("k") is True
+
+
+async def test_url_lives_at_least_expires_seconds(route_server: RouteServer) -> None:
+    """``expires_at`` is rounded up: signed at x.99 s with expires=1, the URL must not die at
+    x+1.0 s (it did: ``int(now) + expires``)."""
+    storage = FsspecStorage(
+        "memory://route-expiry-floor/root",
+        secret=TEST_SECRET,
+        public_base_url=route_server.base_url,
+        mount=False,
+        expires=1,
+    )
+    for _ in range(20):
+        before = time.time()
+        url = await storage.get_read_url("k")
+        assert int(parse_qs(urlsplit(url).query)["expires"][0]) >= before + 1
 
 
 async def test_other_secret_is_403(route_server: RouteServer, http: httpx.AsyncClient) -> None:
