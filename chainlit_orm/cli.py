@@ -41,14 +41,13 @@ from chainlit_orm.errors import (
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
+from chainlit_orm.urls import parse_url
 
 if TYPE_CHECKING:
     from chainlit_orm.transfer.progress import Progress, Summary
 
 __all__ = ["load_models", "main", "url_backend"]
 
-#: URL schemes ``migrate`` accepts (a ``+driver`` suffix is allowed on the SQL ones).
-SUPPORTED_URL_SCHEMES: tuple[str, ...] = ("postgresql", "sqlite", "mysql", "mariadb", "dynamodb")
 
 
 def load_models(spec: str | None) -> ModelSet:
@@ -95,21 +94,14 @@ def load_models(spec: str | None) -> ModelSet:
 def url_backend(url: str) -> str:
     """The backend a database URL names: ``postgresql``, ``sqlite``, ``mysql`` or ``dynamodb``.
 
-    ``mariadb`` URLs count as ``mysql`` (one dialect, one DDL).
+    Read by :func:`chainlit_orm.urls.parse_url`, as everywhere else, so ``postgres://`` is
+    PostgreSQL here as in ``from_env()``, and ``mariadb`` URLs count as ``mysql`` (one dialect,
+    one DDL).
 
     Raises:
-        ConfigurationError: the scheme is not supported; the message names the supported ones.
+        ConfigurationError: the URL is not a supported one; the message names what is.
     """
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme not in SUPPORTED_URL_SCHEMES:
-        raise ConfigurationError(
-            f"unsupported database URL {mask_url(url)}: supported schemes are "
-            f"{', '.join(s + '://' for s in SUPPORTED_URL_SCHEMES)} "
-            "(e.g. postgresql+asyncpg://, sqlite+aiosqlite:///file.db, mysql+asyncmy://, "
-            "dynamodb://TABLE?region=...)",
-            detail=scheme,
-        )
-    return "mysql" if scheme == "mariadb" else scheme
+    return parse_url(url).backend
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -99,6 +99,7 @@ from chainlit_orm.schema_gen.search import (
     pg_extension,
     search_indexes,
 )
+from chainlit_orm.urls import DynamoURL, parse_url
 
 __all__ = ["BATCH_SIZE", "MigrationReport", "ensure_schema", "migrate"]
 
@@ -192,11 +193,10 @@ async def migrate(
 
 async def _migrate(url: str, models: ModelSet, dry_run: bool, dedupe_feedback: bool
                    ) -> MigrationReport:
-    if url.strip().lower().startswith("dynamodb://"):
+    parsed = parse_url(url)
+    if isinstance(parsed, DynamoURL):
         return await _migrate_dynamodb(url, models, dry_run)
-    from chainlit_orm.layers.sql import normalize_url
-
-    sa_url = normalize_url(url)
+    sa_url = parsed.async_url()
     shown = _shown(sa_url)
     engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
     if engine.dialect.name == "sqlite":

@@ -125,6 +125,7 @@ from chainlit_orm.storage.protocols import ReadableStorage
 
 try:
     import botocore.exceptions
+    import botocore.session
     from pynamodb.connection import Connection
 
     from chainlit_orm.schema_gen.pynamo import (
@@ -417,6 +418,31 @@ class _Gate:
         self.lock: asyncio.Lock | None = None  # one delete of the thread at a time
 
 
+def _botocore_session(profile: str | None) -> botocore.session.Session:
+    """A botocore session on the AWS chain, with the named shared-config ``profile`` if any."""
+    return botocore.session.Session(profile=profile)
+
+
+class _ProfileConnection(Connection):
+    """PynamoDB's connection, its botocore sessions opened on a named profile.
+
+    PynamoDB opens one session per thread (botocore clients are not thread-safe to create) with
+    the default profile only; a ``dynamodb://...?profile=`` URL must mean the same here as in
+    ``chainlit-orm migrate``, so each of those sessions is opened on the profile instead.
+    """
+
+    def __init__(self, profile: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._profile = profile
+
+    @property
+    def session(self) -> botocore.session.Session:
+        if getattr(self._local, "session", None) is None:
+            self._local.session = _botocore_session(self._profile)
+        session: botocore.session.Session = self._local.session
+        return session
+
+
 class DynamoBackend:
     """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring."""
 
@@ -427,6 +453,7 @@ class DynamoBackend:
         models: ModelSet = DEFAULT_MODELS,
         region: str | None = None,
         endpoint_url: str | None = None,
+        profile: str | None = None,
         max_pool_connections: int = 10,
         retry_mode: str = "standard",
         max_attempts: int = 8,
@@ -451,9 +478,10 @@ class DynamoBackend:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got "
                                          f"{seconds!r}", detail=name)
         if region is None:
-            import botocore.session
-
-            region = botocore.session.get_session().get_config_variable("region")
+            try:
+                region = _botocore_session(profile).get_config_variable("region")
+            except botocore.exceptions.ProfileNotFound as exc:
+                raise ConfigurationError(str(exc), detail=profile) from exc
             if not region:
                 raise ConfigurationError(
                     "no AWS region: pass region=, set AWS_REGION/AWS_DEFAULT_REGION, or use a "
@@ -479,7 +507,9 @@ class DynamoBackend:
         # botocore's own retry configuration instead of PynamoDB's legacy loop. botocore reads
         # its "max_attempts" as retries after the first attempt; "total_max_attempts" is what
         # this layer's max_attempts means: attempts in all.
-        self.connection = Connection(
+        self.profile = profile
+        self.connection = _ProfileConnection(
+            profile,
             region=region, host=endpoint_url, max_pool_connections=max_pool_connections,
             connect_timeout_seconds=connect_timeout, read_timeout_seconds=read_timeout,
             retry_configuration={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -519,6 +549,8 @@ class DynamoBackend:
         query = f"region={self.region}"
         if self.endpoint_url:
             query += f"&endpoint_url={self.endpoint_url}"
+        if self.profile:
+            query += f"&profile={self.profile}"
         return f"dynamodb://{self.table}?{query}"
 
     def _command(self) -> str:
@@ -1947,6 +1979,8 @@ class DynamoDataLayer(ChainlitLayer):
         region: AWS region (default: the standard chain, ``AWS_REGION``/``AWS_DEFAULT_REGION`` or
             the profile's).
         endpoint_url: a DynamoDB-compatible endpoint (DynamoDB Local, moto, LocalStack).
+        profile: a named profile of the shared AWS config for credentials and the default
+            region (``dynamodb://...?profile=`` in ``from_env()``).
         models: the model set (its ``__dynamo__`` declarations give keys and indexes).
         max_pool_connections: botocore connection-pool size, which is also the number of worker
             threads, so at most that many requests run at once.
@@ -1980,6 +2014,7 @@ class DynamoDataLayer(ChainlitLayer):
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
+        profile: str | None = None,
         models: ModelSet = DEFAULT_MODELS,
         max_pool_connections: int = 10,
         retry_mode: str = "standard",
@@ -1997,7 +2032,7 @@ class DynamoDataLayer(ChainlitLayer):
                 f"thread_order={thread_order!r} is not supported")
         backend = DynamoBackend(
             table_name, models=models, region=region, endpoint_url=endpoint_url,
-            max_pool_connections=max_pool_connections, retry_mode=retry_mode,
+            profile=profile, max_pool_connections=max_pool_connections, retry_mode=retry_mode,
             max_attempts=max_attempts, connect_timeout=connect_timeout,
             read_timeout=read_timeout, offload_bytes=offload_bytes,
             storage=lambda: self.storage,
@@ -2028,7 +2063,8 @@ async def backfill(request: BackfillRequest) -> list[str]:
     """
     url = request.url
     backend = DynamoBackend(url.table, models=request.models, region=url.region,
-                            endpoint_url=url.endpoint_url, check_schema=False)
+                            endpoint_url=url.endpoint_url, profile=url.profile,
+                            check_schema=False)
     try:
         return await _Backfill(backend).run()
     finally:

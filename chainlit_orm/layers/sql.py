@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chainlit_orm.errors import (
@@ -42,7 +42,6 @@ from chainlit_orm.errors import (
     ConfigurationError,
     ConflictError,
     InvalidInputError,
-    MissingDependencyError,
     NotFoundError,
     SchemaError,
     TimeoutExceededError,
@@ -60,21 +59,13 @@ from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, T
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
+from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
-__all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
+__all__ = ["SQLBackend", "SQLDataLayer"]
 
 logger = logging.getLogger("chainlit_orm")
 
 T = TypeVar("T")
-
-_DRIVERS = {
-    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "sqlite": ("sqlite+aiosqlite", "aiosqlite", ""),
-    "mysql": ("mysql+asyncmy", "asyncmy", "mysql"),
-    "mariadb": ("mariadb+asyncmy", "asyncmy", "mysql"),
-}
-SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncmy"
 
 # PostgreSQL SQLSTATEs and MySQL error numbers worth retrying: serialization failure, deadlock,
 # lock wait timeout, server shutting down, connection lost.
@@ -90,33 +81,6 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 #: the store; a term with more (a common word) is answered by scanning the user's threads, newest
 #: first, which stops at the page's end (see SQLBackend.list_threads).
 SEARCH_CANDIDATES = 1000
-
-
-def normalize_url(url: str | URL) -> URL:
-    """Map a database URL onto its async driver (``postgresql://`` -> ``postgresql+asyncpg://``).
-
-    Raises:
-        ConfigurationError: the URL cannot be parsed or names an unsupported dialect/driver.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"cannot parse database URL {mask_url(url)}") from exc
-    backend, _, driver = parsed.drivername.partition("+")
-    if backend not in _DRIVERS:
-        raise ConfigurationError(
-            f"unsupported database {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
-        )
-    wanted, module, extra = _DRIVERS[backend]
-    if driver and f"{backend}+{driver}" != wanted:
-        raise ConfigurationError(
-            f"unsupported driver {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
-        )
-    try:
-        __import__(module)
-    except ImportError as exc:
-        raise MissingDependencyError(module, extra or "all") from exc
-    return parsed.set(drivername=wanted)
 
 
 class SQLBackend:
@@ -147,7 +111,7 @@ class SQLBackend:
             # a borrowed engine: its pool is shared, so AUTOCOMMIT is set per checkout
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
-            url = normalize_url(url_or_engine)
+            url = parse_sql_url(url_or_engine).async_url()
             options = dict(engine_options)
             options.pop("isolation_level", None)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
@@ -189,7 +153,7 @@ class SQLBackend:
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
-            raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED}")
+            raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED_DRIVERS}")
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, autocommit=False)
             if self.owns_engine:

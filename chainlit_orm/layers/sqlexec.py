@@ -11,7 +11,7 @@ The pool still owns connecting, recycling, ``pool_pre_ping`` and invalidation, a
 events (SQLite pragmas, asyncpg JSON codecs) still run, so a row reads back exactly as it would
 through ``Connection.execute``.
 
-Only the three drivers of :data:`chainlit_orm.layers.sql.SUPPORTED` are handled; each one is
+Only the three drivers of :data:`chainlit_orm.urls.SUPPORTED_DRIVERS` are handled; each one is
 driven through its public API, except aiosqlite's ``_execute`` for a SQLite transaction run in
 one hop (:meth:`RawConnection.transaction_in_thread`).
 """

@@ -35,7 +35,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
@@ -53,6 +52,7 @@ from chainlit_orm.schema_gen.dynamo import (
     dynamo_table_spec,
 )
 from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
+from chainlit_orm.urls import DynamoURL, parse_dynamodb_url
 
 __all__ = [
     "BackfillHook",
@@ -62,20 +62,6 @@ __all__ = [
     "migrate_dynamodb",
     "parse_dynamodb_url",
 ]
-
-#: Query parameters a ``dynamodb://`` URL may carry.
-URL_PARAMETERS = ("region", "endpoint_url", "profile")
-
-
-@dataclass(frozen=True)
-class DynamoURL:
-    """A parsed ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...`` URL."""
-
-    table: str
-    region: str | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
-
 
 @dataclass(frozen=True)
 class BackfillRequest:
@@ -96,34 +82,6 @@ async def layer_backfill(request: BackfillRequest) -> list[str]:
     from chainlit_orm.layers.dynamodb import backfill
 
     return await backfill(request)
-
-
-def parse_dynamodb_url(url: str) -> DynamoURL:
-    """Parse a ``dynamodb://`` URL.
-
-    Credentials are never taken from the URL (it ends up in shell history and logs); they come
-    from the usual AWS chain, optionally a named ``profile``.
-
-    Raises:
-        ConfigurationError: not a ``dynamodb://`` URL, no table name, or an unknown parameter.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "dynamodb":
-        raise ConfigurationError(f"not a dynamodb:// URL: {mask_url(url)}")
-    table = (parts.netloc + parts.path).strip("/")
-    if not table:
-        raise ConfigurationError(
-            f"no table name in {mask_url(url)}; use dynamodb://TABLE?region=REGION"
-        )
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - set(URL_PARAMETERS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown parameter(s) {', '.join(unknown)} in {mask_url(url)}; "
-            f"supported: {', '.join(URL_PARAMETERS)} (credentials come from the AWS chain)"
-        )
-    values = {key: query[key][-1] or None for key in query}
-    return DynamoURL(table=table, **values)
 
 
 class _Table:

@@ -26,7 +26,7 @@ Names used, by origin:
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
 * ``migration.migrate``: the destination's schema before anything is written;
-* ``schema_gen.dynamo_migrate.parse_dynamodb_url``: ``dynamodb://`` URLs;
+* ``urls.parse_dynamodb_url``: ``dynamodb://`` URLs;
 * ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
   decoding), ``_key_of``, ``_index_attributes`` (GSI key attributes), ``indexes``, ``_kind``,
   ``_user_row``, ``_load_texts``, ``_text_key``, ``offload_bytes``, ``_batch_write``,
@@ -320,18 +320,16 @@ class DynamoTable:
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
         from chainlit_orm.layers import dynamodb as dy
         from chainlit_orm.schema_gen import dynamo as spec
-        from chainlit_orm.schema_gen.dynamo_migrate import parse_dynamodb_url
+        from chainlit_orm.urls import parse_dynamodb_url
 
         parsed = parse_dynamodb_url(url)
-        if parsed.profile:
-            raise ConfigurationError(
-                "profile= is not supported here; set AWS_PROFILE instead", detail="profile")
         self._dy = dy
         self._spec = spec
         self.models = models
         self.storage = storage
         self.backend = dy.DynamoBackend(
             parsed.table, models=models, region=parsed.region, endpoint_url=parsed.endpoint_url,
+            profile=parsed.profile,
             max_pool_connections=16, storage=lambda: storage)
         self.table = parsed.table
         self.shown = self.backend.url
