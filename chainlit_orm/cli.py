@@ -138,26 +138,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    backend = url_backend(args.url)
+    url_backend(args.url)  # a bad URL is refused before the models are imported
     models = load_models(args.models)
-    try:
-        # Imported by name: the SQL migrator lives in its own module, loaded only when needed.
-        migrator = importlib.import_module("chainlit_orm.migration")
-    except ModuleNotFoundError as exc:
-        if exc.name != "chainlit_orm.migration":
-            raise
-        if backend != "dynamodb":
-            raise ConfigurationError(
-                "SQL migrations need chainlit_orm.migration, which this build does not have"
-            ) from exc
-        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
+    # imported here: the migrators load SQLAlchemy's Alembic machinery, the CLI's other commands
+    # do not need it
+    from chainlit_orm.migrations import migrate
 
-        lines = asyncio.run(migrate_dynamodb(args.url, models, args.dry_run))
-    else:
-        result = asyncio.run(migrator.migrate(args.url, models=models, dry_run=args.dry_run,
-                                              dedupe_feedback=args.dedupe_feedback,
-                                              timeout=args.timeout))
-        lines = list(result.lines)
+    result = asyncio.run(migrate(args.url, models=models, dry_run=args.dry_run,
+                                 dedupe_feedback=args.dedupe_feedback, timeout=args.timeout))
+    lines = list(result.lines)
     for line in lines:
         print(line)
     return 0

@@ -140,7 +140,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
 if TYPE_CHECKING:
-    from chainlit_orm.schema_gen.dynamo_migrate import BackfillRequest
+    from chainlit_orm.migrations.report import BackfillRequest
 
 __all__ = [
     "CONFLICT_RETRY", "UNREADABLE_KEY", "UNREADABLE_TEXT", "DynamoBackend", "DynamoDataLayer",

@@ -242,7 +242,7 @@ class SQLBackend:
         await asyncio.shield(task)
 
     async def _check_schema(self) -> None:
-        from chainlit_orm.migration import ensure_schema
+        from chainlit_orm.migrations.sql import ensure_schema
 
         try:
             async with asyncio.timeout(self.migrate_timeout):

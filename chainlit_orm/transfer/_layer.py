@@ -25,7 +25,7 @@ Names used, by origin:
   ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
-* ``migration.migrate``: the destination's schema before anything is written;
+* ``migrations.migrate``: the destination's schema before anything is written;
 * ``urls.parse_dynamodb_url``: ``dynamodb://`` URLs;
 * ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
   decoding), ``_key_of``, ``_index_attributes`` (GSI key attributes), ``indexes``, ``_kind``,
@@ -39,7 +39,7 @@ Names used, by origin:
 
 Two rules are written inline in the layers today, with no function to call; they are written
 here once each, with the place they mirror, until issue 15 gives them one home:
-:func:`thread_activity` (``migration._activity_values`` and the DynamoDB backfill) and
+:func:`thread_activity` (``migrations.sql._activity_values`` and the DynamoDB backfill) and
 :func:`DynamoTable.feedback_markers` (``DynamoBackend._counter_update`` and the backfill).
 """
 
@@ -231,8 +231,8 @@ def _refused_column(table: sa.Table, record: Mapping[str, Any], entity: str,
 
 def thread_activity(created_at: str | None, user_message_times: Iterable[str | None]) -> str:
     """A thread's activity when its store does not record one: its latest user message, else its
-    creation, else now. Mirrors ``migration._activity_values`` (the rule ``migrate`` backfills an
-    adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
+    creation, else now. Mirrors ``migrations.sql._activity_values`` (the rule ``migrate``
+    backfills an adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
     timestamps, so text order is time order."""
     latest = max((t for t in user_message_times if t), default=None)
     return latest or created_at or utc_now()
@@ -271,7 +271,7 @@ async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | No
 
 async def migrate(url: str, models: ModelSet) -> list[str]:
     """``chainlit-orm migrate`` on a destination: create or upgrade its schema, additively."""
-    from chainlit_orm.migration import migrate as run
+    from chainlit_orm.migrations import migrate as run
 
     return list((await run(url, models=models)).lines)
 

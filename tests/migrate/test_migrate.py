@@ -26,7 +26,8 @@ from chainlit_orm.errors import (
     SchemaError,
     SchemaOutdatedError,
 )
-from chainlit_orm.migration import ensure_schema, migrate
+from chainlit_orm.migrations import migrate
+from chainlit_orm.migrations.sql import ensure_schema
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION

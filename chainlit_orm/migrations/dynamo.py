@@ -1,7 +1,7 @@
 """``chainlit-orm migrate dynamodb://TABLE``: create the single table or add its missing GSIs.
 
-This is the one module of :mod:`chainlit_orm.schema_gen` that does I/O; the package does not
-import it. ``chainlit_orm.migration.migrate`` dispatches ``dynamodb://`` URLs here.
+It applies what :mod:`chainlit_orm.schema_gen.dynamo` derives (that package does no I/O);
+:func:`chainlit_orm.migrations.migrate` dispatches ``dynamodb://`` URLs here.
 
 What it does, additively and idempotently:
 
@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from chainlit_orm.errors import (
@@ -43,6 +42,7 @@ from chainlit_orm.errors import (
     SchemaError,
     mask_url,
 )
+from chainlit_orm.migrations.report import BackfillHook, BackfillRequest, MigrationReport
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen.dynamo import (
@@ -54,27 +54,7 @@ from chainlit_orm.schema_gen.dynamo import (
 from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
 from chainlit_orm.urls import DynamoURL, parse_dynamodb_url
 
-__all__ = [
-    "BackfillHook",
-    "BackfillRequest",
-    "DynamoURL",
-    "layer_backfill",
-    "migrate_dynamodb",
-    "parse_dynamodb_url",
-]
-
-@dataclass(frozen=True)
-class BackfillRequest:
-    """What a backfill hook gets: the table, how to reach it, and the GSIs just created."""
-
-    url: DynamoURL
-    models: ModelSet
-    new_indexes: tuple[str, ...]
-
-
-#: ``async def hook(request) -> list[str]``: fill the new GSIs' attributes on existing items,
-#: returning lines to print.
-BackfillHook = Callable[[BackfillRequest], Awaitable[list[str]]]
+__all__ = ["layer_backfill", "migrate_dynamodb"]
 
 
 async def layer_backfill(request: BackfillRequest) -> list[str]:
@@ -84,7 +64,7 @@ async def layer_backfill(request: BackfillRequest) -> list[str]:
     return await backfill(request)
 
 
-class _Table:
+class _MigrationTable:
     """Thin synchronous wrapper over one boto3 client and table; every method runs in a thread."""
 
     def __init__(self, url: DynamoURL, shown: str) -> None:
@@ -180,7 +160,7 @@ def _key_names(key_schema: Sequence[dict[str, Any]]) -> tuple[str | None, str | 
     return hash_, range_
 
 
-def _plan(table: dict[str, Any], models: ModelSet, shown: str) -> list[GsiSpec]:
+def _missing_indexes(table: dict[str, Any], models: ModelSet, shown: str) -> list[GsiSpec]:
     """The GSIs to add to an existing table, after checking what it already has."""
     spec = dynamo_table_spec(models, table["TableName"])
     wanted_keys = _key_names(spec["KeySchema"])
@@ -243,7 +223,7 @@ async def migrate_dynamodb(
     backfill: BackfillHook | None = layer_backfill,
     wait_seconds: float = 3600.0,
     poll_interval: float = 5.0,
-) -> list[str]:
+) -> MigrationReport:
     """Create the single table, or add the GSIs it lacks, and record the schema version.
 
     Args:
@@ -258,7 +238,8 @@ async def migrate_dynamodb(
         poll_interval: seconds between two ``DescribeTable`` calls while waiting.
 
     Returns:
-        The lines to print, one per action (or one saying the table is up to date).
+        The report: one line per action (or one saying the table is up to date); ``changed``
+        says whether anything was written to DynamoDB.
 
     Raises:
         ConfigurationError: a bad URL, no region, no credentials.
@@ -268,7 +249,7 @@ async def migrate_dynamodb(
     parsed = parse_dynamodb_url(url)
     shown = f"table {parsed.table} ({mask_url(url)})"
     spec = dynamo_table_spec(models, parsed.table)
-    client = await asyncio.to_thread(_Table, parsed, shown)
+    client = await asyncio.to_thread(_MigrationTable, parsed, shown)
     lines: list[str] = []
     prefix = "would " if dry_run else ""
     table = await asyncio.to_thread(client.describe)
@@ -278,11 +259,11 @@ async def migrate_dynamodb(
         lines.append(f"{prefix}create {shown} with PK/SK and GSIs {', '.join(names)}")
         if dry_run:
             lines.append(f"would record schema version {SCHEMA_VERSION}")
-            return lines
+            return MigrationReport(lines, changed=False)
         await asyncio.to_thread(client.call, "create_table", **spec)
         await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
     else:
-        for index in _plan(table, models, shown):
+        for index in _missing_indexes(table, models, shown):
             lines.append(f"{prefix}add GSI {index.name} ({index.pk_attribute}/"
                          f"{index.sk_attribute}, {index.projection}) to {shown}")
             if dry_run:
@@ -314,19 +295,21 @@ async def migrate_dynamodb(
                 f"note: items written before this migration are not in {', '.join(added)} "
                 "until rewritten; the DynamoDB layer's backfill fills them in"
             )
+    # every line so far names an action: done, unless this is a dry run
+    changed = bool(lines) and not dry_run
     if not lines:
         lines.append(f"{shown} is up to date (schema version {SCHEMA_VERSION})")
-    return lines
+    return MigrationReport(lines, changed=changed)
 
 
-def _read_version_item(client: _Table) -> dict[str, Any]:
+def _read_version_item(client: _MigrationTable) -> dict[str, Any]:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     item: dict[str, Any] = client.call("get_item", TableName=client.url.table, Key=key,
                                        ConsistentRead=True).get("Item") or {}
     return item
 
 
-def _write_version(client: _Table, pending: Sequence[str] = ()) -> None:
+def _write_version(client: _MigrationTable, pending: Sequence[str] = ()) -> None:
     item: dict[str, Any] = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     item["version"] = {"N": str(SCHEMA_VERSION)}
     item["appliedAt"] = {"S": utc_now()}
@@ -335,14 +318,14 @@ def _write_version(client: _Table, pending: Sequence[str] = ()) -> None:
     client.call("put_item", TableName=client.url.table, Item=item)
 
 
-def _mark_pending(client: _Table, indexes: Sequence[str]) -> None:
+def _mark_pending(client: _MigrationTable, indexes: Sequence[str]) -> None:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="SET backfillPending = :p",
                 ExpressionAttributeValues={":p": {"L": [{"S": name} for name in indexes]}})
 
 
-def _clear_pending(client: _Table) -> None:
+def _clear_pending(client: _MigrationTable) -> None:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="REMOVE backfillPending, backfillCursor")

@@ -51,7 +51,6 @@ Why it works the way it does:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -75,16 +74,14 @@ from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
-    ConfigurationError,
     InvalidInputError,
     SchemaError,
     SchemaOutdatedError,
-    TimeoutExceededError,
     mask_url,
 )
-from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
+from chainlit_orm.migrations.report import MigrationReport
 from chainlit_orm.models.convert import to_row
-from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.modelset import ENTITIES, FROM_METADATA, ModelSet
 from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, folded_values
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
@@ -99,9 +96,9 @@ from chainlit_orm.schema_gen.search import (
     pg_extension,
     search_indexes,
 )
-from chainlit_orm.urls import DynamoURL, parse_url
+from chainlit_orm.urls import SQLURL
 
-__all__ = ["BATCH_SIZE", "MigrationReport", "ensure_schema", "migrate"]
+__all__ = ["BATCH_SIZE", "ensure_schema", "migrate_sql"]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -123,80 +120,14 @@ _FEEDBACK_KEY = ("forId",)
 _MAX_LISTED = 20
 
 
-@dataclass
-class MigrationReport:
-    """What :func:`migrate` did, or would do with ``dry_run``.
-
-    Attributes:
-        lines: human-readable lines for the console, one per action, then a summary; with
-            ``dry_run`` also the statements, each ending with ``;``.
-        statements: the SQL statements, in the order they run (backfill statements appear once,
-            as the parameterized statement repeated per batch). Empty for DynamoDB.
-        changed: True when the database was changed (always False for a dry run).
-    """
-
-    lines: list[str] = field(default_factory=list)
-    statements: list[str] = field(default_factory=list)
-    changed: bool = False
-
-
 # ----------------------------------------------------------------------------- public entry points
 
 
-async def migrate(
-    url: str,
-    *,
-    models: ModelSet = DEFAULT_MODELS,
-    dry_run: bool = False,
-    dedupe_feedback: bool = False,
-    # a limit that holds by default, not only when the caller wraps the call in one
-    timeout: float = DEFAULT_MIGRATE_TIMEOUT,  # noqa: ASYNC109
-) -> MigrationReport:
-    """Create the set's schema in an empty database or upgrade an existing one, additively.
-
-    Args:
-        url: a SQL database URL (``postgresql://``, ``sqlite:///``, ``mysql://``, ``mariadb://``,
-            with or without the async driver) or ``dynamodb://TABLE?...``.
-        models: the model set to migrate to (prefix, schema and extra columns included).
-        dry_run: compute and render the statements, print them in the report, change nothing.
-        dedupe_feedback: where a step has several feedback rows (Chainlit's layer allowed it),
-            keep the most recently written one and delete the others, so the unique
-            feedback-per-step index can be built. Without it migrate refuses.
-        timeout: seconds the whole migration may take (default 600; raise it for a backfill of
-            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
-            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
-            kept (migrate is idempotent: run it again).
-
-    Returns:
-        The report; ``changed`` is False when the schema was already up to date.
-
-    Raises:
-        ConfigurationError: the URL names an unsupported database (the message lists the
-            supported ones).
-        BackendUnavailableError: the server cannot be reached or refuses the credentials.
-        TimeoutExceededError: the migration did not finish within ``timeout``.
-        SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
-            a newer schema version, an index name taken by a different index, or a failed
-            statement (chained to the driver error).
-    """
-    limit = check_timeout(timeout, "timeout")
-    try:
-        async with asyncio.timeout(limit):
-            return await _migrate(url, models, dry_run, dedupe_feedback)
-    except TimeoutError as exc:
-        if isinstance(exc, TimeoutExceededError):
-            raise
-        raise TimeoutExceededError(
-            f"migrate of {mask_url(url)} did not finish within its timeout of {limit:g} s",
-            detail=limit) from exc
-
-
-async def _migrate(url: str, models: ModelSet, dry_run: bool, dedupe_feedback: bool
-                   ) -> MigrationReport:
-    parsed = parse_url(url)
-    if isinstance(parsed, DynamoURL):
-        return await _migrate_dynamodb(url, models, dry_run)
-    sa_url = parsed.async_url()
+async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_feedback: bool
+                      ) -> MigrationReport:
+    """Migrate one SQL database (see :func:`chainlit_orm.migrations.migrate`, which bounds it by
+    its timeout and dispatches here)."""
+    sa_url = url.async_url()
     shown = _shown(sa_url)
     engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
     if engine.dialect.name == "sqlite":
@@ -954,7 +885,8 @@ async def _migrate_on(
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
     plan = await conn.run_sync(_plan, models, shown, dedupe_feedback)
     if plan.empty:
-        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"])
+        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"],
+                               changed=False)
     lines: list[str] = []
     buffer = _StatementBuffer()
     offline = MigrationContext.configure(dialect=conn.dialect, opts={
@@ -1307,21 +1239,3 @@ def _json(raw: Any, what: str, problems: list[str]) -> Any:
     except ValueError:
         problems.append(f"{what}: metadata is not JSON; derived columns filled as for no metadata")
         return None
-
-
-# ----------------------------------------------------------------------------- DynamoDB
-
-
-async def _migrate_dynamodb(url: str, models: ModelSet, dry_run: bool) -> MigrationReport:
-    """``dynamodb://`` URLs go to the DynamoDB migrator (imported here: it needs the extra)."""
-    try:
-        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("chainlit_orm"):
-            raise ConfigurationError(
-                "this build of chainlit-orm has no DynamoDB migrator", detail=url
-            ) from exc
-        raise
-    lines = list(await migrate_dynamodb(url, models, dry_run))
-    up_to_date = len(lines) == 1 and "is up to date" in lines[0]
-    return MigrationReport(lines, [], changed=not dry_run and not up_to_date)
