@@ -318,19 +318,24 @@ class DynamoTable:
     key, index attribute, counter and offloaded text made by the layer's own code."""
 
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
-        from chainlit_orm.layers import dynamodb as dy
+        from chainlit_orm.layers.dynamodb import items as dy
+        from chainlit_orm.layers.dynamodb import legacy
+        from chainlit_orm.layers.dynamodb.backend import DynamoBackend
+        from chainlit_orm.layers.dynamodb.config import DynamoConfig
         from chainlit_orm.schema_gen import dynamo as spec
         from chainlit_orm.urls import parse_dynamodb_url
 
         parsed = parse_dynamodb_url(url)
         self._dy = dy
+        self._legacy = legacy
         self._spec = spec
         self.models = models
         self.storage = storage
-        self.backend = dy.DynamoBackend(
-            parsed.table, models=models, region=parsed.region, endpoint_url=parsed.endpoint_url,
-            profile=parsed.profile,
-            max_pool_connections=16, storage=lambda: storage)
+        self.backend = DynamoBackend(
+            DynamoConfig(parsed.table, models=models, region=parsed.region,
+                         endpoint_url=parsed.endpoint_url, profile=parsed.profile,
+                         max_pool_connections=16),
+            storage=lambda: storage)
         self.table = parsed.table
         self.shown = self.backend.url
 
@@ -362,13 +367,13 @@ class DynamoTable:
         if sk == self.models.dynamo["user"].sk and spec.parse_key(
                 self.models.dynamo["user"].pk, pk) is not None:
             return "user", None
-        thread_id = b._thread_of_key(pk)
+        thread_id = b.layout.thread_of_key(pk)
         if thread_id is None:
             return None, None
-        return b._kind(sk), thread_id
+        return b.layout.kind(sk), thread_id
 
     def user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        return self.backend._user_row(item)
+        return self.backend.layout.user_row(item)
 
     def thread_head(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """A thread item's row (what enumerating and filtering threads needs)."""
@@ -380,7 +385,7 @@ class DynamoTable:
     async def get_users(self, identifiers: Sequence[str]) -> list[dict[str, Any]]:
         """The user rows of these identifiers that exist (BatchGetItem, 100 keys a call)."""
         b = self.backend
-        keys = [b._key_of("user", identifier=i) for i in identifiers]
+        keys = [b.layout.key_of("user", identifier=i) for i in identifiers]
         items: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
             items += await b._batch_get(keys[start:start + 100])
@@ -409,7 +414,7 @@ class DynamoTable:
         items = await b._query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
             ExpressionAttributeValues={
-                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
+                ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
             ConsistentRead=True)
         return await self.decode_partition(thread_id, items)
 
@@ -419,7 +424,7 @@ class DynamoTable:
         """A thread partition's items as rows: ``get_thread``'s reading (the same item kinds,
         phantom steps, embedded legacy feedback and offloaded texts), except that feedback items
         whose step does not exist are kept, as the SQL backends keep such rows."""
-        dy, spec, b = self._dy, self._spec, self.backend
+        spec, b = self._spec, self.backend
         thread: dict[str, Any] | None = None
         steps: list[dict[str, Any]] = []
         step_items: list[Mapping[str, Any]] = []
@@ -427,14 +432,14 @@ class DynamoTable:
         feedback: dict[str, dict[str, Any]] = {}
         legacy: dict[str, dict[str, Any]] = {}
         for item in items:
-            kind = b._kind(item[spec.SORT_KEY]["S"])
+            kind = b.layout.kind(item[spec.SORT_KEY]["S"])
             if kind == "thread":
                 thread = b.codecs["thread"].row(item)
             elif kind == "step":
-                embedded = dy._legacy_feedback(item)
+                embedded = self._legacy.legacy_feedback(item)
                 if embedded and embedded.get("forId"):
                     legacy.setdefault(str(embedded["forId"]), embedded)
-                if not dy._is_phantom(item):
+                if not self._legacy.is_phantom(item):
                     steps.append(b.codecs["step"].row(item))
                     step_items.append(item)
             elif kind == "element":
@@ -456,12 +461,12 @@ class DynamoTable:
         entity's codec, and the GSI key attributes (feedback-driven sparse indexes excluded)."""
         b = self.backend
         codec = b.codecs[entity]
-        item = dict(b._key_of(entity, **key))
+        item = dict(b.layout.key_of(entity, **key))
         for name, value in row.items():
             if value is not None:
                 item[name] = codec.encode(name, value)
-        for attribute, value in b._index_attributes(entity, row).items():
-            item[attribute] = self._dy._s(value)
+        for attribute, value in b.layout.index_attributes(entity, row).items():
+            item[attribute] = self._dy.string_value(value)
         return item
 
     def user_item(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,7 +503,7 @@ class DynamoTable:
                             if d.index == spec.name)
             marker = self._spec.render_key(declared.pk, {"userId": user_id})
             if marker:
-                out[spec.pk_attribute] = dy._s(marker)
+                out[spec.pk_attribute] = dy.string_value(marker)
         return out
 
     def step_item(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -516,8 +521,8 @@ class DynamoTable:
                     key = b._text_key(thread_id, step_id, field, False)
                     uploads.append((key, text.encode()))
                     del item[field]
-                    item[ref] = dy._s(key)
-        size = dy._item_size(item)
+                    item[ref] = dy.string_value(key)
+        size = dy.item_size(item)
         if size > dy.ITEM_LIMIT - 1024:
             hint = "" if self.storage is not None else (
                 " (configure a destination storage to offload texts)")
@@ -536,11 +541,11 @@ class DynamoTable:
         """userId of each of these threads that exists (BatchGetItem of the thread items)."""
         b = self.backend
         out: dict[str, str | None] = {}
-        keys = [b._key_of("thread", id=t) for t in thread_ids]
+        keys = [b.layout.key_of("thread", id=t) for t in thread_ids]
         for start in range(0, len(keys), 100):
             for item in await b._batch_get(keys[start:start + 100]):
                 row = b.codecs["thread"].row(item)
-                thread_id = b._thread_of_key(item[self._spec.PARTITION_KEY]["S"])
+                thread_id = b.layout.thread_of_key(item[self._spec.PARTITION_KEY]["S"])
                 if thread_id is not None:
                     out[thread_id] = row.get("userId")
         return out
@@ -553,7 +558,7 @@ class DynamoTable:
             KeyConditionExpression="#p = :p AND begins_with(#s, :f)",
             ExpressionAttributeNames={"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY},
             ExpressionAttributeValues={
-                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY],
+                ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY],
                 ":f": {"S": prefix}},
             ConsistentRead=True)
         return [b.codecs["feedback"].row(item) for item in items]
