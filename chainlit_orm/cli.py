@@ -152,7 +152,7 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ddl(args: argparse.Namespace) -> int:
+def _ddl_command(args: argparse.Namespace) -> int:
     sys.stdout.write(ddl(load_models(args.models), args.dialect))
     return 0
 
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("dialect", metavar="DIALECT",
                       help=f"one of: {', '.join(SUPPORTED_DIALECTS)}")
     show.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-    show.set_defaults(handler=_ddl)
+    show.set_defaults(handler=_ddl_command)
 
     _transfer_parsers(commands, models_help)
     return parser

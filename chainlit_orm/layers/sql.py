@@ -41,6 +41,7 @@ from chainlit_orm.errors import (
     ChainlitORMError,
     ConfigurationError,
     ConflictError,
+    InvalidIdentifierError,
     InvalidInputError,
     NotFoundError,
     SchemaError,
@@ -56,8 +57,11 @@ from chainlit_orm.layers.deadline import (
     check_timeout,
 )
 from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
+from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
+from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
 from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
@@ -116,7 +120,7 @@ class SQLBackend:
             options.pop("isolation_level", None)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
             if url.get_backend_name() == "sqlite":
-                connect_args.setdefault("timeout", 30)  # the busy timeout: a local file
+                connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
             else:
                 options.setdefault("pool_recycle", 1800)
                 # the driver's own limit on opening a connection, for the transactional engine
@@ -398,6 +402,15 @@ class SQLBackend:
             users.c.identifier == sa.bindparam("identifier")))
         return stmt
 
+    def normalize_user_id(self, value: str, what: str) -> str | None:
+        """User ids are UUIDs here (see
+        :meth:`~chainlit_orm.layers.base.Backend.normalize_user_id`): any other text is no stored
+        user's id."""
+        try:
+            return normalize_id(value, what=what)
+        except InvalidIdentifierError:
+            return None
+
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
         stmt = self._user_by_identifier()
 
@@ -599,8 +612,7 @@ class SQLBackend:
         value = data.pop("fb_value", None)
         comment = data.pop("fb_comment", None)
         if fb_id is not None:
-            data["feedback"] = {"id": fb_id, "forId": data["id"], "value": value,
-                                "comment": comment}
+            data["feedback"] = feedback_dict(fb_id, data["id"], value, comment)
         return data
 
     async def get_thread(
@@ -1396,12 +1408,10 @@ def _configure_sqlite(engine: AsyncEngine, *, autocommit: bool) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL",
-                       "busy_timeout=30000"):
+                       f"busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
         dbapi_connection.create_function("chainlit_merge", 2, _sqlite_merge, deterministic=True)
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        if not autocommit and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    begin_immediate_on(engine, lambda conn: not autocommit and conn.get_execution_options().get(
+        "isolation_level") != "AUTOCOMMIT")

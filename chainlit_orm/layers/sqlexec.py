@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from chainlit_orm.errors import TimeoutExceededError
+from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
            "TxScript", "prepare"]
@@ -327,7 +328,7 @@ class RawConnection:
         def run() -> T:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
             words.append("BEGIN")
-            raw.execute("BEGIN IMMEDIATE")
+            raw.execute(BEGIN_IMMEDIATE)
             try:
                 result = body(SyncConnection(raw, words, abandoned))
                 if abandoned[0]:
@@ -356,7 +357,7 @@ class RawConnection:
     async def transaction(self) -> AsyncIterator[RawConnection]:
         """BEGIN (``BEGIN IMMEDIATE`` on SQLite: a deferred transaction that later writes fails
         with "database is locked" instead of waiting) ... COMMIT, or ROLLBACK on any error."""
-        await self._command("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        await self._command(BEGIN_IMMEDIATE if self.dialect == "sqlite" else "BEGIN")
         try:
             yield self
         except BaseException:

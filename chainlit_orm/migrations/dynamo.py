@@ -89,15 +89,16 @@ class _MigrationTable:
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        # the layer's table of AWS error codes (imported here: it needs the dynamodb extra)
+        from chainlit_orm.layers.dynamodb.table import AUTH_ERRORS, SETUP_ERRORS
+
         try:
             result: dict[str, Any] = getattr(self.client, operation)(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ResourceNotFoundException":
                 raise
-            if code in ("UnrecognizedClientException", "InvalidSignatureException",
-                        "AccessDeniedException", "ExpiredTokenException",
-                        "MissingAuthenticationTokenException"):
+            if code in AUTH_ERRORS:
                 raise BackendUnavailableError(
                     f"DynamoDB refused the credentials for {self.shown} ({code})", detail=code
                 ) from exc
@@ -107,8 +108,7 @@ class _MigrationTable:
                 detail=code,
             ) from exc
         except BotoCoreError as exc:
-            if type(exc).__name__ in ("NoRegionError", "NoCredentialsError",
-                                      "ProfileNotFound", "PartialCredentialsError"):
+            if type(exc).__name__ in SETUP_ERRORS:
                 raise ConfigurationError(
                     f"{exc} for {self.shown} (add ?region=REGION, or configure AWS credentials)"
                 ) from exc

@@ -79,9 +79,11 @@ from chainlit_orm.errors import (
     SchemaOutdatedError,
     mask_url,
 )
+from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.migrations.report import MigrationReport
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.modelset import ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.rules import USER_MESSAGE
 from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, folded_values
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
@@ -110,8 +112,6 @@ BATCH_SIZE = 500
 #: thread with one statement.
 _THREAD_CHILDREN = ("step", "element", "feedback")
 
-#: The step type whose creation is a thread's activity (``ThreadFields`` docstring).
-_USER_MESSAGE = "user_message"
 
 #: The unique index that allows one feedback row per step.
 _FEEDBACK_KEY = ("forId",)
@@ -210,7 +210,7 @@ def _shown(url: URL) -> str:
 
 def _engine_options(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     return {}
 
 
@@ -224,9 +224,7 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    begin_immediate_on(engine)
 
 
 @asynccontextmanager
@@ -237,7 +235,7 @@ async def _transaction(engine: AsyncEngine, shown: str) -> AsyncIterator[AsyncCo
         await conn.start()
     except (DBAPIError, OSError) as exc:
         raise BackendUnavailableError(
-            f"cannot connect to {shown}: {_short(exc)}", detail=shown
+            f"cannot connect to {shown}: {_short_error(exc)}", detail=shown
         ) from exc
     try:
         async with conn.begin():
@@ -246,7 +244,7 @@ async def _transaction(engine: AsyncEngine, shown: str) -> AsyncIterator[AsyncCo
         await conn.close()
 
 
-def _short(exc: BaseException) -> str:
+def _short_error(exc: BaseException) -> str:
     """The driver's message, first line, without any URL in it unmasked."""
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
@@ -913,7 +911,7 @@ async def _migrate_on(
                    if plan.target.transactional_ddl else
                    "the steps before it were applied; fix the cause and migrate again to finish")
         raise SchemaError(
-            f"migrating {shown} failed: {_short(exc)}; {outcome}", detail=shown
+            f"migrating {shown} failed: {_short_error(exc)}; {outcome}", detail=shown
         ) from exc
     return MigrationReport(
         [f"migrating {head}", *lines, *applied,
@@ -1080,7 +1078,7 @@ def _activity_statements(target: _Target) -> tuple[tuple[sa.Select[Any], ...], s
     )
     messages = (
         sa.select(s.c.threadId, sa.type_coerce(s.c.createdAt, sa.Text))
-        .where(s.c.type == _USER_MESSAGE,
+        .where(s.c.type == USER_MESSAGE,
                s.c.threadId.in_(sa.bindparam("ids", expanding=True, type_=s.c.threadId.type)))
     )
     update = (
@@ -1225,13 +1223,13 @@ def _metadata_values(models: ModelSet, backfill: _Backfill, batch: Sequence[Any]
                      problems: list[str]) -> list[dict[str, Any]]:
     params = []
     for row_id, raw in batch:
-        metadata = _json(raw, f"{backfill.entity} {row_id}", problems)
+        metadata = _metadata_json(raw, f"{backfill.entity} {row_id}", problems)
         derived = to_row(models, backfill.entity, {"metadata": metadata})
         params.append({"b_id": str(row_id), **{f"b_{c}": derived.get(c) for c in backfill.columns}})
     return params
 
 
-def _json(raw: Any, what: str, problems: list[str]) -> Any:
+def _metadata_json(raw: Any, what: str, problems: list[str]) -> Any:
     if raw is None or isinstance(raw, dict | list):
         return raw
     try:

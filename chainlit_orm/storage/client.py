@@ -99,7 +99,7 @@ _ENV_EXPIRY = "STORAGE_EXPIRY_TIME"
 _DEFAULT_EXPIRES = 3600
 _S3_MAX_EXPIRES = 7 * 24 * 3600
 _MIN_SECRET_LENGTH = 16
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_STORAGE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _READ_CHUNK = 1 << 20
 
 
@@ -321,9 +321,9 @@ class FsspecStorage(BaseStorageClient):
         self.cleanup_timeout = self.timeout / 2
         self._options = self._resolve_options(options)
         self.name = name if name is not None else self._default_name()
-        if not _NAME.match(self.name):
+        if not _STORAGE_NAME.match(self.name):
             raise ConfigurationError(
-                f"storage name {self.name!r} must match {_NAME.pattern}", detail=self.name
+                f"storage name {self.name!r} must match {_STORAGE_NAME.pattern}", detail=self.name
             )
         self.public_base_url = (public_base_url or _env(ENV_PUBLIC_BASE_URL) or "").rstrip("/")
         self._root_path = _read_root_path()

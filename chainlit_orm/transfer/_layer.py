@@ -16,31 +16,31 @@ Names used, by origin:
 * ``models.search.folded_values`` and ``FOLDED_FROM``: the case-folded copies the SQL search
   compares with (``threads."nameFolded"``, ``steps."outputFolded"``), as every SQL write stores
   them (DynamoDB has none: its search folds the projected name when it reads);
-* ``models.limits.check_row``, ``layers.base._check_identifier``:
+* ``models.limits.check_row``, ``layers.base.check_identifier``:
   the checks every layer write passes, applied to records that come from outside (a bundle,
   Chainlit's official schema) by :func:`check_record`;
-* ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
-  ``layers.base._content_disposition``: the header an element file is stored with;
+* ``models.rules.USER_MESSAGE``: the step type whose creation is a thread's activity;
+  ``layers.base.element_content_disposition``: the header an element file is stored with;
 * ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
   ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
 * ``migrations.migrate``: the destination's schema before anything is written;
 * ``urls.parse_dynamodb_url``: ``dynamodb://`` URLs;
-* ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
-  decoding), ``_key_of``, ``_index_attributes`` (GSI key attributes), ``indexes``, ``_kind``,
-  ``_user_row``, ``_load_texts``, ``_text_key``, ``offload_bytes``, ``_batch_write``,
-  ``_batch_get``, ``_query_all``, ``_call``, ``_lookup``, ``list_threads``, ``get_user``,
-  ``ensure_ready``, ``close``; module helpers ``_s``, ``_key``, ``_item_size``,
-  ``_is_phantom``, ``_legacy_feedback``; constants ``ITEM_LIMIT``, ``TEXT_REFS``,
-  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
+* ``layers.dynamodb``: ``DynamoBackend`` (built on a ``DynamoConfig``) with its ``layout``
+  (:class:`~chainlit_orm.layers.dynamodb.items.ItemLayout`: ``codecs``, ``key_of``,
+  ``index_attributes``, ``kind``, ``thread_of_key``, ``user_row``), ``indexes``,
+  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and, still
+  private, ``_load_texts``, ``_text_key``, ``_batch_write``, ``_call``, ``_lookup``;
+  ``layers.dynamodb.items`` (``string_value``, ``item_size``, ``ITEM_LIMIT``, ``TEXT_REFS``,
+  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
+  (``legacy_feedback``, ``is_phantom``);
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
-Two rules are written inline in the layers today, with no function to call; they are written
-here once each, with the place they mirror, until issue 15 gives them one home:
-:func:`thread_activity` (``migrations.sql._activity_values`` and the DynamoDB backfill) and
-:func:`DynamoTable.feedback_markers` (``DynamoBackend._counter_update`` and the backfill).
+:func:`thread_activity` applies :func:`chainlit_orm.models.rules.latest_activity` (the rule the
+migrators backfill with); :func:`DynamoTable.feedback_markers` mirrors
+``DynamoBackend._counter_update`` and the backfill, which still write it inline.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from chainlit_orm.errors import (
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+from chainlit_orm.models.rules import USER_MESSAGE, latest_activity
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 
@@ -82,8 +83,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: The step type whose creation counts as thread activity.
-USER_MESSAGE = "user_message"
 
 #: Internal columns that are facts of a row (copied as they are), not derived on write.
 _FACT_COLUMNS = frozenset({"activityAt", "extra"})
@@ -175,13 +174,13 @@ def check_record(models: ModelSet, entity: str, record: dict[str, Any]) -> None:
             ``detail`` (its subclass ``PayloadTooLargeError``, detail the entity, when the
             record is above the record limit).
     """
-    from chainlit_orm.layers.base import _check_identifier
+    from chainlit_orm.layers.base import check_identifier
 
     table = models.table(entity)
     if entity == "user":
         if not isinstance(record.get("identifier"), str):
             raise InvalidInputError("user identifier must be a string", detail="identifier")
-        _check_identifier(record["identifier"])
+        check_identifier(record["identifier"])
     elif entity == "step":
         # NOT NULL in Chainlit's documented schema; the layer's _step_row refuses them too
         for key in ("name", "type"):
@@ -234,15 +233,14 @@ def thread_activity(created_at: str | None, user_message_times: Iterable[str | N
     creation, else now. Mirrors ``migrations.sql._activity_values`` (the rule ``migrate``
     backfills an adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
     timestamps, so text order is time order."""
-    latest = max((t for t in user_message_times if t), default=None)
-    return latest or created_at or utc_now()
+    return latest_activity(created_at, user_message_times) or utc_now()
 
 
 def content_disposition(name: str) -> str:
     """The ``Content-Disposition`` the layer stores an element's file with."""
-    from chainlit_orm.layers.base import _content_disposition
+    from chainlit_orm.layers.base import element_content_disposition
 
-    return _content_disposition(name)
+    return element_content_disposition(name)
 
 
 async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | None:

@@ -54,6 +54,7 @@ from chainlit_orm.layers.dynamodb.table import (
     ConditionFailed,
     TableClient,
 )
+from chainlit_orm.models.rules import feedback_dict, step_text_object_key
 from chainlit_orm.models.search import matches
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.dynamo import (
@@ -474,7 +475,7 @@ class DynamoBackend:
                 elements.append(self.codecs["element"].row(item))
             elif kind == "feedback":
                 row = self.codecs["feedback"].row(item)
-                feedback[str(row.get("forId"))] = _feedback_dict(row)
+                feedback[str(row.get("forId"))] = _feedback_of(row)
         if thread is None:
             return None
         await self._load_texts(list(step_items.values()), list(steps.values()))
@@ -610,7 +611,7 @@ class DynamoBackend:
     # ------------------------------------------------------------------- steps
 
     def _text_key(self, thread_id: str, step_id: str, field: str, create: bool) -> str:
-        return f"threads/{thread_id}/steps/{step_id}/{field}{'.initial' if create else ''}"
+        return step_text_object_key(thread_id, step_id, field, create)
 
     async def upsert_step(
         self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
@@ -985,7 +986,7 @@ class DynamoBackend:
         await self._load_texts([step_item], [row])
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
         if feedback_item is not None:
-            row["feedback"] = _feedback_dict(self.codecs["feedback"].row(feedback_item))
+            row["feedback"] = _feedback_of(self.codecs["feedback"].row(feedback_item))
         elif legacy_feedback(step_item):
             row["feedback"] = legacy_feedback(step_item)
         return row
@@ -1017,7 +1018,7 @@ class DynamoBackend:
             for item in items:
                 if self.layout.kind(item[SORT_KEY]["S"]) == "feedback":
                     row = self.codecs["feedback"].row(item)
-                    feedback[str(row.get("forId"))] = _feedback_dict(row)
+                    feedback[str(row.get("forId"))] = _feedback_of(row)
                 elif not is_phantom(item):
                     step_items.append(item)
             rows = [self.codecs["step"].row(item) for item in step_items]
@@ -1279,9 +1280,8 @@ class DynamoBackend:
         await self.table_client.close()
 
 
-def _feedback_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": row.get("id"), "forId": row.get("forId"), "value": row.get("value"),
-            "comment": row.get("comment")}
+def _feedback_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    return feedback_dict(row.get("id"), row.get("forId"), row.get("value"), row.get("comment"))
 
 
 def _object_keys(items: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -9,7 +9,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chainlit_orm.layers.base import USER_MESSAGE
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
@@ -22,6 +21,7 @@ from chainlit_orm.layers.dynamodb.items import (
 )
 from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK, is_phantom, legacy_feedback
 from chainlit_orm.layers.dynamodb.table import TableClient
+from chainlit_orm.models.rules import USER_MESSAGE, is_favorite
 from chainlit_orm.models.types import format_timestamp, parse_timestamp
 from chainlit_orm.schema_gen.dynamo import (
     PARTITION_KEY,
@@ -192,7 +192,7 @@ class _TableBackfill:
                 if row.get("type") == USER_MESSAGE and row.get("createdAt"):
                     latest_user_message = max(latest_user_message, str(row["createdAt"]))
                 metadata = row.get("metadata")
-                if isinstance(metadata, dict) and metadata.get("favorite") is True:
+                if is_favorite(metadata):
                     new["favorite"] = {"BOOL": True}
                 parsed = parse_key(self.layout.models.dynamo["step"].sk, item[SORT_KEY]["S"]) or {}
                 values = {**row, "id": row.get("id") or parsed.get("id")}

@@ -51,10 +51,15 @@ _THROTTLED = {
     "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
     "InternalServerError", "ServiceUnavailable", "LimitExceededException",
 }
-_AUTH = {
+#: AWS error codes that mean "these credentials are refused" (one table for the layer and for
+#: ``chainlit-orm migrate``).
+AUTH_ERRORS = frozenset({
     "UnrecognizedClientException", "InvalidSignatureException", "AccessDeniedException",
     "ExpiredTokenException", "MissingAuthenticationTokenException",
-}
+})
+#: botocore exceptions that mean the AWS setup is incomplete (no region, no credentials).
+SETUP_ERRORS = frozenset({"NoRegionError", "NoCredentialsError", "PartialCredentialsError",
+                          "ProfileNotFound"})
 #: botocore's exceptions for a request that got no answer in time (connect or read timeout).
 _TIMEOUTS = ("ConnectTimeoutError", "ReadTimeoutError")
 
@@ -268,8 +273,7 @@ class TableClient:
             raise self._map_client_error(operation, exc) from exc
         except botocore.exceptions.BotoCoreError as exc:
             name = type(exc).__name__
-            if name in ("NoRegionError", "NoCredentialsError", "PartialCredentialsError",
-                        "ProfileNotFound"):
+            if name in SETUP_ERRORS:
                 raise ConfigurationError(f"{exc} (DynamoDB table {self.table})") from exc
             if name in _TIMEOUTS:
                 raise TimeoutExceededError(
@@ -315,7 +319,7 @@ class TableClient:
             return BackendUnavailableError(
                 f"DynamoDB {operation} still throttled or failing after the configured retries "
                 f"({code})", detail=code)
-        if code in _AUTH:
+        if code in AUTH_ERRORS:
             return BackendUnavailableError(
                 f"DynamoDB refused the credentials for table {self.table} ({code})", detail=code)
         return ChainlitORMError(f"DynamoDB {operation} failed: {code}: {message}", detail=code)
