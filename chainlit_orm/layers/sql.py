@@ -132,9 +132,9 @@ class SQLBackend:
             # no BEGIN/COMMIT round trips for one-statement writes, nothing to roll back when a
             # connection goes back. It keeps up to 16 connections and opens no overflow ones:
             # an overflow connection is closed when it comes back, and opening one costs more
-            # than ten statements, so under a burst of 32 callers an overflow pool spends its
-            # time connecting (measured: 45 ms for 32 concurrent update_thread calls on
-            # PostgreSQL, against 5.5 ms when the callers beyond 16 queue, as in asyncpg's pool).
+            # than ten statements, so under a burst of callers an overflow pool spends its time
+            # connecting; callers beyond 16 queue, as in asyncpg's pool (bench/results/design.md
+            # D1).
             # LIFO: at low concurrency the same few connections serve every call, so their
             # prepared statements (asyncpg caches them per connection) stay warm.
             # SQLite is the exception: its connections are threads of this process (aiosqlite),
@@ -201,12 +201,9 @@ class SQLBackend:
         }
         # Step writes beyond this many in flight are combined into multi-row statements (each
         # caller still returns only after its row committed). SQLite has one writer, so there
-        # every write that waits for it is combined (measured: 2,100 -> 4,500 steps/s for 32
-        # concurrent threads). On a server, beyond 2 in flight: a statement of many rows is one
-        # parse, one commit and one log flush, and that beats running them side by side. W1 with
-        # 32 concurrent threads, 2 cores (`bench`'s harness, medians of 6 rounds): MariaDB 2,448
-        # (combining beyond the pool's 16) -> 3,242 (beyond 4) -> 3,585 steps/s (beyond 2);
-        # PostgreSQL 2,916 -> 4,167 -> 4,296.
+        # every write that waits for it is combined. On a server, beyond 2 in flight: a statement
+        # of many rows is one parse, one commit and one log flush, and that beats running them
+        # side by side (bench/results/design.md D2).
         self._combine_after = 1 if self.dialect == "sqlite" else 2
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
 
@@ -702,8 +699,8 @@ class SQLBackend:
                 after_id = sa.bindparam("after_id", type_=t.c.id.type)
                 if self.is_mysql:
                     # MariaDB does not seek an index with a row comparison (it reads the user's
-                    # whole index prefix: 0.77 ms against 0.24 ms for page 10 of 1,000); spelled
-                    # out, the same condition is an index range
+                    # whole index prefix); spelled out, the same condition is an index range
+                    # (bench/results/design.md D3)
                     conditions.append(sa.or_(sort_col < after_ts, sa.and_(
                         sort_col == after_ts, t.c.id < after_id)))
                 else:
@@ -732,9 +729,9 @@ class SQLBackend:
                 stmt = sa.select(*columns).where(*mine, *conditions, *more)
                 if self.is_mysql and user_id is not None:
                     # With every column selected, MariaDB reads the user's rows through the
-                    # index's userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000
-                    # threads, 0.63 ms at 10,000); the keyset range on the list index is what it
-                    # should read.
+                    # index's userId prefix and sorts them, so a page costs more as the user's
+                    # threads grow; the keyset range on the list index is what it should read
+                    # (bench/results/design.md D4).
                     stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
                 return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
 
@@ -812,13 +809,13 @@ class SQLBackend:
         )
         in_steps: Any
         if self.is_mysql:
-            # MariaDB runs EXISTS as a semi-join probe per thread (98 ms for 10,000 threads),
-            # the scalar subquery below as a dependent subquery (278 ms)
+            # MariaDB runs EXISTS as a semi-join probe per thread, the scalar subquery below as
+            # a slower dependent subquery (bench/results/design.md D5)
             in_steps = sa.exists().where(*conditions)
         else:
             # a correlated scalar subquery, not EXISTS: PostgreSQL turns ``OR EXISTS`` into a
-            # hashed subplan that scans every step of the table (20 ms at 25,000 steps), while
-            # this one probes the thread's steps by index (1 ms)
+            # hashed subplan that scans every step of the table, while this one probes the
+            # thread's steps by index (bench/results/design.md D5)
             in_steps = sa.select(sa.true()).where(*conditions).limit(1).scalar_subquery()
         return sa.or_(self._matches(t.c.nameFolded), in_steps)
 

@@ -406,12 +406,12 @@ class RawPool:
         self.connect_timeout = connect_timeout
         # Connections of the layer's own engine that were used in the last IDLE_REUSE seconds are
         # kept here, checked out, instead of going back to SQLAlchemy's pool: a checkout and a
-        # check-in through the pool take two greenlet switches and the pool's bookkeeping, about
-        # 40 us, more than a tenth of a statement. One idle longer goes back to the pool, which
-        # recycles (and pre-pings, if asked) on its next checkout. A borrowed engine's pool is
-        # shared, so nothing is kept from it. Callers then wait for a connection here, on a
-        # semaphore of the pool's capacity, not inside the pool (which would never see the
-        # connections kept here come back).
+        # check-in through the pool take two greenlet switches and the pool's bookkeeping, a
+        # noticeable part of a one-row statement (bench/results/design.md D6). One idle longer
+        # goes back to the pool, which recycles (and pre-pings, if asked) on its next checkout.
+        # A borrowed engine's pool is shared, so nothing is kept from it. Callers then wait for
+        # a connection here, on a semaphore of the pool's capacity, not inside the pool (which
+        # would never see the connections kept here come back).
         self._keep_idle = keep_idle
         self._idle: list[tuple[Any, RawConnection, float]] = []
         self._capacity = max(1, capacity)

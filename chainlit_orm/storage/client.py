@@ -517,8 +517,9 @@ class FsspecStorage(BaseStorageClient):
         if self._backend is _S3:
             if fs.session is None:
                 # Creating an aiobotocore client reads botocore's JSON data files synchronously
-                # (~200 ms of blocking I/O and parsing, measured). Do it once in a worker thread;
-                # the session caches what it loaded, so set_session() below only builds the client.
+                # (blocking I/O on the event loop: bench/results/design.md D7). Do it once in a
+                # worker thread; the session caches what it loaded, so set_session() below only
+                # builds the client.
                 fs.session = await asyncio.to_thread(_warmed_aio_session, dict(fs.kwargs))
             await fs.set_session()
         return fs
