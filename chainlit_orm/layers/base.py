@@ -12,9 +12,16 @@ Policies stated once:
 * Nothing is swallowed. The only places that catch and continue are :meth:`ChainlitLayer.close`
   and the per-element URL signing in :meth:`ChainlitLayer.get_thread` (one broken signature must
   not hide a whole conversation; the element comes back without a URL and a warning names it).
-* ``update_thread`` with *only* ``metadata`` never creates a thread. Chainlit's disconnect handler
-  sends exactly that for the thread the browser had open, so a thread deleted in that session is
-  not brought back as an ownerless orphan (Chainlit issue #1684).
+* ``update_thread`` with *only* ``metadata`` creates an ownerless stub thread when none exists,
+  like a late ``create_step`` does: Chainlit's first message sends ``create_step``,
+  ``update_thread(name, user_id)`` and (``persist_user_session``) ``update_thread(metadata)``
+  without ordering them, and the metadata must be kept in every order. The exception is a thread
+  this layer deleted (a bounded, process-local list of the last 10,000): Chainlit's disconnect
+  handler sends a metadata-only update for the thread the browser had open, and a thread deleted
+  in that session must not come back as an ownerless orphan holding its session data (Chainlit
+  issue #1684). Not covered: a thread deleted through *another* process (another worker) and
+  then sent the disconnect's metadata by this one comes back as an ownerless stub; nobody can
+  read it (no owner, not listed), and ``delete_thread`` of its id removes it.
 """
 
 from __future__ import annotations
@@ -250,6 +257,8 @@ class ChainlitLayer(BaseDataLayer):
         # ids of users persisted in this backend, as get_user/create_user returned them: Chainlit
         # authenticates every request with get_user, so an owner is nearly always known here
         self._known_users: OrderedDict[str, None] = OrderedDict()
+        # threads this layer deleted: a later metadata-only update must not recreate them
+        self._deleted_threads: OrderedDict[str, None] = OrderedDict()
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -322,6 +331,11 @@ class ChainlitLayer(BaseDataLayer):
                     fields[column] = None if value is None else str(value)
         check_row(self.models.table("thread"), fields, "thread", counted=meta_size)
         create = name is not None or user_id is not None or tags is not None
+        if create:
+            self._deleted_threads.pop(thread_id, None)  # written again on purpose
+        elif metadata is not None:
+            # metadata may arrive first (module docstring); not for a thread deleted here
+            create = thread_id not in self._deleted_threads
         if not create and metadata is None and not fields:
             return  # nothing to change
         await self.backend.update_thread(
@@ -394,6 +408,7 @@ class ChainlitLayer(BaseDataLayer):
 
     async def delete_thread(self, thread_id: str) -> None:
         thread_id = normalize_id(thread_id, what="thread_id")
+        _remember(self._deleted_threads, thread_id)  # before: a disconnect may be on its way
         object_keys = await self.backend.delete_thread(thread_id)
         await self._delete_files(object_keys)
 
@@ -779,6 +794,14 @@ class ChainlitLayer(BaseDataLayer):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _remember(recent: OrderedDict[str, None], key: str, limit: int = 10_000) -> None:
+    """Add ``key`` to a bounded most-recent-last set, dropping the oldest beyond ``limit``."""
+    recent[key] = None
+    recent.move_to_end(key)
+    while len(recent) > limit:
+        recent.popitem(last=False)
 
 
 def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:

@@ -29,7 +29,7 @@ class ContractBackend:
 
     name: str
     open: Callable[[Path], Any]  # async context manager yielding a "store" handle
-    new_layer: Callable[[Any, Any], Awaitable[ChainlitLayer]]
+    new_layer: Callable[..., Awaitable[ChainlitLayer]]  # (handle, storage, **layer options)
     #: search also matches the text of user/assistant messages, not only the thread name.
     #: The one allowed deviation (DynamoDB matches names only).
     search_in_messages: bool = True
@@ -39,8 +39,9 @@ class ContractBackend:
 
 
 def _sql_entry(backend: Backend) -> ContractBackend:
-    async def new_layer(url: Any, storage: Any) -> ChainlitLayer:
-        return SQLDataLayer(url, storage=storage, models=backend.models, create_schema=True)
+    async def new_layer(url: Any, storage: Any, **options: Any) -> ChainlitLayer:
+        return SQLDataLayer(url, storage=storage, models=backend.models, create_schema=True,
+                            **options)
 
     return ContractBackend(
         name=backend.name, open=backend.database, new_layer=new_layer, models=backend.models
@@ -77,10 +78,11 @@ def _dynamodb_entry() -> ContractBackend:
             boto3.client("dynamodb", region_name="us-east-1",
                          endpoint_url=endpoint).delete_table(TableName=table)
 
-    async def new_layer(table: Any, storage: Any) -> ChainlitLayer:
+    async def new_layer(table: Any, storage: Any, **options: Any) -> ChainlitLayer:
         from chainlit_orm import DynamoDataLayer
 
-        return DynamoDataLayer(table, storage=storage, region="us-east-1", endpoint_url=endpoint)
+        return DynamoDataLayer(table, storage=storage, region="us-east-1", endpoint_url=endpoint,
+                               **options)
 
     return ContractBackend(name="dynamodb", open=open_table, new_layer=new_layer,
                            search_in_messages=False, sql=False)

@@ -83,8 +83,9 @@ class Db:
     def name(self) -> str:
         return self.entry.name
 
-    async def layer(self, storage: BaseStorageClient | None) -> ChainlitLayer:
-        return await self.entry.new_layer(self.handle, storage)
+    async def layer(self, storage: BaseStorageClient | None, **options: Any) -> ChainlitLayer:
+        """A new layer on this database; ``options`` go to its constructor (``timeout=``)."""
+        return await self.entry.new_layer(self.handle, storage, **options)
 
 
 

@@ -405,7 +405,7 @@ class DynamoBackend:
                         ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
                 except ConditionFailed as failed:
                     if failed.item is None and not create:
-                        return  # a metadata-only update never creates a thread (#1684)
+                        return  # the layer asked not to create (a thread it deleted, #1684)
                     stored = (failed.item or {}).get("metadata")
                     mode = "paths" if stored is not None and "M" in stored else "whole"
                     continue
