@@ -710,6 +710,9 @@ async def test_update_thread_reads_back_exactly_or_is_refused(
             verdict = refused
         if not await expect(lambda c=call, t=tid: layer.update_thread(t, **c), verdict):
             continue
+        if state is None and name is None and owner is None and tags is None and (
+                metadata is None):
+            continue  # nothing to write: no thread is created
         if state is None:
             state = {"id": thread_id, "createdAt": "<now>", "name": None, "userId": None,
                      "userIdentifier": None, "tags": None, "metadata": {}, "steps": [],
