@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import logging
 import mimetypes
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
@@ -52,9 +53,16 @@ from chainlit_orm.errors import (
     InvalidInputError,
     NotFoundError,
     StorageError,
+    StorageTimeoutError,
     mask_url,
 )
-from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT, BoundedBackend, CallDeadline
+from chainlit_orm.layers.deadline import (
+    DEFAULT_TIMEOUT,
+    BoundedBackend,
+    CallDeadline,
+    call_budget,
+    call_end,
+)
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.limits import (
     MAX_CURSOR_CHARS,
@@ -85,6 +93,7 @@ logger = logging.getLogger("chainlit_orm")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 ThreadOrder = Literal["activity", "created"]
 
@@ -119,6 +128,25 @@ def queue_until_user_message(
         return await method(self, *args, **kwargs)
 
     return wrapper
+
+
+def whole_call(method: F) -> F:
+    """Bound a layer method that also calls the storage client: its backend *and* storage calls
+    share one deadline, ``timeout`` seconds from its start (see ``layers.deadline.call_budget``).
+
+    Why: each backend call is bounded on its own, but an upload, a row write and a clean-up each
+    with a full ``timeout`` add up, and a storage client (Chainlit's) has no deadline at all.
+    A call nested in another bounded call keeps the outer deadline.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if call_end() is not None:
+            return await method(self, *args, **kwargs)
+        with call_budget(asyncio.get_running_loop().time() + self.timeout):
+            return await method(self, *args, **kwargs)
+
+    return cast(F, wrapper)
 
 
 @dataclass(frozen=True)
@@ -259,6 +287,8 @@ class ChainlitLayer(BaseDataLayer):
         self._known_users: OrderedDict[str, None] = OrderedDict()
         # threads this layer deleted: a later metadata-only update must not recreate them
         self._deleted_threads: OrderedDict[str, None] = OrderedDict()
+        # clean-ups of uploads that finished after their call gave up (see _storage_call)
+        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -349,6 +379,7 @@ class ChainlitLayer(BaseDataLayer):
             return ""  # a malformed id names no thread: 404, not 500
         return await self.backend.get_thread_author(thread_id) or ""
 
+    @whole_call
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
         try:
             thread_id = normalize_id(thread_id, what="thread_id")
@@ -406,6 +437,7 @@ class ChainlitLayer(BaseDataLayer):
             data=data,
         )
 
+    @whole_call
     async def delete_thread(self, thread_id: str) -> None:
         thread_id = normalize_id(thread_id, what="thread_id")
         _remember(self._deleted_threads, thread_id)  # before: a disconnect may be on its way
@@ -425,6 +457,7 @@ class ChainlitLayer(BaseDataLayer):
         await self.backend.upsert_step(row, create=False, activity=activity, now=utc_now())
 
     @queue_until_user_message
+    @whole_call
     async def delete_step(self, step_id: str) -> None:
         object_keys = await self.backend.delete_step(normalize_id(step_id, what="step_id"))
         await self._delete_files(object_keys)
@@ -449,6 +482,7 @@ class ChainlitLayer(BaseDataLayer):
     # --------------------------------------------------------------- elements
 
     @queue_until_user_message
+    @whole_call
     async def create_element(self, element: Element) -> None:
         """Store an element's row and, when it has bytes but no URL, its file.
 
@@ -507,7 +541,8 @@ class ChainlitLayer(BaseDataLayer):
         try:
             await self.backend.upsert_element(row, now=utc_now())
         except Exception as exc:
-            await self._remove_orphan(key, thread_id, element_id, exc)
+            with self._cleanup_budget():
+                await self._remove_orphan(key, thread_id, element_id, exc)
             raise
 
     async def _upload_element(
@@ -517,13 +552,19 @@ class ChainlitLayer(BaseDataLayer):
         key = upload.object_key
         failure: Exception
         try:
-            result = await storage.upload_file(
-                key,
-                upload.content,
-                mime=upload.mime,
-                overwrite=True,
-                content_disposition=upload.disposition,
+            result = await self._storage_call(
+                "upload_file", key,
+                lambda: storage.upload_file(
+                    key,
+                    upload.content,
+                    mime=upload.mime,
+                    overwrite=True,
+                    content_disposition=upload.disposition,
+                ),
+                late=lambda: self._clean_up_late(key, thread_id, element_id),
             )
+        except StorageTimeoutError:
+            raise  # the object is removed when the upload ends (_clean_up_late)
         except InvalidInputError:
             raise  # refused before anything was stored (the client's contract)
         except ChainlitORMError as exc:
@@ -546,8 +587,102 @@ class ChainlitLayer(BaseDataLayer):
                 "clients report a failed upload this way and log its cause)",
                 detail=key,
             )
-        await self._remove_orphan(key, thread_id, element_id, failure)
+        with self._cleanup_budget():
+            await self._remove_orphan(key, thread_id, element_id, failure)
         raise failure
+
+    def _cleanup_budget(self) -> contextlib.AbstractContextManager[None]:
+        """The deadline of the clean-up after a failed element write: what is left of the call's
+        deadline, but at least ``timeout / 2`` from now. So a call whose database write timed out
+        still gets to check for and remove its object, and ends within 1.5 times ``timeout``
+        (plus the deadline's check interval): inside the documented 2x."""
+        now = asyncio.get_running_loop().time()
+        return call_budget(max(call_end() or now, now + self.timeout / 2))
+
+    async def _storage_call(
+        self, what: str, object_key: str, make: Callable[[], Awaitable[R]],
+        *, late: Callable[[], None] | None = None,
+    ) -> R:
+        """One storage-client call, within what is left of the layer call's deadline.
+
+        Why a task of its own, left behind on timeout instead of awaited: Chainlit's clients run
+        the SDK in a worker thread (``asyncify``), and awaiting such a call does not end when
+        it is cancelled, only when the thread returns (a black-holed S3 endpoint: minutes). So
+        the call is abandoned: the caller gets its typed error at once, and the call's task is
+        left to end by itself.
+
+        An abandoned call with ``late`` (an upload) is *not* cancelled: a cancelled task may
+        report its end while the write it started goes on in a thread (``asyncio.to_thread``
+        behaves so), and a clean-up run then would come before the object lands. Left alone,
+        its task ends when the client's call really does; ``late`` runs then and removes the
+        object (:meth:`_clean_up_late`). A client call that never ends at all (no timeout of
+        its own, no thread) is cancelled by :meth:`close`. Other calls (deletes, signing) are
+        cancelled at once: nothing is left behind by a delete that lands late.
+
+        Raises:
+            StorageTimeoutError: not done within the call's deadline.
+        """
+        loop = asyncio.get_running_loop()
+        end = call_end()
+        if end is None:
+            end = loop.time() + self.timeout
+        task = asyncio.ensure_future(make())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=max(end - loop.time(), 0.0))
+        except BaseException:
+            self._abandon(task, late)
+            raise
+        if task in done:
+            return task.result()
+        self._abandon(task, late)
+        raise StorageTimeoutError(
+            f"{type(self.storage).__name__}.{what} of {object_key!r} did not finish within "
+            f"the data-layer call timeout of {self.timeout:g} s"
+            + (" (the client may still write the object: it is removed once the upload ends, "
+               "unless a row of this element refers to it)" if late is not None else ""),
+            detail=object_key,
+        )
+
+    def _abandon(self, task: asyncio.Future[Any], late: Callable[[], None] | None) -> None:
+        """Stop waiting for a storage call; see :meth:`_storage_call`."""
+        if late is None:
+            task.cancel()
+        else:
+            self._background.add(task)
+
+        def ended(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved: the caller got its typed error already
+            if late is not None:
+                late()  # registers the clean-up before the upload leaves _background
+                self._background.discard(done)
+
+        task.add_done_callback(ended)
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the uploads abandoned by their call (see
+        :meth:`_storage_call`) and the clean-ups of their objects; whether all are done."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while self._background:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._background), timeout=left)
+        return True
+
+    def _clean_up_late(self, object_key: str, thread_id: str, element_id: str) -> None:
+        """Remove the object of an upload that ended after its ``create_element`` gave up (in
+        the background, with a ``timeout`` of its own; what fails is logged as a warning)."""
+        async def clean_up() -> None:
+            with call_budget(asyncio.get_running_loop().time() + self.timeout):
+                await self._remove_orphan(object_key, thread_id, element_id, StorageTimeoutError(
+                    f"the upload of element {element_id} ended after its call timed out",
+                    detail=object_key))
+
+        task = asyncio.ensure_future(clean_up())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _remove_orphan(
         self, object_key: str, thread_id: str, element_id: str, error: BaseException
@@ -572,14 +707,17 @@ class ChainlitLayer(BaseDataLayer):
 
         try:
             if isinstance(storage, DiscardableStorage):
-                await storage.discard_file(object_key)
-            elif await storage.delete_file(object_key) is False:
+                await self._storage_call("discard_file", object_key,
+                                         lambda: storage.discard_file(object_key))
+            elif await self._storage_call("delete_file", object_key,
+                                          lambda: storage.delete_file(object_key)) is False:
                 _note_leftover(
                     error, object_key, f"{type(storage).__name__}.delete_file returned False"
                 )
         except Exception as exc:
             _note_leftover(error, object_key, f"removing it failed ({exc!r})")
 
+    @whole_call
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
         try:
             thread_id = normalize_id(thread_id, what="thread_id")
@@ -594,6 +732,7 @@ class ChainlitLayer(BaseDataLayer):
         return cast("ElementDict", element)
 
     @queue_until_user_message
+    @whole_call
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
         element_id = normalize_id(element_id, what="element_id")
         scoped = normalize_id(thread_id, what="thread_id") if thread_id else None
@@ -635,7 +774,12 @@ class ChainlitLayer(BaseDataLayer):
 
     async def close(self) -> None:
         """Release the backend and the storage client. Never raises (Chainlit's shutdown path
-        only catches ``CancelledError``); what it catches is logged at debug level."""
+        only catches ``CancelledError``); what it catches is logged at debug level. Uploads
+        abandoned by their call and their clean-ups get up to ``timeout`` to finish first."""
+        if not await self.settle(self.timeout):
+            for task in list(self._background):
+                task.cancel()  # a client call that never ends: stop it (its object may stay)
+            await self.settle(self.timeout)
         for closer in (self.backend.close, getattr(self.storage, "close", None)):
             if closer is None:
                 continue
@@ -761,7 +905,10 @@ class ChainlitLayer(BaseDataLayer):
             return
         storage = self.storage
         results = await asyncio.gather(
-            *(storage.get_read_url(e["objectKey"]) for e in signed), return_exceptions=True
+            *(self._storage_call("get_read_url", e["objectKey"],
+                                 functools.partial(storage.get_read_url, e["objectKey"]))
+              for e in signed),
+            return_exceptions=True,
         )
         for element, result in zip(signed, results, strict=True):
             if isinstance(result, BaseException):
@@ -781,12 +928,16 @@ class ChainlitLayer(BaseDataLayer):
             return
         storage = self.storage
         results = await asyncio.gather(
-            *(storage.delete_file(k) for k in keys), return_exceptions=True
+            *(self._storage_call("delete_file", k, functools.partial(storage.delete_file, k))
+              for k in keys),
+            return_exceptions=True,
         )
         failures = [(k, r) for k, r in zip(keys, results, strict=True) if isinstance(r, Exception)]
         if failures:
             key, first = failures[0]
-            raise StorageError(
+            timed_out = any(isinstance(r, StorageTimeoutError) for _, r in failures)
+            kind = StorageTimeoutError if timed_out else StorageError
+            raise kind(
                 f"rows deleted, but {len(failures)} stored file(s) could not be deleted "
                 f"(first: {key})",
                 detail=[k for k, _ in failures],

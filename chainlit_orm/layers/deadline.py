@@ -18,9 +18,11 @@ registered calls every ``timeout / 20`` seconds (at most 1 s). So the typed erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from chainlit_orm.errors import ConfigurationError, TimeoutExceededError
@@ -31,6 +33,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "BoundedBackend",
     "CallDeadline",
+    "call_budget",
+    "call_end",
     "check_timeout",
 ]
 
@@ -41,6 +45,29 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds maintenance work may take: ``migrate``, and the schema check/creation of a layer's
 #: first call (shared by the calls that wait for it, not cut short by their ``timeout``).
 DEFAULT_MIGRATE_TIMEOUT = 600.0
+
+
+#: The loop time by which the layer call running in this context must end, or None outside one.
+#: Why a context variable: one layer call makes several backend and storage calls (an upload,
+#: the row, a clean-up), and each of them must use what is *left* of the call's ``timeout``, not
+#: a fresh one, or the call as a whole runs past it.
+_CALL_END: ContextVar[float | None] = ContextVar("chainlit_orm_call_end", default=None)
+
+
+def call_end() -> float | None:
+    """The loop time the current layer call must end by (None outside a bounded call)."""
+    return _CALL_END.get()
+
+
+@contextlib.contextmanager
+def call_budget(end: float) -> Iterator[None]:
+    """Run the body with ``end`` (a loop time) as the deadline of every backend and storage call
+    it makes (:meth:`CallDeadline.wrap` bounds by the earlier of this and its own ``timeout``)."""
+    token = _CALL_END.set(end)
+    try:
+        yield
+    finally:
+        _CALL_END.reset(token)
 
 
 def check_timeout(value: object, name: str) -> float:
@@ -85,7 +112,11 @@ class CallDeadline:
             self._next += 1
             key = self._next
             cancelling = task.cancelling()
-            active[key] = (loop.time() + self.timeout, task, cancelling)
+            end = loop.time() + self.timeout
+            outer = _CALL_END.get()
+            if outer is not None and outer < end:
+                end = outer  # part of a layer call: what is left of its deadline
+            active[key] = (end, task, cancelling)
             try:
                 return await method(*args, **kwargs)
             except BaseException as exc:
