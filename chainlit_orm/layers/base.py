@@ -220,6 +220,8 @@ class Backend(Protocol):
 
     async def delete_thread(self, thread_id: str) -> list[str]: ...
 
+    async def thread_object_keys(self, thread_id: str) -> list[str]: ...
+
     async def upsert_step(self, row: dict[str, Any], *, create: bool, activity: str | None,
                           now: str) -> None: ...
 
@@ -439,10 +441,26 @@ class ChainlitLayer(BaseDataLayer):
 
     @whole_call
     async def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread's stored files, then its rows, then the files of rows added
+        meanwhile.
+
+        Files first: when the storage fails, no row is deleted and the error says so, so the
+        call can simply be repeated once the storage is back (with rows deleted first, the keys
+        of the files left behind would be lost with them). The price is one read of the
+        thread's object keys, paid only with a storage configured. Files of elements written
+        while the thread is being deleted come back with its rows and are deleted then; if
+        that second deletion fails, the error names them (rows gone: they must be removed by
+        hand or by the storage's lifecycle rules).
+        """
         thread_id = normalize_id(thread_id, what="thread_id")
         _remember(self._deleted_threads, thread_id)  # before: a disconnect may be on its way
+        first: list[str] = []
+        if self.storage is not None:
+            first = await self.backend.thread_object_keys(thread_id)
+            await self._delete_files(first, rows_deleted=False)
         object_keys = await self.backend.delete_thread(thread_id)
-        await self._delete_files(object_keys)
+        done = set(first)
+        await self._delete_files([k for k in object_keys if k not in done])
 
     # ------------------------------------------------------------------ steps
 
@@ -921,8 +939,11 @@ class ChainlitLayer(BaseDataLayer):
             else:
                 element["url"] = result
 
-    async def _delete_files(self, object_keys: Sequence[str]) -> None:
-        """Delete stored files after the rows are committed; a failure raises, never hides."""
+    async def _delete_files(self, object_keys: Sequence[str], *, rows_deleted: bool = True
+                            ) -> None:
+        """Delete stored files (before or after their rows: ``rows_deleted`` says which, for the
+        error); a failure raises :class:`StorageError` (:class:`StorageTimeoutError` when one
+        of them timed out), never hides."""
         keys = [k for k in object_keys if k]
         if not keys or self.storage is None:
             return
@@ -937,11 +958,12 @@ class ChainlitLayer(BaseDataLayer):
             key, first = failures[0]
             timed_out = any(isinstance(r, StorageTimeoutError) for _, r in failures)
             kind = StorageTimeoutError if timed_out else StorageError
-            raise kind(
-                f"rows deleted, but {len(failures)} stored file(s) could not be deleted "
-                f"(first: {key})",
-                detail=[k for k, _ in failures],
-            ) from first
+            what = (f"rows deleted, but {len(failures)} stored file(s) could not be deleted"
+                    if rows_deleted else
+                    f"nothing deleted: {len(failures)} stored file(s) could not be deleted "
+                    "(the rows are kept; call again once the storage answers)")
+            raise kind(mask_url(f"{what} (first: {key}: {first})"),
+                       detail=[k for k, _ in failures]) from first
 
 
 # -------------------------------------------------------------------- helpers

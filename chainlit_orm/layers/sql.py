@@ -850,6 +850,19 @@ class SQLBackend:
         ix = self._search_index[(table, column)]
         return sa.table(ix.name, sa.column("rowid"), sa.column(column, sa.Text))
 
+    async def thread_object_keys(self, thread_id: str) -> list[str]:
+        e = self.elements
+        stmt = self._cached("thread_object_keys", lambda: sa.select(e.c.objectKey).where(
+            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type),
+            e.c.objectKey.is_not(None)))
+
+        async def op() -> list[str]:
+            async with self.raw.connect() as conn:
+                return [r["objectKey"] for r in await conn.fetch(stmt, {"tid": thread_id})
+                        if r["objectKey"]]
+
+        return await self._run(op)
+
     async def delete_thread(self, thread_id: str) -> list[str]:
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
         params = {"tid": thread_id}

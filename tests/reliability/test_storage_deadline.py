@@ -101,11 +101,18 @@ async def test_a_storage_client_that_never_answers_cannot_outlast_the_timeout(
             "it is removed once the upload ends, unless a row of this element refers to it)")
         assert await relaxed.get_element(thread_id, late.id) is None
 
+        error = await _timed_out(layer.delete_thread(thread_id))
+        assert error.detail == [object_key(kept)]
+        assert str(error).startswith(
+            "nothing deleted: 1 stored file(s) could not be deleted (the rows are kept; call "
+            f"again once the storage answers) (first: {object_key(kept)}: HeldStorage.")
+        assert await _element_ids(relaxed, thread_id) == [kept.id]  # a retry can clean up
+
         # the held calls land now; the late upload is removed once it has
         storage.hold = False
         storage.release.set()
         assert await layer.settle(10 * TIMEOUT)
-        assert list(storage.objects) == [object_key(kept)]
+        assert list(storage.objects) == []  # the held delete of kept.txt landed too
         await relaxed.delete_thread(thread_id)
         assert storage.objects == {}
         assert await relaxed.get_thread(thread_id) is None

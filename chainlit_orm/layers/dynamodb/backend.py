@@ -588,6 +588,18 @@ class DynamoBackend:
                 self._deleted.popitem(last=False)
             return keys
 
+    async def thread_object_keys(self, thread_id: str) -> list[str]:
+        items = await self._query_all(
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": PARTITION_KEY, "#o": "objectKey",
+                                      "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
+            ExpressionAttributeValues={
+                ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
+            ProjectionExpression="#o, #i, #t",
+            ConsistentRead=True,
+        )
+        return _object_keys(items)
+
     async def _delete_partition(self, thread_id: str) -> list[str]:
         items = await self._query_all(
             KeyConditionExpression="#p = :p",
