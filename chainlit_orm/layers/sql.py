@@ -867,21 +867,33 @@ class SQLBackend:
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
         params = {"tid": thread_id}
         if self.dialect == "postgresql":
-            # One statement, atomic, works with or without the cascading foreign keys.
-            def build_pg() -> Any:
+            # The thread row is locked first, in a statement of its own. Why: one statement
+            # sees the rows committed before it started, and an element inserted meanwhile
+            # (its foreign-key check holds a KEY SHARE lock on the thread row, so the delete
+            # waits for it) would then be removed by the cascade without its object key being
+            # returned: a file no row refers to. FOR UPDATE waits for those inserts to commit
+            # and holds off new ones (they recreate a stub thread after this commits, their row
+            # and object intact); the delete, a new statement under READ COMMITTED, sees them.
+            # Works with or without the cascading foreign keys.
+            def build_pg() -> tuple[Any, Any]:
                 tid = sa.bindparam("tid", type_=t.c.id.type)
+                lock = sa.select(t.c.id).where(t.c.id == tid).with_for_update()
                 de = sa.delete(e).where(e.c.threadId == tid).returning(e.c.objectKey).cte("de")
                 df = sa.delete(f).where(f.c.threadId == tid).returning(f.c.id).cte("df")
                 ds = sa.delete(s).where(s.c.threadId == tid).returning(s.c.id).cte("ds")
                 dt = sa.delete(t).where(t.c.id == tid).returning(t.c.id).cte("dt")
-                return sa.select(de.c.objectKey).add_cte(df, ds, dt)
+                return lock, sa.select(de.c.objectKey).add_cte(df, ds, dt)
 
-            stmt = self._cached("delete_thread", build_pg)
+            lock, stmt = self._cached("delete_thread", build_pg)
+
+            def script_pg() -> TxScript[list[str]]:
+                yield ("fetch", lock, params)
+                rows = yield ("fetch", stmt, params)
+                return [r["objectKey"] for r in rows if r["objectKey"]]
 
             async def op_pg() -> list[str]:
                 async with self.raw.connect(write=True) as conn:
-                    return [r["objectKey"] for r in await conn.fetch(stmt, params)
-                            if r["objectKey"]]
+                    return await conn.run_transaction(script_pg)
 
             return await self._run(op_pg)
 

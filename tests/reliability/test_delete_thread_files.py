@@ -12,6 +12,7 @@ committed while it waited for the thread row, and the cascade removed them witho
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,28 @@ async def test_storage_down_during_delete_thread_deletes_nothing_and_a_retry_cle
                 proxy.set_mode("pass")
                 await layer.close()
 
+
+async def test_elements_racing_delete_thread_leave_no_object_without_its_row(
+    db: Db, tmp_path: Path, chainlit_ctx: Any
+) -> None:
+    async with site("memory", tmp_path) as where:
+        layer = await db.layer(where.client())
+        try:
+            for _ in range(3):
+                thread_id = await new_thread(layer)
+                elements = [file_element(thread_id, f"r{i}.txt", f"race {i}".encode())
+                            for i in range(30)]
+                results = await asyncio.gather(
+                    *(layer.create_element(e) for e in elements[:15]),
+                    layer.delete_thread(thread_id),
+                    *(layer.create_element(e) for e in elements[15:]),
+                    return_exceptions=True)
+                assert [r for r in results if r is not None] == []
+                thread = await layer.get_thread(thread_id)
+                rows = sorted(e["objectKey"] for e in (thread or {}).get("elements") or [])
+                stored = sorted(k for k in where.list() if not k.startswith(".chainlit-orm-meta/"))
+                assert stored == rows  # every object has its row; every row its object
+                await layer.delete_thread(thread_id)
+                assert where.list() == []
+        finally:
+            await layer.close()
