@@ -84,7 +84,14 @@ class ConflictError(ChainlitORMError):
 
 
 class BackendUnavailableError(ChainlitORMError, ConnectionError):
-    """The database or service cannot be reached, or kept failing after the bounded retries."""
+    """The database or service cannot be reached, or kept failing after the bounded retries.
+
+    ``sent`` is False only when the layer knows that no statement of the call reached the
+    database (SQL: every attempt failed while connecting, e.g. connection refused): a write that
+    certainly did not happen. True (the default) means its outcome is unknown.
+    """
+
+    sent: bool = True
 
 
 class TimeoutExceededError(BackendUnavailableError, TimeoutError):

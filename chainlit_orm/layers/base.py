@@ -46,6 +46,7 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from chainlit_orm.errors import (
+    BackendUnavailableError,
     ChainlitORMError,
     ConflictError,
     InvalidCursorError,
@@ -289,6 +290,8 @@ class ChainlitLayer(BaseDataLayer):
         self._known_users: OrderedDict[str, None] = OrderedDict()
         # threads this layer deleted: a later metadata-only update must not recreate them
         self._deleted_threads: OrderedDict[str, None] = OrderedDict()
+        # elements whose row (with an object) this layer wrote: see _remove_orphan
+        self._stored_elements: OrderedDict[str, None] = OrderedDict()
         # clean-ups of uploads that finished after their call gave up (see _storage_call)
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -559,9 +562,12 @@ class ChainlitLayer(BaseDataLayer):
         try:
             await self.backend.upsert_element(row, now=utc_now())
         except Exception as exc:
+            # False only when no statement of the write left the client: it did not happen
+            unsent = isinstance(exc, BackendUnavailableError) and not exc.sent
             with self._cleanup_budget():
-                await self._remove_orphan(key, thread_id, element_id, exc)
+                await self._remove_orphan(key, thread_id, element_id, exc, unsent=unsent)
             raise
+        _remember(self._stored_elements, element_id)
 
     async def _upload_element(
         self, storage: BaseStorageClient, upload: _Upload, thread_id: str, element_id: str
@@ -703,19 +709,30 @@ class ChainlitLayer(BaseDataLayer):
         task.add_done_callback(self._background.discard)
 
     async def _remove_orphan(
-        self, object_key: str, thread_id: str, element_id: str, error: BaseException
+        self, object_key: str, thread_id: str, element_id: str, error: BaseException,
+        *, unsent: bool = False,
     ) -> None:
         """Remove the object of an element that was not stored, unless a row refers to it.
 
         Never raises: ``error`` is what the caller raises, and what goes wrong here is added to
-        it as a note (and logged), so a leftover object is reported, not hidden. The check and
-        the removal run only on this failure path; a healthy write costs nothing more.
+        its message and as a note (and logged), so a leftover object is reported, not hidden.
+        The check and the removal run only on this failure path; a healthy write costs nothing
+        more.
+
+        When the check cannot run (the database is down), the object is removed anyway if the
+        write certainly did not happen (``unsent``: refused before any statement was sent) and
+        this layer has not written a row of this element before (a re-sent element's earlier
+        row refers to the same key; an earlier row written by another process is the one case
+        this cannot see). Otherwise whether a row refers to it is unknown, and it stays.
         """
         try:
             existing = await self.backend.get_element(thread_id, element_id)
         except Exception as exc:
-            _note_leftover(error, object_key, f"whether a row refers to it is unknown ({exc!r})")
-            return
+            if not unsent or element_id in self._stored_elements:
+                _note_leftover(error, object_key,
+                               f"whether a row refers to it is unknown ({exc!r})")
+                return
+            existing = None
         if existing is not None and existing.get("objectKey") == object_key:
             return  # an earlier row of this element serves it; removing it would break that row
         storage = self.storage
@@ -1091,6 +1108,8 @@ def _element_name(data: Mapping[str, Any]) -> str:
 def _note_leftover(error: BaseException, object_key: str, why: str) -> None:
     message = mask_url(f"the uploaded object {object_key!r} may remain in storage: {why}")
     error.add_note(message)
+    if isinstance(error, ChainlitORMError) and len(error.args) == 1:
+        error.args = (f"{error.args[0]} ({message})",)  # in str(error) too, not only a note
     logger.warning("%s (after: %s)", message, type(error).__name__)
 
 

@@ -56,7 +56,13 @@ from chainlit_orm.layers.deadline import (
     DEFAULT_TIMEOUT,
     check_timeout,
 )
-from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
+from chainlit_orm.layers.sqlexec import (
+    RawPool,
+    Statement,
+    StatementListener,
+    TxScript,
+    tracking_sent,
+)
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import feedback_dict
@@ -263,6 +269,15 @@ class SQLBackend:
         RawPool`), so the retry opens a fresh one. Other transient errors back off. Nothing is
         retried once the calling task is being cancelled (its ``timeout``).
         """
+        with tracking_sent() as sent:
+            try:
+                return await self._attempts(fn)
+            except BackendUnavailableError as exc:
+                exc.sent = sent[0]  # False: no statement left the client (create_element)
+                raise
+
+    async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`_run`'s loop."""
         delay = 0.02
         for attempt in range(self.retries):
             try:

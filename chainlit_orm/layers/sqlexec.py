@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,9 +35,34 @@ from chainlit_orm.errors import TimeoutExceededError
 from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
-           "TxScript", "prepare"]
+           "TxScript", "prepare", "tracking_sent"]
 
 logger = logging.getLogger("chainlit_orm")
+
+#: Whether the backend call running in this context handed a statement to the driver (see
+#: :func:`tracking_sent`); None outside a tracked call.
+_SENT: ContextVar[list[bool] | None] = ContextVar("chainlit_orm_statement_sent", default=None)
+
+
+@contextlib.contextmanager
+def tracking_sent() -> Iterator[list[bool]]:
+    """Within the body, ``box[0]`` becomes True once any statement (BEGIN included) is handed to
+    the driver. Why: after a failure, False means the write certainly did not reach the server
+    (every attempt failed while connecting), so what it depended on (an uploaded file) can be
+    undone; True means its outcome is unknown. Set before the driver is called, so a statement
+    that failed before it left the client still counts: the error is on the safe side."""
+    box = [False]
+    token = _SENT.set(box)
+    try:
+        yield box
+    finally:
+        _SENT.reset(token)
+
+
+def _mark_sent() -> None:
+    box = _SENT.get()
+    if box is not None:
+        box[0] = True
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
@@ -232,6 +258,7 @@ class RawConnection:
     def _start(self, stmt: Statement, params: Mapping[str, Any]) -> tuple[Prepared, list[Any]]:
         """The compiled form and driver arguments of a statement about to run (listeners told)."""
         p = stmt.prepared
+        _mark_sent()
         if self.listeners:
             self._notify(p.word)
         return p, p.args(params)
@@ -268,6 +295,7 @@ class RawConnection:
             return int(await cur.execute(p.sql, args))
 
     async def _command(self, sql: str) -> None:
+        _mark_sent()
         if self.listeners:
             self._notify(sql.split()[0])
         if self.dialect == "postgresql":
@@ -342,6 +370,7 @@ class RawConnection:
             words.append("COMMIT")
             return result
 
+        _mark_sent()
         try:
             result: T = await driver._execute(run)
         except BaseException:
