@@ -121,7 +121,13 @@ class StorageError(ChainlitORMError, OSError):
 
 
 class StorageTimeoutError(StorageError, TimeoutError):
-    """A storage call did not finish within its configured client-side timeout."""
+    """A storage call did not finish within its configured client-side timeout.
+
+    ``abandoned`` is True when the data layer stopped waiting at its call's deadline while the
+    storage client's call may still be running (see the README's "Timeouts").
+    """
+
+    abandoned: bool = False
 
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")

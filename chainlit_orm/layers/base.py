@@ -294,6 +294,7 @@ class ChainlitLayer(BaseDataLayer):
         self._stored_elements: OrderedDict[str, None] = OrderedDict()
         # clean-ups of uploads that finished after their call gave up (see _storage_call)
         self._background: set[asyncio.Future[Any]] = set()
+        self._closed = False
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -587,8 +588,10 @@ class ChainlitLayer(BaseDataLayer):
                 ),
                 late=lambda: self._clean_up_late(key, thread_id, element_id),
             )
-        except StorageTimeoutError:
-            raise  # the object is removed when the upload ends (_clean_up_late)
+        except StorageTimeoutError as exc:
+            if exc.abandoned:
+                raise  # this layer gave up waiting: removed when the upload ends (_clean_up_late)
+            failure = exc  # the client's own timeout: its call has ended, clean up now
         except InvalidInputError:
             raise  # refused before anything was stored (the client's contract)
         except ChainlitORMError as exc:
@@ -659,13 +662,15 @@ class ChainlitLayer(BaseDataLayer):
         if task in done:
             return task.result()
         self._abandon(task, late)
-        raise StorageTimeoutError(
+        error = StorageTimeoutError(
             f"{type(self.storage).__name__}.{what} of {object_key!r} did not finish within "
             f"the data-layer call timeout of {self.timeout:g} s"
             + (" (the client may still write the object: it is removed once the upload ends, "
                "unless a row of this element refers to it)" if late is not None else ""),
             detail=object_key,
         )
+        error.abandoned = True  # the client's call may still be running
+        raise error
 
     def _abandon(self, task: asyncio.Future[Any], late: Callable[[], None] | None) -> None:
         """Stop waiting for a storage call; see :meth:`_storage_call`."""
@@ -698,6 +703,11 @@ class ChainlitLayer(BaseDataLayer):
     def _clean_up_late(self, object_key: str, thread_id: str, element_id: str) -> None:
         """Remove the object of an upload that ended after its ``create_element`` gave up (in
         the background, with a ``timeout`` of its own; what fails is logged as a warning)."""
+        if self._closed:
+            _note_leftover(StorageTimeoutError("late upload", detail=object_key), object_key,
+                           "its upload ended after the layer was closed")
+            return
+
         async def clean_up() -> None:
             with call_budget(asyncio.get_running_loop().time() + self.timeout):
                 await self._remove_orphan(object_key, thread_id, element_id, StorageTimeoutError(
@@ -815,6 +825,7 @@ class ChainlitLayer(BaseDataLayer):
             for task in list(self._background):
                 task.cancel()  # a client call that never ends: stop it (its object may stay)
             await self.settle(self.timeout)
+        self._closed = True  # from now on a late upload is reported, not cleaned up
         for closer in (self.backend.close, getattr(self.storage, "close", None)):
             if closer is None:
                 continue

@@ -63,11 +63,14 @@ def call_end() -> float | None:
 def call_budget(end: float) -> Iterator[None]:
     """Run the body with ``end`` (a loop time) as the deadline of every backend and storage call
     it makes (:meth:`CallDeadline.wrap` bounds by the earlier of this and its own ``timeout``)."""
-    token = _CALL_END.set(end)
+    # set back, not reset(token): a coroutine closed by the garbage collector (its loop gone)
+    # runs this in another context, where reset() would raise
+    previous = _CALL_END.get()
+    _CALL_END.set(end)
     try:
         yield
     finally:
-        _CALL_END.reset(token)
+        _CALL_END.set(previous)
 
 
 def check_timeout(value: object, name: str) -> float:

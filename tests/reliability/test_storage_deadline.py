@@ -95,6 +95,7 @@ async def test_a_storage_client_that_never_answers_cannot_outlast_the_timeout(
         late = file_element(thread_id, "late.txt", b"late")
         error = await _timed_out(layer.create_element(late))
         assert error.detail == object_key(late)
+        assert error.abandoned is True
         assert str(error) == (
             f"HeldStorage.upload_file of {object_key(late)!r} did not finish within the "
             f"data-layer call timeout of {TIMEOUT:g} s (the client may still write the object: "
