@@ -213,9 +213,11 @@ async def test_delete_thread_removes_everything_and_its_files(
     assert await layer.get_thread(tid) is None
 
 
-async def test_failing_file_delete_raises_after_the_rows_are_gone(
+async def test_failing_file_delete_raises_and_keeps_the_thread_for_a_retry(
     layer: ChainlitLayer, user: PersistedUser, chainlit_ctx: Any, storage: FsspecStorage
 ) -> None:
+    """Files are deleted before rows: a storage failure deletes nothing, so the same call
+    succeeds once the storage works (issue 14, F3)."""
     tid, sid = await _thread_with_step(layer, user)
     element = cl.File(name="doc.txt", content=b"document", for_id=sid)
     element.thread_id = tid
@@ -224,10 +226,16 @@ async def test_failing_file_delete_raises_after_the_rows_are_gone(
     async def broken(key: str) -> bool:
         raise StorageError("permission denied")
 
+    working = storage.delete_file
     storage.delete_file = broken  # type: ignore[method-assign]
-    with pytest.raises(StorageError, match="could not be deleted"):
+    with pytest.raises(StorageError, match=r"^nothing deleted: 1 stored file"):
         await layer.delete_thread(tid)
+    thread = await layer.get_thread(tid)
+    assert thread is not None and [e["id"] for e in thread["elements"]] == [element.id]
+    storage.delete_file = working  # type: ignore[method-assign]
+    await layer.delete_thread(tid)
     assert await layer.get_thread(tid) is None
+    assert await storage.delete_file(f"threads/{tid}/files/{element.id}") is False
 
 
 async def test_storage_url_opens_in_a_browser_like_client(
