@@ -63,14 +63,15 @@ def call_end() -> float | None:
 def call_budget(end: float) -> Iterator[None]:
     """Run the body with ``end`` (a loop time) as the deadline of every backend and storage call
     it makes (:meth:`CallDeadline.wrap` bounds by the earlier of this and its own ``timeout``)."""
-    # set back, not reset(token): a coroutine closed by the garbage collector (its loop gone)
-    # runs this in another context, where reset() would raise
-    previous = _CALL_END.get()
-    _CALL_END.set(end)
+    token = _CALL_END.set(end)
     try:
         yield
     finally:
-        _CALL_END.set(previous)
+        # a coroutine closed by the garbage collector (its loop gone) runs this in whatever
+        # context is current then: nothing of this call is set there, so nothing to undo (and
+        # setting a value there would hand a stale deadline to unrelated calls)
+        with contextlib.suppress(ValueError):
+            _CALL_END.reset(token)
 
 
 def check_timeout(value: object, name: str) -> float:
