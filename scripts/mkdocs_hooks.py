@@ -17,12 +17,15 @@ working tree.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
+import json
 import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,50 +80,83 @@ CONFIGURED: tuple[tuple[str, str], ...] = (
     ("ModelSet.build", "chainlit_orm:ModelSet.build"),
 )
 
-_ENV_READ = re.compile(
-    r"""(?:environ(?:\.get)?|getenv|env\.get|_env)\s*[\[(]\s*["']([A-Z][A-Z0-9_]+)["']""")
+#: A string literal of the package that names an environment variable (as a whole string: a
+#: constant, a tuple item, an ``environ.get`` argument; docstrings never match as a whole).
+_ENV_NAME = re.compile(r"(?:CHAINLIT_|AWS_|AZURE_|STORAGE_|DATABASE_URL)[A-Z0-9_]*")
 
 
 def environment_read_by_the_code() -> set[str]:
-    """Every variable name the package's source reads through ``os.environ``/``getenv``."""
+    """Every environment-variable name written as a string literal in the package's source."""
     found: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
-        found.update(_ENV_READ.findall(path.read_text(encoding="utf-8")))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and _ENV_NAME.fullmatch(node.value)):
+                found.add(node.value)
     return found
 
 
-def _cli(*args: str) -> str:
-    """The output of the installed ``chainlit-orm`` entry point run with ``args``."""
-    runner = (
-        "import sys\n"
-        "from importlib.metadata import entry_points\n"
-        "(ep,) = entry_points(group='console_scripts', name='chainlit-orm')\n"
-        "sys.argv[0] = 'chainlit-orm'\n"
-        "sys.exit(ep.load()())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", runner, *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin",
-                                         "NO_COLOR": "1", "TERM": "dumb"}, check=False)
+_RUNNER = """
+import contextlib, io, json, sys
+from importlib.metadata import entry_points
+(ep,) = entry_points(group="console_scripts", name="chainlit-orm")
+main = ep.load()
+out = {}
+for line in sys.stdin.read().splitlines():
+    args = json.loads(line)
+    sys.argv = ["chainlit-orm", *args]
+    buffer = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(buffer):
+        try:
+            code = main()
+        except SystemExit as exc:
+            code = exc.code
+    out[" ".join(args)] = [code or 0, buffer.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def _cli(*invocations: tuple[str, ...]) -> list[str]:
+    """The outputs of the installed ``chainlit-orm`` entry point run with each argument tuple,
+    in one process (importing the package once)."""
+    stdin = "\n".join(json.dumps(list(args)) for args in invocations)
+    done = subprocess.run([sys.executable, "-c", _RUNNER], input=stdin, capture_output=True,
+                          text=True, cwd=ROOT, check=False,
+                          env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "NO_COLOR": "1",
+                               "TERM": "dumb"})
     if done.returncode != 0:
-        raise PluginError(f"chainlit-orm {' '.join(args)} exited {done.returncode}: "
-                          f"{done.stderr.strip()}")
-    return done.stdout
+        raise PluginError(f"running chainlit-orm failed: {done.stderr.strip()[-2000:]}")
+    results = json.loads(done.stdout)
+    outputs = []
+    for args in invocations:
+        code, text = results[" ".join(args)]
+        if code != 0:
+            raise PluginError(f"chainlit-orm {' '.join(args)} exited {code}")
+        outputs.append(text)
+    return outputs
 
 
 def subcommands(top_help: str) -> list[str]:
-    """The subcommand names a top-level ``--help`` lists (argparse's ``{a,b}`` or click's
-    ``Commands:`` section)."""
+    """The subcommand names a top-level ``--help`` lists: the lower-case words that start the
+    entries of argparse's ``positional arguments:`` section (or ``{a,b}``) or click's
+    ``Commands:`` section."""
     braces = re.search(r"\{([a-z][a-z0-9_,-]*)\}", top_help)
     if braces:
         return braces.group(1).split(",")
-    section = re.search(r"^Commands:\n((?:  .*\n?)+)", top_help, flags=re.M)
-    if section:
-        return [line.split()[0] for line in section.group(1).splitlines() if line.strip()]
-    raise PluginError("cannot find the subcommands in `chainlit-orm --help`")
+    section = re.search(r"^(?:positional arguments|Commands):\n((?:[ \t]+.*\n?)+)", top_help,
+                        flags=re.M)
+    names = re.findall(r"^ {2,4}([a-z][a-z0-9_-]*)(?: {2,}|$)", section.group(1), flags=re.M
+                       ) if section else []
+    if not names:
+        raise PluginError("cannot find the subcommands in `chainlit-orm --help`")
+    return names
 
 
 def cli_page() -> str:
-    top = _cli("--help")
+    (top,) = _cli(("--help",))
+    names = subcommands(top)
+    helps = _cli(*((name, "--help") for name in names))
     parts = [
         "# CLI reference",
         "",
@@ -131,17 +167,18 @@ def cli_page() -> str:
         top.rstrip(),
         "```",
     ]
-    for name in subcommands(top):
-        parts += ["", f"## `chainlit-orm {name}`", "", "```text",
-                  _cli(name, "--help").rstrip(), "```"]
+    for name, text in zip(names, helps, strict=True):
+        parts += ["", f"## `chainlit-orm {name}`", "", "```text", text.rstrip(), "```"]
     return "\n".join(parts) + "\n"
 
 
 def _resolve(spec: str) -> Any:
     module_name, _, attribute = spec.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
+    with warnings.catch_warnings():  # Chainlit's dependencies warn about their own deprecations
+        warnings.simplefilter("ignore")
+        obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
     return obj
 
 
@@ -170,9 +207,38 @@ def documented_arguments(obj: Any) -> dict[str, str]:
 
 def _cell(text: str) -> str:
     """One Markdown table cell: reST roles and literals turned into code, pipes escaped."""
-    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", text)
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1].strip()}`", text)
     text = text.replace("``", "`")
     return text.replace("|", "\\|")
+
+
+def _default(value: Any) -> str:
+    """A parameter default as written in code: a public constant by its name, else its repr."""
+    import chainlit_orm
+
+    for name in chainlit_orm.__all__:
+        if name.isupper() and getattr(chainlit_orm, name) is value:
+            return name
+    return repr(value)
+
+
+def _signature(qualified: str, signature: inspect.Signature) -> str:
+    """``name(a, *, b=1)`` without ``self``, annotations or long default reprs, wrapped."""
+    params = []
+    star = False
+    for name, p in signature.parameters.items():
+        if name == "self":
+            continue
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not star:
+            params.append("*")
+            star = True
+        prefix = {inspect.Parameter.VAR_KEYWORD: "**",
+                  inspect.Parameter.VAR_POSITIONAL: "*"}.get(p.kind, "")
+        star = star or p.kind is inspect.Parameter.VAR_POSITIONAL
+        default = "" if p.default is inspect.Parameter.empty else f"={_default(p.default)}"
+        params.append(f"{prefix}{name}{default}")
+    return textwrap.fill(f"{qualified}({', '.join(params)})", width=98, subsequent_indent="    ",
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def configuration_page() -> str:
@@ -188,8 +254,8 @@ def configuration_page() -> str:
         "# Configuration reference",
         "",
         "Generated at build time from the signatures and docstrings of the public API and from "
-        "the environment variables the package's source reads; the build fails when a variable "
-        "is read but not described here.",
+        "the environment variables named in the package's source; the build fails when a "
+        "variable the code names is not described here.",
         "",
         "## Environment variables",
         "",
@@ -201,20 +267,21 @@ def configuration_page() -> str:
         obj = _resolve(spec)
         target = obj.__init__ if inspect.isclass(obj) else obj
         signature = inspect.signature(target)
-        args = documented_arguments(obj)
-        rendered = str(signature).replace("'", "")
+        # an argument the class does not document may be documented by a base class
+        args: dict[str, str] = {}
+        for source in reversed(inspect.getmro(obj) if inspect.isclass(obj) else (obj,)):
+            args.update({k: v for k, v in documented_arguments(source).items() if v})
         parts += ["", f"## `{heading}`", "", "```python",
-                  textwrap.fill(f"chainlit_orm.{heading}{rendered}", width=98,
-                                subsequent_indent="    ", break_long_words=False,
-                                break_on_hyphens=False),
-                  "```", "", "| argument | default | meaning |", "|---|---|---|"]
+                  _signature(f"chainlit_orm.{heading}", signature),
+                  "```", "", _cell((inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")),
+                  "", "| argument | default | meaning |", "|---|---|---|"]
         for name, parameter in signature.parameters.items():
             if name == "self":
                 continue
             label = {inspect.Parameter.VAR_KEYWORD: f"**{name}",
                      inspect.Parameter.VAR_POSITIONAL: f"*{name}"}.get(parameter.kind, name)
             default = ("" if parameter.default is inspect.Parameter.empty
-                       else f"`{parameter.default!r}`")
+                       else f"`{_default(parameter.default)}`")
             text = args.get(label) or args.get(name) or ""
             parts.append(f"| `{label}` | {_cell(default)} | {_cell(text)} |")
     return "\n".join(parts) + "\n"
