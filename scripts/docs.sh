@@ -7,4 +7,4 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/bootstrap.sh
 venv="${CHAINLIT_ORM_VENV:-$repo/.venv}"
-exec "$venv/bin/mkdocs" serve --strict --dev-addr 127.0.0.1:8001 "$@"
+NO_MKDOCS_2_WARNING=1 exec "$venv/bin/mkdocs" serve --strict --dev-addr 127.0.0.1:8001 "$@"
