@@ -129,7 +129,7 @@ async def test_migrate_commands_run_against_a_chainlit_database() -> None:
 
 def _cli_commands() -> list[str]:
     top = subprocess.run([CLI, "--help"], capture_output=True, text=True, check=True).stdout
-    return re.findall(r"^ {4}([a-z]+)  ", top, flags=re.M)
+    return re.findall(r"^ {2,4}([a-z][a-z0-9-]*)(?: {2,}|$)", top, flags=re.M)
 
 
 def test_cli_commands_listed_in_the_readme_run() -> None:

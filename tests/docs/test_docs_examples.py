@@ -221,7 +221,7 @@ def _validate_cloud(block: Block, workdir: Path, cli_help: dict[str, str]) -> No
 def cli_help() -> dict[str, str]:
     top = subprocess.run([str(BIN / "chainlit-orm"), "--help"], capture_output=True, text=True,
                          check=True).stdout
-    names = re.findall(r"^ {4}([a-z]+)\s", top, flags=re.M)
+    names = re.findall(r"^ {2,4}([a-z][a-z0-9-]*)(?: {2,}|$)", top, flags=re.M)
     assert names
     return {name: subprocess.run([str(BIN / "chainlit-orm"), name, "--help"],
                                  capture_output=True, text=True, check=True).stdout
