@@ -226,6 +226,36 @@ class BundleWriter:
                 handle.close()
 
 
+def parse_line(path: Path, number: int, line: bytes, entity: str,
+               models: ModelSet) -> dict[str, Any]:
+    """The record on line ``number`` of a bundle file, checked (:func:`record` with
+    ``validate``). Every refusal is an :class:`InvalidInputError` whose message starts with the
+    file and line: the bytes are decoded as strict UTF-8 here (a decoding error is the bundle's,
+    not a crash of the reader).
+
+    Raises:
+        InvalidInputError: the line is not UTF-8, not a JSON object, or its record is refused
+            (``PayloadTooLargeError`` for a record above the record limit).
+    """
+    where = f"{path.name} line {number}"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{where} is not UTF-8 (byte {exc.start + 1} of the line: "
+            f"{line[exc.start:exc.start + 1]!r})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{where} is not a JSON object")
+    try:
+        return record(models, entity, data, validate=True)
+    except InvalidInputError as exc:  # the same type (PayloadTooLargeError stays one)
+        raise type(exc)(f"{where}: {exc}", detail=exc.detail) from exc
+
+
 class _Lines:
     """A JSONL file read a block of lines at a time, in a worker thread, with one line of
     look-ahead (the merge of a thread with its rows needs it)."""
@@ -234,14 +264,14 @@ class _Lines:
         self.path = path
         self.entity = entity
         self.models = models
-        self.handle: IO[str] | None = None
+        self.handle: IO[bytes] | None = None
         self.buffer: list[dict[str, Any]] = []
         self.number = 0
         self.done = False
 
-    def _read_block(self) -> list[tuple[int, str]]:
+    def _read_block(self) -> list[tuple[int, bytes]]:
         if self.handle is None:
-            self.handle = open(self.path, encoding="utf-8", newline="\n")  # noqa: SIM115
+            self.handle = open(self.path, "rb")  # noqa: SIM115
         block = []
         for _ in range(1000):
             line = self.handle.readline()
@@ -266,18 +296,8 @@ class _Lines:
             self.buffer.pop(0)
         return found
 
-    def _parse(self, number: int, line: str) -> dict[str, Any]:
-        where = f"{self.path.name} line {number}"
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidInputError(f"{where} is not a JSON object")
-        try:
-            return record(self.models, self.entity, data, validate=True)
-        except InvalidInputError as exc:  # the same type (PayloadTooLargeError stays one)
-            raise type(exc)(f"{where}: {exc}", detail=exc.detail) from exc
+    def _parse(self, number: int, line: bytes) -> dict[str, Any]:
+        return parse_line(self.path, number, line, self.entity, self.models)
 
     def close(self) -> None:
         if self.handle is not None:

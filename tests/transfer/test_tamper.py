@@ -1,0 +1,128 @@
+"""A tampered bundle is refused whole, before anything is written (issue 16, the outside attack's
+findings F1-F7): ``chainlit-orm import`` exits with status 2 and one line naming the file and
+line, the library raises the typed error, and the destination database and storage hold nothing
+afterwards (both are looked at directly, not through the layer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chainlit.user import User
+
+from chainlit_orm import FsspecStorage, SQLDataLayer
+from chainlit_orm.cli import main
+from chainlit_orm.errors import InvalidInputError
+from chainlit_orm.transfer import export, import_bundle
+from tests.fixtures.legacy import temp_sqlite_url
+from tests.transfer.seed import seed_many
+
+TABLES = ("users", "threads", "steps", "elements", "feedbacks")
+
+
+@pytest.fixture
+async def bundle(tmp_path: Path) -> Path:
+    """An exported bundle of 2 users and 3 threads, with element files."""
+    files = f"file://{tmp_path / 'src-files'}"
+    async with temp_sqlite_url(tmp_path) as url:
+        layer = SQLDataLayer(url, storage=FsspecStorage(files, mount=False), create_schema=True)
+        users = [await layer.create_user(User(identifier=f"u{i}@example.com")) for i in (1, 2)]
+        await seed_many(layer, users, 3)
+        await layer.close()
+        out = tmp_path / "bundle"
+        summary = await export(url, out, src_storage=FsspecStorage(files, mount=False))
+        assert summary.rows == {"users": 2, "threads": 3, "steps": 9, "elements": 3,
+                                "feedbacks": 1}
+        assert summary.files == 3
+        return out
+
+
+def lines(bundle: Path, name: str) -> list[bytes]:
+    return (bundle / name).read_bytes().splitlines(keepends=True)
+
+
+def write(bundle: Path, name: str, new: list[bytes]) -> None:
+    (bundle / name).write_bytes(b"".join(new))
+
+
+def edit(bundle: Path, name: str, index: int, change: Callable[[dict[str, Any]], None]) -> int:
+    """Change record ``index`` of ``name`` (canonical JSON again); return its line number."""
+    old = lines(bundle, name)
+    data = json.loads(old[index])
+    change(data)
+    old[index] = json.dumps(data, sort_keys=True, separators=(",", ":"),
+                            ensure_ascii=False).encode() + b"\n"
+    write(bundle, name, old)
+    return index % len(old) + 1
+
+
+def fix_manifest(bundle: Path) -> None:
+    """Make the manifest agree with the edited files, as a careful attacker would."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entries = [*manifest["entities"].values(), manifest["files"]]
+    for entry in entries:
+        data = (bundle / entry["path"]).read_bytes()
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        entry["count"] = len(data.splitlines())
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+async def refused(bundle: Path, tmp_path: Path, error: type[Exception], message: str) -> None:
+    """The import is refused with ``error`` whose whole message is ``message`` (a regex), by the
+    library and by the CLI (status 2, that one line on stderr), and DST holds nothing."""
+    db = tmp_path / "dst.db"
+    store = tmp_path / "dst-files"
+    url = f"sqlite+aiosqlite:///{db}"
+    with pytest.raises(error) as caught:
+        await import_bundle(bundle, url, dst_storage=f"file://{store}", batch=1,
+                            checkpoint=tmp_path / "ck.json")
+    assert type(caught.value) is error
+    assert re.fullmatch(message, str(caught.value)), str(caught.value)
+    assert_empty(db, store)
+
+    import asyncio
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = await asyncio.to_thread(main, [
+            "import", str(bundle), f"sqlite:///{db}", "--dst-storage", f"file://{store}",
+            "--batch", "1", "--checkpoint", str(tmp_path / "ck.json")])
+    assert code == 2
+    shown = [line for line in err.getvalue().splitlines() if line.startswith("chainlit-orm:")]
+    assert len(shown) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+    assert re.fullmatch(f"chainlit-orm: error: {message}", shown[0]), shown[0]
+    assert_empty(db, store)
+
+
+def assert_empty(db: Path, store: Path) -> None:
+    """No row in any table of DST (the bundle is refused before migrate: not even the file)
+    and no object in its storage."""
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            names = {r[0] for r in conn.execute("select name from sqlite_master")}
+            counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
+                      for t in TABLES if t in names}
+        assert counts == dict.fromkeys(counts, 0)
+    stored = [p for p in store.rglob("*") if p.is_file()] if store.exists() else []
+    assert stored == []
+
+
+# --------------------------------------------------------------------- F6, F7: the lines
+
+
+async def test_a_line_that_is_not_utf8_is_refused(bundle: Path, tmp_path: Path) -> None:
+    old = lines(bundle, "threads.jsonl")
+    old[1] = old[1].replace(b'"name":"', b'"name":"\xff\xfe', 1)
+    write(bundle, "threads.jsonl", old)
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"threads\.jsonl line 2 is not UTF-8 \(byte \d+ of the line: b'\\xff'\)")
