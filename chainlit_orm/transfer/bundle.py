@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from chainlit_orm.errors import ConfigurationError, InvalidInputError, NotFoundError, StorageError
+from chainlit_orm.models.limits import MAX_JSON_DEPTH
 from chainlit_orm.models.modelset import ENTITIES, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.transfer.records import (
@@ -246,6 +247,12 @@ def parse_line(path: Path, number: int, line: bytes, entity: str,
             f"{line[exc.start:exc.start + 1]!r})") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        # the parser recurses per level: a line nested beyond Python's stack is refused by the
+        # same limit (and message) as one nested 33 levels, which check_record refuses
+        raise InvalidInputError(
+            f"{where}: {entity} record is nested more than {MAX_JSON_DEPTH} levels deep"
+        ) from None
     except ValueError as exc:
         raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -126,3 +126,14 @@ async def test_a_line_that_is_not_utf8_is_refused(bundle: Path, tmp_path: Path) 
     fix_manifest(bundle)
     await refused(bundle, tmp_path, InvalidInputError,
                   r"threads\.jsonl line 2 is not UTF-8 \(byte \d+ of the line: b'\\xff'\)")
+
+
+async def test_json_nested_100000_deep_is_refused_with_the_limit(bundle: Path,
+                                                                tmp_path: Path) -> None:
+    old = lines(bundle, "steps.jsonl")
+    assert b'"metadata":{}' in old[0]
+    old[0] = old[0].replace(b'"metadata":{}', b'"metadata":' + b"[" * 100_000 + b"]" * 100_000)
+    write(bundle, "steps.jsonl", old)
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"steps\.jsonl line 1: step record is nested more than 32 levels deep")
