@@ -68,6 +68,7 @@ from chainlit_orm.errors import ConfigurationError, InvalidInputError, NotFoundE
 from chainlit_orm.models.limits import MAX_JSON_DEPTH
 from chainlit_orm.models.modelset import ENTITIES, ModelSet
 from chainlit_orm.models.types import utc_now
+from chainlit_orm.transfer._layer import portable_columns
 from chainlit_orm.transfer.records import (
     CHILD_ENTITIES,
     ENTITY_NAMES,
@@ -227,6 +228,11 @@ class BundleWriter:
                 handle.close()
 
 
+def _known_keys(models: ModelSet, entity: str) -> set[str]:
+    """The keys a bundle record may carry: the portable columns (and an element's file)."""
+    return {*portable_columns(models, entity), *((FILE_KEY,) if entity == "element" else ())}
+
+
 def parse_line(path: Path, number: int, line: bytes, entity: str,
                models: ModelSet) -> dict[str, Any]:
     """The record on line ``number`` of a bundle file, checked (:func:`record` with
@@ -257,6 +263,13 @@ def parse_line(path: Path, number: int, line: bytes, entity: str,
         raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidInputError(f"{where} is not a JSON object")
+    unknown = sorted(set(data) - _known_keys(models, entity))
+    if unknown:
+        # record() keeps the known columns only: an unknown key would be dropped in silence,
+        # and verify (which compares records) could not notice
+        raise InvalidInputError(
+            f"{where}: unknown key {unknown[0][:100]!r} in a {entity} record (not a column "
+            f"of this model set's {entity} table)", detail=unknown[0][:100])
     try:
         return record(models, entity, data, validate=True)
     except InvalidInputError as exc:  # the same type (PayloadTooLargeError stays one)

@@ -137,3 +137,14 @@ async def test_json_nested_100000_deep_is_refused_with_the_limit(bundle: Path,
     fix_manifest(bundle)
     await refused(bundle, tmp_path, InvalidInputError,
                   r"steps\.jsonl line 1: step record is nested more than 32 levels deep")
+
+
+# ------------------------------------------------------------------- F5: unknown keys
+
+
+async def test_an_unknown_key_is_refused_not_dropped(bundle: Path, tmp_path: Path) -> None:
+    edit(bundle, "users.jsonl", 1, lambda u: u.update(evil=1))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"users\.jsonl line 2: unknown key 'evil' in a user record \(not a column of "
+                  r"this model set's user table\)")
