@@ -60,7 +60,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,6 +87,11 @@ VERSION = 1
 MANIFEST = "manifest.json"
 FILES_INDEX = "files.jsonl"
 _PARTIAL_MARK = ".chainlit-orm-partial"
+
+
+def _is_sha256(value: object) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
 
 
 def _file_path(sha256: str) -> str:
@@ -340,13 +345,51 @@ class BundleReader:
             raise ConfigurationError(f"{self.path} is not a bundle (no {MANIFEST})") from exc
         except ValueError as exc:
             raise InvalidInputError(f"{self.path / MANIFEST} is not JSON: {exc}") from exc
+        if not isinstance(self.manifest, dict):
+            raise InvalidInputError(f"{self.path / MANIFEST} is not a JSON object")
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise ConfigurationError(
                 f"{self.path} is not a {FORMAT} version {VERSION} bundle "
                 f"(format {self.manifest.get('format')!r}, version "
                 f"{self.manifest.get('version')!r})")
-        self.has_files = self.manifest.get("files", {}).get("included", True) is not False
+        self._check_manifest()
+        self.has_files = self.manifest["files"].get("included", True) is not False
         self._open: list[_Lines] = []
+
+    def _check_manifest(self) -> None:
+        """The manifest's shape: an entry (plain file name, count, SHA-256) per entity and for
+        the file index, so the check pass can hold every file to it.
+
+        Raises:
+            InvalidInputError: an entry is missing or malformed.
+        """
+        def entry(name: str, value: object, *, index: bool) -> None:
+            where = f"{MANIFEST}: {name}"
+            if not isinstance(value, dict):
+                raise InvalidInputError(f"{where} is not an object")
+            path = value.get("path")
+            if not isinstance(path, str) or "/" in path or "\\" in path or path.startswith("."):
+                raise InvalidInputError(f"{where} names an unexpected file {path!r}")
+            numbers = ("count", "bytes") if index else ("count",)
+            for key in numbers:
+                count = value.get(key)
+                if type(count) is not int or count < 0:
+                    raise InvalidInputError(f"{where}.{key} is not a count: {count!r}"[:200])
+            if not _is_sha256(value.get("sha256")):
+                raise InvalidInputError(f"{where}.sha256 is not a SHA-256: "
+                                        f"{value.get('sha256')!r}"[:200])
+
+        entities = self.manifest.get("entities")
+        if not isinstance(entities, dict):
+            raise InvalidInputError(f"{MANIFEST}: entities is not an object")
+        for name in ENTITY_NAMES.values():
+            entry(f"entities.{name}", entities.get(name), index=False)
+        files = self.manifest.get("files")
+        if files != {"included": False}:
+            entry("files", files, index=True)
+            if files["path"] != FILES_INDEX:
+                raise InvalidInputError(f"{MANIFEST}: files names an unexpected file "
+                                        f"{files['path']!r}")
 
     def _lines(self, entity: str) -> _Lines:
         name = self.manifest["entities"][ENTITY_NAMES[entity]]["path"]
@@ -434,21 +477,57 @@ class BundleReader:
                 lines.close()
 
     async def check(self) -> None:
-        """Read every record once, checked exactly as the import reads it (JSON, order, ids,
-        timestamps, the limits every layer write passes), and keep none: an import runs this
-        before it touches the destination, so a bundle with one bad record is refused whole,
-        with the file and line named, and nothing of it is written. Memory stays one batch.
-        (Each file's size and SHA-256 are checked when it is read to be stored.)
+        """Read the whole bundle once, checked, before an import writes anything: a bundle with
+        one bad byte is refused whole, with the file and line named, and the destination is left
+        as it was. Memory stays flat: files are streamed a line at a time.
+
+        Each record file is held to its manifest entry (SHA-256 of its bytes, line count) and
+        each of its records is checked exactly as the import reads it (UTF-8, JSON, known keys,
+        ids and timestamps, the limits every layer write passes).
 
         Raises:
-            InvalidInputError: the first bad record (``PayloadTooLargeError`` for a record
-                above the record limit).
+            InvalidInputError: the first bad record, or a file that does not match the manifest
+                (``PayloadTooLargeError`` for a record above the record limit).
         """
+        await asyncio.to_thread(self._check_sync)
         scope = Scope()
         async for _users in self.iter_users(scope, 1000):
             pass
         async for _threads in self.iter_threads(scope, None, 1000):
             pass
+
+    def _check_sync(self) -> None:
+        for entity in ENTITIES:
+            self._check_entity(entity)
+        if self.has_files:
+            self._check_lines(FILES_INDEX, self.manifest["files"], lambda _number, _line: None)
+
+    def _check_entity(self, entity: str) -> None:
+        entry = self.manifest["entities"][ENTITY_NAMES[entity]]
+        path = self.path / entry["path"]
+
+        def one(number: int, line: bytes) -> None:
+            parse_line(path, number, line, entity, self.models)
+
+        self._check_lines(entry["path"], entry, one)
+
+    def _check_lines(self, name: str, entry: Mapping[str, Any],
+                     each: Callable[[int, bytes], None]) -> None:
+        """Stream ``name`` a line at a time through ``each``, then hold its SHA-256 and line
+        count to the manifest's ``entry``."""
+        digest = hashlib.sha256()
+        number = 0
+        with open(self.path / name, "rb") as handle:
+            for line in handle:
+                number += 1
+                digest.update(line)
+                each(number, line)
+        if number != entry["count"]:
+            raise InvalidInputError(f"{name} holds {number} lines; the manifest counts "
+                                    f"{entry['count']}")
+        if digest.hexdigest() != entry["sha256"]:
+            raise InvalidInputError(f"{name} does not match the SHA-256 in the manifest "
+                                    "(the file was changed after the export)")
 
     async def totals(self, scope: Scope) -> dict[str, int | None]:
         if scope.user is not None or scope.since is not None:

@@ -67,7 +67,7 @@ def fix_manifest(bundle: Path) -> None:
     """Make the manifest agree with the edited files, as a careful attacker would."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     entries = [*manifest["entities"].values(), manifest["files"]]
-    for entry in entries:
+    for entry in (e for e in entries if "path" in e):
         data = (bundle / entry["path"]).read_bytes()
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         entry["count"] = len(data.splitlines())
@@ -148,3 +148,44 @@ async def test_an_unknown_key_is_refused_not_dropped(bundle: Path, tmp_path: Pat
     await refused(bundle, tmp_path, InvalidInputError,
                   r"users\.jsonl line 2: unknown key 'evil' in a user record \(not a column of "
                   r"this model set's user table\)")
+
+
+# ------------------------------------------------------ F1: the manifest's hashes and counts
+
+
+def _manifest(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+async def test_a_record_file_changed_after_the_export_is_refused(bundle: Path,
+                                                                tmp_path: Path) -> None:
+    edit(bundle, "steps.jsonl", 0, lambda s: s.update(output="evil"))  # a valid record
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"steps\.jsonl does not match the SHA-256 in the manifest \(the file was "
+                  r"changed after the export\)")
+
+
+@pytest.mark.parametrize(("entry", "name"), [
+    (lambda m: m["entities"]["users"], "users"), (lambda m: m["files"], "files")])
+async def test_a_manifest_hash_that_is_not_the_files_is_refused(
+        bundle: Path, tmp_path: Path, entry: Callable[[dict[str, Any]], dict[str, Any]],
+        name: str) -> None:
+    _manifest(bundle, lambda m: entry(m).update(sha256="0" * 64))
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"{name}\.jsonl does not match the SHA-256 in the manifest \(the file was "
+                  r"changed after the export\)")
+
+
+async def test_a_manifest_count_that_is_not_the_files_is_refused(bundle: Path,
+                                                                tmp_path: Path) -> None:
+    _manifest(bundle, lambda m: m["entities"]["steps"].update(count=17))
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"steps\.jsonl holds 9 lines; the manifest counts 17")
+
+
+async def test_a_manifest_entry_that_is_missing_is_refused(bundle: Path, tmp_path: Path) -> None:
+    _manifest(bundle, lambda m: m["entities"]["feedbacks"].pop("sha256"))
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r"manifest\.json: entities\.feedbacks\.sha256 is not a SHA-256: None")
