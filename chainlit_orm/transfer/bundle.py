@@ -59,6 +59,8 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -329,6 +331,33 @@ class _Lines:
             self.handle.close()
 
 
+class _Index:
+    """Ids seen by the check pass, in a temporary SQLite file (not in memory: a bundle of any
+    size is checked in bounded memory). Each id is looked up by its primary key."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path)
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE ids (entity TEXT, id TEXT, PRIMARY KEY (entity, id)) WITHOUT ROWID;"
+            "CREATE TABLE files (sha256 TEXT PRIMARY KEY, size INTEGER) WITHOUT ROWID;")
+
+    def add(self, entity: str, row_id: str) -> bool:
+        """Record ``row_id``; False if it was already there."""
+        try:
+            self.db.execute("INSERT INTO ids VALUES (?, ?)", (entity, row_id))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def has(self, entity: str, row_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM ids WHERE entity = ? AND id = ?",
+                               (entity, row_id)).fetchone() is not None
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class BundleReader:
     """Reads a bundle (a transfer's source). See the module docstring."""
 
@@ -497,17 +526,37 @@ class BundleReader:
             pass
 
     def _check_sync(self) -> None:
-        for entity in ENTITIES:
-            self._check_entity(entity)
-        if self.has_files:
-            self._check_lines(FILES_INDEX, self.manifest["files"], lambda _number, _line: None)
+        with tempfile.TemporaryDirectory(prefix="chainlit-orm-check-") as tmp:
+            index = _Index(Path(tmp) / "ids.sqlite")
+            try:
+                for entity in ENTITIES:
+                    self._check_entity(entity, index)
+                if self.has_files:
+                    self._check_lines(FILES_INDEX, self.manifest["files"],
+                                      lambda _number, _line: None)
+            finally:
+                index.close()
 
-    def _check_entity(self, entity: str) -> None:
+    def _check_entity(self, entity: str, index: _Index) -> None:
         entry = self.manifest["entities"][ENTITY_NAMES[entity]]
         path = self.path / entry["path"]
+        order = ("id",) if entity in ("user", "thread") else ("threadId", "id")
+        previous: list[tuple[str, ...]] = []
 
         def one(number: int, line: bytes) -> None:
-            parse_line(path, number, line, entity, self.models)
+            row = parse_line(path, number, line, entity, self.models)
+            where = f"{path.name} line {number}"
+            key = tuple(str(row.get(k) or "") for k in order)
+            if previous and key <= previous[0]:
+                what = "repeats the one before" if key == previous[0] else "is out of order"
+                raise InvalidInputError(
+                    f"{where}: {entity} {row['id']} {what} (the file is sorted by "
+                    f"{', '.join(order)}, each record once)", detail=str(row["id"]))
+            previous[:] = [key]
+            if not index.add(entity, str(row["id"])):
+                raise InvalidInputError(
+                    f"{where}: {entity} {row['id']} is already in the bundle (in another "
+                    "thread)", detail=str(row["id"]))
 
         self._check_lines(entry["path"], entry, one)
 

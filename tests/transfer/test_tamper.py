@@ -189,3 +189,41 @@ async def test_a_manifest_entry_that_is_missing_is_refused(bundle: Path, tmp_pat
     _manifest(bundle, lambda m: m["entities"]["feedbacks"].pop("sha256"))
     await refused(bundle, tmp_path, InvalidInputError,
                   r"manifest\.json: entities\.feedbacks\.sha256 is not a SHA-256: None")
+
+
+# ----------------------------------------------------------- F3: order and duplicates
+
+
+async def test_records_out_of_order_are_refused(bundle: Path, tmp_path: Path) -> None:
+    old = lines(bundle, "steps.jsonl")
+    old[0], old[1] = old[1], old[0]
+    write(bundle, "steps.jsonl", old)
+    fix_manifest(bundle)
+    first = json.loads(old[1])["id"]
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"steps\.jsonl line 2: step {first} is out of order \(the file is sorted by "
+                  r"threadId, id, each record once\)")
+
+
+async def test_a_repeated_record_is_refused(bundle: Path, tmp_path: Path) -> None:
+    old = lines(bundle, "threads.jsonl")
+    old.insert(1, old[0])
+    write(bundle, "threads.jsonl", old)
+    fix_manifest(bundle)
+    first = json.loads(old[0])["id"]
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"threads\.jsonl line 2: thread {first} repeats the one before \(the file "
+                  r"is sorted by id, each record once\)")
+
+
+async def test_one_id_in_two_threads_is_refused(bundle: Path, tmp_path: Path) -> None:
+    old = lines(bundle, "steps.jsonl")
+    steps = [json.loads(line) for line in old]
+    assert [s["threadId"] for s in steps[-3:]] == [steps[-1]["threadId"]] * 3
+    assert steps[0]["threadId"] < steps[-1]["threadId"]
+    write(bundle, "steps.jsonl", old[:-3] + old[-1:])  # the last thread keeps one step
+    line = edit(bundle, "steps.jsonl", -1, lambda s: s.update(id=steps[0]["id"]))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"steps\.jsonl line {line}: step {steps[0]['id']} is already in the bundle "
+                  r"\(in another thread\)")
