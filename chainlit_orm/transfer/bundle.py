@@ -55,11 +55,13 @@ whole, and the destination is left as it was.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -94,6 +96,28 @@ _PARTIAL_MARK = ".chainlit-orm-partial"
 def _is_sha256(value: object) -> bool:
     return (isinstance(value, str) and len(value) == 64
             and all(c in "0123456789abcdef" for c in value))
+
+
+def _open_regular(bundle: Path, name: str) -> IO[bytes]:
+    """``bundle / name`` open for reading if it is a regular file, not a link to one (checked
+    on the open file, so a link put in place after the check pass is refused too).
+
+    Raises:
+        InvalidInputError: a symbolic link or not a regular file.
+        FileNotFoundError: no such file.
+    """
+    try:
+        fd = os.open(bundle / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise InvalidInputError(f"{name} in the bundle is a symbolic link; a bundle holds "
+                                "regular files only") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidInputError(f"{name} in the bundle is not a regular file; a bundle holds "
+                                "regular files only")
+    return os.fdopen(fd, "rb")
 
 
 def _file_path(sha256: str) -> str:
@@ -298,7 +322,7 @@ class _Lines:
 
     def _read_block(self) -> list[tuple[int, bytes]]:
         if self.handle is None:
-            self.handle = open(self.path, "rb")  # noqa: SIM115
+            self.handle = _open_regular(self.path.parent, self.path.name)
         block = []
         for _ in range(1000):
             line = self.handle.readline()
@@ -526,6 +550,7 @@ class BundleReader:
             pass
 
     def _check_sync(self) -> None:
+        self._check_tree()
         with tempfile.TemporaryDirectory(prefix="chainlit-orm-check-") as tmp:
             index = _Index(Path(tmp) / "ids.sqlite")
             try:
@@ -536,6 +561,23 @@ class BundleReader:
                                       lambda _number, _line: None)
             finally:
                 index.close()
+
+    def _check_tree(self) -> None:
+        """Refuse a bundle holding anything but directories and regular files: a symbolic link
+        (to a file or a directory) would import bytes from outside the bundle."""
+        stack = [self.path]
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    shown = os.path.relpath(entry.path, self.path)
+                    if entry.is_symlink():
+                        raise InvalidInputError(f"{shown} in the bundle is a symbolic link; a "
+                                                "bundle holds regular files only")
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif not entry.is_file(follow_symlinks=False):
+                        raise InvalidInputError(f"{shown} in the bundle is not a regular file; "
+                                                "a bundle holds regular files only")
 
     def _check_entity(self, entity: str, index: _Index) -> None:
         entry = self.manifest["entities"][ENTITY_NAMES[entity]]
@@ -566,7 +608,7 @@ class BundleReader:
         count to the manifest's ``entry``."""
         digest = hashlib.sha256()
         number = 0
-        with open(self.path / name, "rb") as handle:
+        with _open_regular(self.path, name) as handle:
             for line in handle:
                 number += 1
                 digest.update(line)
@@ -592,9 +634,12 @@ class BundleReader:
         sha256 = str(info.get("sha256", ""))
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise InvalidInputError(f"element {element['id']}: {FILE_KEY} has no valid sha256")
-        path = self.path / _file_path(sha256)
+        def read() -> bytes:
+            with _open_regular(self.path, _file_path(sha256)) as handle:
+                return handle.read()
+
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(read)
         except FileNotFoundError as exc:
             raise StorageError(f"the bundle lacks the file of element {element['id']} "
                                f"({_file_path(sha256)})", detail=element["id"]) from exc

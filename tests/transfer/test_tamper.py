@@ -227,3 +227,29 @@ async def test_one_id_in_two_threads_is_refused(bundle: Path, tmp_path: Path) ->
     await refused(bundle, tmp_path, InvalidInputError,
                   rf"steps\.jsonl line {line}: step {steps[0]['id']} is already in the bundle "
                   r"\(in another thread\)")
+
+
+# ------------------------------------------------------------------------- F4: links
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+async def test_a_link_in_the_bundle_is_refused(bundle: Path, tmp_path: Path, what: str) -> None:
+    """Even a link to the very bytes the index names (the hash matches): nothing in a bundle
+    may lead outside it."""
+    stored = sorted(p for p in (bundle / "files").rglob("*") if p.is_file())[0]
+    outside = tmp_path / "outside" / stored.parent.name
+    outside.mkdir(parents=True)
+    (outside / stored.name).write_bytes(stored.read_bytes())
+    if what == "file":
+        stored.unlink()
+        os.symlink(outside / stored.name, stored)
+        shown = f"files/{stored.parent.name}/{stored.name}"
+    else:
+        for p in stored.parent.iterdir():
+            (outside / p.name).write_bytes(p.read_bytes())
+            p.unlink()
+        stored.parent.rmdir()
+        os.symlink(outside, stored.parent)
+        shown = f"files/{stored.parent.name}"
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"{shown} in the bundle is a symbolic link; a bundle holds regular files only")
