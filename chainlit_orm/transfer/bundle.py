@@ -45,11 +45,11 @@ byte then depends on the data alone: two stores holding the same data give ident
 
 Writing streams: records are appended batch by batch (memory holds one batch), into
 ``BUNDLE.partial``, which is renamed to ``BUNDLE`` once the manifest is written, so a bundle that
-exists is complete. Reading streams too, and checks the order, every record's ids and timestamps,
-every record against the limits every layer write passes (:mod:`chainlit_orm.models.limits`), and
-every file's size and SHA-256 before its bytes are stored anywhere. An import reads the records
-once before it writes anything (:meth:`BundleReader.check`): a bad record refuses the bundle
-whole, and the destination is left as it was.
+exists is complete. Reading streams too. An import reads the whole bundle once, checked, before it
+writes anything (:meth:`BundleReader.check`: links, the manifest's hashes and counts, every
+stored file's size and SHA-256, every record against the limits every layer write passes
+(:mod:`chainlit_orm.models.limits`), order, repeated ids, references, object keys): one bad byte
+refuses the bundle whole, and the destination is left as it was.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from chainlit_orm.errors import ConfigurationError, InvalidInputError, NotFoundE
 from chainlit_orm.models.limits import MAX_JSON_DEPTH
 from chainlit_orm.models.modelset import ENTITIES, ModelSet
 from chainlit_orm.models.types import utc_now
-from chainlit_orm.transfer._layer import portable_columns
+from chainlit_orm.transfer._layer import portable_columns, validate_key
 from chainlit_orm.transfer.records import (
     CHILD_ENTITIES,
     ENTITY_NAMES,
@@ -378,6 +378,14 @@ class _Index:
         return self.db.execute("SELECT 1 FROM ids WHERE entity = ? AND id = ?",
                                (entity, row_id)).fetchone() is not None
 
+    def add_file(self, sha256: str, size: int) -> None:
+        self.db.execute("INSERT INTO files VALUES (?, ?)", (sha256, size))
+
+    def file_size(self, sha256: str) -> int | None:
+        found = self.db.execute("SELECT size FROM files WHERE sha256 = ?",
+                                (sha256,)).fetchone()
+        return None if found is None else int(found[0])
+
     def close(self) -> None:
         self.db.close()
 
@@ -531,36 +539,85 @@ class BundleReader:
 
     async def check(self) -> None:
         """Read the whole bundle once, checked, before an import writes anything: a bundle with
-        one bad byte is refused whole, with the file and line named, and the destination is left
-        as it was. Memory stays flat: files are streamed a line at a time.
+        one bad byte is refused whole, with the file and line named, and the destination (its
+        database and its storage) is left as it was. Memory stays flat: files are streamed a
+        line (a stored file a block) at a time, and the ids the references are checked against
+        go to a temporary SQLite file, not to memory.
 
-        Each record file is held to its manifest entry (SHA-256 of its bytes, line count) and
-        each of its records is checked exactly as the import reads it (UTF-8, JSON, known keys,
-        ids and timestamps, the limits every layer write passes).
+        In order: nothing in the bundle is a link or other than a regular file; every entry of
+        ``files.jsonl`` is ``files/HEX[:2]/HEX`` and that file has the size and SHA-256 named;
+        each record file, parents first, is held to its manifest entry (SHA-256 of its bytes,
+        line count), and each of its records is checked exactly as the import reads it (UTF-8,
+        JSON, known keys, ids and timestamps, the limits every layer write passes), in the
+        documented order, each id once, naming only what the bundle holds (a thread's user, a
+        row's thread, an element's file) and only object keys every storage accepts.
+
+        What is checked here is read again to be written; the write pass checks each file's
+        hash again as it stores it, so a bundle changed in between is refused then.
 
         Raises:
-            InvalidInputError: the first bad record, or a file that does not match the manifest
-                (``PayloadTooLargeError`` for a record above the record limit).
+            InvalidInputError: the first bad record or reference, a link, or a file that does
+                not match the manifest (``PayloadTooLargeError`` for a record above the record
+                limit).
+            StorageError: a stored file that is missing or does not match its size and hash.
         """
         await asyncio.to_thread(self._check_sync)
-        scope = Scope()
-        async for _users in self.iter_users(scope, 1000):
-            pass
-        async for _threads in self.iter_threads(scope, None, 1000):
-            pass
 
     def _check_sync(self) -> None:
         self._check_tree()
         with tempfile.TemporaryDirectory(prefix="chainlit-orm-check-") as tmp:
             index = _Index(Path(tmp) / "ids.sqlite")
             try:
+                if self.has_files:
+                    self._check_files(index)
                 for entity in ENTITIES:
                     self._check_entity(entity, index)
-                if self.has_files:
-                    self._check_lines(FILES_INDEX, self.manifest["files"],
-                                      lambda _number, _line: None)
             finally:
                 index.close()
+
+    def _check_files(self, index: _Index) -> None:
+        """Every entry of ``files.jsonl``: its exact shape and place (``files/HEX[:2]/HEX``,
+        nothing else: no path leads out of the bundle), its order, and the file's size and
+        SHA-256, read in blocks."""
+        entry = self.manifest["files"]
+        previous: list[str] = []
+        total: list[int] = [0]
+
+        def one(number: int, line: bytes) -> None:
+            where = f"{FILES_INDEX} line {number}"
+            try:
+                info = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):
+                raise InvalidInputError(f"{where} is not a JSON object of UTF-8 text") from None
+            if (not isinstance(info, dict) or set(info) != {"path", "sha256", "size"}
+                    or not _is_sha256(info["sha256"]) or type(info["size"]) is not int
+                    or info["path"] != _file_path(info["sha256"])):
+                raise InvalidInputError(f'{where} is not {{"path": "files/HEX[:2]/HEX", '
+                                        f'"sha256": HEX, "size": BYTES}}: {line[:200]!r}')
+            sha256, size, name = info["sha256"], info["size"], info["path"]
+            if previous and sha256 <= previous[0]:
+                raise InvalidInputError(f"{where}: {name} is out of order or repeated (the "
+                                        "file is sorted by sha256, each file once)")
+            previous[:] = [sha256]
+            digest = hashlib.sha256()
+            length = 0
+            try:
+                with _open_regular(self.path, name) as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+                        length += len(block)
+            except FileNotFoundError:
+                raise StorageError(f"the bundle lacks {name} ({where})") from None
+            if digest.hexdigest() != sha256 or length != size:
+                raise StorageError(f"{name} in the bundle does not match its hash or size "
+                                   f"({where})")
+            total[0] += length
+            index.add_file(sha256, size)
+
+        self._check_lines(FILES_INDEX, entry, one)
+        if total[0] != entry["bytes"]:
+            raise InvalidInputError(f"{FILES_INDEX} indexes {total[0]} bytes; the manifest "
+                                    f"says {entry['bytes']}")
 
     def _check_tree(self) -> None:
         """Refuse a bundle holding anything but directories and regular files: a symbolic link
@@ -599,8 +656,46 @@ class BundleReader:
                 raise InvalidInputError(
                     f"{where}: {entity} {row['id']} is already in the bundle (in another "
                     "thread)", detail=str(row["id"]))
+            self._check_references(where, entity, row, index)
 
         self._check_lines(entry["path"], entry, one)
+
+    def _check_references(self, where: str, entity: str, row: Mapping[str, Any],
+                          index: _Index) -> None:
+        """What a record names must be in the bundle (parents come first, so their ids are in
+        the index): a thread's user, a row's thread, an element's stored file; and an element's
+        object key must be one every storage accepts."""
+        row_id = str(row["id"])
+        if entity == "thread" and row.get("userId") is not None and not index.has(
+                "user", str(row["userId"])):
+            raise InvalidInputError(f"{where}: thread {row_id} names user {row['userId']}, "
+                                    "which is not in the bundle", detail=row_id)
+        if entity in CHILD_ENTITIES and (row.get("threadId") is None or not index.has(
+                "thread", str(row["threadId"]))):
+            raise InvalidInputError(f"{where}: {entity} {row_id} names thread "
+                                    f"{row.get('threadId')}, which is not in the bundle",
+                                    detail=row_id)
+        if entity != "element":
+            return
+        if row.get("objectKey") is not None:
+            try:
+                validate_key(row["objectKey"])
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{where}: element {row_id}: {exc}",
+                                        detail=row_id) from None
+        info = row.get(FILE_KEY)
+        if info is None or info == {"missing": True} or not self.has_files:
+            return
+        if (not isinstance(info, dict) or set(info) != {"sha256", "size"}
+                or not _is_sha256(info["sha256"])):
+            raise InvalidInputError(f'{where}: element {row_id}: {FILE_KEY} is not '
+                                    f'{{"sha256": HEX, "size": BYTES}}, {{"missing": true}} or '
+                                    f'null: {info!r}'[:300], detail=row_id)
+        size = index.file_size(info["sha256"])
+        if size is None or size != info["size"]:
+            raise InvalidInputError(
+                f"{where}: element {row_id} names file {_file_path(info['sha256'])} of "
+                f"{info['size']!r} bytes, which is not in {FILES_INDEX}", detail=row_id)
 
     def _check_lines(self, name: str, entry: Mapping[str, Any],
                      each: Callable[[int, bytes], None]) -> None:

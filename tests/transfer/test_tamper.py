@@ -19,7 +19,7 @@ from chainlit.user import User
 
 from chainlit_orm import FsspecStorage, SQLDataLayer
 from chainlit_orm.cli import main
-from chainlit_orm.errors import InvalidInputError
+from chainlit_orm.errors import InvalidInputError, StorageError
 from chainlit_orm.transfer import export, import_bundle
 from tests.fixtures.legacy import temp_sqlite_url
 from tests.transfer.seed import seed_many
@@ -253,3 +253,79 @@ async def test_a_link_in_the_bundle_is_refused(bundle: Path, tmp_path: Path, wha
         shown = f"files/{stored.parent.name}"
     await refused(bundle, tmp_path, InvalidInputError,
                   rf"{shown} in the bundle is a symbolic link; a bundle holds regular files only")
+
+
+# ------------------------------------------ F2: everything checked before the first write
+
+
+def _stored(bundle: Path) -> tuple[Path, int]:
+    """The first stored file and its line in files.jsonl."""
+    stored = sorted(p for p in (bundle / "files").rglob("*") if p.is_file())[0]
+    return stored, 1
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncated"])
+async def test_a_stored_file_that_does_not_match_is_refused(bundle: Path, tmp_path: Path,
+                                                           damage: str) -> None:
+    stored, line = _stored(bundle)
+    data = stored.read_bytes()
+    stored.write_bytes(data[:-1] + b"X" if damage == "bytes" else data[:3])
+    name = f"files/{stored.parent.name}/{stored.name}"
+    await refused(bundle, tmp_path, StorageError,
+                  rf"{name} in the bundle does not match its hash or size \(files\.jsonl "
+                  rf"line {line}\)")
+
+
+async def test_an_index_entry_leading_out_of_the_bundle_is_refused(bundle: Path,
+                                                                  tmp_path: Path) -> None:
+    old = lines(bundle, "files.jsonl")
+    entry = json.loads(old[0])
+    entry["path"] = "files/../../outside"
+    old[0] = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+    write(bundle, "files.jsonl", old)
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  r'files\.jsonl line 1 is not \{"path": "files/HEX\[:2\]/HEX", "sha256": HEX, '
+                  r'"size": BYTES\}: b\'\{"path":"files/\.\./\.\./outside",.*')
+
+
+async def test_an_object_key_leading_out_of_the_storage_is_refused(bundle: Path,
+                                                                  tmp_path: Path) -> None:
+    element = json.loads(lines(bundle, "elements.jsonl")[0])
+    edit(bundle, "elements.jsonl", 0, lambda e: e.update(objectKey="../../escaped"))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"elements\.jsonl line 1: element {element['id']}: invalid object key "
+                  r"'\.\./\.\./escaped': contains a '\.' or '\.\.' segment")
+    assert not (tmp_path / "escaped").exists()
+
+
+async def test_an_element_naming_a_file_the_bundle_lacks_is_refused(bundle: Path,
+                                                                   tmp_path: Path) -> None:
+    element = json.loads(lines(bundle, "elements.jsonl")[-1])
+    line = edit(bundle, "elements.jsonl", -1,
+                lambda e: e.update({"$file": {"sha256": "1" * 64, "size": 3}}))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"elements\.jsonl line {line}: element {element['id']} names file "
+                  rf"files/11/{'1' * 64} of 3 bytes, which is not in files\.jsonl")
+
+
+async def test_a_thread_whose_user_is_not_in_the_bundle_is_refused(bundle: Path,
+                                                                  tmp_path: Path) -> None:
+    thread = json.loads(lines(bundle, "threads.jsonl")[-1])
+    stranger = "ffffffff-ffff-4fff-8fff-ffffffffffff"
+    line = edit(bundle, "threads.jsonl", -1, lambda t: t.update(userId=stranger))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"threads\.jsonl line {line}: thread {thread['id']} names user {stranger}, "
+                  r"which is not in the bundle")
+
+
+async def test_a_bad_last_record_leaves_nothing_written(bundle: Path, tmp_path: Path) -> None:
+    """The last line of the last file: users, threads, steps, elements and their files
+    before it would all be written by a check that came later."""
+    line = edit(bundle, "feedbacks.jsonl", -1, lambda f: f.update(value=5))
+    fix_manifest(bundle)
+    await refused(bundle, tmp_path, InvalidInputError,
+                  rf"feedbacks\.jsonl line {line}: feedback value must be 0 or 1, got 5")
