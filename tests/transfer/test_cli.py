@@ -138,3 +138,18 @@ async def test_terminal_progress_draws_bars(store: Any, tmp_path: Path) -> None:
                        ("feedbacks", "2/2")):
         assert re.search(rf"copy +{bar} .*{count} .*/s", text), bar
     assert re.search(r"verify +threads .*5/5", text)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("cannot reach postgresql://h/db?password=s3cret: connection refused",
+     "cannot reach postgresql://h/db?password=***: connection refused"),
+    ("postgresql://h/db?password=a:b&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
+    ("postgresql://u:pw@h/db?token=t: refused", "postgresql://u:***@h/db?token=***: refused"),
+    ("s3://b?secret=x:", "s3://b?secret=***:"),
+])
+def test_a_masked_query_value_keeps_the_colon_after_the_url(text: str, shown: str) -> None:
+    """A secret in a query string is masked up to the ':' that ends the URL in a message (a
+    colon inside the value is masked with it)."""
+    from chainlit_orm.errors import mask_url
+
+    assert mask_url(text) == shown
