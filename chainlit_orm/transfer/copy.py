@@ -275,6 +275,7 @@ class _Transfer:
         ck = self.checkpoint
         started = time.monotonic()
         self.summary.resumed_after = ck.after
+        before = sum(ck.rows.values())
         totals = dict(await self.source.totals(self.scope))
         if self.files:
             totals.setdefault("files", None)
@@ -308,6 +309,7 @@ class _Transfer:
             self.progress.stop()
         self.summary.seconds = time.monotonic() - started
         self.summary.rows = {name: ck.rows.get(name, 0) for name in ENTITY_NAMES.values()}
+        self.summary.moved = sum(ck.rows.values()) - before
         self.summary.files, self.summary.bytes = ck.files, ck.bytes
         self.summary.files_missing = list(ck.missing)
 
