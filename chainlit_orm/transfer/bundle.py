@@ -537,7 +537,7 @@ class BundleReader:
             for lines in children.values():
                 lines.close()
 
-    async def check(self) -> None:
+    async def check(self, *, files: bool = True) -> None:
         """Read the whole bundle once, checked, before an import writes anything: a bundle with
         one bad byte is refused whole, with the file and line named, and the destination (its
         database and its storage) is left as it was. Memory stays flat: files are streamed a
@@ -552,6 +552,10 @@ class BundleReader:
         documented order, each id once, naming only what the bundle holds (a thread's user, a
         row's thread, an element's file) and only object keys every storage accepts.
 
+        With ``files`` false (an import with ``--no-files``, which stores no file) the stored
+        files' bytes are not read; ``files.jsonl`` is still held to the manifest and its
+        entries to their shape, and the elements' references to it.
+
         What is checked here is read again to be written; the write pass checks each file's
         hash again as it stores it, so a bundle changed in between is refused then.
 
@@ -561,24 +565,24 @@ class BundleReader:
                 limit).
             StorageError: a stored file that is missing or does not match its size and hash.
         """
-        await asyncio.to_thread(self._check_sync)
+        await asyncio.to_thread(self._check_sync, files)
 
-    def _check_sync(self) -> None:
+    def _check_sync(self, files: bool) -> None:
         self._check_tree()
         with tempfile.TemporaryDirectory(prefix="chainlit-orm-check-") as tmp:
             index = _Index(Path(tmp) / "ids.sqlite")
             try:
                 if self.has_files:
-                    self._check_files(index)
+                    self._check_files(index, read=files)
                 for entity in ENTITIES:
                     self._check_entity(entity, index)
             finally:
                 index.close()
 
-    def _check_files(self, index: _Index) -> None:
+    def _check_files(self, index: _Index, *, read: bool) -> None:
         """Every entry of ``files.jsonl``: its exact shape and place (``files/HEX[:2]/HEX``,
-        nothing else: no path leads out of the bundle), its order, and the file's size and
-        SHA-256, read in blocks."""
+        nothing else: no path leads out of the bundle), its order, and (with ``read``) the
+        file's size and SHA-256, read in blocks."""
         entry = self.manifest["files"]
         previous: list[str] = []
         total: list[int] = [0]
@@ -599,6 +603,10 @@ class BundleReader:
                 raise InvalidInputError(f"{where}: {name} is out of order or repeated (the "
                                         "file is sorted by sha256, each file once)")
             previous[:] = [sha256]
+            index.add_file(sha256, size)
+            total[0] += size
+            if not read:
+                return
             digest = hashlib.sha256()
             length = 0
             try:
@@ -611,8 +619,6 @@ class BundleReader:
             if digest.hexdigest() != sha256 or length != size:
                 raise StorageError(f"{name} in the bundle does not match its hash or size "
                                    f"({where})")
-            total[0] += length
-            index.add_file(sha256, size)
 
         self._check_lines(FILES_INDEX, entry, one)
         if total[0] != entry["bytes"]:

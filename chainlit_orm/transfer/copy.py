@@ -523,7 +523,7 @@ async def import_bundle(
         path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
         ck = Checkpoint.load(path, key)
         if not verify_only:
-            await source.check()  # a bad record refuses the bundle before anything is written
+            await source.check(files=files)  # a bad byte refuses it before any write
             summary.schema = await sink.prepare()
             await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
                             progress=progress, checkpoint=ck, summary=summary).run()
