@@ -36,6 +36,8 @@ Names used, by origin:
   ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
   (``legacy_feedback``, ``is_phantom``);
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
+  ``storage._keys.validate_key``: the object-key rules every storage write applies (a bundle's
+  element keys are checked by them before anything is written);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 :func:`thread_activity` applies :func:`chainlit_orm.models.rules.latest_activity` (the rule the
@@ -67,6 +69,7 @@ from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
 from chainlit_orm.models.rules import USER_MESSAGE, latest_activity
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
+from chainlit_orm.storage._keys import validate_key
 
 __all__ = [
     "USER_MESSAGE",
@@ -79,6 +82,7 @@ __all__ = [
     "read_object",
     "stored_row",
     "thread_activity",
+    "validate_key",
 ]
 
 T = TypeVar("T")
