@@ -85,6 +85,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -106,6 +107,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
+from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.search import matches
 from chainlit_orm.models.types import Timestamp, format_timestamp, normalize_id, parse_timestamp
@@ -1968,6 +1970,8 @@ class DynamoDataLayer(ChainlitLayer):
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
         timeout: seconds each data-layer call may take, botocore's retries included (see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
+        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
 
     Credentials come from the standard AWS chain (environment, shared profile, instance/task
     role). Threads are listed by activity only (``thread_order="created"`` is refused).
@@ -1990,6 +1994,8 @@ class DynamoDataLayer(ChainlitLayer):
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        on_delete: OnDelete | None = None,
+        soft_delete: timedelta | None = None,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -2006,7 +2012,7 @@ class DynamoDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 

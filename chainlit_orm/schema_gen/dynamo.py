@@ -223,14 +223,15 @@ def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
     (``metadata_column``) and the SQL search's folded copy of the name: ``metadata`` and ``name``
     themselves are projected, so they would only add bytes, and a projection cannot change in
     place, so adding such a column to a set must not force recreating the list indexes of an
-    existing table. Any other custom column is included.
+    existing table. Columns marked ``info["unlisted"]`` (the trash's ``deletedAt``) are left out
+    for the same reason. Any other custom column is included.
     """
     derived = models.metadata_columns("thread")
     return tuple(
         column.name
         for column in models.table("thread").columns
         if column.name != OVERFLOW_COLUMN and column.name not in derived
-        and FOLDED_FROM not in column.info
+        and FOLDED_FROM not in column.info and not column.info.get("unlisted")
     )
 
 
