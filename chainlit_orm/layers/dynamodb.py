@@ -107,6 +107,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
+from chainlit_orm.layers.dynamodb_lifecycle import CLAIM_ATTRIBUTE, DynamoLifecycle
 from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.search import matches
@@ -419,8 +420,12 @@ class _Gate:
         self.lock: asyncio.Lock | None = None  # one delete of the thread at a time
 
 
-class DynamoBackend:
-    """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring."""
+class DynamoBackend(DynamoLifecycle):
+    """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring.
+
+    The erase, purge and trash primitives are in
+    :class:`~chainlit_orm.layers.dynamodb_lifecycle.DynamoLifecycle`; a trashed thread
+    (``deletedAt``) reads as absent here."""
 
     def __init__(
         self,
@@ -493,7 +498,7 @@ class DynamoBackend:
         )
         self.indexes: dict[str, GsiSpec] = {spec.name: spec for spec in dynamo_indexes(models)}
         reserved = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, *TEXT_REFS.values(),
-                    *FEEDBACK_COUNTERS.values()}
+                    *FEEDBACK_COUNTERS.values(), CLAIM_ATTRIBUTE}
         for spec in self.indexes.values():
             reserved |= {spec.pk_attribute, spec.sk_attribute}
         self.codecs = {entity: _Codec(models, entity, cls, reserved)
@@ -994,9 +999,10 @@ class DynamoBackend:
     async def get_thread_author(self, thread_id: str) -> str | None:
         item = (await self._call(
             "get_item", Key=self._key_of("thread", id=thread_id), ConsistentRead=True,
-            ProjectionExpression="#u", ExpressionAttributeNames={"#u": "userIdentifier"},
+            ProjectionExpression="#u, #d",
+            ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt"},
         )).get("Item")
-        if not item or "userIdentifier" not in item:
+        if not item or "userIdentifier" not in item or "deletedAt" in item:  # trashed: gone
             return None
         value = from_attribute_value(item["userIdentifier"])
         return str(value) if value else None
@@ -1032,7 +1038,7 @@ class DynamoBackend:
             elif kind == "feedback":
                 row = self.codecs["feedback"].row(item)
                 feedback[str(row.get("forId"))] = _feedback_dict(row)
-        if thread is None:
+        if thread is None or thread.get("deletedAt"):  # trashed: gone for every read
             return None
         await self._load_texts(list(step_items.values()), list(steps.values()))
         for step_id, row in steps.items():
@@ -1121,6 +1127,8 @@ class DynamoBackend:
                         continue
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
+                    continue
+                if row.get("deletedAt"):  # the trash is never listed
                     continue
                 row.pop(OVERFLOW_COLUMN, None)
                 rows.append(row)
