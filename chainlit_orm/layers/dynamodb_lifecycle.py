@@ -178,7 +178,7 @@ class DynamoLifecycle:
         names["#at"] = "deletedAt" if rule.trashed_before else "activityAt"
         values[":cutoff"] = {"S": rule.trashed_before or rule.active_before}
         parts = ["#at < :cutoff"]
-        if rule.active_before:
+        if rule.active_before and rule.keep_keys:
             names["#m"] = "metadata"
             values[":true"] = {"BOOL": True}
             for k, key in enumerate(rule.keep_keys):

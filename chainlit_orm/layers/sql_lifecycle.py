@@ -269,7 +269,10 @@ class SQLLifecycle:
                                     sa.false())
         if self.dialect == "sqlite":
             return sa.func.coalesce(sa.func.json_type(column, key) == "true", sa.false())
-        return sa.func.coalesce(sa.func.json_extract(column, key) == "true", sa.false())
+        # MariaDB compares a JSON string "true" equal to 'true': the type decides
+        value = sa.func.json_extract(column, key)
+        return sa.func.coalesce(sa.and_(sa.func.json_type(value) == "BOOLEAN", value == "true"),
+                                sa.false())
 
     def _key_param(self: SQLBackend, key: str) -> str:
         if self.dialect == "postgresql":

@@ -56,21 +56,59 @@ async def make_layer(lstore: tuple[ContractBackend, Any], storage: FsspecStorage
     made: list[ChainlitLayer] = []
 
     async def make(**options: Any) -> ChainlitLayer:
-        layer: ChainlitLayer
-        if entry.sql:
-            layer = SQLDataLayer(handle, storage=storage, models=entry.models,
-                                 create_schema=True, **options)
-        else:
-            from chainlit_orm import DynamoDataLayer
-
-            layer = DynamoDataLayer(handle, storage=storage, region="us-east-1",
-                                    endpoint_url=MOTO, **options)
+        layer = open_layer(entry, handle, storage, **options)
         made.append(layer)
         return layer
 
     yield make
     for layer in made:
         await layer.close()
+
+
+@pytest.fixture(params=LIFECYCLE_BACKENDS)
+async def fresh_store(request: pytest.FixtureRequest, tmp_path: Path
+                      ) -> AsyncIterator[tuple[ContractBackend, Any]]:
+    """An empty database (or table) for one test: a purge spans the whole store, so its exact
+    counts need a store of its own."""
+    entry = CONTRACT_BACKENDS[request.param]
+    (tmp_path / "db").mkdir()
+    async with entry.open(tmp_path / "db") as handle:
+        yield entry, handle
+
+
+@pytest.fixture
+async def make_fresh_layer(fresh_store: tuple[ContractBackend, Any], storage: FsspecStorage
+                           ) -> AsyncIterator[LayerFactory]:
+    """As ``make_layer``, on :func:`fresh_store`."""
+    entry, handle = fresh_store
+    made: list[ChainlitLayer] = []
+
+    async def make(**options: Any) -> ChainlitLayer:
+        layer = open_layer(entry, handle, storage, **options)
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        await layer.close()
+
+
+def open_layer(entry: ContractBackend, handle: Any, storage: Any, **options: Any
+               ) -> ChainlitLayer:
+    if entry.sql:
+        return SQLDataLayer(handle, storage=storage, models=entry.models, create_schema=True,
+                            **options)
+    from chainlit_orm import DynamoDataLayer
+
+    return DynamoDataLayer(handle, storage=storage, region="us-east-1", endpoint_url=MOTO,
+                           **options)
+
+
+def store_url(entry: ContractBackend, handle: Any) -> str:
+    """The URL the CLI is given for this store."""
+    if entry.sql:
+        return str(handle)
+    return f"dynamodb://{handle}?region=us-east-1&endpoint_url={MOTO}"
 
 
 @pytest.fixture
