@@ -107,7 +107,11 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.base import USER_MESSAGE, ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
-from chainlit_orm.layers.dynamodb_lifecycle import CLAIM_ATTRIBUTE, DynamoLifecycle
+from chainlit_orm.layers.dynamodb_lifecycle import (
+    CLAIM_ATTRIBUTE,
+    DynamoLifecycle,
+    check_retention,
+)
 from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.search import matches
@@ -117,6 +121,7 @@ from chainlit_orm.schema_gen.dynamo import (
     PARTITION_KEY,
     SCHEMA_VERSION_KEY,
     SORT_KEY,
+    TTL_ATTRIBUTE,
     GsiSpec,
     dynamo_indexes,
     dynamo_table_spec,
@@ -442,6 +447,7 @@ class DynamoBackend(DynamoLifecycle):
         offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
         storage: Callable[[], BaseStorageClient | None] = lambda: None,
         check_schema: bool = True,
+        retention: timedelta | None = None,
     ) -> None:
         try:
             dynamo_table_spec(models, table_name)
@@ -468,6 +474,7 @@ class DynamoBackend(DynamoLifecycle):
                 )
         self.models = models
         self.table = table_name
+        self.retention = check_retention(retention)
         self.region = region
         self.endpoint_url = endpoint_url
         self.offload_bytes = offload_bytes
@@ -498,7 +505,7 @@ class DynamoBackend(DynamoLifecycle):
         )
         self.indexes: dict[str, GsiSpec] = {spec.name: spec for spec in dynamo_indexes(models)}
         reserved = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, *TEXT_REFS.values(),
-                    *FEEDBACK_COUNTERS.values(), CLAIM_ATTRIBUTE}
+                    *FEEDBACK_COUNTERS.values(), CLAIM_ATTRIBUTE, TTL_ATTRIBUTE}
         for spec in self.indexes.values():
             reserved |= {spec.pk_attribute, spec.sk_attribute}
         self.codecs = {entity: _Codec(models, entity, cls, reserved)
@@ -924,6 +931,7 @@ class DynamoBackend(DynamoLifecycle):
             if create:
                 u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
                 u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+                self._set_expiry(u, now, if_absent=True)
             for attribute, template in templates.items():
                 names = placeholders(template)
                 if "activityAt" in names:
@@ -999,10 +1007,12 @@ class DynamoBackend(DynamoLifecycle):
     async def get_thread_author(self, thread_id: str) -> str | None:
         item = (await self._call(
             "get_item", Key=self._key_of("thread", id=thread_id), ConsistentRead=True,
-            ProjectionExpression="#u, #d",
-            ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt"},
+            ProjectionExpression="#u, #d, #e",
+            ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
+                                      "#e": TTL_ATTRIBUTE},
         )).get("Item")
-        if not item or "userIdentifier" not in item or "deletedAt" in item:  # trashed: gone
+        if not item or "userIdentifier" not in item or "deletedAt" in item or self._expired(
+                item):  # trashed, or past its TTL: gone
             return None
         value = from_attribute_value(item["userIdentifier"])
         return str(value) if value else None
@@ -1023,6 +1033,8 @@ class DynamoBackend(DynamoLifecycle):
         for item in items:
             kind = self._kind(item[SORT_KEY]["S"])
             if kind == "thread":
+                if self._expired(item):  # past its TTL: gone, whenever DynamoDB removes it
+                    return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
                 if _is_phantom(item):
@@ -1097,6 +1109,8 @@ class DynamoBackend(DynamoLifecycle):
             for item in result.get("Items", []):
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
+                    continue
+                if self._stale(row):  # past the retention: gone (the index has no TTL)
                     continue
                 rows.append(row)
                 if len(rows) == limit:
@@ -1416,6 +1430,7 @@ class DynamoBackend(DynamoLifecycle):
         u.set("id", codec.encode("id", thread_id))
         u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
         u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+        self._set_expiry(u, now, if_absent=True)
         for attribute, template in self._index_templates("thread").items():
             if "activityAt" in placeholders(template):
                 rendered = render_key(template, {"id": thread_id, "activityAt": now})
@@ -1439,6 +1454,7 @@ class DynamoBackend(DynamoLifecycle):
         u.set("id", codec.encode("id", thread_id))
         u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
         u.set("activityAt", codec.encode("activityAt", activity))
+        self._set_expiry(u, activity)  # the TTL moves with the activity, in this same write
         for attribute, template in self._index_templates("thread").items():
             if "activityAt" not in placeholders(template):
                 continue
@@ -1980,6 +1996,11 @@ class DynamoDataLayer(ChainlitLayer):
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
         on_delete, soft_delete: the on-delete hook and the opt-in trash; see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        retention: DynamoDB's native TTL: a thread item carries ``expiresAt`` (its activity
+            plus ``retention``), moved by the write that moves its activity (no extra write);
+            reads treat a thread past it as gone at once, DynamoDB removes the item within
+            days, and ``chainlit-orm purge`` removes what it leaves (its other items, its
+            files: TTL removes no file and calls no hook). None (default): nothing expires.
 
     Credentials come from the standard AWS chain (environment, shared profile, instance/task
     role). Threads are listed by activity only (``thread_order="created"`` is refused).
@@ -2004,6 +2025,7 @@ class DynamoDataLayer(ChainlitLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -2014,7 +2036,7 @@ class DynamoDataLayer(ChainlitLayer):
             max_pool_connections=max_pool_connections, retry_mode=retry_mode,
             max_attempts=max_attempts, connect_timeout=connect_timeout,
             read_timeout=read_timeout, offload_bytes=offload_bytes,
-            storage=lambda: self.storage,
+            storage=lambda: self.storage, retention=retention,
         )
         kwargs: dict[str, Any] = {}
         if max_text_bytes is not None:

@@ -23,17 +23,23 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.errors import ConfigurationError
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
-from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, render_key
+from chainlit_orm.models.types import format_timestamp, parse_timestamp
+from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE, render_key
 
 if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
     from chainlit_orm.layers.dynamodb import DynamoBackend
 
-__all__ = ["CLAIM_ATTRIBUTE", "DynamoLifecycle", "TRASHED"]
+__all__ = ["CLAIM_ATTRIBUTE", "DynamoLifecycle", "TRASHED", "check_retention"]
 
 #: The thread-item attribute a purge claims a thread with: "<claimed at, epoch s>#<token>".
 CLAIM_ATTRIBUTE = "purgeClaim"
@@ -47,8 +53,109 @@ OWNER_INDEX = "UserThread"
 PARALLEL = 8
 
 
+def check_retention(retention: object) -> timedelta | None:
+    """``retention=``: None, or a timedelta of at least one second.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if retention is None:
+        return None
+    if not isinstance(retention, timedelta) or retention < timedelta(seconds=1):
+        raise ConfigurationError(f"retention must be a timedelta of at least 1 s: {retention!r}",
+                                 detail="retention")
+    return retention
+
+
 class DynamoLifecycle:
     """Lifecycle primitives of :class:`~chainlit_orm.layers.dynamodb.DynamoBackend`."""
+
+    # -------------------------------------------------------------------- TTL
+
+    def _set_expiry(self: DynamoBackend, update: Any, activity: str, *,
+                    if_absent: bool = False) -> None:
+        """With ``retention``: the thread item's TTL, ``activity`` plus the retention, in
+        epoch seconds (rounded up, so an item never goes before its time)."""
+        if self.retention is None:
+            return
+        moment = parse_timestamp(activity) + self.retention
+        epoch = int(moment.timestamp()) + (moment.microsecond > 0)
+        update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
+
+    def _expired(self: DynamoBackend, item: Any) -> bool:
+        """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
+        (TTL deletion runs in the background, typically within a few days)."""
+        value = item.get(TTL_ATTRIBUTE)
+        return bool(value) and "N" in value and int(value["N"]) <= time.time()
+
+    def _stale(self: DynamoBackend, row: dict[str, Any]) -> bool:
+        """A listed thread (the list index carries no TTL) is past the retention: its activity
+        is older than ``retention``."""
+        if self.retention is None or not row.get("activityAt"):
+            return False
+        return str(row["activityAt"]) < _cutoff(self.retention)
+
+    # ---------------------------------------------------------------- orphans
+
+    async def sweep_orphan_files(self: DynamoBackend, storage: BaseStorageClient, *,
+                                 dry_run: bool = False) -> int:
+        """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
+        item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
+        exist. Returns the number of objects removed (dry: that would be). Needs a storage
+        client that can list (:class:`~chainlit_orm.storage.protocols.ListableStorage`);
+        with another one only the items are swept."""
+        from chainlit_orm.storage.protocols import ListableStorage
+
+        await self._sweep_orphan_items(dry_run)
+        if not isinstance(storage, ListableStorage):
+            return 0
+        keys = await storage.list_keys("threads")
+        by_thread: dict[str, list[str]] = {}
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) >= 3:
+                by_thread.setdefault(parts[1], []).append(key)
+        gone = await self._missing_threads(sorted(by_thread))
+        doomed = [key for thread_id in gone for key in by_thread[thread_id]]
+        if not dry_run and doomed:
+            from chainlit_orm.lifecycle.hooks import finish_removal
+
+            outcome = await finish_removal(Removed(object_keys=doomed), storage, None)
+            outcome.raise_storage()
+        return len(doomed)
+
+    async def _missing_threads(self: DynamoBackend, thread_ids: list[str]) -> list[str]:
+        """Which of these thread ids have no live thread item (absent, or past its TTL)."""
+        present: set[str] = set()
+        for start in range(0, len(thread_ids), 100):
+            keys = [self._key_of("thread", id=t) for t in thread_ids[start:start + 100]]
+            for item in await self._batch_get(keys):
+                if not self._expired(item):
+                    thread_id = self._thread_of_key(item[PARTITION_KEY]["S"])
+                    if thread_id:
+                        present.add(thread_id)
+        return [t for t in thread_ids if t not in present]
+
+    async def _sweep_orphan_items(self: DynamoBackend, dry_run: bool) -> int:
+        """Remove the items of thread partitions whose thread item is gone (or past its TTL)."""
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s",
+                                  "ExpressionAttributeNames": {"#p": PARTITION_KEY,
+                                                               "#s": SORT_KEY},
+                                  "ConsistentRead": True}
+        partitions: set[str] = set()
+        while True:
+            page = await self._call("scan", **kwargs)
+            for item in page.get("Items", []):
+                thread_id = self._thread_of_key(item[PARTITION_KEY]["S"])
+                if thread_id and self._kind(item[SORT_KEY]["S"]) != "thread":
+                    partitions.add(thread_id)
+            if not page.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        orphans = await self._missing_threads(sorted(partitions))
+        if not dry_run:
+            await self._each(orphans, False)
+        return len(orphans)
 
     # ---------------------------------------------------------------- helpers
 
@@ -322,6 +429,12 @@ class DynamoLifecycle:
                 return False
         await self._sync_feedback_markers(key, result.get("Attributes", {}))
         return True
+
+
+def _cutoff(retention: timedelta) -> str:
+    from datetime import UTC, datetime
+
+    return format_timestamp(datetime.now(UTC) - retention)
 
 
 def _has_favorite(items: list[dict[str, Any]]) -> bool:

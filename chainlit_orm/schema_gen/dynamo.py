@@ -76,6 +76,7 @@ __all__ = [
     "parse_key",
     "placeholders",
     "render_key",
+    "TTL_ATTRIBUTE",
 ]
 
 PARTITION_KEY = "PK"
@@ -98,6 +99,12 @@ SPARSE_CONDITIONS: Mapping[str, str] = {
     "UserFeedback0": "only while the thread has at least one feedback with value 0",
     "UserFeedback1": "only while the thread has at least one feedback with value 1",
 }
+
+#: The item attribute DynamoDB's TTL reads (epoch seconds). Only a thread item carries it, and
+#: only when the layer has ``retention=``: it moves with the thread's activity in the write that
+#: moves the activity, so TTL costs no extra write. The generated template and ``migrate`` enable
+#: TTL on it; an item without it never expires.
+TTL_ATTRIBUTE = "expiresAt"
 
 #: Where ``chainlit-orm migrate`` records the schema version in the single table. No GSI
 #: attribute is set on it, so it never shows up in a list.
