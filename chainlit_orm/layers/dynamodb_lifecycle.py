@@ -1,4 +1,6 @@
-"""The DynamoDB backend's data-lifecycle primitives: erase, purge, trash (:mod:`chainlit_orm.lifecycle`).
+"""The DynamoDB backend's data-lifecycle primitives: erase, purge, trash, TTL.
+
+The rules are in :mod:`chainlit_orm.lifecycle`.
 
 A mixin of :class:`~chainlit_orm.layers.dynamodb.DynamoBackend`, in its own module so the rules
 stay in :mod:`chainlit_orm.lifecycle` and each method here is one small primitive.
@@ -23,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,9 +40,13 @@ from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUT
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
 
-    from chainlit_orm.layers.dynamodb import DynamoBackend
 
-__all__ = ["CLAIM_ATTRIBUTE", "DynamoLifecycle", "TRASHED", "check_retention"]
+#: What ``self`` is in these methods: the DynamoBackend this class is mixed into. ``Any``,
+#: because a mixin's ``self`` cannot be annotated with its subclass (mypy), nor can the
+#: subclass be its base (a cycle); ``tests/lifecycle`` runs every primitive on every backend.
+_Backend = Any
+
+__all__ = ["CLAIM_ATTRIBUTE", "TRASHED", "DynamoLifecycle", "check_retention"]
 
 #: The thread-item attribute a purge claims a thread with: "<claimed at, epoch s>#<token>".
 CLAIM_ATTRIBUTE = "purgeClaim"
@@ -72,7 +79,7 @@ class DynamoLifecycle:
 
     # -------------------------------------------------------------------- TTL
 
-    def _set_expiry(self: DynamoBackend, update: Any, activity: str, *,
+    def _set_expiry(self: _Backend, update: Any, activity: str, *,
                     if_absent: bool = False) -> None:
         """With ``retention``: the thread item's TTL, ``activity`` plus the retention, in
         epoch seconds (rounded up, so an item never goes before its time)."""
@@ -82,13 +89,13 @@ class DynamoLifecycle:
         epoch = int(moment.timestamp()) + (moment.microsecond > 0)
         update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
 
-    def _expired(self: DynamoBackend, item: Any) -> bool:
+    def _expired(self: _Backend, item: Any) -> bool:
         """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
         (TTL deletion runs in the background, typically within a few days)."""
         value = item.get(TTL_ATTRIBUTE)
         return bool(value) and "N" in value and int(value["N"]) <= time.time()
 
-    def _stale(self: DynamoBackend, row: dict[str, Any]) -> bool:
+    def _stale(self: _Backend, row: dict[str, Any]) -> bool:
         """A listed thread (the list index carries no TTL) is past the retention: its activity
         is older than ``retention``."""
         if self.retention is None or not row.get("activityAt"):
@@ -97,7 +104,7 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- orphans
 
-    async def sweep_orphan_files(self: DynamoBackend, storage: BaseStorageClient, *,
+    async def sweep_orphan_files(self: _Backend, storage: BaseStorageClient, *,
                                  dry_run: bool = False) -> int:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
         item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
@@ -124,7 +131,7 @@ class DynamoLifecycle:
             outcome.raise_storage()
         return len(doomed)
 
-    async def _missing_threads(self: DynamoBackend, thread_ids: list[str]) -> list[str]:
+    async def _missing_threads(self: _Backend, thread_ids: list[str]) -> list[str]:
         """Which of these thread ids have no live thread item (absent, or past its TTL)."""
         present: set[str] = set()
         for start in range(0, len(thread_ids), 100):
@@ -136,7 +143,7 @@ class DynamoLifecycle:
                         present.add(thread_id)
         return [t for t in thread_ids if t not in present]
 
-    async def _sweep_orphan_items(self: DynamoBackend, dry_run: bool) -> int:
+    async def _sweep_orphan_items(self: _Backend, dry_run: bool) -> int:
         """Remove the items of thread partitions whose thread item is gone (or past its TTL)."""
         kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s",
                                   "ExpressionAttributeNames": {"#p": PARTITION_KEY,
@@ -159,11 +166,11 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- helpers
 
-    async def _partition(self: DynamoBackend, thread_id: str) -> list[dict[str, Any]]:
+    async def _partition(self: _Backend, thread_id: str) -> list[dict[str, Any]]:
         """Every item of the thread's partition: keys, object references, owner, favorite."""
         from chainlit_orm.layers.dynamodb import TEXT_REFS
 
-        return await self._query_all(
+        result: list[dict[str, Any]] = await self._query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"],
@@ -172,8 +179,9 @@ class DynamoLifecycle:
             ProjectionExpression="#p, #s, #o, #i, #t, #u, #f",
             ConsistentRead=True,
         )
+        return result
 
-    def _count(self: DynamoBackend, thread_id: str, items: list[dict[str, Any]]) -> Removed:
+    def _count(self: _Backend, thread_id: str, items: list[dict[str, Any]]) -> Removed:
         """What removing ``items`` (one partition) removes, per entity."""
         from chainlit_orm.layers.dynamodb import _object_keys
 
@@ -190,7 +198,7 @@ class DynamoLifecycle:
         removed.object_keys = _object_keys(items)
         return removed
 
-    async def _remove_partition(self: DynamoBackend, thread_id: str,
+    async def _remove_partition(self: _Backend, thread_id: str,
                                 items: list[dict[str, Any]] | None = None) -> Removed:
         """Remove one thread's items, children first, among this process's writes of it alone
         (as ``delete_thread``); ``items``: the partition already read."""
@@ -206,16 +214,19 @@ class DynamoLifecycle:
             ], last_after_rest=True)
             self._activity.pop(thread_id, None)
             self._deleted[thread_id] = None
-            return removed
+            result: Removed = removed
+            return result
 
-    async def _each(self: DynamoBackend, thread_ids: Sequence[str], dry_run: bool) -> Removed:
+    async def _each(self: _Backend, thread_ids: Sequence[str], dry_run: bool) -> Removed:
         gate = asyncio.Semaphore(PARALLEL)
 
         async def one(thread_id: str) -> Removed:
             async with gate:
                 if dry_run:
-                    return self._count(thread_id, await self._partition(thread_id))
-                return await self._remove_partition(thread_id)
+                    counted: Removed = self._count(thread_id, await self._partition(thread_id))
+                    return counted
+                removed: Removed = await self._remove_partition(thread_id)
+                return removed
 
         total = Removed()
         for removed in await asyncio.gather(*(one(t) for t in thread_ids)):
@@ -224,7 +235,7 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- threads
 
-    async def get_thread_owner(self: DynamoBackend, thread_id: str) -> dict[str, Any] | None:
+    async def get_thread_owner(self: _Backend, thread_id: str) -> dict[str, Any] | None:
         item = (await self._call(
             "get_item", Key=self._key_of("thread", id=thread_id), ConsistentRead=True,
             ProjectionExpression="#i, #u", ExpressionAttributeNames={"#i": "id", "#u": "userId"},
@@ -234,13 +245,14 @@ class DynamoLifecycle:
         row = self.codecs["thread"].row(item)
         return {"id": thread_id, "userId": row.get("userId")}
 
-    async def remove_threads(self: DynamoBackend, thread_ids: Sequence[str], *,
+    async def remove_threads(self: _Backend, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
-        return await self._each(list(thread_ids), dry_run)
+        result: Removed = await self._each(list(thread_ids), dry_run)
+        return result
 
     # ------------------------------------------------------------------ users
 
-    async def _owned(self: DynamoBackend, user_id: str) -> list[str]:
+    async def _owned(self: _Backend, user_id: str) -> list[str]:
         """Ids of the threads whose owner is ``user_id``, through Chainlit's owner index (which
         keeps trashed threads)."""
         declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == OWNER_INDEX)
@@ -252,14 +264,14 @@ class DynamoLifecycle:
         ids = {self._thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
 
-    async def user_thread_ids(self: DynamoBackend, identifier: str
+    async def user_thread_ids(self: _Backend, identifier: str
                               ) -> tuple[str | None, list[str]]:
         user = await self.get_user(identifier)
         if user is None:
             return None, []
         return str(user["id"]), await self._owned(str(user["id"]))
 
-    async def remove_user(self: DynamoBackend, identifier: str, *, dry_run: bool = False
+    async def remove_user(self: _Backend, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
         """The user item (with its ``ById`` index entry), after any thread still owned."""
         user = await self.get_user(identifier)
@@ -279,7 +291,7 @@ class DynamoLifecycle:
 
     # ------------------------------------------------------------------ purge
 
-    def _expiry(self: DynamoBackend, rule: ExpiryRule, names: dict[str, str],
+    def _expiry(self: _Backend, rule: ExpiryRule, names: dict[str, str],
                 values: dict[str, Any]) -> str:
         """The condition (for a Scan filter and for the claim) that a thread item is expired."""
         names["#at"] = "deletedAt" if rule.trashed_before else "activityAt"
@@ -293,7 +305,7 @@ class DynamoLifecycle:
                 parts.append(f"NOT (#m.#k{k} = :true)")
         return " AND ".join(parts)
 
-    async def purge_expired(self: DynamoBackend, rule: ExpiryRule, *, batch: int, after: Any,
+    async def purge_expired(self: _Backend, rule: ExpiryRule, *, batch: int, after: Any,
                             dry_run: bool = False) -> tuple[Removed, Any]:
         """One Scan page (``Limit=batch`` items read) of expired thread items; each claimed,
         checked for favorites, and removed. Returns the page's ``LastEvaluatedKey`` as the
@@ -327,14 +339,15 @@ class DynamoLifecycle:
                 if favorites and _has_favorite(items):
                     await self._release(thread_id, token)
                     return Removed()
-                return await self._remove_partition(thread_id, items)
+                result: Removed = await self._remove_partition(thread_id, items)
+                return result
 
         removed = Removed()
         for one_removed in await asyncio.gather(*(one(t) for t in ids)):
             removed.add(one_removed)
         return removed, page.get("LastEvaluatedKey")
 
-    async def _claim(self: DynamoBackend, thread_id: str, rule: ExpiryRule) -> str | None:
+    async def _claim(self: _Backend, thread_id: str, rule: ExpiryRule) -> str | None:
         """Claim the thread for this purge; None when another purge holds it or it is no
         longer expired (the condition is checked atomically with the claim)."""
         import time
@@ -358,21 +371,20 @@ class DynamoLifecycle:
             return None
         return token
 
-    async def _release(self: DynamoBackend, thread_id: str, token: str) -> None:
+    async def _release(self: _Backend, thread_id: str, token: str) -> None:
         from chainlit_orm.layers.dynamodb import _ConditionFailed
 
-        try:
+        # a claim taken over as stale meanwhile is the other purge's to decide
+        with contextlib.suppress(_ConditionFailed):
             await self._call(
                 "update_item", Key=self._key_of("thread", id=thread_id),
                 UpdateExpression="REMOVE #c", ConditionExpression="#c = :token",
                 ExpressionAttributeNames={"#c": CLAIM_ATTRIBUTE},
                 ExpressionAttributeValues={":token": {"S": token}})
-        except _ConditionFailed:
-            pass  # taken over as stale meanwhile: the other purge decides
 
     # ------------------------------------------------------------------ trash
 
-    def _list_keys(self: DynamoBackend) -> tuple[str, list[str]]:
+    def _list_keys(self: _Backend) -> tuple[str, list[str]]:
         """The list index's owner attribute and the feedback markers' attributes."""
         from chainlit_orm.layers.dynamodb import FEEDBACK_INDEXES, LIST_INDEX
 
@@ -380,7 +392,7 @@ class DynamoLifecycle:
                    if name in self.indexes]
         return self.indexes[LIST_INDEX].pk_attribute, markers
 
-    async def trash_thread(self: DynamoBackend, thread_id: str, at: str) -> bool:
+    async def trash_thread(self: _Backend, thread_id: str, at: str) -> bool:
         from chainlit_orm.layers.dynamodb import _ConditionFailed
 
         owner, markers = self._list_keys()
@@ -391,7 +403,7 @@ class DynamoLifecycle:
             try:
                 await self._call(
                     "update_item", Key=self._key_of("thread", id=thread_id),
-                    UpdateExpression=f"SET #d = :at, #o = :trashed"
+                    UpdateExpression="SET #d = :at, #o = :trashed"
                                      + (f" REMOVE {removes}" if removes else ""),
                     ConditionExpression="attribute_exists(#p) AND attribute_not_exists(#d)",
                     ExpressionAttributeNames=names,
@@ -400,7 +412,7 @@ class DynamoLifecycle:
                 return False
         return True
 
-    async def restore_thread(self: DynamoBackend, thread_id: str, since: str) -> bool:
+    async def restore_thread(self: _Backend, thread_id: str, since: str) -> bool:
         from chainlit_orm.layers.dynamodb import _ConditionFailed
 
         owner_attribute, _ = self._list_keys()

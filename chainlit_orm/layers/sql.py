@@ -58,8 +58,8 @@ from chainlit_orm.layers.deadline import (
     check_timeout,
 )
 from chainlit_orm.layers.sql_lifecycle import SQLLifecycle
-from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
+from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes

@@ -27,12 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 from chainlit_orm.layers.sqlexec import TxScript
+from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 
 if TYPE_CHECKING:
-    from chainlit_orm.layers.sql import SQLBackend
     from chainlit_orm.layers.sqlexec import Statement
+
+#: What ``self`` is in these methods: the SQLBackend this class is mixed into. ``Any``,
+#: because a mixin's ``self`` cannot be annotated with its subclass (mypy), nor can the
+#: subclass be its base (a cycle); ``tests/lifecycle`` runs every primitive on every backend.
+_Backend = Any
 
 __all__ = ["SQLLifecycle"]
 
@@ -59,7 +63,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------- statements
 
-    def _deletes(self: SQLBackend, size: int) -> tuple[Statement, ...]:
+    def _deletes(self: _Backend, size: int) -> tuple[Statement, ...]:
         """The children, then the threads, of ``size`` bound thread ids: elements (returning
         their object keys), feedback, steps, threads."""
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
@@ -76,7 +80,7 @@ class SQLLifecycle:
         stmts: tuple[Statement, ...] = self._cached(("lifecycle_deletes", size), build)
         return stmts
 
-    def _counts(self: SQLBackend, size: int) -> tuple[Statement, ...]:
+    def _counts(self: _Backend, size: int) -> tuple[Statement, ...]:
         """What :meth:`_deletes` would remove, counted: element object keys, feedback, steps."""
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
 
@@ -91,7 +95,7 @@ class SQLLifecycle:
         stmts: tuple[Statement, ...] = self._cached(("lifecycle_counts", size), build)
         return stmts
 
-    def _remove_rows(self: SQLBackend, rows: list[dict[str, Any]], *, dry_run: bool
+    def _remove_rows(self: _Backend, rows: list[dict[str, Any]], *, dry_run: bool
                      ) -> TxScript[Removed]:
         """Statements (a transaction's tail) that remove the threads ``rows`` name (``id`` and
         ``userId`` each) with every row in them; dry: count them instead."""
@@ -118,7 +122,7 @@ class SQLLifecycle:
             removed.object_keys += [k["objectKey"] for k in keys if k["objectKey"]]
         return removed
 
-    async def _in_transaction(self: SQLBackend, script: Any) -> Any:
+    async def _in_transaction(self: _Backend, script: Any) -> Any:
         async def op() -> Any:
             async with self.raw.connect(write=True) as conn:
                 return await conn.run_transaction(script)
@@ -127,7 +131,7 @@ class SQLLifecycle:
 
     # ---------------------------------------------------------------- threads
 
-    async def get_thread_owner(self: SQLBackend, thread_id: str) -> dict[str, Any] | None:
+    async def get_thread_owner(self: _Backend, thread_id: str) -> dict[str, Any] | None:
         """The thread's ``id`` and ``userId``, trashed or not; None when there is no thread."""
         t = self.threads
         stmt = self._cached("lifecycle_owner", lambda: sa.select(t.c.id, t.c.userId).where(
@@ -138,9 +142,10 @@ class SQLLifecycle:
                 rows = await conn.fetch(stmt, {"tid": thread_id})
             return rows[0] if rows else None
 
-        return await self._run(op)
+        result: dict[str, Any] | None = await self._run(op)
+        return result
 
-    async def remove_threads(self: SQLBackend, thread_ids: Sequence[str], *,
+    async def remove_threads(self: _Backend, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
         """Remove these threads (those that exist) and every row in them, in one transaction;
         dry: count them. Their thread rows are locked first, so a concurrent purge skips them."""
@@ -163,19 +168,20 @@ class SQLLifecycle:
 
         def script() -> TxScript[Removed]:
             rows = yield ("fetch", select, params)
-            return (yield from self._remove_rows(rows, dry_run=dry_run))
+            result: Removed = (yield from self._remove_rows(rows, dry_run=dry_run))
+            return result
 
         removed: Removed = await self._in_transaction(script)
         return removed
 
     # ------------------------------------------------------------------ users
 
-    async def user_thread_ids(self: SQLBackend, identifier: str
+    async def user_thread_ids(self: _Backend, identifier: str
                               ) -> tuple[str | None, list[str]]:
         """The user's id (None: no such user) and the ids of every thread naming them, trashed
         ones included: by owner id through the owner's index, or, with no user row left (an
         interrupted erasure), by the identifier the threads carry."""
-        users, t = self.users, self.threads
+        _users, t = self.users, self.threads
         by_owner = self._cached("lifecycle_by_owner", lambda: sa.select(t.c.id).where(
             t.c.userId == sa.bindparam("uid", type_=t.c.userId.type)).order_by(t.c.id))
         by_name = self._cached("lifecycle_by_identifier", lambda: sa.select(t.c.id).where(
@@ -191,9 +197,10 @@ class SQLLifecycle:
                 named = await conn.fetch(by_name, {"ident": identifier})
             return user_id, sorted({str(r["id"]) for r in (*owned, *named)})
 
-        return await self._run(op)
+        result: tuple[str | None, list[str]] = await self._run(op)
+        return result
 
-    async def remove_user(self: SQLBackend, identifier: str, *, dry_run: bool = False
+    async def remove_user(self: _Backend, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
         """Remove the user row, with any thread still naming them (one written since their
         threads were removed), in one transaction; dry: count the user row only."""
@@ -219,14 +226,15 @@ class SQLLifecycle:
             rows = yield ("fetch", stragglers_q, {"uid": user_id, "ident": identifier})
             removed = yield from self._remove_rows(rows, dry_run=False)
             removed.counts["user"] += yield ("execute", delete_q, {"identifier": identifier})
-            return removed
+            result: Removed = removed
+            return result
 
         removed: Removed = await self._in_transaction(script)
         return removed
 
     # ------------------------------------------------------------------ purge
 
-    def _expired(self: SQLBackend, rule: ExpiryRule, *, first: bool, dry_run: bool) -> Any:
+    def _expired(self: _Backend, rule: ExpiryRule, *, first: bool, dry_run: bool) -> Any:
         """The statement selecting one batch of expired threads (``id``, ``userId``, the sort
         time as ``at``), oldest first, from the keyset cursor on, locked unless dry."""
         t, s = self.threads, self.steps
@@ -257,15 +265,15 @@ class SQLLifecycle:
 
         return self._cached(shape, build)
 
-    def _meta_true(self: SQLBackend, column: sa.Column[Any], k: int) -> Any:
+    def _meta_true(self: _Backend, column: sa.Column[Any], k: int) -> Any:
         """``column``'s top-level key bound as ``k{k}`` holds JSON ``true`` (a string "true"
         does not count); false for a NULL document or a missing key."""
         key = sa.bindparam(f"k{k}", type_=sa.Text)
         if self.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
 
-            value = sa.cast(column, postgresql.JSONB).op("->")(key)
-            return sa.func.coalesce(value == sa.cast(sa.literal("true"), postgresql.JSONB),
+            member = sa.cast(column, postgresql.JSONB).op("->")(key)
+            return sa.func.coalesce(member == sa.cast(sa.literal("true"), postgresql.JSONB),
                                     sa.false())
         if self.dialect == "sqlite":
             return sa.func.coalesce(sa.func.json_type(column, key) == "true", sa.false())
@@ -274,14 +282,14 @@ class SQLLifecycle:
         return sa.func.coalesce(sa.and_(sa.func.json_type(value) == "BOOLEAN", value == "true"),
                                 sa.false())
 
-    def _key_param(self: SQLBackend, key: str) -> str:
+    def _key_param(self: _Backend, key: str) -> str:
         if self.dialect == "postgresql":
             return key
         from chainlit_orm.layers.sql import _json_path
 
         return _json_path(key)
 
-    async def purge_expired(self: SQLBackend, rule: ExpiryRule, *, batch: int,
+    async def purge_expired(self: _Backend, rule: ExpiryRule, *, batch: int,
                             after: tuple[str, str] | None, dry_run: bool = False
                             ) -> tuple[Removed, tuple[str, str] | None]:
         """One batch of the threads ``rule`` expires, oldest first after the cursor ``after``:
@@ -307,7 +315,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------------ trash
 
-    async def trash_thread(self: SQLBackend, thread_id: str, at: str) -> bool:
+    async def trash_thread(self: _Backend, thread_id: str, at: str) -> bool:
         """Mark the thread deleted at ``at`` (every read leaves it out from now on); False when
         there is no live thread of that id."""
         t = self.threads
@@ -319,9 +327,10 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "at": at}))
 
-        return await self._run(op)
+        result: bool = await self._run(op)
+        return result
 
-    async def restore_thread(self: SQLBackend, thread_id: str, since: str) -> bool:
+    async def restore_thread(self: _Backend, thread_id: str, since: str) -> bool:
         """Bring back a thread trashed at or after ``since`` (within the window); False when
         there is none."""
         t = self.threads
@@ -334,7 +343,8 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "since": since}))
 
-        return await self._run(op)
+        result: bool = await self._run(op)
+        return result
 
 
 def _text(value: object) -> str | None:

@@ -11,8 +11,8 @@ removed per entity. Written once over the ``Backend`` protocol:
    (:meth:`remove_user`), so an interrupted erasure leaves a user that a second run finds again.
 
 A failing hook or file delete does not stop the erasure: it goes on, and raises at the end
-(:class:`~chainlit_orm.errors.OnDeleteError` for the hook, :class:`~chainlit_orm.errors.StorageError`
-for files), the rows being gone.
+(:class:`~chainlit_orm.errors.OnDeleteError` for the hook,
+:class:`~chainlit_orm.errors.StorageError` for files), the rows being gone.
 """
 
 from __future__ import annotations

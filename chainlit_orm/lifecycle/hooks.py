@@ -46,7 +46,7 @@ def check_hook(hook: object) -> OnDelete | None:
     if not callable(hook):
         raise ConfigurationError(f"on_delete must be an async callable, got {hook!r}",
                                  detail="on_delete")
-    return hook  # type: ignore[return-value]
+    return hook
 
 
 def load_hook(spec: str) -> OnDelete:
@@ -122,9 +122,9 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
     if hook is not None:
         for thread_id, user_id in removed.threads:
             try:
-                result = hook(thread_id, user_id)
-                if inspect.isawaitable(result):
-                    await result
+                called = hook(thread_id, user_id)
+                if inspect.isawaitable(called):
+                    await called
             except Exception as exc:
                 outcome.hook_failures[thread_id] = exc
     return outcome

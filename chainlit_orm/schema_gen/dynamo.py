@@ -67,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION_KEY",
     "SORT_KEY",
     "SPARSE_CONDITIONS",
+    "TTL_ATTRIBUTE",
     "GsiSpec",
     "attribute_types",
     "dynamo_indexes",
@@ -76,7 +77,6 @@ __all__ = [
     "parse_key",
     "placeholders",
     "render_key",
-    "TTL_ATTRIBUTE",
 ]
 
 PARTITION_KEY = "PK"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
