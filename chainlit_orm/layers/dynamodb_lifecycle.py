@@ -174,9 +174,9 @@ class DynamoLifecycle:
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"],
-                                      "#u": "userId", "#f": "favorite"},
+                                      "#u": "userId", "#f": "favorite", "#m": "metadata"},
             ExpressionAttributeValues={":p": self._key_of("thread", id=thread_id)[PARTITION_KEY]},
-            ProjectionExpression="#p, #s, #o, #i, #t, #u, #f",
+            ProjectionExpression="#p, #s, #o, #i, #t, #u, #f, #m.#f",
             ConsistentRead=True,
         )
         return result
@@ -450,4 +450,8 @@ def _cutoff(retention: timedelta) -> str:
 
 
 def _has_favorite(items: list[dict[str, Any]]) -> bool:
-    return any(item.get("favorite") == {"BOOL": True} for item in items)
+    """A step is favorited: our ``favorite`` attribute, or (items Chainlit's own layer wrote)
+    ``metadata.favorite``, as ``get_favorite_steps`` reads it."""
+    true = {"BOOL": True}
+    return any(item.get("favorite") == true
+               or item.get("metadata", {}).get("M", {}).get("favorite") == true for item in items)

@@ -85,8 +85,9 @@ T = TypeVar("T")
 #: The step type whose creation counts as thread activity.
 USER_MESSAGE = "user_message"
 
-#: Internal columns that are facts of a row (copied as they are), not derived on write.
-_FACT_COLUMNS = frozenset({"activityAt", "extra"})
+#: Internal columns that are facts of a row (copied as they are), not derived on write:
+#: ``deletedAt`` is the trash state (chainlit_orm.lifecycle), which a copy keeps.
+_FACT_COLUMNS = frozenset({"activityAt", "extra", "deletedAt"})
 
 
 def _from_metadata(column: sa.Column[Any]) -> bool:
