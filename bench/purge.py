@@ -155,7 +155,7 @@ async def run(n_threads: int, n_steps: int, batch: int) -> dict[str, Any]:
         conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
         left = await conn.fetchval("SELECT count(*) FROM threads")
         await conn.close()
-        return {"threads": n_threads, "steps_per_thread": n_steps, "batch": batch,
+        return {"load": os.getloadavg()[0], "threads": n_threads, "steps_per_thread": n_steps, "batch": batch,
                 "load_s": load_s, "purge_s": purge_s, "child_wall_s": wall_s,
                 "removed": child["removed"], "batches": child["batches"],
                 "threads_per_s": child["removed"] / purge_s,
@@ -172,7 +172,8 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Purge of a PostgreSQL store while the app writes",
         "",
-        "Measured with `python -m bench.purge` (2 shared CPU cores, PostgreSQL on loopback). "
+        "Measured with `python -m bench.purge` (2 CPU cores shared with other sessions: load "
+        f"average {result['load']:.1f} at the end; PostgreSQL on loopback). "
         f"{result['threads']:,} expired threads ({result['steps_per_thread']} steps and one "
         "feedback each) plus 1,000 live ones; the purge of `chainlit-orm purge URL --older-than 90d "
         f"--batch {result['batch']}` in a child process; the app meanwhile sends one user "
@@ -181,9 +182,11 @@ def _markdown(result: dict[str, Any]) -> str:
         f"* purge: {result['removed']:,} threads removed in {result['batches']} batches in "
         f"{result['purge_s']:.1f} s = **{result['threads_per_s']:,.0f} threads/s** (timed "
         "from the first batch to the last; the child process took "
-        f"{result['child_wall_s']:.1f} s with start-up; threads left afterwards: "
-        f"{result['threads_left']}: the 1,000 live ones plus the expired ones an app write "
-        "recreated as a stub after its batch, which the write made active again)",
+        f"{result['child_wall_s']:.1f} s with start-up; "
+        f"{result['purge_s'] / max(1, result['batches']) * 1000:.0f} ms per batch on average; "
+        f"threads left afterwards: {result['threads_left']:,}: the 1,000 live ones plus the "
+        "expired ones an app message made active again before their batch, or recreated as "
+        "a stub after it)",
         "",
         "| app writes (`create_step`, user message) | n | median ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|",
