@@ -114,3 +114,36 @@ async def test_erase_user_hook_failure_is_raised_after_everything_is_removed(
     for tid in threads:
         assert await layer.get_thread(tid) is None
     assert await layer.get_user(identifier) is None
+
+
+async def test_erase_user_cli_with_an_on_delete_hook(
+        make_layer: LayerFactory, lstore: tuple[ContractBackend, Any], files_root: Path,
+        tmp_path: Path, chainlit_ctx: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from chainlit_orm.cli import main
+    from tests.lifecycle.conftest import store_url
+
+    layer = await make_layer()
+    identifier = f"erase-{uuid.uuid4().hex}@example.com"
+    user = await new_user(layer, identifier)
+    tid = (await _conversation(layer, user.id, identifier))["thread"]
+    hooked = tmp_path / "hooked.txt"
+    monkeypatch.setenv("CLORM_TEST_HOOK_FILE", str(hooked))
+    monkeypatch.setenv("CHAINLIT_ORM_STORAGE_URL", f"file://{files_root}")  # no --storage
+    url = store_url(*lstore)
+    args = ["erase-user", url, identifier, "--on-delete", "tests.lifecycle.hookmod:record"]
+    assert await asyncio.to_thread(main, [*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        f"erase-user user {identifier!r} (id {user.id}): would remove user 1, thread 1, step 2, "
+        "element 1, feedback 1, file 1 (dry run: nothing changed)\n")
+    assert not hooked.exists()
+    assert await asyncio.to_thread(main, args) == 0
+    assert capsys.readouterr().out == (
+        f"erase-user user {identifier!r} (id {user.id}): removed user 1, thread 1, step 2, "
+        "element 1, feedback 1, file 1\n")
+    assert hooked.read_text() == f"{tid} {user.id}\n"
+    assert [p for p in files_root.rglob("*") if p.is_file() and tid in str(p)] == []
+    assert await asyncio.to_thread(main, ["erase-user", url, identifier, "--on-delete",
+                                          "tests.lifecycle.hookmod:missing"]) == 2
