@@ -104,32 +104,34 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- orphans
 
-    async def sweep_orphan_files(self: _Backend, storage: BaseStorageClient, *,
-                                 dry_run: bool = False) -> int:
+    async def sweep_orphans(self: _Backend, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
         item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
-        exist. Returns the number of objects removed (dry: that would be). Needs a storage
-        client that can list (:class:`~chainlit_orm.storage.protocols.ListableStorage`);
-        with another one only the items are swept."""
+        exist. Returns how many such threads had items and how many objects were removed (dry:
+        would be). Objects need a storage client that can list
+        (:class:`~chainlit_orm.storage.protocols.ListableStorage`); with another one (or none)
+        only the items are swept."""
         from chainlit_orm.storage.protocols import ListableStorage
 
-        await self._sweep_orphan_items(dry_run)
+        partitions, live = await self._sweep_orphan_items(dry_run)
         if not isinstance(storage, ListableStorage):
-            return 0
+            return partitions, 0
         keys = await storage.list_keys("threads")
         by_thread: dict[str, list[str]] = {}
         for key in keys:
             parts = key.split("/")
             if len(parts) >= 3:
                 by_thread.setdefault(parts[1], []).append(key)
-        gone = await self._missing_threads(sorted(by_thread))
+        # threads the scan saw alive keep their files; the others are looked up again
+        gone = await self._missing_threads(sorted(set(by_thread) - live))
         doomed = [key for thread_id in gone for key in by_thread[thread_id]]
         if not dry_run and doomed:
             from chainlit_orm.lifecycle.hooks import finish_removal
 
             outcome = await finish_removal(Removed(object_keys=doomed), storage, None)
             outcome.raise_storage()
-        return len(doomed)
+        return partitions, len(doomed)
 
     async def _missing_threads(self: _Backend, thread_ids: list[str]) -> list[str]:
         """Which of these thread ids have no live thread item (absent, or past its TTL)."""
@@ -143,26 +145,37 @@ class DynamoLifecycle:
                         present.add(thread_id)
         return [t for t in thread_ids if t not in present]
 
-    async def _sweep_orphan_items(self: _Backend, dry_run: bool) -> int:
-        """Remove the items of thread partitions whose thread item is gone (or past its TTL)."""
-        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s",
+    async def _sweep_orphan_items(self: _Backend, dry_run: bool) -> tuple[int, set[str]]:
+        """Remove the items of thread partitions whose thread item is gone (or past its TTL).
+
+        One consistent Scan of keys: a partition whose live thread item the scan saw is no
+        orphan; only the others (in steady state none) are looked up again, since a thread
+        created while the scan ran may have its thread item behind the scan's position.
+        Returns the number of orphaned threads and the ids of the live threads seen."""
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #e",
                                   "ExpressionAttributeNames": {"#p": PARTITION_KEY,
-                                                               "#s": SORT_KEY},
+                                                               "#s": SORT_KEY,
+                                                               "#e": TTL_ATTRIBUTE},
                                   "ConsistentRead": True}
-        partitions: set[str] = set()
+        children: set[str] = set()
+        live: set[str] = set()
         while True:
             page = await self._call("scan", **kwargs)
             for item in page.get("Items", []):
                 thread_id = self._thread_of_key(item[PARTITION_KEY]["S"])
-                if thread_id and self._kind(item[SORT_KEY]["S"]) != "thread":
-                    partitions.add(thread_id)
+                if not thread_id:
+                    continue
+                if self._kind(item[SORT_KEY]["S"]) != "thread":
+                    children.add(thread_id)
+                elif not self._expired(item):
+                    live.add(thread_id)
             if not page.get("LastEvaluatedKey"):
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        orphans = await self._missing_threads(sorted(partitions))
+        orphans = await self._missing_threads(sorted(children - live))
         if not dry_run:
             await self._each(orphans, False)
-        return len(orphans)
+        return len(orphans), live
 
     # ---------------------------------------------------------------- helpers
 

@@ -61,6 +61,7 @@ class PurgeReport:
     batch: int
     batches: int = 0
     removed: Removed = field(default_factory=Removed)
+    orphan_partitions: int = 0
     orphan_files: int = 0
 
     @property
@@ -84,6 +85,9 @@ class PurgeReport:
         counts = ", ".join(f"{name} {self.removed.counts.get(name, 0)}" for name in ENTITIES
                            if name != "user")
         out.append(f"{verb} {counts} in {self.batches} batch(es) of up to {self.batch} threads")
+        if self.orphan_partitions:
+            out.append(f"{verb} the items of {self.orphan_partitions} thread(s) whose thread item "
+                       "is gone (DynamoDB's TTL removed it)")
         if self.orphan_files:
             out.append(f"{verb} {self.orphan_files} stored file(s) whose thread no longer exists")
         if self.dry_run:
@@ -146,10 +150,11 @@ async def purge(
                 break
     report.removed.counts["file"] = (len(report.removed.object_keys) if dry_run
                                      else outcome.files_deleted)
-    sweep = getattr(backend, "sweep_orphan_files", None)
-    if sweep is not None and layer.storage is not None:
-        orphans = await sweep(layer.storage, dry_run=dry_run)
-        report.orphan_files = orphans
+    # DynamoDB: what its TTL leaves (a backend with no TTL has no such method)
+    sweep = getattr(backend, "sweep_orphans", None)
+    if sweep is not None:
+        report.orphan_partitions, report.orphan_files = await sweep(layer.storage,
+                                                                    dry_run=dry_run)
     outcome.raise_storage()
     if outcome.hook_failures:
         raise OnDeleteError(outcome.hook_failures, report=report) from next(

@@ -144,9 +144,13 @@ async def test_an_expired_thread_reads_as_gone_and_purge_sweeps_what_ttl_leaves(
         assert len(_partition(table, old)) == 2
         assert (tmp_path / "threads" / old).exists()
         dry = await layer.purge(older_than=None, dry_run=True)
-        assert dry.orphan_files == 1 and len(_partition(table, old)) == 2
+        assert (dry.orphan_partitions, dry.orphan_files) == (1, 1)
+        assert len(_partition(table, old)) == 2
         report = await layer.purge(older_than=None)
-        assert report.orphan_files == 1
+        assert (report.orphan_partitions, report.orphan_files) == (1, 1)
+        assert report.lines()[-2:] == [
+            "removed the items of 1 thread(s) whose thread item is gone (DynamoDB's TTL "
+            "removed it)", "removed 1 stored file(s) whose thread no longer exists"]
         assert _partition(table, old) == []
         assert not any((tmp_path / "threads" / old).rglob("*.*"))
         assert await layer.get_thread(live) is not None
@@ -156,3 +160,32 @@ async def test_an_expired_thread_reads_as_gone_and_purge_sweeps_what_ttl_leaves(
     finally:
         await layer.close()
         await storage.close()
+
+
+async def test_purge_api_calls_per_thread(table: str) -> None:
+    """A purge page is one Scan; each expired thread costs a claim (UpdateItem), one Query of
+    its partition and one BatchWriteItem (up to 25 items); then one Scan sweeps orphans."""
+    init_http_context(thread_id=new_id())
+    layer = DynamoDataLayer(table, region="us-east-1", endpoint_url=MOTO)
+    try:
+        user = await new_user(layer)
+        threads = []
+        for _ in range(2):
+            tid = new_id()
+            await layer.update_thread(tid, name="t", user_id=user.id)
+            await layer.create_step(message(tid, "q"))
+            await layer.create_step(message(tid, "a", type_="assistant_message"))
+            threads.append(tid)
+        now = format_timestamp(parse_timestamp(utc_now()) + timedelta(days=91))
+        recorder = Recorder().attach(layer.dynamo.client)
+        dry = await layer.purge(older_than=timedelta(days=90), now=now, dry_run=True)
+        assert sorted(dry.thread_ids) == sorted(threads)
+        assert sorted(recorder.operations) == ["Query", "Query", "Scan", "Scan"]
+        recorder.clear()
+        report = await layer.purge(older_than=timedelta(days=90), now=now)
+        assert report.counts == {"user": 0, "thread": 2, "step": 4, "element": 0,
+                                 "feedback": 0, "file": 0}
+        assert sorted(recorder.operations) == sorted(
+            ["Scan", "Scan"] + ["UpdateItem", "Query", "BatchWriteItem"] * 2)
+    finally:
+        await layer.close()
