@@ -18,6 +18,7 @@ does) does not import Chainlit, SQLAlchemy's drivers or the optional extras.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
     from chainlit_orm.models import DEFAULT_MODELS as DEFAULT_MODELS
     from chainlit_orm.models import ModelSet as ModelSet
     from chainlit_orm.storage import FsspecStorage as FsspecStorage
+
+try:
+    #: The installed distribution's version: one source of truth, ``version`` in pyproject.toml.
+    __version__: str = version("chainlit-orm")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_MODELS",

@@ -16,7 +16,7 @@ venv="${CHAINLIT_ORM_VENV:-$repo/.venv}"
 if [ ! -x "$venv/bin/chainlit" ]; then
   echo "run.sh: creating $venv and installing chainlit-orm (first run only)" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -c constraints.txt -e '.[all,test]'
+  "$venv/bin/pip" install -q -c constraints.txt -e '.[all]'
 fi
 
 port="${PORT:-8000}"

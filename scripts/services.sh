@@ -41,7 +41,7 @@ if ! port_open 3306; then
   wait_port mariadb 3306
 fi
 
-# moto's server (DynamoDB, S3, CloudFormation), from PyPI (installed by the test extra)
+# moto's server (DynamoDB, S3, CloudFormation), from PyPI (installed by the test dependency group)
 if ! port_open "$MOTO_PORT"; then
   nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$state/moto.log" 2>&1 &
   echo $! >"$state/moto.pid"

@@ -14,6 +14,8 @@ echo "== ruff"
 "$venv/bin/ruff" check chainlit_orm tests bench examples
 echo "== mypy"
 "$venv/bin/mypy"
+echo "== mkdocs build --strict (the documentation site; no network: see mkdocs.yml)"
+NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$repo/site"
 echo "== pytest"
 # pytest exits 5 when it collects no test: that is a failure here, like any non-zero exit.
 exec "$venv/bin/pytest" -q -p no:cacheprovider "$@"

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,15 @@ async def test_migrate_commands_run_against_a_chainlit_database() -> None:
     assert "nothing to do" in second.stdout
 
 
+def _cli_commands() -> list[str]:
+    top = subprocess.run([CLI, "--help"], capture_output=True, text=True, check=True).stdout
+    return re.findall(r"^ {2,4}([a-z][a-z0-9-]*)(?: {2,}|$)", top, flags=re.M)
+
+
 def test_cli_commands_listed_in_the_readme_run() -> None:
     listing = next(b for b in _blocks("text") if "chainlit-orm generate" in b)
     names = [line.split()[1] for line in listing.strip().splitlines()]
-    assert names == ["generate", "migrate", "ddl"]
+    assert names == _cli_commands()  # every command, in the CLI's order
     check = subprocess.run([CLI, "generate", "--check"], capture_output=True, text=True, cwd=ROOT)
     assert check.returncode == 0, check.stdout + check.stderr
     ddl = subprocess.run([CLI, "ddl", "sqlite"], capture_output=True, text=True, cwd=ROOT)
@@ -137,3 +143,101 @@ def test_cli_commands_listed_in_the_readme_run() -> None:
     for name in names:
         helped = subprocess.run([CLI, name, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert helped.returncode == 0 and f"chainlit-orm {name}" in helped.stdout
+
+
+# ------------------------------------------------------------------ every claim the README names
+
+_CODE_SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+_LINK = re.compile(r"\]\(([^)]+)\)")
+_PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _prose() -> str:
+    """The README without its fenced blocks (those are run by the tests above)."""
+    return re.sub(r"```\w*\n.*?```", "", README, flags=re.S)
+
+
+def _source_strings() -> str:
+    return "\n".join(p.read_text() for p in (ROOT / "chainlit_orm").rglob("*.py")) + "\n".join(
+        p.read_text() for p in (ROOT / "examples").glob("*.py"))
+
+
+def _check_span(span: str, cli_commands: list[str]) -> str:
+    """Check one code span of the README against the repository; return what kind it was."""
+    import importlib
+
+    if "://" in span:
+        return "url"
+    words = span.split()
+    if words[0] == "chainlit-orm":
+        assert words[1] in cli_commands, span
+        helped = subprocess.run([CLI, words[1], "--help"], capture_output=True, text=True)
+        assert helped.returncode == 0, span
+        for option in (w for w in words[2:] if w.startswith("--")):
+            assert option in helped.stdout, f"{span}: no option {option}"
+        return "command"
+    if words[0] == "bash":
+        assert (ROOT / words[1]).is_file(), span
+        return "command"
+    if words[:2] == ["pip", "install"]:
+        extras = re.search(r"\[([\w,]+)\]", span)
+        if extras:
+            assert set(extras.group(1).split(",")) <= _PYPROJECT["project"][
+                "optional-dependencies"].keys(), span
+        for group in re.findall(r"--group (\w+)", span):
+            assert group in _PYPROJECT["dependency-groups"], span
+        return "command"
+    if re.fullmatch(r"chainlit_orm(\.\w+)*", span):
+        module, _, attribute = span.rpartition(".")
+        try:
+            importlib.import_module(span)
+        except ModuleNotFoundError:
+            assert hasattr(importlib.import_module(module), attribute), span
+        return "module"
+    if words[0].endswith(("/", ".sh", ".sql", ".json", ".md", ".toml", ".txt", ".yml", ".py")) \
+            or "/" in words[0]:
+        path = words[0]
+        assert (ROOT / path).exists() or (ROOT / "generated" / path).exists(), span
+        if len(words) > 1:  # a command run from a path (.venv/bin/mkdocs build --strict)
+            done = subprocess.run([str(ROOT / path), *(w for w in words[1:] if w != "--strict"),
+                                   "--help"], capture_output=True, text=True, cwd=ROOT)
+            assert done.returncode == 0, span
+        return "path"
+    if len(words) == 1 and (ROOT / span).is_file():  # LICENSE
+        return "path"
+    if span in _PYPROJECT["project"]["optional-dependencies"] or span in _PYPROJECT[
+            "dependency-groups"]:
+        return "extra or group"
+    if span.startswith(">="):
+        assert span == _PYPROJECT["project"]["requires-python"], span
+        return "requires-python"
+    if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", span):
+        assert f'"{span}"' in _source_strings(), f"no code reads {span}"
+        return "variable"
+    name = re.fullmatch(r"([A-Z]\w+)(\(.*\))?", span)
+    if name:
+        import chainlit.data.sql_alchemy
+
+        import chainlit_orm
+        import chainlit_orm.errors
+        import chainlit_orm.models
+
+        holders = (chainlit_orm, chainlit_orm.errors, chainlit_orm.models,
+                   chainlit.data.sql_alchemy)
+        assert any(hasattr(h, name.group(1)) for h in holders), span
+        return "name"
+    return "other"
+
+
+def test_every_file_module_name_and_command_the_readme_mentions_exists() -> None:
+    commands = _cli_commands()
+    kinds: dict[str, int] = {}
+    for span in _CODE_SPAN.findall(_prose()):
+        kind = _check_span(span, commands)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for target in _LINK.findall(_prose()):
+        if "://" not in target:
+            assert (ROOT / target.split("#")[0]).exists(), target
+            kinds["link"] = kinds.get("link", 0) + 1
+    print(f"\nREADME claims checked: {kinds}")
+    assert kinds["command"] >= 3 and kinds["path"] >= 8 and kinds["module"] >= 4
