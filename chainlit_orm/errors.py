@@ -142,7 +142,9 @@ class OnDeleteError(ChainlitORMError):
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
 _SECRET_QUERY = re.compile(
     r"(?P<k>(?:password|passwd|pwd|secret|token|key|sig|signature|credential|"
-    r"aws_secret_access_key|account_key|sas_token|x-amz-signature|x-amz-credential)=)[^&\s]*",
+    r"aws_secret_access_key|account_key|sas_token|x-amz-signature|x-amz-credential)=)"
+    # the value ends at '&', whitespace, or a ':' that ends the URL in a message ("URL: why")
+    r"(?:[^&\s:]|:(?!\s|$))*",
     re.IGNORECASE,
 )
 

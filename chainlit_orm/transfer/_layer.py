@@ -35,6 +35,8 @@ Names used, by origin:
   ``_is_phantom``, ``_legacy_feedback``; constants ``ITEM_LIMIT``, ``TEXT_REFS``,
   ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
+  ``storage._keys.validate_key``: the object-key rules every storage write applies (a bundle's
+  element keys are checked by them before anything is written);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 Two rules are written inline in the layers today, with no function to call; they are written
@@ -66,6 +68,7 @@ from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
+from chainlit_orm.storage._keys import validate_key
 
 __all__ = [
     "USER_MESSAGE",
@@ -78,6 +81,7 @@ __all__ = [
     "read_object",
     "stored_row",
     "thread_activity",
+    "validate_key",
 ]
 
 T = TypeVar("T")

@@ -275,6 +275,7 @@ class _Transfer:
         ck = self.checkpoint
         started = time.monotonic()
         self.summary.resumed_after = ck.after
+        before = sum(ck.rows.values())
         totals = dict(await self.source.totals(self.scope))
         if self.files:
             totals.setdefault("files", None)
@@ -308,6 +309,7 @@ class _Transfer:
             self.progress.stop()
         self.summary.seconds = time.monotonic() - started
         self.summary.rows = {name: ck.rows.get(name, 0) for name in ENTITY_NAMES.values()}
+        self.summary.moved = sum(ck.rows.values()) - before
         self.summary.files, self.summary.bytes = ck.files, ck.bytes
         self.summary.files_missing = list(ck.missing)
 
@@ -521,7 +523,7 @@ async def import_bundle(
         path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
         ck = Checkpoint.load(path, key)
         if not verify_only:
-            await source.check()  # a bad record refuses the bundle before anything is written
+            await source.check(files=files)  # a bad byte refuses it before any write
             summary.schema = await sink.prepare()
             await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
                             progress=progress, checkpoint=ck, summary=summary).run()

@@ -165,16 +165,25 @@ class Summary:
     resumed_after: str | None = None
     schema: list[str] = field(default_factory=list)
 
+    #: rows written by this run (``rows`` also counts those of the runs a resume continues)
+    moved: int | None = None
+
     def rows_per_second(self) -> float:
-        return sum(self.rows.values()) / self.seconds if self.seconds else 0.0
+        """This run's rate: rows it wrote over its seconds (a resumed run that found nothing
+        left wrote 0 rows; the rows of earlier runs are not its own)."""
+        moved = sum(self.rows.values()) if self.moved is None else self.moved
+        return moved / self.seconds if self.seconds else 0.0
 
     def lines(self) -> list[str]:
         out = [f"{self.action}: {self.source} -> {self.destination}"]
         if self.resumed_after:
             out.append(f"  resumed after thread {self.resumed_after} (checkpoint)")
         total = sum(self.rows.values())
+        rate = f"{self.seconds:.1f} s, {self.rows_per_second():,.0f} rows/s"
+        this_run = ("" if self.moved is None or self.moved == total
+                    else f"; {self.moved} of them in this run, ")
         out.append("  rows: " + ", ".join(f"{n} {name}" for name, n in self.rows.items())
-                   + f" ({total} in {self.seconds:.1f} s, {self.rows_per_second():,.0f} rows/s)")
+                   + (f" ({total}{this_run}{rate})" if this_run else f" ({total} in {rate})"))
         if self.files_skipped:
             out.append("  files: not copied (--no-files)")
         elif self.files_in_place:

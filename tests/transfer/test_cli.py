@@ -138,3 +138,35 @@ async def test_terminal_progress_draws_bars(store: Any, tmp_path: Path) -> None:
                        ("feedbacks", "2/2")):
         assert re.search(rf"copy +{bar} .*{count} .*/s", text), bar
     assert re.search(r"verify +threads .*5/5", text)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("cannot reach postgresql://h/db?password=s3cret: connection refused",
+     "cannot reach postgresql://h/db?password=***: connection refused"),
+    ("postgresql://h/db?password=a:b&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
+    ("postgresql://u:pw@h/db?token=t: refused", "postgresql://u:***@h/db?token=***: refused"),
+    ("s3://b?secret=x:", "s3://b?secret=***:"),
+])
+def test_a_masked_query_value_keeps_the_colon_after_the_url(text: str, shown: str) -> None:
+    """A secret in a query string is masked up to the ':' that ends the URL in a message (a
+    colon inside the value is masked with it)."""
+    from chainlit_orm.errors import mask_url
+
+    assert mask_url(text) == shown
+
+
+def test_a_resumed_runs_rate_counts_its_own_rows() -> None:
+    """A resumed run that found nothing left wrote 0 rows: it must not report the earlier runs'
+    rows over its own fraction of a second (it showed "33,077 rows/s" for 0.0 s)."""
+    from chainlit_orm.transfer.progress import Summary
+
+    rows = {"users": 3, "threads": 40}
+    done = Summary("copy", "a", "b", rows=rows, seconds=0.001, moved=0, resumed_after="t1")
+    assert done.rows_per_second() == 0.0
+    assert done.lines()[2] == "  rows: 3 users, 40 threads (43; 0 of them in this run, 0.0 s, " \
+                              "0 rows/s)"
+    half = Summary("copy", "a", "b", rows=rows, seconds=2.0, moved=20, resumed_after="t1")
+    assert half.lines()[2] == "  rows: 3 users, 40 threads (43; 20 of them in this run, 2.0 s, " \
+                              "10 rows/s)"
+    whole = Summary("copy", "a", "b", rows=rows, seconds=2.0, moved=43)
+    assert whole.lines()[1] == "  rows: 3 users, 40 threads (43 in 2.0 s, 22 rows/s)"

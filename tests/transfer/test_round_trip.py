@@ -83,6 +83,8 @@ async def test_round_trip_through_every_backend(tmp_path: Path) -> None:
         summary = await export(sqlite_a, first, src_storage=stops[0][1], canonical=True)
         assert summary.rows == EXPECTED_ROWS and summary.files == seeded.files
         reference = tree(first)
+        print(f"\nstop 0 sqlite (seeded): canonical export sha256 {_tree_digest(first)}, "
+              f"manifest sha256 {_manifest_digest(first)}")  # shown with -s, for the record
         assert sorted(reference) == sorted([
             "manifest.json", "users.jsonl", "threads.jsonl", "steps.jsonl", "elements.jsonl",
             "feedbacks.jsonl", "files.jsonl",
@@ -115,8 +117,8 @@ async def test_round_trip_through_every_backend(tmp_path: Path) -> None:
             mismatch = filecmp.dircmp(first, out)
             assert tree(out) == reference, (dst, mismatch.diff_files)
             digests.append(_manifest_digest(out))
-            print(f"stop {number} {dst.split(':', 1)[0]}: canonical export manifest sha256 "
-                  f"{digests[-1]}")  # shown with -s, for the record
+            print(f"stop {number} {dst.split(':', 1)[0]}: canonical export sha256 "
+                  f"{_tree_digest(out)}, manifest sha256 {digests[-1]}")
         assert len(set(digests)) == 1 and digests[0] == _manifest_digest(first)
 
 
@@ -132,3 +134,14 @@ def _manifest_digest(bundle: Path) -> str:
 
     return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
 
+
+
+def _tree_digest(bundle: Path) -> str:
+    """SHA-256 over every file of a bundle (its relative path, its length, its bytes, in path
+    order): one figure for the whole canonical export."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, data in tree(bundle).items():
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
