@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from chainlit_orm.layers.base import ChainlitLayer as ChainlitLayer
     from chainlit_orm.layers.dynamodb import DynamoDataLayer as DynamoDataLayer
     from chainlit_orm.layers.sql import SQLDataLayer as SQLDataLayer
-    from chainlit_orm.migration import migrate as migrate
+    from chainlit_orm.migrations import migrate as migrate
     from chainlit_orm.models import DEFAULT_MODELS as DEFAULT_MODELS
     from chainlit_orm.models import ModelSet as ModelSet
     from chainlit_orm.storage import FsspecStorage as FsspecStorage
@@ -56,7 +56,7 @@ _LAZY = {
     "ModelSet": "chainlit_orm.models",
     "SQLDataLayer": "chainlit_orm.layers.sql",
     "from_env": "chainlit_orm.config",
-    "migrate": "chainlit_orm.migration",
+    "migrate": "chainlit_orm.migrations",
 }
 
 

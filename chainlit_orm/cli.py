@@ -46,14 +46,13 @@ from chainlit_orm.errors import (
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
+from chainlit_orm.urls import DynamoURL, parse_url
 
 if TYPE_CHECKING:
     from chainlit_orm.transfer.progress import Progress, Summary
 
 __all__ = ["load_models", "main", "url_backend"]
 
-#: URL schemes ``migrate`` accepts (a ``+driver`` suffix is allowed on the SQL ones).
-SUPPORTED_URL_SCHEMES: tuple[str, ...] = ("postgresql", "sqlite", "mysql", "mariadb", "dynamodb")
 
 
 def load_models(spec: str | None) -> ModelSet:
@@ -100,21 +99,14 @@ def load_models(spec: str | None) -> ModelSet:
 def url_backend(url: str) -> str:
     """The backend a database URL names: ``postgresql``, ``sqlite``, ``mysql`` or ``dynamodb``.
 
-    ``mariadb`` URLs count as ``mysql`` (one dialect, one DDL).
+    Read by :func:`chainlit_orm.urls.parse_url`, as everywhere else, so ``postgres://`` is
+    PostgreSQL here as in ``from_env()``, and ``mariadb`` URLs count as ``mysql`` (one dialect,
+    one DDL).
 
     Raises:
-        ConfigurationError: the scheme is not supported; the message names the supported ones.
+        ConfigurationError: the URL is not a supported one; the message names what is.
     """
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme not in SUPPORTED_URL_SCHEMES:
-        raise ConfigurationError(
-            f"unsupported database URL {mask_url(url)}: supported schemes are "
-            f"{', '.join(s + '://' for s in SUPPORTED_URL_SCHEMES)} "
-            "(e.g. postgresql+asyncpg://, sqlite+aiosqlite:///file.db, mysql+asyncmy://, "
-            "dynamodb://TABLE?region=...)",
-            detail=scheme,
-        )
-    return "mysql" if scheme == "mariadb" else scheme
+    return parse_url(url).backend
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -151,32 +143,21 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    backend = url_backend(args.url)
+    url_backend(args.url)  # a bad URL is refused before the models are imported
     models = load_models(args.models)
-    try:
-        # Imported by name: the SQL migrator lives in its own module, loaded only when needed.
-        migrator = importlib.import_module("chainlit_orm.migration")
-    except ModuleNotFoundError as exc:
-        if exc.name != "chainlit_orm.migration":
-            raise
-        if backend != "dynamodb":
-            raise ConfigurationError(
-                "SQL migrations need chainlit_orm.migration, which this build does not have"
-            ) from exc
-        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
+    # imported here: the migrators load SQLAlchemy's Alembic machinery, the CLI's other commands
+    # do not need it
+    from chainlit_orm.migrations import migrate
 
-        lines = asyncio.run(migrate_dynamodb(args.url, models, args.dry_run))
-    else:
-        result = asyncio.run(migrator.migrate(args.url, models=models, dry_run=args.dry_run,
-                                              dedupe_feedback=args.dedupe_feedback,
-                                              timeout=args.timeout))
-        lines = list(result.lines)
+    result = asyncio.run(migrate(args.url, models=models, dry_run=args.dry_run,
+                                 dedupe_feedback=args.dedupe_feedback, timeout=args.timeout))
+    lines = list(result.lines)
     for line in lines:
         print(line)
     return 0
 
 
-def _ddl(args: argparse.Namespace) -> int:
+def _ddl_command(args: argparse.Namespace) -> int:
     sys.stdout.write(ddl(load_models(args.models), args.dialect))
     return 0
 
@@ -236,7 +217,7 @@ def _lifecycle_layer(args: argparse.Namespace, *, soft_delete: Any = None) -> An
     ``CHAINLIT_ORM_STORAGE_URL``) and ``--on-delete``."""
     from chainlit_orm.lifecycle.hooks import load_hook
 
-    backend = url_backend(args.url)
+    parsed = parse_url(args.url)  # a bad URL is refused before the models are imported
     models = load_models(args.models)
     hook = load_hook(args.on_delete) if args.on_delete else None
     storage_url = args.storage or os.environ.get("CHAINLIT_ORM_STORAGE_URL") or None
@@ -246,16 +227,12 @@ def _lifecycle_layer(args: argparse.Namespace, *, soft_delete: Any = None) -> An
 
         storage = FsspecStorage(storage_url, mount=False)
     options: dict[str, Any] = {"models": models, "on_delete": hook, "soft_delete": soft_delete}
-    if backend == "dynamodb":
+    if isinstance(parsed, DynamoURL):
         from chainlit_orm.layers.dynamodb import DynamoDataLayer
-        from chainlit_orm.schema_gen.dynamo_migrate import parse_dynamodb_url
 
-        parsed = parse_dynamodb_url(args.url)
-        if parsed.profile:
-            raise ConfigurationError("profile= is not supported here; set AWS_PROFILE instead",
-                                     detail="profile")
         return DynamoDataLayer(parsed.table, storage=storage, region=parsed.region,
-                               endpoint_url=parsed.endpoint_url, **options)
+                               endpoint_url=parsed.endpoint_url, profile=parsed.profile,
+                               **options)
     from chainlit_orm.layers.sql import SQLDataLayer
 
     return SQLDataLayer(args.url, storage=storage, create_schema=False, **options)
@@ -426,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("dialect", metavar="DIALECT",
                       help=f"one of: {', '.join(SUPPORTED_DIALECTS)}")
     show.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-    show.set_defaults(handler=_ddl)
+    show.set_defaults(handler=_ddl_command)
 
     _transfer_parsers(commands, models_help)
     _lifecycle_parsers(commands, models_help)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from chainlit.data.storage_clients.base import BaseStorageClient
 
 from chainlit_orm.errors import ConfigurationError
 from chainlit_orm.layers.base import ChainlitLayer
+from chainlit_orm.urls import DynamoURL, parse_url
 
 __all__ = ["from_env"]
 
@@ -29,7 +29,8 @@ def from_env(env: Mapping[str, str] | None = None, **options: Any) -> ChainlitLa
 
     Variables:
         ``CHAINLIT_ORM_DATABASE_URL`` (falling back to ``DATABASE_URL``): a SQL URL, or
-        ``dynamodb://TABLE?region=...&endpoint_url=...`` for DynamoDB.
+        ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...`` for DynamoDB (parsed by
+        :func:`chainlit_orm.urls.parse_url`, as every other entry point does).
         ``CHAINLIT_ORM_STORAGE_URL``: element storage (``s3://bucket/prefix``,
         ``az://container/prefix``, ``file:///path``, ``memory://name``); unset keeps element
         records without bytes.
@@ -37,7 +38,8 @@ def from_env(env: Mapping[str, str] | None = None, **options: Any) -> ChainlitLa
     ``options`` go to the layer's constructor.
 
     Raises:
-        ConfigurationError: no database URL is set.
+        ConfigurationError: no database URL is set, or it is not a supported one (an unknown
+            ``dynamodb://`` parameter is refused with the accepted ones).
     """
     env = os.environ if env is None else env
     url = env.get("CHAINLIT_ORM_DATABASE_URL") or env.get("DATABASE_URL")
@@ -47,16 +49,16 @@ def from_env(env: Mapping[str, str] | None = None, **options: Any) -> ChainlitLa
             "sqlite+aiosqlite:///chainlit.db"
         )
     storage = options.pop("storage", None) or _storage_from_env(env)
-    if url.startswith("dynamodb://"):
+    parsed = parse_url(url)
+    if isinstance(parsed, DynamoURL):
         from chainlit_orm.layers.dynamodb import DynamoDataLayer
 
-        parts = urlsplit(url)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         return DynamoDataLayer(
-            parts.netloc,
+            parsed.table,
             storage=storage,
-            region=query.get("region"),
-            endpoint_url=query.get("endpoint_url"),
+            region=parsed.region,
+            endpoint_url=parsed.endpoint_url,
+            profile=parsed.profile,
             **options,
         )
     from chainlit_orm.layers.sql import SQLDataLayer

@@ -219,11 +219,11 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
 
     def item(entity: str, keys: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         codec = b.codecs[entity]
-        it = dict(b._key_of(entity, **keys))
+        it = dict(b.layout.key_of(entity, **keys))
         for name, value in row.items():
             if value is not None:
                 it[name] = codec.encode(name, value)
-        for attribute, value in b._index_attributes(entity, row).items():
+        for attribute, value in b.layout.index_attributes(entity, row).items():
             it[attribute] = {"S": value}
         return it
 

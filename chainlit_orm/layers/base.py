@@ -63,6 +63,7 @@ from chainlit_orm.models.limits import (
     check_text,
 )
 from chainlit_orm.models.modelset import ModelSet
+from chainlit_orm.models.rules import USER_MESSAGE, element_object_key
 from chainlit_orm.models.search import search_term
 from chainlit_orm.models.types import (
     format_timestamp,
@@ -90,8 +91,6 @@ R = TypeVar("R")
 
 ThreadOrder = Literal["activity", "created"]
 
-#: The step type whose creation counts as thread activity.
-USER_MESSAGE = "user_message"
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024 * 1024
 
@@ -144,6 +143,18 @@ class Backend(Protocol):
     """
 
     models: ModelSet
+
+    def normalize_user_id(self, value: str, what: str) -> str | None:
+        """A user id as this backend stores it, or None when no stored user can have it.
+
+        Called on every user id the layer receives, after the common checks (a non-empty text
+        within the length limit). SQL stores UUIDs, so anything else is None (no such user);
+        DynamoDB also accepts the identifier-ids of tables Chainlit's own layer wrote.
+
+        Raises:
+            InvalidIdentifierError: the value can never be a user id of this backend.
+        """
+        ...
 
     async def get_user(self, identifier: str) -> dict[str, Any] | None: ...
 
@@ -311,7 +322,7 @@ class ChainlitLayer(BaseDataLayer):
     async def get_user(self, identifier: str) -> PersistedUser | None:
         identifier = _require_str(identifier, "identifier")
         try:
-            _check_identifier(identifier)
+            check_identifier(identifier)
         except InvalidInputError:
             return None  # no user can have an identifier that cannot be stored
         row = await self.backend.get_user(identifier)
@@ -323,7 +334,7 @@ class ChainlitLayer(BaseDataLayer):
 
     async def create_user(self, user: User) -> PersistedUser | None:
         identifier = _require_str(user.identifier, "identifier")
-        _check_identifier(identifier)
+        check_identifier(identifier)
         metadata = user.metadata if user.metadata is not None else {}
         row = {
             "id": str(uuid.uuid4()),
@@ -582,7 +593,7 @@ class ChainlitLayer(BaseDataLayer):
 
                 raw_mime = data.get("mime") or _guess_mime(data.get("name"))
                 mime = check_content_type(raw_mime or "application/octet-stream")
-                upload = (f"threads/{thread_id}/files/{element_id}", content, mime)
+                upload = (element_object_key(thread_id, element_id), content, mime)
                 data["objectKey"] = upload[0]
                 data["mime"] = mime
                 data["url"] = None  # signed afresh on every read
@@ -592,7 +603,7 @@ class ChainlitLayer(BaseDataLayer):
             await self.backend.upsert_element(row, now=utc_now())
             return
         key, content, mime = upload
-        disposition = _content_disposition(_element_name(data))  # the name is checked now
+        disposition = element_content_disposition(_element_name(data))  # the name is checked now
         await self._upload_element(
             self.storage, _Upload(key, content, mime, disposition), thread_id, element_id
         )
@@ -786,13 +797,8 @@ class ChainlitLayer(BaseDataLayer):
             raise InvalidIdentifierError(str(exc), detail=what) from exc
         if not value:
             raise InvalidIdentifierError(f"{what} must not be empty", detail=what)
-        hook = getattr(self.backend, "normalize_user_id", None)
-        if hook is not None:
-            return cast(str, hook(value, what))
-        try:
-            return normalize_id(value, what=what)
-        except InvalidIdentifierError:
-            return None
+        # check_text accepted it, so it is a str
+        return self.backend.normalize_user_id(cast(str, value), what)
 
     def _step_row(
         self, step_dict: Mapping[str, Any], *, create: bool = False
@@ -908,7 +914,7 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _check_identifier(identifier: str) -> None:
+def check_identifier(identifier: str) -> None:
     """A user identifier: storable, at most ``MAX_INDEXED_CHARS`` characters, not ending in a
     space (MySQL/MariaDB compare strings ignoring trailing spaces, so "alice " would be
     "alice" there and another user elsewhere)."""
@@ -984,7 +990,7 @@ def _guess_mime(name: object) -> str | None:
     return mimetypes.guess_type(name)[0] if isinstance(name, str) else None
 
 
-def _content_disposition(name: str) -> str:
+def element_content_disposition(name: str) -> str:
     """``inline`` with an RFC 6266 / RFC 5987 file name (control characters dropped, since a
     file name Chainlit received must not fail the upload)."""
     from chainlit_orm.storage import build_content_disposition

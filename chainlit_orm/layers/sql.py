@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chainlit_orm.errors import (
@@ -42,8 +42,8 @@ from chainlit_orm.errors import (
     ChainlitORMError,
     ConfigurationError,
     ConflictError,
+    InvalidIdentifierError,
     InvalidInputError,
-    MissingDependencyError,
     NotFoundError,
     SchemaError,
     TimeoutExceededError,
@@ -58,26 +58,27 @@ from chainlit_orm.layers.deadline import (
     check_timeout,
 )
 from chainlit_orm.layers.sql_lifecycle import SQLLifecycle
-from chainlit_orm.layers.sqlexec import RawPool, Statement, StatementListener, TxScript
+from chainlit_orm.layers.sqlexec import (
+    RawPool,
+    Statement,
+    StatementListener,
+    TxScript,
+    json_path,
+)
+from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
+from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
+from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
-__all__ = ["SQLBackend", "SQLDataLayer", "normalize_url"]
+__all__ = ["SQLBackend", "SQLDataLayer"]
 
 logger = logging.getLogger("chainlit_orm")
 
 T = TypeVar("T")
-
-_DRIVERS = {
-    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "sqlite": ("sqlite+aiosqlite", "aiosqlite", ""),
-    "mysql": ("mysql+asyncmy", "asyncmy", "mysql"),
-    "mariadb": ("mariadb+asyncmy", "asyncmy", "mysql"),
-}
-SUPPORTED = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncmy"
 
 # PostgreSQL SQLSTATEs and MySQL error numbers worth retrying: serialization failure, deadlock,
 # lock wait timeout, server shutting down, connection lost.
@@ -93,33 +94,6 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 #: the store; a term with more (a common word) is answered by scanning the user's threads, newest
 #: first, which stops at the page's end (see SQLBackend.list_threads).
 SEARCH_CANDIDATES = 1000
-
-
-def normalize_url(url: str | URL) -> URL:
-    """Map a database URL onto its async driver (``postgresql://`` -> ``postgresql+asyncpg://``).
-
-    Raises:
-        ConfigurationError: the URL cannot be parsed or names an unsupported dialect/driver.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"cannot parse database URL {mask_url(url)}") from exc
-    backend, _, driver = parsed.drivername.partition("+")
-    if backend not in _DRIVERS:
-        raise ConfigurationError(
-            f"unsupported database {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
-        )
-    wanted, module, extra = _DRIVERS[backend]
-    if driver and f"{backend}+{driver}" != wanted:
-        raise ConfigurationError(
-            f"unsupported driver {parsed.drivername!r} in {mask_url(url)}; supported: {SUPPORTED}"
-        )
-    try:
-        __import__(module)
-    except ImportError as exc:
-        raise MissingDependencyError(module, extra or "all") from exc
-    return parsed.set(drivername=wanted)
 
 
 class SQLBackend(SQLLifecycle):
@@ -155,12 +129,12 @@ class SQLBackend(SQLLifecycle):
             # a borrowed engine: its pool is shared, so AUTOCOMMIT is set per checkout
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
-            url = normalize_url(url_or_engine)
+            url = parse_sql_url(url_or_engine).async_url()
             options = dict(engine_options)
             options.pop("isolation_level", None)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
             if url.get_backend_name() == "sqlite":
-                connect_args.setdefault("timeout", 30)  # the busy timeout: a local file
+                connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
             else:
                 options.setdefault("pool_recycle", 1800)
                 # the driver's own limit on opening a connection, for the transactional engine
@@ -172,9 +146,9 @@ class SQLBackend(SQLLifecycle):
             # no BEGIN/COMMIT round trips for one-statement writes, nothing to roll back when a
             # connection goes back. It keeps up to 16 connections and opens no overflow ones:
             # an overflow connection is closed when it comes back, and opening one costs more
-            # than ten statements, so under a burst of 32 callers an overflow pool spends its
-            # time connecting (measured: 45 ms for 32 concurrent update_thread calls on
-            # PostgreSQL, against 5.5 ms when the callers beyond 16 queue, as in asyncpg's pool).
+            # than ten statements, so under a burst of callers an overflow pool spends its time
+            # connecting; callers beyond 16 queue, as in asyncpg's pool (bench/results/design.md
+            # D1).
             # LIFO: at low concurrency the same few connections serve every call, so their
             # prepared statements (asyncpg caches them per connection) stay warm.
             # SQLite is the exception: its connections are threads of this process (aiosqlite),
@@ -197,7 +171,7 @@ class SQLBackend(SQLLifecycle):
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
-            raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED}")
+            raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED_DRIVERS}")
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, autocommit=False)
             if self.owns_engine:
@@ -241,12 +215,9 @@ class SQLBackend(SQLLifecycle):
         }
         # Step writes beyond this many in flight are combined into multi-row statements (each
         # caller still returns only after its row committed). SQLite has one writer, so there
-        # every write that waits for it is combined (measured: 2,100 -> 4,500 steps/s for 32
-        # concurrent threads). On a server, beyond 2 in flight: a statement of many rows is one
-        # parse, one commit and one log flush, and that beats running them side by side. W1 with
-        # 32 concurrent threads, 2 cores (`bench`'s harness, medians of 6 rounds): MariaDB 2,448
-        # (combining beyond the pool's 16) -> 3,242 (beyond 4) -> 3,585 steps/s (beyond 2);
-        # PostgreSQL 2,916 -> 4,167 -> 4,296.
+        # every write that waits for it is combined. On a server, beyond 2 in flight: a statement
+        # of many rows is one parse, one commit and one log flush, and that beats running them
+        # side by side (bench/results/design.md D2).
         self._combine_after = 1 if self.dialect == "sqlite" else 2
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
 
@@ -286,7 +257,7 @@ class SQLBackend(SQLLifecycle):
         await asyncio.shield(task)
 
     async def _check_schema(self) -> None:
-        from chainlit_orm.migration import ensure_schema
+        from chainlit_orm.migrations.sql import ensure_schema
 
         try:
             async with asyncio.timeout(self.migrate_timeout):
@@ -442,6 +413,15 @@ class SQLBackend(SQLLifecycle):
             users.c.identifier == sa.bindparam("identifier")))
         return stmt
 
+    def normalize_user_id(self, value: str, what: str) -> str | None:
+        """User ids are UUIDs here (see
+        :meth:`~chainlit_orm.layers.base.Backend.normalize_user_id`): any other text is no stored
+        user's id."""
+        try:
+            return normalize_id(value, what=what)
+        except InvalidIdentifierError:
+            return None
+
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
         stmt = self._user_by_identifier()
 
@@ -528,10 +508,10 @@ class SQLBackend(SQLLifecycle):
             return {"meta_patch": json.dumps(patch)}
         params: dict[str, Any] = {}
         for i, (key, value) in enumerate(meta_set.items()):
-            params[f"mp{i}"] = _json_path(key)
+            params[f"mp{i}"] = json_path(key)
             params[f"mv{i}"] = json.dumps(value)
         for i, key in enumerate(meta_del):
-            params[f"md{i}"] = _json_path(key)
+            params[f"md{i}"] = json_path(key)
         return params
 
     async def update_thread(
@@ -643,8 +623,7 @@ class SQLBackend(SQLLifecycle):
         value = data.pop("fb_value", None)
         comment = data.pop("fb_comment", None)
         if fb_id is not None:
-            data["feedback"] = {"id": fb_id, "forId": data["id"], "value": value,
-                                "comment": comment}
+            data["feedback"] = feedback_dict(fb_id, data["id"], value, comment)
         return data
 
     async def get_thread(
@@ -734,8 +713,8 @@ class SQLBackend(SQLLifecycle):
                 after_id = sa.bindparam("after_id", type_=t.c.id.type)
                 if self.is_mysql:
                     # MariaDB does not seek an index with a row comparison (it reads the user's
-                    # whole index prefix: 0.77 ms against 0.24 ms for page 10 of 1,000); spelled
-                    # out, the same condition is an index range
+                    # whole index prefix); spelled out, the same condition is an index range
+                    # (bench/results/design.md D3)
                     conditions.append(sa.or_(sort_col < after_ts, sa.and_(
                         sort_col == after_ts, t.c.id < after_id)))
                 else:
@@ -764,9 +743,9 @@ class SQLBackend(SQLLifecycle):
                 stmt = sa.select(*columns).where(*mine, *conditions, *more)
                 if self.is_mysql and user_id is not None:
                     # With every column selected, MariaDB reads the user's rows through the
-                    # index's userId prefix and sorts them (page 10 grew with N: 0.32 ms at 1,000
-                    # threads, 0.63 ms at 10,000); the keyset range on the list index is what it
-                    # should read.
+                    # index's userId prefix and sorts them, so a page costs more as the user's
+                    # threads grow; the keyset range on the list index is what it should read
+                    # (bench/results/design.md D4).
                     stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
                 return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
 
@@ -844,13 +823,13 @@ class SQLBackend(SQLLifecycle):
         )
         in_steps: Any
         if self.is_mysql:
-            # MariaDB runs EXISTS as a semi-join probe per thread (98 ms for 10,000 threads),
-            # the scalar subquery below as a dependent subquery (278 ms)
+            # MariaDB runs EXISTS as a semi-join probe per thread, the scalar subquery below as
+            # a slower dependent subquery (bench/results/design.md D5)
             in_steps = sa.exists().where(*conditions)
         else:
             # a correlated scalar subquery, not EXISTS: PostgreSQL turns ``OR EXISTS`` into a
-            # hashed subplan that scans every step of the table (20 ms at 25,000 steps), while
-            # this one probes the thread's steps by index (1 ms)
+            # hashed subplan that scans every step of the table, while this one probes the
+            # thread's steps by index (bench/results/design.md D5)
             in_steps = sa.select(sa.true()).where(*conditions).limit(1).scalar_subquery()
         return sa.or_(self._matches(t.c.nameFolded), in_steps)
 
@@ -1281,18 +1260,6 @@ class SQLDataLayer(ChainlitLayer):
 # ------------------------------------------------------------------- helpers
 
 
-def _json_path(key: str) -> str:
-    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
-
-    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
-    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
-    refuses ``$."-..."`` even quoted (error 4042)."""
-    body = json.dumps(key, ensure_ascii=False)[1:-1]
-    if body.startswith("-"):
-        body = "\\u002d" + body[1:]
-    return '$."' + body + '"'
-
-
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
 
 
@@ -1445,12 +1412,10 @@ def _configure_sqlite(engine: AsyncEngine, *, autocommit: bool) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL",
-                       "busy_timeout=30000"):
+                       f"busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
         dbapi_connection.create_function("chainlit_merge", 2, _sqlite_merge, deterministic=True)
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        if not autocommit and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    begin_immediate_on(engine, lambda conn: not autocommit and conn.get_execution_options().get(
+        "isolation_level") != "AUTOCOMMIT")

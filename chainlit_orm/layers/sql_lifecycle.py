@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from chainlit_orm.layers.sqlexec import TxScript
+from chainlit_orm.layers.sqlexec import TxScript, json_path
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 #: What ``self`` is in these methods: the SQLBackend this class is mixed into. ``Any``,
 #: because a mixin's ``self`` cannot be annotated with its subclass (mypy), nor can the
 #: subclass be its base (a cycle); ``tests/lifecycle`` runs every primitive on every backend.
-_Backend = Any
+_SQLSelf = Any
 
 __all__ = ["SQLLifecycle"]
 
@@ -63,7 +63,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------- statements
 
-    def _deletes(self: _Backend, size: int) -> tuple[Statement, ...]:
+    def _deletes(self: _SQLSelf, size: int) -> tuple[Statement, ...]:
         """The children, then the threads, of ``size`` bound thread ids: elements (returning
         their object keys), feedback, steps, threads."""
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
@@ -80,7 +80,7 @@ class SQLLifecycle:
         stmts: tuple[Statement, ...] = self._cached(("lifecycle_deletes", size), build)
         return stmts
 
-    def _counts(self: _Backend, size: int) -> tuple[Statement, ...]:
+    def _counts(self: _SQLSelf, size: int) -> tuple[Statement, ...]:
         """What :meth:`_deletes` would remove, counted: element object keys, feedback, steps."""
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
 
@@ -95,11 +95,11 @@ class SQLLifecycle:
         stmts: tuple[Statement, ...] = self._cached(("lifecycle_counts", size), build)
         return stmts
 
-    def _remove_rows(self: _Backend, rows: list[dict[str, Any]], *, dry_run: bool
+    def _remove_rows(self: _SQLSelf, rows: list[dict[str, Any]], *, dry_run: bool
                      ) -> TxScript[Removed]:
         """Statements (a transaction's tail) that remove the threads ``rows`` name (``id`` and
         ``userId`` each) with every row in them; dry: count them instead."""
-        removed = Removed(threads=[(str(r["id"]), _text(r.get("userId"))) for r in rows])
+        removed = Removed(threads=[(str(r["id"]), _str_or_none(r.get("userId"))) for r in rows])
         ids = [thread_id for thread_id, _ in removed.threads]
         for start in range(0, len(ids), MAX_IDS):
             chunk = ids[start:start + MAX_IDS]
@@ -122,7 +122,7 @@ class SQLLifecycle:
             removed.object_keys += [k["objectKey"] for k in keys if k["objectKey"]]
         return removed
 
-    async def _in_transaction(self: _Backend, script: Any) -> Any:
+    async def _in_transaction(self: _SQLSelf, script: Any) -> Any:
         async def op() -> Any:
             async with self.raw.connect(write=True) as conn:
                 return await conn.run_transaction(script)
@@ -131,7 +131,7 @@ class SQLLifecycle:
 
     # ---------------------------------------------------------------- threads
 
-    async def get_thread_owner(self: _Backend, thread_id: str) -> dict[str, Any] | None:
+    async def get_thread_owner(self: _SQLSelf, thread_id: str) -> dict[str, Any] | None:
         """The thread's ``id`` and ``userId``, trashed or not; None when there is no thread."""
         t = self.threads
         stmt = self._cached("lifecycle_owner", lambda: sa.select(t.c.id, t.c.userId).where(
@@ -145,7 +145,7 @@ class SQLLifecycle:
         result: dict[str, Any] | None = await self._run(op)
         return result
 
-    async def remove_threads(self: _Backend, thread_ids: Sequence[str], *,
+    async def remove_threads(self: _SQLSelf, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
         """Remove these threads (those that exist) and every row in them, in one transaction;
         dry: count them. Their thread rows are locked first, so a concurrent purge skips them."""
@@ -176,7 +176,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------------ users
 
-    async def user_thread_ids(self: _Backend, identifier: str
+    async def user_thread_ids(self: _SQLSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
         """The user's id (None: no such user) and the ids of every thread naming them, trashed
         ones included: by owner id through the owner's index, or, with no user row left (an
@@ -200,7 +200,7 @@ class SQLLifecycle:
         result: tuple[str | None, list[str]] = await self._run(op)
         return result
 
-    async def remove_user(self: _Backend, identifier: str, *, dry_run: bool = False
+    async def remove_user(self: _SQLSelf, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
         """Remove the user row, with any thread still naming them (one written since their
         threads were removed), in one transaction; dry: count the user row only."""
@@ -234,7 +234,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------------ purge
 
-    def _expired(self: _Backend, rule: ExpiryRule, *, first: bool, dry_run: bool) -> Any:
+    def _expired(self: _SQLSelf, rule: ExpiryRule, *, first: bool, dry_run: bool) -> Any:
         """The statement selecting one batch of expired threads (``id``, ``userId``, the sort
         time as ``at``), oldest first, from the keyset cursor on, locked unless dry."""
         t, s = self.threads, self.steps
@@ -265,7 +265,7 @@ class SQLLifecycle:
 
         return self._cached(shape, build)
 
-    def _meta_true(self: _Backend, column: sa.Column[Any], k: int) -> Any:
+    def _meta_true(self: _SQLSelf, column: sa.Column[Any], k: int) -> Any:
         """``column``'s top-level key bound as ``k{k}`` holds JSON ``true`` (a string "true"
         does not count); false for a NULL document or a missing key."""
         key = sa.bindparam(f"k{k}", type_=sa.Text)
@@ -282,14 +282,12 @@ class SQLLifecycle:
         return sa.func.coalesce(sa.and_(sa.func.json_type(value) == "BOOLEAN", value == "true"),
                                 sa.false())
 
-    def _key_param(self: _Backend, key: str) -> str:
+    def _key_param(self: _SQLSelf, key: str) -> str:
         if self.dialect == "postgresql":
             return key
-        from chainlit_orm.layers.sql import _json_path
+        return json_path(key)
 
-        return _json_path(key)
-
-    async def purge_expired(self: _Backend, rule: ExpiryRule, *, batch: int,
+    async def purge_expired(self: _SQLSelf, rule: ExpiryRule, *, batch: int,
                             after: tuple[str, str] | None, dry_run: bool = False
                             ) -> tuple[Removed, tuple[str, str] | None]:
         """One batch of the threads ``rule`` expires, oldest first after the cursor ``after``:
@@ -315,7 +313,7 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------------ trash
 
-    async def trash_thread(self: _Backend, thread_id: str, at: str) -> bool:
+    async def trash_thread(self: _SQLSelf, thread_id: str, at: str) -> bool:
         """Mark the thread deleted at ``at`` (every read leaves it out from now on); False when
         there is no live thread of that id."""
         t = self.threads
@@ -330,7 +328,7 @@ class SQLLifecycle:
         result: bool = await self._run(op)
         return result
 
-    async def restore_thread(self: _Backend, thread_id: str, since: str) -> bool:
+    async def restore_thread(self: _SQLSelf, thread_id: str, since: str) -> bool:
         """Bring back a thread trashed at or after ``since`` (within the window); False when
         there is none."""
         t = self.threads
@@ -347,7 +345,7 @@ class SQLLifecycle:
         return result
 
 
-def _text(value: object) -> str | None:
+def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 

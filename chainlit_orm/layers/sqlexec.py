@@ -11,7 +11,7 @@ The pool still owns connecting, recycling, ``pool_pre_ping`` and invalidation, a
 events (SQLite pragmas, asyncpg JSON codecs) still run, so a row reads back exactly as it would
 through ``Connection.execute``.
 
-Only the three drivers of :data:`chainlit_orm.layers.sql.SUPPORTED` are handled; each one is
+Only the three drivers of :data:`chainlit_orm.urls.SUPPORTED_DRIVERS` are handled; each one is
 driven through its public API, except aiosqlite's ``_execute`` for a SQLite transaction run in
 one hop (:meth:`RawConnection.transaction_in_thread`).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
@@ -31,9 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from chainlit_orm.errors import TimeoutExceededError
+from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
-           "TxScript", "prepare"]
+           "TxScript", "json_path", "prepare"]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -327,7 +329,7 @@ class RawConnection:
         def run() -> T:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
             words.append("BEGIN")
-            raw.execute("BEGIN IMMEDIATE")
+            raw.execute(BEGIN_IMMEDIATE)
             try:
                 result = body(SyncConnection(raw, words, abandoned))
                 if abandoned[0]:
@@ -356,7 +358,7 @@ class RawConnection:
     async def transaction(self) -> AsyncIterator[RawConnection]:
         """BEGIN (``BEGIN IMMEDIATE`` on SQLite: a deferred transaction that later writes fails
         with "database is locked" instead of waiting) ... COMMIT, or ROLLBACK on any error."""
-        await self._command("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        await self._command(BEGIN_IMMEDIATE if self.dialect == "sqlite" else "BEGIN")
         try:
             yield self
         except BaseException:
@@ -405,12 +407,12 @@ class RawPool:
         self.connect_timeout = connect_timeout
         # Connections of the layer's own engine that were used in the last IDLE_REUSE seconds are
         # kept here, checked out, instead of going back to SQLAlchemy's pool: a checkout and a
-        # check-in through the pool take two greenlet switches and the pool's bookkeeping, about
-        # 40 us, more than a tenth of a statement. One idle longer goes back to the pool, which
-        # recycles (and pre-pings, if asked) on its next checkout. A borrowed engine's pool is
-        # shared, so nothing is kept from it. Callers then wait for a connection here, on a
-        # semaphore of the pool's capacity, not inside the pool (which would never see the
-        # connections kept here come back).
+        # check-in through the pool take two greenlet switches and the pool's bookkeeping, a
+        # noticeable part of a one-row statement (bench/results/design.md D6). One idle longer
+        # goes back to the pool, which recycles (and pre-pings, if asked) on its next checkout.
+        # A borrowed engine's pool is shared, so nothing is kept from it. Callers then wait for
+        # a connection here, on a semaphore of the pool's capacity, not inside the pool (which
+        # would never see the connections kept here come back).
         self._keep_idle = keep_idle
         self._idle: list[tuple[Any, RawConnection, float]] = []
         self._capacity = max(1, capacity)
@@ -672,3 +674,15 @@ class _KeptLease:
                 pool._idle.append((fairy, conn, time.monotonic()))
         finally:
             slots.release()
+
+
+def json_path(key: str) -> str:
+    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
+
+    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
+    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
+    refuses ``$."-..."`` even quoted (error 4042)."""
+    body = json.dumps(key, ensure_ascii=False)[1:-1]
+    if body.startswith("-"):
+        body = "\\u002d" + body[1:]
+    return '$."' + body + '"'

@@ -25,7 +25,7 @@ from chainlit_orm.lifecycle.hooks import Outcome, finish_removal
 from chainlit_orm.lifecycle.records import ENTITIES, Removed
 
 if TYPE_CHECKING:
-    from chainlit_orm.layers.base import ChainlitLayer
+    from chainlit_orm.lifecycle.records import LifecycleLayer
 
 __all__ = ["ErasureReport", "erase_user"]
 
@@ -56,7 +56,7 @@ class ErasureReport:
                 + (" (dry run: nothing changed)" if self.dry_run else "")]
 
 
-async def erase_user(layer: ChainlitLayer, identifier: str, *, dry_run: bool = False,
+async def erase_user(layer: LifecycleLayer, identifier: str, *, dry_run: bool = False,
                      batch: int = ERASE_BATCH) -> ErasureReport:
     """Erase everything that names the user ``identifier``; see the module docstring.
 

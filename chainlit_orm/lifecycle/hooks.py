@@ -18,21 +18,16 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chainlit_orm.errors import ConfigurationError, StorageError
+from chainlit_orm.lifecycle.records import OnDelete, Removed
 
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
 
-    from chainlit_orm.lifecycle.records import Removed
-
 __all__ = ["OnDelete", "Outcome", "check_hook", "finish_removal", "load_hook"]
-
-#: ``await hook(thread_id, user_id)``; ``user_id`` is None for a thread without an owner.
-OnDelete = Callable[[str, str | None], Awaitable[Any]]
 
 
 def check_hook(hook: object) -> OnDelete | None:

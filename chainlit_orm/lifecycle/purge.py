@@ -26,7 +26,7 @@ from chainlit_orm.lifecycle.records import ENTITIES, ExpiryRule, Removed
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 
 if TYPE_CHECKING:
-    from chainlit_orm.layers.base import ChainlitLayer
+    from chainlit_orm.lifecycle.records import LifecycleLayer
 
 __all__ = ["DEFAULT_BATCH", "PurgeReport", "parse_age", "purge"]
 
@@ -100,7 +100,7 @@ class PurgeReport:
 
 
 async def purge(
-    layer: ChainlitLayer,
+    layer: LifecycleLayer,
     *,
     older_than: timedelta | None,
     keep_shared: bool = True,

@@ -6,9 +6,18 @@ backends and ``layers/base.py`` can name these types without importing anything 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["ENTITIES", "ExpiryRule", "Removed"]
+if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
+__all__ = ["ENTITIES", "ExpiryRule", "LifecycleBackend", "LifecycleLayer", "OnDelete", "Removed"]
+
+#: ``await hook(thread_id, user_id)``; ``user_id`` is None for a thread without an owner.
+OnDelete = Callable[[str, str | None], Awaitable[Any]]
 
 #: The entities a report counts, in the order it prints them.
 ENTITIES: tuple[str, ...] = ("user", "thread", "step", "element", "feedback", "file")
@@ -70,3 +79,56 @@ class ExpiryRule:
         threads are kept)."""
         keys = (("is_shared",) if self.keep_shared else ()) + tuple(self.keep_metadata)
         return tuple(dict.fromkeys(keys))
+
+
+
+class LifecycleBackend(Protocol):
+    """The backend primitives :func:`~chainlit_orm.lifecycle.erase_user` and
+    :func:`~chainlit_orm.lifecycle.purge` call: a part of ``layers.base.Backend``, named here so
+    that the lifecycle package never imports ``layers`` (which imports it: a cycle)."""
+
+    async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
+        """The user's id (None: no user row) and every thread naming the user, trash included."""
+        ...
+
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
+                             ) -> Removed:
+        """Remove these threads with everything in them (dry: count it)."""
+        ...
+
+    async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
+        """Remove the user's own record(s) and any thread still naming the user."""
+        ...
+
+    async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
+                            dry_run: bool = False) -> tuple[Removed, Any]:
+        """Remove one batch of what ``rule`` expires; returns it and the next cursor."""
+        ...
+
+
+class LifecycleLayer(Protocol):
+    """What the lifecycle operations read from a layer (``layers.base.ChainlitLayer`` is one)."""
+
+    @property
+    def backend(self) -> LifecycleBackend:
+        """The layer's backend."""
+        ...
+
+    @property
+    def storage(self) -> BaseStorageClient | None:
+        """Where the removed threads' files are deleted."""
+        ...
+
+    @property
+    def on_delete(self) -> OnDelete | None:
+        """The hook called for each removed thread."""
+        ...
+
+    @property
+    def soft_delete(self) -> timedelta | None:
+        """The trash window (None: no trash)."""
+        ...
+
+    def forget_user(self, user_id: str | None) -> None:
+        """Drop an erased user from the layer's caches."""
+        ...

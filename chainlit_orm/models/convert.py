@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+from chainlit_orm.models.rules import is_favorite
 
 __all__ = [
     "RELATION_KEYS",
@@ -90,9 +91,7 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
         if "favorite" in columns:
             # None (metadata not sent) leaves the stored flag as it is, like the metadata itself:
             # a flag reset by an update that keeps the metadata would hide a favorite
-            row["favorite"] = None if metadata is None else bool(
-                isinstance(metadata, Mapping) and metadata.get("favorite") is True
-            )
+            row["favorite"] = None if metadata is None else is_favorite(metadata)
         for name, meta_key in _derived_columns(table):
             value = metadata.get(meta_key) if isinstance(metadata, Mapping) else None
             row[name] = None if value is None else str(value)

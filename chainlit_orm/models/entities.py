@@ -181,7 +181,7 @@ class ThreadFields(SQLModel):
     # the opt-in trash (``soft_delete=``): when the thread was deleted; NULL for a live thread.
     # Every read leaves a trashed thread out; ``purge`` removes it after the window. Not in the
     # DynamoDB list projections ("unlisted"): a projection cannot change in place, and a trashed
-    # thread leaves the list index instead (layers.dynamodb_lifecycle).
+    # thread leaves the list index instead (layers.dynamodb.lifecycle).
     deleted_at: str | None = _col("deletedAt", Timestamp, internal=True,
                                   sa_column_kwargs={"info": {"internal": True, "unlisted": True}})
 

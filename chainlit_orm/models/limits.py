@@ -248,7 +248,7 @@ def _key_bytes(key: object, what: str) -> int:
 
 _TEXT, _INDEXED, _BOOL, _BOOL_OR_TEXT, _INT, _JSON, _STRINGS, _TIMESTAMP, _ID, _ANY = range(10)
 _PLAIN_TEXT = frozenset((_TEXT, _INDEXED, _ID))
-_CANONICAL_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$", re.ASCII)
+_CANONICAL_TS_ASCII = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$", re.ASCII)
 
 
 @functools.cache
@@ -323,7 +323,7 @@ def check_row(
             n = len(value)
         elif kind == _BOOL and value_kind is bool:
             n = 1
-        elif kind == _TIMESTAMP and value_kind is str and _CANONICAL_TS.match(value):
+        elif kind == _TIMESTAMP and value_kind is str and _CANONICAL_TS_ASCII.match(value):
             n = 27
         else:
             n = _check_value(row, name, value, kind, max_chars, f"{what} {name}")

@@ -8,8 +8,8 @@
   extra, so it is imported on first use).
 * :func:`generated_files`: the checked-in copies under ``generated/``.
 
-The one module here that does I/O, :mod:`chainlit_orm.schema_gen.dynamo_migrate`, is not imported
-by this package.
+Nothing here does I/O: the migrators that apply these derivations live in
+:mod:`chainlit_orm.migrations`.
 """
 
 from __future__ import annotations

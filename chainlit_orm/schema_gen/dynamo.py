@@ -111,7 +111,7 @@ TTL_ATTRIBUTE = "expiresAt"
 SCHEMA_VERSION_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", SORT_KEY: "VERSION"}
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_AWS_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _MAX_GSIS = 20
 _MAX_PROJECTED = 100
 
@@ -270,7 +270,7 @@ def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
         for template in (keys.pk, keys.sk):
             _check_template(template, columns, entity, "table key")
         for declared in keys.indexes:
-            if not _NAME.match(declared.index):
+            if not _AWS_NAME.match(declared.index):
                 raise SchemaError(f"DynamoDB index name {declared.index!r} is invalid")
             for template in (declared.pk, declared.sk):
                 _check_template(template, columns, entity, declared.index)
@@ -339,7 +339,7 @@ def dynamo_table_spec(
         SchemaError: the declarations are inconsistent (see :func:`dynamo_indexes`), or the
             table name is not a valid DynamoDB name.
     """
-    if not _NAME.match(table_name):
+    if not _AWS_NAME.match(table_name):
         raise SchemaError(
             f"DynamoDB table name {table_name!r} is invalid (3-255 of A-Z a-z 0-9 _ . -)",
             detail=table_name,

@@ -17,7 +17,7 @@ from chainlit_orm.schema_gen.sql import GENERATED_HEADER, SUPPORTED_DIALECTS, dd
 __all__ = ["generated_files"]
 
 
-def _json(document: dict[str, Any]) -> str:
+def _json_text(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -32,9 +32,9 @@ def generated_files(models: ModelSet = DEFAULT_MODELS) -> dict[str, str]:
         SchemaError: the DynamoDB declarations are inconsistent.
     """
     files = {f"{dialect}.sql": ddl(models, dialect) for dialect in SUPPORTED_DIALECTS}
-    files["dynamodb.json"] = _json({
+    files["dynamodb.json"] = _json_text({
         "_comment": f"{GENERATED_HEADER} (regenerate with: chainlit-orm generate)",
         **dynamo_key_mapping(models),
     })
-    files["dynamodb.cfn.json"] = _json(cloudformation(models))
+    files["dynamodb.cfn.json"] = _json_text(cloudformation(models))
     return files

@@ -11,12 +11,12 @@ from __future__ import annotations
 from chainlit_orm.storage._headers import build_content_disposition as build_content_disposition
 from chainlit_orm.storage._keys import validate_key as validate_key
 from chainlit_orm.storage.client import FsspecStorage as FsspecStorage
-from chainlit_orm.storage.client import ObjectInfo as ObjectInfo
 from chainlit_orm.storage.protocols import DiscardableStorage as DiscardableStorage
 from chainlit_orm.storage.protocols import ReadableStorage as ReadableStorage
-from chainlit_orm.storage.route import ROUTE_PATH as ROUTE_PATH
 from chainlit_orm.storage.route import mount_on_chainlit as mount_on_chainlit
 from chainlit_orm.storage.route import mount_storage_route as mount_storage_route
+from chainlit_orm.storage.served import ROUTE_PATH as ROUTE_PATH
+from chainlit_orm.storage.served import ObjectInfo as ObjectInfo
 
 __all__ = [
     "ROUTE_PATH",

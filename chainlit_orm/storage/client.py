@@ -39,7 +39,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import fsspec
@@ -57,9 +57,10 @@ from chainlit_orm.errors import (
     StorageTimeoutError,
     mask_url,
 )
-from chainlit_orm.storage import _signing
+from chainlit_orm.storage import _signing, served
 from chainlit_orm.storage._headers import check_content_type, normalize_content_disposition
 from chainlit_orm.storage._keys import META_DIR, meta_path, object_path, validate_key
+from chainlit_orm.storage.served import ObjectInfo, OpenObject
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,7 +99,7 @@ _ENV_EXPIRY = "STORAGE_EXPIRY_TIME"
 _DEFAULT_EXPIRES = 3600
 _S3_MAX_EXPIRES = 7 * 24 * 3600
 _MIN_SECRET_LENGTH = 16
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_STORAGE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _READ_CHUNK = 1 << 20
 
 
@@ -130,26 +131,6 @@ _BACKENDS: dict[str, _Backend] = {
     "local": _LOCAL,
     "memory": _MEMORY,
 }
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """An object served by the local route: its size and the headers stored at upload."""
-
-    size: int
-    content_type: str
-    content_disposition: str | None
-
-
-@dataclass(frozen=True)
-class OpenObject:
-    """An object the local route has opened: what to serve it with, and the open handle."""
-
-    info: ObjectInfo
-    reader: IO[bytes]
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.reader.close)
 
 
 def _env(name: str) -> str | None:
@@ -275,12 +256,6 @@ class FsspecStorage(BaseStorageClient):
         MissingDependencyError: s3fs (extra ``s3``) or adlfs (extra ``azure``) is not installed.
     """
 
-    #: Route-served storages register here by name so the route can find them (weakly: a
-    #: storage that is garbage-collected stops serving).
-    _registry: ClassVar[weakref.WeakValueDictionary[str, FsspecStorage]] = (
-        weakref.WeakValueDictionary()
-    )
-
     def __init__(
         self,
         url: str,
@@ -346,9 +321,9 @@ class FsspecStorage(BaseStorageClient):
         self.cleanup_timeout = self.timeout / 2
         self._options = self._resolve_options(options)
         self.name = name if name is not None else self._default_name()
-        if not _NAME.match(self.name):
+        if not _STORAGE_NAME.match(self.name):
             raise ConfigurationError(
-                f"storage name {self.name!r} must match {_NAME.pattern}", detail=self.name
+                f"storage name {self.name!r} must match {_STORAGE_NAME.pattern}", detail=self.name
             )
         self.public_base_url = (public_base_url or _env(ENV_PUBLIC_BASE_URL) or "").rstrip("/")
         self._root_path = _read_root_path()
@@ -367,7 +342,7 @@ class FsspecStorage(BaseStorageClient):
         self._async_fs: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = {}
         if backend.served_by_route:
             self._sync_fs = self._new_filesystem(asynchronous=False)
-            self._register()
+            self.register_for_route()
             self._mount(mount)
 
     # -- construction helpers -------------------------------------------------------------------
@@ -482,9 +457,15 @@ class FsspecStorage(BaseStorageClient):
             )
         return raw
 
-    def _register(self) -> None:
-        current = self._registry.get(self.name)
-        if current is not None and current is not self:
+    def register_for_route(self) -> None:
+        """Register with the read-URL route (:mod:`.served`) under :attr:`name`.
+
+        Raises:
+            ConfigurationError: the name is registered by a storage of another location, or of
+                the same location with another secret (its URLs would be refused).
+        """
+        current = served.lookup(self.name)
+        if current is not None and current is not self and isinstance(current, FsspecStorage):
             if (current._backend, current.root) != (self._backend, self.root):
                 raise ConfigurationError(
                     f"storage name {self.name!r} is already used by {mask_url(current.url)!r}; "
@@ -497,7 +478,7 @@ class FsspecStorage(BaseStorageClient):
                     "URLs of one would be refused by the route; use the same secret or name=",
                     detail=self.name,
                 )
-        self._registry[self.name] = self
+        served.register(self)
 
     def _mount(self, mount: bool | None) -> None:
         import sys
@@ -536,8 +517,9 @@ class FsspecStorage(BaseStorageClient):
         if self._backend is _S3:
             if fs.session is None:
                 # Creating an aiobotocore client reads botocore's JSON data files synchronously
-                # (~200 ms of blocking I/O and parsing, measured). Do it once in a worker thread;
-                # the session caches what it loaded, so set_session() below only builds the client.
+                # (blocking I/O on the event loop: bench/results/design.md D7). Do it once in a
+                # worker thread; the session caches what it loaded, so set_session() below only
+                # builds the client.
                 fs.session = await asyncio.to_thread(_warmed_aio_session, dict(fs.kwargs))
             await fs.set_session()
         return fs
@@ -887,15 +869,14 @@ class FsspecStorage(BaseStorageClient):
                 fs = await self._fs()
                 url: str = await fs._url(path, expires=self.expires)
                 return url
-        from chainlit_orm.storage.route import ROUTE_PATH
-
         # Rounded up: ``int(now)`` would cut up to a second off the promised lifetime, so a URL
         # signed at x.99 s with expires=1 would already be dead 0.01 s later.
         expires_at = math.ceil(time.time()) + self.expires
         signature = _signing.sign(self._signing_key, self.name, key, expires_at)
         base = self.public_base_url or self._root_path
         quoted = quote(key, safe="/")
-        return f"{base}{ROUTE_PATH}/{self.name}/{quoted}?expires={expires_at}&sig={signature}"
+        path = f"{served.ROUTE_PATH}/{self.name}/{quoted}"
+        return f"{base}{path}?expires={expires_at}&sig={signature}"
 
     async def close(self) -> None:
         """Release this storage's HTTP sessions and connections; never raises.
@@ -947,10 +928,11 @@ class FsspecStorage(BaseStorageClient):
 
     # -- the read route's side (local and memory) -----------------------------------------------
 
-    def _verify(self, key: str, expires: str, signature: str) -> bool:
+    def verify_read_url(self, key: str, expires: str, signature: str) -> bool:
+        """Whether a read URL's ``signature`` is this storage's for ``key`` and unexpired."""
         return _signing.verify(self._signing_key, self.name, key, expires, signature, time.time())
 
-    async def _open_object(self, key: str) -> OpenObject | None:
+    async def open_object(self, key: str) -> OpenObject | None:
         """Open ``key`` for the route, or None if it is not a file (route backends only).
 
         The object is opened, and its size taken from the open handle, before the route sends a
@@ -994,7 +976,7 @@ class FsspecStorage(BaseStorageClient):
         )
         return OpenObject(info=info, reader=reader)
 
-    async def _read_range(
+    async def read_range(
         self, key: str, opened: OpenObject, start: int, end: int
     ) -> AsyncIterator[bytes]:
         """Yield bytes ``[start, end)`` of an opened object in 1 MiB chunks read in a worker

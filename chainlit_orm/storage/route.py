@@ -22,8 +22,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
 from chainlit_orm.errors import InvalidIdentifierError, StorageError, StorageTimeoutError
+from chainlit_orm.storage import served
 from chainlit_orm.storage._keys import validate_key
-from chainlit_orm.storage.client import FsspecStorage, OpenObject
+from chainlit_orm.storage.served import ROUTE_PATH, OpenObject, ServedStorage
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -32,8 +33,6 @@ __all__ = ["ROUTE_PATH", "mount_on_chainlit", "mount_storage_route"]
 
 logger = logging.getLogger(__name__)
 
-#: Path of the route, below the app's root path. Part of every local/memory read URL.
-ROUTE_PATH = "/chainlit-orm/files"
 
 # [0-9], not \d: \d also matches Unicode digits ("²") that int() refuses.
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
@@ -52,7 +51,7 @@ class _StorageRoute(Route):
     """Marker subclass so mounting twice is detected and does nothing."""
 
 
-def mount_storage_route(app: Starlette, *storages: FsspecStorage, path_prefix: str = "") -> None:
+def mount_storage_route(app: Starlette, *storages: ServedStorage, path_prefix: str = "") -> None:
     """Serve local/memory read URLs from ``app`` (idempotent).
 
     The route goes before any catch-all GET route (Chainlit's ``/{full_path:path}``), or last if
@@ -66,7 +65,7 @@ def mount_storage_route(app: Starlette, *storages: FsspecStorage, path_prefix: s
             prefix comes from ``CHAINLIT_ROOT_PATH`` or the storage's ``public_base_url``.
     """
     for storage in storages:
-        storage._register()
+        storage.register_for_route()
     prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
     path = f"{prefix}{ROUTE_PATH}/{{name}}/{{key:path}}"
     routes = app.router.routes
@@ -141,7 +140,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None
 async def _serve(request: Request) -> Response:
     name = request.path_params["name"]
     key = request.path_params["key"]
-    storage = FsspecStorage._registry.get(name)
+    storage = served.lookup(name)
     if storage is None:
         return Response("Not Found", status_code=404, media_type="text/plain")
     try:
@@ -150,10 +149,10 @@ async def _serve(request: Request) -> Response:
         return Response("Bad Request", status_code=400, media_type="text/plain")
     expires = request.query_params.get("expires", "")
     signature = request.query_params.get("sig", "")
-    if not storage._verify(key, expires, signature):
+    if not storage.verify_read_url(key, expires, signature):
         return Response("Forbidden", status_code=403, media_type="text/plain")
     try:
-        opened = await storage._open_object(key)
+        opened = await storage.open_object(key)
     except StorageTimeoutError as exc:
         logger.warning("chainlit-orm storage route: %s", exc)
         return Response("Gateway Timeout", status_code=504, media_type="text/plain")
@@ -169,7 +168,7 @@ async def _serve(request: Request) -> Response:
 
 
 def _respond(
-    request: Request, storage: FsspecStorage, key: str, expires: str, opened: OpenObject
+    request: Request, storage: ServedStorage, key: str, expires: str, opened: OpenObject
 ) -> Response:
     """The response for an opened object: a stream that closes the handle when it ends, or a
     bodiless answer (HEAD, empty, unsatisfiable range) after which the caller closes it."""
@@ -200,7 +199,7 @@ def _respond(
     if request.method == "HEAD" or end == start:
         return Response(status_code=status, headers=headers)
     return StreamingResponse(
-        storage._read_range(key, opened, start, end),
+        storage.read_range(key, opened, start, end),
         status_code=status,
         headers=headers,
     )

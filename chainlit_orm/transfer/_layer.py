@@ -16,33 +16,33 @@ Names used, by origin:
 * ``models.search.folded_values`` and ``FOLDED_FROM``: the case-folded copies the SQL search
   compares with (``threads."nameFolded"``, ``steps."outputFolded"``), as every SQL write stores
   them (DynamoDB has none: its search folds the projected name when it reads);
-* ``models.limits.check_row``, ``layers.base._check_identifier``:
+* ``models.limits.check_row``, ``layers.base.check_identifier``:
   the checks every layer write passes, applied to records that come from outside (a bundle,
   Chainlit's official schema) by :func:`check_record`;
-* ``layers.base.USER_MESSAGE``: the step type whose creation is a thread's activity;
-  ``layers.base._content_disposition``: the header an element file is stored with;
+* ``models.rules.USER_MESSAGE``: the step type whose creation is a thread's activity;
+  ``layers.base.element_content_disposition``: the header an element file is stored with;
 * ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
   ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
-* ``migration.migrate``: the destination's schema before anything is written;
-* ``schema_gen.dynamo_migrate.parse_dynamodb_url``: ``dynamodb://`` URLs;
-* ``layers.dynamodb``: ``DynamoBackend`` and its ``codecs`` (attribute encoding and item
-  decoding), ``_key_of``, ``_index_attributes`` (GSI key attributes), ``indexes``, ``_kind``,
-  ``_user_row``, ``_load_texts``, ``_text_key``, ``offload_bytes``, ``_batch_write``,
-  ``_batch_get``, ``_query_all``, ``_call``, ``_lookup``, ``list_threads``, ``get_user``,
-  ``ensure_ready``, ``close``; module helpers ``_s``, ``_key``, ``_item_size``,
-  ``_is_phantom``, ``_legacy_feedback``; constants ``ITEM_LIMIT``, ``TEXT_REFS``,
-  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``;
+* ``migrations.migrate``: the destination's schema before anything is written;
+* ``urls.parse_dynamodb_url``: ``dynamodb://`` URLs;
+* ``layers.dynamodb``: ``DynamoBackend`` (built on a ``DynamoConfig``) with its ``layout``
+  (:class:`~chainlit_orm.layers.dynamodb.items.ItemLayout`: ``codecs``, ``key_of``,
+  ``index_attributes``, ``kind``, ``thread_of_key``, ``user_row``), ``indexes``,
+  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and, still
+  private, ``_load_texts``, ``_text_key``, ``_batch_write``, ``_call``, ``_lookup``;
+  ``layers.dynamodb.items`` (``string_value``, ``item_size``, ``ITEM_LIMIT``, ``TEXT_REFS``,
+  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
+  (``legacy_feedback``, ``is_phantom``);
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
   ``storage._keys.validate_key``: the object-key rules every storage write applies (a bundle's
   element keys are checked by them before anything is written);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
-Two rules are written inline in the layers today, with no function to call; they are written
-here once each, with the place they mirror, until issue 15 gives them one home:
-:func:`thread_activity` (``migration._activity_values`` and the DynamoDB backfill) and
-:func:`DynamoTable.feedback_markers` (``DynamoBackend._counter_update`` and the backfill).
+:func:`thread_activity` applies :func:`chainlit_orm.models.rules.latest_activity` (the rule the
+migrators backfill with); :func:`DynamoTable.feedback_markers` mirrors
+``DynamoBackend._counter_update`` and the backfill, which still write it inline.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from chainlit_orm.errors import (
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
+from chainlit_orm.models.rules import USER_MESSAGE, latest_activity
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.storage._keys import validate_key
@@ -86,8 +87,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: The step type whose creation counts as thread activity.
-USER_MESSAGE = "user_message"
 
 #: Internal columns that are facts of a row (copied as they are), not derived on write:
 #: ``deletedAt`` is the trash state (chainlit_orm.lifecycle), which a copy keeps.
@@ -180,13 +179,13 @@ def check_record(models: ModelSet, entity: str, record: dict[str, Any]) -> None:
             ``detail`` (its subclass ``PayloadTooLargeError``, detail the entity, when the
             record is above the record limit).
     """
-    from chainlit_orm.layers.base import _check_identifier
+    from chainlit_orm.layers.base import check_identifier
 
     table = models.table(entity)
     if entity == "user":
         if not isinstance(record.get("identifier"), str):
             raise InvalidInputError("user identifier must be a string", detail="identifier")
-        _check_identifier(record["identifier"])
+        check_identifier(record["identifier"])
     elif entity == "step":
         # NOT NULL in Chainlit's documented schema; the layer's _step_row refuses them too
         for key in ("name", "type"):
@@ -236,18 +235,17 @@ def _refused_column(table: sa.Table, record: Mapping[str, Any], entity: str,
 
 def thread_activity(created_at: str | None, user_message_times: Iterable[str | None]) -> str:
     """A thread's activity when its store does not record one: its latest user message, else its
-    creation, else now. Mirrors ``migration._activity_values`` (the rule ``migrate`` backfills an
-    adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
+    creation, else now. Mirrors ``migrations.sql._activity_values`` (the rule ``migrate``
+    backfills an adopted Chainlit database with) and the DynamoDB backfill; all values are canonical
     timestamps, so text order is time order."""
-    latest = max((t for t in user_message_times if t), default=None)
-    return latest or created_at or utc_now()
+    return latest_activity(created_at, user_message_times) or utc_now()
 
 
 def content_disposition(name: str) -> str:
     """The ``Content-Disposition`` the layer stores an element's file with."""
-    from chainlit_orm.layers.base import _content_disposition
+    from chainlit_orm.layers.base import element_content_disposition
 
-    return _content_disposition(name)
+    return element_content_disposition(name)
 
 
 async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | None:
@@ -276,7 +274,7 @@ async def read_object(storage: BaseStorageClient, object_key: str) -> bytes | No
 
 async def migrate(url: str, models: ModelSet) -> list[str]:
     """``chainlit-orm migrate`` on a destination: create or upgrade its schema, additively."""
-    from chainlit_orm.migration import migrate as run
+    from chainlit_orm.migrations import migrate as run
 
     return list((await run(url, models=models)).lines)
 
@@ -323,21 +321,24 @@ class DynamoTable:
     key, index attribute, counter and offloaded text made by the layer's own code."""
 
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
-        from chainlit_orm.layers import dynamodb as dy
+        from chainlit_orm.layers.dynamodb import items as dy
+        from chainlit_orm.layers.dynamodb import legacy
+        from chainlit_orm.layers.dynamodb.backend import DynamoBackend
+        from chainlit_orm.layers.dynamodb.config import DynamoConfig
         from chainlit_orm.schema_gen import dynamo as spec
-        from chainlit_orm.schema_gen.dynamo_migrate import parse_dynamodb_url
+        from chainlit_orm.urls import parse_dynamodb_url
 
         parsed = parse_dynamodb_url(url)
-        if parsed.profile:
-            raise ConfigurationError(
-                "profile= is not supported here; set AWS_PROFILE instead", detail="profile")
         self._dy = dy
+        self._legacy = legacy
         self._spec = spec
         self.models = models
         self.storage = storage
-        self.backend = dy.DynamoBackend(
-            parsed.table, models=models, region=parsed.region, endpoint_url=parsed.endpoint_url,
-            max_pool_connections=16, storage=lambda: storage)
+        self.backend = DynamoBackend(
+            DynamoConfig(parsed.table, models=models, region=parsed.region,
+                         endpoint_url=parsed.endpoint_url, profile=parsed.profile,
+                         max_pool_connections=16),
+            storage=lambda: storage)
         self.table = parsed.table
         self.shown = self.backend.url
 
@@ -369,13 +370,13 @@ class DynamoTable:
         if sk == self.models.dynamo["user"].sk and spec.parse_key(
                 self.models.dynamo["user"].pk, pk) is not None:
             return "user", None
-        thread_id = b._thread_of_key(pk)
+        thread_id = b.layout.thread_of_key(pk)
         if thread_id is None:
             return None, None
-        return b._kind(sk), thread_id
+        return b.layout.kind(sk), thread_id
 
     def user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        return self.backend._user_row(item)
+        return self.backend.layout.user_row(item)
 
     def thread_head(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """A thread item's row (what enumerating and filtering threads needs)."""
@@ -387,7 +388,7 @@ class DynamoTable:
     async def get_users(self, identifiers: Sequence[str]) -> list[dict[str, Any]]:
         """The user rows of these identifiers that exist (BatchGetItem, 100 keys a call)."""
         b = self.backend
-        keys = [b._key_of("user", identifier=i) for i in identifiers]
+        keys = [b.layout.key_of("user", identifier=i) for i in identifiers]
         items: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
             items += await b._batch_get(keys[start:start + 100])
@@ -416,7 +417,7 @@ class DynamoTable:
         items = await b._query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
             ExpressionAttributeValues={
-                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
+                ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
             ConsistentRead=True)
         return await self.decode_partition(thread_id, items)
 
@@ -426,7 +427,7 @@ class DynamoTable:
         """A thread partition's items as rows: ``get_thread``'s reading (the same item kinds,
         phantom steps, embedded legacy feedback and offloaded texts), except that feedback items
         whose step does not exist are kept, as the SQL backends keep such rows."""
-        dy, spec, b = self._dy, self._spec, self.backend
+        spec, b = self._spec, self.backend
         thread: dict[str, Any] | None = None
         steps: list[dict[str, Any]] = []
         step_items: list[Mapping[str, Any]] = []
@@ -434,14 +435,14 @@ class DynamoTable:
         feedback: dict[str, dict[str, Any]] = {}
         legacy: dict[str, dict[str, Any]] = {}
         for item in items:
-            kind = b._kind(item[spec.SORT_KEY]["S"])
+            kind = b.layout.kind(item[spec.SORT_KEY]["S"])
             if kind == "thread":
                 thread = b.codecs["thread"].row(item)
             elif kind == "step":
-                embedded = dy._legacy_feedback(item)
+                embedded = self._legacy.legacy_feedback(item)
                 if embedded and embedded.get("forId"):
                     legacy.setdefault(str(embedded["forId"]), embedded)
-                if not dy._is_phantom(item):
+                if not self._legacy.is_phantom(item):
                     steps.append(b.codecs["step"].row(item))
                     step_items.append(item)
             elif kind == "element":
@@ -463,12 +464,12 @@ class DynamoTable:
         entity's codec, and the GSI key attributes (feedback-driven sparse indexes excluded)."""
         b = self.backend
         codec = b.codecs[entity]
-        item = dict(b._key_of(entity, **key))
+        item = dict(b.layout.key_of(entity, **key))
         for name, value in row.items():
             if value is not None:
                 item[name] = codec.encode(name, value)
-        for attribute, value in b._index_attributes(entity, row).items():
-            item[attribute] = self._dy._s(value)
+        for attribute, value in b.layout.index_attributes(entity, row).items():
+            item[attribute] = self._dy.string_value(value)
         return item
 
     def user_item(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -505,7 +506,7 @@ class DynamoTable:
                             if d.index == spec.name)
             marker = self._spec.render_key(declared.pk, {"userId": user_id})
             if marker:
-                out[spec.pk_attribute] = dy._s(marker)
+                out[spec.pk_attribute] = dy.string_value(marker)
         return out
 
     def step_item(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -523,8 +524,8 @@ class DynamoTable:
                     key = b._text_key(thread_id, step_id, field, False)
                     uploads.append((key, text.encode()))
                     del item[field]
-                    item[ref] = dy._s(key)
-        size = dy._item_size(item)
+                    item[ref] = dy.string_value(key)
+        size = dy.item_size(item)
         if size > dy.ITEM_LIMIT - 1024:
             hint = "" if self.storage is not None else (
                 " (configure a destination storage to offload texts)")
@@ -543,11 +544,11 @@ class DynamoTable:
         """userId of each of these threads that exists (BatchGetItem of the thread items)."""
         b = self.backend
         out: dict[str, str | None] = {}
-        keys = [b._key_of("thread", id=t) for t in thread_ids]
+        keys = [b.layout.key_of("thread", id=t) for t in thread_ids]
         for start in range(0, len(keys), 100):
             for item in await b._batch_get(keys[start:start + 100]):
                 row = b.codecs["thread"].row(item)
-                thread_id = b._thread_of_key(item[self._spec.PARTITION_KEY]["S"])
+                thread_id = b.layout.thread_of_key(item[self._spec.PARTITION_KEY]["S"])
                 if thread_id is not None:
                     out[thread_id] = row.get("userId")
         return out
@@ -560,7 +561,7 @@ class DynamoTable:
             KeyConditionExpression="#p = :p AND begins_with(#s, :f)",
             ExpressionAttributeNames={"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY},
             ExpressionAttributeValues={
-                ":p": b._key_of("thread", id=thread_id)[spec.PARTITION_KEY],
+                ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY],
                 ":f": {"S": prefix}},
             ConsistentRead=True)
         return [b.codecs["feedback"].row(item) for item in items]

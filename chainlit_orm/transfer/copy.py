@@ -48,6 +48,7 @@ from chainlit_orm.transfer.sources import (
     file_info,
 )
 from chainlit_orm.transfer.verify import verify
+from chainlit_orm.urls import DynamoURL, parse_url
 
 __all__ = ["DEFAULT_BATCH", "SOURCE_KINDS", "copy", "export", "import_bundle"]
 
@@ -69,7 +70,8 @@ StorageSpec = str | BaseStorageClient | None
 
 
 def _is_dynamo(url: str) -> bool:
-    return url.strip().lower().startswith("dynamodb://")
+    """Whether ``url`` names a DynamoDB table (parsed, and so checked, by the one URL parser)."""
+    return isinstance(parse_url(url), DynamoURL)
 
 
 async def _sql_kinds(url: str, models: ModelSet) -> set[str]:

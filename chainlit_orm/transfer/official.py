@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 #: The tables that make a database Chainlit's official data layer's.
 OFFICIAL_TABLES: tuple[str, ...] = ("User", "Thread", "Step", "Element", "Feedback")
 
-_CANONICAL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_OFFICIAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHOW_INPUT = BoolOrText()
 
 #: Skip reasons, as the summary shows them.
@@ -101,7 +101,7 @@ def _show_input(value: Any) -> bool | str | None:
 
 def _uuid(value: Any) -> str | None:
     text = None if value is None else str(value)
-    return text if text is not None and _CANONICAL_ID.match(text) else None
+    return text if text is not None and _OFFICIAL_UUID.match(text) else None
 
 
 def _ts(value: Any) -> str | None:
@@ -110,7 +110,7 @@ def _ts(value: Any) -> str | None:
     return None if value is None else canonical_timestamp(value)
 
 
-def _json(value: Any) -> Any:
+def _official_json(value: Any) -> Any:
     """asyncpg returns ``jsonb`` as text (no codec is set on this engine's connections)."""
     return json.loads(value) if isinstance(value, str) else value
 
@@ -246,7 +246,7 @@ class OfficialSource:
         """
         return record(self.models, "user", {
             "id": row["id"], "identifier": row["identifier"], "display_name": None,
-            "metadata": _json(row["metadata"]), "createdAt": _ts(row["createdAt"])},
+            "metadata": _official_json(row["metadata"]), "createdAt": _ts(row["createdAt"])},
             validate=True)
 
     def _refuse(self, entity: str, row_id: object, exc: InvalidInputError,
@@ -322,7 +322,7 @@ class OfficialSource:
                     "id": row["id"], "createdAt": _ts(row["createdAt"]), "activityAt": None,
                     "name": row["name"], "userId": owner, "userIdentifier": row["identifier"],
                     "tags": None if row["tags"] is None else list(row["tags"]),
-                    "metadata": _json(row["metadata"]), "extra": None}, validate=True))
+                    "metadata": _official_json(row["metadata"]), "extra": None}, validate=True))
             except InvalidInputError as exc:
                 reason = refusal_reason("thread", exc) + ", with its rows"
                 dropped[thread_id] = self._refuse("thread", thread_id, exc, reason)
@@ -364,7 +364,7 @@ class OfficialSource:
                 "parentId": _uuid(row["parentId"]),
                 "name": row["name"] if row["name"] is not None else "",
                 "type": str(row["type"]), "streaming": False, "isError": row["isError"],
-                "metadata": _json(row["metadata"]), "input": row["input"],
+                "metadata": _official_json(row["metadata"]), "input": row["input"],
                 "output": row["output"], "createdAt": start, "start": start,
                 "end": _ts(row["endTime"]),
                 "showInput": None if show is None else _show_input(show),
@@ -382,7 +382,7 @@ class OfficialSource:
         if _uuid(row["id"]) is None or _uuid(row["stepId"]) is None:
             self._skip(NOT_UUID, f"element {row['id']}")
             return
-        metadata = _json(row["metadata"]) or {}
+        metadata = _official_json(row["metadata"]) or {}
         try:
             found[thread_id].elements.append(record(self.models, "element", {
                 "id": row["id"], "threadId": row["threadId"], "forId": row["stepId"],
@@ -390,7 +390,7 @@ class OfficialSource:
                 "chainlitKey": row["chainlitKey"], "name": row["name"],
                 "display": row["display"], "objectKey": row["objectKey"], "size": row["size"],
                 "page": row["page"], "language": row["language"], "mime": row["mime"],
-                "props": _json(row["props"]),
+                "props": _official_json(row["props"]),
             }, validate=True))
         except InvalidInputError as exc:
             self._refuse("element", row["id"], exc)

@@ -107,7 +107,7 @@ async def test_an_interrupted_backfill_blocks_the_layer_and_resumes(
     async def interrupted(request: Any) -> list[str]:
         raise KeyboardInterrupt
 
-    from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
+    from chainlit_orm.migrations.dynamo import migrate_dynamodb
 
     with pytest.raises(KeyboardInterrupt):
         await migrate_dynamodb(table_url(table_name), backfill=interrupted, poll_interval=0.1)

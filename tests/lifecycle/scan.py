@@ -9,14 +9,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chainlit_orm.layers.sql import normalize_url
+from chainlit_orm.urls import parse_sql_url
 
 
 async def scan_sql(url: str, needles: list[str]) -> dict[str, int]:
     """Rows holding any needle, per table, over every table of every schema the URL's database
     has (version table, search tables and their shadow tables included). Also returns the number
     of tables and rows read under the keys ``"<tables>"`` and ``"<rows>"``."""
-    engine = create_async_engine(normalize_url(url))
+    engine = create_async_engine(parse_sql_url(url).async_url())
     found: dict[str, int] = {}
     tables = rows_read = 0
     try:

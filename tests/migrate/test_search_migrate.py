@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit_orm import SQLDataLayer
 from chainlit_orm.errors import SchemaError, SchemaOutdatedError
-from chainlit_orm.migration import migrate
+from chainlit_orm.migrations import migrate
 from chainlit_orm.schema_gen import SCHEMA_VERSION
 from tests.fixtures.legacy import (
     PG_ADMIN_DSN,

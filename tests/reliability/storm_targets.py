@@ -99,7 +99,7 @@ async def stored_children(layer: ChainlitLayer, target: Target, thread_id: str
             ExpressionAttributeValues={":p": {"S": f"THREAD#{thread_id}"}}, ConsistentRead=True)
         steps, rated = set(), set()
         for item in items:
-            kind = backend._kind(item["SK"]["S"])
+            kind = backend.layout.kind(item["SK"]["S"])
             assert kind is not None, item["SK"]
             counts[kind] += 1
             if kind == "step":

@@ -241,7 +241,7 @@ async def test_an_object_deleted_once_opened_is_served_whole(
     storage = served.storage
     await storage.upload_file("race.bin", BIG)
     url = await storage.get_read_url("race.bin")
-    real_open = FsspecStorage._open_object
+    real_open = FsspecStorage.open_object
     deleted: list[bool] = []
 
     async def open_then_delete(self: FsspecStorage, key: str) -> Any:
@@ -249,7 +249,7 @@ async def test_an_object_deleted_once_opened_is_served_whole(
         deleted.append(await self.delete_file(key))
         return opened
 
-    monkeypatch.setattr(FsspecStorage, "_open_object", open_then_delete)
+    monkeypatch.setattr(FsspecStorage, "open_object", open_then_delete)
     response = await http.get(url)
     assert deleted == [True]
     assert response.status_code == 200

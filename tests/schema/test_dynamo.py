@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from chainlit_orm.errors import BackendUnavailableError, ConfigurationError, SchemaError
+from chainlit_orm.migrations.dynamo import migrate_dynamodb
+from chainlit_orm.migrations.report import MigrationReport
 from chainlit_orm.models import DEFAULT_MODELS
 from chainlit_orm.schema_gen import (
     SCHEMA_VERSION,
@@ -21,11 +23,7 @@ from chainlit_orm.schema_gen import (
     pynamodb_models,
     render_key,
 )
-from chainlit_orm.schema_gen.dynamo_migrate import (
-    DynamoURL,
-    migrate_dynamodb,
-    parse_dynamodb_url,
-)
+from chainlit_orm.urls import DynamoURL, parse_dynamodb_url
 from tests.aws import docs_table
 from tests.schema.conftest import MOTO_ENDPOINT, REGION
 from tests.schema.custom_models import MODELS as CUSTOM_MODELS
@@ -212,7 +210,8 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
     shown = f"table {table_name} ({url})"
 
     planned = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=True)
-    assert planned == [
+    assert not planned.changed
+    assert planned.lines == [
         f"would add GSI UserActivity (UserActivityPK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
@@ -223,8 +222,9 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table_name)["Table"][
         "GlobalSecondaryIndexes"]] == ["UserThread"]
 
-    lines = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False, poll_interval=0.1)
-    assert lines == [
+    report = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False, poll_interval=0.1)
+    assert report.changed
+    assert report.lines == [
         f"add GSI UserActivity (UserActivityPK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
@@ -248,7 +248,8 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         "PK": {"S": "THREAD#1"}, "SK": {"S": "THREAD"}, "id": {"S": "1"}}
 
     again = await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False)
-    assert again == [f"{shown} is up to date (schema version {SCHEMA_VERSION})"]
+    assert again == MigrationReport(
+        [f"{shown} is up to date (schema version {SCHEMA_VERSION})"], changed=False)
 
 
 async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
@@ -256,20 +257,20 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
 ) -> None:
     url = f"dynamodb://{table_name}?region={REGION}&endpoint_url={MOTO_ENDPOINT}"
     shown = f"table {table_name} ({url})"
-    assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=True) == [
+    assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=True) == MigrationReport([
         f"would create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, TenantActivity, ById",
         "would enable TTL on attribute expiresAt",
         f"would record schema version {SCHEMA_VERSION}",
-    ]
+    ], changed=False)
     with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
         dynamodb.describe_table(TableName=table_name)
-    assert await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False) == [
+    assert await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False) == MigrationReport([
         f"create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, ById",
         "enable TTL on attribute expiresAt",
         f"record schema version {SCHEMA_VERSION}",
-    ]
+    ], changed=True)
     seen: list[tuple[str, ...]] = []
 
     async def backfill(request: Any) -> list[str]:
@@ -277,10 +278,11 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
         return [f"backfilled {request.url.table}"]
 
     # the custom set adds one GSI to the table the default set made
-    assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=False, backfill=backfill) == [
-        f"add GSI TenantActivity (TenantActivityPK/UserActivitySK, INCLUDE) to {shown}",
-        f"backfilled {table_name}",
-    ]
+    assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=False, backfill=backfill) == (
+        MigrationReport([
+            f"add GSI TenantActivity (TenantActivityPK/UserActivitySK, INCLUDE) to {shown}",
+            f"backfilled {table_name}",
+        ], changed=True))
     assert seen == [("TenantActivity",)]
 
 

@@ -82,10 +82,10 @@ async def test_from_env_reads_everything_at_construction(
     assert url.startswith(f"https://files.example.com/chainlit-orm/files/{storage.name}/k?")
     expires = int(url.split("expires=")[1].split("&")[0])
     sig = url.split("sig=")[1]
-    assert storage._verify("k", str(expires), sig) is True
+    assert storage.verify_read_url("k", str(expires), sig) is True
     twin = FsspecStorage(str(tmp_path / "env"), secret=TEST_SECRET, mount=False)
     assert twin.name == storage.name
-    assert twin._verify("k", str(expires), sig) is True
+    assert twin.verify_read_url("k", str(expires), sig) is True
 
 
 def test_secret_fallbacks(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

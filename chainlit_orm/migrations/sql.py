@@ -51,7 +51,6 @@ Why it works the way it does:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -75,16 +74,16 @@ from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
-    ConfigurationError,
     InvalidInputError,
     SchemaError,
     SchemaOutdatedError,
-    TimeoutExceededError,
     mask_url,
 )
-from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
+from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
+from chainlit_orm.migrations.report import MigrationReport
 from chainlit_orm.models.convert import to_row
-from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.modelset import ENTITIES, FROM_METADATA, ModelSet
+from chainlit_orm.models.rules import USER_MESSAGE
 from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, folded_values
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
@@ -99,8 +98,9 @@ from chainlit_orm.schema_gen.search import (
     pg_extension,
     search_indexes,
 )
+from chainlit_orm.urls import SQLURL
 
-__all__ = ["BATCH_SIZE", "MigrationReport", "ensure_schema", "migrate"]
+__all__ = ["BATCH_SIZE", "ensure_schema", "migrate_sql"]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -112,8 +112,6 @@ BATCH_SIZE = 500
 #: thread with one statement.
 _THREAD_CHILDREN = ("step", "element", "feedback")
 
-#: The step type whose creation is a thread's activity (``ThreadFields`` docstring).
-_USER_MESSAGE = "user_message"
 
 #: The unique index that allows one feedback row per step.
 _FEEDBACK_KEY = ("forId",)
@@ -122,81 +120,14 @@ _FEEDBACK_KEY = ("forId",)
 _MAX_LISTED = 20
 
 
-@dataclass
-class MigrationReport:
-    """What :func:`migrate` did, or would do with ``dry_run``.
-
-    Attributes:
-        lines: human-readable lines for the console, one per action, then a summary; with
-            ``dry_run`` also the statements, each ending with ``;``.
-        statements: the SQL statements, in the order they run (backfill statements appear once,
-            as the parameterized statement repeated per batch). Empty for DynamoDB.
-        changed: True when the database was changed (always False for a dry run).
-    """
-
-    lines: list[str] = field(default_factory=list)
-    statements: list[str] = field(default_factory=list)
-    changed: bool = False
-
-
 # ----------------------------------------------------------------------------- public entry points
 
 
-async def migrate(
-    url: str,
-    *,
-    models: ModelSet = DEFAULT_MODELS,
-    dry_run: bool = False,
-    dedupe_feedback: bool = False,
-    # a limit that holds by default, not only when the caller wraps the call in one
-    timeout: float = DEFAULT_MIGRATE_TIMEOUT,  # noqa: ASYNC109
-) -> MigrationReport:
-    """Create the set's schema in an empty database or upgrade an existing one, additively.
-
-    Args:
-        url: a SQL database URL (``postgresql://``, ``sqlite:///``, ``mysql://``, ``mariadb://``,
-            with or without the async driver) or ``dynamodb://TABLE?...``.
-        models: the model set to migrate to (prefix, schema and extra columns included).
-        dry_run: compute and render the statements, print them in the report, change nothing.
-        dedupe_feedback: where a step has several feedback rows (Chainlit's layer allowed it),
-            keep the most recently written one and delete the others, so the unique
-            feedback-per-step index can be built. Without it migrate refuses.
-        timeout: seconds the whole migration may take (default 600; raise it for a backfill of
-            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
-            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
-            kept (migrate is idempotent: run it again).
-
-    Returns:
-        The report; ``changed`` is False when the schema was already up to date.
-
-    Raises:
-        ConfigurationError: the URL names an unsupported database (the message lists the
-            supported ones).
-        BackendUnavailableError: the server cannot be reached or refuses the credentials.
-        TimeoutExceededError: the migration did not finish within ``timeout``.
-        SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
-            a newer schema version, an index name taken by a different index, or a failed
-            statement (chained to the driver error).
-    """
-    limit = check_timeout(timeout, "timeout")
-    try:
-        async with asyncio.timeout(limit):
-            return await _migrate(url, models, dry_run, dedupe_feedback)
-    except TimeoutError as exc:
-        if isinstance(exc, TimeoutExceededError):
-            raise
-        raise TimeoutExceededError(
-            f"migrate of {mask_url(url)} did not finish within its timeout of {limit:g} s",
-            detail=limit) from exc
-
-
-async def _migrate(url: str, models: ModelSet, dry_run: bool, dedupe_feedback: bool
-                   ) -> MigrationReport:
-    if url.strip().lower().startswith("dynamodb://"):
-        return await _migrate_dynamodb(url, models, dry_run)
-    from chainlit_orm.layers.sql import normalize_url
-
-    sa_url = normalize_url(url)
+async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_feedback: bool
+                      ) -> MigrationReport:
+    """Migrate one SQL database (see :func:`chainlit_orm.migrations.migrate`, which bounds it by
+    its timeout and dispatches here)."""
+    sa_url = url.async_url()
     shown = _shown(sa_url)
     engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
     if engine.dialect.name == "sqlite":
@@ -279,7 +210,7 @@ def _shown(url: URL) -> str:
 
 def _engine_options(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     return {}
 
 
@@ -293,9 +224,7 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    begin_immediate_on(engine)
 
 
 @asynccontextmanager
@@ -306,7 +235,7 @@ async def _transaction(engine: AsyncEngine, shown: str) -> AsyncIterator[AsyncCo
         await conn.start()
     except (DBAPIError, OSError) as exc:
         raise BackendUnavailableError(
-            f"cannot connect to {shown}: {_short(exc)}", detail=shown
+            f"cannot connect to {shown}: {_short_error(exc)}", detail=shown
         ) from exc
     try:
         async with conn.begin():
@@ -315,7 +244,7 @@ async def _transaction(engine: AsyncEngine, shown: str) -> AsyncIterator[AsyncCo
         await conn.close()
 
 
-def _short(exc: BaseException) -> str:
+def _short_error(exc: BaseException) -> str:
     """The driver's message, first line, without any URL in it unmasked."""
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
@@ -954,7 +883,8 @@ async def _migrate_on(
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
     plan = await conn.run_sync(_plan, models, shown, dedupe_feedback)
     if plan.empty:
-        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"])
+        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"],
+                               changed=False)
     lines: list[str] = []
     buffer = _StatementBuffer()
     offline = MigrationContext.configure(dialect=conn.dialect, opts={
@@ -981,7 +911,7 @@ async def _migrate_on(
                    if plan.target.transactional_ddl else
                    "the steps before it were applied; fix the cause and migrate again to finish")
         raise SchemaError(
-            f"migrating {shown} failed: {_short(exc)}; {outcome}", detail=shown
+            f"migrating {shown} failed: {_short_error(exc)}; {outcome}", detail=shown
         ) from exc
     return MigrationReport(
         [f"migrating {head}", *lines, *applied,
@@ -1148,7 +1078,7 @@ def _activity_statements(target: _Target) -> tuple[tuple[sa.Select[Any], ...], s
     )
     messages = (
         sa.select(s.c.threadId, sa.type_coerce(s.c.createdAt, sa.Text))
-        .where(s.c.type == _USER_MESSAGE,
+        .where(s.c.type == USER_MESSAGE,
                s.c.threadId.in_(sa.bindparam("ids", expanding=True, type_=s.c.threadId.type)))
     )
     update = (
@@ -1293,13 +1223,13 @@ def _metadata_values(models: ModelSet, backfill: _Backfill, batch: Sequence[Any]
                      problems: list[str]) -> list[dict[str, Any]]:
     params = []
     for row_id, raw in batch:
-        metadata = _json(raw, f"{backfill.entity} {row_id}", problems)
+        metadata = _metadata_json(raw, f"{backfill.entity} {row_id}", problems)
         derived = to_row(models, backfill.entity, {"metadata": metadata})
         params.append({"b_id": str(row_id), **{f"b_{c}": derived.get(c) for c in backfill.columns}})
     return params
 
 
-def _json(raw: Any, what: str, problems: list[str]) -> Any:
+def _metadata_json(raw: Any, what: str, problems: list[str]) -> Any:
     if raw is None or isinstance(raw, dict | list):
         return raw
     try:
@@ -1307,21 +1237,3 @@ def _json(raw: Any, what: str, problems: list[str]) -> Any:
     except ValueError:
         problems.append(f"{what}: metadata is not JSON; derived columns filled as for no metadata")
         return None
-
-
-# ----------------------------------------------------------------------------- DynamoDB
-
-
-async def _migrate_dynamodb(url: str, models: ModelSet, dry_run: bool) -> MigrationReport:
-    """``dynamodb://`` URLs go to the DynamoDB migrator (imported here: it needs the extra)."""
-    try:
-        from chainlit_orm.schema_gen.dynamo_migrate import migrate_dynamodb
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("chainlit_orm"):
-            raise ConfigurationError(
-                "this build of chainlit-orm has no DynamoDB migrator", detail=url
-            ) from exc
-        raise
-    lines = list(await migrate_dynamodb(url, models, dry_run))
-    up_to_date = len(lines) == 1 and "is up to date" in lines[0]
-    return MigrationReport(lines, [], changed=not dry_run and not up_to_date)

@@ -32,7 +32,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from chainlit_orm.errors import ConfigurationError
+from chainlit_orm.layers.dynamodb.items import (
+    FEEDBACK_INDEXES,
+    LIST_INDEX,
+    TEXT_REFS,
+    stored_object_keys,
+)
+from chainlit_orm.layers.dynamodb.table import ConditionFailed
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 from chainlit_orm.models.types import format_timestamp, parse_timestamp
 from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE, render_key
@@ -44,9 +50,9 @@ if TYPE_CHECKING:
 #: What ``self`` is in these methods: the DynamoBackend this class is mixed into. ``Any``,
 #: because a mixin's ``self`` cannot be annotated with its subclass (mypy), nor can the
 #: subclass be its base (a cycle); ``tests/lifecycle`` runs every primitive on every backend.
-_Backend = Any
+_DynamoSelf = Any
 
-__all__ = ["CLAIM_ATTRIBUTE", "TRASHED", "DynamoLifecycle", "check_retention"]
+__all__ = ["CLAIM_ATTRIBUTE", "TRASHED", "DynamoLifecycle"]
 
 #: The thread-item attribute a purge claims a thread with: "<claimed at, epoch s>#<token>".
 CLAIM_ATTRIBUTE = "purgeClaim"
@@ -60,26 +66,12 @@ OWNER_INDEX = "UserThread"
 PARALLEL = 8
 
 
-def check_retention(retention: object) -> timedelta | None:
-    """``retention=``: None, or a timedelta of at least one second.
-
-    Raises:
-        ConfigurationError: anything else.
-    """
-    if retention is None:
-        return None
-    if not isinstance(retention, timedelta) or retention < timedelta(seconds=1):
-        raise ConfigurationError(f"retention must be a timedelta of at least 1 s: {retention!r}",
-                                 detail="retention")
-    return retention
-
-
 class DynamoLifecycle:
     """Lifecycle primitives of :class:`~chainlit_orm.layers.dynamodb.DynamoBackend`."""
 
     # -------------------------------------------------------------------- TTL
 
-    def _set_expiry(self: _Backend, update: Any, activity: str, *,
+    def _set_expiry(self: _DynamoSelf, update: Any, activity: str, *,
                     if_absent: bool = False) -> None:
         """With ``retention``: the thread item's TTL, ``activity`` plus the retention, in
         epoch seconds (rounded up, so an item never goes before its time)."""
@@ -89,13 +81,13 @@ class DynamoLifecycle:
         epoch = int(moment.timestamp()) + (moment.microsecond > 0)
         update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
 
-    def _expired(self: _Backend, item: Any) -> bool:
+    def _expired(self: _DynamoSelf, item: Any) -> bool:
         """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
         (TTL deletion runs in the background, typically within a few days)."""
         value = item.get(TTL_ATTRIBUTE)
         return bool(value) and "N" in value and int(value["N"]) <= time.time()
 
-    def _stale(self: _Backend, row: dict[str, Any]) -> bool:
+    def _stale(self: _DynamoSelf, row: dict[str, Any]) -> bool:
         """A listed thread (the list index carries no TTL) is past the retention: its activity
         is older than ``retention``."""
         if self.retention is None or not row.get("activityAt"):
@@ -104,7 +96,7 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- orphans
 
-    async def sweep_orphans(self: _Backend, storage: BaseStorageClient | None, *,
+    async def sweep_orphans(self: _DynamoSelf, storage: BaseStorageClient | None, *,
                             dry_run: bool = False) -> tuple[int, int]:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
         item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
@@ -133,19 +125,19 @@ class DynamoLifecycle:
             outcome.raise_storage()
         return partitions, len(doomed)
 
-    async def _missing_threads(self: _Backend, thread_ids: list[str]) -> list[str]:
+    async def _missing_threads(self: _DynamoSelf, thread_ids: list[str]) -> list[str]:
         """Which of these thread ids have no live thread item (absent, or past its TTL)."""
         present: set[str] = set()
         for start in range(0, len(thread_ids), 100):
-            keys = [self._key_of("thread", id=t) for t in thread_ids[start:start + 100]]
+            keys = [self.layout.key_of("thread", id=t) for t in thread_ids[start:start + 100]]
             for item in await self._batch_get(keys):
                 if not self._expired(item):
-                    thread_id = self._thread_of_key(item[PARTITION_KEY]["S"])
+                    thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
                     if thread_id:
                         present.add(thread_id)
         return [t for t in thread_ids if t not in present]
 
-    async def _sweep_orphan_items(self: _Backend, dry_run: bool) -> tuple[int, set[str]]:
+    async def _sweep_orphan_items(self: _DynamoSelf, dry_run: bool) -> tuple[int, set[str]]:
         """Remove the items of thread partitions whose thread item is gone (or past its TTL).
 
         One consistent Scan of keys: a partition whose live thread item the scan saw is no
@@ -162,10 +154,10 @@ class DynamoLifecycle:
         while True:
             page = await self._call("scan", **kwargs)
             for item in page.get("Items", []):
-                thread_id = self._thread_of_key(item[PARTITION_KEY]["S"])
+                thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
                 if not thread_id:
                     continue
-                if self._kind(item[SORT_KEY]["S"]) != "thread":
+                if self.layout.kind(item[SORT_KEY]["S"]) != "thread":
                     children.add(thread_id)
                 elif not self._expired(item):
                     live.add(thread_id)
@@ -179,39 +171,38 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- helpers
 
-    async def _partition(self: _Backend, thread_id: str) -> list[dict[str, Any]]:
+    async def _partition(self: _DynamoSelf, thread_id: str) -> list[dict[str, Any]]:
         """Every item of the thread's partition: keys, object references, owner, favorite."""
-        from chainlit_orm.layers.dynamodb import TEXT_REFS
 
         result: list[dict[str, Any]] = await self._query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"],
                                       "#u": "userId", "#f": "favorite", "#m": "metadata"},
-            ExpressionAttributeValues={":p": self._key_of("thread", id=thread_id)[PARTITION_KEY]},
+            ExpressionAttributeValues={
+                ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
             ProjectionExpression="#p, #s, #o, #i, #t, #u, #f, #m.#f",
             ConsistentRead=True,
         )
         return result
 
-    def _count(self: _Backend, thread_id: str, items: list[dict[str, Any]]) -> Removed:
+    def _count(self: _DynamoSelf, thread_id: str, items: list[dict[str, Any]]) -> Removed:
         """What removing ``items`` (one partition) removes, per entity."""
-        from chainlit_orm.layers.dynamodb import _object_keys
 
         removed = Removed()
         owner = None
         for item in items:
-            kind = self._kind(item[SORT_KEY]["S"])
+            kind = self.layout.kind(item[SORT_KEY]["S"])
             if kind is not None:
                 removed.counts[kind] += 1
             if kind == "thread" and "userId" in item:
                 owner = self.codecs["thread"].decode("userId", item["userId"])
         if removed.counts["thread"]:
             removed.threads.append((thread_id, None if owner is None else str(owner)))
-        removed.object_keys = _object_keys(items)
+        removed.object_keys = stored_object_keys(items)
         return removed
 
-    async def _remove_partition(self: _Backend, thread_id: str,
+    async def _remove_partition(self: _DynamoSelf, thread_id: str,
                                 items: list[dict[str, Any]] | None = None) -> Removed:
         """Remove one thread's items, children first, among this process's writes of it alone
         (as ``delete_thread``); ``items``: the partition already read."""
@@ -230,7 +221,7 @@ class DynamoLifecycle:
             result: Removed = removed
             return result
 
-    async def _each(self: _Backend, thread_ids: Sequence[str], dry_run: bool) -> Removed:
+    async def _each(self: _DynamoSelf, thread_ids: Sequence[str], dry_run: bool) -> Removed:
         gate = asyncio.Semaphore(PARALLEL)
 
         async def one(thread_id: str) -> Removed:
@@ -248,9 +239,9 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- threads
 
-    async def get_thread_owner(self: _Backend, thread_id: str) -> dict[str, Any] | None:
+    async def get_thread_owner(self: _DynamoSelf, thread_id: str) -> dict[str, Any] | None:
         item = (await self._call(
-            "get_item", Key=self._key_of("thread", id=thread_id), ConsistentRead=True,
+            "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
             ProjectionExpression="#i, #u", ExpressionAttributeNames={"#i": "id", "#u": "userId"},
         )).get("Item")
         if item is None:
@@ -258,14 +249,14 @@ class DynamoLifecycle:
         row = self.codecs["thread"].row(item)
         return {"id": thread_id, "userId": row.get("userId")}
 
-    async def remove_threads(self: _Backend, thread_ids: Sequence[str], *,
+    async def remove_threads(self: _DynamoSelf, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
         result: Removed = await self._each(list(thread_ids), dry_run)
         return result
 
     # ------------------------------------------------------------------ users
 
-    async def _owned(self: _Backend, user_id: str) -> list[str]:
+    async def _owned(self: _DynamoSelf, user_id: str) -> list[str]:
         """Ids of the threads whose owner is ``user_id``, through Chainlit's owner index (which
         keeps trashed threads)."""
         declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == OWNER_INDEX)
@@ -274,17 +265,17 @@ class DynamoLifecycle:
             IndexName=OWNER_INDEX, KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": declared.pk_attribute, "#k": PARTITION_KEY},
             ExpressionAttributeValues={":p": {"S": pk}}, ProjectionExpression="#k")
-        ids = {self._thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
+        ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
 
-    async def user_thread_ids(self: _Backend, identifier: str
+    async def user_thread_ids(self: _DynamoSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
         user = await self.get_user(identifier)
         if user is None:
             return None, []
         return str(user["id"]), await self._owned(str(user["id"]))
 
-    async def remove_user(self: _Backend, identifier: str, *, dry_run: bool = False
+    async def remove_user(self: _DynamoSelf, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
         """The user item (with its ``ById`` index entry), after any thread still owned."""
         user = await self.get_user(identifier)
@@ -296,7 +287,8 @@ class DynamoLifecycle:
             return removed
         user_id = str(user["id"])
         removed.add(await self._each(await self._owned(user_id), False))
-        old = (await self._call("delete_item", Key=self._key_of("user", identifier=identifier),
+        old = (await self._call("delete_item",
+                                Key=self.layout.key_of("user", identifier=identifier),
                                 ReturnValues="ALL_OLD")).get("Attributes")
         removed.counts["user"] += 1 if old else 0
         self._identifiers.pop(user_id, None)
@@ -304,7 +296,7 @@ class DynamoLifecycle:
 
     # ------------------------------------------------------------------ purge
 
-    def _expiry(self: _Backend, rule: ExpiryRule, names: dict[str, str],
+    def _expiry(self: _DynamoSelf, rule: ExpiryRule, names: dict[str, str],
                 values: dict[str, Any]) -> str:
         """The condition (for a Scan filter and for the claim) that a thread item is expired."""
         names["#at"] = "deletedAt" if rule.trashed_before else "activityAt"
@@ -318,7 +310,7 @@ class DynamoLifecycle:
                 parts.append(f"NOT (#m.#k{k} = :true)")
         return " AND ".join(parts)
 
-    async def purge_expired(self: _Backend, rule: ExpiryRule, *, batch: int, after: Any,
+    async def purge_expired(self: _DynamoSelf, rule: ExpiryRule, *, batch: int, after: Any,
                             dry_run: bool = False) -> tuple[Removed, Any]:
         """One Scan page (``Limit=batch`` items read) of expired thread items; each claimed,
         checked for favorites, and removed. Returns the page's ``LastEvaluatedKey`` as the
@@ -334,7 +326,7 @@ class DynamoLifecycle:
         if after is not None:
             kwargs["ExclusiveStartKey"] = after
         page = await self._call("scan", **kwargs)
-        ids = [t for t in (self._thread_of_key(i[PARTITION_KEY]["S"])
+        ids = [t for t in (self.layout.thread_of_key(i[PARTITION_KEY]["S"])
                            for i in page.get("Items", [])) if t]
         favorites = rule.keep_favorites and rule.active_before is not None
         gate = asyncio.Semaphore(PARALLEL)
@@ -360,12 +352,11 @@ class DynamoLifecycle:
             removed.add(one_removed)
         return removed, page.get("LastEvaluatedKey")
 
-    async def _claim(self: _Backend, thread_id: str, rule: ExpiryRule) -> str | None:
+    async def _claim(self: _DynamoSelf, thread_id: str, rule: ExpiryRule) -> str | None:
         """Claim the thread for this purge; None when another purge holds it or it is no
         longer expired (the condition is checked atomically with the claim)."""
         import time
 
-        from chainlit_orm.layers.dynamodb import _ConditionFailed
 
         now = int(time.time())
         token = f"{now:012d}#{uuid.uuid4().hex}"  # time first: claims compare by age
@@ -375,38 +366,35 @@ class DynamoLifecycle:
         expired = self._expiry(rule, names, values)
         try:
             await self._call(
-                "update_item", Key=self._key_of("thread", id=thread_id),
+                "update_item", Key=self.layout.key_of("thread", id=thread_id),
                 UpdateExpression="SET #c = :token",
                 ConditionExpression=(f"attribute_exists(#p) AND {expired} AND "
                                      "(attribute_not_exists(#c) OR #c < :stale)"),
                 ExpressionAttributeNames=names, ExpressionAttributeValues=values)
-        except _ConditionFailed:
+        except ConditionFailed:
             return None
         return token
 
-    async def _release(self: _Backend, thread_id: str, token: str) -> None:
-        from chainlit_orm.layers.dynamodb import _ConditionFailed
+    async def _release(self: _DynamoSelf, thread_id: str, token: str) -> None:
 
         # a claim taken over as stale meanwhile is the other purge's to decide
-        with contextlib.suppress(_ConditionFailed):
+        with contextlib.suppress(ConditionFailed):
             await self._call(
-                "update_item", Key=self._key_of("thread", id=thread_id),
+                "update_item", Key=self.layout.key_of("thread", id=thread_id),
                 UpdateExpression="REMOVE #c", ConditionExpression="#c = :token",
                 ExpressionAttributeNames={"#c": CLAIM_ATTRIBUTE},
                 ExpressionAttributeValues={":token": {"S": token}})
 
     # ------------------------------------------------------------------ trash
 
-    def _list_keys(self: _Backend) -> tuple[str, list[str]]:
+    def _list_keys(self: _DynamoSelf) -> tuple[str, list[str]]:
         """The list index's owner attribute and the feedback markers' attributes."""
-        from chainlit_orm.layers.dynamodb import FEEDBACK_INDEXES, LIST_INDEX
 
         markers = [self.indexes[name].pk_attribute for name in FEEDBACK_INDEXES.values()
                    if name in self.indexes]
         return self.indexes[LIST_INDEX].pk_attribute, markers
 
-    async def trash_thread(self: _Backend, thread_id: str, at: str) -> bool:
-        from chainlit_orm.layers.dynamodb import _ConditionFailed
+    async def trash_thread(self: _DynamoSelf, thread_id: str, at: str) -> bool:
 
         owner, markers = self._list_keys()
         names = {"#p": PARTITION_KEY, "#d": "deletedAt", "#o": owner}
@@ -415,21 +403,20 @@ class DynamoLifecycle:
         async with self._thread_lock(thread_id):
             try:
                 await self._call(
-                    "update_item", Key=self._key_of("thread", id=thread_id),
+                    "update_item", Key=self.layout.key_of("thread", id=thread_id),
                     UpdateExpression="SET #d = :at, #o = :trashed"
                                      + (f" REMOVE {removes}" if removes else ""),
                     ConditionExpression="attribute_exists(#p) AND attribute_not_exists(#d)",
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues={":at": {"S": at}, ":trashed": {"S": TRASHED}})
-            except _ConditionFailed:
+            except ConditionFailed:
                 return False
         return True
 
-    async def restore_thread(self: _Backend, thread_id: str, since: str) -> bool:
-        from chainlit_orm.layers.dynamodb import _ConditionFailed
+    async def restore_thread(self: _DynamoSelf, thread_id: str, since: str) -> bool:
 
         owner_attribute, _ = self._list_keys()
-        key = self._key_of("thread", id=thread_id)
+        key = self.layout.key_of("thread", id=thread_id)
         async with self._thread_lock(thread_id):
             item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
             if item is None:
@@ -450,7 +437,7 @@ class DynamoLifecycle:
                     "update_item", Key=key, UpdateExpression=update,
                     ConditionExpression="#d >= :since", ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values, ReturnValues="ALL_NEW")
-            except _ConditionFailed:
+            except ConditionFailed:
                 return False
         await self._sync_feedback_markers(key, result.get("Attributes", {}))
         return True

@@ -1,7 +1,7 @@
 """``chainlit-orm migrate dynamodb://TABLE``: create the single table or add its missing GSIs.
 
-This is the one module of :mod:`chainlit_orm.schema_gen` that does I/O; the package does not
-import it. ``chainlit_orm.migration.migrate`` dispatches ``dynamodb://`` URLs here.
+It applies what :mod:`chainlit_orm.schema_gen.dynamo` derives (that package does no I/O);
+:func:`chainlit_orm.migrations.migrate` dispatches ``dynamodb://`` URLs here.
 
 What it does, additively and idempotently:
 
@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
@@ -44,6 +42,7 @@ from chainlit_orm.errors import (
     SchemaError,
     mask_url,
 )
+from chainlit_orm.migrations.report import BackfillHook, BackfillRequest, MigrationReport
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen.dynamo import (
@@ -54,42 +53,9 @@ from chainlit_orm.schema_gen.dynamo import (
     dynamo_table_spec,
 )
 from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
+from chainlit_orm.urls import DynamoURL, parse_dynamodb_url
 
-__all__ = [
-    "BackfillHook",
-    "BackfillRequest",
-    "DynamoURL",
-    "layer_backfill",
-    "migrate_dynamodb",
-    "parse_dynamodb_url",
-]
-
-#: Query parameters a ``dynamodb://`` URL may carry.
-URL_PARAMETERS = ("region", "endpoint_url", "profile")
-
-
-@dataclass(frozen=True)
-class DynamoURL:
-    """A parsed ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...`` URL."""
-
-    table: str
-    region: str | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
-
-
-@dataclass(frozen=True)
-class BackfillRequest:
-    """What a backfill hook gets: the table, how to reach it, and the GSIs just created."""
-
-    url: DynamoURL
-    models: ModelSet
-    new_indexes: tuple[str, ...]
-
-
-#: ``async def hook(request) -> list[str]``: fill the new GSIs' attributes on existing items,
-#: returning lines to print.
-BackfillHook = Callable[[BackfillRequest], Awaitable[list[str]]]
+__all__ = ["layer_backfill", "migrate_dynamodb"]
 
 
 async def layer_backfill(request: BackfillRequest) -> list[str]:
@@ -99,35 +65,7 @@ async def layer_backfill(request: BackfillRequest) -> list[str]:
     return await backfill(request)
 
 
-def parse_dynamodb_url(url: str) -> DynamoURL:
-    """Parse a ``dynamodb://`` URL.
-
-    Credentials are never taken from the URL (it ends up in shell history and logs); they come
-    from the usual AWS chain, optionally a named ``profile``.
-
-    Raises:
-        ConfigurationError: not a ``dynamodb://`` URL, no table name, or an unknown parameter.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "dynamodb":
-        raise ConfigurationError(f"not a dynamodb:// URL: {mask_url(url)}")
-    table = (parts.netloc + parts.path).strip("/")
-    if not table:
-        raise ConfigurationError(
-            f"no table name in {mask_url(url)}; use dynamodb://TABLE?region=REGION"
-        )
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - set(URL_PARAMETERS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown parameter(s) {', '.join(unknown)} in {mask_url(url)}; "
-            f"supported: {', '.join(URL_PARAMETERS)} (credentials come from the AWS chain)"
-        )
-    values = {key: query[key][-1] or None for key in query}
-    return DynamoURL(table=table, **values)
-
-
-class _Table:
+class _MigrationTable:
     """Thin synchronous wrapper over one boto3 client and table; every method runs in a thread."""
 
     def __init__(self, url: DynamoURL, shown: str) -> None:
@@ -152,15 +90,16 @@ class _Table:
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        # the layer's table of AWS error codes (imported here: it needs the dynamodb extra)
+        from chainlit_orm.layers.dynamodb.table import AUTH_ERRORS, SETUP_ERRORS
+
         try:
             result: dict[str, Any] = getattr(self.client, operation)(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ResourceNotFoundException":
                 raise
-            if code in ("UnrecognizedClientException", "InvalidSignatureException",
-                        "AccessDeniedException", "ExpiredTokenException",
-                        "MissingAuthenticationTokenException"):
+            if code in AUTH_ERRORS:
                 raise BackendUnavailableError(
                     f"DynamoDB refused the credentials for {self.shown} ({code})", detail=code
                 ) from exc
@@ -170,8 +109,7 @@ class _Table:
                 detail=code,
             ) from exc
         except BotoCoreError as exc:
-            if type(exc).__name__ in ("NoRegionError", "NoCredentialsError",
-                                      "ProfileNotFound", "PartialCredentialsError"):
+            if type(exc).__name__ in SETUP_ERRORS:
                 raise ConfigurationError(
                     f"{exc} for {self.shown} (add ?region=REGION, or configure AWS credentials)"
                 ) from exc
@@ -223,7 +161,7 @@ def _key_names(key_schema: Sequence[dict[str, Any]]) -> tuple[str | None, str | 
     return hash_, range_
 
 
-def _plan(table: dict[str, Any], models: ModelSet, shown: str) -> list[GsiSpec]:
+def _missing_indexes(table: dict[str, Any], models: ModelSet, shown: str) -> list[GsiSpec]:
     """The GSIs to add to an existing table, after checking what it already has."""
     spec = dynamo_table_spec(models, table["TableName"])
     wanted_keys = _key_names(spec["KeySchema"])
@@ -278,7 +216,7 @@ def _create_index_update(
     }
 
 
-async def _enable_ttl(client: _Table, shown: str, dry_run: bool) -> list[str]:
+async def _enable_ttl(client: _MigrationTable, shown: str, dry_run: bool) -> list[str]:
     """Enable DynamoDB TTL on :data:`TTL_ATTRIBUTE` unless it is (being) enabled. A table whose
     TTL is on another attribute is left alone, with a note: a table has one TTL attribute, and
     it may be the operator's own."""
@@ -306,7 +244,7 @@ async def migrate_dynamodb(
     backfill: BackfillHook | None = layer_backfill,
     wait_seconds: float = 3600.0,
     poll_interval: float = 5.0,
-) -> list[str]:
+) -> MigrationReport:
     """Create the single table, or add the GSIs it lacks, and record the schema version.
 
     Args:
@@ -321,7 +259,8 @@ async def migrate_dynamodb(
         poll_interval: seconds between two ``DescribeTable`` calls while waiting.
 
     Returns:
-        The lines to print, one per action (or one saying the table is up to date).
+        The report: one line per action (or one saying the table is up to date); ``changed``
+        says whether anything was written to DynamoDB.
 
     Raises:
         ConfigurationError: a bad URL, no region, no credentials.
@@ -331,7 +270,7 @@ async def migrate_dynamodb(
     parsed = parse_dynamodb_url(url)
     shown = f"table {parsed.table} ({mask_url(url)})"
     spec = dynamo_table_spec(models, parsed.table)
-    client = await asyncio.to_thread(_Table, parsed, shown)
+    client = await asyncio.to_thread(_MigrationTable, parsed, shown)
     lines: list[str] = []
     prefix = "would " if dry_run else ""
     table = await asyncio.to_thread(client.describe)
@@ -342,11 +281,11 @@ async def migrate_dynamodb(
         if dry_run:
             lines.append(f"would enable TTL on attribute {TTL_ATTRIBUTE}")
             lines.append(f"would record schema version {SCHEMA_VERSION}")
-            return lines
+            return MigrationReport(lines, changed=False)
         await asyncio.to_thread(client.call, "create_table", **spec)
         await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
     else:
-        for index in _plan(table, models, shown):
+        for index in _missing_indexes(table, models, shown):
             lines.append(f"{prefix}add GSI {index.name} ({index.pk_attribute}/"
                          f"{index.sk_attribute}, {index.projection}) to {shown}")
             if dry_run:
@@ -379,19 +318,21 @@ async def migrate_dynamodb(
                 f"note: items written before this migration are not in {', '.join(added)} "
                 "until rewritten; the DynamoDB layer's backfill fills them in"
             )
+    # every line so far names an action: done, unless this is a dry run
+    changed = bool(lines) and not dry_run
     if not lines:
         lines.append(f"{shown} is up to date (schema version {SCHEMA_VERSION})")
-    return lines
+    return MigrationReport(lines, changed=changed)
 
 
-def _read_version_item(client: _Table) -> dict[str, Any]:
+def _read_version_item(client: _MigrationTable) -> dict[str, Any]:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     item: dict[str, Any] = client.call("get_item", TableName=client.url.table, Key=key,
                                        ConsistentRead=True).get("Item") or {}
     return item
 
 
-def _write_version(client: _Table, pending: Sequence[str] = ()) -> None:
+def _write_version(client: _MigrationTable, pending: Sequence[str] = ()) -> None:
     item: dict[str, Any] = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     item["version"] = {"N": str(SCHEMA_VERSION)}
     item["appliedAt"] = {"S": utc_now()}
@@ -400,14 +341,14 @@ def _write_version(client: _Table, pending: Sequence[str] = ()) -> None:
     client.call("put_item", TableName=client.url.table, Item=item)
 
 
-def _mark_pending(client: _Table, indexes: Sequence[str]) -> None:
+def _mark_pending(client: _MigrationTable, indexes: Sequence[str]) -> None:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="SET backfillPending = :p",
                 ExpressionAttributeValues={":p": {"L": [{"S": name} for name in indexes]}})
 
 
-def _clear_pending(client: _Table) -> None:
+def _clear_pending(client: _MigrationTable) -> None:
     key = {name: {"S": value} for name, value in SCHEMA_VERSION_KEY.items()}
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="REMOVE backfillPending, backfillCursor")

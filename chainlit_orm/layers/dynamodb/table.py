@@ -1,0 +1,448 @@
+"""The DynamoDB table client: one PynamoDB connection (one botocore client and pool), the worker
+threads every call runs in, the one map from AWS error codes to this package's typed errors,
+transactions, batches, paginated queries, and the check of the table on first use.
+
+It knows nothing of Chainlit entities: the backend, the backfill and the transfer call its public
+methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ChainlitORMError,
+    ConfigurationError,
+    InvalidInputError,
+    MissingDependencyError,
+    PayloadTooLargeError,
+    SchemaError,
+    TimeoutExceededError,
+)
+from chainlit_orm.layers.dynamodb.config import DynamoConfig
+from chainlit_orm.layers.dynamodb.items import BATCH_WRITE, string_value
+from chainlit_orm.schema_gen.dynamo import (
+    PARTITION_KEY,
+    SCHEMA_VERSION_KEY,
+    SORT_KEY,
+    GsiSpec,
+)
+
+try:
+    import botocore.exceptions
+    import botocore.session
+    from pynamodb.connection import Connection
+
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("pynamodb", "dynamodb") from exc
+
+logger = logging.getLogger("chainlit_orm")
+
+_RETRYABLE_TX = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+_THROTTLED = {
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable", "LimitExceededException",
+}
+#: AWS error codes that mean "these credentials are refused" (one table for the layer and for
+#: ``chainlit-orm migrate``).
+AUTH_ERRORS = frozenset({
+    "UnrecognizedClientException", "InvalidSignatureException", "AccessDeniedException",
+    "ExpiredTokenException", "MissingAuthenticationTokenException",
+})
+#: botocore exceptions that mean the AWS setup is incomplete (no region, no credentials).
+SETUP_ERRORS = frozenset({"NoRegionError", "NoCredentialsError", "PartialCredentialsError",
+                          "ProfileNotFound"})
+#: botocore's exceptions for a request that got no answer in time (connect or read timeout).
+_TIMEOUTS = ("ConnectTimeoutError", "ReadTimeoutError")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with "full jitter" exponential backoff, for the contention the layer
+    resolves itself (botocore retries throttling and transient network errors on its own).
+
+    Used for: optimistic writes whose condition another writer invalidated (feedback, metadata
+    merges, step writes), transactions cancelled by a conflicting transaction, plain writes
+    refused with ``TransactionConflictException`` (an item in an ongoing transaction), and
+    unprocessed batch items. The first retry is immediate (most conditions fail once, for a
+    known reason, e.g. the first metadata merge finds no map yet); retry ``k >= 2`` first sleeps
+    a uniformly random ``0 .. min(cap, base * 2**(k-1))`` seconds, so writers that collided
+    spread out instead of colliding again in lock step. After ``attempts`` tries the caller
+    raises a typed error; nothing is retried for ever.
+    """
+
+    attempts: int = 10
+    base: float = 0.01
+    cap: float = 1.0
+
+    async def pause(self, attempt: int) -> None:
+        """Wait before try number ``attempt`` (0 is the first try, 1 the first retry)."""
+        if attempt >= 2:
+            await asyncio.sleep(random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1))))
+
+
+#: Conflicts between writers: at most 10 tries, at most about 3.3 s of sleeping in all.
+CONFLICT_RETRY = RetryPolicy()
+#: Unprocessed batch items (the table is over its capacity): at most 10 tries, about 10 s.
+BATCH_RETRY = RetryPolicy(attempts=10, base=0.05, cap=2.0)
+
+
+class ConditionFailed(Exception):
+    """A condition of a write failed (internal; callers decide what it means).
+
+    Attributes:
+        item: the item as it was (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), or None.
+        reasons: for a cancelled transaction, the code of each action ("None" when it passed).
+    """
+
+    def __init__(self, item: dict[str, Any] | None, reasons: list[str] | None = None) -> None:
+        super().__init__("condition failed")
+        self.item = item
+        self.reasons = reasons or []
+
+
+def _botocore_session(profile: str | None) -> botocore.session.Session:
+    """A botocore session on the AWS chain, with the named shared-config ``profile`` if any."""
+    return botocore.session.Session(profile=profile)
+
+
+def resolve_region(region: str | None, profile: str | None) -> str:
+    """``region``, else the AWS chain's (``AWS_REGION``/``AWS_DEFAULT_REGION``, the profile's).
+
+    Raises:
+        ConfigurationError: no region anywhere, or the profile does not exist.
+    """
+    if region is not None:
+        return region
+    try:
+        found = _botocore_session(profile).get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise ConfigurationError(str(exc), detail=profile) from exc
+    if not found:
+        raise ConfigurationError(
+            "no AWS region: pass region=, set AWS_REGION/AWS_DEFAULT_REGION, or use a "
+            "profile with a region"
+        )
+    return str(found)
+
+
+class _ProfileConnection(Connection):
+    """PynamoDB's connection, its botocore sessions opened on a named profile.
+
+    PynamoDB opens one session per thread (botocore clients are not thread-safe to create) with
+    the default profile only; a ``dynamodb://...?profile=`` URL must mean the same here as in
+    ``chainlit-orm migrate``, so each of those sessions is opened on the profile instead.
+    """
+
+    def __init__(self, profile: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._profile = profile
+
+    @property
+    def session(self) -> botocore.session.Session:
+        if getattr(self._local, "session", None) is None:
+            self._local.session = _botocore_session(self._profile)
+        session: botocore.session.Session = self._local.session
+        return session
+
+
+class TransactionRetry(Exception):
+    """Send the request again (internal): a transaction cancelled by a conflict or throttling, a
+    write refused because its item is in a transaction, or an answer cut short."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(", ".join(reasons))
+        self.reasons = reasons
+
+
+#: The reason given when an answer was cut short (see :func:`answer_complete`).
+CUT_SHORT = "AnswerCutShort"
+
+
+def answer_complete(response: Mapping[str, Any]) -> bool:
+    """Whether an answer is known to be whole.
+
+    An answer whose connection closed in the middle of its headers, before ``Content-Length``,
+    is taken by urllib3 as a complete answer with an empty body (the body of an HTTP/1.1 answer
+    without a length ends when the connection does), and botocore then reads ``{}``: a Query
+    "without items", a write "acknowledged", an error without its code. DynamoDB (and moto) send
+    ``Content-Length`` and ``x-amz-crc32`` with every answer, so one that has neither, and is not
+    chunked, was cut short. Every request the layer sends may be sent again (the writes are
+    idempotent or conditioned), so it is, under :data:`CONFLICT_RETRY`.
+    """
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+    return ("content-length" in headers or "x-amz-crc32" in headers
+            or "chunked" in str(headers.get("transfer-encoding", "")).lower())
+
+
+class TableClient:
+    """One table's connection, worker threads and calls, with typed errors (see the module)."""
+
+    def __init__(self, config: DynamoConfig) -> None:
+        """Resolve the region (see :func:`resolve_region`) and open the connection's pool; no
+        request is sent until the first call."""
+        self.table = config.table_name
+        self.region = resolve_region(config.region, config.profile)
+        self.endpoint_url = config.endpoint_url
+        self.profile = config.profile
+        self.connect_timeout = config.connect_timeout
+        self.read_timeout = config.read_timeout
+        self.max_attempts = config.max_attempts
+        self.max_pool_connections = config.max_pool_connections
+        # One PynamoDB connection (one botocore client, one pool) for every item class, with
+        # botocore's own retry configuration instead of PynamoDB's legacy loop. botocore reads
+        # its "max_attempts" as retries after the first attempt; "total_max_attempts" is what
+        # this layer's max_attempts means: attempts in all.
+        self.connection = _ProfileConnection(
+            config.profile,
+            region=self.region, host=config.endpoint_url,
+            max_pool_connections=config.max_pool_connections,
+            connect_timeout_seconds=config.connect_timeout,
+            read_timeout_seconds=config.read_timeout,
+            retry_configuration={"mode": config.retry_mode,
+                                 "total_max_attempts": config.max_attempts},
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.max_pool_connections, thread_name_prefix="chainlit-orm-dynamodb"
+        )
+
+    @property
+    def client(self) -> Any:
+        """The botocore client every request goes through (PynamoDB's connection's)."""
+        return self.connection.client
+
+    @property
+    def url(self) -> str:
+        query = f"region={self.region}"
+        if self.endpoint_url:
+            query += f"&endpoint_url={self.endpoint_url}"
+        if self.profile:
+            query += f"&profile={self.profile}"
+        return f"dynamodb://{self.table}?{query}"
+
+    def command(self) -> str:
+        return f"chainlit-orm migrate '{self.url}'"
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call in the worker pool, with typed errors; failed conditions raise
+        :class:`ConditionFailed`.
+
+        A plain write refused because its item is part of an ongoing transaction
+        (``TransactionConflictException``, which botocore does not retry) and an answer cut
+        short (:func:`answer_complete`) are sent again under :data:`CONFLICT_RETRY`: every
+        request the layer sends is a read, an idempotent write or a conditioned one, so sending
+        it again is safe, and giving up would lose it. Transactions are retried by
+        :meth:`transact`."""
+        if operation == "transact_write_items":
+            return await self._raw(operation, **kwargs)
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
+            try:
+                return await self._raw(operation, **kwargs)
+            except TransactionRetry as exc:
+                last = exc
+        raise BackendUnavailableError(
+            f"DynamoDB {operation} on table {self.table} failed {CONFLICT_RETRY.attempts} times "
+            f"({', '.join(last.reasons)}): the item stayed in other transactions, or the answers "
+            "were cut short", detail=last.reasons,
+        ) from last
+
+    async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._call_sync, operation, kwargs)
+        )
+
+    def _call_sync(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        client = self.connection.client
+        try:
+            result: dict[str, Any] = getattr(client, operation)(TableName=self.table, **kwargs) \
+                if operation not in ("transact_write_items", "batch_write_item",
+                                     "batch_get_item") else getattr(client, operation)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if not answer_complete(exc.response):
+                raise TransactionRetry([CUT_SHORT]) from exc
+            raise self._map_client_error(operation, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            name = type(exc).__name__
+            if name in SETUP_ERRORS:
+                raise ConfigurationError(f"{exc} (DynamoDB table {self.table})") from exc
+            if name in _TIMEOUTS:
+                raise TimeoutExceededError(
+                    f"DynamoDB {operation} on table {self.table} got no answer within the "
+                    f"configured timeouts (connect {self.connect_timeout:g} s, read "
+                    f"{self.read_timeout:g} s, {self.max_attempts} attempts)", detail=name,
+                ) from exc
+            raise BackendUnavailableError(
+                f"cannot reach DynamoDB for table {self.table}: {exc}"
+            ) from exc
+        if not answer_complete(result):
+            raise TransactionRetry([CUT_SHORT])
+        return result
+
+    def _map_client_error(self, operation: str,
+                          exc: botocore.exceptions.ClientError) -> Exception:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        if code == "ConditionalCheckFailedException":
+            item = exc.response.get("Item")
+            return ConditionFailed(dict(item) if item else None)
+        if code == "TransactionConflictException":  # the item is in an ongoing transaction
+            return TransactionRetry([code])
+        if code == "TransactionCanceledException":
+            reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
+            if any(r in _RETRYABLE_TX for r in reasons) or not reasons:
+                return TransactionRetry(reasons)
+            if any(r == "ValidationError" for r in reasons):
+                return InvalidInputError(f"DynamoDB {operation} refused: {message}")
+            return ConditionFailed(None, reasons)
+        if code == "ResourceNotFoundException":
+            return SchemaError(
+                f"DynamoDB table {self.table} (or an index) does not exist; run: {self.command()}",
+                detail=code,
+            )
+        if code == "ValidationException":
+            if "size" in message.lower() and ("exceed" in message.lower()
+                                              or "maximum" in message.lower()):
+                return PayloadTooLargeError(f"DynamoDB refused the item: {message}", detail=code)
+            return InvalidInputError(f"DynamoDB {operation} refused the request: {message}",
+                                     detail=code)
+        if code in _THROTTLED:
+            return BackendUnavailableError(
+                f"DynamoDB {operation} still throttled or failing after the configured retries "
+                f"({code})", detail=code)
+        if code in AUTH_ERRORS:
+            return BackendUnavailableError(
+                f"DynamoDB refused the credentials for table {self.table} ({code})", detail=code)
+        return ChainlitORMError(f"DynamoDB {operation} failed: {code}: {message}", detail=code)
+
+    async def check(self, indexes: Mapping[str, GsiSpec]) -> None:
+        """The first-use check: keyed PK/SK, every index present, ACTIVE and projecting what the
+        layer reads, no unfinished backfill."""
+        try:
+            described = (await self.call("describe_table"))["Table"]
+        except SchemaError as exc:
+            raise SchemaError(
+                f"DynamoDB table {self.table} does not exist; create it with: {self.command()}"
+            ) from exc
+        keys = {k["KeyType"]: k["AttributeName"] for k in described["KeySchema"]}
+        if keys != {"HASH": PARTITION_KEY, "RANGE": SORT_KEY}:
+            raise SchemaError(f"DynamoDB table {self.table} is not keyed PK/SK: {keys}")
+        existing = {g["IndexName"]: g for g in described.get("GlobalSecondaryIndexes", [])}
+        problems = []
+        for name, spec in indexes.items():
+            found = existing.get(name)
+            if found is None:
+                problems.append(f"index {name} is missing")
+                continue
+            found_keys = {k["KeyType"]: k["AttributeName"] for k in found["KeySchema"]}
+            if found_keys != {"HASH": spec.pk_attribute, "RANGE": spec.sk_attribute}:
+                problems.append(f"index {name} has keys {found_keys}")
+            projection = found.get("Projection", {})
+            if spec.projection == "INCLUDE" and projection.get("ProjectionType") != "ALL" and (
+                    set(spec.attributes) - set(projection.get("NonKeyAttributes", []))):
+                problems.append(f"index {name} does not project {', '.join(spec.attributes)}")
+            if found.get("IndexStatus", "ACTIVE") != "ACTIVE":
+                problems.append(f"index {name} is {found.get('IndexStatus')}, not ACTIVE yet")
+        if problems:
+            raise SchemaError(
+                f"DynamoDB table {self.table} cannot be used by chainlit-orm: "
+                f"{'; '.join(problems)}. Run: {self.command()}",
+                detail=problems,
+            )
+        version = (await self.call(
+            "get_item", Key={k: string_value(v) for k, v in SCHEMA_VERSION_KEY.items()},
+            ConsistentRead=True,
+        )).get("Item") or {}
+        if "backfillPending" in version:
+            raise SchemaError(
+                f"DynamoDB table {self.table} has an unfinished backfill; run: {self.command()}"
+            )
+
+    async def transact(self, actions: list[dict[str, Any]]) -> None:
+        """TransactWriteItems, retrying conflicts with other transactions (:data:`CONFLICT_RETRY`).
+
+        botocore gives each call one ``ClientRequestToken``, kept across its own retries, so a
+        transaction whose answer was lost is not applied twice by DynamoDB. (moto ignores the
+        token; every transaction the layer sends also carries a condition that fails once it
+        has been applied, and the caller then reads the item again.)
+        """
+        for attempt in range(CONFLICT_RETRY.attempts):
+            await CONFLICT_RETRY.pause(attempt)
+            try:
+                await self.call("transact_write_items", TransactItems=actions)
+                return
+            except TransactionRetry as exc:
+                last = exc
+        raise BackendUnavailableError(
+            f"DynamoDB transaction kept conflicting ({', '.join(last.reasons)})",
+            detail="TransactionConflict") from last
+
+    async def batch_write(self, requests: list[dict[str, Any]], *,
+                           last_after_rest: bool = False) -> None:
+        """BatchWriteItem in chunks of 25, retrying unprocessed items with backoff.
+
+        ``last_after_rest``: every chunk but the last is sent at once, and the last only once
+        they all succeeded (``delete_thread`` puts its thread item there): two round trips of
+        latency instead of one per chunk, with the same number of calls.
+        """
+        chunks = [requests[i:i + BATCH_WRITE] for i in range(0, len(requests), BATCH_WRITE)]
+        if last_after_rest and len(chunks) > 2:
+            outcomes = await asyncio.gather(
+                *(self.batch_write(chunk) for chunk in chunks[:-1]), return_exceptions=True)
+            for outcome in outcomes:  # all settled; the first failure is raised, none dropped
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            await self.batch_write(chunks[-1])
+            return
+        for pending in chunks:
+            for attempt in range(BATCH_RETRY.attempts):
+                await BATCH_RETRY.pause(attempt + 1)  # unprocessed items: always back off
+                result = await self.call("batch_write_item",
+                                          RequestItems={self.table: pending})
+                pending = result.get("UnprocessedItems", {}).get(self.table, [])
+                if not pending:
+                    break
+            else:
+                raise BackendUnavailableError(
+                    f"DynamoDB left {len(pending)} writes unprocessed after retries")
+
+    async def batch_get(self, keys: list[dict[str, Any]], **options: Any
+                         ) -> list[dict[str, Any]]:
+        """BatchGetItem (consistent), retrying unprocessed keys; items in no particular order."""
+        found: list[dict[str, Any]] = []
+        pending: dict[str, Any] = {"Keys": keys, "ConsistentRead": True, **options}
+        for attempt in range(BATCH_RETRY.attempts):
+            await BATCH_RETRY.pause(attempt + 1)  # unprocessed keys: always back off
+            result = await self.call("batch_get_item", RequestItems={self.table: pending})
+            found += result.get("Responses", {}).get(self.table, [])
+            unprocessed = result.get("UnprocessedKeys", {}).get(self.table)
+            if not unprocessed:
+                return found
+            pending = unprocessed
+        raise BackendUnavailableError("DynamoDB left keys unprocessed after retries")
+
+    async def query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            result = await self.call("query", **kwargs)
+            items += result.get("Items", [])
+            last = result.get("LastEvaluatedKey")
+            if not last:
+                return items
+            kwargs["ExclusiveStartKey"] = last
+
+    async def close(self) -> None:
+        """Close the botocore client in its worker pool, then stop the pool."""
+        client = getattr(self.connection, "_client", None)
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False)

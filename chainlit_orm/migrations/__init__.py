@@ -1,0 +1,81 @@
+"""Migration: bring a live database to the schema a model set describes.
+
+One package for both backends, side by side on the shared types of :mod:`.report`:
+
+* :mod:`.sql`: SQLite, PostgreSQL, MySQL/MariaDB (Alembic operations, additive only), and the
+  SQL layer's first-use check :func:`~chainlit_orm.migrations.sql.ensure_schema`;
+* :mod:`.dynamo`: the single DynamoDB table and its GSIs, then the layer's backfill.
+
+:func:`migrate` (also ``chainlit_orm.migrate`` and ``chainlit-orm migrate``) parses the URL with
+:func:`chainlit_orm.urls.parse_url` and dispatches. The package is not called ``migrate``: a
+subpackage of that name would shadow the public ``chainlit_orm.migrate()`` function once imported.
+:mod:`chainlit_orm.schema_gen` derives the specs both migrators apply and does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from chainlit_orm.errors import TimeoutExceededError, mask_url
+from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
+from chainlit_orm.migrations.report import BackfillHook, BackfillRequest, MigrationReport
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.urls import DynamoURL, parse_url
+
+__all__ = ["BackfillHook", "BackfillRequest", "MigrationReport", "migrate"]
+
+
+async def migrate(
+    url: str,
+    *,
+    models: ModelSet = DEFAULT_MODELS,
+    dry_run: bool = False,
+    dedupe_feedback: bool = False,
+    # a limit that holds by default, not only when the caller wraps the call in one
+    timeout: float = DEFAULT_MIGRATE_TIMEOUT,  # noqa: ASYNC109
+) -> MigrationReport:
+    """Create the set's schema in an empty database or upgrade an existing one, additively.
+
+    Args:
+        url: a SQL database URL (``postgresql://``, ``sqlite:///``, ``mysql://``, ``mariadb://``,
+            with or without the async driver) or ``dynamodb://TABLE?...``.
+        models: the model set to migrate to (prefix, schema and extra columns included).
+        dry_run: compute and render the statements, print them in the report, change nothing.
+        dedupe_feedback: where a step has several feedback rows (Chainlit's layer allowed it),
+            keep the most recently written one and delete the others, so the unique
+            feedback-per-step index can be built. Without it migrate refuses. SQL only.
+        timeout: seconds the whole migration may take (default 600; raise it for a backfill of
+            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
+            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
+            kept (migrate is idempotent: run it again).
+
+    Returns:
+        The report; ``changed`` is False when the schema was already up to date.
+
+    Raises:
+        ConfigurationError: the URL names an unsupported database (the message lists the
+            supported ones).
+        BackendUnavailableError: the server cannot be reached or refuses the credentials.
+        TimeoutExceededError: the migration did not finish within ``timeout``.
+        SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
+            a newer schema version, an index name taken by a different index, or a failed
+            statement (chained to the driver error).
+    """
+    limit = check_timeout(timeout, "timeout")
+    parsed = parse_url(url)
+    try:
+        async with asyncio.timeout(limit):
+            if isinstance(parsed, DynamoURL):
+                from chainlit_orm.migrations.dynamo import migrate_dynamodb
+
+                return await migrate_dynamodb(url, models, dry_run)
+            from chainlit_orm.migrations.sql import migrate_sql
+
+            return await migrate_sql(parsed, models, dry_run=dry_run,
+                                     dedupe_feedback=dedupe_feedback)
+    except TimeoutError as exc:
+        if isinstance(exc, TimeoutExceededError):
+            raise
+        raise TimeoutExceededError(
+            f"migrate of {mask_url(url)} did not finish within its timeout of {limit:g} s",
+            detail=limit) from exc

@@ -1,0 +1,229 @@
+"""The one parser of database URLs: every entry point (``from_env()``, the CLI, ``migrate()``,
+the copy/export/import commands and both layers) reads a URL through :func:`parse_url`, so the
+same URL means the same thing everywhere.
+
+Two kinds of URL:
+
+* SQL (``sqlite``, ``postgresql``/``postgres``, ``mysql``, ``mariadb``, each optionally with a
+  ``+driver``): a :class:`SQLURL`, whose :meth:`SQLURL.async_url` is the SQLAlchemy URL on the
+  async driver this package uses (``postgresql://`` -> ``postgresql+asyncpg://``). Query
+  parameters of a SQL URL belong to the driver and are passed through.
+* ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...``: a :class:`DynamoURL`. Its
+  parameters are this package's, so an unknown one (a misspelt ``regoin=``) is refused with the
+  list of accepted ones instead of being silently ignored. ``dynamodb:///TABLE`` names the same
+  table as ``dynamodb://TABLE``.
+
+Schemes are case-insensitive (``DYNAMODB://t`` is DynamoDB). Credentials are never taken from a
+``dynamodb://`` URL (it ends up in shell history and logs): they come from the AWS chain,
+optionally a named ``profile``.
+
+This module does no I/O and imports no driver: checking that a driver is installed is
+:meth:`SQLURL.async_url`'s job, done when a layer or migration is about to connect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from chainlit_orm.errors import ConfigurationError, MissingDependencyError, mask_url
+
+__all__ = [
+    "DYNAMODB_PARAMETERS",
+    "SQLURL",
+    "SQL_DRIVERS",
+    "SUPPORTED_SCHEMES",
+    "DatabaseURL",
+    "DynamoURL",
+    "parse_dynamodb_url",
+    "parse_sql_url",
+    "parse_url",
+]
+
+#: dialect (as written in a URL) -> (async SQLAlchemy driver name, driver module, pip extra).
+SQL_DRIVERS: dict[str, tuple[str, str, str]] = {
+    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
+    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
+    "sqlite": ("sqlite+aiosqlite", "aiosqlite", ""),
+    "mysql": ("mysql+asyncmy", "asyncmy", "mysql"),
+    "mariadb": ("mariadb+asyncmy", "asyncmy", "mysql"),
+}
+
+#: The schemes a database URL may have, as messages name them (a ``+driver`` suffix is allowed on
+#: the SQL ones; ``postgres://``, the spelling Heroku and others use, is ``postgresql://``).
+SUPPORTED_SCHEMES: tuple[str, ...] = ("postgresql", "sqlite", "mysql", "mariadb", "dynamodb")
+
+#: The async drivers, as the error messages name them.
+SUPPORTED_DRIVERS = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariadb+asyncmy"
+
+#: Query parameters a ``dynamodb://`` URL may carry.
+DYNAMODB_PARAMETERS: tuple[str, ...] = ("region", "endpoint_url", "profile")
+
+Backend = Literal["postgresql", "sqlite", "mysql", "dynamodb"]
+
+
+@dataclass(frozen=True)
+class SQLURL:
+    """A parsed SQL database URL.
+
+    Attributes:
+        url: the URL as SQLAlchemy parsed it, dialect lower-cased, driver as written.
+        dialect: ``postgresql``, ``sqlite``, ``mysql`` or ``mariadb`` (``postgres`` is
+            ``postgresql``).
+        driver: the async SQLAlchemy driver name this package connects with, e.g.
+            ``postgresql+asyncpg``.
+    """
+
+    url: URL
+    dialect: str
+    driver: str
+
+    @property
+    def backend(self) -> Backend:
+        """The backend family: MariaDB counts as ``mysql`` (one dialect, one DDL)."""
+        if self.dialect == "mariadb":
+            return "mysql"
+        if self.dialect == "sqlite":
+            return "sqlite"
+        if self.dialect == "mysql":
+            return "mysql"
+        return "postgresql"
+
+    @property
+    def shown(self) -> str:
+        """The URL as it may appear in messages: password and secret query values masked."""
+        return mask_url(self.url.render_as_string(hide_password=True))
+
+    def async_url(self) -> URL:
+        """The SQLAlchemy URL on this package's async driver, after checking it is installed.
+
+        Raises:
+            MissingDependencyError: the driver's extra is not installed.
+        """
+        _, module, extra = SQL_DRIVERS[self.dialect]
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise MissingDependencyError(module, extra or "all") from exc
+        return self.url.set(drivername=self.driver)
+
+
+@dataclass(frozen=True)
+class DynamoURL:
+    """A parsed ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...`` URL."""
+
+    table: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """Always ``dynamodb``; lets callers dispatch on either URL type alike."""
+        return "dynamodb"
+
+    @property
+    def shown(self) -> str:
+        """The URL written back (it never carries a secret: credentials are refused)."""
+        query = "&".join(f"{key}={value}" for key in DYNAMODB_PARAMETERS
+                         if (value := getattr(self, key)))
+        return f"dynamodb://{self.table}" + (f"?{query}" if query else "")
+
+
+DatabaseURL = SQLURL | DynamoURL
+
+
+def _scheme(url: str) -> str:
+    head, sep, _ = url.strip().partition("://")
+    return head.split("+", 1)[0].lower() if sep else ""
+
+
+def _unsupported(url: object, scheme: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"unsupported database URL {mask_url(url)}: supported schemes are "
+        f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)} "
+        "(e.g. postgresql+asyncpg://, sqlite+aiosqlite:///file.db, mysql+asyncmy://, "
+        "dynamodb://TABLE?region=...)",
+        detail=scheme,
+    )
+
+
+def parse_url(url: str | URL) -> DatabaseURL:
+    """Parse any database URL into its typed value.
+
+    Raises:
+        ConfigurationError: an unsupported scheme or driver, a URL that cannot be parsed, or a
+            ``dynamodb://`` URL without a table or with an unknown parameter; the message names
+            what is accepted.
+    """
+    if isinstance(url, URL):
+        return parse_sql_url(url)
+    scheme = _scheme(url)
+    if scheme == "dynamodb":
+        return parse_dynamodb_url(url)
+    if scheme not in SQL_DRIVERS:
+        raise _unsupported(url, scheme)
+    return parse_sql_url(url)
+
+
+def parse_sql_url(url: str | URL) -> SQLURL:
+    """Parse a SQL database URL (see :func:`parse_url`).
+
+    Raises:
+        ConfigurationError: not a SQL URL, unparsable, or an unsupported dialect or driver.
+    """
+    if isinstance(url, str):
+        scheme = _scheme(url)
+        if scheme not in SQL_DRIVERS:
+            raise _unsupported(url, scheme)
+    try:
+        parsed = make_url(url.strip() if isinstance(url, str) else url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"cannot parse database URL {mask_url(url)}") from exc
+    drivername = parsed.drivername.lower()
+    dialect, _, driver = drivername.partition("+")
+    if dialect not in SQL_DRIVERS:
+        raise ConfigurationError(
+            f"unsupported database {parsed.drivername!r} in {mask_url(url)}; "
+            f"supported: {SUPPORTED_DRIVERS}",
+            detail=dialect,
+        )
+    wanted = SQL_DRIVERS[dialect][0]
+    if driver and f"{dialect}+{driver}" != wanted:
+        raise ConfigurationError(
+            f"unsupported driver {parsed.drivername!r} in {mask_url(url)}; "
+            f"supported: {SUPPORTED_DRIVERS}",
+            detail=drivername,
+        )
+    canonical = "postgresql" if dialect == "postgres" else dialect
+    return SQLURL(url=parsed.set(drivername=drivername), dialect=canonical, driver=wanted)
+
+
+def parse_dynamodb_url(url: str) -> DynamoURL:
+    """Parse a ``dynamodb://`` URL (see :func:`parse_url`).
+
+    Raises:
+        ConfigurationError: not a ``dynamodb://`` URL, no table name, or an unknown parameter.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "dynamodb":
+        raise ConfigurationError(f"not a dynamodb:// URL: {mask_url(url)}")
+    table = (parts.netloc + parts.path).strip("/")
+    if not table:
+        raise ConfigurationError(
+            f"no table name in {mask_url(url)}; use dynamodb://TABLE?region=REGION"
+        )
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(DYNAMODB_PARAMETERS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown parameter(s) {', '.join(unknown)} in {mask_url(url)}; "
+            f"supported: {', '.join(DYNAMODB_PARAMETERS)} (credentials come from the AWS chain)",
+            detail=unknown[0],
+        )
+    values = {key: query[key][-1] or None for key in query}
+    return DynamoURL(table=table, **values)

@@ -1,0 +1,285 @@
+"""The package's import graph, read with ``ast``, keeps the shape issue 15 gave it.
+
+Every import counts, wherever it is written: module level, inside a function, under
+``if TYPE_CHECKING:``, and ``importlib.import_module("...")`` (a string constant that names a
+module of the package, as ``chainlit_orm/__init__.py``'s lazy table does, counts as an import of
+it). The rules:
+
+* no cycle between modules;
+* :mod:`chainlit_orm.schema_gen` imports nothing that does I/O (no layer, migrator, storage or
+  transfer module, no network or database driver);
+* ``layers.sql`` and ``layers.dynamodb`` never import each other;
+* :mod:`chainlit_orm.storage` imports nothing from :mod:`chainlit_orm.layers`;
+* no module imports another module's private (``_name``) names (a package's own private
+  submodules, ``storage._signing`` or ``transfer._layer``, are its siblings' to import);
+* private top-level names are unique across the package (one ``_plan``, one ``_Backfill``...).
+
+``python -m tests.test_architecture`` prints the package-level import graph and the ten largest
+modules, for a change's closing note.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = "chainlit_orm"
+ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+
+#: Imports that do I/O (a network client, a database driver, an async engine, a filesystem
+#: abstraction). PynamoDB's model, attribute and index declarations are allowed in schema_gen: it
+#: generates item classes and calls none of their methods; PynamoDB's I/O is its ``connection``.
+IO_MODULES = (
+    "aioboto3", "aiobotocore", "aiohttp", "aiosqlite", "alembic.runtime", "asyncmy", "asyncpg",
+    "boto3", "botocore", "fsspec", "adlfs", "s3fs", "gcsfs", "http", "httpx", "pynamodb.connection",
+    "requests", "socket", "sqlalchemy.ext.asyncio", "urllib.request",
+)
+#: Parts of the package that do I/O.
+IO_PACKAGES = ("layers", "migrations", "storage", "transfer", "config", "cli")
+
+
+@dataclass
+class Module:
+    """One module of the package: its dotted name, file, line count and what it imports."""
+
+    name: str
+    path: Path
+    lines: int
+    internal: set[str] = field(default_factory=set)
+    external: set[str] = field(default_factory=set)
+
+
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imported(tree: ast.AST, name: str, is_package: bool) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(module, names) for every import in ``tree``, wherever it is."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, ()
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            yield module, tuple(alias.name for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                node.value.startswith(PACKAGE + ".")):
+            yield node.value, ()  # importlib.import_module("chainlit_orm....") and lazy tables
+
+
+def build_graph(root: Path = ROOT) -> dict[str, Module]:
+    """Every module of the package with its internal and external imports."""
+    modules: dict[str, Module] = {}
+    trees = {}
+    for path in sorted(root.rglob("*.py")):
+        name = _module_name(path, root)
+        text = path.read_text(encoding="utf-8")
+        modules[name] = Module(name, path, len(text.splitlines()))
+        trees[name] = ast.parse(text, str(path))
+    for name, module in modules.items():
+        is_package = module.path.name == "__init__.py"
+        for target, names in _imported(trees[name], name, is_package):
+            if target == PACKAGE or target.startswith(PACKAGE + "."):
+                if target not in modules:
+                    continue  # a string that only looks like a module name
+                found = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+                # "from pkg import submodule" imports the submodule; "from pkg import name" the
+                # package itself
+                if len(found) < len(names) or not names:
+                    found.append(target)
+                module.internal.update(t for t in found if t != name)
+            elif target:
+                module.external.add(target)
+    return modules
+
+
+def find_cycle(modules: dict[str, Module]) -> list[str] | None:
+    """One import cycle, as the list of modules around it, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for target in sorted(modules[name].internal):
+            if state.get(target) == 1:
+                return [*stack[stack.index(target):], target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(modules):
+        if name not in state:
+            cycle = visit(name)
+            if cycle:
+                return cycle
+    return None
+
+
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _offenders(modules: dict[str, Module], source: str, targets: Iterable[str]) -> list[str]:
+    wanted = [f"{PACKAGE}.{t}" for t in targets]
+    return sorted(f"{m.name} -> {t}" for m in modules.values() if _in(m.name, f"{PACKAGE}.{source}")
+                  for t in m.internal if any(_in(t, w) for w in wanted))
+
+
+def package_of(name: str) -> str:
+    """The first-level part of the package a module belongs to (``layers.dynamodb`` counts as
+    its own part, as does ``layers.sql``)."""
+    parts = name.split(".")[1:]
+    if not parts:
+        return PACKAGE
+    if parts[0] == "layers" and len(parts) > 1 and parts[1] in ("dynamodb", "sql"):
+        return f"layers.{parts[1]}"
+    return parts[0]
+
+
+def package_edges(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """The import graph between the parts of the package (see :func:`package_of`)."""
+    edges: dict[str, set[str]] = {}
+    for module in modules.values():
+        source = package_of(module.name)
+        edges.setdefault(source, set())
+        for target in module.internal:
+            if package_of(target) != source:
+                edges[source].add(package_of(target))
+    return edges
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports(root: Path = ROOT) -> list[str]:
+    """``module -> imported._name`` for every private name a module imports from another one."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        name = _module_name(path, root)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                for alias in node.names:
+                    sibling_module = node.module == package and (
+                        root.parent / Path(*f"{node.module}.{alias.name}".split("."))
+                    ).with_suffix(".py").exists()
+                    if _private(alias.name) and not sibling_module:
+                        found.append(f"{name} -> {node.module}.{alias.name}")
+    return found
+
+
+def private_top_level_names(root: Path = ROOT) -> dict[str, list[str]]:
+    """Every private top-level name (function, class, assignment) and the modules defining it."""
+    names: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined = [node.name]
+            elif isinstance(node, ast.Assign):
+                defined = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                defined = [node.target.id]
+            else:
+                continue
+            for item in defined:
+                if _private(item):
+                    names.setdefault(item, []).append(_module_name(path, root))
+    return names
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+def test_no_import_cycle() -> None:
+    assert find_cycle(build_graph()) is None
+
+
+def test_schema_gen_does_no_io() -> None:
+    modules = build_graph()
+    assert _offenders(modules, "schema_gen", IO_PACKAGES) == []
+    io = sorted(f"{m.name} -> {t}" for m in modules.values() if _in(m.name, f"{PACKAGE}.schema_gen")
+                for t in m.external if any(_in(t, io) for io in IO_MODULES))
+    assert io == []
+
+
+def test_the_layers_never_import_each_other() -> None:
+    modules = build_graph()
+    assert _offenders(modules, "layers.sql", ["layers.dynamodb"]) == []
+    assert _offenders(modules, "layers.dynamodb", ["layers.sql"]) == []
+
+
+def test_storage_imports_nothing_from_the_layers() -> None:
+    assert _offenders(build_graph(), "storage", ["layers"]) == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports() == []
+
+
+def test_private_top_level_names_are_unique() -> None:
+    assert {name: where for name, where in private_top_level_names().items()
+            if len(where) > 1} == {}
+
+
+def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
+    """The reader itself: function-local, TYPE_CHECKING, relative and importlib imports."""
+    package = tmp_path / PACKAGE
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text('LAZY = {"a": "chainlit_orm.a"}\n')
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from chainlit_orm import b\n")
+    (package / "b.py").write_text("def f():\n    from .sub import c\n    import boto3\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "c.py").write_text(
+        'import importlib\nimportlib.import_module("chainlit_orm.a")\n')
+    modules = build_graph(package)
+    assert {name: sorted(m.internal) for name, m in modules.items()} == {
+        "chainlit_orm": ["chainlit_orm.a"],
+        "chainlit_orm.a": ["chainlit_orm.b"],
+        "chainlit_orm.b": ["chainlit_orm.sub.c"],
+        "chainlit_orm.sub": [],
+        "chainlit_orm.sub.c": ["chainlit_orm.a"],
+    }
+    assert modules["chainlit_orm.b"].external == {"boto3"}
+    assert find_cycle(modules) == ["chainlit_orm.a", "chainlit_orm.b", "chainlit_orm.sub.c",
+                                   "chainlit_orm.a"]
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def report(out: object = None) -> None:
+    """Print the package-level import graph and the ten largest modules (for a closing note)."""
+    stream = out or sys.stdout
+    modules = build_graph()
+    print("package-level import graph (every import counted):", file=stream)  # type: ignore[arg-type]
+    for source, targets in sorted(package_edges(modules).items()):
+        shown = ", ".join(sorted(targets)) or "-"
+        print(f"  {source} -> {shown}", file=stream)  # type: ignore[arg-type]
+    print(f"module-level cycle: {find_cycle(modules)}", file=stream)  # type: ignore[arg-type]
+    print("ten largest modules:", file=stream)  # type: ignore[arg-type]
+    largest = sorted(modules.values(), key=lambda m: -m.lines)[:10]
+    for module in largest:
+        path = module.path.relative_to(ROOT.parent)
+        print(f"  {module.lines:6d}  {path}", file=stream)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    report()
