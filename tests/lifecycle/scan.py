@@ -14,8 +14,9 @@ from chainlit_orm.urls import parse_sql_url
 
 async def scan_sql(url: str, needles: list[str]) -> dict[str, int]:
     """Rows holding any needle, per table, over every table of every schema the URL's database
-    has (version table, search tables and their shadow tables included). Also returns the number
-    of tables and rows read under the keys ``"<tables>"`` and ``"<rows>"``."""
+    has (on MySQL/MariaDB, where a schema is a database: the URL's database), version table,
+    search tables and their shadow tables included. Also returns the number of tables and rows
+    read under the keys ``"<tables>"`` and ``"<rows>"``."""
     engine = create_async_engine(parse_sql_url(url).async_url())
     found: dict[str, int] = {}
     tables = rows_read = 0
@@ -45,9 +46,14 @@ def _all_tables(sync_conn: Any) -> list[tuple[str | None, str]]:
         rows = sync_conn.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         return [(None, r[0]) for r in rows]
+    if dialect in ("mysql", "mariadb"):
+        # MySQL's schemas are the server's databases: the store is the URL's one. Listing all
+        # of them read other tests' (other sessions') databases while they were being dropped,
+        # a race that failed the scan with "table doesn't exist".
+        current = sync_conn.exec_driver_sql("SELECT DATABASE()").scalar_one()
+        return [(current, name) for name in inspector.get_table_names(current)]
     schemas = [s for s in inspector.get_schema_names()
-               if s not in ("information_schema", "pg_catalog", "pg_toast", "mysql",
-                            "performance_schema", "sys")]
+               if s not in ("information_schema", "pg_catalog", "pg_toast")]
     return [(schema, name) for schema in schemas for name in inspector.get_table_names(schema)]
 
 
