@@ -12,6 +12,11 @@
                         [--files/--no-files] [--batch N] [--source-kind KIND] [--canonical]
     chainlit-orm import IN DST [--dst-storage URL] [--files/--no-files] [--batch N]
                         [--checkpoint FILE] [--verify]
+    chainlit-orm erase-user URL IDENTIFIER [--dry-run] [--storage URL] [--on-delete MOD:ATTR]
+    chainlit-orm purge URL [--older-than AGE] [--keep-shared/--no-keep-shared]
+                       [--keep-favorites/--no-keep-favorites] [--keep-metadata KEY]...
+                       [--soft-delete AGE] [--batch N] [--dry-run] [--storage URL]
+                       [--on-delete MOD:ATTR]
 
 Exit codes: 0 success; 1 ``generate --check`` found drift, or a transfer's verification found a
 difference; 2 bad input (an unsupported
@@ -41,7 +46,7 @@ from chainlit_orm.errors import (
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
-from chainlit_orm.urls import parse_url
+from chainlit_orm.urls import DynamoURL, parse_url
 
 if TYPE_CHECKING:
     from chainlit_orm.transfer.progress import Progress, Summary
@@ -203,6 +208,109 @@ def _import(args: argparse.Namespace) -> int:
         models=load_models(args.models), progress=_transfer_progress())))
 
 
+# ----------------------------------------------------------------- lifecycle commands
+# chainlit_orm.lifecycle does the work; here only the layer is opened the way the app opens it.
+
+
+def _lifecycle_layer(args: argparse.Namespace, *, soft_delete: Any = None) -> Any:
+    """The layer on ``args.url`` with the app's storage (``--storage``, else
+    ``CHAINLIT_ORM_STORAGE_URL``) and ``--on-delete``."""
+    from chainlit_orm.lifecycle.hooks import load_hook
+
+    parsed = parse_url(args.url)  # a bad URL is refused before the models are imported
+    models = load_models(args.models)
+    hook = load_hook(args.on_delete) if args.on_delete else None
+    storage_url = args.storage or os.environ.get("CHAINLIT_ORM_STORAGE_URL") or None
+    storage = None
+    if storage_url:
+        from chainlit_orm.storage import FsspecStorage
+
+        storage = FsspecStorage(storage_url, mount=False)
+    options: dict[str, Any] = {"models": models, "on_delete": hook, "soft_delete": soft_delete}
+    if isinstance(parsed, DynamoURL):
+        from chainlit_orm.layers.dynamodb import DynamoDataLayer
+
+        return DynamoDataLayer(parsed.table, storage=storage, region=parsed.region,
+                               endpoint_url=parsed.endpoint_url, profile=parsed.profile,
+                               **options)
+    from chainlit_orm.layers.sql import SQLDataLayer
+
+    return SQLDataLayer(args.url, storage=storage, create_schema=False, **options)
+
+
+async def _with_layer(args: argparse.Namespace, work: Any, **options: Any) -> Any:
+    layer = _lifecycle_layer(args, **options)
+    try:
+        return await work(layer)
+    finally:
+        await layer.close()
+
+
+def _erase_user(args: argparse.Namespace) -> int:
+    report = asyncio.run(_with_layer(
+        args, lambda layer: layer.erase_user(args.identifier, dry_run=args.dry_run)))
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from chainlit_orm.lifecycle.purge import parse_age
+
+    older = parse_age(args.older_than) if args.older_than else None
+    trash = parse_age(args.soft_delete) if args.soft_delete else None
+    if older is None and trash is None:
+        raise ConfigurationError("purge needs --older-than AGE (or --soft-delete AGE for the "
+                                 "trash only)")
+    report = asyncio.run(_with_layer(args, lambda layer: layer.purge(
+        older_than=older, keep_shared=args.keep_shared, keep_favorites=args.keep_favorites,
+        keep_metadata=args.keep_metadata or (), dry_run=args.dry_run, batch=args.batch),
+        soft_delete=trash))
+    print(f"purge {mask_url(args.url)}")
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _lifecycle_parsers(commands: Any, models_help: str) -> None:
+    from chainlit_orm.lifecycle.purge import DEFAULT_BATCH
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("url", metavar="URL",
+                            help="SQLAlchemy URL, or dynamodb://TABLE?region=...")
+        parser.add_argument("--storage", metavar="URL",
+                            help="element storage (default: CHAINLIT_ORM_STORAGE_URL)")
+        parser.add_argument("--on-delete", metavar="MODULE:ATTR",
+                            help="async hook(thread_id, user_id) called for each removed thread")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="report what would be removed, change nothing")
+        parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+
+    erase = commands.add_parser(
+        "erase-user", help="remove a user and everything naming them (an erasure request)")
+    common(erase)
+    erase.add_argument("identifier", metavar="IDENTIFIER", help="the user's identifier")
+    erase.set_defaults(handler=_erase_user)
+
+    purge = commands.add_parser(
+        "purge", help="remove threads inactive for longer than --older-than (retention)")
+    common(purge)
+    purge.add_argument("--older-than", metavar="AGE",
+                       help="e.g. 90d: threads whose last activity is older expire")
+    purge.add_argument("--keep-shared", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep shared threads (default: yes)")
+    purge.add_argument("--keep-favorites", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep threads holding a favorited step (default: yes)")
+    purge.add_argument("--keep-metadata", metavar="KEY", action="append",
+                       help="keep threads whose metadata has KEY set to true (repeatable)")
+    purge.add_argument("--soft-delete", metavar="AGE",
+                       help="the app's trash window (soft_delete=): also remove threads "
+                            "trashed longer ago")
+    purge.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                       help=f"threads per batch (default: {DEFAULT_BATCH})")
+    purge.set_defaults(handler=_purge)
+
+
 def _transfer_parsers(commands: Any, models_help: str) -> None:
     from chainlit_orm.transfer.copy import DEFAULT_BATCH, SOURCE_KINDS
 
@@ -260,7 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainlit-orm",
         description="Generate, check and apply chainlit-orm's schemas; copy, export and "
-        "import chat history.",
+        "import chat history; erase users and purge old threads.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models_help = "model set as package.module:attribute (default: the five default models)"
@@ -298,6 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_ddl_command)
 
     _transfer_parsers(commands, models_help)
+    _lifecycle_parsers(commands, models_help)
     return parser
 
 

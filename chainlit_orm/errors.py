@@ -21,6 +21,7 @@ __all__ = [
     "InvalidInputError",
     "MissingDependencyError",
     "NotFoundError",
+    "OnDeleteError",
     "PayloadTooLargeError",
     "SchemaError",
     "SchemaOutdatedError",
@@ -128,6 +129,27 @@ class StorageTimeoutError(StorageError, TimeoutError):
     """
 
     abandoned: bool = False
+
+
+class OnDeleteError(ChainlitORMError):
+    """The app's on-delete hook raised for one or more removed threads.
+
+    Raised after the delete is durable (it is not rolled back) and, in a purge, once at the end,
+    after every other thread was handled. ``detail`` lists the thread ids whose hook failed;
+    ``failures`` maps each to the exception it raised (the first one is also the ``__cause__``);
+    ``report`` is what the operation removed, when it has one.
+    """
+
+    def __init__(self, failures: dict[str, BaseException], *, report: object | None = None
+                 ) -> None:
+        ids = list(failures)
+        shown = ", ".join(ids[:20]) + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else "")
+        first = next(iter(failures.values()))
+        super().__init__(
+            f"the on-delete hook failed for {len(ids)} removed thread(s): {shown} (first: "
+            f"{type(first).__name__}: {first}); the threads' data is deleted", detail=ids)
+        self.failures = failures
+        self.report = report
 
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")

@@ -81,8 +81,10 @@ async def test_cli_migrates_a_postgres_url(capsys: Any) -> None:
         # main() runs its own event loop, so it is called from a worker thread here
         assert await asyncio.to_thread(main, ["migrate", plain]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[-2:] == ["record schema version 2 in chainlit_orm_version",
-                              "done: schema version 2 recorded; 18 statements"]
+        # schema version 3 (lifecycle): two more indexes, ix_threads_activity and
+        # ix_threads_deleted, than version 2's 18 statements
+        assert lines[-2:] == ["record schema version 3 in chainlit_orm_version",
+                              "done: schema version 3 recorded; 20 statements"]
         layer = from_env(_env(plain))
         assert isinstance(layer, SQLDataLayer)
         try:

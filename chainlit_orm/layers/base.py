@@ -38,6 +38,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from chainlit.data.base import BaseDataLayer
@@ -48,11 +49,13 @@ from chainlit.user import PersistedUser, User
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
+    ConfigurationError,
     ConflictError,
     InvalidCursorError,
     InvalidIdentifierError,
     InvalidInputError,
     NotFoundError,
+    OnDeleteError,
     StorageError,
     StorageTimeoutError,
     mask_url,
@@ -64,6 +67,8 @@ from chainlit_orm.layers.deadline import (
     call_budget,
     call_end,
 )
+from chainlit_orm.lifecycle.hooks import OnDelete, check_hook, finish_removal
+from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.limits import (
     MAX_CURSOR_CHARS,
@@ -84,9 +89,14 @@ from chainlit_orm.models.types import (
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from chainlit.element import Element, ElementDict
     from chainlit.step import StepDict
     from chainlit.types import ThreadDict
+
+    from chainlit_orm.lifecycle.erase import ErasureReport
+    from chainlit_orm.lifecycle.purge import PurgeReport
 
 __all__ = ["Backend", "ChainlitLayer", "ThreadPage", "queue_until_user_message"]
 
@@ -242,6 +252,43 @@ class Backend(Protocol):
 
     async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]: ...
 
+    # --- data lifecycle (chainlit_orm.lifecycle): small primitives, the rules are written there
+
+    async def get_thread_owner(self, thread_id: str) -> dict[str, Any] | None:
+        """``{"id", "userId"}`` of the thread, trashed or not; None when there is none."""
+        ...
+
+    async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
+        """The user's id (None: no user row) and the ids of every thread naming the user,
+        trashed ones included."""
+        ...
+
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
+                             ) -> Removed:
+        """Remove these threads with everything in them (dry: count it); the object keys are
+        returned, not deleted."""
+        ...
+
+    async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
+        """Remove the user's own record(s) and any thread still naming the user (dry: count the
+        user record only)."""
+        ...
+
+    async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
+                            dry_run: bool = False) -> tuple[Removed, Any]:
+        """Remove one batch (at most ``batch`` threads) of what ``rule`` expires, each thread
+        exactly once across concurrent purges; returns it and the cursor of the next batch
+        (None: done)."""
+        ...
+
+    async def trash_thread(self, thread_id: str, at: str) -> bool:
+        """Hide the thread from every read from now on, as deleted at ``at``."""
+        ...
+
+    async def restore_thread(self, thread_id: str, since: str) -> bool:
+        """Bring back a thread trashed at or after ``since``; False when there is none."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -261,6 +308,13 @@ class ChainlitLayer(BaseDataLayer):
             :class:`~chainlit_orm.errors.TimeoutExceededError`. Client-side, so it holds behind
             a transaction-mode pooler and on a network that swallows packets
             (:mod:`chainlit_orm.layers.deadline`).
+        on_delete: an async ``hook(thread_id, user_id)`` called after a thread's data is
+            removed, by ``delete_thread``, ``erase_user`` and ``purge``
+            (:mod:`chainlit_orm.lifecycle.hooks`); its failure raises
+            :class:`~chainlit_orm.errors.OnDeleteError`, the delete staying done.
+        soft_delete: a window (e.g. ``timedelta(days=30)``) turns the trash on: ``delete_thread``
+            hides the thread from every read at once, ``restore_thread`` brings it back within
+            the window, ``purge`` removes it after. None (default): a delete is a delete.
     """
 
     def __init__(
@@ -271,6 +325,8 @@ class ChainlitLayer(BaseDataLayer):
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
         timeout: float = DEFAULT_TIMEOUT,
+        on_delete: OnDelete | None = None,
+        soft_delete: timedelta | None = None,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
@@ -295,6 +351,11 @@ class ChainlitLayer(BaseDataLayer):
         # clean-ups of uploads that finished after their call gave up (see _storage_call)
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self.on_delete: OnDelete | None = check_hook(on_delete)
+        if soft_delete is not None and (not isinstance(soft_delete, timedelta)
+                                        or soft_delete <= timedelta(0)):
+            raise InvalidInputError(f"soft_delete must be a positive timedelta: {soft_delete!r}")
+        self.soft_delete: timedelta | None = soft_delete
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -446,7 +507,7 @@ class ChainlitLayer(BaseDataLayer):
     @whole_call
     async def delete_thread(self, thread_id: str) -> None:
         """Delete a thread's stored files, then its rows, then the files of rows added
-        meanwhile.
+        meanwhile, then call ``on_delete``.
 
         Files first: when the storage fails, no row is deleted and the error says so, so the
         call can simply be repeated once the storage is back (with rows deleted first, the keys
@@ -455,16 +516,71 @@ class ChainlitLayer(BaseDataLayer):
         while the thread is being deleted come back with its rows and are deleted then; if
         that second deletion fails, the error names them (rows gone: they must be removed by
         hand or by the storage's lifecycle rules).
+
+        With ``soft_delete`` the thread goes to the trash instead: hidden from every read at
+        once, its rows and files kept until ``purge`` removes them (and calls the hook).
+
+        Raises:
+            OnDeleteError: the hook failed (the thread stays deleted).
+            StorageError: its files could not all be deleted.
         """
         thread_id = normalize_id(thread_id, what="thread_id")
+        if self.soft_delete is not None:
+            await self.backend.trash_thread(thread_id, utc_now())
+            return
         _remember(self._deleted_threads, thread_id)  # before: a disconnect may be on its way
         first: list[str] = []
         if self.storage is not None:
             first = await self.backend.thread_object_keys(thread_id)
             await self._delete_files(first, rows_deleted=False)
+        owner = await self.backend.get_thread_owner(thread_id) if self.on_delete else None
         object_keys = await self.backend.delete_thread(thread_id)
         done = set(first)
-        await self._delete_files([k for k in object_keys if k not in done])
+        removed = Removed(object_keys=[k for k in object_keys if k not in done])
+        if owner is not None:
+            removed.threads.append((thread_id, _text(owner.get("userId"))))
+        outcome = await finish_removal(removed, self.storage, self.on_delete)
+        outcome.raise_storage()
+        if outcome.hook_failures:
+            raise OnDeleteError(outcome.hook_failures) from outcome.hook_failures[thread_id]
+
+    async def restore_thread(self, thread_id: str) -> None:
+        """Bring a trashed thread back, as it was, within the ``soft_delete`` window.
+
+        Raises:
+            ConfigurationError: the layer has no trash (``soft_delete`` is None).
+            NotFoundError: no thread of that id is in the trash within the window.
+        """
+        thread_id = normalize_id(thread_id, what="thread_id")
+        if self.soft_delete is None:
+            raise ConfigurationError("restore_thread needs the trash: pass soft_delete= to "
+                                     "the layer", detail="soft_delete")
+        since = format_timestamp(parse_timestamp(utc_now()) - self.soft_delete)
+        if not await self.backend.restore_thread(thread_id, since):
+            raise NotFoundError(f"thread {thread_id} is not in the trash (or its window has "
+                                "passed)", detail=thread_id)
+
+    async def erase_user(self, identifier: str, *, dry_run: bool = False) -> ErasureReport:
+        """Erase the user and everything naming them; see :mod:`chainlit_orm.lifecycle.erase`."""
+        from chainlit_orm.lifecycle.erase import erase_user
+
+        return await erase_user(self, identifier, dry_run=dry_run)
+
+    async def purge(self, *, older_than: timedelta | None, keep_shared: bool = True,
+                    keep_favorites: bool = True, keep_metadata: Sequence[str] = (),
+                    dry_run: bool = False, batch: int | None = None,
+                    now: datetime | str | None = None) -> PurgeReport:
+        """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`."""
+        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, purge
+
+        return await purge(self, older_than=older_than, keep_shared=keep_shared,
+                           keep_favorites=keep_favorites, keep_metadata=keep_metadata,
+                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now)
+
+    def forget_user(self, user_id: str | None) -> None:
+        """Drop an erased user from this process's cache of known users."""
+        if user_id is not None:
+            self._known_users.pop(user_id, None)
 
     # ------------------------------------------------------------------ steps
 
@@ -1014,6 +1130,10 @@ def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
         metadata=metadata if isinstance(metadata, dict) else {},
         createdAt=row.get("createdAt") or utc_now(),
     )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def check_identifier(identifier: str) -> None:

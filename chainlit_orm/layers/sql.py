@@ -26,6 +26,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -56,14 +57,17 @@ from chainlit_orm.layers.deadline import (
     DEFAULT_TIMEOUT,
     check_timeout,
 )
+from chainlit_orm.layers.sql_lifecycle import SQLLifecycle
 from chainlit_orm.layers.sqlexec import (
     RawPool,
     Statement,
     StatementListener,
     TxScript,
+    json_path,
     tracking_sent,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
+from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
@@ -93,8 +97,13 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 SEARCH_CANDIDATES = 1000
 
 
-class SQLBackend:
-    """Stores rows of a :class:`ModelSet` in one SQL database. See the module docstring."""
+class SQLBackend(SQLLifecycle):
+    """Stores rows of a :class:`ModelSet` in one SQL database. See the module docstring.
+
+    A thread in the trash (``deletedAt`` set) is left out of every read: get, author lookup,
+    list and search, favorites. Writes leave ``deletedAt`` alone, so a late write to a trashed
+    thread never brings it back. The erase, purge and trash primitives are in
+    :class:`~chainlit_orm.layers.sql_lifecycle.SQLLifecycle`."""
 
     def __init__(
         self,
@@ -509,10 +518,10 @@ class SQLBackend:
             return {"meta_patch": json.dumps(patch)}
         params: dict[str, Any] = {}
         for i, (key, value) in enumerate(meta_set.items()):
-            params[f"mp{i}"] = _json_path(key)
+            params[f"mp{i}"] = json_path(key)
             params[f"mv{i}"] = json.dumps(value)
         for i, key in enumerate(meta_del):
-            params[f"md{i}"] = _json_path(key)
+            params[f"md{i}"] = json_path(key)
         return params
 
     async def update_thread(
@@ -599,7 +608,7 @@ class SQLBackend:
     async def get_thread_author(self, thread_id: str) -> str | None:
         t = self.threads
         stmt = self._cached("author", lambda: sa.select(t.c.userIdentifier).where(
-            t.c.id == sa.bindparam("tid", type_=t.c.id.type)))
+            t.c.id == sa.bindparam("tid", type_=t.c.id.type), t.c.deletedAt.is_(None)))
 
         async def op() -> str | None:
             async with self.raw.connect() as conn:
@@ -640,7 +649,7 @@ class SQLBackend:
             head = (
                 sa.select(t, *(c.label(_ELEMENT + c.name) for c in e.columns))
                 .select_from(t.outerjoin(e, e.c.threadId == t.c.id))
-                .where(t.c.id == tid)
+                .where(t.c.id == tid, t.c.deletedAt.is_(None))
             )
             steps = (self._steps_with_feedback().where(s.c.threadId == tid)
                      .order_by(s.c.createdAt, s.c.id))
@@ -707,7 +716,7 @@ class SQLBackend:
 
         def build() -> Any:
             columns = [c for c in t.columns if c.name != "extra" and FOLDED_FROM not in c.info]
-            conditions: list[Any] = []
+            conditions: list[Any] = [t.c.deletedAt.is_(None)]  # the trash is never listed
             uid = sa.bindparam("uid", type_=t.c.userId.type)
             if after is not None:
                 after_ts = sa.bindparam("after_ts", type_=sort_col.type)
@@ -1096,7 +1105,8 @@ class SQLBackend:
         s, t = self.steps, self.threads
         stmt = self._cached("favorites", lambda: self._steps_with_feedback().join(
             t, t.c.id == s.c.threadId).where(
-            s.c.favorite.is_(True), t.c.userId == sa.bindparam("uid", type_=t.c.userId.type)
+            s.c.favorite.is_(True), t.c.userId == sa.bindparam("uid", type_=t.c.userId.type),
+            t.c.deletedAt.is_(None),
         ).order_by(s.c.createdAt.desc(), s.c.id.desc()))
 
         async def op() -> list[dict[str, Any]]:
@@ -1248,6 +1258,8 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: seconds the schema check of the first call may take, including
             creating the schema with ``create_schema`` (default 600). It runs once, shared by
             the calls that wait for it, and is not cut short by their ``timeout``.
+        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
 
@@ -1264,6 +1276,8 @@ class SQLDataLayer(ChainlitLayer):
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
+        on_delete: OnDelete | None = None,
+        soft_delete: timedelta | None = None,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
@@ -1274,23 +1288,11 @@ class SQLDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
         self.sql: SQLBackend = backend
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _json_path(key: str) -> str:
-    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
-
-    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
-    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
-    refuses ``$."-..."`` even quoted (error 4042)."""
-    body = json.dumps(key, ensure_ascii=False)[1:-1]
-    if body.startswith("-"):
-        body = "\\u002d" + body[1:]
-    return '$."' + body + '"'
 
 
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread

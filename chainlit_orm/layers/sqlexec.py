@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from chainlit_orm.errors import TimeoutExceededError
 from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
-           "TxScript", "prepare", "tracking_sent"]
+           "TxScript", "json_path", "prepare", "tracking_sent"]
 
 logger = logging.getLogger("chainlit_orm")
 
@@ -702,3 +703,15 @@ class _KeptLease:
                 pool._idle.append((fairy, conn, time.monotonic()))
         finally:
             slots.release()
+
+
+def json_path(key: str) -> str:
+    """A MySQL/MariaDB JSON path for one top-level key, quoted so any key is literal.
+
+    The key is escaped as a JSON string (MariaDB refuses a raw control character in a path, and
+    matches escaped and raw keys alike), and a leading ``-`` is written ``\\u002d``: MariaDB
+    refuses ``$."-..."`` even quoted (error 4042)."""
+    body = json.dumps(key, ensure_ascii=False)[1:-1]
+    if body.startswith("-"):
+        body = "\\u002d" + body[1:]
+    return '$."' + body + '"'

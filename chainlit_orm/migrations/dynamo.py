@@ -47,6 +47,7 @@ from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen.dynamo import (
     SCHEMA_VERSION_KEY,
+    TTL_ATTRIBUTE,
     GsiSpec,
     dynamo_indexes,
     dynamo_table_spec,
@@ -215,6 +216,26 @@ def _create_index_update(
     }
 
 
+async def _enable_ttl(client: _MigrationTable, shown: str, dry_run: bool) -> list[str]:
+    """Enable DynamoDB TTL on :data:`TTL_ATTRIBUTE` unless it is (being) enabled. A table whose
+    TTL is on another attribute is left alone, with a note: a table has one TTL attribute, and
+    it may be the operator's own."""
+    described = (await asyncio.to_thread(client.call, "describe_time_to_live",
+                                         TableName=client.url.table)).get(
+        "TimeToLiveDescription", {})
+    status, attribute = described.get("TimeToLiveStatus"), described.get("AttributeName")
+    if status in ("ENABLED", "ENABLING"):
+        if attribute == TTL_ATTRIBUTE:
+            return []
+        return [f"note: TTL of {shown} is on attribute {attribute}, not {TTL_ATTRIBUTE}: a "
+                "layer's retention= will not expire items there (chainlit-orm purge still does)"]
+    if not dry_run:
+        await asyncio.to_thread(
+            client.call, "update_time_to_live", TableName=client.url.table,
+            TimeToLiveSpecification={"AttributeName": TTL_ATTRIBUTE, "Enabled": True})
+    return [f"{'would ' if dry_run else ''}enable TTL on attribute {TTL_ATTRIBUTE}"]
+
+
 async def migrate_dynamodb(
     url: str,
     models: ModelSet = DEFAULT_MODELS,
@@ -258,6 +279,7 @@ async def migrate_dynamodb(
         names = [gsi["IndexName"] for gsi in spec.get("GlobalSecondaryIndexes", [])]
         lines.append(f"{prefix}create {shown} with PK/SK and GSIs {', '.join(names)}")
         if dry_run:
+            lines.append(f"would enable TTL on attribute {TTL_ATTRIBUTE}")
             lines.append(f"would record schema version {SCHEMA_VERSION}")
             return MigrationReport(lines, changed=False)
         await asyncio.to_thread(client.call, "create_table", **spec)
@@ -275,6 +297,7 @@ async def migrate_dynamodb(
             )
             await asyncio.to_thread(client.wait_active, index.name, wait_seconds, poll_interval)
             added.append(index.name)
+    lines += await _enable_ttl(client, shown, dry_run)
     stored = await asyncio.to_thread(_read_version_item, client) if table is not None else {}
     version = int(stored["version"]["N"]) if "version" in stored else None
     pending = [p["S"] for p in stored.get("backfillPending", {}).get("L", [])]

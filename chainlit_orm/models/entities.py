@@ -143,6 +143,10 @@ class ThreadFields(SQLModel):
         # keyset pagination: WHERE userId = ? ORDER BY activityAt DESC, id DESC (id breaks ties)
         IndexSpec("user_activity", ("userId", "activityAt", "id")),
         IndexSpec("user_created", ("userId", "createdAt", "id")),
+        # purge: the oldest activity first, across users, in keyset batches
+        IndexSpec("activity", ("activityAt", "id")),
+        # purge of the trash: the few trashed threads, without reading the others
+        IndexSpec("deleted", ("deletedAt",)),
     )
     __foreign_keys__: ClassVar[tuple[tuple[str, str], ...]] = (("userId", "user"),)
     __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
@@ -174,6 +178,12 @@ class ThreadFields(SQLModel):
     meta: dict[str, Any] | None = _col("metadata", JsonType)
     extra: dict[str, Any] | None = _col("extra", JsonType, internal=True)
     name_folded: str | None = _folded("nameFolded", "name")
+    # the opt-in trash (``soft_delete=``): when the thread was deleted; NULL for a live thread.
+    # Every read leaves a trashed thread out; ``purge`` removes it after the window. Not in the
+    # DynamoDB list projections ("unlisted"): a projection cannot change in place, and a trashed
+    # thread leaves the list index instead (layers.dynamodb.lifecycle).
+    deleted_at: str | None = _col("deletedAt", Timestamp, internal=True,
+                                  sa_column_kwargs={"info": {"internal": True, "unlisted": True}})
 
 
 class StepFields(SQLModel):

@@ -6,8 +6,11 @@ deployment tunes is a Parameter, so one checked-in template serves every environ
 * ``BillingMode``: ``PAY_PER_REQUEST`` (default) or ``PROVISIONED`` with ``ReadCapacityUnits`` /
   ``WriteCapacityUnits`` applied to the table and to every GSI (a GSI with less write capacity
   than its table throttles the table's writes).
-* ``TimeToLiveAttribute``: the item attribute holding an expiry epoch; empty (default) disables
-  TTL. chainlit-orm never deletes data on its own, so expiry is an explicit operator choice.
+* TTL is enabled on :data:`~chainlit_orm.schema_gen.dynamo.TTL_ATTRIBUTE` (``expiresAt``), the
+  attribute a layer with ``retention=`` writes on thread items. Enabling it expires nothing by
+  itself: an item without the attribute never expires, so data is deleted only where the app
+  asked for retention. (Files are not DynamoDB items: ``chainlit-orm purge`` sweeps the stored
+  objects whose thread is gone.)
 * ``PointInTimeRecovery`` (default on), ``DeletionProtection`` (default on), and server-side
   encryption with the AWS-managed KMS key (``SSEEnabled``) or a customer key (``KMSMasterKeyId``).
 * ``StreamViewType``: empty (default) for no stream, else the view type of a DynamoDB stream.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.schema_gen.dynamo import DEFAULT_TABLE_NAME, dynamo_table_spec
+from chainlit_orm.schema_gen.dynamo import DEFAULT_TABLE_NAME, TTL_ATTRIBUTE, dynamo_table_spec
 from chainlit_orm.schema_gen.sql import GENERATED_HEADER, SCHEMA_VERSION
 
 __all__ = ["TABLE_RESOURCE", "cloudformation"]
@@ -83,9 +86,7 @@ def cloudformation(
     if indexes:
         properties["GlobalSecondaryIndexes"] = indexes
     properties.update({
-        "TimeToLiveSpecification": _if(
-            "HasTimeToLive", {"AttributeName": _ref("TimeToLiveAttribute"), "Enabled": True}
-        ),
+        "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
         "PointInTimeRecoverySpecification": {
             "PointInTimeRecoveryEnabled": _if("PointInTimeRecoveryOn", True, False)
         },
@@ -124,10 +125,6 @@ def cloudformation(
                 "Type": "Number", "Default": 5, "MinValue": 1,
                 "Description": "PROVISIONED only: write capacity of the table and of each GSI.",
             },
-            "TimeToLiveAttribute": {
-                "Type": "String", "Default": "",
-                "Description": "Attribute holding an expiry epoch (seconds); empty disables TTL.",
-            },
             "PointInTimeRecovery": _flag("Continuous backups (point-in-time recovery)."),
             "DeletionProtection": _flag("Refuse DeleteTable while enabled."),
             "SSEEnabled": _flag(
@@ -148,7 +145,6 @@ def cloudformation(
         },
         "Conditions": {
             "IsProvisioned": {"Fn::Equals": [_ref("BillingMode"), "PROVISIONED"]},
-            "HasTimeToLive": {"Fn::Not": [{"Fn::Equals": [_ref("TimeToLiveAttribute"), ""]}]},
             "PointInTimeRecoveryOn": {"Fn::Equals": [_ref("PointInTimeRecovery"), "true"]},
             "DeletionProtectionOn": {"Fn::Equals": [_ref("DeletionProtection"), "true"]},
             "UseKms": {"Fn::Equals": [_ref("SSEEnabled"), "true"]},

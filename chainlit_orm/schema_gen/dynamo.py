@@ -67,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION_KEY",
     "SORT_KEY",
     "SPARSE_CONDITIONS",
+    "TTL_ATTRIBUTE",
     "GsiSpec",
     "attribute_types",
     "dynamo_indexes",
@@ -98,6 +99,12 @@ SPARSE_CONDITIONS: Mapping[str, str] = {
     "UserFeedback0": "only while the thread has at least one feedback with value 0",
     "UserFeedback1": "only while the thread has at least one feedback with value 1",
 }
+
+#: The item attribute DynamoDB's TTL reads (epoch seconds). Only a thread item carries it, and
+#: only when the layer has ``retention=``: it moves with the thread's activity in the write that
+#: moves the activity, so TTL costs no extra write. The generated template and ``migrate`` enable
+#: TTL on it; an item without it never expires.
+TTL_ATTRIBUTE = "expiresAt"
 
 #: Where ``chainlit-orm migrate`` records the schema version in the single table. No GSI
 #: attribute is set on it, so it never shows up in a list.
@@ -223,14 +230,15 @@ def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
     (``metadata_column``) and the SQL search's folded copy of the name: ``metadata`` and ``name``
     themselves are projected, so they would only add bytes, and a projection cannot change in
     place, so adding such a column to a set must not force recreating the list indexes of an
-    existing table. Any other custom column is included.
+    existing table. Columns marked ``info["unlisted"]`` (the trash's ``deletedAt``) are left out
+    for the same reason. Any other custom column is included.
     """
     derived = models.metadata_columns("thread")
     return tuple(
         column.name
         for column in models.table("thread").columns
         if column.name != OVERFLOW_COLUMN and column.name not in derived
-        and FOLDED_FROM not in column.info
+        and FOLDED_FROM not in column.info and not column.info.get("unlisted")
     )
 
 

@@ -59,7 +59,7 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.storage import _signing, served
 from chainlit_orm.storage._headers import check_content_type, normalize_content_disposition
-from chainlit_orm.storage._keys import meta_path, object_path, validate_key
+from chainlit_orm.storage._keys import META_DIR, meta_path, object_path, validate_key
 from chainlit_orm.storage.served import ObjectInfo, OpenObject
 
 if TYPE_CHECKING:
@@ -774,6 +774,45 @@ class FsspecStorage(BaseStorageClient):
                 f"no object {key!r} in {mask_url(self.url)}", detail=key
             )
         return data
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix``, sorted (:class:`~chainlit_orm.storage.protocols.
+        ListableStorage`); the sidecar records are not objects and are left out. Bounded by
+        ``timeout`` times ten: a listing reads pages, not one object.
+
+        Raises:
+            InvalidIdentifierError: the prefix is unsafe.
+            StorageError: the backend failed (``StorageTimeoutError`` past the bound).
+        """
+        key = validate_key(prefix.rstrip("/"))
+        path = self._path(key)
+        await self._ready()
+        async with self._bounded("list", key, self.timeout * 10), self._slot():
+            if self._backend.native_async:
+                fs = await self._fs()
+                try:
+                    found = list(await fs._find(path))
+                except FileNotFoundError:
+                    found = []
+            else:
+                found = await asyncio.to_thread(self._find_sync, path)
+        base = path[: -len(key)]  # the root as the filesystem spells it, ending in "/"
+        keys = []
+        for item in found:
+            text = str(item)
+            for head in (base, base.lstrip("/")):
+                if text.startswith(head):
+                    rest = text[len(head):]
+                    if rest and rest.split("/", 1)[0] != META_DIR:
+                        keys.append(rest)
+                    break
+        return sorted(keys)
+
+    def _find_sync(self, path: str) -> list[str]:
+        try:
+            return [str(p) for p in self._sync_fs.find(path)]
+        except FileNotFoundError:
+            return []
 
     def _read_sync(self, path: str) -> bytes | None:
         try:

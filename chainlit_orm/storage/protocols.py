@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DiscardableStorage", "ReadableStorage"]
+__all__ = ["DiscardableStorage", "ListableStorage", "ReadableStorage"]
 
 
 @runtime_checkable
@@ -45,5 +45,20 @@ class DiscardableStorage(Protocol):
         Raises:
             InvalidIdentifierError: the key is unsafe.
             StorageError: the backend failed or did not answer in time (the object may remain).
+        """
+        ...
+
+
+@runtime_checkable
+class ListableStorage(Protocol):
+    """A storage client that can list the objects under a prefix (``purge`` sweeps the files
+    of threads that no longer exist with it)."""
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix`` (a key prefix ending at a ``/`` boundary), sorted.
+
+        Raises:
+            InvalidIdentifierError: the prefix is unsafe.
+            StorageError: the backend failed.
         """
         ...

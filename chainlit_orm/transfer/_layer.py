@@ -88,8 +88,9 @@ __all__ = [
 T = TypeVar("T")
 
 
-#: Internal columns that are facts of a row (copied as they are), not derived on write.
-_FACT_COLUMNS = frozenset({"activityAt", "extra"})
+#: Internal columns that are facts of a row (copied as they are), not derived on write:
+#: ``deletedAt`` is the trash state (chainlit_orm.lifecycle), which a copy keeps.
+_FACT_COLUMNS = frozenset({"activityAt", "extra", "deletedAt"})
 
 
 def _from_metadata(column: sa.Column[Any]) -> bool:
@@ -481,9 +482,12 @@ class DynamoTable:
         return self._item("feedback", row, threadId=row["threadId"], forId=row["forId"])
 
     def thread_item(self, row: Mapping[str, Any], counts: Mapping[int, int]) -> dict[str, Any]:
-        """The thread item with its index attributes, feedback counters and sparse markers."""
+        """The thread item with its index attributes, feedback counters and sparse markers (a
+        trashed thread's: those a trashed thread has, so it is listed nowhere)."""
         item = self._item("thread", row, id=row["id"])
         item.update(self.feedback_markers(row.get("userId"), counts))
+        if row.get("deletedAt"):  # in the trash: out of the list index, as trash_thread leaves it
+            self.backend.hide_trashed(item)
         return item
 
     def feedback_markers(self, user_id: str | None, counts: Mapping[int, int]

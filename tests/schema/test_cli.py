@@ -152,6 +152,7 @@ def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) 
     assert dry.stdout.splitlines() == [
         f"would create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
         "UserFeedback0, UserFeedback1, ById",
+        "would enable TTL on attribute expiresAt",
         f"would record schema version {SCHEMA_VERSION}",
     ]
     done = run_cli("migrate", url)
@@ -159,6 +160,7 @@ def test_migrate_dynamodb_from_the_command_line(dynamodb: Any, table_name: str) 
     assert done.stdout.splitlines() == [
         f"create table {table} ({url}) with PK/SK and GSIs UserThread, UserActivity, "
         "UserFeedback0, UserFeedback1, ById",
+        "enable TTL on attribute expiresAt",
         f"record schema version {SCHEMA_VERSION}",
     ]
     again = run_cli("migrate", url)

@@ -144,16 +144,14 @@ def test_cloudformation_passes_cfn_lint_and_has_production_knobs(tmp_path: Path)
     assert template == cloudformation(DEFAULT_MODELS)
     assert set(template["Parameters"]) == {
         "TableName", "BillingMode", "ReadCapacityUnits", "WriteCapacityUnits",
-        "TimeToLiveAttribute", "PointInTimeRecovery", "DeletionProtection", "SSEEnabled",
+        "PointInTimeRecovery", "DeletionProtection", "SSEEnabled",
         "KMSMasterKeyId", "StreamViewType"}
     table = template["Resources"]["ChainlitTable"]
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
     props = table["Properties"]
-    assert props["TimeToLiveSpecification"] == {"Fn::If": [
-        "HasTimeToLive", {"AttributeName": {"Ref": "TimeToLiveAttribute"}, "Enabled": True},
-        {"Ref": "AWS::NoValue"}]}
-    assert template["Conditions"]["HasTimeToLive"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "TimeToLiveAttribute"}, ""]}]}
+    # TTL on the attribute a layer with retention= writes (an item without it never expires)
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert "HasTimeToLive" not in template["Conditions"]
     assert props["PointInTimeRecoverySpecification"] == {
         "PointInTimeRecoveryEnabled": {"Fn::If": ["PointInTimeRecoveryOn", True, False]}}
     assert props["SSESpecification"]["SSEEnabled"] == {"Fn::If": ["UseKms", True, False]}
@@ -218,6 +216,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"would add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
         f"would add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
+        "would enable TTL on attribute expiresAt",
         f"would record schema version {SCHEMA_VERSION}",
     ]
     assert [g["IndexName"] for g in dynamodb.describe_table(TableName=table_name)["Table"][
@@ -230,6 +229,7 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"add GSI UserFeedback0 (UserFeedback0PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI UserFeedback1 (UserFeedback1PK/UserActivitySK, INCLUDE) to {shown}",
         f"add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
+        "enable TTL on attribute expiresAt",
         f"record schema version {SCHEMA_VERSION}",
         "backfill: scanned 2 items; 0 users and 1 threads brought to the current layout, "
         "1 items rewritten, 0 feedback-only items converted",
@@ -260,6 +260,7 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
     assert await migrate_dynamodb(url, CUSTOM_MODELS, dry_run=True) == MigrationReport([
         f"would create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, TenantActivity, ById",
+        "would enable TTL on attribute expiresAt",
         f"would record schema version {SCHEMA_VERSION}",
     ], changed=False)
     with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
@@ -267,6 +268,7 @@ async def test_migrate_creates_the_table_and_calls_the_backfill_hook(
     assert await migrate_dynamodb(url, DEFAULT_MODELS, dry_run=False) == MigrationReport([
         f"create {shown} with PK/SK and GSIs UserThread, UserActivity, UserFeedback0, "
         "UserFeedback1, ById",
+        "enable TTL on attribute expiresAt",
         f"record schema version {SCHEMA_VERSION}",
     ], changed=True)
     seen: list[tuple[str, ...]] = []

@@ -13,7 +13,7 @@ import re
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -44,11 +44,16 @@ from chainlit_orm.layers.dynamodb.items import (
     ItemLayout,
     UpdateExpression,
     item_size,
+    stored_object_keys,
     string_value,
     table_key,
     value_size,
 )
 from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK, is_phantom, legacy_feedback
+from chainlit_orm.layers.dynamodb.lifecycle import (
+    CLAIM_ATTRIBUTE,
+    DynamoLifecycle,
+)
 from chainlit_orm.layers.dynamodb.table import (
     CONFLICT_RETRY,
     ConditionFailed,
@@ -61,6 +66,7 @@ from chainlit_orm.schema_gen.dynamo import (
     OVERFLOW_COLUMN,
     PARTITION_KEY,
     SORT_KEY,
+    TTL_ATTRIBUTE,
     GsiSpec,
     dynamo_indexes,
     parse_key,
@@ -105,8 +111,12 @@ class _Gate:
         self.lock: asyncio.Lock | None = None  # one delete of the thread at a time
 
 
-class DynamoBackend:
-    """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring."""
+class DynamoBackend(DynamoLifecycle):
+    """Stores the rows of a :class:`ModelSet` in one DynamoDB table. See the module docstring.
+
+    The erase, purge and trash primitives are in
+    :class:`~chainlit_orm.layers.dynamodb.lifecycle.DynamoLifecycle`; a trashed thread
+    (``deletedAt``) reads as absent here."""
 
     def __init__(
         self,
@@ -119,6 +129,7 @@ class DynamoBackend:
         self.config = config
         self.models = models
         self.table = table_name
+        self.retention = config.retention  # the TTL (None: nothing expires)
         self.offload_bytes = config.offload_bytes
         self.storage = storage
         self.check_schema = check_schema
@@ -133,7 +144,8 @@ class DynamoBackend:
             # every item class sends through the table client's one connection and pool
             item_class._get_connection().connection = self.table_client.connection
         self.indexes: dict[str, GsiSpec] = {spec.name: spec for spec in dynamo_indexes(models)}
-        self.layout = ItemLayout(models, self.items, self.indexes, reserved=(LEGACY_FEEDBACK,))
+        self.layout = ItemLayout(models, self.items, self.indexes,
+                                 reserved=(LEGACY_FEEDBACK, CLAIM_ATTRIBUTE, TTL_ATTRIBUTE))
         self.codecs = self.layout.codecs
         self.keys = self.layout.keys
         self._ready: asyncio.Future[None] | None = None
@@ -361,6 +373,7 @@ class DynamoBackend:
             if create:
                 u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
                 u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+                self._set_expiry(u, now, if_absent=True)
             for attribute, template in templates.items():
                 names = placeholders(template)
                 if "activityAt" in names:
@@ -437,9 +450,12 @@ class DynamoBackend:
     async def get_thread_author(self, thread_id: str) -> str | None:
         item = (await self._call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
-            ProjectionExpression="#u", ExpressionAttributeNames={"#u": "userIdentifier"},
+            ProjectionExpression="#u, #d, #e",
+            ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
+                                      "#e": TTL_ATTRIBUTE},
         )).get("Item")
-        if not item or "userIdentifier" not in item:
+        if not item or "userIdentifier" not in item or "deletedAt" in item or self._expired(
+                item):  # trashed, or past its TTL: gone
             return None
         value = from_attribute_value(item["userIdentifier"])
         return str(value) if value else None
@@ -461,6 +477,8 @@ class DynamoBackend:
         for item in items:
             kind = self.layout.kind(item[SORT_KEY]["S"])
             if kind == "thread":
+                if self._expired(item):  # past its TTL: gone, whenever DynamoDB removes it
+                    return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
                 if is_phantom(item):
@@ -476,7 +494,7 @@ class DynamoBackend:
             elif kind == "feedback":
                 row = self.codecs["feedback"].row(item)
                 feedback[str(row.get("forId"))] = _feedback_of(row)
-        if thread is None:
+        if thread is None or thread.get("deletedAt"):  # trashed: gone for every read
             return None
         await self._load_texts(list(step_items.values()), list(steps.values()))
         for step_id, row in steps.items():
@@ -537,6 +555,8 @@ class DynamoBackend:
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
                     continue
+                if self._stale(row):  # past the retention: gone (the index has no TTL)
+                    continue
                 rows.append(row)
                 if len(rows) == limit:
                     break
@@ -566,6 +586,8 @@ class DynamoBackend:
                         continue
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
+                    continue
+                if row.get("deletedAt"):  # the trash is never listed
                     continue
                 row.pop(OVERFLOW_COLUMN, None)
                 rows.append(row)
@@ -598,7 +620,7 @@ class DynamoBackend:
             ProjectionExpression="#o, #i, #t",
             ConsistentRead=True,
         )
-        return _object_keys(items)
+        return stored_object_keys(items)
 
     async def _delete_partition(self, thread_id: str) -> list[str]:
         items = await self._query_all(
@@ -613,7 +635,7 @@ class DynamoBackend:
         thread_sk = self.models.dynamo["thread"].sk
         # children first, the thread item last: an interrupted delete leaves a thread to retry
         items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
-        keys = _object_keys(items)
+        keys = stored_object_keys(items)
         await self._batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in items
@@ -867,6 +889,7 @@ class DynamoBackend:
         u.set("id", codec.encode("id", thread_id))
         u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
         u.set("activityAt", codec.encode("activityAt", now), if_absent=True)
+        self._set_expiry(u, now, if_absent=True)
         for attribute, template in self.layout.index_templates("thread").items():
             if "activityAt" in placeholders(template):
                 rendered = render_key(template, {"id": thread_id, "activityAt": now})
@@ -890,6 +913,7 @@ class DynamoBackend:
         u.set("id", codec.encode("id", thread_id))
         u.set("createdAt", codec.encode("createdAt", now), if_absent=True)
         u.set("activityAt", codec.encode("activityAt", activity))
+        self._set_expiry(u, activity)  # the TTL moves with the activity, in this same write
         for attribute, template in self.layout.index_templates("thread").items():
             if "activityAt" not in placeholders(template):
                 continue
@@ -976,7 +1000,7 @@ class DynamoBackend:
                                  ConsistentRead=True)).get("Item")
         await self._delete_feedback_of(thread_id, step_id)
         targets = [*elements, *([step] if step else [])]
-        keys = _object_keys(targets)
+        keys = stored_object_keys(targets)
         await self._batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in targets
@@ -1294,16 +1318,6 @@ class DynamoBackend:
 
 def _feedback_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return feedback_dict(row.get("id"), row.get("forId"), row.get("value"), row.get("comment"))
-
-
-def _object_keys(items: Iterable[Mapping[str, Any]]) -> list[str]:
-    keys = []
-    for item in items:
-        for attribute in ("objectKey", *TEXT_REFS.values()):
-            value = item.get(attribute)
-            if value and "S" in value and value["S"]:
-                keys.append(value["S"])
-    return keys
 
 
 def can_read_back(storage: BaseStorageClient) -> bool:

@@ -5,6 +5,7 @@ transfer used to repeat the same ten parameters and checks)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from chainlit_orm.errors import ConfigurationError, SchemaError
 from chainlit_orm.layers.dynamodb.items import DEFAULT_OFFLOAD_BYTES
@@ -29,6 +30,8 @@ class DynamoConfig:
         retry_mode, max_attempts: botocore's retry mode and attempts in all.
         connect_timeout, read_timeout: seconds botocore waits for a connection and each read.
         offload_bytes: step texts larger than this go to a storage that can read them back.
+        retention: DynamoDB's native TTL: thread items carry ``expiresAt`` (activity plus
+            retention); None: nothing expires (see :class:`DynamoDataLayer`).
 
     Raises:
         ConfigurationError: the model set cannot be laid out in one table, or a setting is out
@@ -46,6 +49,7 @@ class DynamoConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    retention: timedelta | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -63,3 +67,18 @@ class DynamoConfig:
                     0 < seconds < float("inf")):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got "
                                          f"{seconds!r}", detail=name)
+        check_retention(self.retention)
+
+
+def check_retention(retention: object) -> timedelta | None:
+    """``retention=``: None, or a timedelta of at least one second.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if retention is None:
+        return None
+    if not isinstance(retention, timedelta) or retention < timedelta(seconds=1):
+        raise ConfigurationError(f"retention must be a timedelta of at least 1 s: {retention!r}",
+                                 detail="retention")
+    return retention

@@ -295,3 +295,14 @@ class ItemLayout:
                 return entity
         return None
 
+
+def stored_object_keys(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The storage objects the items name (element files, offloaded step texts): what a delete
+    of the items must delete from the storage too."""
+    keys = []
+    for item in items:
+        for attribute in ("objectKey", *TEXT_REFS.values()):
+            value = item.get(attribute)
+            if value and "S" in value and value["S"]:
+                keys.append(value["S"])
+    return keys

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -15,6 +16,7 @@ from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.backend import DynamoBackend
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import DEFAULT_OFFLOAD_BYTES
+from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["DynamoConfig", "DynamoDataLayer"]
@@ -57,6 +59,13 @@ class DynamoDataLayer(ChainlitLayer):
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
         timeout: seconds each data-layer call may take, botocore's retries included (see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
+        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        retention: DynamoDB's native TTL: a thread item carries ``expiresAt`` (its activity
+            plus ``retention``), moved by the write that moves its activity (no extra write);
+            reads treat a thread past it as gone at once, DynamoDB removes the item within
+            days, and ``chainlit-orm purge`` removes what it leaves (its other items, its
+            files: TTL removes no file and calls no hook). None (default): nothing expires.
 
     The keyword arguments make a :class:`DynamoConfig` (``self.config``), which checks them.
 
@@ -82,6 +91,9 @@ class DynamoDataLayer(ChainlitLayer):
         thread_order: ThreadOrder = "activity",
         max_text_bytes: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        on_delete: OnDelete | None = None,
+        soft_delete: timedelta | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -91,14 +103,14 @@ class DynamoDataLayer(ChainlitLayer):
             table_name, models=models, region=region, endpoint_url=endpoint_url,
             profile=profile, max_pool_connections=max_pool_connections, retry_mode=retry_mode,
             max_attempts=max_attempts, connect_timeout=connect_timeout,
-            read_timeout=read_timeout, offload_bytes=offload_bytes,
+            read_timeout=read_timeout, offload_bytes=offload_bytes, retention=retention,
         )
         backend = DynamoBackend(self.config, storage=lambda: self.storage)
         kwargs: dict[str, Any] = {}
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 

@@ -1,0 +1,464 @@
+"""The DynamoDB backend's data-lifecycle primitives: erase, purge, trash, TTL.
+
+The rules are in :mod:`chainlit_orm.lifecycle`.
+
+A mixin of :class:`~chainlit_orm.layers.dynamodb.DynamoBackend`, in its own module so the rules
+stay in :mod:`chainlit_orm.lifecycle` and each method here is one small primitive.
+
+Invariants:
+
+* **A thread is removed by whoever claims it.** A purge first *claims* an expired thread with a
+  conditional update of its thread item (``purgeClaim``, set only when absent or stale, and only
+  while the thread is still expired, so activity since the scan wins), and only the claimant
+  deletes the partition and reports the thread (so two purges, in two processes, delete and
+  hook each thread exactly once). A claim older than :data:`CLAIM_STALE` is taken over: a purge
+  that died mid-way does not pin a thread forever.
+* **Children first, the thread item last** (as ``delete_thread``): an interrupted removal leaves
+  a thread item, which the next purge or erasure finds again.
+* **The trash leaves the list index.** A trashed thread's ``UserActivityPK`` is replaced by a
+  value no user has and its feedback markers are removed, so no list or search query returns it;
+  ``update_thread`` writes those keys only when absent, so a late write (Chainlit's disconnect
+  metadata) does not bring it back. ``UserThread`` (Chainlit's index) keeps it, which is how an
+  erasure still finds it. ``get_thread``/``get_thread_author`` read ``deletedAt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from chainlit_orm.layers.dynamodb.items import (
+    FEEDBACK_INDEXES,
+    LIST_INDEX,
+    TEXT_REFS,
+    stored_object_keys,
+)
+from chainlit_orm.layers.dynamodb.table import ConditionFailed
+from chainlit_orm.lifecycle.records import ExpiryRule, Removed
+from chainlit_orm.models.types import format_timestamp, parse_timestamp
+from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE, render_key
+
+if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
+
+#: What ``self`` is in these methods: the DynamoBackend this class is mixed into. ``Any``,
+#: because a mixin's ``self`` cannot be annotated with its subclass (mypy), nor can the
+#: subclass be its base (a cycle); ``tests/lifecycle`` runs every primitive on every backend.
+_DynamoSelf = Any
+
+__all__ = ["CLAIM_ATTRIBUTE", "TRASHED", "DynamoLifecycle"]
+
+#: The thread-item attribute a purge claims a thread with: "<claimed at, epoch s>#<token>".
+CLAIM_ATTRIBUTE = "purgeClaim"
+#: Seconds after which another purge may take over a claim (its purge died).
+CLAIM_STALE = 900
+#: The ``UserActivityPK`` of a trashed thread: a partition of the list index no user reads.
+TRASHED = "TRASHED"
+#: Chainlit's own owner index, which keeps trashed threads (erasure reads it).
+OWNER_INDEX = "UserThread"
+#: Partitions removed at once.
+PARALLEL = 8
+
+
+class DynamoLifecycle:
+    """Lifecycle primitives of :class:`~chainlit_orm.layers.dynamodb.DynamoBackend`."""
+
+    # -------------------------------------------------------------------- TTL
+
+    def _set_expiry(self: _DynamoSelf, update: Any, activity: str, *,
+                    if_absent: bool = False) -> None:
+        """With ``retention``: the thread item's TTL, ``activity`` plus the retention, in
+        epoch seconds (rounded up, so an item never goes before its time)."""
+        if self.retention is None:
+            return
+        moment = parse_timestamp(activity) + self.retention
+        epoch = int(moment.timestamp()) + (moment.microsecond > 0)
+        update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
+
+    def _expired(self: _DynamoSelf, item: Any) -> bool:
+        """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
+        (TTL deletion runs in the background, typically within a few days)."""
+        value = item.get(TTL_ATTRIBUTE)
+        return bool(value) and "N" in value and int(value["N"]) <= time.time()
+
+    def _stale(self: _DynamoSelf, row: dict[str, Any]) -> bool:
+        """A listed thread (the list index carries no TTL) is past the retention: its activity
+        is older than ``retention``."""
+        if self.retention is None or not row.get("activityAt"):
+            return False
+        return str(row["activityAt"]) < _cutoff(self.retention)
+
+    # ---------------------------------------------------------------- orphans
+
+    async def sweep_orphans(self: _DynamoSelf, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
+        """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
+        item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
+        exist. Returns how many such threads had items and how many objects were removed (dry:
+        would be). Objects need a storage client that can list
+        (:class:`~chainlit_orm.storage.protocols.ListableStorage`); with another one (or none)
+        only the items are swept."""
+        from chainlit_orm.storage.protocols import ListableStorage
+
+        partitions, live = await self._sweep_orphan_items(dry_run)
+        if not isinstance(storage, ListableStorage):
+            return partitions, 0
+        keys = await storage.list_keys("threads")
+        by_thread: dict[str, list[str]] = {}
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) >= 3:
+                by_thread.setdefault(parts[1], []).append(key)
+        # threads the scan saw alive keep their files; the others are looked up again
+        gone = await self._missing_threads(sorted(set(by_thread) - live))
+        doomed = [key for thread_id in gone for key in by_thread[thread_id]]
+        if not dry_run and doomed:
+            from chainlit_orm.lifecycle.hooks import finish_removal
+
+            outcome = await finish_removal(Removed(object_keys=doomed), storage, None)
+            outcome.raise_storage()
+        return partitions, len(doomed)
+
+    async def _missing_threads(self: _DynamoSelf, thread_ids: list[str]) -> list[str]:
+        """Which of these thread ids have no live thread item (absent, or past its TTL)."""
+        present: set[str] = set()
+        for start in range(0, len(thread_ids), 100):
+            keys = [self.layout.key_of("thread", id=t) for t in thread_ids[start:start + 100]]
+            for item in await self._batch_get(keys):
+                if not self._expired(item):
+                    thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
+                    if thread_id:
+                        present.add(thread_id)
+        return [t for t in thread_ids if t not in present]
+
+    async def _sweep_orphan_items(self: _DynamoSelf, dry_run: bool) -> tuple[int, set[str]]:
+        """Remove the items of thread partitions whose thread item is gone (or past its TTL).
+
+        One consistent Scan of keys: a partition whose live thread item the scan saw is no
+        orphan; only the others (in steady state none) are looked up again, since a thread
+        created while the scan ran may have its thread item behind the scan's position.
+        Returns the number of orphaned threads and the ids of the live threads seen."""
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #e",
+                                  "ExpressionAttributeNames": {"#p": PARTITION_KEY,
+                                                               "#s": SORT_KEY,
+                                                               "#e": TTL_ATTRIBUTE},
+                                  "ConsistentRead": True}
+        children: set[str] = set()
+        live: set[str] = set()
+        while True:
+            page = await self._call("scan", **kwargs)
+            for item in page.get("Items", []):
+                thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
+                if not thread_id:
+                    continue
+                if self.layout.kind(item[SORT_KEY]["S"]) != "thread":
+                    children.add(thread_id)
+                elif not self._expired(item):
+                    live.add(thread_id)
+            if not page.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        orphans = await self._missing_threads(sorted(children - live))
+        if not dry_run:
+            await self._each(orphans, False)
+        return len(orphans), live
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _partition(self: _DynamoSelf, thread_id: str) -> list[dict[str, Any]]:
+        """Every item of the thread's partition: keys, object references, owner, favorite."""
+
+        result: list[dict[str, Any]] = await self._query_all(
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
+                                      "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"],
+                                      "#u": "userId", "#f": "favorite", "#m": "metadata"},
+            ExpressionAttributeValues={
+                ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
+            ProjectionExpression="#p, #s, #o, #i, #t, #u, #f, #m.#f",
+            ConsistentRead=True,
+        )
+        return result
+
+    def _count(self: _DynamoSelf, thread_id: str, items: list[dict[str, Any]]) -> Removed:
+        """What removing ``items`` (one partition) removes, per entity."""
+
+        removed = Removed()
+        owner = None
+        for item in items:
+            kind = self.layout.kind(item[SORT_KEY]["S"])
+            if kind is not None:
+                removed.counts[kind] += 1
+            if kind == "thread" and "userId" in item:
+                owner = self.codecs["thread"].decode("userId", item["userId"])
+        if removed.counts["thread"]:
+            removed.threads.append((thread_id, None if owner is None else str(owner)))
+        removed.object_keys = stored_object_keys(items)
+        return removed
+
+    async def _remove_partition(self: _DynamoSelf, thread_id: str,
+                                items: list[dict[str, Any]] | None = None) -> Removed:
+        """Remove one thread's items, children first, among this process's writes of it alone
+        (as ``delete_thread``); ``items``: the partition already read."""
+        async with self._deleting(thread_id):
+            if items is None:
+                items = await self._partition(thread_id)
+            removed = self._count(thread_id, items)
+            thread_sk = self.models.dynamo["thread"].sk
+            items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
+            await self._batch_write([
+                {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY],
+                                           SORT_KEY: i[SORT_KEY]}}} for i in items
+            ], last_after_rest=True)
+            self._activity.pop(thread_id, None)
+            self._deleted[thread_id] = None
+            result: Removed = removed
+            return result
+
+    async def _each(self: _DynamoSelf, thread_ids: Sequence[str], dry_run: bool) -> Removed:
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(thread_id: str) -> Removed:
+            async with gate:
+                if dry_run:
+                    counted: Removed = self._count(thread_id, await self._partition(thread_id))
+                    return counted
+                removed: Removed = await self._remove_partition(thread_id)
+                return removed
+
+        total = Removed()
+        for removed in await asyncio.gather(*(one(t) for t in thread_ids)):
+            total.add(removed)
+        return total
+
+    # ---------------------------------------------------------------- threads
+
+    async def get_thread_owner(self: _DynamoSelf, thread_id: str) -> dict[str, Any] | None:
+        item = (await self._call(
+            "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
+            ProjectionExpression="#i, #u", ExpressionAttributeNames={"#i": "id", "#u": "userId"},
+        )).get("Item")
+        if item is None:
+            return None
+        row = self.codecs["thread"].row(item)
+        return {"id": thread_id, "userId": row.get("userId")}
+
+    async def remove_threads(self: _DynamoSelf, thread_ids: Sequence[str], *,
+                             dry_run: bool = False) -> Removed:
+        result: Removed = await self._each(list(thread_ids), dry_run)
+        return result
+
+    # ------------------------------------------------------------------ users
+
+    async def _owned(self: _DynamoSelf, user_id: str) -> list[str]:
+        """Ids of the threads whose owner is ``user_id``, through Chainlit's owner index (which
+        keeps trashed threads)."""
+        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == OWNER_INDEX)
+        pk = render_key(declared.pk, {"userId": user_id}) or ""
+        items = await self._query_all(
+            IndexName=OWNER_INDEX, KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": declared.pk_attribute, "#k": PARTITION_KEY},
+            ExpressionAttributeValues={":p": {"S": pk}}, ProjectionExpression="#k")
+        ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
+        return sorted(i for i in ids if i)
+
+    async def user_thread_ids(self: _DynamoSelf, identifier: str
+                              ) -> tuple[str | None, list[str]]:
+        user = await self.get_user(identifier)
+        if user is None:
+            return None, []
+        return str(user["id"]), await self._owned(str(user["id"]))
+
+    async def remove_user(self: _DynamoSelf, identifier: str, *, dry_run: bool = False
+                          ) -> Removed:
+        """The user item (with its ``ById`` index entry), after any thread still owned."""
+        user = await self.get_user(identifier)
+        removed = Removed()
+        if user is None:
+            return removed
+        if dry_run:
+            removed.counts["user"] = 1
+            return removed
+        user_id = str(user["id"])
+        removed.add(await self._each(await self._owned(user_id), False))
+        old = (await self._call("delete_item",
+                                Key=self.layout.key_of("user", identifier=identifier),
+                                ReturnValues="ALL_OLD")).get("Attributes")
+        removed.counts["user"] += 1 if old else 0
+        self._identifiers.pop(user_id, None)
+        return removed
+
+    # ------------------------------------------------------------------ purge
+
+    def _expiry(self: _DynamoSelf, rule: ExpiryRule, names: dict[str, str],
+                values: dict[str, Any]) -> str:
+        """The condition (for a Scan filter and for the claim) that a thread item is expired."""
+        names["#at"] = "deletedAt" if rule.trashed_before else "activityAt"
+        values[":cutoff"] = {"S": rule.trashed_before or rule.active_before}
+        parts = ["#at < :cutoff"]
+        if rule.active_before and rule.keep_keys:
+            names["#m"] = "metadata"
+            values[":true"] = {"BOOL": True}
+            for k, key in enumerate(rule.keep_keys):
+                names[f"#k{k}"] = key
+                parts.append(f"NOT (#m.#k{k} = :true)")
+        return " AND ".join(parts)
+
+    async def purge_expired(self: _DynamoSelf, rule: ExpiryRule, *, batch: int, after: Any,
+                            dry_run: bool = False) -> tuple[Removed, Any]:
+        """One Scan page (``Limit=batch`` items read) of expired thread items; each claimed,
+        checked for favorites, and removed. Returns the page's ``LastEvaluatedKey`` as the
+        cursor (None: the scan is done)."""
+        names: dict[str, str] = {"#s": SORT_KEY, "#p": PARTITION_KEY}
+        values: dict[str, Any] = {":thread": {"S": self.models.dynamo["thread"].sk}}
+        expired = self._expiry(rule, names, values)
+        kwargs: dict[str, Any] = {
+            "FilterExpression": f"#s = :thread AND {expired}",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+            "ProjectionExpression": "#p", "Limit": batch, "ConsistentRead": True,
+        }
+        if after is not None:
+            kwargs["ExclusiveStartKey"] = after
+        page = await self._call("scan", **kwargs)
+        ids = [t for t in (self.layout.thread_of_key(i[PARTITION_KEY]["S"])
+                           for i in page.get("Items", [])) if t]
+        favorites = rule.keep_favorites and rule.active_before is not None
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(thread_id: str) -> Removed:
+            async with gate:
+                if dry_run:
+                    items = await self._partition(thread_id)
+                    return Removed() if favorites and _has_favorite(items) else self._count(
+                        thread_id, items)
+                token = await self._claim(thread_id, rule)
+                if token is None:
+                    return Removed()  # another purge has it, or it is no longer expired
+                items = await self._partition(thread_id)
+                if favorites and _has_favorite(items):
+                    await self._release(thread_id, token)
+                    return Removed()
+                result: Removed = await self._remove_partition(thread_id, items)
+                return result
+
+        removed = Removed()
+        for one_removed in await asyncio.gather(*(one(t) for t in ids)):
+            removed.add(one_removed)
+        return removed, page.get("LastEvaluatedKey")
+
+    async def _claim(self: _DynamoSelf, thread_id: str, rule: ExpiryRule) -> str | None:
+        """Claim the thread for this purge; None when another purge holds it or it is no
+        longer expired (the condition is checked atomically with the claim)."""
+        import time
+
+
+        now = int(time.time())
+        token = f"{now:012d}#{uuid.uuid4().hex}"  # time first: claims compare by age
+        names = {"#c": CLAIM_ATTRIBUTE, "#p": PARTITION_KEY}
+        values: dict[str, Any] = {":token": {"S": token},
+                                  ":stale": {"S": f"{now - CLAIM_STALE:012d}#"}}
+        expired = self._expiry(rule, names, values)
+        try:
+            await self._call(
+                "update_item", Key=self.layout.key_of("thread", id=thread_id),
+                UpdateExpression="SET #c = :token",
+                ConditionExpression=(f"attribute_exists(#p) AND {expired} AND "
+                                     "(attribute_not_exists(#c) OR #c < :stale)"),
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        except ConditionFailed:
+            return None
+        return token
+
+    async def _release(self: _DynamoSelf, thread_id: str, token: str) -> None:
+        # a claim taken over as stale meanwhile is the other purge's to decide
+        with contextlib.suppress(ConditionFailed):
+            await self._call(
+                "update_item", Key=self.layout.key_of("thread", id=thread_id),
+                UpdateExpression="REMOVE #c", ConditionExpression="#c = :token",
+                ExpressionAttributeNames={"#c": CLAIM_ATTRIBUTE},
+                ExpressionAttributeValues={":token": {"S": token}})
+
+    # ------------------------------------------------------------------ trash
+
+    def _list_keys(self: _DynamoSelf) -> tuple[str, list[str]]:
+        """The list index's owner attribute and the feedback markers' attributes."""
+
+        markers = [self.indexes[name].pk_attribute for name in FEEDBACK_INDEXES.values()
+                   if name in self.indexes]
+        return self.indexes[LIST_INDEX].pk_attribute, markers
+
+    def hide_trashed(self: _DynamoSelf, item: dict[str, Any]) -> None:
+        """Give a whole thread item that carries ``deletedAt`` the list-index keys
+        :meth:`trash_thread` leaves (owner partition :data:`TRASHED`, no feedback markers).
+        For writers of whole items (``chainlit-orm copy``/``import``): ``deletedAt`` alone
+        hides the thread from ``get_thread`` but not from the list and search queries."""
+        owner, markers = self._list_keys()
+        item[owner] = {"S": TRASHED}
+        for marker in markers:
+            item.pop(marker, None)
+
+    async def trash_thread(self: _DynamoSelf, thread_id: str, at: str) -> bool:
+        owner, markers = self._list_keys()
+        names = {"#p": PARTITION_KEY, "#d": "deletedAt", "#o": owner}
+        names |= {f"#m{k}": name for k, name in enumerate(markers)}
+        removes = ", ".join(f"#m{k}" for k in range(len(markers)))
+        async with self._thread_lock(thread_id):
+            try:
+                await self._call(
+                    "update_item", Key=self.layout.key_of("thread", id=thread_id),
+                    UpdateExpression="SET #d = :at, #o = :trashed"
+                                     + (f" REMOVE {removes}" if removes else ""),
+                    ConditionExpression="attribute_exists(#p) AND attribute_not_exists(#d)",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={":at": {"S": at}, ":trashed": {"S": TRASHED}})
+            except ConditionFailed:
+                return False
+        return True
+
+    async def restore_thread(self: _DynamoSelf, thread_id: str, since: str) -> bool:
+        owner_attribute, _ = self._list_keys()
+        key = self.layout.key_of("thread", id=thread_id)
+        async with self._thread_lock(thread_id):
+            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            if item is None:
+                return False
+            user_id = self.codecs["thread"].row(item).get("userId")
+            declared = next(d for d in self.models.dynamo["thread"].indexes
+                            if d.pk_attribute == owner_attribute)
+            owner = render_key(declared.pk, {"userId": user_id}) if user_id else None
+            names = {"#d": "deletedAt", "#o": owner_attribute}
+            values: dict[str, Any] = {":since": {"S": since}}
+            if owner:
+                update = "REMOVE #d SET #o = :owner"
+                values[":owner"] = {"S": owner}
+            else:
+                update = "REMOVE #d, #o"
+            try:
+                result = await self._call(
+                    "update_item", Key=key, UpdateExpression=update,
+                    ConditionExpression="#d >= :since", ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values, ReturnValues="ALL_NEW")
+            except ConditionFailed:
+                return False
+        await self._sync_feedback_markers(key, result.get("Attributes", {}))
+        return True
+
+
+def _cutoff(retention: timedelta) -> str:
+    from datetime import UTC, datetime
+
+    return format_timestamp(datetime.now(UTC) - retention)
+
+
+def _has_favorite(items: list[dict[str, Any]]) -> bool:
+    """A step is favorited: our ``favorite`` attribute, or (items Chainlit's own layer wrote)
+    ``metadata.favorite``, as ``get_favorite_steps`` reads it."""
+    true = {"BOOL": True}
+    return any(item.get("favorite") == true
+               or item.get("metadata", {}).get("M", {}).get("favorite") == true for item in items)

@@ -1,0 +1,91 @@
+"""Erase a user: ``await layer.erase_user(identifier)`` / ``chainlit-orm erase-user``.
+
+Removes the user row, every thread that names the user (as owner, by id or identifier; trashed
+threads included) with its steps, elements, feedback and stored files, and reports what it
+removed per entity. Written once over the ``Backend`` protocol:
+
+1. the backend lists the user's threads (:meth:`user_thread_ids`);
+2. they are removed in batches (:meth:`remove_threads`, one transaction each on SQL), each
+   batch's files deleted and its hook calls made once its rows are committed;
+3. the user row goes last, with any thread written for the user meanwhile
+   (:meth:`remove_user`), so an interrupted erasure leaves a user that a second run finds again.
+
+A failing hook or file delete does not stop the erasure: it goes on, and raises at the end
+(:class:`~chainlit_orm.errors.OnDeleteError` for the hook,
+:class:`~chainlit_orm.errors.StorageError` for files), the rows being gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chainlit_orm.errors import InvalidInputError, OnDeleteError
+from chainlit_orm.lifecycle.hooks import Outcome, finish_removal
+from chainlit_orm.lifecycle.records import ENTITIES, Removed
+
+if TYPE_CHECKING:
+    from chainlit_orm.lifecycle.records import LifecycleLayer
+
+__all__ = ["ErasureReport", "erase_user"]
+
+#: Threads per ``remove_threads`` call.
+ERASE_BATCH = 100
+
+
+@dataclass
+class ErasureReport:
+    """What ``erase_user`` removed (or, dry, would remove), per entity."""
+
+    identifier: str
+    user_id: str | None
+    dry_run: bool
+    removed: Removed = field(default_factory=Removed)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.removed.counts)
+
+    def lines(self) -> list[str]:
+        """The report as the CLI prints it."""
+        verb = "would remove" if self.dry_run else "removed"
+        who = f"user {self.identifier!r}" + (f" (id {self.user_id})" if self.user_id else
+                                              " (no user row)")
+        counts = ", ".join(f"{name} {self.removed.counts.get(name, 0)}" for name in ENTITIES)
+        return [f"erase-user {who}: {verb} {counts}"
+                + (" (dry run: nothing changed)" if self.dry_run else "")]
+
+
+async def erase_user(layer: LifecycleLayer, identifier: str, *, dry_run: bool = False,
+                     batch: int = ERASE_BATCH) -> ErasureReport:
+    """Erase everything that names the user ``identifier``; see the module docstring.
+
+    Raises:
+        InvalidInputError: ``identifier`` is not a non-empty string.
+        OnDeleteError: the hook failed for some removed threads (all data is removed).
+        StorageError: some stored files could not be deleted (all rows are removed).
+    """
+    if not isinstance(identifier, str) or not identifier:
+        raise InvalidInputError(f"identifier must be a non-empty string, got {identifier!r}")
+    backend = layer.backend
+    user_id, thread_ids = await backend.user_thread_ids(identifier)
+    report = ErasureReport(identifier, user_id, dry_run)
+    outcome = Outcome()
+    for start in range(0, len(thread_ids), batch):
+        removed = await backend.remove_threads(thread_ids[start:start + batch], dry_run=dry_run)
+        if not dry_run:
+            outcome.add(await finish_removal(removed, layer.storage, layer.on_delete))
+        report.removed.add(removed)
+    last = await backend.remove_user(identifier, dry_run=dry_run)
+    if not dry_run:
+        outcome.add(await finish_removal(last, layer.storage, layer.on_delete))
+    report.removed.add(last)
+    report.removed.counts["file"] = (len(report.removed.object_keys) if dry_run
+                                     else outcome.files_deleted)
+    if not dry_run:
+        layer.forget_user(user_id)
+    outcome.raise_storage()
+    if outcome.hook_failures:
+        raise OnDeleteError(outcome.hook_failures, report=report) from next(
+            iter(outcome.hook_failures.values()))
+    return report

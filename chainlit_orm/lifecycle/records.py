@@ -1,0 +1,134 @@
+"""What the lifecycle operations exchange with a backend: pure values, no I/O.
+
+Kept apart from the operations (:mod:`chainlit_orm.lifecycle.erase`, :mod:`.purge`) so that the
+backends and ``layers/base.py`` can name these types without importing anything that runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
+__all__ = ["ENTITIES", "ExpiryRule", "LifecycleBackend", "LifecycleLayer", "OnDelete", "Removed"]
+
+#: ``await hook(thread_id, user_id)``; ``user_id`` is None for a thread without an owner.
+OnDelete = Callable[[str, str | None], Awaitable[Any]]
+
+#: The entities a report counts, in the order it prints them.
+ENTITIES: tuple[str, ...] = ("user", "thread", "step", "element", "feedback", "file")
+
+
+def _zero() -> dict[str, int]:
+    return dict.fromkeys(ENTITIES, 0)
+
+
+@dataclass
+class Removed:
+    """What one delete removed (or, for a dry run, would remove).
+
+    ``counts`` is per entity (rows on SQL, items on DynamoDB; ``file`` is stored objects);
+    ``threads`` the removed threads with their owner's user id, in the order they were removed,
+    so the on-delete hook can be called for each; ``object_keys`` the stored files to delete once
+    the rows are gone (never before: a failed delete must not leave rows whose files are gone).
+    """
+
+    counts: dict[str, int] = field(default_factory=_zero)
+    threads: list[tuple[str, str | None]] = field(default_factory=list)
+    object_keys: list[str] = field(default_factory=list)
+
+    def add(self, other: Removed) -> None:
+        """Fold ``other`` into this one (a report over many batches)."""
+        for name, count in other.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+        self.threads.extend(other.threads)
+        self.object_keys.extend(other.object_keys)
+
+
+@dataclass(frozen=True)
+class ExpiryRule:
+    """Which threads a purge removes. Exactly one of the two times is set per backend call.
+
+    * ``active_before``: threads whose last activity (``activityAt``, else ``createdAt``) is
+      earlier, except those kept: shared ones (``metadata.is_shared`` is true, Chainlit's share
+      flag) with ``keep_shared``, those holding a favorited step with ``keep_favorites``, and
+      those whose metadata has one of ``keep_metadata`` set to true.
+    * ``trashed_before``: threads moved to the trash (``deletedAt``) earlier than this; the keep
+      rules do not apply, since their owner deleted them.
+
+    Times are the package's fixed-width ISO-8601 UTC text, so text order is instant order.
+    """
+
+    active_before: str | None = None
+    trashed_before: str | None = None
+    keep_shared: bool = True
+    keep_favorites: bool = True
+    keep_metadata: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.active_before is None) == (self.trashed_before is None):
+            raise ValueError("exactly one of active_before and trashed_before is set")
+
+    @property
+    def keep_keys(self) -> tuple[str, ...]:
+        """The metadata keys whose true value keeps a thread (``is_shared`` first when shared
+        threads are kept)."""
+        keys = (("is_shared",) if self.keep_shared else ()) + tuple(self.keep_metadata)
+        return tuple(dict.fromkeys(keys))
+
+
+
+class LifecycleBackend(Protocol):
+    """The backend primitives :func:`~chainlit_orm.lifecycle.erase_user` and
+    :func:`~chainlit_orm.lifecycle.purge` call: a part of ``layers.base.Backend``, named here so
+    that the lifecycle package never imports ``layers`` (which imports it: a cycle)."""
+
+    async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
+        """The user's id (None: no user row) and every thread naming the user, trash included."""
+        ...
+
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
+                             ) -> Removed:
+        """Remove these threads with everything in them (dry: count it)."""
+        ...
+
+    async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
+        """Remove the user's own record(s) and any thread still naming the user."""
+        ...
+
+    async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
+                            dry_run: bool = False) -> tuple[Removed, Any]:
+        """Remove one batch of what ``rule`` expires; returns it and the next cursor."""
+        ...
+
+
+class LifecycleLayer(Protocol):
+    """What the lifecycle operations read from a layer (``layers.base.ChainlitLayer`` is one)."""
+
+    @property
+    def backend(self) -> LifecycleBackend:
+        """The layer's backend."""
+        ...
+
+    @property
+    def storage(self) -> BaseStorageClient | None:
+        """Where the removed threads' files are deleted."""
+        ...
+
+    @property
+    def on_delete(self) -> OnDelete | None:
+        """The hook called for each removed thread."""
+        ...
+
+    @property
+    def soft_delete(self) -> timedelta | None:
+        """The trash window (None: no trash)."""
+        ...
+
+    def forget_user(self, user_id: str | None) -> None:
+        """Drop an erased user from the layer's caches."""
+        ...
