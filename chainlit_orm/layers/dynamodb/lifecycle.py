@@ -305,9 +305,12 @@ class DynamoLifecycle:
         if rule.active_before and rule.keep_keys:
             names["#m"] = "metadata"
             values[":true"] = {"BOOL": True}
+            values[":bool"] = {"S": "BOOL"}
+            # only JSON true keeps a thread (as on SQL); the type test comes first because an
+            # equality alone also matches {"N": "1"} on moto, which compares decoded values
             for k, key in enumerate(rule.keep_keys):
                 names[f"#k{k}"] = key
-                parts.append(f"NOT (#m.#k{k} = :true)")
+                parts.append(f"NOT (attribute_type(#m.#k{k}, :bool) AND #m.#k{k} = :true)")
         return " AND ".join(parts)
 
     async def purge_expired(self: _DynamoSelf, rule: ExpiryRule, *, batch: int, after: Any,
