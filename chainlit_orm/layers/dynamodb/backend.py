@@ -450,9 +450,9 @@ class DynamoBackend(DynamoLifecycle):
     async def get_thread_author(self, thread_id: str) -> str | None:
         item = (await self._call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
-            ProjectionExpression="#u, #d, #e",
+            ProjectionExpression="#u, #d, #a",
             ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
-                                      "#e": TTL_ATTRIBUTE},
+                                      "#a": "activityAt"},
         )).get("Item")
         if not item or "userIdentifier" not in item or "deletedAt" in item or self._expired(
                 item):  # trashed, or past its TTL: gone
@@ -477,7 +477,7 @@ class DynamoBackend(DynamoLifecycle):
         for item in items:
             kind = self.layout.kind(item[SORT_KEY]["S"])
             if kind == "thread":
-                if self._expired(item):  # past its TTL: gone, whenever DynamoDB removes it
+                if self._expired(item):  # past the retention: gone, as in the lists
                     return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
@@ -587,7 +587,7 @@ class DynamoBackend(DynamoLifecycle):
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
                     continue
-                if row.get("deletedAt"):  # the trash is never listed
+                if row.get("deletedAt") or self._stale(row):  # trash, past retention
                     continue
                 row.pop(OVERFLOW_COLUMN, None)
                 rows.append(row)

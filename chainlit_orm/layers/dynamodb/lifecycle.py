@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -82,10 +81,26 @@ class DynamoLifecycle:
         update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
 
     def _expired(self: _DynamoSelf, item: Any) -> bool:
-        """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
-        (TTL deletion runs in the background, typically within a few days)."""
-        value = item.get(TTL_ATTRIBUTE)
-        return bool(value) and "N" in value and int(value["N"]) <= time.time()
+        """The thread item is past the retention: it reads as gone, whenever DynamoDB (TTL
+        deletion runs in the background) or a purge removes it.
+
+        One rule for every read: the thread's activity against the layer's *current*
+        retention, never the stored ``expiresAt``. The list index does not project
+        ``expiresAt`` (and a projection cannot change in place), so the lists can only apply
+        this rule; were ``get_thread`` to read ``expiresAt``, a retention changed between
+        deploys would list threads that then open as not found (or the reverse). With an
+        unchanged retention the two agree (``expiresAt`` is activity plus retention); after a
+        change, DynamoDB may still remove a thread at its old ``expiresAt`` (list, get and
+        search then all stop seeing it together, since the GSI entries go with the item)."""
+        activity = item.get("activityAt")
+        if self.retention is None or not activity:
+            return False
+        value = self.codecs["thread"].decode("activityAt", activity)
+        return bool(value) and str(value) < _cutoff(self.retention)
+
+    def _readable(self: _DynamoSelf, item: Any) -> bool:
+        """A thread item every read shows: neither trashed nor past the retention."""
+        return "deletedAt" not in item and not self._expired(item)
 
     def _stale(self: _DynamoSelf, row: dict[str, Any]) -> bool:
         """A listed thread (the list index carries no TTL) is past the retention: its activity
@@ -144,10 +159,10 @@ class DynamoLifecycle:
         orphan; only the others (in steady state none) are looked up again, since a thread
         created while the scan ran may have its thread item behind the scan's position.
         Returns the number of orphaned threads and the ids of the live threads seen."""
-        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #e",
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #a",
                                   "ExpressionAttributeNames": {"#p": PARTITION_KEY,
                                                                "#s": SORT_KEY,
-                                                               "#e": TTL_ATTRIBUTE},
+                                                               "#a": "activityAt"},
                                   "ConsistentRead": True}
         children: set[str] = set()
         live: set[str] = set()
