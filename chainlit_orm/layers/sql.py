@@ -1055,9 +1055,12 @@ class SQLBackend(SQLLifecycle):
         return await self._run(lambda: self._delete_in_transaction(stmts, params))
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
-        s = self.steps
-        stmt = self._cached("get_step", lambda: self._steps_with_feedback().where(
-            s.c.id == sa.bindparam("sid", type_=s.c.id.type)))
+        s, t = self.steps, self.threads
+        # a trashed thread's steps are as hidden as the thread (outer join: a step is found
+        # whether or not its thread row exists, as before the trash)
+        stmt = self._cached("get_step", lambda: self._steps_with_feedback().outerjoin(
+            t, t.c.id == s.c.threadId).where(
+            s.c.id == sa.bindparam("sid", type_=s.c.id.type), t.c.deletedAt.is_(None)))
 
         async def op() -> dict[str, Any] | None:
             async with self.raw.connect() as conn:
@@ -1095,10 +1098,13 @@ class SQLBackend(SQLLifecycle):
             lambda: self._execute_creating_thread(stmt, params, row["threadId"], now))
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
-        e = self.elements
-        stmt = self._cached("get_element", lambda: sa.select(e).where(
+        e, t = self.elements, self.threads
+        # a trashed thread's elements are as hidden as the thread
+        stmt = self._cached("get_element", lambda: sa.select(e).outerjoin(
+            t, t.c.id == e.c.threadId).where(
             e.c.id == sa.bindparam("eid", type_=e.c.id.type),
-            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type)))
+            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type),
+            t.c.deletedAt.is_(None)))
 
         async def op() -> dict[str, Any] | None:
             async with self.raw.connect() as conn:

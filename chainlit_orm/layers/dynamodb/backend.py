@@ -1002,10 +1002,15 @@ class DynamoBackend(DynamoLifecycle):
         pk, sk = found
         thread_id = self.layout.thread_of_key(pk) or ""
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
-        items = await self._batch_get([table_key(pk, sk), feedback_key])
+        thread_key = self.layout.key_of("thread", id=thread_id)
+        items = await self._batch_get([table_key(pk, sk), feedback_key, thread_key])
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
         if step_item is None or is_phantom(step_item):
             return None
+        thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
+        if thread_item is not None and not self._readable(thread_item):
+            return None  # trashed or past its retention: its steps are as gone as it is
+        items = [i for i in items if i is not thread_item]
         row = self.codecs["step"].row(step_item)
         await self._load_texts([step_item], [row])
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
@@ -1083,10 +1088,14 @@ class DynamoBackend(DynamoLifecycle):
             self._deleted.pop(thread_id, None)
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
-        item = (await self._call(
-            "get_item", Key=self.layout.key_of("element", threadId=thread_id, id=element_id),
-            ConsistentRead=True)).get("Item")
-        return None if item is None else self.codecs["element"].row(item)
+        key = self.layout.key_of("element", threadId=thread_id, id=element_id)
+        thread_key = self.layout.key_of("thread", id=thread_id)
+        items = await self._batch_get([key, thread_key])
+        item = next((i for i in items if i[SORT_KEY] == key[SORT_KEY]), None)
+        thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
+        if item is None or (thread_item is not None and not self._readable(thread_item)):
+            return None  # a trashed (or expired) thread's elements are as gone as it is
+        return self.codecs["element"].row(item)
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         if thread_id is None:
