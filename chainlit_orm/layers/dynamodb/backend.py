@@ -157,6 +157,10 @@ class DynamoBackend(DynamoLifecycle):
             weakref.WeakKeyDictionary())
         #: threads this process deleted and nothing has written since (bounded, oldest dropped)
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
+        #: step or element of one is refused (NotFoundError), not given a stub thread, since
+        #: its content is the erased user's (its file is then removed by the orphan rule)
+        self._erased: OrderedDict[str, None] = OrderedDict()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -351,6 +355,9 @@ class DynamoBackend(DynamoLifecycle):
         identifier = None
         if fields.get("userId"):
             identifier = await self._identifier_of(fields["userId"])
+            if identifier is None:
+                raise NotFoundError(f"user_id {fields['userId']!r}: no such user",
+                                    detail="user_id")
         key = self.layout.key_of("thread", id=thread_id)
         templates = self.layout.index_templates("thread")
         merge = bool(meta_set or meta_delete)
@@ -413,9 +420,14 @@ class DynamoBackend(DynamoLifecycle):
             for attempt in range(CONFLICT_RETRY.attempts):
                 await CONFLICT_RETRY.pause(attempt)
                 try:
-                    result = await self._call(
-                        "update_item", Key=key, ReturnValues=returns,
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
+                    if identifier is not None:
+                        result = await self._owner_write(key, build(mode), fields["userId"],
+                                                         identifier)
+                    else:
+                        result = await self._call(
+                            "update_item", Key=key, ReturnValues=returns,
+                            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                            **build(mode).params())
                 except ConditionFailed as failed:
                     if failed.item is None and not create:
                         return  # a metadata-only update never creates a thread (#1684)
@@ -428,6 +440,43 @@ class DynamoBackend(DynamoLifecycle):
                     await self._sync_feedback_markers(key, result.get("Attributes", {}))
                 return
         raise ConflictError(f"thread {thread_id}: metadata merge kept conflicting")
+
+    async def _owner_write(self, key: dict[str, Any], update: UpdateExpression, user_id: str,
+                           identifier: str) -> dict[str, Any]:
+        """A thread write that names an owner, in one transaction with a check that the owner's
+        user item still exists with that id: once ``erase_user`` has deleted the user item no
+        write can make a thread name the user again (a check earlier, outside the transaction,
+        would leave a window in which the erasure's sweep has already passed). Returns, as
+        ``update_item`` with ``ReturnValues=ALL_NEW`` would, ``{"Attributes": item}``.
+
+        Raises:
+            NotFoundError: the user no longer exists.
+            ConditionFailed: the update's own condition failed (``item``: the thread item).
+        """
+        user_key = self.layout.key_of("user", identifier=identifier)
+        try:
+            await self._transact([
+                {"ConditionCheck": {"TableName": self.table, "Key": user_key,
+                                    # Chainlit's own layer wrote users without an id attribute:
+                                    # there the id is the identifier
+                                    "ConditionExpression": "#i = :i" if user_id != identifier
+                                    else "attribute_exists(#p) AND (attribute_not_exists(#i) "
+                                         "OR #i = :i)",
+                                    "ExpressionAttributeNames": {"#i": "id"} | (
+                                        {} if user_id != identifier else {"#p": PARTITION_KEY}),
+                                    "ExpressionAttributeValues": {
+                                        ":i": self.codecs["user"].encode("id", user_id)}}},
+                {"Update": {"TableName": self.table, "Key": key, **update.params()}},
+            ])
+        except ConditionFailed as failed:
+            if failed.reasons[:1] == ["ConditionalCheckFailed"]:
+                self._identifiers.pop(user_id, None)
+                raise NotFoundError(f"user_id {user_id!r}: no such user",
+                                    detail="user_id") from failed
+            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            raise ConditionFailed(item) from failed
+        item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+        return {"Attributes": item or {}}
 
     async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
         """After an owner is set: mark the thread in the feedback indexes its counters call for."""
@@ -839,6 +888,9 @@ class DynamoBackend(DynamoLifecycle):
         try:
             while gate.reopened is not None:  # a delete of this thread is running
                 await gate.reopened.wait()
+            if thread_id in self._erased and thread_id in self._deleted:
+                raise NotFoundError(f"thread {thread_id} was erased with its user",
+                                    detail=thread_id)
             gate.writers += 1  # no await since the check: the delete cannot have started
             try:
                 yield thread_id in self._deleted

@@ -266,8 +266,18 @@ class DynamoLifecycle:
 
     async def remove_threads(self: _DynamoSelf, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
+        if not dry_run:
+            self._mark_erased(thread_ids)
         result: Removed = await self._each(list(thread_ids), dry_run)
         return result
+
+    def _mark_erased(self: _DynamoSelf, thread_ids: Sequence[str]) -> None:
+        """Remember threads an erasure removes (see ``_erased``), before they go."""
+        for thread_id in thread_ids:
+            self._erased[thread_id] = None
+            self._erased.move_to_end(thread_id)
+        while len(self._erased) > 10_000:
+            self._erased.popitem(last=False)
 
     # ------------------------------------------------------------------ users
 
@@ -283,30 +293,74 @@ class DynamoLifecycle:
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
 
+    async def _named(self: _DynamoSelf, identifier: str) -> tuple[str | None, list[str]]:
+        """With no user item left (an erasure interrupted after deleting it): the threads whose
+        owner fields still name ``identifier``, by one Scan (an erasure is rare; without the
+        user item there is no id to query the owner index with). Returns the owner id they
+        carry (the first seen) and their ids."""
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "#s = :s AND (#ui = :ident OR #u = :ident)",
+            "ExpressionAttributeNames": {"#s": SORT_KEY, "#ui": "userIdentifier",
+                                         "#u": "userId", "#p": PARTITION_KEY},
+            "ExpressionAttributeValues": {":s": {"S": self.models.dynamo["thread"].sk},
+                                          ":ident": {"S": identifier}},
+            "ProjectionExpression": "#p, #u", "ConsistentRead": True}
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._call("scan", **kwargs)
+            items.extend(page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        user_id = next((self.codecs["thread"].decode("userId", i["userId"]) for i in items
+                        if "userId" in i), None)
+        ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
+        return (None if user_id is None else str(user_id)), sorted(i for i in ids if i)
+
     async def user_thread_ids(self: _DynamoSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
         user = await self.get_user(identifier)
         if user is None:
-            return None, []
+            user_id, named = await self._named(identifier)
+            if user_id is None:
+                return None, named
+            return user_id, sorted(set(named) | set(await self._owned(user_id)))
         return str(user["id"]), await self._owned(str(user["id"]))
 
     async def remove_user(self: _DynamoSelf, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
-        """The user item (with its ``ById`` index entry), after any thread still owned."""
+        """The user item (with its ``ById`` index entry) first, then every thread the owner
+        index still lists for the user.
+
+        In that order because a write that names an owner is one transaction with a check that
+        the owner's user item exists (``_owner_write``): once the item is gone no thread can be
+        given the user, so the sweep after it finds every thread that ever will name them (a
+        session still writing gets NotFoundError). Should the erasure stop between the two, a
+        re-run finds the threads by their owner fields (``user_thread_ids``)."""
         user = await self.get_user(identifier)
         removed = Removed()
-        if user is None:
-            return removed
         if dry_run:
-            removed.counts["user"] = 1
+            removed.counts["user"] = 0 if user is None else 1
             return removed
-        user_id = str(user["id"])
-        removed.add(await self._each(await self._owned(user_id), False))
-        old = (await self._call("delete_item",
-                                Key=self.layout.key_of("user", identifier=identifier),
-                                ReturnValues="ALL_OLD")).get("Attributes")
-        removed.counts["user"] += 1 if old else 0
+        user_id = None if user is None else str(user["id"])
+        if user is not None:
+            old = (await self._call("delete_item",
+                                    Key=self.layout.key_of("user", identifier=identifier),
+                                    ReturnValues="ALL_OLD")).get("Attributes")
+            removed.counts["user"] += 1 if old else 0
+        if user_id is None:
+            user_id, _ = await self._named(identifier)
+        if user_id is None:
+            return removed
         self._identifiers.pop(user_id, None)
+        # the owner index is eventually consistent: sweep until a pass finds nothing more (a
+        # pass that removes no thread met only index entries of threads already gone)
+        while owned := await self._owned(user_id):
+            self._mark_erased(owned)
+            swept = await self._each(owned, False)
+            removed.add(swept)
+            if not swept.counts["thread"]:
+                break
         return removed
 
     # ------------------------------------------------------------------ purge
