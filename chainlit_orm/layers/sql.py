@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -118,6 +119,10 @@ class SQLBackend(SQLLifecycle):
     ) -> None:
         self.models = models
         self.retries = max(1, retries)
+        #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
+        #: step or element of one is refused (NotFoundError) instead of given a stub thread,
+        #: since its content is the erased user's (create_element then removes its file)
+        self._erased: OrderedDict[str, None] = OrderedDict()
         self.timeout = check_timeout(timeout, "timeout")
         self.connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self.migrate_timeout = check_timeout(migrate_timeout, "migrate_timeout")
@@ -352,6 +357,12 @@ class SQLBackend(SQLLifecycle):
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
+
+    def _refuse_erased(self, thread_id: str) -> None:
+        """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
+        the thread in this process (see ``_erased``)."""
+        if thread_id in self._erased:
+            raise NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
 
     def _is_fk_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, self._driver_errors) and _classify(self.dialect, exc) == "fk"
@@ -930,6 +941,7 @@ class SQLBackend(SQLLifecycle):
             except Exception as exc:
                 if not self._is_fk_violation(exc):
                     raise
+                self._refuse_erased(thread_id)
                 await conn.execute(self._stub_thread(),
                                    {"id": thread_id, "createdAt": now, "activityAt": now})
                 await conn.execute(stmt, params)
@@ -1006,6 +1018,7 @@ class SQLBackend(SQLLifecycle):
         def script() -> TxScript[None]:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             if (yield ("execute", bump, bump_params)) == 0:  # no thread yet: a stub
+                self._refuse_erased(thread_id)
                 yield ("execute", self._stub_thread(),
                        {"id": thread_id, "createdAt": now, "activityAt": activity})
             yield ("execute", stmt, params)
