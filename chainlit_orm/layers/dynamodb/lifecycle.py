@@ -236,6 +236,40 @@ class DynamoLifecycle:
             result: Removed = removed
             return result
 
+    async def _remove_claimed(self: _DynamoSelf, thread_id: str, items: list[dict[str, Any]],
+                              rule: ExpiryRule, token: str) -> Removed | None:
+        """A purge's removal of a thread it claimed: the thread item first, in one conditional
+        delete that re-checks, atomically, that the claim is still this purge's and that the
+        thread is still expired (a user message since the claim moved its activity); then the
+        rest of the partition. None: the condition failed, nothing was removed.
+
+        The opposite of ``delete_thread``'s order (children first) on purpose: deleting the
+        children first would lose a thread's history when the check on its item then fails.
+        Should the purge stop between the two, the items left without a thread item are what
+        ``sweep_orphans`` (run by every purge) removes."""
+        names = {"#c": CLAIM_ATTRIBUTE}
+        values: dict[str, Any] = {":token": {"S": token}}
+        expired = self._expiry(rule, names, values)
+        async with self._deleting(thread_id):
+            try:
+                await self._call(
+                    "delete_item", Key=self.layout.key_of("thread", id=thread_id),
+                    ConditionExpression=f"#c = :token AND {expired}",
+                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            except ConditionFailed:
+                return None
+            thread_sk = self.models.dynamo["thread"].sk
+            # the partition again: a step written between the read and the delete goes too
+            rest = [i for i in await self._partition(thread_id) if i[SORT_KEY]["S"] != thread_sk]
+            removed: Removed = self._count(thread_id, [
+                *(i for i in items if i[SORT_KEY]["S"] == thread_sk), *rest])
+            await self._batch_write([
+                {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY],
+                                           SORT_KEY: i[SORT_KEY]}}} for i in rest])
+            self._activity.pop(thread_id, None)
+            self._deleted[thread_id] = None
+            return removed
+
     async def _each(self: _DynamoSelf, thread_ids: Sequence[str], dry_run: bool) -> Removed:
         gate = asyncio.Semaphore(PARALLEL)
 
@@ -416,7 +450,11 @@ class DynamoLifecycle:
                 if favorites and _has_favorite(items):
                     await self._release(thread_id, token)
                     return Removed()
-                result: Removed = await self._remove_partition(thread_id, items)
+                result: Removed | None = await self._remove_claimed(thread_id, items, rule,
+                                                                    token)
+                if result is None:  # activity since the claim: the thread stays, untouched
+                    await self._release(thread_id, token)
+                    return Removed()
                 return result
 
         removed = Removed()
