@@ -482,9 +482,12 @@ class DynamoTable:
         return self._item("feedback", row, threadId=row["threadId"], forId=row["forId"])
 
     def thread_item(self, row: Mapping[str, Any], counts: Mapping[int, int]) -> dict[str, Any]:
-        """The thread item with its index attributes, feedback counters and sparse markers."""
+        """The thread item with its index attributes, feedback counters and sparse markers (a
+        trashed thread's: those a trashed thread has, so it is listed nowhere)."""
         item = self._item("thread", row, id=row["id"])
         item.update(self.feedback_markers(row.get("userId"), counts))
+        if row.get("deletedAt"):  # in the trash: out of the list index, as trash_thread leaves it
+            self.backend.hide_trashed(item)
         return item
 
     def feedback_markers(self, user_id: str | None, counts: Mapping[int, int]

@@ -170,12 +170,13 @@ def _expand_snippets(body: str) -> str:
 
 
 def dynamodb_operations_called() -> set[str]:
-    """The DynamoDB API operations the package sends (``_call("get_item", ...)`` and the like),
+    """The DynamoDB API operations the package sends (``_call("get_item", ...)``, the table
+    client's ``self.call("describe_table", ...)`` and the like),
     as IAM action names."""
     found: set[str] = set()
     for path in (ROOT / "chainlit_orm").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        found.update(re.findall(r"""(?:_call|_send|_raw|client\.call)\(\s*["']([a-z_]+)["']""",
+        found.update(re.findall(r"""(?:_call|_send|_raw|\.call)\(\s*["']([a-z_]+)["']""",
                                 text))
     found.discard("transact_write_items")  # authorised by the item actions it carries
     return {"dynamodb:" + "".join(w.title() for w in op.split("_")) for op in found}

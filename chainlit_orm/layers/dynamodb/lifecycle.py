@@ -487,7 +487,6 @@ class DynamoLifecycle:
         return token
 
     async def _release(self: _DynamoSelf, thread_id: str, token: str) -> None:
-
         # a claim taken over as stale meanwhile is the other purge's to decide
         with contextlib.suppress(ConditionFailed):
             await self._call(
@@ -505,8 +504,17 @@ class DynamoLifecycle:
                    if name in self.indexes]
         return self.indexes[LIST_INDEX].pk_attribute, markers
 
-    async def trash_thread(self: _DynamoSelf, thread_id: str, at: str) -> bool:
+    def hide_trashed(self: _DynamoSelf, item: dict[str, Any]) -> None:
+        """Give a whole thread item that carries ``deletedAt`` the list-index keys
+        :meth:`trash_thread` leaves (owner partition :data:`TRASHED`, no feedback markers).
+        For writers of whole items (``chainlit-orm copy``/``import``): ``deletedAt`` alone
+        hides the thread from ``get_thread`` but not from the list and search queries."""
+        owner, markers = self._list_keys()
+        item[owner] = {"S": TRASHED}
+        for marker in markers:
+            item.pop(marker, None)
 
+    async def trash_thread(self: _DynamoSelf, thread_id: str, at: str) -> bool:
         owner, markers = self._list_keys()
         names = {"#p": PARTITION_KEY, "#d": "deletedAt", "#o": owner}
         names |= {f"#m{k}": name for k, name in enumerate(markers)}
@@ -525,7 +533,6 @@ class DynamoLifecycle:
         return True
 
     async def restore_thread(self: _DynamoSelf, thread_id: str, since: str) -> bool:
-
         owner_attribute, _ = self._list_keys()
         key = self.layout.key_of("thread", id=thread_id)
         async with self._thread_lock(thread_id):
