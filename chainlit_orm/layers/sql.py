@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -119,6 +120,10 @@ class SQLBackend(SQLLifecycle):
     ) -> None:
         self.models = models
         self.retries = max(1, retries)
+        #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
+        #: step or element of one is refused (NotFoundError) instead of given a stub thread,
+        #: since its content is the erased user's (create_element then removes its file)
+        self._erased: OrderedDict[str, None] = OrderedDict()
         self.timeout = check_timeout(timeout, "timeout")
         self.connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self.migrate_timeout = check_timeout(migrate_timeout, "migrate_timeout")
@@ -362,6 +367,12 @@ class SQLBackend(SQLLifecycle):
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
+
+    def _refuse_erased(self, thread_id: str) -> None:
+        """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
+        the thread in this process (see ``_erased``)."""
+        if thread_id in self._erased:
+            raise NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
 
     def _is_fk_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, self._driver_errors) and _classify(self.dialect, exc) == "fk"
@@ -965,6 +976,7 @@ class SQLBackend(SQLLifecycle):
             except Exception as exc:
                 if not self._is_fk_violation(exc):
                     raise
+                self._refuse_erased(thread_id)
                 await conn.execute(self._stub_thread(),
                                    {"id": thread_id, "createdAt": now, "activityAt": now})
                 await conn.execute(stmt, params)
@@ -1041,6 +1053,7 @@ class SQLBackend(SQLLifecycle):
         def script() -> TxScript[None]:
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             if (yield ("execute", bump, bump_params)) == 0:  # no thread yet: a stub
+                self._refuse_erased(thread_id)
                 yield ("execute", self._stub_thread(),
                        {"id": thread_id, "createdAt": now, "activityAt": activity})
             yield ("execute", stmt, params)
@@ -1090,9 +1103,12 @@ class SQLBackend(SQLLifecycle):
         return await self._run(lambda: self._delete_in_transaction(stmts, params))
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
-        s = self.steps
-        stmt = self._cached("get_step", lambda: self._steps_with_feedback().where(
-            s.c.id == sa.bindparam("sid", type_=s.c.id.type)))
+        s, t = self.steps, self.threads
+        # a trashed thread's steps are as hidden as the thread (outer join: a step is found
+        # whether or not its thread row exists, as before the trash)
+        stmt = self._cached("get_step", lambda: self._steps_with_feedback().outerjoin(
+            t, t.c.id == s.c.threadId).where(
+            s.c.id == sa.bindparam("sid", type_=s.c.id.type), t.c.deletedAt.is_(None)))
 
         async def op() -> dict[str, Any] | None:
             async with self.raw.connect() as conn:
@@ -1130,10 +1146,13 @@ class SQLBackend(SQLLifecycle):
             lambda: self._execute_creating_thread(stmt, params, row["threadId"], now))
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
-        e = self.elements
-        stmt = self._cached("get_element", lambda: sa.select(e).where(
+        e, t = self.elements, self.threads
+        # a trashed thread's elements are as hidden as the thread
+        stmt = self._cached("get_element", lambda: sa.select(e).outerjoin(
+            t, t.c.id == e.c.threadId).where(
             e.c.id == sa.bindparam("eid", type_=e.c.id.type),
-            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type)))
+            e.c.threadId == sa.bindparam("tid", type_=e.c.threadId.type),
+            t.c.deletedAt.is_(None)))
 
         async def op() -> dict[str, Any] | None:
             async with self.raw.connect() as conn:

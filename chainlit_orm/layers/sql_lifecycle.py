@@ -165,6 +165,8 @@ class SQLLifecycle:
 
         select = self._cached(("lifecycle_threads", size, dry_run), build)
         params = _id_params(list(thread_ids), size)
+        if not dry_run:
+            self._mark_erased(thread_ids)
 
         def script() -> TxScript[Removed]:
             rows = yield ("fetch", select, params)
@@ -175,6 +177,14 @@ class SQLLifecycle:
         return removed
 
     # ------------------------------------------------------------------ users
+
+    def _mark_erased(self: _SQLSelf, thread_ids: Sequence[str]) -> None:
+        """Remember threads an erasure removes (see ``SQLBackend._erased``)."""
+        for thread_id in thread_ids:
+            self._erased[thread_id] = None
+            self._erased.move_to_end(thread_id)
+        while len(self._erased) > 10_000:
+            self._erased.popitem(last=False)
 
     async def user_thread_ids(self: _SQLSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
@@ -224,6 +234,7 @@ class SQLLifecycle:
                 return Removed(counts={"user": len(found)} | _no_rows())
             user_id = str(found[0]["id"]) if found else None
             rows = yield ("fetch", stragglers_q, {"uid": user_id, "ident": identifier})
+            self._mark_erased([str(row["id"]) for row in rows])  # before they go
             removed = yield from self._remove_rows(rows, dry_run=False)
             removed.counts["user"] += yield ("execute", delete_q, {"identifier": identifier})
             result: Removed = removed

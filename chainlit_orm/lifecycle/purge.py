@@ -15,6 +15,7 @@ committed. A hook that fails does not stop the purge: it goes on, and raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +35,9 @@ __all__ = ["DEFAULT_BATCH", "PurgeReport", "parse_age", "purge"]
 DEFAULT_BATCH = 500
 #: Thread ids a dry run lists.
 SAMPLE = 10
+#: The longest age accepted (100 years): ``now - age`` must stay a valid datetime, and an age
+#: beyond any real retention policy is a typo that should be refused, not an OverflowError.
+MAX_AGE = timedelta(days=36_525)
 
 
 def parse_age(text: str) -> timedelta:
@@ -43,11 +47,16 @@ def parse_age(text: str) -> timedelta:
         InvalidInputError: anything else.
     """
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    value, unit = text[:-1], text[-1:].lower()
-    if unit not in units or not value.isdigit() or int(value) <= 0:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses with a ValueError.
+    match = re.fullmatch(r"([0-9]{1,12})([smhdwSMHDW])", text)
+    if match is None or int(match.group(1)) <= 0:
         raise InvalidInputError(
             f"an age is a positive whole number and a unit (s, m, h, d, w), e.g. 90d: {text!r}")
-    return timedelta(**{units[unit]: int(value)})
+    value, unit = int(match.group(1)), match.group(2).lower()
+    # Compare in the unit itself: timedelta(days=10**11) raises OverflowError before any check.
+    if value > MAX_AGE / timedelta(**{units[unit]: 1}):
+        raise InvalidInputError(f"an age is at most {MAX_AGE.days} days: {text!r}")
+    return timedelta(**{units[unit]: value})
 
 
 @dataclass
@@ -114,12 +123,14 @@ async def purge(
     docstring. ``now`` fixes the reference time (tests, reproducible dry runs).
 
     Raises:
-        InvalidInputError: a non-positive ``older_than`` or ``batch``.
+        InvalidInputError: a non-positive ``older_than`` or ``batch``, or an ``older_than``
+            above :data:`MAX_AGE`.
         OnDeleteError: the hook failed for some removed threads (all of them are removed).
         StorageError: some stored files could not be deleted (their rows are removed).
     """
-    if older_than is not None and older_than <= timedelta(0):
-        raise InvalidInputError(f"older_than must be positive, got {older_than}")
+    if older_than is not None and not timedelta(0) < older_than <= MAX_AGE:
+        raise InvalidInputError(f"older_than must be positive and at most {MAX_AGE.days} days, "
+                                f"got {older_than}")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
         raise InvalidInputError(f"batch must be an int in 1..10000, got {batch!r}")
     moment = parse_timestamp(now if now is not None else utc_now())

@@ -164,7 +164,8 @@ async def test_an_expired_thread_reads_as_gone_and_purge_sweeps_what_ttl_leaves(
 
 async def test_purge_api_calls_per_thread(table: str) -> None:
     """A purge page is one Scan; each expired thread costs a claim (UpdateItem), one Query of
-    its partition and one BatchWriteItem (up to 25 items); then one Scan sweeps orphans."""
+    its partition, the conditional delete of its thread item (DeleteItem: it re-checks the
+    activity) and one BatchWriteItem (up to 25 items); then one Scan sweeps orphans."""
     init_http_context(thread_id=new_id())
     layer = DynamoDataLayer(table, region="us-east-1", endpoint_url=MOTO)
     try:
@@ -186,6 +187,6 @@ async def test_purge_api_calls_per_thread(table: str) -> None:
         assert report.counts == {"user": 0, "thread": 2, "step": 4, "element": 0,
                                  "feedback": 0, "file": 0}
         assert sorted(recorder.operations) == sorted(
-            ["Scan", "Scan"] + ["UpdateItem", "Query", "BatchWriteItem"] * 2)
+            ["Scan", "Scan"] + ["UpdateItem", "Query", "DeleteItem", "BatchWriteItem"] * 2)
     finally:
         await layer.close()

@@ -157,6 +157,10 @@ class DynamoBackend(DynamoLifecycle):
             weakref.WeakKeyDictionary())
         #: threads this process deleted and nothing has written since (bounded, oldest dropped)
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
+        #: step or element of one is refused (NotFoundError), not given a stub thread, since
+        #: its content is the erased user's (its file is then removed by the orphan rule)
+        self._erased: OrderedDict[str, None] = OrderedDict()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -351,6 +355,9 @@ class DynamoBackend(DynamoLifecycle):
         identifier = None
         if fields.get("userId"):
             identifier = await self._identifier_of(fields["userId"])
+            if identifier is None:
+                raise NotFoundError(f"user_id {fields['userId']!r}: no such user",
+                                    detail="user_id")
         key = self.layout.key_of("thread", id=thread_id)
         templates = self.layout.index_templates("thread")
         merge = bool(meta_set or meta_delete)
@@ -413,9 +420,14 @@ class DynamoBackend(DynamoLifecycle):
             for attempt in range(CONFLICT_RETRY.attempts):
                 await CONFLICT_RETRY.pause(attempt)
                 try:
-                    result = await self._call(
-                        "update_item", Key=key, ReturnValues=returns,
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD", **build(mode).params())
+                    if identifier is not None:
+                        result = await self._owner_write(key, build(mode), fields["userId"],
+                                                         identifier)
+                    else:
+                        result = await self._call(
+                            "update_item", Key=key, ReturnValues=returns,
+                            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                            **build(mode).params())
                 except ConditionFailed as failed:
                     if failed.item is None and not create:
                         return  # the layer asked not to create (a thread it deleted, #1684)
@@ -428,6 +440,43 @@ class DynamoBackend(DynamoLifecycle):
                     await self._sync_feedback_markers(key, result.get("Attributes", {}))
                 return
         raise ConflictError(f"thread {thread_id}: metadata merge kept conflicting")
+
+    async def _owner_write(self, key: dict[str, Any], update: UpdateExpression, user_id: str,
+                           identifier: str) -> dict[str, Any]:
+        """A thread write that names an owner, in one transaction with a check that the owner's
+        user item still exists with that id: once ``erase_user`` has deleted the user item no
+        write can make a thread name the user again (a check earlier, outside the transaction,
+        would leave a window in which the erasure's sweep has already passed). Returns, as
+        ``update_item`` with ``ReturnValues=ALL_NEW`` would, ``{"Attributes": item}``.
+
+        Raises:
+            NotFoundError: the user no longer exists.
+            ConditionFailed: the update's own condition failed (``item``: the thread item).
+        """
+        user_key = self.layout.key_of("user", identifier=identifier)
+        try:
+            await self._transact([
+                {"ConditionCheck": {"TableName": self.table, "Key": user_key,
+                                    # Chainlit's own layer wrote users without an id attribute:
+                                    # there the id is the identifier
+                                    "ConditionExpression": "#i = :i" if user_id != identifier
+                                    else "attribute_exists(#p) AND (attribute_not_exists(#i) "
+                                         "OR #i = :i)",
+                                    "ExpressionAttributeNames": {"#i": "id"} | (
+                                        {} if user_id != identifier else {"#p": PARTITION_KEY}),
+                                    "ExpressionAttributeValues": {
+                                        ":i": self.codecs["user"].encode("id", user_id)}}},
+                {"Update": {"TableName": self.table, "Key": key, **update.params()}},
+            ])
+        except ConditionFailed as failed:
+            if failed.reasons[:1] == ["ConditionalCheckFailed"]:
+                self._identifiers.pop(user_id, None)
+                raise NotFoundError(f"user_id {user_id!r}: no such user",
+                                    detail="user_id") from failed
+            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            raise ConditionFailed(item) from failed
+        item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+        return {"Attributes": item or {}}
 
     async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
         """After an owner is set: mark the thread in the feedback indexes its counters call for."""
@@ -450,9 +499,9 @@ class DynamoBackend(DynamoLifecycle):
     async def get_thread_author(self, thread_id: str) -> str | None:
         item = (await self._call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
-            ProjectionExpression="#u, #d, #e",
+            ProjectionExpression="#u, #d, #a",
             ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
-                                      "#e": TTL_ATTRIBUTE},
+                                      "#a": "activityAt"},
         )).get("Item")
         if not item or "userIdentifier" not in item or "deletedAt" in item or self._expired(
                 item):  # trashed, or past its TTL: gone
@@ -477,7 +526,7 @@ class DynamoBackend(DynamoLifecycle):
         for item in items:
             kind = self.layout.kind(item[SORT_KEY]["S"])
             if kind == "thread":
-                if self._expired(item):  # past its TTL: gone, whenever DynamoDB removes it
+                if self._expired(item):  # past the retention: gone, as in the lists
                     return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
@@ -587,7 +636,7 @@ class DynamoBackend(DynamoLifecycle):
                 row = codec.row(item)
                 if needle is not None and not matches(needle, row.get("name")):
                     continue
-                if row.get("deletedAt"):  # the trash is never listed
+                if row.get("deletedAt") or self._stale(row):  # trash, past retention
                     continue
                 row.pop(OVERFLOW_COLUMN, None)
                 rows.append(row)
@@ -851,6 +900,9 @@ class DynamoBackend(DynamoLifecycle):
         try:
             while gate.reopened is not None:  # a delete of this thread is running
                 await gate.reopened.wait()
+            if thread_id in self._erased and thread_id in self._deleted:
+                raise NotFoundError(f"thread {thread_id} was erased with its user",
+                                    detail=thread_id)
             gate.writers += 1  # no await since the check: the delete cannot have started
             try:
                 yield thread_id in self._deleted
@@ -1014,10 +1066,15 @@ class DynamoBackend(DynamoLifecycle):
         pk, sk = found
         thread_id = self.layout.thread_of_key(pk) or ""
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
-        items = await self._batch_get([table_key(pk, sk), feedback_key])
+        thread_key = self.layout.key_of("thread", id=thread_id)
+        items = await self._batch_get([table_key(pk, sk), feedback_key, thread_key])
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
         if step_item is None or is_phantom(step_item):
             return None
+        thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
+        if thread_item is not None and not self._readable(thread_item):
+            return None  # trashed or past its retention: its steps are as gone as it is
+        items = [i for i in items if i is not thread_item]
         row = self.codecs["step"].row(step_item)
         await self._load_texts([step_item], [row])
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
@@ -1095,10 +1152,14 @@ class DynamoBackend(DynamoLifecycle):
             self._deleted.pop(thread_id, None)
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
-        item = (await self._call(
-            "get_item", Key=self.layout.key_of("element", threadId=thread_id, id=element_id),
-            ConsistentRead=True)).get("Item")
-        return None if item is None else self.codecs["element"].row(item)
+        key = self.layout.key_of("element", threadId=thread_id, id=element_id)
+        thread_key = self.layout.key_of("thread", id=thread_id)
+        items = await self._batch_get([key, thread_key])
+        item = next((i for i in items if i[SORT_KEY] == key[SORT_KEY]), None)
+        thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
+        if item is None or (thread_item is not None and not self._readable(thread_item)):
+            return None  # a trashed (or expired) thread's elements are as gone as it is
+        return self.codecs["element"].row(item)
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         if thread_id is None:

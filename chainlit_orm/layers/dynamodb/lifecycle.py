@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -82,10 +81,26 @@ class DynamoLifecycle:
         update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
 
     def _expired(self: _DynamoSelf, item: Any) -> bool:
-        """The thread item's TTL has passed: it reads as gone, whenever DynamoDB removes it
-        (TTL deletion runs in the background, typically within a few days)."""
-        value = item.get(TTL_ATTRIBUTE)
-        return bool(value) and "N" in value and int(value["N"]) <= time.time()
+        """The thread item is past the retention: it reads as gone, whenever DynamoDB (TTL
+        deletion runs in the background) or a purge removes it.
+
+        One rule for every read: the thread's activity against the layer's *current*
+        retention, never the stored ``expiresAt``. The list index does not project
+        ``expiresAt`` (and a projection cannot change in place), so the lists can only apply
+        this rule; were ``get_thread`` to read ``expiresAt``, a retention changed between
+        deploys would list threads that then open as not found (or the reverse). With an
+        unchanged retention the two agree (``expiresAt`` is activity plus retention); after a
+        change, DynamoDB may still remove a thread at its old ``expiresAt`` (list, get and
+        search then all stop seeing it together, since the GSI entries go with the item)."""
+        activity = item.get("activityAt")
+        if self.retention is None or not activity:
+            return False
+        value = self.codecs["thread"].decode("activityAt", activity)
+        return bool(value) and str(value) < _cutoff(self.retention)
+
+    def _readable(self: _DynamoSelf, item: Any) -> bool:
+        """A thread item every read shows: neither trashed nor past the retention."""
+        return "deletedAt" not in item and not self._expired(item)
 
     def _stale(self: _DynamoSelf, row: dict[str, Any]) -> bool:
         """A listed thread (the list index carries no TTL) is past the retention: its activity
@@ -144,10 +159,10 @@ class DynamoLifecycle:
         orphan; only the others (in steady state none) are looked up again, since a thread
         created while the scan ran may have its thread item behind the scan's position.
         Returns the number of orphaned threads and the ids of the live threads seen."""
-        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #e",
+        kwargs: dict[str, Any] = {"ProjectionExpression": "#p, #s, #a",
                                   "ExpressionAttributeNames": {"#p": PARTITION_KEY,
                                                                "#s": SORT_KEY,
-                                                               "#e": TTL_ATTRIBUTE},
+                                                               "#a": "activityAt"},
                                   "ConsistentRead": True}
         children: set[str] = set()
         live: set[str] = set()
@@ -221,6 +236,41 @@ class DynamoLifecycle:
             result: Removed = removed
             return result
 
+    async def _remove_claimed(self: _DynamoSelf, thread_id: str, items: list[dict[str, Any]],
+                              rule: ExpiryRule, token: str) -> Removed | None:
+        """A purge's removal of a thread it claimed: the thread item first, in one conditional
+        delete that re-checks, atomically, that the claim is still this purge's and that the
+        thread is still expired (a user message since the claim moved its activity); then the
+        rest of the partition as read. None: the condition failed, nothing was removed. Costs
+        one DeleteItem per thread more than a plain removal: the price of the re-check.
+
+        The opposite of ``delete_thread``'s order (children first) on purpose: deleting the
+        children first would lose a thread's history when the check on its item then fails.
+        Should the purge stop between the two, the items left without a thread item are what
+        ``sweep_orphans`` (run by every purge) removes."""
+        names = {"#c": CLAIM_ATTRIBUTE}
+        values: dict[str, Any] = {":token": {"S": token}}
+        expired = self._expiry(rule, names, values)
+        async with self._deleting(thread_id):
+            try:
+                await self._call(
+                    "delete_item", Key=self.layout.key_of("thread", id=thread_id),
+                    ConditionExpression=f"#c = :token AND {expired}",
+                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            except ConditionFailed:
+                return None
+            thread_sk = self.models.dynamo["thread"].sk
+            removed: Removed = self._count(thread_id, items)
+            # a step written between the read and the delete is left without a thread item:
+            # the orphan sweep at the end of the purge removes it (and its files)
+            rest = [i for i in items if i[SORT_KEY]["S"] != thread_sk]
+            await self._batch_write([
+                {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY],
+                                           SORT_KEY: i[SORT_KEY]}}} for i in rest])
+            self._activity.pop(thread_id, None)
+            self._deleted[thread_id] = None
+            return removed
+
     async def _each(self: _DynamoSelf, thread_ids: Sequence[str], dry_run: bool) -> Removed:
         gate = asyncio.Semaphore(PARALLEL)
 
@@ -251,8 +301,18 @@ class DynamoLifecycle:
 
     async def remove_threads(self: _DynamoSelf, thread_ids: Sequence[str], *,
                              dry_run: bool = False) -> Removed:
+        if not dry_run:
+            self._mark_erased(thread_ids)
         result: Removed = await self._each(list(thread_ids), dry_run)
         return result
+
+    def _mark_erased(self: _DynamoSelf, thread_ids: Sequence[str]) -> None:
+        """Remember threads an erasure removes (see ``_erased``), before they go."""
+        for thread_id in thread_ids:
+            self._erased[thread_id] = None
+            self._erased.move_to_end(thread_id)
+        while len(self._erased) > 10_000:
+            self._erased.popitem(last=False)
 
     # ------------------------------------------------------------------ users
 
@@ -268,30 +328,74 @@ class DynamoLifecycle:
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
 
+    async def _named(self: _DynamoSelf, identifier: str) -> tuple[str | None, list[str]]:
+        """With no user item left (an erasure interrupted after deleting it): the threads whose
+        owner fields still name ``identifier``, by one Scan (an erasure is rare; without the
+        user item there is no id to query the owner index with). Returns the owner id they
+        carry (the first seen) and their ids."""
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "#s = :s AND (#ui = :ident OR #u = :ident)",
+            "ExpressionAttributeNames": {"#s": SORT_KEY, "#ui": "userIdentifier",
+                                         "#u": "userId", "#p": PARTITION_KEY},
+            "ExpressionAttributeValues": {":s": {"S": self.models.dynamo["thread"].sk},
+                                          ":ident": {"S": identifier}},
+            "ProjectionExpression": "#p, #u", "ConsistentRead": True}
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._call("scan", **kwargs)
+            items.extend(page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        user_id = next((self.codecs["thread"].decode("userId", i["userId"]) for i in items
+                        if "userId" in i), None)
+        ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
+        return (None if user_id is None else str(user_id)), sorted(i for i in ids if i)
+
     async def user_thread_ids(self: _DynamoSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
         user = await self.get_user(identifier)
         if user is None:
-            return None, []
+            user_id, named = await self._named(identifier)
+            if user_id is None:
+                return None, named
+            return user_id, sorted(set(named) | set(await self._owned(user_id)))
         return str(user["id"]), await self._owned(str(user["id"]))
 
     async def remove_user(self: _DynamoSelf, identifier: str, *, dry_run: bool = False
                           ) -> Removed:
-        """The user item (with its ``ById`` index entry), after any thread still owned."""
+        """The user item (with its ``ById`` index entry) first, then every thread the owner
+        index still lists for the user.
+
+        In that order because a write that names an owner is one transaction with a check that
+        the owner's user item exists (``_owner_write``): once the item is gone no thread can be
+        given the user, so the sweep after it finds every thread that ever will name them (a
+        session still writing gets NotFoundError). Should the erasure stop between the two, a
+        re-run finds the threads by their owner fields (``user_thread_ids``)."""
         user = await self.get_user(identifier)
         removed = Removed()
-        if user is None:
-            return removed
         if dry_run:
-            removed.counts["user"] = 1
+            removed.counts["user"] = 0 if user is None else 1
             return removed
-        user_id = str(user["id"])
-        removed.add(await self._each(await self._owned(user_id), False))
-        old = (await self._call("delete_item",
-                                Key=self.layout.key_of("user", identifier=identifier),
-                                ReturnValues="ALL_OLD")).get("Attributes")
-        removed.counts["user"] += 1 if old else 0
+        user_id = None if user is None else str(user["id"])
+        if user is not None:
+            old = (await self._call("delete_item",
+                                    Key=self.layout.key_of("user", identifier=identifier),
+                                    ReturnValues="ALL_OLD")).get("Attributes")
+            removed.counts["user"] += 1 if old else 0
+        if user_id is None:
+            user_id, _ = await self._named(identifier)
+        if user_id is None:
+            return removed
         self._identifiers.pop(user_id, None)
+        # the owner index is eventually consistent: sweep until a pass finds nothing more (a
+        # pass that removes no thread met only index entries of threads already gone)
+        while owned := await self._owned(user_id):
+            self._mark_erased(owned)
+            swept = await self._each(owned, False)
+            removed.add(swept)
+            if not swept.counts["thread"]:
+                break
         return removed
 
     # ------------------------------------------------------------------ purge
@@ -305,9 +409,12 @@ class DynamoLifecycle:
         if rule.active_before and rule.keep_keys:
             names["#m"] = "metadata"
             values[":true"] = {"BOOL": True}
+            values[":bool"] = {"S": "BOOL"}
+            # only JSON true keeps a thread (as on SQL); the type test comes first because an
+            # equality alone also matches {"N": "1"} on moto, which compares decoded values
             for k, key in enumerate(rule.keep_keys):
                 names[f"#k{k}"] = key
-                parts.append(f"NOT (#m.#k{k} = :true)")
+                parts.append(f"NOT (attribute_type(#m.#k{k}, :bool) AND #m.#k{k} = :true)")
         return " AND ".join(parts)
 
     async def purge_expired(self: _DynamoSelf, rule: ExpiryRule, *, batch: int, after: Any,
@@ -344,7 +451,11 @@ class DynamoLifecycle:
                 if favorites and _has_favorite(items):
                     await self._release(thread_id, token)
                     return Removed()
-                result: Removed = await self._remove_partition(thread_id, items)
+                result: Removed | None = await self._remove_claimed(thread_id, items, rule,
+                                                                    token)
+                if result is None:  # activity since the claim: the thread stays, untouched
+                    await self._release(thread_id, token)
+                    return Removed()
                 return result
 
         removed = Removed()
