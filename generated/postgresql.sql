@@ -30,7 +30,7 @@ CREATE TABLE threads (
 
 CREATE INDEX ix_threads_activity ON threads ("activityAt", id);
 
-CREATE INDEX ix_threads_deleted ON threads ("deletedAt");
+CREATE INDEX ix_threads_deleted ON threads ("deletedAt") WHERE "deletedAt" IS NOT NULL;
 
 CREATE INDEX ix_threads_user_activity ON threads ("userId", "activityAt", id);
 

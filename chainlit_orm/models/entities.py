@@ -85,6 +85,12 @@ class IndexSpec:
     name: str
     columns: tuple[str, ...]
     unique: bool = False
+    #: Index only the rows whose first column is set (a partial index ``WHERE col IS NOT NULL``
+    #: on PostgreSQL and SQLite; MySQL/MariaDB have no partial indexes and get a full one).
+    #: Why: for a column NULL on nearly every row and queried for its few set values, a full
+    #: index tempts SQLite's planner (it keeps no statistics) to serve ``col IS NULL`` from
+    #: it, reading every live row instead of using the selective index of the query.
+    only_set: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class ThreadFields(SQLModel):
         # purge: the oldest activity first, across users, in keyset batches
         IndexSpec("activity", ("activityAt", "id")),
         # purge of the trash: the few trashed threads, without reading the others
-        IndexSpec("deleted", ("deletedAt",)),
+        IndexSpec("deleted", ("deletedAt",), only_set=True),
     )
     __foreign_keys__: ClassVar[tuple[tuple[str, str], ...]] = (("userId", "user"),)
     __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(

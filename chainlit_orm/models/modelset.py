@@ -184,10 +184,13 @@ def _add_constraints(
     table: sa.Table = models[entity].__table__  # type: ignore[attr-defined]
     spec: IndexSpec
     for spec in source.__indexes__:  # type: ignore[attr-defined]
+        where = table.c[spec.columns[0]].is_not(None) if spec.only_set else None
         sa.Index(
             f"ix_{table.name}_{spec.name}",
             *(table.c[name] for name in spec.columns),
             unique=spec.unique,
+            postgresql_where=where,
+            sqlite_where=where,
         )
     for column_name, target in source.__foreign_keys__:  # type: ignore[attr-defined]
         target_table: sa.Table = models[target].__table__  # type: ignore[attr-defined]

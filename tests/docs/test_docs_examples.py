@@ -176,7 +176,7 @@ def dynamodb_operations_called() -> set[str]:
     found: set[str] = set()
     for path in (ROOT / "chainlit_orm").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        found.update(re.findall(r"""(?:_call|_send|_raw|\.call)\(\s*["']([a-z_]+)["']""",
+        found.update(re.findall(r"""(?:\b_call|\b_send|\b_raw|\.call)\(\s*["']([a-z_]+)["']""",
                                 text))
     found.discard("transact_write_items")  # authorised by the item actions it carries
     return {"dynamodb:" + "".join(w.title() for w in op.split("_")) for op in found}

@@ -93,6 +93,7 @@ async def test_sqlite_search_reads_the_fts5_trigram_tables(tmp_path: Path) -> No
             # the candidates are fetched by primary key; the user's list is read only by the
             # scan that takes over when the candidates are too many
             assert "SEARCH threads USING INDEX sqlite_autoindex_threads_1 (id=?)" in plan, plan
+            assert not [line for line in plan if "ix_threads_deleted" in line], plan
 
             short = await _search(layer, user_id, "ho")
             assert short == _reference(names, "ho") and len(short) > 3
@@ -134,6 +135,36 @@ async def test_postgres_search_reads_the_trigram_gin_indexes() -> None:
             assert "ix_threads_user_activity" in short, short
         finally:
             await conn.close()
+
+
+async def test_sqlite_plain_list_reads_the_users_index_not_the_trash_index(
+    tmp_path: Path
+) -> None:
+    """A user's list is read along the user's index, and the trash index (partial: ``deletedAt
+    IS NOT NULL``) serves the purge of the trash. (A full trash index was chosen by SQLite's
+    planner, which keeps no statistics, for the ``deletedAt IS NULL`` of a search: the test
+    above catches that.)"""
+    async with temp_sqlite_url(tmp_path) as url:
+        layer = SQLDataLayer(url)
+        try:
+            user_id, names = await _seed(layer, threads=5)
+            page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user_id))
+            assert [t["name"] for t in page.data] == list(names.values())
+            prepared = layer.sql._cache[("list", False, True, True, False, True,
+                                         "activity")].prepared
+            sql, args = prepared.sql, prepared.args({"lim": 21, "uid": user_id})
+            path = url.removeprefix("sqlite+aiosqlite:///")
+            with sqlite3.connect(path) as raw:
+                plan = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
+                trash_plan = [row[-1] for row in raw.execute(
+                    "EXPLAIN QUERY PLAN SELECT id FROM threads WHERE \"deletedAt\" < ?",
+                    ["2026-01-01"])]
+            assert plan[0] == "SEARCH threads USING INDEX ix_threads_user_activity (userId=?)", plan
+            assert not [line for line in plan if "ix_threads_deleted" in line], plan
+            # the purge of the trash still reads only the trashed threads through it
+            assert trash_plan == ["SEARCH threads USING INDEX ix_threads_deleted (deletedAt<?)"]
+        finally:
+            await layer.close()
 
 
 def _integrity(path: str) -> None:
