@@ -25,7 +25,6 @@ from tests.contract.conftest import ContractBackend, message, new_id
 from tests.lifecycle.conftest import MOTO, LayerFactory, new_user
 from tests.lifecycle.scan import scan_dynamodb, scan_files, scan_sql
 
-
 #: A test about DynamoDB alone is collected for DynamoDB alone (never collected and then skipped
 #: on the SQL backends: nothing is skipped in CI). ``lstore`` is the lifecycle suite's
 #: parametrized store fixture; parametrizing it indirectly narrows its backends for one test.
