@@ -224,8 +224,10 @@ async def purge(
             report.orphan_partitions, report.orphan_files = await sweep(layer.storage,
                                                                         dry_run=dry_run)
         elif getattr(backend, "known_object_keys", None) is not None:
-            report.unreferenced_files = await _sweep_unreferenced(run, orphan_grace,
-                                                                  moment, dry_run=dry_run)
+            # ages against the clock, not ``now``: a test's or a dry run's reference time in
+            # the future must not make a file whose row is being written look abandoned
+            report.unreferenced_files = await _sweep_unreferenced(
+                run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
     outcome.raise_storage()
     if outcome.hook_failures:
         raise OnDeleteError(outcome.hook_failures, report=report) from next(
