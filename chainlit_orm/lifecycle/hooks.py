@@ -22,6 +22,7 @@ in a worker thread that cancellation cannot stop) and counts as failed, with a
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import os
@@ -205,7 +206,7 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
     if hook is not None:
         for thread_id, user_id in removed.threads:
             try:
-                ended, _ = await bounded(lambda t=thread_id, u=user_id: _call_hook(hook, t, u),
+                ended, _ = await bounded(functools.partial(_call_hook, hook, thread_id, user_id),
                                          hook_timeout)
             except Exception as exc:
                 outcome.hook_failures[thread_id] = exc
