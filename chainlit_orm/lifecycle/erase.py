@@ -20,6 +20,7 @@ rows being gone (as does a file of a row that arrived meanwhile, with a ``Storag
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,8 +88,8 @@ async def erase_user(layer: LifecycleLayer, identifier: str, *, dry_run: bool = 
                 removed = await backend.remove_threads(ids, dry_run=True)
             else:
                 removed = await run.remove(
-                    lambda ids=ids: backend.remove_threads(ids, keys_only=True),
-                    lambda ids=ids: backend.remove_threads(ids))
+                    functools.partial(backend.remove_threads, ids, keys_only=True),
+                    functools.partial(backend.remove_threads, ids))
         report.removed.add(removed)
     with run.batch():
         last = await backend.remove_user(identifier, dry_run=dry_run)

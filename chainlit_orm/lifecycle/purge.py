@@ -32,6 +32,7 @@ whose row is still being written is younger), when the client also reports ages
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,9 +207,9 @@ async def purge(
                     seen, cursor = await backend.purge_expired(rule, batch=batch, after=after,
                                                                keys_only=True)
                     ids = [thread_id for thread_id, _ in seen.threads]
-                    removed = await run.remove(
-                        lambda seen=seen: _same(seen),
-                        lambda rule=rule, ids=ids: backend.remove_expired(rule, ids))
+                    removed = await run.remove(functools.partial(_same, seen),
+                                               functools.partial(backend.remove_expired, rule,
+                                                                 ids))
                     after = cursor
             report.batches += 1
             report.removed.add(removed)

@@ -460,7 +460,8 @@ class DynamoLifecycle:
                     items = await self._partition(thread_id)
                     return Removed() if favorites and _has_favorite(items) else self._count(
                         thread_id, items)
-                return await self._purge_one(thread_id, rule)
+                purged: Removed = await self._purge_one(thread_id, rule)
+                return purged
 
         removed = Removed()
         for one_removed in await asyncio.gather(*(one(t) for t in ids)):
@@ -494,7 +495,8 @@ class DynamoLifecycle:
 
         async def one(thread_id: str) -> Removed:
             async with gate:
-                return await self._purge_one(thread_id, rule)
+                purged: Removed = await self._purge_one(thread_id, rule)
+                return purged
 
         removed = Removed()
         for one_removed in await asyncio.gather(*(one(t) for t in thread_ids)):
