@@ -152,7 +152,7 @@ async def test_copy_and_import_into_dynamodb_write_the_ttl_of_the_retention(
             engine = create_async_engine(src)
             async with engine.connect() as conn:
                 source = dict((await conn.execute(sa.text(
-                    'SELECT id, "activityAt" FROM threads'))).tuples().all())
+                    'SELECT id, "activityAt" FROM threads'))).all())
             await engine.dispose()
             assert {t: i["activityAt"]["S"] for t, i in items.items()} == source
             first = source[threads[0]]
