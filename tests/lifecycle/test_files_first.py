@@ -40,7 +40,7 @@ from tests.reliability.faultproxy import fault_proxy
 from tests.reliability.storage_env import MOTO_PORT, REGION, site
 
 #: A short limit, so a black-holed call is over quickly (and long enough for a loaded machine).
-TIMEOUT = 2.0
+TIMEOUT = 3.0
 
 
 def _later(days: int) -> str:
