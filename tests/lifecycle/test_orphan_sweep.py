@@ -88,7 +88,8 @@ async def test_purge_sweeps_old_element_files_no_row_refers_to(
     assert again.unreferenced_files == 0
     url = store_url(*fresh_store)
     code = await asyncio.to_thread(main, ["purge", url, "--older-than", "90d", "--storage",
-                                          f"file://{files_root}", "--orphan-grace", "90m"])
+                                          f"file://{files_root}", "--orphan-grace", "90m",
+                                          "--timeout", "60", "--on-delete-timeout", "5"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[-1] == "removed 1 stored element file(s) no row refers to, older than 90m"
