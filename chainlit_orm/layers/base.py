@@ -66,8 +66,14 @@ from chainlit_orm.layers.deadline import (
     CallDeadline,
     call_budget,
     call_end,
+    check_timeout,
 )
-from chainlit_orm.lifecycle.hooks import OnDelete, check_hook, finish_removal
+from chainlit_orm.lifecycle.hooks import (
+    DEFAULT_HOOK_TIMEOUT,
+    OnDelete,
+    check_hook,
+    finish_removal,
+)
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.limits import (
@@ -263,10 +269,10 @@ class Backend(Protocol):
         trashed ones included."""
         ...
 
-    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
-                             ) -> Removed:
-        """Remove these threads with everything in them (dry: count it); the object keys are
-        returned, not deleted."""
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False,
+                             keys_only: bool = False) -> Removed:
+        """Remove these threads with everything in them (dry: count it; ``keys_only``: list
+        their threads and object keys only); the object keys are returned, not deleted."""
         ...
 
     async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
@@ -275,10 +281,15 @@ class Backend(Protocol):
         ...
 
     async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
-                            dry_run: bool = False) -> tuple[Removed, Any]:
+                            dry_run: bool = False, keys_only: bool = False
+                            ) -> tuple[Removed, Any]:
         """Remove one batch (at most ``batch`` threads) of what ``rule`` expires, each thread
         exactly once across concurrent purges; returns it and the cursor of the next batch
-        (None: done)."""
+        (None: done). ``keys_only``: remove nothing, list the batch's threads and keys."""
+        ...
+
+    async def remove_expired(self, rule: ExpiryRule, thread_ids: Sequence[str]) -> Removed:
+        """Remove those of a ``keys_only`` batch's threads that ``rule`` still expires."""
         ...
 
     async def trash_thread(self, thread_id: str, at: str) -> bool:
@@ -312,6 +323,8 @@ class ChainlitLayer(BaseDataLayer):
             removed, by ``delete_thread``, ``erase_user`` and ``purge``
             (:mod:`chainlit_orm.lifecycle.hooks`); its failure raises
             :class:`~chainlit_orm.errors.OnDeleteError`, the delete staying done.
+        on_delete_timeout: seconds one hook call may take (default 30); past it the call is
+            abandoned and counts as failed (a ``TimeoutExceededError`` in the ``OnDeleteError``).
         soft_delete: a window (e.g. ``timedelta(days=30)``) turns the trash on: ``delete_thread``
             hides the thread from every read at once, ``restore_thread`` brings it back within
             the window, ``purge`` removes it after. None (default): a delete is a delete.
@@ -327,6 +340,7 @@ class ChainlitLayer(BaseDataLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
@@ -352,6 +366,7 @@ class ChainlitLayer(BaseDataLayer):
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.on_delete: OnDelete | None = check_hook(on_delete)
+        self.on_delete_timeout = check_timeout(on_delete_timeout, "on_delete_timeout")
         if soft_delete is not None and (not isinstance(soft_delete, timedelta)
                                         or soft_delete <= timedelta(0)):
             raise InvalidInputError(f"soft_delete must be a positive timedelta: {soft_delete!r}")
@@ -539,7 +554,9 @@ class ChainlitLayer(BaseDataLayer):
         removed = Removed(object_keys=[k for k in object_keys if k not in done])
         if owner is not None:
             removed.threads.append((thread_id, _text(owner.get("userId"))))
-        outcome = await finish_removal(removed, self.storage, self.on_delete)
+        outcome = await finish_removal(removed, self.storage, self.on_delete,
+                                       storage_timeout=self.timeout,
+                                       hook_timeout=self.on_delete_timeout)
         outcome.raise_storage()
         if outcome.hook_failures:
             raise OnDeleteError(outcome.hook_failures) from outcome.hook_failures[thread_id]
@@ -560,22 +577,29 @@ class ChainlitLayer(BaseDataLayer):
             raise NotFoundError(f"thread {thread_id} is not in the trash (or its window has "
                                 "passed)", detail=thread_id)
 
-    async def erase_user(self, identifier: str, *, dry_run: bool = False) -> ErasureReport:
-        """Erase the user and everything naming them; see :mod:`chainlit_orm.lifecycle.erase`."""
+    async def erase_user(self, identifier: str, *, dry_run: bool = False,
+                         timeout: float | None = None,  # noqa: ASYNC109
+                         ) -> ErasureReport:
+        """Erase the user and everything naming them; see :mod:`chainlit_orm.lifecycle.erase`
+        (``timeout``: seconds per batch)."""
         from chainlit_orm.lifecycle.erase import erase_user
 
-        return await erase_user(self, identifier, dry_run=dry_run)
+        return await erase_user(self, identifier, dry_run=dry_run, timeout=timeout)
 
     async def purge(self, *, older_than: timedelta | None, keep_shared: bool = True,
                     keep_favorites: bool = True, keep_metadata: Sequence[str] = (),
                     dry_run: bool = False, batch: int | None = None,
-                    now: datetime | str | None = None) -> PurgeReport:
-        """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`."""
-        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, purge
+                    now: datetime | str | None = None,
+                    timeout: float | None = None,  # noqa: ASYNC109
+                    orphan_grace: timedelta | None = None) -> PurgeReport:
+        """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`
+        (``timeout``: seconds per batch; ``orphan_grace``: default one hour)."""
+        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, DEFAULT_ORPHAN_GRACE, purge
 
         return await purge(self, older_than=older_than, keep_shared=keep_shared,
                            keep_favorites=keep_favorites, keep_metadata=keep_metadata,
-                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now)
+                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now,
+                           timeout=timeout, orphan_grace=orphan_grace or DEFAULT_ORPHAN_GRACE)
 
     def forget_user(self, user_id: str | None) -> None:
         """Drop an erased user from this process's cache of known users."""

@@ -68,7 +68,7 @@ from chainlit_orm.layers.sqlexec import (
     tracking_sent,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
-from chainlit_orm.lifecycle.hooks import OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
@@ -1277,7 +1277,8 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: seconds the schema check of the first call may take, including
             creating the schema with ``create_schema`` (default 600). It runs once, shared by
             the calls that wait for it, and is not cut short by their ``timeout``.
-        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
+            the bound of one hook call (seconds, default 30); see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
@@ -1297,6 +1298,7 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
@@ -1307,7 +1309,8 @@ class SQLDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete,
+                         on_delete_timeout=on_delete_timeout, **kwargs)
         self.sql: SQLBackend = backend
 
 

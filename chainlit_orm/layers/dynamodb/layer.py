@@ -16,7 +16,7 @@ from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.backend import DynamoBackend
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import DEFAULT_OFFLOAD_BYTES
-from chainlit_orm.lifecycle.hooks import OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["DynamoConfig", "DynamoDataLayer"]
@@ -59,7 +59,8 @@ class DynamoDataLayer(ChainlitLayer):
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
         timeout: seconds each data-layer call may take, botocore's retries included (see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
-        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
+            the bound of one hook call (seconds, default 30); see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         retention: DynamoDB's native TTL: a thread item carries ``expiresAt`` (its activity
             plus ``retention``), moved by the write that moves its activity (no extra write);
@@ -93,6 +94,7 @@ class DynamoDataLayer(ChainlitLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
         retention: timedelta | None = None,
     ) -> None:
         if thread_order != "activity":
@@ -110,7 +112,8 @@ class DynamoDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete,
+                         on_delete_timeout=on_delete_timeout, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 
