@@ -98,7 +98,7 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 SEARCH_CANDIDATES = 1000
 
 #: SQLite: the reader connections every read shares (see ``sqlexec._SharedLease``).
-SQLITE_SHARED_READERS = 1
+SQLITE_SHARED_READERS = 2
 
 
 class SQLBackend(SQLLifecycle):
@@ -687,10 +687,9 @@ class SQLBackend(SQLLifecycle):
         async def op() -> Any:
             params = {"tid": thread_id}
             async with self.raw.connect() as conn:
-                head = await conn.fetch(q_head, params)
-                if not head:
-                    return None
-                steps = await conn.fetch(q_steps, params)
+                head, steps = await conn.fetch_pair(q_head, q_steps, params)
+            if not head:
+                return None
             thread = {name: head[0][name] for name in thread_columns}
             elements = sorted(({name: row[label] for label, name in element_columns}
                                for row in head if row[_ELEMENT + "id"] is not None),

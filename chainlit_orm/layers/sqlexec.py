@@ -278,6 +278,34 @@ class RawConnection:
                 raw = await cur.fetchall()
         return p.rows(raw)
 
+    async def fetch_pair(self, first: Statement, second: Statement, params: Mapping[str, Any]
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows of ``first``, then, only if it returned any, rows of ``second`` (both with
+        ``params``; ``([], [])`` otherwise).
+
+        Why: on SQLite both statements run in one call to the connection's thread, one hop
+        instead of two (a thread and its steps: the floor of issue 19 reads them in one hop).
+        Elsewhere they are awaited one after the other, as two fetches would be."""
+        if not (self.dialect == "sqlite" and self.runs_in_thread):
+            head = await self.fetch(first, params)
+            return (head, await self.fetch(second, params)) if head else (head, [])
+        p1, args1 = self._start(first, params)
+        p2 = second.prepared
+        args2 = p2.args(params)
+        driver = self.driver
+
+        def run() -> tuple[list[Any], list[Any] | None]:
+            raw = driver._conn  # the sqlite3 connection, used only in its own thread
+            head = raw.execute(p1.sql, args1).fetchall()
+            return (head, raw.execute(p2.sql, args2).fetchall()) if head else (head, None)
+
+        head, rest = await driver._execute(run)
+        if rest is None:
+            return p1.rows(head), []
+        if self.listeners:
+            self._notify(p2.word)
+        return p1.rows(head), p2.rows(rest)
+
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
         p, args = self._start(stmt, params)
