@@ -163,7 +163,8 @@ class SQLBackend(SQLLifecycle):
             # SQLite is the exception: its connections are threads of this process (aiosqlite),
             # so readers beyond the cores only take turns on the GIL; a pool of cores + 2 (one is
             # the writer) serves 32 concurrent users faster than 16 does (2 cores: 3,137 -> 3,570
-            # calls/s of the bench's W5 mix with 4 connections).
+            # calls/s of the bench's W5 mix with 4 connections). Reads share
+            # SQLITE_SHARED_READERS of them, each serving many callers at once (issue 19).
             size = _sqlite_pool_size() if url.get_backend_name() == "sqlite" else 16
             auto_options = dict(options)
             engine_options_ = dict(options)

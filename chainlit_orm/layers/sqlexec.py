@@ -445,7 +445,9 @@ class RawPool:
     cancel request (the server stops the statement), and a SQLite connection's thread, which
     cannot be stopped from outside, finishes what it runs first (it is asked to stop with
     ``sqlite3.Connection.interrupt``). Until it is closed the connection keeps its slot of the
-    pool's capacity (and SQLite's writer the write lock): it is out of the pool.
+    pool's capacity (and no new SQLite writer is opened): it is out of the pool. A SQLite
+    connection shared by other callers at that moment is not interrupted (see
+    :class:`_SharedLease`, :class:`_WriterLease`).
     """
 
     def __init__(
@@ -494,12 +496,12 @@ class RawPool:
             RawConnection]:
         """A pooled connection; see the class docstring for what happens to one that fails.
 
-        ``write=True`` on SQLite takes the process's write lock and the one connection writes
-        share (held out of the pool until :meth:`close`): SQLite has one writer, and writers
-        that meet in the database wait in its busy handler, which sleeps in steps of
-        milliseconds; queued on an asyncio lock, the next writer starts the moment the last one
-        commits, with no pool checkout inside the critical section. (Writers in other processes
-        still meet in the busy handler.)"""
+        ``write=True`` on SQLite gives the one connection all writes share (held out of the pool
+        until :meth:`close`): SQLite has one writer, and writers that meet in the database wait
+        in its busy handler, which sleeps in steps of milliseconds; queued on the writer's
+        thread (:class:`_WriterLease`), the next write starts the moment the last one commits.
+        (Writers in other processes still meet in the busy handler.) A read on SQLite shares
+        one of ``shared_readers`` connections with the other reads (:class:`_SharedLease`)."""
         if write and self.dialect == "sqlite":
             return self._connect_writer()
         if self._shared_readers:
