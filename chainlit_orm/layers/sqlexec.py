@@ -293,17 +293,23 @@ class RawConnection:
         p2 = second.prepared
         args2 = p2.args(params)
         driver = self.driver
+        second_sent = [False]  # set in the thread, read here once the call is over
 
         def run() -> tuple[list[Any], list[Any] | None]:
             raw = driver._conn  # the sqlite3 connection, used only in its own thread
             head = raw.execute(p1.sql, args1).fetchall()
-            return (head, raw.execute(p2.sql, args2).fetchall()) if head else (head, None)
+            if not head:
+                return head, None
+            second_sent[0] = True
+            return head, raw.execute(p2.sql, args2).fetchall()
 
-        head, rest = await driver._execute(run)
+        try:
+            head, rest = await driver._execute(run)
+        finally:
+            if second_sent[0] and self.listeners:
+                self._notify(p2.word)
         if rest is None:
             return p1.rows(head), []
-        if self.listeners:
-            self._notify(p2.word)
         return p1.rows(head), p2.rows(rest)
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
@@ -790,7 +796,8 @@ class _KeptLease:
 
 
 class _Shared:
-    """A SQLite reader connection that serves several callers at once (:class:`_SharedLease`)."""
+    """A SQLite connection that serves several callers at once, and how many it serves now:
+    a reader (:class:`_SharedLease`) or the writer (:class:`_WriterLease`)."""
 
     __slots__ = ("closed", "closing", "conn", "fairy", "inflight")
 
