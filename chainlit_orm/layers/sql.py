@@ -97,6 +97,9 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 #: first, which stops at the page's end (see SQLBackend.list_threads).
 SEARCH_CANDIDATES = 1000
 
+#: SQLite: the reader connections every read shares (see ``sqlexec._SharedLease``).
+SQLITE_SHARED_READERS = 2
+
 
 class SQLBackend(SQLLifecycle):
     """Stores rows of a :class:`ModelSet` in one SQL database. See the module docstring.
@@ -160,7 +163,8 @@ class SQLBackend(SQLLifecycle):
             # SQLite is the exception: its connections are threads of this process (aiosqlite),
             # so readers beyond the cores only take turns on the GIL; a pool of cores + 2 (one is
             # the writer) serves 32 concurrent users faster than 16 does (2 cores: 3,137 -> 3,570
-            # calls/s of the bench's W5 mix with 4 connections).
+            # calls/s of the bench's W5 mix with 4 connections). Reads share
+            # SQLITE_SHARED_READERS of them, each serving many callers at once (issue 19).
             size = _sqlite_pool_size() if url.get_backend_name() == "sqlite" else 16
             auto_options = dict(options)
             engine_options_ = dict(options)
@@ -192,7 +196,8 @@ class SQLBackend(SQLLifecycle):
         self.raw = RawPool(self.auto, self.dialect, self._disconnected,
                            keep_idle=self.owns_engine, connect_timeout=self.connect_timeout,
                            # SQLite's writer holds one of the pool's connections for good
-                           capacity=self._pool_capacity() - (self.dialect == "sqlite"))
+                           capacity=self._pool_capacity() - (self.dialect == "sqlite"),
+                           shared_readers=self._shared_readers())
         # the driver's errors, and the DB-API errors of SQLAlchemy's adapter (a connection the
         # pool fails to open raises those, unwrapped)
         adapter_errors = self.engine.dialect.loaded_dbapi.Error
@@ -226,6 +231,17 @@ class SQLBackend(SQLLifecycle):
         # side by side (bench/results/design.md D2).
         self._combine_after = 1 if self.dialect == "sqlite" else 2
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
+
+    def _shared_readers(self) -> int:
+        """SQLite with a pool of its own (a file): how many reader connections the reads share
+        (``RawPool``'s ``shared_readers``), at most the pool's connections besides the writer.
+        0 elsewhere: an in-memory database's static pool, a borrowed engine, a server."""
+        if self.dialect != "sqlite" or not self.owns_engine:
+            return 0
+        capacity = self._pool_capacity()
+        if capacity >= 1_000_000:  # a static pool (in-memory): one connection, not shared
+            return 0
+        return max(1, min(SQLITE_SHARED_READERS, capacity - 1))
 
     def _pool_capacity(self) -> int:
         """How many connections the AUTOCOMMIT pool hands out at most (a static pool: any)."""
@@ -672,10 +688,9 @@ class SQLBackend(SQLLifecycle):
         async def op() -> Any:
             params = {"tid": thread_id}
             async with self.raw.connect() as conn:
-                head = await conn.fetch(q_head, params)
-                if not head:
-                    return None
-                steps = await conn.fetch(q_steps, params)
+                head, steps = await conn.fetch_pair(q_head, q_steps, params)
+            if not head:
+                return None
             thread = {name: head[0][name] for name in thread_columns}
             elements = sorted(({name: row[label] for label, name in element_columns}
                                for row in head if row[_ELEMENT + "id"] is not None),
