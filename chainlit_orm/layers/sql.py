@@ -49,6 +49,7 @@ from chainlit_orm.errors import (
     SchemaError,
     TimeoutExceededError,
     mask_url,
+    migrate_command,
 )
 from chainlit_orm.layers.base import ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
@@ -78,7 +79,7 @@ from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -361,12 +362,54 @@ class SQLBackend(SQLLifecycle):
             return InvalidInputError(f"value rejected by the database: {text}")
         if kind == "schema":
             return SchemaError(
-                f"database schema does not match the models ({text}); run: chainlit-orm migrate "
-                f"{self.url_text}"
+                f"database schema does not match the models ({text}); run: "
+                f"{self.migrate_command()}"
             )
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
+
+    async def check(self) -> list[str]:
+        """The database part of :meth:`ChainlitLayer.check`: the first-use schema check (run
+        now: connects, reads the recorded version; creates an empty embedded database's schema
+        as first use would), then every column of the model set, read from the database, so a
+        custom column the database lacks is found before a write needs it (first use checks
+        tables and version only: the schema version does not change with custom columns).
+
+        Raises:
+            SchemaOutdatedError: the first-use check refused the schema (its message names the
+                command that fixes it).
+            BackendUnavailableError: the database cannot be reached.
+        """
+        await self.ensure_ready()
+        schema = self.models.schema if self.dialect == "postgresql" else None
+        tables = [table for _, table in self.models.tables()]
+
+        def missing_columns(conn: sa.Connection) -> dict[str, list[str]]:
+            inspector = sa.inspect(conn)
+            missing: dict[str, list[str]] = {}
+            for table in tables:
+                found = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+                lacking = [c.name for c in table.columns if c.name not in found]
+                if lacking:
+                    missing[table.name] = lacking
+            return missing
+
+        try:
+            async with self.engine.connect() as conn:
+                missing = await conn.run_sync(missing_columns)
+        except (*self._all_errors, OSError) as exc:
+            orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            raise BackendUnavailableError(
+                f"database {self.url_text}: reading its columns failed: {_short(orig)}"
+            ) from exc
+        return [f"table {name} lacks the column(s) {', '.join(columns)} of the model set; add "
+                f"them with: {self.migrate_command()}" for name, columns in missing.items()]
+
+    def migrate_command(self) -> str:
+        """The exact ``chainlit-orm migrate`` command for this database and model set (the
+        package's one hint, :func:`chainlit_orm.errors.migrate_command`)."""
+        return migrate_command(self.url_text, self.models)
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed

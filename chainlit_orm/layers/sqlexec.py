@@ -38,7 +38,7 @@ from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
            "TxScript", "json_path", "prepare", "tracking_sent"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 #: Whether the backend call running in this context handed a statement to the driver (see
 #: :func:`tracking_sent`); None outside a tracked call.

@@ -26,6 +26,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     SchemaError,
     TimeoutExceededError,
+    migrate_command,
 )
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import BATCH_WRITE, string_value
@@ -44,7 +45,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 _RETRYABLE_TX = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 _THROTTLED = {
@@ -190,6 +191,7 @@ class TableClient:
         """Resolve the region (see :func:`resolve_region`) and open the connection's pool; no
         request is sent until the first call."""
         self.table = config.table_name
+        self.models = config.models
         self.region = resolve_region(config.region, config.profile)
         self.endpoint_url = config.endpoint_url
         self.profile = config.profile
@@ -229,7 +231,9 @@ class TableClient:
         return f"dynamodb://{self.table}?{query}"
 
     def command(self) -> str:
-        return f"chainlit-orm migrate '{self.url}'"
+        """The exact ``chainlit-orm migrate`` command for this table and model set
+        (:func:`chainlit_orm.errors.migrate_command`)."""
+        return migrate_command(self.url, self.models)
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One API call in the worker pool, with typed errors; failed conditions raise
