@@ -264,12 +264,15 @@ class SQLBackend(SQLLifecycle):
         await asyncio.shield(task)
 
     async def _check_schema(self) -> None:
-        from chainlit_orm.migrations.sql import ensure_schema
+        from chainlit_orm.logs import quiet_alembic
 
         try:
             async with asyncio.timeout(self.migrate_timeout):
-                self._cascade = await ensure_schema(
-                    self.engine, self.models, create=self.create_schema)
+                with quiet_alembic():
+                    from chainlit_orm.migrations.sql import ensure_schema
+
+                    self._cascade = await ensure_schema(
+                        self.engine, self.models, create=self.create_schema)
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
