@@ -73,7 +73,7 @@ def quiet_alembic() -> Iterator[None]:
     try:
         # importing Alembic sets up its autogenerate plugins, logging each at INFO: done here,
         # inside, the first time
-        import alembic.autogenerate  # noqa: F401
+        import alembic.autogenerate
         import alembic.runtime.migration  # noqa: F401
 
         _attach()

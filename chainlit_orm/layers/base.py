@@ -147,6 +147,7 @@ def queue_until_user_message(
             return None
         return await method(self, *args, **kwargs)
 
+    wrapper.queued_until_user_message = True  # type: ignore[attr-defined]  # see tracing
     return wrapper
 
 
@@ -335,6 +336,9 @@ class ChainlitLayer(BaseDataLayer):
         soft_delete: a window (e.g. ``timedelta(days=30)``) turns the trash on: ``delete_thread``
             hides the thread from every read at once, ``restore_thread`` brings it back within
             the window, ``purge`` removes it after. None (default): a delete is a delete.
+        tracing: emit an OpenTelemetry span per call and per storage call
+            (:mod:`chainlit_orm.tracing`; needs the ``otel`` extra). None (default): on when
+            ``CHAINLIT_ORM_TRACING=1``, else off; off costs nothing.
     """
 
     def __init__(
@@ -347,6 +351,7 @@ class ChainlitLayer(BaseDataLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        tracing: bool | None = None,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
@@ -376,6 +381,13 @@ class ChainlitLayer(BaseDataLayer):
                                         or soft_delete <= timedelta(0)):
             raise InvalidInputError(f"soft_delete must be a positive timedelta: {soft_delete!r}")
         self.soft_delete: timedelta | None = soft_delete
+        from chainlit_orm import tracing as _tracing
+
+        #: whether this layer's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
+        self.tracing = _tracing.wanted(tracing)
+        if self.tracing:
+            _tracing.instrument_layer(self, system=getattr(backend, "tracing_system", "other"),
+                                      backend=getattr(backend, "tracing_backend", "other"))
 
     @property
     def _text_limits(self) -> dict[str, int]:

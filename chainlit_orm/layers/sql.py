@@ -38,6 +38,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from chainlit_orm import tracing as _tracing
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
@@ -176,6 +177,8 @@ class SQLBackend(SQLLifecycle):
             self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
+        #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
+        self.tracing_system, self.tracing_backend = self.dialect, "sql"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
             raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED_DRIVERS}")
@@ -291,8 +294,11 @@ class SQLBackend(SQLLifecycle):
             try:
                 return await self._attempts(fn)
             except BackendUnavailableError as exc:
-                exc.sent = sent[0]  # False: no statement left the client (create_element)
+                exc.sent = sent[0] > 0  # False: no statement left the client (create_element)
                 raise
+            finally:
+                if _tracing.ACTIVE:  # the one check paid when tracing is off
+                    _tracing.count(statements=sent[0], rows=sent[1])
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
         """:meth:`_run`'s loop."""
@@ -308,6 +314,8 @@ class SQLBackend(SQLLifecycle):
                 if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
                         not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     if attempt or not self._disconnected(orig):
                         await asyncio.sleep(delay * (1 + random.random()))
                         delay = min(delay * 2, 1.0)
@@ -315,6 +323,8 @@ class SQLBackend(SQLLifecycle):
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries and not _cancelling():
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
@@ -398,10 +408,11 @@ class SQLBackend(SQLLifecycle):
                     missing[table.name] = lacking
             return missing
 
+        failures: tuple[type[Exception], ...] = (*self._all_errors, OSError)
         try:
             async with self.engine.connect() as conn:
                 missing = await conn.run_sync(missing_columns)
-        except (*self._all_errors, OSError) as exc:
+        except failures as exc:
             orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
             raise BackendUnavailableError(
                 f"database {self.url_text}: reading its columns failed: {_short(orig)}"
@@ -1325,6 +1336,8 @@ class SQLDataLayer(ChainlitLayer):
             the calls that wait for it, and is not cut short by their ``timeout``.
         on_delete, soft_delete: the on-delete hook and the opt-in trash; see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
 
@@ -1343,6 +1356,7 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        tracing: bool | None = None,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
@@ -1353,7 +1367,7 @@ class SQLDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
 
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -51,7 +51,8 @@ __all__ = ["DEFAULT_MODELS", "ENTITIES", "ModelSet", "metadata_column"]
 ENTITIES: tuple[str, ...] = ("user", "thread", "step", "element", "feedback")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
-_ORIGIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_ORIGIN_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 #: What a hint shows for ``--models`` when the set's place cannot be found (see ``cli_spec``).
 UNKNOWN_ORIGIN = "MODULE:ATTR"

@@ -128,6 +128,8 @@ class DynamoBackend(DynamoLifecycle):
         models, table_name = config.models, config.table_name
         self.config = config
         self.models = models
+        #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
+        self.tracing_system, self.tracing_backend = "aws.dynamodb", "dynamodb"
         self.table = table_name
         self.retention = config.retention  # the TTL (None: nothing expires)
         self.offload_bytes = config.offload_bytes
