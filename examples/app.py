@@ -143,13 +143,15 @@ async def check_persistence() -> None:
     # Database reachable, schema migrated, storage writable: checked before anyone logs in.
     # Chainlit logs an Exception raised here and serves the app anyway (the error would come at
     # the first login); SystemExit stops it at start ("Application startup failed. Exiting.").
+    # "from None": the message lists every problem with its fix; the chained tracebacks would
+    # print it three times.
     layer = get_data_layer()
     if not isinstance(layer, chainlit_orm.ChainlitLayer):
         raise SystemExit(f"expected a chainlit-orm data layer, got {type(layer).__name__}")
     try:
         await layer.check()
     except CheckFailedError as err:
-        raise SystemExit(str(err)) from err
+        raise SystemExit(str(err)) from None
 
 
 # --------------------------------------------------------------------------- auth

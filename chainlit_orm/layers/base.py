@@ -983,7 +983,7 @@ class ChainlitLayer(BaseDataLayer):
                 try:
                     await get_data_layer().check()
                 except CheckFailedError as err:
-                    raise SystemExit(str(err)) from err
+                    raise SystemExit(str(err)) from None
 
         The database and the storage are checked side by side, within ``timeout`` seconds (the
         layer's ``timeout`` by default). On an empty SQLite file (``create_schema``) the schema
