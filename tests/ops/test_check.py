@@ -34,7 +34,7 @@ from chainlit_orm.layers.dynamodb import DynamoDataLayer
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.modelset import UNKNOWN_ORIGIN
 from tests.aws import MOTO_ENDPOINT, REGION, aws_env, dynamodb
-from tests.check import models
+from tests.ops import models
 from tests.schema import custom_models
 from tests.schema.custom_models import TenantThread
 
@@ -63,16 +63,16 @@ def test_migrate_command_masks_quotes_and_names_the_model_set() -> None:
         "chainlit-orm migrate 'postgresql+asyncpg://app:***@db:5432/chat'")
     assert migrate_command("dynamodb://chat?region=eu-west-1&profile=prod", models.TENANT) == (
         "chainlit-orm migrate 'dynamodb://chat?region=eu-west-1&profile=prod' "
-        "--models tests.check.models:TENANT")
+        "--models tests.ops.models:TENANT")
 
 
 def test_a_model_set_knows_where_it_is_defined() -> None:
     assert DEFAULT_MODELS.cli_spec() is None
-    assert models.TENANT.cli_spec() == "tests.check.models:TENANT"
+    assert models.TENANT.cli_spec() == "tests.ops.models:TENANT"
     assert models.STATED.cli_spec() == "myapp.models:CHAT"  # origin= wins
     assert custom_models.MODELS.cli_spec() == "tests.schema.custom_models:MODELS"
     assert ModelSet.build(thread=TenantThread).cli_spec() == UNKNOWN_ORIGIN  # bound to no name
-    with pytest.raises(ConfigurationError, match="origin must be 'package.module:attribute'"):
+    with pytest.raises(ConfigurationError, match=r"origin must be 'package\.module:attribute'"):
         ModelSet.build(origin="myapp/models.py")
 
 
@@ -129,7 +129,7 @@ async def test_check_lists_every_problem_at_once(tmp_path: Path) -> None:
     assert isinstance(error, ChainlitORMError)
     assert error.problems == [
         f"database: {url} lacks the tables users, steps, elements, feedbacks; upgrade it with: "
-        f"chainlit-orm migrate {url} --models tests.check.models:TENANT",
+        f"chainlit-orm migrate {url} --models tests.ops.models:TENANT",
         error.problems[1],
     ]
     assert error.problems[1].startswith(
@@ -153,7 +153,7 @@ async def test_a_missing_custom_column_names_migrate_with_models(tmp_path: Path)
     try:
         with pytest.raises(CheckFailedError) as info:
             await layer.check()
-        command = f"chainlit-orm migrate {url} --models tests.check.models:TENANT"
+        command = f"chainlit-orm migrate {url} --models tests.ops.models:TENANT"
         assert info.value.problems == [
             f"table threads lacks the column(s) tenant of the model set; add them with: "
             f"{command}"]
@@ -191,7 +191,7 @@ async def test_the_first_call_hint_of_a_custom_column_names_models(tmp_path: Pat
     finally:
         await layer.close()
     assert str(info.value).endswith(
-        f"; run: chainlit-orm migrate {url} --models tests.check.models:TENANT")
+        f"; run: chainlit-orm migrate {url} --models tests.ops.models:TENANT")
 
 
 # ---------------------------------------------------------------------------------- DynamoDB

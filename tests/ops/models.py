@@ -1,5 +1,5 @@
 """Model sets for the startup-check tests, bound to module-level names on purpose: the hints
-must find them here as ``tests.check.models:...``."""
+must find them here as ``tests.ops.models:...``."""
 
 from __future__ import annotations
 
