@@ -1,0 +1,75 @@
+"""``--tracing on|off`` of ``python -m bench``: chainlit-orm's OpenTelemetry spans on or off.
+
+On: ``CHAINLIT_ORM_TRACING=1`` (every chainlit-orm layer and storage the targets build is
+traced) and the SDK's ``TracerProvider`` with a ``BatchSpanProcessor`` whose exporter counts the
+spans and drops them: what an app pays for its spans up to the network (an OTLP exporter then
+sends the batches from the processor's own thread). Off: ``CHAINLIT_ORM_TRACING=0``, no provider
+(the API's no-op one), so the layers run exactly their untraced code.
+
+``python -m bench.otel OFF.json ON.json`` prints the comparison that ``bench/results/otel.md``
+holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXPORTED = [0]
+
+
+def install(setting: str) -> None:
+    """Apply ``--tracing on|off`` (before any target is built)."""
+    os.environ["CHAINLIT_ORM_TRACING"] = "1" if setting == "on" else "0"
+    if setting != "on":
+        return
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            EXPORTED[0] += len(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    trace.set_tracer_provider(provider)
+
+
+def flush() -> int:
+    """Export what is queued; the number of spans exported so far."""
+    from opentelemetry import trace
+
+    provider: Any = trace.get_tracer_provider()
+    if hasattr(provider, "force_flush"):
+        provider.force_flush()
+    return EXPORTED[0]
+
+
+def compare(off_path: str, on_path: str) -> str:
+    """A Markdown table of the W1 figures of two reports (``--tracing off`` and ``on``)."""
+    off, on = (json.load(open(p)) for p in (off_path, on_path))  # noqa: SIM115
+    lines = ["| target | metric | off | on | on / off |", "|---|---|---|---|---|"]
+    for name, metric in off["analysis"]["metrics"].items():
+        if not name.startswith("W1"):
+            continue
+        other = on["analysis"]["metrics"].get(name, {})
+        for target, value in sorted(metric.get("targets", {}).items()):
+            a, b = value.get("median"), other.get("targets", {}).get(target, {}).get("median")
+            if a is None or b is None:
+                continue
+            lines.append(f"| {target} | {name} ({metric.get('unit', '')}) | {a:,.0f} | {b:,.0f} "
+                         f"| {b / a:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(compare(sys.argv[1], sys.argv[2]))
