@@ -156,10 +156,14 @@ def _otel() -> tuple[Any, Any, Any]:
 
 
 def _tracer() -> Any:
-    from chainlit_orm import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        installed = version("chainlit-orm")
+    except PackageNotFoundError:  # a source tree that was never installed
+        installed = "0+unknown"
     trace, _, _ = _otel()
-    return trace.get_tracer("chainlit_orm", __version__)
+    return trace.get_tracer("chainlit_orm", installed)
 
 
 def _activate() -> None:
@@ -167,19 +171,20 @@ def _activate() -> None:
     ACTIVE = True
 
 
-def instrument_layer(layer: Any, *, system: str, backend: str) -> None:
+def instrument_layer(layer: Any, *, system: str, backend: str,
+                     requeue: Callable[[Any], Any]) -> None:
     """Give ``layer`` (a :class:`~chainlit_orm.layers.base.ChainlitLayer`) a span per call of
     :data:`LAYER_CALLS`, and its storage a span per call (see the module docstring).
 
-    A method Chainlit queues before a session's first message (``queue_until_user_message``)
-    is traced *inside* the queue, so the span covers the call when it runs, not when it is
-    queued.
+    A method Chainlit queues before a session's first message (``queue_until_user_message``,
+    passed as ``requeue``: this module imports no layer) is traced *inside* the queue, so the
+    span covers the call when it runs, not when it is queued. A storage client with an
+    ``enable_tracing()`` method (:class:`~chainlit_orm.storage.FsspecStorage`) traces itself;
+    any other (Chainlit's own clients) is traced where the layer calls it.
 
     Raises:
         MissingDependencyError: ``opentelemetry-api`` is not installed.
     """
-    from chainlit_orm.layers.base import queue_until_user_message
-
     tracer = _tracer()
     _, kind, _ = _otel()
     counter = API_CALLS if backend == "dynamodb" else STATEMENTS
@@ -192,14 +197,13 @@ def instrument_layer(layer: Any, *, system: str, backend: str) -> None:
         traced = _layer_span(tracer, kind.CLIENT, inner, name,
                              {**base, OPERATION: name}, counter)
         if queued:
-            traced = queue_until_user_message(traced)
+            traced = requeue(traced)
         setattr(layer, name, types.MethodType(traced, layer))
     storage = layer.storage
     if storage is not None and not getattr(storage, "traced", False):
-        from chainlit_orm.storage import FsspecStorage
-
-        if isinstance(storage, FsspecStorage):
-            instrument_storage(storage)
+        enable = getattr(storage, "enable_tracing", None)
+        if callable(enable):
+            enable()
         else:  # a client of Chainlit's: traced where the layer calls it
             call = _foreign_storage_span(tracer, kind.CLIENT,
                                          cls._storage_call, type(storage).__name__)

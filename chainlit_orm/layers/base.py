@@ -387,7 +387,8 @@ class ChainlitLayer(BaseDataLayer):
         self.tracing = _tracing.wanted(tracing)
         if self.tracing:
             _tracing.instrument_layer(self, system=getattr(backend, "tracing_system", "other"),
-                                      backend=getattr(backend, "tracing_backend", "other"))
+                                      backend=getattr(backend, "tracing_backend", "other"),
+                                      requeue=queue_until_user_message)
 
     @property
     def _text_limits(self) -> dict[str, int]:

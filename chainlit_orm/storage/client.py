@@ -351,10 +351,21 @@ class FsspecStorage(BaseStorageClient):
         from chainlit_orm import tracing as _tracing
 
         if _tracing.wanted(tracing):
-            _tracing.instrument_storage(self)
+            self.enable_tracing()
 
     #: whether this storage's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
     traced: bool = False
+
+    def enable_tracing(self) -> None:
+        """Emit an OpenTelemetry span per call from now on (a traced layer calls this on its
+        storage; see :mod:`chainlit_orm.tracing`).
+
+        Raises:
+            MissingDependencyError: ``opentelemetry-api`` is not installed (extra ``otel``).
+        """
+        from chainlit_orm import tracing as _tracing
+
+        _tracing.instrument_storage(self)
 
     @property
     def kind(self) -> str:
