@@ -165,3 +165,20 @@ async def test_scale_rows_are_deterministic_and_match_the_expected_lists() -> No
     assert steps[0][sc.index("type")] == "user_message"
     assert store.key("ddl a") != store.key("ddl b")
     assert store.key("ddl a") != scale.Store(20_000).key("ddl a")
+
+
+def test_a_private_moto_serves_every_selection_that_holds_a_dynamodb_target() -> None:
+    """``--targets chainlit-orm,floor`` runs chainlit-orm/dynamodb and floor/dynamodb: they get
+    the bench's private moto server (they used to be sent to the tests' shared one, which kept
+    the bench's tables in memory: 14 GB after one run)."""
+    import argparse
+
+    from bench.__main__ import _dynamodb_selected
+
+    def selected(targets: str | None) -> bool:
+        return _dynamodb_selected(argparse.Namespace(targets=targets))
+
+    assert [selected(t) for t in (None, "chainlit-orm,floor", "dynamo", "floor/dynamodb")] == [
+        True, True, True, True]
+    assert [selected(t) for t in ("sqlite,floor/postgresql", "floor/sqlite",
+                                  "chainlit-orm/mariadb")] == [False, False, False]
