@@ -128,6 +128,7 @@ async def test_sqlite_calls_and_a_storage_call(tmp_path: Path, storage: FsspecSt
         "create_user", statements=1, rows=1)
     assert attributes(by_name["chainlit_orm.update_thread"]) == sql(
         "update_thread", statements=1, rows=0, thread_id=thread_id)
+    # a user message: BEGIN, the thread's activity (UPDATE), the step (INSERT), COMMIT
     assert attributes(by_name["chainlit_orm.create_step"]) == sql(
         "create_step", statements=4, rows=0, thread_id=thread_id)
     assert attributes(by_name["chainlit_orm.create_element"]) == sql(
@@ -260,3 +261,39 @@ async def test_the_environment_variable(tmp_path: Path, spans: InMemorySpanExpor
     monkeypatch.setenv(tracing.ENV_TRACING, "maybe")
     with pytest.raises(ConfigurationError, match="CHAINLIT_ORM_TRACING='maybe'"):
         chainlit_orm.SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
+
+
+@pytest.mark.sqlite
+async def test_a_queued_call_is_traced_when_it_runs(tmp_path: Path,
+                                                    spans: InMemorySpanExporter) -> None:
+    """Before a session's first message Chainlit's queue holds the call; the span is made when
+    the queue is flushed and the write happens, not when it is queued."""
+    from chainlit.context import init_ws_context
+    from chainlit.session import WebsocketSession
+
+    layer = chainlit_orm.SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+                                      tracing=True)
+    thread_id = str(uuid.uuid4())
+    session = WebsocketSession(
+        id=str(uuid.uuid4()), socket_id=str(uuid.uuid4()), emit=lambda *a: None,
+        emit_call=lambda *a: None, user_env={}, client_type="webapp", thread_id=thread_id)
+    try:
+        await layer.check()
+        spans.clear()
+        init_ws_context(session)
+        queued = step(thread_id, kind="assistant_message")
+        assert await layer.create_step(queued) is None
+        assert list(session.thread_queues) == ["create_step"]
+        assert finished(spans) == []
+        session.has_first_interaction = True
+        await session.flush_method_queue()
+        assert await layer.get_step(queued["id"]) is not None
+    finally:
+        await session.delete()
+        await layer.close()
+    assert [s.name for s in finished(spans)] == ["chainlit_orm.create_step",
+                                                 "chainlit_orm.get_step"]
+    # a step of a thread not written yet: its INSERT (refused: no thread), the stub thread's,
+    # the step's again (the statements the layer's on_statement listeners see)
+    assert attributes(finished(spans)[0]) == sql("create_step", statements=3, rows=0,
+                                                 thread_id=thread_id)
