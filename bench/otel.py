@@ -57,7 +57,8 @@ def flush() -> int:
 def compare(off_path: str, on_path: str) -> str:
     """A Markdown table of the W1 figures of two reports (``--tracing off`` and ``on``)."""
     off, on = (json.load(open(p)) for p in (off_path, on_path))  # noqa: SIM115
-    lines = ["| target | metric | off | on | on / off |", "|---|---|---|---|---|"]
+    lines = ["| target | metric | off (median) | on (median) | on / off | added per step |",
+             "|---|---|---|---|---|---|"]
     for name, metric in off["analysis"]["metrics"].items():
         if not name.startswith("W1"):
             continue
@@ -66,8 +67,9 @@ def compare(off_path: str, on_path: str) -> str:
             a, b = value.get("median"), other.get("targets", {}).get(target, {}).get("median")
             if a is None or b is None:
                 continue
+            added = f"{1e6 / b - 1e6 / a:+.0f} us" if metric.get("unit") == "steps/s" else ""
             lines.append(f"| {target} | {name} ({metric.get('unit', '')}) | {a:,.0f} | {b:,.0f} "
-                         f"| {b / a:.3f} |")
+                         f"| {b / a:.3f} | {added} |")
     return "\n".join(lines)
 
 
