@@ -241,23 +241,28 @@ def _layer_span(tracer: Any, kind: Any, method: F, name: str,
         stats = CallStats()
         token = _STATS.set(stats)
         try:
-            with tracer.start_as_current_span(span_name, kind=kind, attributes=attributes,
+            attributes_: Mapping[str, Any] = attributes
+            if thread_of is not None:
+                thread_id = thread_of(args, kwargs)
+                if isinstance(thread_id, str):
+                    attributes_ = {**attributes, THREAD_ID: thread_id}
+            with tracer.start_as_current_span(span_name, kind=kind, attributes=attributes_,
                                               record_exception=True,
                                               set_status_on_exception=True) as span:
-                if thread_of is not None:
-                    thread_id = thread_of(args, kwargs)
-                    if isinstance(thread_id, str):
-                        span.set_attribute(THREAD_ID, thread_id)
+                error: str | None = None
                 try:
                     return await method(self, *args, **kwargs)
                 except BaseException as exc:
-                    span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+                    error = type(exc).__qualname__
                     raise
                 finally:
-                    span.set_attribute(counter, stats.api_calls if counter == API_CALLS
-                                       else stats.statements)
-                    span.set_attribute(ROWS, stats.rows)
-                    span.set_attribute(RETRIES, stats.retries)
+                    # one call (one lock in the SDK) for everything known at the end
+                    sent = stats.api_calls if counter == API_CALLS else stats.statements
+                    end: dict[str, int | str] = {counter: sent, ROWS: stats.rows,
+                                                 RETRIES: stats.retries}
+                    if error is not None:
+                        end[ERROR_TYPE] = error
+                    span.set_attributes(end)
         finally:
             _STATS.reset(token)
 
