@@ -48,8 +48,8 @@ from chainlit_orm.errors import ConfigurationError, MissingDependencyError
 __all__ = [
     "ACTIVE",
     "ENV_TRACING",
-    "LAYER_CALLS",
-    "STORAGE_CALLS",
+    "TRACED_LAYER_CALLS",
+    "TRACED_STORAGE_CALLS",
     "count",
     "instrument_layer",
     "instrument_storage",
@@ -66,14 +66,14 @@ ACTIVE = False
 
 #: The data-layer methods that get a span: Chainlit's ``BaseDataLayer`` interface and the
 #: layer's own public calls.
-LAYER_CALLS = (
+TRACED_LAYER_CALLS = (
     "get_user", "create_user", "update_thread", "get_thread_author", "get_thread",
     "list_threads", "delete_thread", "restore_thread", "erase_user", "purge", "create_step",
     "update_step", "delete_step", "get_step", "get_favorite_steps", "create_element",
     "get_element", "delete_element", "upsert_feedback", "delete_feedback", "check",
 )
 #: The storage methods that get a span.
-STORAGE_CALLS = ("upload_file", "delete_file", "discard_file", "read_file", "get_read_url",
+TRACED_STORAGE_CALLS = ("upload_file", "delete_file", "discard_file", "read_file", "get_read_url",
                  "list_keys")
 
 SPAN_PREFIX = "chainlit_orm."
@@ -174,7 +174,7 @@ def _activate() -> None:
 def instrument_layer(layer: Any, *, system: str, backend: str,
                      requeue: Callable[[Any], Any]) -> None:
     """Give ``layer`` (a :class:`~chainlit_orm.layers.base.ChainlitLayer`) a span per call of
-    :data:`LAYER_CALLS`, and its storage a span per call (see the module docstring).
+    :data:`TRACED_LAYER_CALLS`, and its storage a span per call (see the module docstring).
 
     A method Chainlit queues before a session's first message (``queue_until_user_message``,
     passed as ``requeue``: this module imports no layer) is traced *inside* the queue, so the
@@ -190,7 +190,7 @@ def instrument_layer(layer: Any, *, system: str, backend: str,
     counter = API_CALLS if backend == "dynamodb" else STATEMENTS
     base = {SYSTEM: system, BACKEND: backend}
     cls = type(layer)
-    for name in LAYER_CALLS:
+    for name in TRACED_LAYER_CALLS:
         method = getattr(cls, name)
         queued = getattr(method, "queued_until_user_message", False)
         inner = method.__wrapped__ if queued else method
@@ -213,7 +213,7 @@ def instrument_layer(layer: Any, *, system: str, backend: str,
 
 def instrument_storage(storage: Any) -> None:
     """Give an :class:`~chainlit_orm.storage.FsspecStorage` a span per call of
-    :data:`STORAGE_CALLS` (once; a second call changes nothing).
+    :data:`TRACED_STORAGE_CALLS` (once; a second call changes nothing).
 
     Raises:
         MissingDependencyError: ``opentelemetry-api`` is not installed.
@@ -223,7 +223,7 @@ def instrument_storage(storage: Any) -> None:
     tracer = _tracer()
     _, kind, _ = _otel()
     cls = type(storage)
-    for name in STORAGE_CALLS:
+    for name in TRACED_STORAGE_CALLS:
         traced = _storage_span(tracer, kind.CLIENT, getattr(cls, name), name,
                                storage.kind)
         setattr(storage, name, types.MethodType(traced, storage))

@@ -236,7 +236,7 @@ async def test_off_by_default_changes_nothing(tmp_path: Path, spans: InMemorySpa
     layer = chainlit_orm.SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
     try:
         assert layer.tracing is False
-        assert not set(tracing.LAYER_CALLS) & set(vars(layer))  # the class's methods, as is
+        assert not set(tracing.TRACED_LAYER_CALLS) & set(vars(layer))  # the class's methods, as is
         assert await layer.get_user("nobody") is None
     finally:
         await layer.close()
