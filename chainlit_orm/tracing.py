@@ -74,7 +74,7 @@ TRACED_LAYER_CALLS = (
 )
 #: The storage methods that get a span.
 TRACED_STORAGE_CALLS = ("upload_file", "delete_file", "discard_file", "read_file", "get_read_url",
-                 "list_keys")
+                        "list_keys")
 
 SPAN_PREFIX = "chainlit_orm."
 SYSTEM = "db.system.name"
