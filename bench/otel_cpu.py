@@ -8,7 +8,9 @@ core. Two layers on two SQLite files, one with ``tracing=True`` (the SDK's ``Tra
 a ``BatchSpanProcessor`` and an exporter that drops the spans: what an app pays before the
 network), one without; W1's shape (``update_thread``, then 3 x ``create_step`` +
 ``update_step``, the steps of bench/workloads.py) runs in blocks that alternate between them.
-Prints the median CPU microseconds per step of each and the difference.
+Prints the median CPU microseconds per step of each and the difference. ``--provider none``
+keeps OpenTelemetry's no-op provider: what chainlit-orm's own instrumentation costs, the SDK's
+span handling left out.
 """
 
 from __future__ import annotations
@@ -42,14 +44,17 @@ async def _w1(layer: Any, user_id: str, threads: int) -> int:
     return steps
 
 
-async def main(blocks: int, threads: int) -> None:
+async def main(blocks: int, threads: int, provider: str) -> None:
     from chainlit.context import init_http_context
     from chainlit.user import User
 
     import chainlit_orm
 
     init_http_context()
-    otel.install("both")  # the SDK for the traced layer; CHAINLIT_ORM_TRACING=0 for the other
+    if provider == "sdk":
+        otel.install("both")  # the SDK for the traced layer; CHAINLIT_ORM_TRACING=0 for the other
+    else:  # OpenTelemetry's API alone (its no-op provider): what chainlit-orm's own code costs
+        os.environ["CHAINLIT_ORM_TRACING"] = "0"
     work = tempfile.mkdtemp(prefix="clorm-otel-cpu-")
     layers = {
         "off": chainlit_orm.SQLDataLayer(f"sqlite+aiosqlite:///{os.path.join(work, 'off.db')}"),
@@ -72,8 +77,8 @@ async def main(blocks: int, threads: int) -> None:
     for layer in layers.values():
         await layer.close()
     off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
-    print(f"blocks: {blocks} x {threads} W1 threads ({threads * 3} steps) per layer, "
-          f"alternating; spans exported: {exported}")
+    print(f"provider: {provider}; blocks: {blocks} x {threads} W1 threads ({threads * 3} steps) "
+          f"per layer, alternating; spans exported: {exported}")
     print(f"CPU per step, tracing off: median {off:.0f} us "
           f"[{', '.join(f'{v:.0f}' for v in cpu['off'])}]")
     print(f"CPU per step, tracing on:  median {on:.0f} us "
@@ -85,5 +90,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.otel_cpu", description=__doc__)
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--threads", type=int, default=40, help="W1 threads per block")
+    parser.add_argument("--provider", choices=("sdk", "none"), default="sdk",
+                        help="sdk: the SDK with a batch processor and a dropping exporter; none: "
+                        "OpenTelemetry's no-op provider (chainlit-orm's own cost alone)")
     args = parser.parse_args()
-    asyncio.run(main(args.blocks, args.threads))
+    asyncio.run(main(args.blocks, args.threads, args.provider))
