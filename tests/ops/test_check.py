@@ -249,3 +249,51 @@ async def test_a_missing_bucket_is_a_problem(dynamodb: Any, tmp_path: Path,
         await layer.close()
         with contextlib.suppress(s3.exceptions.NoSuchBucket):
             s3.delete_bucket(Bucket=bucket)
+
+
+# -------------------------------------------------------------------------- PostgreSQL, MariaDB
+
+
+@pytest.mark.postgres
+async def test_postgresql_custom_set_in_its_own_schema() -> None:
+    """A database migrated with the default set; the app's set has a prefix, a PostgreSQL
+    schema and a tenant column: the check names ``migrate --models``, and once that ran, passes
+    (columns read in the set's schema). The password is masked in the command."""
+    from tests.fixtures.legacy import temp_postgres_db
+
+    async with temp_postgres_db() as url:
+        await chainlit_orm.migrate(url)
+        secret_url = url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+        layer = chainlit_orm.SQLDataLayer(secret_url, models=custom_models.MODELS)
+        try:
+            with pytest.raises(CheckFailedError) as info:
+                await layer.check()
+            shown = url.replace("postgres@", "postgres:***@")
+            assert info.value.problems == [
+                f"database: {shown} has none of the chainlit-orm tables; create them with: "
+                f"chainlit-orm migrate '{shown}' --models tests.schema.custom_models:MODELS"]
+            assert "hunter2" not in str(info.value)
+            await chainlit_orm.migrate(url, models=custom_models.MODELS)
+            await layer.check()
+        finally:
+            await layer.close()
+
+
+@pytest.mark.mariadb
+async def test_mariadb_missing_custom_column() -> None:
+    from tests.fixtures.legacy import temp_mariadb_db
+
+    async with temp_mariadb_db() as url:
+        await chainlit_orm.migrate(url)
+        layer = chainlit_orm.SQLDataLayer(url, models=models.TENANT)
+        try:
+            with pytest.raises(CheckFailedError) as info:
+                await layer.check()
+            shown = layer.sql.url_text
+            assert info.value.problems == [
+                "table threads lacks the column(s) tenant of the model set; add them with: "
+                f"chainlit-orm migrate {shown} --models tests.ops.models:TENANT"]
+            await chainlit_orm.migrate(url, models=models.TENANT)
+            await layer.check()
+        finally:
+            await layer.close()
