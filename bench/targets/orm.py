@@ -47,13 +47,19 @@ class OrmSQL(LayerTarget):
     kind = "orm"
     search_scope = frozenset({"name", "text"})  # names and message text (DESIGN.md)
 
-    def __init__(self, workdir: str, backend: str) -> None:
+    def __init__(self, workdir: str, backend: str, tracing: bool = False) -> None:
         super().__init__(workdir)
         self.backend = backend
-        self.name = f"chainlit-orm/{backend}"
-        self.description = "chainlit_orm.SQLDataLayer"
-        self.path = os.path.join(workdir, "orm.sqlite")
-        self.url = URLS[backend].format(path=self.path)
+        #: ``--tracing both``: a second target, the same layer with ``tracing=True``, in its own
+        #: database, taking turns with the untraced one (bench/otel.py)
+        self.tracing = tracing
+        suffix = "_otel" if tracing else ""
+        self.name = f"chainlit-orm{'+otel' if tracing else ''}/{backend}"
+        self.description = "chainlit_orm.SQLDataLayer" + (" (tracing=True)" if tracing else "")
+        self.path = os.path.join(workdir, f"orm{suffix}.sqlite")
+        self.database = f"bench_orm{suffix}"
+        self.url = URLS[backend].format(path=self.path).replace("/bench_orm",
+                                                                 f"/{self.database}")
 
     def check(self) -> None:
         m = _import()
@@ -66,9 +72,9 @@ class OrmSQL(LayerTarget):
     async def setup(self, ds: Dataset) -> None:
         m = _import()
         if self.backend == "postgresql":
-            await rawdb.pg_recreate("bench_orm")
+            await rawdb.pg_recreate(self.database)
         elif self.backend == "mariadb":
-            await rawdb.my_recreate("bench_orm")
+            await rawdb.my_recreate(self.database)
         else:
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(self.path + ext):
@@ -78,9 +84,13 @@ class OrmSQL(LayerTarget):
             await res
         # shipped defaults: no option passed (validation, timeouts, retries, reconnect handling
         # as an app gets them); the report lists those defaults
-        self.layer = m.SQLDataLayer(self.url)
-        self.settings["options"] = "none (shipped defaults: " + shipped_defaults(
-            m.SQLDataLayer) + ")"
+        if self.tracing:
+            self.layer = m.SQLDataLayer(self.url, tracing=True)
+            self.settings["options"] = "tracing=True (else shipped defaults)"
+        else:
+            self.layer = m.SQLDataLayer(self.url)
+            self.settings["options"] = "none (shipped defaults: " + shipped_defaults(
+                m.SQLDataLayer) + ")"
         sql = getattr(self.layer, "sql", None)
         engine = getattr(sql, "engine", None)
         if engine is None:

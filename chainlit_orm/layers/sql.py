@@ -38,6 +38,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from chainlit_orm import tracing as _tracing
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
@@ -49,6 +50,7 @@ from chainlit_orm.errors import (
     SchemaError,
     TimeoutExceededError,
     mask_url,
+    migrate_command,
 )
 from chainlit_orm.layers.base import ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
@@ -78,7 +80,7 @@ from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -179,6 +181,8 @@ class SQLBackend(SQLLifecycle):
             self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
+        #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
+        self.tracing_system, self.tracing_backend = self.dialect, "sql"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
             raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED_DRIVERS}")
@@ -279,12 +283,15 @@ class SQLBackend(SQLLifecycle):
         await asyncio.shield(task)
 
     async def _check_schema(self) -> None:
-        from chainlit_orm.migrations.sql import ensure_schema
+        from chainlit_orm.logs import quiet_alembic
 
         try:
             async with asyncio.timeout(self.migrate_timeout):
-                self._cascade = await ensure_schema(
-                    self.engine, self.models, create=self.create_schema)
+                with quiet_alembic():
+                    from chainlit_orm.migrations.sql import ensure_schema
+
+                    self._cascade = await ensure_schema(
+                        self.engine, self.models, create=self.create_schema)
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
@@ -303,8 +310,11 @@ class SQLBackend(SQLLifecycle):
             try:
                 return await self._attempts(fn)
             except BackendUnavailableError as exc:
-                exc.sent = sent[0]  # False: no statement left the client (create_element)
+                exc.sent = sent[0] > 0  # False: no statement left the client (create_element)
                 raise
+            finally:
+                if _tracing.ACTIVE:  # the one check paid when tracing is off
+                    _tracing.count(statements=sent[0], rows=sent[1])
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
         """:meth:`_run`'s loop."""
@@ -320,6 +330,8 @@ class SQLBackend(SQLLifecycle):
                 if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
                         not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     if attempt or not self._disconnected(orig):
                         await asyncio.sleep(delay * (1 + random.random()))
                         delay = min(delay * 2, 1.0)
@@ -327,6 +339,8 @@ class SQLBackend(SQLLifecycle):
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries and not _cancelling():
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
@@ -377,12 +391,55 @@ class SQLBackend(SQLLifecycle):
             return InvalidInputError(f"value rejected by the database: {text}")
         if kind == "schema":
             return SchemaError(
-                f"database schema does not match the models ({text}); run: chainlit-orm migrate "
-                f"{self.url_text}"
+                f"database schema does not match the models ({text}); run: "
+                f"{self.migrate_command()}"
             )
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
         return ChainlitORMError(f"database error: {text}")
+
+    async def check(self) -> list[str]:
+        """The database part of :meth:`ChainlitLayer.check`: the first-use schema check (run
+        now: connects, reads the recorded version; creates an empty embedded database's schema
+        as first use would), then every column of the model set, read from the database, so a
+        custom column the database lacks is found before a write needs it (first use checks
+        tables and version only: the schema version does not change with custom columns).
+
+        Raises:
+            SchemaOutdatedError: the first-use check refused the schema (its message names the
+                command that fixes it).
+            BackendUnavailableError: the database cannot be reached.
+        """
+        await self.ensure_ready()
+        schema = self.models.schema if self.dialect == "postgresql" else None
+        tables = [table for _, table in self.models.tables()]
+
+        def missing_columns(conn: sa.Connection) -> dict[str, list[str]]:
+            inspector = sa.inspect(conn)
+            missing: dict[str, list[str]] = {}
+            for table in tables:
+                found = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+                lacking = [c.name for c in table.columns if c.name not in found]
+                if lacking:
+                    missing[table.name] = lacking
+            return missing
+
+        failures: tuple[type[Exception], ...] = (*self._all_errors, OSError)
+        try:
+            async with self.engine.connect() as conn:
+                missing = await conn.run_sync(missing_columns)
+        except failures as exc:
+            orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            raise BackendUnavailableError(
+                f"database {self.url_text}: reading its columns failed: {_short(orig)}"
+            ) from exc
+        return [f"table {name} lacks the column(s) {', '.join(columns)} of the model set; add "
+                f"them with: {self.migrate_command()}" for name, columns in missing.items()]
+
+    def migrate_command(self) -> str:
+        """The exact ``chainlit-orm migrate`` command for this database and model set (the
+        package's one hint, :func:`chainlit_orm.errors.migrate_command`)."""
+        return migrate_command(self.url_text, self.models)
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
@@ -1295,6 +1352,8 @@ class SQLDataLayer(ChainlitLayer):
         on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
             the bound of one hook call (seconds, default 30); see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
 
@@ -1314,6 +1373,7 @@ class SQLDataLayer(ChainlitLayer):
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        tracing: bool | None = None,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
@@ -1325,7 +1385,7 @@ class SQLDataLayer(ChainlitLayer):
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
                          on_delete=on_delete, soft_delete=soft_delete,
-                         on_delete_timeout=on_delete_timeout, **kwargs)
+                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
 
 

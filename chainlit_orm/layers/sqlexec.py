@@ -38,21 +38,26 @@ from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
            "TxScript", "json_path", "prepare", "tracking_sent"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
-#: Whether the backend call running in this context handed a statement to the driver (see
-#: :func:`tracking_sent`); None outside a tracked call.
-_SENT: ContextVar[list[bool] | None] = ContextVar("chainlit_orm_statement_sent", default=None)
+#: What the backend call running in this context sent (see :func:`tracking_sent`): ``[statements
+#: handed to the driver, rows fetched]``; None outside a tracked call.
+_SENT: ContextVar[list[int] | None] = ContextVar("chainlit_orm_statement_sent", default=None)
 
 
 @contextlib.contextmanager
-def tracking_sent() -> Iterator[list[bool]]:
-    """Within the body, ``box[0]`` becomes True once any statement (BEGIN included) is handed to
-    the driver. Why: after a failure, False means the write certainly did not reach the server
+def tracking_sent() -> Iterator[list[int]]:
+    """Within the body, ``box[0]`` counts the statements (BEGIN included) handed to the driver
+    and ``box[1]`` the rows fetched (on the event loop; a SQLite transaction run in its
+    connection's thread counts its statements, not its rows).
+
+    Why: after a failure, 0 statements means the write certainly did not reach the server
     (every attempt failed while connecting), so what it depended on (an uploaded file) can be
-    undone; True means its outcome is unknown. Set before the driver is called, so a statement
-    that failed before it left the client still counts: the error is on the safe side."""
-    box = [False]
+    undone; more means its outcome is unknown. Counted before the driver is called, so a
+    statement that failed before it left the client still counts: the error is on the safe
+    side. The counts are also what a tracing span reports (:mod:`chainlit_orm.tracing`), at no
+    extra cost: the box exists for the first reason anyway."""
+    box = [0, 0]
     token = _SENT.set(box)
     try:
         yield box
@@ -60,10 +65,16 @@ def tracking_sent() -> Iterator[list[bool]]:
         _SENT.reset(token)
 
 
-def _mark_sent() -> None:
+def _mark_sent(statements: int = 1) -> None:
     box = _SENT.get()
     if box is not None:
-        box[0] = True
+        box[0] += statements
+
+
+def _count_rows(rows: int) -> None:
+    box = _SENT.get()
+    if box is not None:
+        box[1] += rows
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
@@ -276,6 +287,7 @@ class RawConnection:
             async with d.cursor() as cur:
                 await cur.execute(p.sql, args)
                 raw = await cur.fetchall()
+        _count_rows(len(raw))
         return p.rows(raw)
 
     async def fetch_pair(self, first: Statement, second: Statement, params: Mapping[str, Any]
@@ -412,6 +424,7 @@ class RawConnection:
             abandoned[0] = True
             raise
         finally:
+            _mark_sent(max(len(words) - 1, 0))  # the statements of the thread (one counted above)
             if self.listeners:
                 for word in words:
                     self._notify(word)

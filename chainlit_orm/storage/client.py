@@ -241,6 +241,9 @@ class FsspecStorage(BaseStorageClient):
             how much request preparation (payload hashing and signing, done on the loop by
             aiobotocore/azure-core) piles up in one loop iteration. botocore's connection pool
             holds 10 connections by default, so 8 costs no S3 throughput.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. A traced layer traces its storage too. See
+            :mod:`chainlit_orm.tracing`.
         **options: passed to the fsspec filesystem (s3fs: ``endpoint_url``, ``key``, ``token``,
             ``client_kwargs``, ...; adlfs: ``connection_string``, ``account_name``,
             ``account_key``, ``account_host``, ...). Unset options
@@ -270,6 +273,7 @@ class FsspecStorage(BaseStorageClient):
         timeout: float | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        tracing: bool | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
@@ -345,6 +349,29 @@ class FsspecStorage(BaseStorageClient):
             self._sync_fs = self._new_filesystem(asynchronous=False)
             self.register_for_route()
             self._mount(mount)
+        from chainlit_orm import tracing as _tracing
+
+        if _tracing.wanted(tracing):
+            self.enable_tracing()
+
+    #: whether this storage's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
+    traced: bool = False
+
+    def enable_tracing(self) -> None:
+        """Emit an OpenTelemetry span per call from now on (a traced layer calls this on its
+        storage; see :mod:`chainlit_orm.tracing`).
+
+        Raises:
+            MissingDependencyError: ``opentelemetry-api`` is not installed (extra ``otel``).
+        """
+        from chainlit_orm import tracing as _tracing
+
+        _tracing.instrument_storage(self)
+
+    @property
+    def kind(self) -> str:
+        """``s3``, ``azure``, ``local`` or ``memory``."""
+        return self._backend.kind
 
     # -- construction helpers -------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class DynamoDataLayer(ChainlitLayer):
             reads treat a thread past it as gone at once, DynamoDB removes the item within
             days, and ``chainlit-orm purge`` removes what it leaves (its other items, its
             files: TTL removes no file and calls no hook). None (default): nothing expires.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
 
     The keyword arguments make a :class:`DynamoConfig` (``self.config``), which checks them.
 
@@ -96,6 +98,7 @@ class DynamoDataLayer(ChainlitLayer):
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
         retention: timedelta | None = None,
+        tracing: bool | None = None,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -113,7 +116,7 @@ class DynamoDataLayer(ChainlitLayer):
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
                          on_delete=on_delete, soft_delete=soft_delete,
-                         on_delete_timeout=on_delete_timeout, **kwargs)
+                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 
