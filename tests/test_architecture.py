@@ -238,6 +238,44 @@ def test_private_top_level_names_are_unique() -> None:
             if len(where) > 1} == {}
 
 
+def _sources(*parts: str) -> Iterator[tuple[str, ast.AST]]:
+    """(module name, tree) of every module under these parts of the package (a part is a
+    package directory or a module file, relative to the package)."""
+    for part in parts:
+        path = ROOT / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+        for file in files:
+            yield _module_name(file), ast.parse(file.read_text(encoding="utf-8"), str(file))
+
+
+def test_the_step_and_element_order_is_written_once() -> None:
+    """Both backends order a thread's steps and elements with ``models.rules`` (``STEP_ORDER``,
+    ``step_order``, ``element_order``): no sort key on ``createdAt`` is written inline
+    in a layer."""
+    inline = []
+    for name, tree in _sources("layers"):
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            key = next((k.value for k in node.keywords if k.arg == "key"), None)
+            if isinstance(key, ast.Lambda):
+                inside: ast.AST = key.body
+            elif isinstance(node.func, ast.Attribute) and node.func.attr == "order_by":
+                inside = ast.Tuple(elts=list(node.args))
+            else:
+                continue
+            if any((isinstance(c, ast.Constant) and c.value == "createdAt")
+                   or (isinstance(c, ast.Attribute) and c.attr == "createdAt")
+                   for c in ast.walk(inside)):
+                inline.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert inline == []
+    for module in ("layers/sql", "layers/dynamodb/backend"):
+        imported = {alias.name for _, tree in _sources(module) for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module == f"{PACKAGE}.models.rules"
+                    for alias in node.names}
+        assert imported & {"STEP_ORDER", "step_order"} and "element_order" in imported, module
+
+
 def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     """The reader itself: function-local, TYPE_CHECKING, relative and importlib imports."""
     package = tmp_path / PACKAGE

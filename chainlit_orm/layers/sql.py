@@ -70,7 +70,7 @@ from chainlit_orm.layers.sqlexec import (
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.lifecycle.hooks import OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.models.rules import feedback_dict
+from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
@@ -663,7 +663,7 @@ class SQLBackend(SQLLifecycle):
                 .where(t.c.id == tid, t.c.deletedAt.is_(None))
             )
             steps = (self._steps_with_feedback().where(s.c.threadId == tid)
-                     .order_by(s.c.createdAt, s.c.id))
+                     .order_by(*(s.c[name] for name in STEP_ORDER)))
             return head, steps
 
         q_head, q_steps = self._cached("get_thread", build)
@@ -679,7 +679,7 @@ class SQLBackend(SQLLifecycle):
             thread = {name: head[0][name] for name in thread_columns}
             elements = sorted(({name: row[label] for label, name in element_columns}
                                for row in head if row[_ELEMENT + "id"] is not None),
-                              key=lambda element: element["id"])
+                              key=element_order)
             return thread, [self._with_feedback(r) for r in steps], elements
 
         return await self._run(op)
@@ -1123,7 +1123,7 @@ class SQLBackend(SQLLifecycle):
             t, t.c.id == s.c.threadId).where(
             s.c.favorite.is_(True), t.c.userId == sa.bindparam("uid", type_=t.c.userId.type),
             t.c.deletedAt.is_(None),
-        ).order_by(s.c.createdAt.desc(), s.c.id.desc()))
+        ).order_by(*(s.c[name].desc() for name in STEP_ORDER)))
 
         async def op() -> list[dict[str, Any]]:
             async with self.raw.connect() as conn:

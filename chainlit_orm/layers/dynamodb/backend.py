@@ -59,7 +59,12 @@ from chainlit_orm.layers.dynamodb.table import (
     ConditionFailed,
     TableClient,
 )
-from chainlit_orm.models.rules import feedback_dict, step_text_object_key
+from chainlit_orm.models.rules import (
+    element_order,
+    feedback_dict,
+    step_order,
+    step_text_object_key,
+)
 from chainlit_orm.models.search import matches
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.dynamo import (
@@ -550,8 +555,8 @@ class DynamoBackend(DynamoLifecycle):
             found = feedback.get(step_id) or legacy_feedback(step_items[step_id])
             if found:
                 row["feedback"] = found
-        ordered = sorted(steps.values(), key=lambda r: (r.get("createdAt") or "", str(r["id"])))
-        elements.sort(key=lambda r: str(r.get("id")))
+        ordered = sorted(steps.values(), key=step_order)
+        elements.sort(key=element_order)
         return thread, ordered, elements
 
     async def list_threads(
@@ -1124,7 +1129,7 @@ class DynamoBackend(DynamoLifecycle):
 
         nested = await asyncio.gather(*(favorites(str(t["id"])) for t in threads))
         steps = [s for group in nested for s in group]
-        steps.sort(key=lambda r: (r.get("createdAt") or "", str(r["id"])), reverse=True)
+        steps.sort(key=step_order, reverse=True)
         return steps
 
     # ---------------------------------------------------------------- elements
