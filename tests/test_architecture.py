@@ -25,6 +25,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "chainlit_orm"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
@@ -274,6 +275,100 @@ def test_the_step_and_element_order_is_written_once() -> None:
                     if isinstance(node, ast.ImportFrom) and node.module == f"{PACKAGE}.models.rules"
                     for alias in node.names}
         assert imported & {"STEP_ORDER", "step_order"} and "element_order" in imported, module
+
+
+def _is_backend(node: ast.AST) -> bool:
+    """``backend`` or ``<anything>.backend`` (``self.backend``, ``layer.backend``)."""
+    return (isinstance(node, ast.Name) and node.id == "backend") or (
+        isinstance(node, ast.Attribute) and node.attr == "backend")
+
+
+def backend_uses(*parts: str) -> dict[str, set[str]]:
+    """module -> every name it uses on a backend: ``backend.<name>``, ``self.backend.<name>``
+    and ``getattr``/``hasattr(backend, "<name>")``."""
+    used: dict[str, set[str]] = {}
+    for name, tree in _sources(*parts):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _is_backend(node.value):
+                used.setdefault(name, set()).add(node.attr)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) > 1
+                  and _is_backend(node.args[0]) and isinstance(node.args[1], ast.Constant)):
+                used.setdefault(name, set()).add(f"{node.func.id}:{node.args[1].value}")
+    return used
+
+
+def protocol_members(protocol: type) -> dict[str, object]:
+    """The public members a protocol declares, its base protocols' included: name -> the
+    function (None for a declared attribute)."""
+    from typing import Protocol
+
+    members: dict[str, object] = {}
+    for cls in reversed(protocol.__mro__):
+        if cls is Protocol or not getattr(cls, "_is_protocol", False):
+            continue
+        for name in getattr(cls, "__annotations__", {}):
+            members.setdefault(name, None)
+        for name, value in vars(cls).items():
+            if not name.startswith("_"):
+                members[name] = value
+    return members
+
+
+def test_the_backend_protocol_lists_what_the_semantics_layer_calls() -> None:
+    """Every name ``layers/base.py`` and the lifecycle package use on a backend is declared in
+    ``Backend`` (the lifecycle package's, in ``LifecycleBackend``, which it is typed on), and
+    none is looked up by name."""
+    from chainlit_orm.layers.base import Backend
+    from chainlit_orm.lifecycle.records import LifecycleBackend
+
+    semantics = backend_uses("layers/base.py")
+    lifecycle = backend_uses("lifecycle")
+    assert set(semantics) == {f"{PACKAGE}.layers.base"}
+    assert set(lifecycle) == {f"{PACKAGE}.lifecycle.erase", f"{PACKAGE}.lifecycle.purge"}
+    declared = protocol_members(Backend)
+    used = set().union(*semantics.values(), *lifecycle.values())
+    assert sorted(used - set(declared)) == []
+    assert sorted(set().union(*lifecycle.values()) - set(protocol_members(LifecycleBackend))) == []
+    # the protocol lists nothing the layer does not use (a member no one calls is dead weight)
+    assert sorted(set(declared) - used) == []
+    # and each member says what it does
+    assert sorted(name for name, value in declared.items()
+                  if value is not None and not getattr(value, "__doc__", None)) == []
+
+
+def _parameters(function: Any) -> list[tuple[str, Any]]:
+    import inspect
+
+    return [(p.name, p.kind) for p in list(inspect.signature(function).parameters.values())[1:]]
+
+
+async def test_both_backends_implement_every_protocol_member(tmp_path: Path) -> None:
+    """SQLBackend and DynamoBackend have every member of ``Backend``, each method with the
+    protocol's parameters (names and kinds) and the same sync/async nature."""
+    import inspect
+
+    from chainlit_orm.layers.base import Backend
+    from chainlit_orm.layers.dynamodb import DynamoBackend, DynamoConfig
+    from chainlit_orm.layers.sql import SQLBackend
+
+    sql = SQLBackend(f"sqlite+aiosqlite:///{tmp_path / 'arch.db'}")
+    dynamo = DynamoBackend(DynamoConfig("arch", region="us-east-1",
+                                        endpoint_url="http://127.0.0.1:5055"))
+    try:
+        for backend in (sql, dynamo):
+            for name, declared in protocol_members(Backend).items():
+                assert hasattr(backend, name), (type(backend).__name__, name)
+                if declared is None:
+                    continue
+                implemented = getattr(type(backend), name)
+                assert _parameters(implemented) == _parameters(declared), (
+                    type(backend).__name__, name)
+                assert inspect.iscoroutinefunction(implemented) == (
+                    inspect.iscoroutinefunction(declared)), (type(backend).__name__, name)
+    finally:
+        await sql.close()
+        await dynamo.close()
 
 
 def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ from chainlit_orm.layers.sqlexec import TxScript, json_path
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 
 if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
     from chainlit_orm.layers.sqlexec import Statement
 
 #: What ``self`` is in these methods: the SQLBackend this class is mixed into. ``Any``,
@@ -354,6 +356,17 @@ class SQLLifecycle:
 
         result: bool = await self._run(op)
         return result
+
+    # ---------------------------------------------------------------- orphans
+
+    async def sweep_orphans(self: _SQLSelf, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
+        """Nothing to sweep: a SQL database expires nothing by itself (no TTL), and a thread's
+        rows go with it in one transaction (its children first), so no row outlives its thread,
+        and its files are deleted by the removal that reports it (a failed object delete is
+        that removal's :class:`~chainlit_orm.errors.StorageError`). (0, 0), without a
+        statement."""
+        return 0, 0
 
 
 def _str_or_none(value: object) -> str | None:

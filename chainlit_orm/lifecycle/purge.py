@@ -161,11 +161,9 @@ async def purge(
                 break
     report.removed.counts["file"] = (len(report.removed.object_keys) if dry_run
                                      else outcome.files_deleted)
-    # DynamoDB: what its TTL leaves (a backend with no TTL has no such method)
-    sweep = getattr(backend, "sweep_orphans", None)
-    if sweep is not None:
-        report.orphan_partitions, report.orphan_files = await sweep(layer.storage,
-                                                                    dry_run=dry_run)
+    # what the store's own expiry left (DynamoDB's TTL; (0, 0) on SQL, which has none)
+    report.orphan_partitions, report.orphan_files = await backend.sweep_orphans(
+        layer.storage, dry_run=dry_run)
     outcome.raise_storage()
     if outcome.hook_failures:
         raise OnDeleteError(outcome.hook_failures, report=report) from next(

@@ -84,8 +84,10 @@ class ExpiryRule:
 
 class LifecycleBackend(Protocol):
     """The backend primitives :func:`~chainlit_orm.lifecycle.erase_user` and
-    :func:`~chainlit_orm.lifecycle.purge` call: a part of ``layers.base.Backend``, named here so
-    that the lifecycle package never imports ``layers`` (which imports it: a cycle)."""
+    :func:`~chainlit_orm.lifecycle.purge` call: the part of ``layers.base.Backend`` (which
+    extends this protocol) the lifecycle package uses, declared here so that the package never
+    imports ``layers`` (which imports it: a cycle). Every method is on every backend; none is
+    looked up by name."""
 
     async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
         """The user's id (None: no user row) and every thread naming the user, trash included."""
@@ -102,7 +104,18 @@ class LifecycleBackend(Protocol):
 
     async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
                             dry_run: bool = False) -> tuple[Removed, Any]:
-        """Remove one batch of what ``rule`` expires; returns it and the next cursor."""
+        """Remove one batch (at most ``batch`` threads) of what ``rule`` expires, each thread
+        exactly once across concurrent purges; returns it and the cursor of the next batch
+        (None: done)."""
+        ...
+
+    async def sweep_orphans(self, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
+        """What the store's own expiry leaves behind, removed after a purge: the other rows of
+        threads whose thread row the store expired by itself, and the stored objects of threads
+        that no longer exist. Returns (threads whose rows were removed, objects removed); a
+        dry run counts them. A store that expires nothing by itself (SQL: a thread's rows go
+        with it, in one transaction) has nothing to sweep and returns (0, 0)."""
         ...
 
 
