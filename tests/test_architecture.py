@@ -371,6 +371,32 @@ async def test_both_backends_implement_every_protocol_member(tmp_path: Path) -> 
         await dynamo.close()
 
 
+#: Underscored names that are public API of a library: SQLAlchemy's ``Row._mapping`` (named so
+#: it cannot clash with a column, as namedtuple's ``_asdict``).
+PUBLIC_UNDERSCORED = frozenset({"_mapping"})
+
+
+def foreign_private_attributes(*parts: str) -> list[str]:
+    """``module:line: expr`` for every ``<object>._name`` whose object is not ``self``/``cls``:
+    a private attribute of an object another module made (a backend, a layer)."""
+    found = []
+    for name, tree in _sources(*parts):
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and _private(node.attr)
+                    and node.attr not in PUBLIC_UNDERSCORED
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_private_attribute_of_another_modules_object_is_used() -> None:
+    """The transfer, the semantics layer and the lifecycle package use the backends (and each
+    other) through public, documented names only: ``DynamoBackend.call``/``query_all``/
+    ``batch_get``/``batch_write``/``lookup``/``load_texts``, ``SQLBackend.run`` and its
+    ``check_schema`` argument, never ``backend._call``."""
+    assert foreign_private_attributes("transfer", "layers/base.py", "lifecycle") == []
+
+
 def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     """The reader itself: function-local, TYPE_CHECKING, relative and importlib imports."""
     package = tmp_path / PACKAGE

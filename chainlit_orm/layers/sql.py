@@ -116,8 +116,13 @@ class SQLBackend(SQLLifecycle):
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
+        check_schema: bool = True,
         **engine_options: Any,
     ) -> None:
+        """``check_schema=False``: no first-use schema check (nor creation); for a database
+        that is not chainlit-orm's, which the transfer reads (Chainlit's official schema) and
+        nothing writes through this backend. The other arguments are
+        :class:`SQLDataLayer`'s."""
         self.models = models
         self.retries = max(1, retries)
         #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
@@ -200,7 +205,7 @@ class SQLBackend(SQLLifecycle):
         self._all_errors: tuple[type[Exception], ...] = (DBAPIError, *self._driver_errors)
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
-        self._is_ready = False
+        self._is_ready = not check_schema
         self._ready_task: asyncio.Task[None] | None = None
         self._cache: dict[Any, Any] = {}
         self._cascade = True
@@ -275,8 +280,11 @@ class SQLBackend(SQLLifecycle):
                 f"migrate_timeout={self.migrate_timeout:g} s") from exc
         self._is_ready = True
 
-    async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn`` with bounded retries of transient errors and typed error mapping.
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` with bounded retries of transient errors and typed error mapping, after
+        the first-use schema check. Every statement the backend sends goes through here, and
+        so does the transfer's work on a SQL database (``transfer._layer.SQLHandle``): ``fn``
+        must be idempotent, since it may run again.
 
         A disconnect on a connection opened before the failure is retried at once: the pool has
         discarded that connection's whole generation (:class:`~chainlit_orm.layers.sqlexec.
@@ -291,7 +299,7 @@ class SQLBackend(SQLLifecycle):
                 raise
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`_run`'s loop."""
+        """:meth:`run`'s loop."""
         delay = 0.02
         for attempt in range(self.retries):
             try:
@@ -451,7 +459,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"identifier": identifier})
             return rows[0] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
         users = self.users
@@ -484,7 +492,7 @@ class SQLBackend(SQLLifecycle):
                 await conn.execute(stmt, row)
                 return (await conn.fetch(lookup, row))[0]
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def user_exists(self, user_id: str) -> bool:
         users = self.users
@@ -495,7 +503,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect() as conn:
                 return bool(await conn.fetch(stmt, {"uid": user_id}))
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ----------------------------------------------------------------- threads
 
@@ -614,7 +622,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 await conn.execute(stmt, params)
 
-        await self._run(op)
+        await self.run(op)
 
     async def get_thread_author(self, thread_id: str) -> str | None:
         t = self.threads
@@ -626,7 +634,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"tid": thread_id})
             return rows[0]["userIdentifier"] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     def _steps_with_feedback(self) -> Any:
         s, f = self.steps, self.feedbacks
@@ -682,7 +690,7 @@ class SQLBackend(SQLLifecycle):
                               key=element_order)
             return thread, [self._with_feedback(r) for r in steps], elements
 
-        return await self._run(op)
+        return await self.run(op)
 
     def _list_index(self, sort_col: sa.Column[Any]) -> str:
         """The threads index on (userId, sort column, id) that serves a user's list."""
@@ -801,7 +809,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect() as conn:
                 return await conn.fetch(stmt, params)
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ------------------------------------------------------------------ search
 
@@ -896,7 +904,7 @@ class SQLBackend(SQLLifecycle):
                 return [r["objectKey"] for r in await conn.fetch(stmt, {"tid": thread_id})
                         if r["objectKey"]]
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_thread(self, thread_id: str) -> list[str]:
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
@@ -930,7 +938,7 @@ class SQLBackend(SQLLifecycle):
                 async with self.raw.connect(write=True) as conn:
                     return await conn.run_transaction(script_pg)
 
-            return await self._run(op_pg)
+            return await self.run(op_pg)
 
         def build() -> list[Any]:
             tid = sa.bindparam("tid", type_=t.c.id.type)
@@ -943,7 +951,7 @@ class SQLBackend(SQLLifecycle):
 
         stmts = self._cached(("delete_thread", self._cascade), build)
 
-        return await self._run(lambda: self._delete_in_transaction(stmts, params))
+        return await self.run(lambda: self._delete_in_transaction(stmts, params))
 
     async def _delete_in_transaction(
         self, stmts: list[Statement], params: dict[str, Any]
@@ -1047,7 +1055,7 @@ class SQLBackend(SQLLifecycle):
                         return False
                 return True
 
-            if await self._run(op_pg):
+            if await self.run(op_pg):
                 return
 
         def script() -> TxScript[None]:
@@ -1062,7 +1070,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 await conn.run_transaction(script)
 
-        await self._run(op_tx)
+        await self.run(op_tx)
 
     def _step_combiner(
         self, create: bool, stmt: Statement, build: Callable[..., Any]
@@ -1070,7 +1078,7 @@ class SQLBackend(SQLLifecycle):
         """Concurrent step writes of one kind (create or update) as multi-row upserts."""
         async def single(call: tuple[dict[str, Any], str, str]) -> None:
             params, thread_id, now = call
-            await self._run(lambda: self._execute_creating_thread(stmt, params, thread_id, now))
+            await self.run(lambda: self._execute_creating_thread(stmt, params, thread_id, now))
 
         async def many(calls: list[tuple[dict[str, Any], str, str]]) -> None:
             combined = self._cached(("upsert_step", create, len(calls)),
@@ -1081,7 +1089,7 @@ class SQLBackend(SQLLifecycle):
                 async with self.raw.connect(write=True) as conn:
                     await conn.execute(combined, params)
 
-            await self._run(op)
+            await self.run(op)
 
         return WriteCombiner(single, many, key=lambda call: call[0]["id"],
                              concurrency=self._combine_after, timeout=self.timeout)
@@ -1100,7 +1108,7 @@ class SQLBackend(SQLLifecycle):
 
         stmts = self._cached("delete_step", build)
 
-        return await self._run(lambda: self._delete_in_transaction(stmts, params))
+        return await self.run(lambda: self._delete_in_transaction(stmts, params))
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
         s, t = self.steps, self.threads
@@ -1115,7 +1123,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"sid": step_id})
             return self._with_feedback(rows[0]) if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
         s, t = self.steps, self.threads
@@ -1130,7 +1138,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"uid": user_id})
             return [self._with_feedback(r) for r in rows]
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- elements
 
@@ -1142,7 +1150,7 @@ class SQLBackend(SQLLifecycle):
             e, columns, ["id"],
             lambda ex: [(n, sa.func.coalesce(ex[n], e.c[n])) for n in columns if n != "id"]))
 
-        await self._run(
+        await self.run(
             lambda: self._execute_creating_thread(stmt, params, row["threadId"], now))
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
@@ -1159,7 +1167,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"eid": element_id, "tid": thread_id})
             return rows[0] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         e = self.elements
@@ -1178,7 +1186,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, params)
             return rows[0]["objectKey"] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- feedback
 
@@ -1226,7 +1234,7 @@ class SQLBackend(SQLLifecycle):
                 )
             return str(found)
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
         f = self.feedbacks
@@ -1237,7 +1245,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"fid": feedback_id}))
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def close(self) -> None:
         task, self._ready_task = self._ready_task, None

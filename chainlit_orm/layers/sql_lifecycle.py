@@ -60,7 +60,7 @@ def _id_params(ids: Sequence[str], size: int) -> dict[str, Any]:
 
 class SQLLifecycle:
     """Lifecycle primitives of :class:`~chainlit_orm.layers.sql.SQLBackend` (see the module
-    docstring). Every method runs through the backend's retries and typed errors (``_run``); a
+    docstring). Every method runs through the backend's retries and typed errors (``run``); a
     retried transaction starts over, which is safe because each one re-reads what it deletes."""
 
     # ------------------------------------------------------------- statements
@@ -129,7 +129,7 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return await conn.run_transaction(script)
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- threads
 
@@ -144,7 +144,7 @@ class SQLLifecycle:
                 rows = await conn.fetch(stmt, {"tid": thread_id})
             return rows[0] if rows else None
 
-        result: dict[str, Any] | None = await self._run(op)
+        result: dict[str, Any] | None = await self.run(op)
         return result
 
     async def remove_threads(self: _SQLSelf, thread_ids: Sequence[str], *,
@@ -209,7 +209,7 @@ class SQLLifecycle:
                 named = await conn.fetch(by_name, {"ident": identifier})
             return user_id, sorted({str(r["id"]) for r in (*owned, *named)})
 
-        result: tuple[str | None, list[str]] = await self._run(op)
+        result: tuple[str | None, list[str]] = await self.run(op)
         return result
 
     async def remove_user(self: _SQLSelf, identifier: str, *, dry_run: bool = False
@@ -338,7 +338,7 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "at": at}))
 
-        result: bool = await self._run(op)
+        result: bool = await self.run(op)
         return result
 
     async def restore_thread(self: _SQLSelf, thread_id: str, since: str) -> bool:
@@ -354,7 +354,7 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "since": since}))
 
-        result: bool = await self._run(op)
+        result: bool = await self.run(op)
         return result
 
     # ---------------------------------------------------------------- orphans

@@ -22,7 +22,7 @@ Names used, by origin:
 * ``models.rules.USER_MESSAGE``: the step type whose creation is a thread's activity;
   ``layers.base.element_content_disposition``: the header an element file is stored with;
 * ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
-  ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
+  ``check_schema``, ``ensure_ready``, ``run``, ``close``): engines configured as the layer's
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
 * ``migrations.migrate``: the destination's schema before anything is written;
@@ -30,8 +30,10 @@ Names used, by origin:
 * ``layers.dynamodb``: ``DynamoBackend`` (built on a ``DynamoConfig``) with its ``layout``
   (:class:`~chainlit_orm.layers.dynamodb.items.ItemLayout`: ``codecs``, ``key_of``,
   ``index_attributes``, ``kind``, ``thread_of_key``, ``user_row``), ``indexes``,
-  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and, still
-  private, ``_load_texts``, ``_text_key``, ``_batch_write``, ``_call``, ``_lookup``;
+  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and its
+  public table operations ``call``, ``query_all``, ``batch_get``, ``batch_write``, ``lookup``,
+  ``load_texts`` (no private name of a layer is used: ``tests/test_architecture.py``);
+* ``models.rules.step_text_object_key``: where an offloaded step text is stored;
   ``layers.dynamodb.items`` (``string_value``, ``item_size``, ``ITEM_LIMIT``, ``TEXT_REFS``,
   ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
   (``legacy_feedback``, ``is_phantom``);
@@ -66,7 +68,7 @@ from chainlit_orm.errors import (
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
-from chainlit_orm.models.rules import USER_MESSAGE, latest_activity
+from chainlit_orm.models.rules import USER_MESSAGE, latest_activity, step_text_object_key
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.storage._keys import validate_key
@@ -292,25 +294,23 @@ class SQLHandle:
     def __init__(self, url: str, models: ModelSet, *, check_schema: bool = True) -> None:
         from chainlit_orm.layers.sql import SQLBackend
 
-        self._backend = SQLBackend(url, models=models, create_schema=False)
+        self._backend = SQLBackend(url, models=models, create_schema=False,
+                                   check_schema=check_schema)
         self.engine: AsyncEngine = self._backend.engine
         self.dialect: str = self._backend.dialect
         self.models = models
         self.shown: str = self._backend.url_text
-        self._check_schema = check_schema
 
     async def ensure_ready(self) -> None:
-        """The layer's first-use check: the schema is recorded at the current version."""
-        if self._check_schema:
-            await self._backend.ensure_ready()
-        else:
-            self._backend._is_ready = True  # not chainlit-orm's schema: nothing to check
+        """The layer's first-use check: the schema is recorded at the current version (nothing,
+        with ``check_schema=False``)."""
+        await self._backend.ensure_ready()
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()`` (idempotent: it may run again after a transient failure) with the layer's
         retries and typed errors."""
         await self.ensure_ready()
-        return await self._backend._run(work)
+        return await self._backend.run(work)
 
     async def close(self) -> None:
         await self._backend.close()
@@ -354,7 +354,7 @@ class DynamoTable:
         """Every item of the table, a Scan page (up to 1 MB) at a time, read consistently."""
         kwargs: dict[str, Any] = {"ConsistentRead": True}
         while True:
-            page = await self.backend._call("scan", **kwargs)
+            page = await self.backend.call("scan", **kwargs)
             yield list(page.get("Items", []))
             last = page.get("LastEvaluatedKey")
             if not last:
@@ -391,12 +391,12 @@ class DynamoTable:
         keys = [b.layout.key_of("user", identifier=i) for i in identifiers]
         items: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
-            items += await b._batch_get(keys[start:start + 100])
-        return [b._user_row(item) for item in items]
+            items += await b.batch_get(keys[start:start + 100])
+        return [b.layout.user_row(item) for item in items]
 
     async def user_identifier(self, user_id: str) -> str | None:
         """The identifier of the user item with this id, through the layer's ``ById`` lookup."""
-        found = await self.backend._lookup("user", user_id)
+        found = await self.backend.lookup("user", user_id)
         if found is None:
             return None
         parsed = self._spec.parse_key(self.models.dynamo["user"].pk, found[0])
@@ -414,7 +414,7 @@ class DynamoTable:
         """A thread with all its rows, or None: one Query of its partition, decoded by
         :meth:`decode_partition`."""
         spec, b = self._spec, self.backend
-        items = await b._query_all(
+        items = await b.query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
             ExpressionAttributeValues={
                 ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
@@ -452,7 +452,7 @@ class DynamoTable:
                 feedback[str(row.get("forId"))] = row
         if thread is None:
             return None
-        await b._load_texts(step_items, steps)
+        await b.load_texts(step_items, steps)
         for for_id, row in legacy.items():
             feedback.setdefault(for_id, {**row, "threadId": thread_id})
         return thread, steps, elements, list(feedback.values())
@@ -524,7 +524,7 @@ class DynamoTable:
             for field, ref in dy.TEXT_REFS.items():
                 text = row.get(field)
                 if isinstance(text, str) and len(text.encode()) > b.offload_bytes:
-                    key = b._text_key(thread_id, step_id, field, False)
+                    key = step_text_object_key(thread_id, step_id, field, False)
                     uploads.append((key, text.encode()))
                     del item[field]
                     item[ref] = dy.string_value(key)
@@ -540,8 +540,8 @@ class DynamoTable:
     async def put(self, items: Sequence[dict[str, Any]]) -> None:
         """Whole items, BatchWriteItem 25 at a time, unprocessed ones retried (the layer's)."""
         if items:
-            await self.backend._batch_write([{"PutRequest": {"Item": i}} for i in items],
-                                            last_after_rest=True)
+            await self.backend.batch_write([{"PutRequest": {"Item": i}} for i in items],
+                                           last_after_rest=True)
 
     async def thread_owners(self, thread_ids: Sequence[str]) -> dict[str, str | None]:
         """userId of each of these threads that exists (BatchGetItem of the thread items)."""
@@ -549,7 +549,7 @@ class DynamoTable:
         out: dict[str, str | None] = {}
         keys = [b.layout.key_of("thread", id=t) for t in thread_ids]
         for start in range(0, len(keys), 100):
-            for item in await b._batch_get(keys[start:start + 100]):
+            for item in await b.batch_get(keys[start:start + 100]):
                 row = b.codecs["thread"].row(item)
                 thread_id = b.layout.thread_of_key(item[self._spec.PARTITION_KEY]["S"])
                 if thread_id is not None:
@@ -560,7 +560,7 @@ class DynamoTable:
         """The feedback items a thread already has (to count them with the copied ones)."""
         spec, b = self._spec, self.backend
         prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
-        items = await b._query_all(
+        items = await b.query_all(
             KeyConditionExpression="#p = :p AND begins_with(#s, :f)",
             ExpressionAttributeNames={"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY},
             ExpressionAttributeValues={

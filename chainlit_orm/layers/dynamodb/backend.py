@@ -203,8 +203,15 @@ class DynamoBackend(DynamoLifecycle):
     def _command(self) -> str:
         return self.table_client.command()
 
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One API call in the worker pool; typed errors; failed conditions: ConditionFailed.
+    # The table operations below are public: the transfer (chainlit_orm.transfer._layer) reads
+    # and writes whole items through them, so its requests get the layer's first-use check,
+    # retries and typed errors. Each checks the table once (ensure_ready), then sends through
+    # the table client.
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call on the table (``"query"``, ``"scan"``, ``"get_item"``...), with the
+        table's name added, in the worker pool; typed errors; failed conditions:
+        :class:`~chainlit_orm.layers.dynamodb.table.ConditionFailed`.
 
         A plain write refused because its item is part of an ongoing transaction
         (``TransactionConflictException``, which botocore does not retry) and an answer cut
@@ -212,7 +219,7 @@ class DynamoBackend(DynamoLifecycle):
         request the layer sends is a read, an idempotent write or a conditioned one, so sending
         it again is safe, and giving up would lose it (Chainlit logs and drops a failed
         ``update_thread``: the thread would stay without its owner). Transactions are retried
-        by :meth:`_transact`.
+        by :meth:`transact`.
         """
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
@@ -234,12 +241,12 @@ class DynamoBackend(DynamoLifecycle):
         elif not self._ready.done():
             await asyncio.shield(self._ready)
 
-    async def _lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
+    async def lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
         """The table key of the item of ``entity`` with this id, through the ById index."""
         declared = next(d for d in self.models.dynamo[entity].indexes if d.index == LOOKUP_INDEX)
         spec = self.indexes[LOOKUP_INDEX]
         value = render_key(declared.pk, {"id": item_id})
-        result = await self._call(
+        result = await self.call(
             "query", IndexName=LOOKUP_INDEX,
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": spec.pk_attribute},
@@ -249,24 +256,33 @@ class DynamoBackend(DynamoLifecycle):
             return item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
         return None
 
-    async def _transact(self, actions: list[dict[str, Any]]) -> None:
+    async def transact(self, actions: list[dict[str, Any]]) -> None:
+        """One TransactWriteItems of ``actions``, retried on a transaction conflict
+        (:meth:`TableClient.transact`)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         await self.table_client.transact(actions)
 
-    async def _batch_write(self, requests: list[dict[str, Any]], *,
-                           last_after_rest: bool = False) -> None:
+    async def batch_write(self, requests: list[dict[str, Any]], *,
+                          last_after_rest: bool = False) -> None:
+        """Every request written, 25 per BatchWriteItem, unprocessed ones sent again;
+        ``last_after_rest``: the last chunk only once the others are written (``delete_thread``
+        puts its thread item there, so an interrupted delete leaves it to be found again)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         await self.table_client.batch_write(requests, last_after_rest=last_after_rest)
 
-    async def _batch_get(self, keys: list[dict[str, Any]], **options: Any
-                         ) -> list[dict[str, Any]]:
+    async def batch_get(self, keys: list[dict[str, Any]], **options: Any
+                        ) -> list[dict[str, Any]]:
+        """The items of these keys that exist, in no particular order (BatchGetItem, read
+        consistently, unprocessed keys asked again); ``options`` go to every request
+        (``ProjectionExpression``...)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         return await self.table_client.batch_get(keys, **options)
 
-    async def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+    async def query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item a Query returns, all its pages read."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         return await self.table_client.query_all(**kwargs)
@@ -291,18 +307,15 @@ class DynamoBackend(DynamoLifecycle):
                 self._identifiers.popitem(last=False)
 
     def _user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        row = self.codecs["user"].row(item)
-        if not row.get("identifier"):
-            parsed = parse_key(self.models.dynamo["user"].pk, item[PARTITION_KEY]["S"])
-            row["identifier"] = parsed["identifier"] if parsed else None
-        if not row.get("id"):
-            row["id"] = row["identifier"]  # Chainlit's layer: the id is the identifier
+        """The user item as a row (:meth:`ItemLayout.user_row`), its id and identifier
+        remembered for ``update_thread``'s owner writes."""
+        row = self.layout.user_row(item)
         self._remember(row)
         return row
 
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
-        item = (await self._call("get_item", Key=self.layout.key_of("user", identifier=identifier),
-                                 ConsistentRead=True)).get("Item")
+        item = (await self.call("get_item", Key=self.layout.key_of("user", identifier=identifier),
+                                ConsistentRead=True)).get("Item")
         return None if item is None else self._user_row(item)
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +332,7 @@ class DynamoBackend(DynamoLifecycle):
             u.set(attribute, string_value(value),
                   if_absent="{id}" in self.layout.index_templates("user")[attribute])
         key = self.layout.key_of("user", identifier=row["identifier"])
-        result = await self._call("update_item", Key=key, ReturnValues="ALL_NEW", **u.params())
+        result = await self.call("update_item", Key=key, ReturnValues="ALL_NEW", **u.params())
         stored = self._user_row(result["Attributes"])
         fixed = self.layout.index_attributes("user", stored)
         stale = {a: v for a, v in fixed.items() if result["Attributes"].get(a) != string_value(v)}
@@ -327,7 +340,7 @@ class DynamoBackend(DynamoLifecycle):
             fix = UpdateExpression()
             for attribute, value in stale.items():
                 fix.set(attribute, string_value(value))
-            await self._call("update_item", Key=key, **fix.params())
+            await self.call("update_item", Key=key, **fix.params())
         return stored
 
     async def user_exists(self, user_id: str) -> bool:
@@ -336,7 +349,7 @@ class DynamoBackend(DynamoLifecycle):
     async def _identifier_of(self, user_id: str) -> str | None:
         if user_id in self._identifiers:
             return self._identifiers[user_id]
-        found = await self._lookup("user", user_id)
+        found = await self.lookup("user", user_id)
         if found is None:
             return None
         parsed = parse_key(self.models.dynamo["user"].pk, found[0])
@@ -429,7 +442,7 @@ class DynamoBackend(DynamoLifecycle):
                         result = await self._owner_write(key, build(mode), fields["userId"],
                                                          identifier)
                     else:
-                        result = await self._call(
+                        result = await self.call(
                             "update_item", Key=key, ReturnValues=returns,
                             ReturnValuesOnConditionCheckFailure="ALL_OLD",
                             **build(mode).params())
@@ -460,7 +473,7 @@ class DynamoBackend(DynamoLifecycle):
         """
         user_key = self.layout.key_of("user", identifier=identifier)
         try:
-            await self._transact([
+            await self.transact([
                 {"ConditionCheck": {"TableName": self.table, "Key": user_key,
                                     # Chainlit's own layer wrote users without an id attribute:
                                     # there the id is the identifier
@@ -478,9 +491,9 @@ class DynamoBackend(DynamoLifecycle):
                 self._identifiers.pop(user_id, None)
                 raise NotFoundError(f"user_id {user_id!r}: no such user",
                                     detail="user_id") from failed
-            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
             raise ConditionFailed(item) from failed
-        item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+        item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
         return {"Attributes": item or {}}
 
     async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
@@ -499,10 +512,10 @@ class DynamoBackend(DynamoLifecycle):
             u.set(spec.pk_attribute,
                   string_value(render_key(declared.pk, {"userId": user_id}) or ""))
         if u.sets:
-            await self._call("update_item", Key=key, **u.params())
+            await self.call("update_item", Key=key, **u.params())
 
     async def get_thread_author(self, thread_id: str) -> str | None:
-        item = (await self._call(
+        item = (await self.call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
             ProjectionExpression="#u, #d, #a",
             ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
@@ -517,7 +530,7 @@ class DynamoBackend(DynamoLifecycle):
     async def get_thread(
         self, thread_id: str
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": PARTITION_KEY},
             ExpressionAttributeValues={
                 ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
@@ -550,7 +563,7 @@ class DynamoBackend(DynamoLifecycle):
                 feedback[str(row.get("forId"))] = _feedback_of(row)
         if thread is None or thread.get("deletedAt"):  # trashed: gone for every read
             return None
-        await self._load_texts(list(step_items.values()), list(steps.values()))
+        await self.load_texts(list(step_items.values()), list(steps.values()))
         for step_id, row in steps.items():
             found = feedback.get(step_id) or legacy_feedback(step_items[step_id])
             if found:
@@ -599,7 +612,7 @@ class DynamoBackend(DynamoLifecycle):
         codec = self.codecs["thread"]
         while len(rows) < limit:
             try:
-                result = await self._call("query", **kwargs)
+                result = await self.call("query", **kwargs)
             except InvalidInputError as exc:
                 if after is not None and not isinstance(exc, PayloadTooLargeError):
                     raise InvalidCursorError("the pagination cursor does not fit this query") \
@@ -632,7 +645,7 @@ class DynamoBackend(DynamoLifecycle):
         rows: list[dict[str, Any]] = []
         codec = self.codecs["thread"]
         while True:
-            result = await self._call("scan", **kwargs)
+            result = await self.call("scan", **kwargs)
             for item in result.get("Items", []):
                 if feedback is not None:
                     counter = item.get(FEEDBACK_COUNTERS[feedback])
@@ -665,7 +678,7 @@ class DynamoBackend(DynamoLifecycle):
             return keys
 
     async def thread_object_keys(self, thread_id: str) -> list[str]:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
@@ -677,7 +690,7 @@ class DynamoBackend(DynamoLifecycle):
         return stored_object_keys(items)
 
     async def _delete_partition(self, thread_id: str) -> list[str]:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
@@ -690,16 +703,13 @@ class DynamoBackend(DynamoLifecycle):
         # children first, the thread item last: an interrupted delete leaves a thread to retry
         items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
         keys = stored_object_keys(items)
-        await self._batch_write([
+        await self.batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in items
         ], last_after_rest=True)
         return keys
 
     # ------------------------------------------------------------------- steps
-
-    def _text_key(self, thread_id: str, step_id: str, field: str, create: bool) -> str:
-        return step_text_object_key(thread_id, step_id, field, create)
 
     async def upsert_step(
         self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
@@ -734,7 +744,7 @@ class DynamoBackend(DynamoLifecycle):
         try:
             for field in offload:
                 assert storage is not None
-                object_key = self._text_key(thread_id, step_id, field, create)
+                object_key = step_text_object_key(thread_id, step_id, field, create)
                 refs[field] = object_key
                 await storage.upload_file(object_key, row[field].encode(),
                                           mime="text/plain; charset=utf-8", overwrite=True)
@@ -825,14 +835,14 @@ class DynamoBackend(DynamoLifecycle):
                 if bump or stub:
                     thread = self._bump(thread_id, str(activity), now) if bump \
                         else self._stub(thread_id, now)
-                    await self._transact([
+                    await self.transact([
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **thread.params()}},
                         {kind: {"TableName": self.table, **write}},
                     ])
                     self._deleted.pop(thread_id, None)  # the thread exists again
                 else:
-                    await self._call("put_item" if put is not None else "update_item", **write)
+                    await self.call("put_item" if put is not None else "update_item", **write)
                 break
             except ConditionFailed as failed:
                 reasons = failed.reasons if bump or stub else ["None", "ConditionalCheckFailed"]
@@ -982,8 +992,8 @@ class DynamoBackend(DynamoLifecycle):
                     f"{a} = {u.n('createdAt')}")
         return u
 
-    async def _load_texts(self, items: Sequence[Mapping[str, Any]],
-                          rows: Sequence[dict[str, Any]]) -> None:
+    async def load_texts(self, items: Sequence[Mapping[str, Any]],
+                         rows: Sequence[dict[str, Any]]) -> None:
         """Read offloaded step texts back into their rows, concurrently.
 
         A text that cannot be read (its object is gone, the storage cannot read, the bytes are
@@ -1035,7 +1045,7 @@ class DynamoBackend(DynamoLifecycle):
                                detail=object_key) from exc
 
     async def delete_step(self, step_id: str) -> list[str]:
-        found = await self._lookup("step", step_id)
+        found = await self.lookup("step", step_id)
         if found is None:
             return []
         pk, sk = found
@@ -1043,7 +1053,7 @@ class DynamoBackend(DynamoLifecycle):
         if thread_id is None:
             return []
         element_prefix = self.models.dynamo["element"].sk.split("{", 1)[0]
-        elements = await self._query_all(
+        elements = await self.query_all(
             KeyConditionExpression="#p = :p AND begins_with(#s, :e)",
             FilterExpression="#f = :sid",
             ProjectionExpression="#p, #s, #o",
@@ -1053,26 +1063,26 @@ class DynamoBackend(DynamoLifecycle):
                                        ":sid": string_value(step_id)},
             ConsistentRead=True,
         )
-        step = (await self._call("get_item", Key=table_key(pk, sk),
-                                 ConsistentRead=True)).get("Item")
+        step = (await self.call("get_item", Key=table_key(pk, sk),
+                                ConsistentRead=True)).get("Item")
         await self._delete_feedback_of(thread_id, step_id)
         targets = [*elements, *([step] if step else [])]
         keys = stored_object_keys(targets)
-        await self._batch_write([
+        await self.batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in targets
         ])
         return keys
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
-        found = await self._lookup("step", step_id)
+        found = await self.lookup("step", step_id)
         if found is None:
             return None
         pk, sk = found
         thread_id = self.layout.thread_of_key(pk) or ""
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self._batch_get([table_key(pk, sk), feedback_key, thread_key])
+        items = await self.batch_get([table_key(pk, sk), feedback_key, thread_key])
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
         if step_item is None or is_phantom(step_item):
             return None
@@ -1081,7 +1091,7 @@ class DynamoBackend(DynamoLifecycle):
             return None  # trashed or past its retention: its steps are as gone as it is
         items = [i for i in items if i is not thread_item]
         row = self.codecs["step"].row(step_item)
-        await self._load_texts([step_item], [row])
+        await self.load_texts([step_item], [row])
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
         if feedback_item is not None:
             row["feedback"] = _feedback_of(self.codecs["feedback"].row(feedback_item))
@@ -1099,7 +1109,7 @@ class DynamoBackend(DynamoLifecycle):
         feedback_prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
 
         async def favorites(thread_id: str) -> list[dict[str, Any]]:
-            items = await self._query_all(
+            items = await self.query_all(
                 KeyConditionExpression="#p = :p",
                 FilterExpression="(begins_with(#s, :st) AND (#f = :t OR #m.#f = :t)) OR "
                                  "begins_with(#s, :fb)",
@@ -1120,7 +1130,7 @@ class DynamoBackend(DynamoLifecycle):
                 elif not is_phantom(item):
                     step_items.append(item)
             rows = [self.codecs["step"].row(item) for item in step_items]
-            await self._load_texts(step_items, rows)
+            await self.load_texts(step_items, rows)
             for item, row in zip(step_items, rows, strict=True):
                 found = feedback.get(str(row.get("id"))) or legacy_feedback(item)
                 if found:
@@ -1146,9 +1156,9 @@ class DynamoBackend(DynamoLifecycle):
         thread_id = str(row["threadId"])
         async with self._child_write(thread_id) as late:
             if not late:
-                await self._call("update_item", Key=key, **u.params())
+                await self.call("update_item", Key=key, **u.params())
                 return
-            await self._transact([  # see _child_write: recreate the thread with the element
+            await self.transact([  # see _child_write: recreate the thread with the element
                 {"Update": {"TableName": self.table,
                             "Key": self.layout.key_of("thread", id=thread_id),
                             **self._stub(thread_id, now).params()}},
@@ -1159,7 +1169,7 @@ class DynamoBackend(DynamoLifecycle):
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
         key = self.layout.key_of("element", threadId=thread_id, id=element_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self._batch_get([key, thread_key])
+        items = await self.batch_get([key, thread_key])
         item = next((i for i in items if i[SORT_KEY] == key[SORT_KEY]), None)
         thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
         if item is None or (thread_item is not None and not self._readable(thread_item)):
@@ -1168,13 +1178,13 @@ class DynamoBackend(DynamoLifecycle):
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         if thread_id is None:
-            found = await self._lookup("element", element_id)
+            found = await self.lookup("element", element_id)
             if found is None:
                 return None
             key = table_key(*found)
         else:
             key = self.layout.key_of("element", threadId=thread_id, id=element_id)
-        old = (await self._call("delete_item", Key=key, ReturnValues="ALL_OLD")).get("Attributes")
+        old = (await self.call("delete_item", Key=key, ReturnValues="ALL_OLD")).get("Attributes")
         if not old or "objectKey" not in old:
             return None
         value = from_attribute_value(old["objectKey"])
@@ -1205,7 +1215,7 @@ class DynamoBackend(DynamoLifecycle):
         step_id = str(row["forId"])
         thread_id = row.get("threadId")
         if thread_id is None:
-            found = await self._lookup("step", step_id)
+            found = await self.lookup("step", step_id)
             thread_id = self.layout.thread_of_key(found[0]) if found else None
             if thread_id is None:
                 raise InvalidInputError(
@@ -1220,13 +1230,13 @@ class DynamoBackend(DynamoLifecycle):
         checked_step = row.get("threadId") is None
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
-            items = await self._batch_get([thread_key, step_key, feedback_key])
+            items = await self.batch_get([thread_key, step_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             thread = by_sk.get(thread_key[SORT_KEY]["S"])
             if thread is None:
                 raise NotFoundError(f"thread {thread_id} does not exist", detail=thread_id)
             if step_key[SORT_KEY]["S"] not in by_sk and not checked_step:
-                elsewhere = await self._lookup("step", step_id)
+                elsewhere = await self.lookup("step", step_id)
                 if elsewhere is not None and elsewhere[0] != thread_key[PARTITION_KEY]["S"]:
                     raise ConflictError(
                         f"step {step_id} does not belong to thread {thread_id}", detail=step_id)
@@ -1257,10 +1267,10 @@ class DynamoBackend(DynamoLifecycle):
                 remove=old_value if old_value != int(new["value"]) else None)
             try:
                 if counters is None:
-                    await self._call("put_item", **{k: v for k, v in put.items()
+                    await self.call("put_item", **{k: v for k, v in put.items()
                                                     if k != "TableName"})
                 else:
-                    await self._transact([
+                    await self.transact([
                         {"Put": put},
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **counters.params()}},
@@ -1332,7 +1342,7 @@ class DynamoBackend(DynamoLifecycle):
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
-            items = await self._batch_get([thread_key, feedback_key])
+            items = await self.batch_get([thread_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             old = by_sk.get(feedback_key[SORT_KEY]["S"])
             if old is None:
@@ -1355,10 +1365,10 @@ class DynamoBackend(DynamoLifecycle):
                 thread, add=None, remove=int(old_row["value"]))
             try:
                 if counters is None:
-                    await self._call("delete_item", **{k: v for k, v in delete.items()
+                    await self.call("delete_item", **{k: v for k, v in delete.items()
                                                        if k != "TableName"})
                 else:
-                    await self._transact([
+                    await self.transact([
                         {"Delete": delete},
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **counters.params()}},
@@ -1369,7 +1379,7 @@ class DynamoBackend(DynamoLifecycle):
         raise ConflictError(f"feedback of step {step_id} kept conflicting", detail=step_id)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
-        found = await self._lookup("feedback", feedback_id)
+        found = await self.lookup("feedback", feedback_id)
         if found is None:
             return False
         thread_id = self.layout.thread_of_key(found[0])

@@ -52,7 +52,7 @@ DEFAULT_OFFLOAD_BYTES = 100 * 1024
 BATCH_WRITE = 25
 #: Step texts that may be offloaded, and the attribute naming the object that holds each.
 TEXT_REFS = {"input": "inputRef", "output": "outputRef"}
-#: What an offloaded step text that cannot be read back reads as (see ``_load_texts``).
+#: What an offloaded step text that cannot be read back reads as (see ``load_texts``).
 UNREADABLE_TEXT = "[chainlit-orm: this text is stored outside DynamoDB and could not be read back]"
 #: The step ``metadata`` key that lists, per field, the object key of each unreadable text.
 UNREADABLE_KEY = "chainlit_orm_unreadable"

@@ -407,7 +407,7 @@ class TableClient:
             for attempt in range(BATCH_RETRY.attempts):
                 await BATCH_RETRY.pause(attempt + 1)  # unprocessed items: always back off
                 result = await self.call("batch_write_item",
-                                          RequestItems={self.table: pending})
+                                         RequestItems={self.table: pending})
                 pending = result.get("UnprocessedItems", {}).get(self.table, [])
                 if not pending:
                     break
