@@ -397,6 +397,55 @@ def test_no_private_attribute_of_another_modules_object_is_used() -> None:
     assert foreign_private_attributes("transfer", "layers/base.py", "lifecycle") == []
 
 
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes of a module, its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def declared_layout_literals(*parts: str) -> list[str]:
+    """``module:line: 'text'`` for every string constant (docstrings aside) under ``parts``
+    that is a DynamoDB name or key template the default model set declares: an index name, an
+    index key attribute, a table or index key template (``THREAD#{id}``, ``USER``...), or any
+    text with a ``#{`` placeholder."""
+    from chainlit_orm.models.modelset import DEFAULT_MODELS
+
+    declared: set[str] = set()
+    for keys in DEFAULT_MODELS.dynamo.values():
+        declared |= {keys.pk, keys.sk}
+        for index in keys.indexes:
+            declared |= {index.index, index.pk_attribute, index.sk_attribute, index.pk, index.sk}
+    found = []
+    for name, tree in _sources(*parts):
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings
+                    and (node.value in declared or "#{" in node.value)):
+                found.append(f"{name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_the_dynamodb_layer_reads_index_names_and_key_templates_from_the_model_set() -> None:
+    """No index name (``UserThread``, ``UserActivity``, ``ById``...), index key attribute or key
+    template is written in ``layers/dynamodb``: the models declare them (``__dynamo__``), and
+    the layer finds each index by its role through ``ItemLayout`` (``list_index``,
+    ``lookup_index``, ``owner_index``, ``feedback_index``), so a model set that renames one is
+    followed everywhere (``tests/dynamodb/test_renamed_indexes.py`` runs such a set on moto).
+    The rest of the package (the backfill's migrator, the transfer, ``schema_gen``) reads them
+    from the model set too: only ``models`` declares them."""
+    assert declared_layout_literals("layers/dynamodb") == []
+    everything_else = sorted(path.relative_to(ROOT).as_posix() for path in ROOT.iterdir()
+                             if path.name != "models" and (path.is_dir() or path.suffix == ".py")
+                             and path.name != "__pycache__")
+    assert declared_layout_literals(*everything_else) == []
+
+
 def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     """The reader itself: function-local, TYPE_CHECKING, relative and importlib imports."""
     package = tmp_path / PACKAGE

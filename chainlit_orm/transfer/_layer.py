@@ -35,16 +35,16 @@ Names used, by origin:
   ``load_texts`` (no private name of a layer is used: ``tests/test_architecture.py``);
 * ``models.rules.step_text_object_key``: where an offloaded step text is stored;
   ``layers.dynamodb.items`` (``string_value``, ``item_size``, ``ITEM_LIMIT``, ``TEXT_REFS``,
-  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
-  (``legacy_feedback``, ``is_phantom``);
+  ``FEEDBACK_COUNTERS``), and the layout's index roles (``feedback_marker``, ``list_index``)
+  and legacy-item reading (``is_phantom``, ``legacy_feedback``);
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
   ``storage._keys.validate_key``: the object-key rules every storage write applies (a bundle's
   element keys are checked by them before anything is written);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 :func:`thread_activity` applies :func:`chainlit_orm.models.rules.latest_activity` (the rule the
-migrators backfill with); :func:`DynamoTable.feedback_markers` mirrors
-``DynamoBackend._counter_update`` and the backfill, which still write it inline.
+migrators backfill with); :func:`DynamoTable.feedback_markers` writes the markers
+``ItemLayout.feedback_marker`` gives, as ``DynamoBackend._counter_update`` and the backfill do.
 """
 
 from __future__ import annotations
@@ -322,7 +322,6 @@ class DynamoTable:
 
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
         from chainlit_orm.layers.dynamodb import items as dy
-        from chainlit_orm.layers.dynamodb import legacy
         from chainlit_orm.layers.dynamodb.backend import DynamoBackend
         from chainlit_orm.layers.dynamodb.config import DynamoConfig
         from chainlit_orm.schema_gen import dynamo as spec
@@ -330,7 +329,6 @@ class DynamoTable:
 
         parsed = parse_dynamodb_url(url)
         self._dy = dy
-        self._legacy = legacy
         self._spec = spec
         self.models = models
         self.storage = storage
@@ -439,10 +437,10 @@ class DynamoTable:
             if kind == "thread":
                 thread = b.codecs["thread"].row(item)
             elif kind == "step":
-                embedded = self._legacy.legacy_feedback(item)
+                embedded = b.layout.legacy_feedback(item)
                 if embedded and embedded.get("forId"):
                     legacy.setdefault(str(embedded["forId"]), embedded)
-                if not self._legacy.is_phantom(item):
+                if not b.layout.is_phantom(item):
                     steps.append(b.codecs["step"].row(item))
                     step_items.append(item)
             elif kind == "element":
@@ -492,9 +490,10 @@ class DynamoTable:
 
     def feedback_markers(self, user_id: str | None, counts: Mapping[int, int]
                          ) -> dict[str, Any]:
-        """The per-value feedback counters of a thread item, and the ``UserFeedback0/1`` key
-        attributes that put it in the sparse feedback indexes while its count is positive.
-        Mirrors ``DynamoBackend._counter_update`` and the backfill (inline there today)."""
+        """The per-value feedback counters of a thread item, and the key attributes that put
+        it in the sparse feedback indexes while its count is positive
+        (:meth:`ItemLayout.feedback_marker`, as ``DynamoBackend._counter_update`` and the
+        backfill write them)."""
         dy, b = self._dy, self.backend
         out: dict[str, Any] = {}
         for value, counter in dy.FEEDBACK_COUNTERS.items():
@@ -502,14 +501,9 @@ class DynamoTable:
             if not count:
                 continue
             out[counter] = {"N": str(count)}
-            spec = b.indexes.get(dy.FEEDBACK_INDEXES[value])
-            if spec is None or not user_id:
-                continue
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.index == spec.name)
-            marker = self._spec.render_key(declared.pk, {"userId": user_id})
-            if marker:
-                out[spec.pk_attribute] = dy.string_value(marker)
+            marker = b.layout.feedback_marker(value, user_id)
+            if marker is not None and marker[1]:
+                out[marker[0]] = dy.string_value(marker[1])
         return out
 
     def step_item(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:

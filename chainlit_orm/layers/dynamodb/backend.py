@@ -28,16 +28,14 @@ from chainlit_orm.errors import (
     MissingDependencyError,
     NotFoundError,
     PayloadTooLargeError,
+    SchemaError,
     StorageError,
 )
 from chainlit_orm.layers.base import ThreadOrder
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
-    FEEDBACK_INDEXES,
     ITEM_LIMIT,
-    LIST_INDEX,
-    LOOKUP_INDEX,
     TEXT_REFS,
     UNREADABLE_KEY,
     UNREADABLE_TEXT,
@@ -49,7 +47,7 @@ from chainlit_orm.layers.dynamodb.items import (
     table_key,
     value_size,
 )
-from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK, is_phantom, legacy_feedback
+from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK
 from chainlit_orm.layers.dynamodb.lifecycle import (
     CLAIM_ATTRIBUTE,
     DynamoLifecycle,
@@ -59,6 +57,7 @@ from chainlit_orm.layers.dynamodb.table import (
     ConditionFailed,
     TableClient,
 )
+from chainlit_orm.models.entities import FEEDBACK_ROLES, LOOKUP_ROLE
 from chainlit_orm.models.rules import (
     element_order,
     feedback_dict,
@@ -242,12 +241,12 @@ class DynamoBackend(DynamoLifecycle):
             await asyncio.shield(self._ready)
 
     async def lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
-        """The table key of the item of ``entity`` with this id, through the ById index."""
-        declared = next(d for d in self.models.dynamo[entity].indexes if d.index == LOOKUP_INDEX)
-        spec = self.indexes[LOOKUP_INDEX]
-        value = render_key(declared.pk, {"id": item_id})
+        """The table key of the item of ``entity`` with this id, through the lookup index (the
+        model set's index of role ``lookup``, ``ById`` by default)."""
+        spec = self.layout.lookup_index
+        value = render_key(self.layout.templates(LOOKUP_ROLE, entity).pk, {"id": item_id})
         result = await self.call(
-            "query", IndexName=LOOKUP_INDEX,
+            "query", IndexName=spec.name,
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": spec.pk_attribute},
             ExpressionAttributeValues={":p": string_value(value or "")},
@@ -503,14 +502,11 @@ class DynamoBackend(DynamoLifecycle):
             return
         u = UpdateExpression()
         for value, counter in FEEDBACK_COUNTERS.items():
-            spec = self.indexes.get(FEEDBACK_INDEXES[value])
+            marker = self.layout.feedback_marker(value, user_id)
             count = from_attribute_value(item[counter]) if counter in item else 0
-            if spec is None or not count or spec.pk_attribute in item:
+            if marker is None or not count or marker[0] in item:
                 continue
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.index == spec.name)
-            u.set(spec.pk_attribute,
-                  string_value(render_key(declared.pk, {"userId": user_id}) or ""))
+            u.set(marker[0], string_value(marker[1] or ""))
         if u.sets:
             await self.call("update_item", Key=key, **u.params())
 
@@ -548,8 +544,8 @@ class DynamoBackend(DynamoLifecycle):
                     return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
-                if is_phantom(item):
-                    legacy = legacy_feedback(item)
+                if self.layout.is_phantom(item):
+                    legacy = self.layout.legacy_feedback(item)
                     if legacy:
                         feedback.setdefault(legacy["forId"], legacy)
                     continue
@@ -565,7 +561,7 @@ class DynamoBackend(DynamoLifecycle):
             return None
         await self.load_texts(list(step_items.values()), list(steps.values()))
         for step_id, row in steps.items():
-            found = feedback.get(step_id) or legacy_feedback(step_items[step_id])
+            found = feedback.get(step_id) or self.layout.legacy_feedback(step_items[step_id])
             if found:
                 row["feedback"] = found
         ordered = sorted(steps.values(), key=step_order)
@@ -587,12 +583,15 @@ class DynamoBackend(DynamoLifecycle):
         needle = search or None  # case-folded by the layer (chainlit_orm.models.search)
         if user_id is None:
             return await self._list_by_scan(limit, after, needle, feedback)
-        index_name = LIST_INDEX if feedback is None else FEEDBACK_INDEXES[feedback]
-        spec = self.indexes[index_name]
-        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == index_name)
+        spec = self.layout.list_index if feedback is None else self.layout.feedback_index(
+            feedback)
+        if spec is None:
+            raise SchemaError(f"the model set declares no DynamoDB index for feedback {feedback} "
+                              f"(role {FEEDBACK_ROLES[feedback]!r})", detail=str(feedback))
+        declared = spec.entities["thread"]
         pk_value = render_key(declared.pk, {"userId": user_id}) or ""
         kwargs: dict[str, Any] = {
-            "IndexName": index_name,
+            "IndexName": spec.name,
             "KeyConditionExpression": "#p = :p",
             "ExpressionAttributeNames": {"#p": spec.pk_attribute},
             "ExpressionAttributeValues": {":p": string_value(pk_value)},
@@ -1084,7 +1083,7 @@ class DynamoBackend(DynamoLifecycle):
         thread_key = self.layout.key_of("thread", id=thread_id)
         items = await self.batch_get([table_key(pk, sk), feedback_key, thread_key])
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
-        if step_item is None or is_phantom(step_item):
+        if step_item is None or self.layout.is_phantom(step_item):
             return None
         thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
         if thread_item is not None and not self._readable(thread_item):
@@ -1095,8 +1094,8 @@ class DynamoBackend(DynamoLifecycle):
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
         if feedback_item is not None:
             row["feedback"] = _feedback_of(self.codecs["feedback"].row(feedback_item))
-        elif legacy_feedback(step_item):
-            row["feedback"] = legacy_feedback(step_item)
+        elif self.layout.legacy_feedback(step_item):
+            row["feedback"] = self.layout.legacy_feedback(step_item)
         return row
 
     async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
@@ -1127,12 +1126,12 @@ class DynamoBackend(DynamoLifecycle):
                 if self.layout.kind(item[SORT_KEY]["S"]) == "feedback":
                     row = self.codecs["feedback"].row(item)
                     feedback[str(row.get("forId"))] = _feedback_of(row)
-                elif not is_phantom(item):
+                elif not self.layout.is_phantom(item):
                     step_items.append(item)
             rows = [self.codecs["step"].row(item) for item in step_items]
             await self.load_texts(step_items, rows)
             for item, row in zip(step_items, rows, strict=True):
-                found = feedback.get(str(row.get("id"))) or legacy_feedback(item)
+                found = feedback.get(str(row.get("id"))) or self.layout.legacy_feedback(item)
                 if found:
                     row["feedback"] = found
             return rows
@@ -1306,15 +1305,11 @@ class DynamoBackend(DynamoLifecycle):
                 continue
             counter = FEEDBACK_COUNTERS[value]
             name = u.n(counter)
-            spec = self.indexes.get(FEEDBACK_INDEXES[value])
-            declared = None if spec is None else next(
-                d for d in self.models.dynamo["thread"].indexes if d.index == spec.name)
-            marker = render_key(declared.pk, {"userId": user_id}) if declared and user_id \
-                else None
+            marker = self.layout.feedback_marker(value, user_id)
             if change > 0:
                 u.add(counter, {"N": "1"})
-                if spec is not None and marker:
-                    u.set(spec.pk_attribute, string_value(marker))
+                if marker is not None and marker[1]:
+                    u.set(marker[0], string_value(marker[1]))
                 continue
             current = int(from_attribute_value(thread[counter])) if counter in thread else 0
             one = u.v({"N": "1"})
@@ -1324,8 +1319,8 @@ class DynamoBackend(DynamoLifecycle):
             else:  # the last one of this value: the counter goes to 0 and the marker with it
                 u.set(counter, {"N": "0"})
                 u.condition(f"attribute_not_exists({name}) OR {name} <= {one}")
-                if spec is not None:
-                    u.remove(spec.pk_attribute)
+                if marker is not None:
+                    u.remove(marker[0])
         return u
 
     async def _delete_feedback_of(self, thread_id: str, step_id: str,

@@ -32,8 +32,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from chainlit_orm.layers.dynamodb.items import (
-    FEEDBACK_INDEXES,
-    LIST_INDEX,
+    FEEDBACK_COUNTERS,
     TEXT_REFS,
     stored_object_keys,
 )
@@ -59,8 +58,6 @@ CLAIM_ATTRIBUTE = "purgeClaim"
 CLAIM_STALE = 900
 #: The ``UserActivityPK`` of a trashed thread: a partition of the list index no user reads.
 TRASHED = "TRASHED"
-#: Chainlit's own owner index, which keeps trashed threads (erasure reads it).
-OWNER_INDEX = "UserThread"
 #: Partitions removed at once.
 PARALLEL = 8
 
@@ -319,11 +316,11 @@ class DynamoLifecycle:
     async def _owned(self: _DynamoSelf, user_id: str) -> list[str]:
         """Ids of the threads whose owner is ``user_id``, through Chainlit's owner index (which
         keeps trashed threads)."""
-        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == OWNER_INDEX)
-        pk = render_key(declared.pk, {"userId": user_id}) or ""
+        spec = self.layout.owner_index
+        pk = render_key(spec.entities["thread"].pk, {"userId": user_id}) or ""
         items = await self.query_all(
-            IndexName=OWNER_INDEX, KeyConditionExpression="#p = :p",
-            ExpressionAttributeNames={"#p": declared.pk_attribute, "#k": PARTITION_KEY},
+            IndexName=spec.name, KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": spec.pk_attribute, "#k": PARTITION_KEY},
             ExpressionAttributeValues={":p": {"S": pk}}, ProjectionExpression="#k")
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
@@ -500,9 +497,9 @@ class DynamoLifecycle:
     def _list_keys(self: _DynamoSelf) -> tuple[str, list[str]]:
         """The list index's owner attribute and the feedback markers' attributes."""
 
-        markers = [self.indexes[name].pk_attribute for name in FEEDBACK_INDEXES.values()
-                   if name in self.indexes]
-        return self.indexes[LIST_INDEX].pk_attribute, markers
+        markers = [marker[0] for value in FEEDBACK_COUNTERS
+                   if (marker := self.layout.feedback_marker(value, None)) is not None]
+        return self.layout.list_index.pk_attribute, markers
 
     def hide_trashed(self: _DynamoSelf, item: dict[str, Any]) -> None:
         """Give a whole thread item that carries ``deletedAt`` the list-index keys
@@ -540,8 +537,7 @@ class DynamoLifecycle:
             if item is None:
                 return False
             user_id = self.codecs["thread"].row(item).get("userId")
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.pk_attribute == owner_attribute)
+            declared = self.layout.list_index.entities["thread"]
             owner = render_key(declared.pk, {"userId": user_id}) if user_id else None
             names = {"#d": "deletedAt", "#o": owner_attribute}
             values: dict[str, Any] = {":since": {"S": since}}
