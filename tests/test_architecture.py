@@ -14,8 +14,8 @@ it). The rules:
   submodules, ``storage._signing`` or ``transfer._layer``, are its siblings' to import);
 * private top-level names are unique across the package (one ``_plan``, one ``_Backfill``...).
 
-``python -m tests.test_architecture`` prints the package-level import graph and the ten largest
-modules, for a change's closing note.
+``python -m tests.test_architecture`` prints (Markdown) the package-level import graph, the rules
+above checked on it, and the ten largest modules, for a change's closing note.
 """
 
 from __future__ import annotations
@@ -468,25 +468,96 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert modules["chainlit_orm.b"].external == {"boto3"}
     assert find_cycle(modules) == ["chainlit_orm.a", "chainlit_orm.b", "chainlit_orm.sub.c",
                                    "chainlit_orm.a"]
+    assert import_kinds(package) == {"module level": 0, "function-local": 1, "TYPE_CHECKING": 1,
+                                     "importlib / lazy string": 2}
 
 
 # -------------------------------------------------------------------------------------- report
 
 
+def import_kinds(root: Path = ROOT) -> dict[str, int]:
+    """How many imports of package modules are written each way: at module level, inside a
+    function, under ``if TYPE_CHECKING:``, or as a module-name string (``importlib`` and the
+    lazy table of ``chainlit_orm/__init__.py``). :func:`build_graph` counts all of them."""
+    counts = {"module level": 0, "function-local": 0, "TYPE_CHECKING": 0,
+              "importlib / lazy string": 0}
+    names = {_module_name(path, root) for path in root.rglob("*.py")} - {PACKAGE}
+
+    def internal(node: ast.AST) -> bool:
+        if isinstance(node, ast.Import):
+            return any(a.name.startswith(PACKAGE) for a in node.names)
+        return isinstance(node, ast.ImportFrom) and (
+            bool(node.level) or (node.module or "").startswith(PACKAGE))
+
+    def visit(node: ast.AST, kind: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                visit(child, "function-local" if kind == "module level" else kind)
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                visit(child, "TYPE_CHECKING")
+            elif isinstance(child, ast.Import | ast.ImportFrom):
+                counts[kind] += internal(child)
+            elif isinstance(child, ast.Constant) and child.value in names:
+                counts["importlib / lazy string"] += 1
+            else:
+                visit(child, kind)
+
+    for path in sorted(root.rglob("*.py")):
+        visit(ast.parse(path.read_text(encoding="utf-8")), "module level")
+    return counts
+
+
 def report(out: object = None) -> None:
-    """Print the package-level import graph and the ten largest modules (for a closing note)."""
-    stream = out or sys.stdout
+    """Print, as Markdown, the package-level import graph, the four rules of issue 15 checked on
+    it, and the ten largest modules (for a change's closing note)."""
+    stream: Any = out or sys.stdout
     modules = build_graph()
-    print("package-level import graph (every import counted):", file=stream)  # type: ignore[arg-type]
+
+    def say(text: str = "") -> None:
+        print(text, file=stream)
+
+    say("# chainlit_orm import graph (read with `ast`)")
+    say()
+    say(f"{len(modules)} modules. Every import of a package module counts, wherever it is "
+        "written:")
+    say()
+    for kind, count in import_kinds().items():
+        say(f"- {kind}: {count}")
+    say()
+    say("## Package-level graph")
+    say()
+    say("`layers.sql` and `layers.dynamodb` are parts of their own; an edge is any module of "
+        "the source part importing any module of the target part.")
+    say()
+    say("```")
     for source, targets in sorted(package_edges(modules).items()):
-        shown = ", ".join(sorted(targets)) or "-"
-        print(f"  {source} -> {shown}", file=stream)  # type: ignore[arg-type]
-    print(f"module-level cycle: {find_cycle(modules)}", file=stream)  # type: ignore[arg-type]
-    print("ten largest modules:", file=stream)  # type: ignore[arg-type]
-    largest = sorted(modules.values(), key=lambda m: -m.lines)[:10]
-    for module in largest:
-        path = module.path.relative_to(ROOT.parent)
-        print(f"  {module.lines:6d}  {path}", file=stream)  # type: ignore[arg-type]
+        say(f"{source} -> {', '.join(sorted(targets)) or '-'}")
+    say("```")
+    say()
+    say("## Rules")
+    say()
+    schema_io = _offenders(modules, "schema_gen", IO_PACKAGES) + sorted(
+        f"{m.name} -> {t}" for m in modules.values() if _in(m.name, f"{PACKAGE}.schema_gen")
+        for t in m.external if any(_in(t, io) for io in IO_MODULES))
+    rules = {
+        "module-level import cycle": find_cycle(modules),
+        "schema_gen imports of I/O (package parts or drivers)": schema_io,
+        "layers.sql -> layers.dynamodb": _offenders(modules, "layers.sql", ["layers.dynamodb"]),
+        "layers.dynamodb -> layers.sql": _offenders(modules, "layers.dynamodb", ["layers.sql"]),
+        "storage -> layers": _offenders(modules, "storage", ["layers"]),
+        "imports of another module's private names": private_imports(),
+        "private top-level names defined twice": {
+            name: where for name, where in private_top_level_names().items() if len(where) > 1},
+    }
+    for rule, found in rules.items():
+        say(f"- {rule}: {found if found else 'none'}")
+    say()
+    say("## Ten largest modules")
+    say()
+    say("| lines | module |")
+    say("|---:|---|")
+    for module in sorted(modules.values(), key=lambda m: -m.lines)[:10]:
+        say(f"| {module.lines} | `{module.path.relative_to(ROOT.parent)}` |")
 
 
 if __name__ == "__main__":
