@@ -258,9 +258,9 @@ def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
 
 def _projection(models: ModelSet, entity: str, role: str | None
                 ) -> tuple[str, tuple[str, ...]]:
-    if role in LEGACY_PROJECTIONS:
+    if role is not None and role in LEGACY_PROJECTIONS:
         return "INCLUDE", LEGACY_PROJECTIONS[role]
-    if role in PROJECTIONS:
+    if role is not None and role in PROJECTIONS:
         return PROJECTIONS[role], ()
     if entity == "thread":
         return "INCLUDE", list_attributes(models)
@@ -418,7 +418,7 @@ def dynamo_key_mapping(models: ModelSet = DEFAULT_MODELS) -> dict[str, Any]:
             "projection": projection,
             "entities": sorted(spec.entities, key=ENTITIES.index),
         }
-        if spec.role in SPARSE_CONDITIONS:
+        if spec.role is not None and spec.role in SPARSE_CONDITIONS:
             view["present"] = SPARSE_CONDITIONS[spec.role]
         index_view[spec.name] = view
     entities: dict[str, Any] = {}

@@ -583,11 +583,15 @@ class DynamoBackend(DynamoLifecycle):
         needle = search or None  # case-folded by the layer (chainlit_orm.models.search)
         if user_id is None:
             return await self._list_by_scan(limit, after, needle, feedback)
-        spec = self.layout.list_index if feedback is None else self.layout.feedback_index(
-            feedback)
-        if spec is None:
-            raise SchemaError(f"the model set declares no DynamoDB index for feedback {feedback} "
-                              f"(role {FEEDBACK_ROLES[feedback]!r})", detail=str(feedback))
+        if feedback is None:
+            spec = self.layout.list_index
+        else:
+            found = self.layout.feedback_index(feedback)
+            if found is None:
+                raise SchemaError(
+                    f"the model set declares no DynamoDB index for feedback {feedback} "
+                    f"(role {FEEDBACK_ROLES[feedback]!r})", detail=str(feedback))
+            spec = found
         declared = spec.entities["thread"]
         pk_value = render_key(declared.pk, {"userId": user_id}) or ""
         kwargs: dict[str, Any] = {
