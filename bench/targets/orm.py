@@ -222,7 +222,6 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
     thread item. The same subset as :func:`dynamo.layout` (:func:`dynamo.loaded_threads`)."""
     from chainlit_orm.layers import dynamodb as ddb
     from chainlit_orm.models.convert import to_row
-    from chainlit_orm.schema_gen.dynamo import render_key
 
     b = layer.dynamo
     models = b.models
@@ -265,10 +264,7 @@ def orm_items(layer: Any, ds: Dataset) -> list[dict[str, Any]]:
             counts[frow["value"]] = counts.get(frow["value"], 0) + 1
         for value, n in counts.items():
             thread_item[ddb.FEEDBACK_COUNTERS[value]] = {"N": str(n)}
-            spec = b.indexes.get(ddb.FEEDBACK_INDEXES[value])
-            if spec is not None:
-                declared = next(d for d in models.dynamo["thread"].indexes
-                                if d.index == spec.name)
-                thread_item[spec.pk_attribute] = {
-                    "S": render_key(declared.pk, {"userId": t.user.id})}
+            marker = b.layout.feedback_marker(value, t.user.id)
+            if marker is not None and marker[1]:
+                thread_item[marker[0]] = {"S": marker[1]}
     return items

@@ -75,7 +75,7 @@ from chainlit_orm.lifecycle.hooks import (
     check_hook,
     finish_removal,
 )
-from chainlit_orm.lifecycle.records import ExpiryRule, Removed
+from chainlit_orm.lifecycle.records import LifecycleBackend, Removed
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.limits import (
     MAX_CURSOR_CHARS,
@@ -182,18 +182,34 @@ class ThreadPage:
     rows: list[dict[str, Any]]
 
 
-class Backend(Protocol):
+class Backend(LifecycleBackend, Protocol):
     """What a storage backend implements. Rows are dicts keyed by SQL column / Chainlit key.
+
+    This protocol lists every attribute :class:`ChainlitLayer` and :mod:`chainlit_orm.lifecycle`
+    use on a backend, and nothing is looked up by name (no ``getattr``/``hasattr``), so a
+    backend that implements it is a complete one (``tests/test_architecture.py`` checks the
+    list against the code that calls it, and both backends against the list). The lifecycle
+    primitives ``user_thread_ids``, ``remove_threads``, ``remove_user``, ``purge_expired`` and
+    ``sweep_orphans`` are declared in
+    :class:`~chainlit_orm.lifecycle.records.LifecycleBackend`, which this protocol extends.
 
     A row a backend returns is handed over: the layer turns it into the Chainlit dict in place
     (:func:`~chainlit_orm.models.convert.take_row`), so a backend must return fresh dicts, never
     ones it keeps (a cache, say).
 
-    Every method raises typed errors from :mod:`chainlit_orm.errors`; none returns a sentinel for
-    a failure.
+    The layer has checked and normalised every argument (ids, sizes, timestamps) before a call;
+    the backend applies no Chainlit rule of its own beyond what each method states. Every
+    coroutine method runs under the layer's deadline
+    (:class:`~chainlit_orm.layers.deadline.BoundedBackend`). Every method raises typed errors
+    from :mod:`chainlit_orm.errors`; none returns a sentinel for a failure.
     """
 
+    #: The model set the rows follow (the layer converts rows with it).
     models: ModelSet
+    #: What a tracing span says of this backend: ``db.system.name`` (a dialect name, or
+    #: ``aws.dynamodb``) and ``chainlit_orm.backend`` (``sql`` or ``dynamodb``).
+    tracing_system: str
+    tracing_backend: str
 
     def normalize_user_id(self, value: str, what: str) -> str | None:
         """A user id as this backend stores it, or None when no stored user can have it.
@@ -207,11 +223,23 @@ class Backend(Protocol):
         """
         ...
 
-    async def get_user(self, identifier: str) -> dict[str, Any] | None: ...
+    # --- users
 
-    async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_user(self, identifier: str) -> dict[str, Any] | None:
+        """The user row with this identifier, or None."""
+        ...
 
-    async def user_exists(self, user_id: str) -> bool: ...
+    async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Create the user, or update its ``metadata`` (and ``display_name`` when given) when
+        the identifier exists (the id and creation time stay the first write's); returns the
+        stored row."""
+        ...
+
+    async def user_exists(self, user_id: str) -> bool:
+        """Whether a user row has this (normalised) id."""
+        ...
+
+    # --- threads
 
     async def update_thread(
         self,
@@ -221,13 +249,23 @@ class Backend(Protocol):
         meta_delete: list[str] | None,
         create: bool,
         now: str,
-    ) -> None: ...
+    ) -> None:
+        """Set ``fields`` and merge ``metadata`` (``meta_set`` keys set, ``meta_delete`` keys
+        removed, atomically against concurrent merges) on the thread; with ``create``, make it
+        first when absent (created at ``now``). A trashed thread stays trashed."""
+        ...
 
-    async def get_thread_author(self, thread_id: str) -> str | None: ...
+    async def get_thread_author(self, thread_id: str) -> str | None:
+        """The owner's identifier of a readable thread (None: no such thread or no owner)."""
+        ...
 
     async def get_thread(
         self, thread_id: str
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None: ...
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """A readable thread's row, its step rows (each with its ``feedback`` dict when it has
+        one) in :data:`~chainlit_orm.models.rules.STEP_ORDER`, and its element rows in
+        :func:`~chainlit_orm.models.rules.element_order`; None when there is no such thread."""
+        ...
 
     async def list_threads(
         self,
@@ -239,66 +277,72 @@ class Backend(Protocol):
         feedback: int | None,
         order: ThreadOrder,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` summary rows. ``search`` is the term already case-folded by
+        """Up to ``limit`` summary rows, newest first by ``order`` then id, strictly after the
+        keyset cursor ``after`` (sort value, id). ``search`` is the term already case-folded by
         :func:`~chainlit_orm.models.search.search_term`; a row matches when it is a substring of
-        the folded name (or message text), compared binary, every character literal."""
+        the folded name (or message text), compared binary, every character literal.
+        ``feedback``: only threads with a feedback of that value."""
         ...
 
-    async def delete_thread(self, thread_id: str) -> list[str]: ...
+    async def delete_thread(self, thread_id: str) -> list[str]:
+        """Remove the thread with everything in it; returns the object keys its rows named
+        (the layer deletes those objects after, never before)."""
+        ...
 
-    async def thread_object_keys(self, thread_id: str) -> list[str]: ...
+    async def thread_object_keys(self, thread_id: str) -> list[str]:
+        """The object keys the thread's rows name (element files, offloaded texts)."""
+        ...
+
+    # --- steps
 
     async def upsert_step(self, row: dict[str, Any], *, create: bool, activity: str | None,
-                          now: str) -> None: ...
+                          now: str) -> None:
+        """Create (``create``) or update the step, creating a stub thread when it has none;
+        ``activity``: the thread's activity moves to this time (a user message)."""
+        ...
 
-    async def delete_step(self, step_id: str) -> list[str]: ...
+    async def delete_step(self, step_id: str) -> list[str]:
+        """Remove the step and its feedback; returns the object keys it named."""
+        ...
 
-    async def get_step(self, step_id: str) -> dict[str, Any] | None: ...
+    async def get_step(self, step_id: str) -> dict[str, Any] | None:
+        """The step row (with its ``feedback``) of a readable thread, or None."""
+        ...
 
-    async def upsert_element(self, row: dict[str, Any], now: str) -> None: ...
+    async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's favorite step rows, newest first (``STEP_ORDER`` descending)."""
+        ...
 
-    async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None: ...
+    # --- elements
 
-    async def delete_element(self, element_id: str, thread_id: str | None) -> str | None: ...
+    async def upsert_element(self, row: dict[str, Any], now: str) -> None:
+        """Create or replace the element row, creating a stub thread when it has none."""
+        ...
 
-    async def upsert_feedback(self, row: dict[str, Any]) -> str: ...
+    async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
+        """The element row of a readable thread, or None."""
+        ...
 
-    async def delete_feedback(self, feedback_id: str) -> bool: ...
+    async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
+        """Remove the element (of ``thread_id`` when given); returns its object key, if any."""
+        ...
 
-    async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]: ...
+    # --- feedback
 
-    # --- data lifecycle (chainlit_orm.lifecycle): small primitives, the rules are written there
+    async def upsert_feedback(self, row: dict[str, Any]) -> str:
+        """Create or update the one feedback of a step; returns its id (an existing
+        feedback's when the step had one)."""
+        ...
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        """Remove the feedback; False when there was none."""
+        ...
+
+    # --- data lifecycle (chainlit_orm.lifecycle): small primitives, the rules are written there;
+    # the ones the lifecycle package calls itself are declared in LifecycleBackend
 
     async def get_thread_owner(self, thread_id: str) -> dict[str, Any] | None:
         """``{"id", "userId"}`` of the thread, trashed or not; None when there is none."""
-        ...
-
-    async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
-        """The user's id (None: no user row) and the ids of every thread naming the user,
-        trashed ones included."""
-        ...
-
-    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False,
-                             keys_only: bool = False) -> Removed:
-        """Remove these threads with everything in them (dry: count it; ``keys_only``: list
-        their threads and object keys only); the object keys are returned, not deleted."""
-        ...
-
-    async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
-        """Remove the user's own record(s) and any thread still naming the user (dry: count the
-        user record only)."""
-        ...
-
-    async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
-                            dry_run: bool = False, keys_only: bool = False
-                            ) -> tuple[Removed, Any]:
-        """Remove one batch (at most ``batch`` threads) of what ``rule`` expires, each thread
-        exactly once across concurrent purges; returns it and the cursor of the next batch
-        (None: done). ``keys_only``: remove nothing, list the batch's threads and keys."""
-        ...
-
-    async def remove_expired(self, rule: ExpiryRule, thread_ids: Sequence[str]) -> Removed:
-        """Remove those of a ``keys_only`` batch's threads that ``rule`` still expires."""
         ...
 
     async def trash_thread(self, thread_id: str, at: str) -> bool:
@@ -320,7 +364,9 @@ class Backend(Protocol):
         stopped the check (the database unreachable, the schema refused at first use)."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections and worker threads; the backend is not used after."""
+        ...
 
 
 class ChainlitLayer(BaseDataLayer):
@@ -374,6 +420,9 @@ class ChainlitLayer(BaseDataLayer):
         self.timeout = deadline.timeout
         # every backend call is bounded: the proxy runs each coroutine method under the deadline
         self.backend = cast(Backend, BoundedBackend(backend, deadline))
+        #: the backend itself, for work that bounds its calls by its own deadline (a purge or
+        #: an erasure with ``timeout=``: :class:`~chainlit_orm.lifecycle.batches.Batches`)
+        self.unbounded_backend: Backend = backend
         self.models = backend.models
         self.storage = storage
         self.thread_order: ThreadOrder = thread_order
@@ -400,8 +449,8 @@ class ChainlitLayer(BaseDataLayer):
         #: whether this layer's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
         self.tracing = _tracing.wanted(tracing)
         if self.tracing:
-            _tracing.instrument_layer(self, system=getattr(backend, "tracing_system", "other"),
-                                      backend=getattr(backend, "tracing_backend", "other"),
+            _tracing.instrument_layer(self, system=backend.tracing_system,
+                                      backend=backend.tracing_backend,
                                       requeue=queue_until_user_message)
 
     @property

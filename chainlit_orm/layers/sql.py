@@ -72,7 +72,7 @@ from chainlit_orm.layers.sqlexec import (
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.models.rules import feedback_dict
+from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
@@ -121,8 +121,13 @@ class SQLBackend(SQLLifecycle):
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
+        check_schema: bool = True,
         **engine_options: Any,
     ) -> None:
+        """``check_schema=False``: no first-use schema check (nor creation); for a database
+        that is not chainlit-orm's, which the transfer reads (Chainlit's official schema) and
+        nothing writes through this backend. The other arguments are
+        :class:`SQLDataLayer`'s."""
         self.models = models
         self.retries = max(1, retries)
         #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
@@ -209,7 +214,7 @@ class SQLBackend(SQLLifecycle):
         self._all_errors: tuple[type[Exception], ...] = (DBAPIError, *self._driver_errors)
         self.url_text = mask_url(self.engine.url.render_as_string(hide_password=True))
         self.create_schema = self.dialect == "sqlite" if create_schema is None else create_schema
-        self._is_ready = False
+        self._is_ready = not check_schema
         self._ready_task: asyncio.Task[None] | None = None
         self._cache: dict[Any, Any] = {}
         self._cascade = True
@@ -298,8 +303,11 @@ class SQLBackend(SQLLifecycle):
                 f"migrate_timeout={self.migrate_timeout:g} s") from exc
         self._is_ready = True
 
-    async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn`` with bounded retries of transient errors and typed error mapping.
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` with bounded retries of transient errors and typed error mapping, after
+        the first-use schema check. Every statement the backend sends goes through here, and
+        so does the transfer's work on a SQL database (``transfer._layer.SQLHandle``): ``fn``
+        must be idempotent, since it may run again.
 
         A disconnect on a connection opened before the failure is retried at once: the pool has
         discarded that connection's whole generation (:class:`~chainlit_orm.layers.sqlexec.
@@ -317,7 +325,7 @@ class SQLBackend(SQLLifecycle):
                     _tracing.count(statements=sent[0], rows=sent[1])
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`_run`'s loop."""
+        """:meth:`run`'s loop."""
         delay = 0.02
         for attempt in range(self.retries):
             try:
@@ -524,7 +532,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"identifier": identifier})
             return rows[0] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
         users = self.users
@@ -557,7 +565,7 @@ class SQLBackend(SQLLifecycle):
                 await conn.execute(stmt, row)
                 return (await conn.fetch(lookup, row))[0]
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def user_exists(self, user_id: str) -> bool:
         users = self.users
@@ -568,7 +576,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect() as conn:
                 return bool(await conn.fetch(stmt, {"uid": user_id}))
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ----------------------------------------------------------------- threads
 
@@ -687,7 +695,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 await conn.execute(stmt, params)
 
-        await self._run(op)
+        await self.run(op)
 
     async def get_thread_author(self, thread_id: str) -> str | None:
         t = self.threads
@@ -699,7 +707,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"tid": thread_id})
             return rows[0]["userIdentifier"] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     def _steps_with_feedback(self) -> Any:
         s, f = self.steps, self.feedbacks
@@ -736,7 +744,7 @@ class SQLBackend(SQLLifecycle):
                 .where(t.c.id == tid, t.c.deletedAt.is_(None))
             )
             steps = (self._steps_with_feedback().where(s.c.threadId == tid)
-                     .order_by(s.c.createdAt, s.c.id))
+                     .order_by(*(s.c[name] for name in STEP_ORDER)))
             return head, steps
 
         q_head, q_steps = self._cached("get_thread", build)
@@ -751,10 +759,10 @@ class SQLBackend(SQLLifecycle):
             thread = {name: head[0][name] for name in thread_columns}
             elements = sorted(({name: row[label] for label, name in element_columns}
                                for row in head if row[_ELEMENT + "id"] is not None),
-                              key=lambda element: element["id"])
+                              key=element_order)
             return thread, [self._with_feedback(r) for r in steps], elements
 
-        return await self._run(op)
+        return await self.run(op)
 
     def _list_index(self, sort_col: sa.Column[Any]) -> str:
         """The threads index on (userId, sort column, id) that serves a user's list."""
@@ -873,7 +881,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect() as conn:
                 return await conn.fetch(stmt, params)
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ------------------------------------------------------------------ search
 
@@ -968,7 +976,7 @@ class SQLBackend(SQLLifecycle):
                 return [r["objectKey"] for r in await conn.fetch(stmt, {"tid": thread_id})
                         if r["objectKey"]]
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_thread(self, thread_id: str) -> list[str]:
         t, s, e, f = self.threads, self.steps, self.elements, self.feedbacks
@@ -1002,7 +1010,7 @@ class SQLBackend(SQLLifecycle):
                 async with self.raw.connect(write=True) as conn:
                     return await conn.run_transaction(script_pg)
 
-            return await self._run(op_pg)
+            return await self.run(op_pg)
 
         def build() -> list[Any]:
             tid = sa.bindparam("tid", type_=t.c.id.type)
@@ -1015,7 +1023,7 @@ class SQLBackend(SQLLifecycle):
 
         stmts = self._cached(("delete_thread", self._cascade), build)
 
-        return await self._run(lambda: self._delete_in_transaction(stmts, params))
+        return await self.run(lambda: self._delete_in_transaction(stmts, params))
 
     async def _delete_in_transaction(
         self, stmts: list[Statement], params: dict[str, Any]
@@ -1119,7 +1127,7 @@ class SQLBackend(SQLLifecycle):
                         return False
                 return True
 
-            if await self._run(op_pg):
+            if await self.run(op_pg):
                 return
 
         def script() -> TxScript[None]:
@@ -1134,7 +1142,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 await conn.run_transaction(script)
 
-        await self._run(op_tx)
+        await self.run(op_tx)
 
     def _step_combiner(
         self, create: bool, stmt: Statement, build: Callable[..., Any]
@@ -1142,7 +1150,7 @@ class SQLBackend(SQLLifecycle):
         """Concurrent step writes of one kind (create or update) as multi-row upserts."""
         async def single(call: tuple[dict[str, Any], str, str]) -> None:
             params, thread_id, now = call
-            await self._run(lambda: self._execute_creating_thread(stmt, params, thread_id, now))
+            await self.run(lambda: self._execute_creating_thread(stmt, params, thread_id, now))
 
         async def many(calls: list[tuple[dict[str, Any], str, str]]) -> None:
             combined = self._cached(("upsert_step", create, len(calls)),
@@ -1153,7 +1161,7 @@ class SQLBackend(SQLLifecycle):
                 async with self.raw.connect(write=True) as conn:
                     await conn.execute(combined, params)
 
-            await self._run(op)
+            await self.run(op)
 
         return WriteCombiner(single, many, key=lambda call: call[0]["id"],
                              concurrency=self._combine_after, timeout=self.timeout)
@@ -1172,7 +1180,7 @@ class SQLBackend(SQLLifecycle):
 
         stmts = self._cached("delete_step", build)
 
-        return await self._run(lambda: self._delete_in_transaction(stmts, params))
+        return await self.run(lambda: self._delete_in_transaction(stmts, params))
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
         s, t = self.steps, self.threads
@@ -1187,7 +1195,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"sid": step_id})
             return self._with_feedback(rows[0]) if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
         s, t = self.steps, self.threads
@@ -1195,14 +1203,14 @@ class SQLBackend(SQLLifecycle):
             t, t.c.id == s.c.threadId).where(
             s.c.favorite.is_(True), t.c.userId == sa.bindparam("uid", type_=t.c.userId.type),
             t.c.deletedAt.is_(None),
-        ).order_by(s.c.createdAt.desc(), s.c.id.desc()))
+        ).order_by(*(s.c[name].desc() for name in STEP_ORDER)))
 
         async def op() -> list[dict[str, Any]]:
             async with self.raw.connect() as conn:
                 rows = await conn.fetch(stmt, {"uid": user_id})
             return [self._with_feedback(r) for r in rows]
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- elements
 
@@ -1214,7 +1222,7 @@ class SQLBackend(SQLLifecycle):
             e, columns, ["id"],
             lambda ex: [(n, sa.func.coalesce(ex[n], e.c[n])) for n in columns if n != "id"]))
 
-        await self._run(
+        await self.run(
             lambda: self._execute_creating_thread(stmt, params, row["threadId"], now))
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
@@ -1231,7 +1239,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, {"eid": element_id, "tid": thread_id})
             return rows[0] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         e = self.elements
@@ -1250,7 +1258,7 @@ class SQLBackend(SQLLifecycle):
                 rows = await conn.fetch(stmt, params)
             return rows[0]["objectKey"] if rows else None
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- feedback
 
@@ -1298,7 +1306,7 @@ class SQLBackend(SQLLifecycle):
                 )
             return str(found)
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
         f = self.feedbacks
@@ -1309,7 +1317,7 @@ class SQLBackend(SQLLifecycle):
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"fid": feedback_id}))
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def close(self) -> None:
         task, self._ready_task = self._ready_task, None

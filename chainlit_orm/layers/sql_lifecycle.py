@@ -31,6 +31,8 @@ from chainlit_orm.layers.sqlexec import TxScript, json_path
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 
 if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
     from chainlit_orm.layers.sqlexec import Statement
 
 #: What ``self`` is in these methods: the SQLBackend this class is mixed into. ``Any``,
@@ -58,7 +60,7 @@ def _id_params(ids: Sequence[str], size: int) -> dict[str, Any]:
 
 class SQLLifecycle:
     """Lifecycle primitives of :class:`~chainlit_orm.layers.sql.SQLBackend` (see the module
-    docstring). Every method runs through the backend's retries and typed errors (``_run``); a
+    docstring). Every method runs through the backend's retries and typed errors (``run``); a
     retried transaction starts over, which is safe because each one re-reads what it deletes."""
 
     # ------------------------------------------------------------- statements
@@ -130,7 +132,7 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return await conn.run_transaction(script)
 
-        return await self._run(op)
+        return await self.run(op)
 
     # ---------------------------------------------------------------- threads
 
@@ -145,16 +147,15 @@ class SQLLifecycle:
                 rows = await conn.fetch(stmt, {"tid": thread_id})
             return rows[0] if rows else None
 
-        result: dict[str, Any] | None = await self._run(op)
+        result: dict[str, Any] | None = await self.run(op)
         return result
 
     async def remove_threads(self: _SQLSelf, thread_ids: Sequence[str], *,
-                             dry_run: bool = False, keys_only: bool = False,
-                             erased: bool = True) -> Removed:
+                             dry_run: bool = False, keys_only: bool = False) -> Removed:
         """Remove these threads (those that exist) and every row in them, in one transaction;
         dry: count them; ``keys_only``: read their object keys alone. Their thread rows are
-        locked first, so a concurrent purge skips them. ``erased``: remember them as erased,
-        so a late write to them is refused (an erasure; not a purge)."""
+        locked first, so a concurrent purge skips them. They are remembered as erased, so a
+        late write to them is refused (:meth:`_mark_erased`)."""
         dry_run = dry_run or keys_only
         t = self.threads
         size = _padded(max(1, min(len(thread_ids), MAX_IDS)))
@@ -162,8 +163,7 @@ class SQLLifecycle:
             total = Removed()
             for start in range(0, len(thread_ids), MAX_IDS):
                 total.add(await self.remove_threads(thread_ids[start:start + MAX_IDS],
-                                                    dry_run=dry_run, keys_only=keys_only,
-                                                    erased=erased))
+                                                    dry_run=dry_run, keys_only=keys_only))
             return total
 
         def build() -> Any:
@@ -173,7 +173,7 @@ class SQLLifecycle:
 
         select = self._cached(("lifecycle_threads", size, dry_run), build)
         params = _id_params(list(thread_ids), size)
-        if not dry_run and erased:
+        if not dry_run:
             self._mark_erased(thread_ids)
 
         def script() -> TxScript[Removed]:
@@ -216,7 +216,7 @@ class SQLLifecycle:
                 named = await conn.fetch(by_name, {"ident": identifier})
             return user_id, sorted({str(r["id"]) for r in (*owned, *named)})
 
-        result: tuple[str | None, list[str]] = await self._run(op)
+        result: tuple[str | None, list[str]] = await self.run(op)
         return result
 
     async def remove_user(self: _SQLSelf, identifier: str, *, dry_run: bool = False
@@ -382,7 +382,7 @@ class SQLLifecycle:
                     rows: list[Any] = await conn.fetch(stmt, params)
                     return rows
 
-            found.update(str(r["objectKey"]) for r in await self._run(op))
+            found.update(str(r["objectKey"]) for r in await self.run(op))
         return found
 
     # ------------------------------------------------------------------ trash
@@ -399,7 +399,7 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "at": at}))
 
-        result: bool = await self._run(op)
+        result: bool = await self.run(op)
         return result
 
     async def restore_thread(self: _SQLSelf, thread_id: str, since: str) -> bool:
@@ -415,8 +415,19 @@ class SQLLifecycle:
             async with self.raw.connect(write=True) as conn:
                 return bool(await conn.execute(stmt, {"tid": thread_id, "since": since}))
 
-        result: bool = await self._run(op)
+        result: bool = await self.run(op)
         return result
+
+    # ---------------------------------------------------------------- orphans
+
+    async def sweep_orphans(self: _SQLSelf, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
+        """Nothing to sweep: a SQL database expires nothing by itself (no TTL), and a thread's
+        rows go with it in one transaction (its children first), so no row outlives its thread,
+        and its files are deleted by the removal that reports it (a failed object delete is
+        that removal's :class:`~chainlit_orm.errors.StorageError`). (0, 0), without a
+        statement."""
+        return 0, 0
 
 
 def _str_or_none(value: object) -> str | None:

@@ -318,8 +318,11 @@ class RawConnection:
         try:
             head, rest = await driver._execute(run)
         finally:
-            if second_sent[0] and self.listeners:
-                self._notify(p2.word)
+            if second_sent[0]:
+                _mark_sent()  # as two fetches count (tracing, BackendUnavailableError.sent)
+                if self.listeners:
+                    self._notify(p2.word)
+        _count_rows(len(head) + (len(rest) if rest is not None else 0))
         if rest is None:
             return p1.rows(head), []
         return p1.rows(head), p2.rows(rest)
@@ -455,7 +458,7 @@ class RawPool:
     discarded at once, the ones in use are discarded when they come back, and SQLAlchemy's pool
     recycles the ones it holds on their next checkout (its pool-wide invalidation, what SQLAlchemy
     itself does on a disconnect). A failure of a connection of an ended generation discards only
-    that connection. The caller's retry (:meth:`SQLBackend._run`) then runs on a fresh connection.
+    that connection. The caller's retry (:meth:`SQLBackend.run`) then runs on a fresh connection.
     Nothing is added to the healthy path: no ping, no statement.
 
     **Interrupted connections.** A statement cancelled mid-flight (the call's timeout, a cancelled

@@ -52,9 +52,8 @@ class Batches:
         self.timeout = None if timeout is None else check_timeout(timeout, "timeout")
         backend = layer.backend
         if self.timeout is not None:
-            raw = getattr(backend, "unbounded", backend)
             backend = cast("LifecycleBackend", BoundedBackend(
-                raw, CallDeadline(self.timeout, what=f"{what} batch")))
+                layer.unbounded_backend, CallDeadline(self.timeout, what=f"{what} batch")))
         self.backend: LifecycleBackend = backend
         self.outcome = Outcome()
 

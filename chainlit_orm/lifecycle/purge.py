@@ -219,16 +219,14 @@ async def purge(
     report.removed.counts["file"] = (len(report.removed.object_keys) if dry_run
                                      else outcome.files_deleted)
     with run.batch():
-        # DynamoDB: what its TTL leaves (a backend with no TTL has no such method)
-        sweep = getattr(backend, "sweep_orphans", None)
-        if sweep is not None:
-            report.orphan_partitions, report.orphan_files = await sweep(layer.storage,
-                                                                        dry_run=dry_run)
-        elif getattr(backend, "known_object_keys", None) is not None:
-            # ages against the clock, not ``now``: a test's or a dry run's reference time in
-            # the future must not make a file whose row is being written look abandoned
-            report.unreferenced_files = await _sweep_unreferenced(
-                run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
+        # what the store's own expiry left (DynamoDB's TTL; (0, 0) on SQL, which has none)
+        report.orphan_partitions, report.orphan_files = await backend.sweep_orphans(
+            layer.storage, dry_run=dry_run)
+        # SQL: element files no row refers to (an upload whose row write had an unknown
+        # outcome). Ages against the clock, not ``now``: a test's or a dry run's reference time
+        # in the future must not make a file whose row is being written look abandoned.
+        report.unreferenced_files = await _sweep_unreferenced(
+            run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
     outcome.raise_storage()
     if outcome.hook_failures:
         raise OnDeleteError(outcome.hook_failures, report=report) from next(
@@ -254,16 +252,15 @@ async def _sweep_unreferenced(run: Batches, grace: timedelta, moment: datetime, 
     from chainlit_orm.storage.protocols import AgedStorage
 
     storage = run.storage
-    if not isinstance(storage, AgedStorage):
-        return 0
+    if not isinstance(storage, AgedStorage) or await run.backend.known_object_keys([]) is None:
+        return 0  # no ages to go by, or a backend that sweeps its own files (DynamoDB)
     cutoff = moment - grace
     ages = await storage.list_modified(ELEMENT_PREFIX)
     old = [key for key, modified in sorted(ages.items())
            if _element_file(key) and modified is not None and modified < cutoff]
     if not old:
         return 0
-    backend: Any = run.backend
-    known: set[str] = await backend.known_object_keys(old)
+    known = await run.backend.known_object_keys(old) or set()
     doomed = [key for key in old if key not in known]
     if dry_run or not doomed:
         return len(doomed)

@@ -84,8 +84,10 @@ class ExpiryRule:
 
 class LifecycleBackend(Protocol):
     """The backend primitives :func:`~chainlit_orm.lifecycle.erase_user` and
-    :func:`~chainlit_orm.lifecycle.purge` call: a part of ``layers.base.Backend``, named here so
-    that the lifecycle package never imports ``layers`` (which imports it: a cycle)."""
+    :func:`~chainlit_orm.lifecycle.purge` call: the part of ``layers.base.Backend`` (which
+    extends this protocol) the lifecycle package uses, declared here so that the package never
+    imports ``layers`` (which imports it: a cycle). Every method is on every backend; none is
+    looked up by name."""
 
     async def user_thread_ids(self, identifier: str) -> tuple[str | None, list[str]]:
         """The user's id (None: no user row) and every thread naming the user, trash included."""
@@ -113,6 +115,21 @@ class LifecycleBackend(Protocol):
         each exactly once across concurrent purges."""
         ...
 
+    async def sweep_orphans(self, storage: BaseStorageClient | None, *,
+                            dry_run: bool = False) -> tuple[int, int]:
+        """What the store's own expiry leaves behind, removed after a purge: the other rows of
+        threads whose thread row the store expired by itself, and the stored objects of threads
+        that no longer exist. Returns (threads whose rows were removed, objects removed); a
+        dry run counts them. A store that expires nothing by itself (SQL: a thread's rows go
+        with it, in one transaction) has nothing to sweep and returns (0, 0)."""
+        ...
+
+    async def known_object_keys(self, object_keys: Sequence[str]) -> set[str] | None:
+        """Which of these stored object keys a row still refers to: what the SQL orphan sweep
+        of ``purge`` keeps. None: the backend has no such lookup because its own
+        :meth:`sweep_orphans` removes unreferenced files (DynamoDB)."""
+        ...
+
 
 class LifecycleLayer(Protocol):
     """What the lifecycle operations read from a layer (``layers.base.ChainlitLayer`` is one)."""
@@ -120,6 +137,12 @@ class LifecycleLayer(Protocol):
     @property
     def backend(self) -> LifecycleBackend:
         """The layer's backend."""
+        ...
+
+    @property
+    def unbounded_backend(self) -> LifecycleBackend:
+        """The backend without the layer's per-call deadline (a batch with its own
+        ``timeout=`` bounds it instead)."""
         ...
 
     @property

@@ -39,6 +39,11 @@ from chainlit_orm.models.types import (
 )
 
 __all__ = [
+    "FEEDBACK_ROLES",
+    "INDEX_ROLES",
+    "LIST_ROLE",
+    "LOOKUP_ROLE",
+    "OWNER_ROLE",
     "DynamoEntityKeys",
     "DynamoIndexKeys",
     "ElementFields",
@@ -93,15 +98,39 @@ class IndexSpec:
     only_set: bool = False
 
 
+#: What the DynamoDB layer uses a GSI for: its *role*. The layer, the backfill, the migrator's
+#: generated schema and the transfer find every index they query or maintain by its role,
+#: never by its name, so a model set may give an index another name (or other key attributes)
+#: and everything follows. An index without a role is the app's own: the layer writes its keys
+#: on every item of the entities that declare it and never reads it.
+#:
+#: * ``owner``: Chainlit's own index of a user's threads (``UserThread``); kept so a table stays
+#:   usable by Chainlit's layer, and the one that still holds a trashed thread (an erasure finds
+#:   the user's threads there).
+#: * ``list``: the thread list by activity (``UserActivity``): one Query per sidebar page.
+#: * ``feedback0``, ``feedback1``: the sparse indexes of the list's feedback filter
+#:   (``UserFeedback0/1``); a thread is in one while it has a feedback of that value.
+#: * ``lookup``: an item from its id alone (``ById``), for every entity but threads.
+OWNER_ROLE = "owner"
+LIST_ROLE = "list"
+LOOKUP_ROLE = "lookup"
+#: The feedback value -> the role of its sparse index.
+FEEDBACK_ROLES: dict[int, str] = {0: "feedback0", 1: "feedback1"}
+INDEX_ROLES: frozenset[str] = frozenset({OWNER_ROLE, LIST_ROLE, LOOKUP_ROLE,
+                                         *FEEDBACK_ROLES.values()})
+
+
 @dataclass(frozen=True)
 class DynamoIndexKeys:
-    """Key templates an entity's item carries for one GSI of the single table."""
+    """Key templates an entity's item carries for one GSI of the single table, and the index's
+    role for the layer (one of :data:`INDEX_ROLES`, or None for an app's own index)."""
 
     index: str
     pk_attribute: str
     sk_attribute: str
     pk: str
     sk: str
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +157,7 @@ class UserFields(SQLModel):
         pk="USER#{identifier}",
         sk="USER",
         # the thread owner's identifier from its id (``update_thread`` gets only the id)
-        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "USER#{id}", "USER"),),
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "USER#{id}", "USER", LOOKUP_ROLE),),
     )
 
     id: str | None = _pk()
@@ -161,16 +190,16 @@ class ThreadFields(SQLModel):
         indexes=(
             # Chainlit's own GSI (its projection is only id and name).
             DynamoIndexKeys("UserThread", "UserThreadPK", "UserThreadSK", "USER#{userId}",
-                            "TS#{activityAt}"),
+                            "TS#{activityAt}", OWNER_ROLE),
             # Ours, projecting the list's summary attributes: one Query per sidebar page.
             DynamoIndexKeys("UserActivity", "UserActivityPK", "UserActivitySK", "USER#{userId}",
-                            "TS#{activityAt}#{id}"),
+                            "TS#{activityAt}#{id}", LIST_ROLE),
             # list_threads' feedback filter: sparse, the PK attribute is set only while the thread
             # has a feedback of that value (see chainlit_orm.schema_gen.dynamo for the costs).
             DynamoIndexKeys("UserFeedback0", "UserFeedback0PK", "UserActivitySK", "USER#{userId}",
-                            "TS#{activityAt}#{id}"),
+                            "TS#{activityAt}#{id}", FEEDBACK_ROLES[0]),
             DynamoIndexKeys("UserFeedback1", "UserFeedback1PK", "UserActivitySK", "USER#{userId}",
-                            "TS#{activityAt}#{id}"),
+                            "TS#{activityAt}#{id}", FEEDBACK_ROLES[1]),
         ),
     )
 
@@ -206,7 +235,7 @@ class StepFields(SQLModel):
     # ById: get_step/delete_step and feedback without a threadId get only the step id
     __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
         pk="THREAD#{threadId}", sk="STEP#{id}",
-        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "STEP#{id}", "STEP"),),
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "STEP#{id}", "STEP", LOOKUP_ROLE),),
     )
 
     id: str | None = _pk()
@@ -249,7 +278,8 @@ class ElementFields(SQLModel):
     )
     __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
         pk="THREAD#{threadId}", sk="ELEMENT#{id}",
-        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "ELEMENT#{id}", "ELEMENT"),),
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "ELEMENT#{id}", "ELEMENT",
+                                 LOOKUP_ROLE),),
     )
 
     id: str | None = _pk()
@@ -286,7 +316,8 @@ class FeedbackFields(SQLModel):
     # thread's partition so a thread's feedback is read with the thread.
     __dynamo__: ClassVar[DynamoEntityKeys] = DynamoEntityKeys(
         pk="THREAD#{threadId}", sk="FEEDBACK#{forId}",
-        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "FEEDBACK#{id}", "FEEDBACK"),),
+        indexes=(DynamoIndexKeys("ById", "ByIdPK", "ByIdSK", "FEEDBACK#{id}", "FEEDBACK",
+                                 LOOKUP_ROLE),),
     )
 
     id: str | None = _pk()

@@ -10,11 +10,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "STEP_ORDER",
     "USER_MESSAGE",
     "element_object_key",
+    "element_order",
     "feedback_dict",
     "is_favorite",
     "latest_activity",
+    "step_order",
     "step_text_object_key",
 ]
 
@@ -42,6 +45,28 @@ def latest_activity(created_at: str | None,
     Every value is a canonical timestamp, so text order is time order."""
     latest = max((t for t in user_message_times if t), default=None)
     return latest or created_at
+
+
+#: The columns a thread's steps are ordered by, ascending: creation, then id. Chainlit renders
+#: ``get_thread``'s steps in the order given and nests children under the parent it has already
+#: seen, so creation order is the conversation; the id breaks ties between steps created in the
+#: same microsecond so every backend gives the same order. A SQL backend sorts by these columns
+#: in its statement, another store with :func:`step_order`; ``get_favorite_steps`` lists the
+#: newest first (the same key, descending).
+STEP_ORDER = ("createdAt", "id")
+
+
+def step_order(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The sort key of a step row under :data:`STEP_ORDER` (a missing ``createdAt`` sorts
+    first, as SQL's ``NULL`` does on SQLite and MySQL)."""
+    return row.get("createdAt") or "", str(row["id"])
+
+
+def element_order(row: Mapping[str, Any]) -> str:
+    """The sort key of an element row in ``get_thread``: its id. Chainlit attaches each element
+    to its step by ``forId`` and does not depend on the order, but a stable one keeps every
+    backend's answer equal (and a store's answer equal from one read to the next)."""
+    return str(row["id"])
 
 
 def element_object_key(thread_id: str, element_id: str) -> str:

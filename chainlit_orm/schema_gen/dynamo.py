@@ -52,7 +52,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from chainlit_orm.errors import SchemaError
-from chainlit_orm.models.entities import DynamoIndexKeys
+from chainlit_orm.models.entities import (
+    FEEDBACK_ROLES,
+    INDEX_ROLES,
+    LOOKUP_ROLE,
+    OWNER_ROLE,
+    DynamoIndexKeys,
+)
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, ModelSet
 from chainlit_orm.models.search import FOLDED_FROM
 from chainlit_orm.models.types import BoolOrText, IdType, StringList, Timestamp
@@ -87,17 +93,22 @@ DEFAULT_TABLE_NAME = "chainlit"
 #: the thread list, so not projected into the list indexes.
 OVERFLOW_COLUMN = "extra"
 
-#: Projections fixed by tables that already exist in the wild: Chainlit's docs declare
-#: ``UserThread`` with ``INCLUDE [id, name]`` and a projection cannot be changed in place.
-LEGACY_PROJECTIONS: Mapping[str, tuple[str, ...]] = {"UserThread": ("id", "name")}
+# The three tables below are keyed by index *role* (models.entities.INDEX_ROLES), not by name,
+# so a model set that renames an index keeps its projection and its documentation.
 
-#: Projections chosen per index rather than derived from the entity: lookup indexes read keys only.
-PROJECTIONS: Mapping[str, str] = {"ById": "KEYS_ONLY"}
+#: Projections fixed by tables that already exist in the wild: Chainlit's docs declare its
+#: owner index (``UserThread``) with ``INCLUDE [id, name]`` and a projection cannot be changed
+#: in place.
+LEGACY_PROJECTIONS: Mapping[str, tuple[str, ...]] = {OWNER_ROLE: ("id", "name")}
+
+#: Projections chosen per role rather than derived from the entity: the lookup index reads keys
+#: only.
+PROJECTIONS: Mapping[str, str] = {LOOKUP_ROLE: "KEYS_ONLY"}
 
 #: When an item carries an index's key attributes, beyond "every placeholder has a value".
 SPARSE_CONDITIONS: Mapping[str, str] = {
-    "UserFeedback0": "only while the thread has at least one feedback with value 0",
-    "UserFeedback1": "only while the thread has at least one feedback with value 1",
+    role: f"only while the thread has at least one feedback with value {value}"
+    for value, role in FEEDBACK_ROLES.items()
 }
 
 #: The item attribute DynamoDB's TTL reads (epoch seconds). Only a thread item carries it, and
@@ -126,6 +137,8 @@ class GsiSpec:
         projection: ``"ALL"``, ``"KEYS_ONLY"`` or ``"INCLUDE"``.
         attributes: the non-key attributes projected when ``projection`` is ``"INCLUDE"``.
         entities: entity name -> that entity's key templates for this index.
+        role: what the layer uses the index for (:data:`~chainlit_orm.models.entities.
+            INDEX_ROLES`), None for an app's own index.
     """
 
     name: str
@@ -134,6 +147,7 @@ class GsiSpec:
     projection: str
     attributes: tuple[str, ...]
     entities: Mapping[str, DynamoIndexKeys]
+    role: str | None = None
 
     def boto3(self) -> dict[str, Any]:
         """This index as a ``GlobalSecondaryIndexes`` entry of boto3's ``create_table``."""
@@ -242,11 +256,12 @@ def list_attributes(models: ModelSet = DEFAULT_MODELS) -> tuple[str, ...]:
     )
 
 
-def _projection(models: ModelSet, entity: str, index: str) -> tuple[str, tuple[str, ...]]:
-    if index in LEGACY_PROJECTIONS:
-        return "INCLUDE", LEGACY_PROJECTIONS[index]
-    if index in PROJECTIONS:
-        return PROJECTIONS[index], ()
+def _projection(models: ModelSet, entity: str, role: str | None
+                ) -> tuple[str, tuple[str, ...]]:
+    if role is not None and role in LEGACY_PROJECTIONS:
+        return "INCLUDE", LEGACY_PROJECTIONS[role]
+    if role is not None and role in PROJECTIONS:
+        return PROJECTIONS[role], ()
     if entity == "thread":
         return "INCLUDE", list_attributes(models)
     # An index over another entity reads that entity's items; project them whole.
@@ -259,11 +274,12 @@ def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
 
     Raises:
         SchemaError: a template names a key the entity has no column for, an index is declared
-            with different key attributes by two entities, a name is invalid, a key attribute
-            collides with an entity column, or a DynamoDB limit (20 GSIs, 100 projected
-            attributes) is exceeded.
+            with different key attributes or roles by two entities, a role is unknown or given
+            to two indexes, a name is invalid, a key attribute collides with an entity column,
+            or a DynamoDB limit (20 GSIs, 100 projected attributes) is exceeded.
     """
     merged: dict[str, dict[str, Any]] = {}
+    roles: dict[str, str] = {}
     for entity in ENTITIES:
         keys = models.dynamo[entity]
         columns = set(models.table(entity).columns.keys())
@@ -281,12 +297,27 @@ def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
                         "collides with the table key or a column",
                         detail=attribute,
                     )
-            projection, attributes = _projection(models, entity, declared.index)
+            if declared.role is not None:
+                if declared.role not in INDEX_ROLES:
+                    raise SchemaError(
+                        f"index {declared.index}: unknown role {declared.role!r}; roles: "
+                        f"{', '.join(sorted(INDEX_ROLES))} (None for an index of the app's own)",
+                        detail=declared.role)
+                if roles.setdefault(declared.role, declared.index) != declared.index:
+                    raise SchemaError(
+                        f"indexes {roles[declared.role]} and {declared.index} both have the "
+                        f"role {declared.role!r}", detail=declared.role)
+            projection, attributes = _projection(models, entity, declared.role)
             entry = merged.setdefault(
                 declared.index,
                 {"pk": declared.pk_attribute, "sk": declared.sk_attribute,
-                 "projection": projection, "attributes": [], "entities": {}},
+                 "projection": projection, "attributes": [], "entities": {},
+                 "role": declared.role},
             )
+            if entry["role"] != declared.role:
+                raise SchemaError(
+                    f"index {declared.index} is declared with the roles {entry['role']!r} and "
+                    f"{declared.role!r}", detail=declared.index)
             if (entry["pk"], entry["sk"]) != (declared.pk_attribute, declared.sk_attribute):
                 raise SchemaError(
                     f"index {declared.index} is declared with key attributes "
@@ -303,9 +334,10 @@ def dynamo_indexes(models: ModelSet = DEFAULT_MODELS) -> tuple[GsiSpec, ...]:
             entry["entities"][entity] = declared
     # declaration order, lookup indexes (PROJECTIONS) last: Chainlit's and the list's first
     specs = tuple(sorted(
-        (GsiSpec(name, e["pk"], e["sk"], e["projection"], tuple(e["attributes"]), e["entities"])
+        (GsiSpec(name, e["pk"], e["sk"], e["projection"], tuple(e["attributes"]), e["entities"],
+                 e["role"])
          for name, e in merged.items()),
-        key=lambda spec: spec.name in PROJECTIONS,
+        key=lambda spec: spec.role in PROJECTIONS,
     ))
     if len(specs) > _MAX_GSIS:
         raise SchemaError(f"{len(specs)} GSIs declared; DynamoDB allows {_MAX_GSIS} per table")
@@ -386,8 +418,8 @@ def dynamo_key_mapping(models: ModelSet = DEFAULT_MODELS) -> dict[str, Any]:
             "projection": projection,
             "entities": sorted(spec.entities, key=ENTITIES.index),
         }
-        if spec.name in SPARSE_CONDITIONS:
-            view["present"] = SPARSE_CONDITIONS[spec.name]
+        if spec.role is not None and spec.role in SPARSE_CONDITIONS:
+            view["present"] = SPARSE_CONDITIONS[spec.role]
         index_view[spec.name] = view
     entities: dict[str, Any] = {}
     for entity in ENTITIES:

@@ -22,7 +22,7 @@ Names used, by origin:
 * ``models.rules.USER_MESSAGE``: the step type whose creation is a thread's activity;
   ``layers.base.element_content_disposition``: the header an element file is stored with;
 * ``layers.sql.SQLBackend`` (its transactional ``engine``, ``dialect``, ``url_text``,
-  ``ensure_ready``, ``_is_ready``, ``_run``, ``close``): engines configured as the layer's
+  ``check_schema``, ``ensure_ready``, ``run``, ``close``): engines configured as the layer's
   (SQLite pragmas, ``BEGIN IMMEDIATE``, a model set's schema translation), the layer's schema
   check, and its bounded retries of transient failures with typed errors;
 * ``migrations.migrate``: the destination's schema before anything is written;
@@ -30,19 +30,21 @@ Names used, by origin:
 * ``layers.dynamodb``: ``DynamoBackend`` (built on a ``DynamoConfig``) with its ``layout``
   (:class:`~chainlit_orm.layers.dynamodb.items.ItemLayout`: ``codecs``, ``key_of``,
   ``index_attributes``, ``kind``, ``thread_of_key``, ``user_row``), ``indexes``,
-  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and, still
-  private, ``_load_texts``, ``_text_key``, ``_batch_write``, ``_call``, ``_lookup``;
+  ``offload_bytes``, ``list_threads``, ``get_user``, ``ensure_ready``, ``close`` and its
+  public table operations ``call``, ``query_all``, ``batch_get``, ``batch_write``, ``lookup``,
+  ``load_texts`` (no private name of a layer is used: ``tests/test_architecture.py``);
+* ``models.rules.step_text_object_key``: where an offloaded step text is stored;
   ``layers.dynamodb.items`` (``string_value``, ``item_size``, ``ITEM_LIMIT``, ``TEXT_REFS``,
-  ``FEEDBACK_COUNTERS``, ``FEEDBACK_INDEXES``) and ``layers.dynamodb.legacy``
-  (``legacy_feedback``, ``is_phantom``);
+  ``FEEDBACK_COUNTERS``), and the layout's index roles (``feedback_marker``, ``list_index``)
+  and legacy-item reading (``is_phantom``, ``legacy_feedback``);
 * ``storage.protocols.ReadableStorage``: reading an object back (``NotFoundError`` when absent);
   ``storage._keys.validate_key``: the object-key rules every storage write applies (a bundle's
   element keys are checked by them before anything is written);
 * ``schema_gen.dynamo``: ``PARTITION_KEY``, ``SORT_KEY``, ``render_key``, ``parse_key``.
 
 :func:`thread_activity` applies :func:`chainlit_orm.models.rules.latest_activity` (the rule the
-migrators backfill with); :func:`DynamoTable.feedback_markers` mirrors
-``DynamoBackend._counter_update`` and the backfill, which still write it inline.
+migrators backfill with); :func:`DynamoTable.feedback_markers` writes the markers
+``ItemLayout.feedback_marker`` gives, as ``DynamoBackend._counter_update`` and the backfill do.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from chainlit_orm.layers.deadline import BoundedBackend, CallDeadline, check_tim
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
-from chainlit_orm.models.rules import USER_MESSAGE, latest_activity
+from chainlit_orm.models.rules import USER_MESSAGE, latest_activity, step_text_object_key
 from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.storage._keys import validate_key
@@ -341,20 +343,18 @@ class SQLHandle:
     def __init__(self, url: str, models: ModelSet, *, check_schema: bool = True) -> None:
         from chainlit_orm.layers.sql import SQLBackend
 
-        self._backend = SQLBackend(url, models=models, create_schema=False)
+        self._backend = SQLBackend(url, models=models, create_schema=False,
+                                   check_schema=check_schema)
         self._bounded = _deadline().wrap(self._run, "transfer statement")
         self.engine: AsyncEngine = self._backend.engine
         self.dialect: str = self._backend.dialect
         self.models = models
         self.shown: str = self._backend.url_text
-        self._check_schema = check_schema
 
     async def ensure_ready(self) -> None:
-        """The layer's first-use check: the schema is recorded at the current version."""
-        if self._check_schema:
-            await self._backend.ensure_ready()
-        else:
-            self._backend._is_ready = True  # not chainlit-orm's schema: nothing to check
+        """The layer's first-use check: the schema is recorded at the current version (nothing,
+        with ``check_schema=False``)."""
+        await self._backend.ensure_ready()
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()`` (idempotent: it may run again after a transient failure) with the layer's
@@ -365,7 +365,7 @@ class SQLHandle:
 
     async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
         await self.ensure_ready()
-        return await self._backend._run(work)
+        return await self._backend.run(work)
 
     async def close(self) -> None:
         await self._backend.close()
@@ -378,7 +378,6 @@ class DynamoTable:
     def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None, *,
                  retention: timedelta | None = None) -> None:
         from chainlit_orm.layers.dynamodb import items as dy
-        from chainlit_orm.layers.dynamodb import legacy
         from chainlit_orm.layers.dynamodb.backend import DynamoBackend
         from chainlit_orm.layers.dynamodb.config import DynamoConfig
         from chainlit_orm.schema_gen import dynamo as spec
@@ -386,7 +385,6 @@ class DynamoTable:
 
         parsed = parse_dynamodb_url(url)
         self._dy = dy
-        self._legacy = legacy
         self._spec = spec
         self.models = models
         self.storage = storage
@@ -411,7 +409,7 @@ class DynamoTable:
         """Every item of the table, a Scan page (up to 1 MB) at a time, read consistently."""
         kwargs: dict[str, Any] = {"ConsistentRead": True}
         while True:
-            page = await self.backend._call("scan", **kwargs)
+            page = await self.backend.call("scan", **kwargs)
             yield list(page.get("Items", []))
             last = page.get("LastEvaluatedKey")
             if not last:
@@ -448,12 +446,12 @@ class DynamoTable:
         keys = [b.layout.key_of("user", identifier=i) for i in identifiers]
         items: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
-            items += await b._batch_get(keys[start:start + 100])
-        return [b._user_row(item) for item in items]
+            items += await b.batch_get(keys[start:start + 100])
+        return [b.layout.user_row(item) for item in items]
 
     async def user_identifier(self, user_id: str) -> str | None:
         """The identifier of the user item with this id, through the layer's ``ById`` lookup."""
-        found = await self.backend._lookup("user", user_id)
+        found = await self.backend.lookup("user", user_id)
         if found is None:
             return None
         parsed = self._spec.parse_key(self.models.dynamo["user"].pk, found[0])
@@ -471,7 +469,7 @@ class DynamoTable:
         """A thread with all its rows, or None: one Query of its partition, decoded by
         :meth:`decode_partition`."""
         spec, b = self._spec, self.backend
-        items = await b._query_all(
+        items = await b.query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": spec.PARTITION_KEY},
             ExpressionAttributeValues={
                 ":p": b.layout.key_of("thread", id=thread_id)[spec.PARTITION_KEY]},
@@ -496,10 +494,10 @@ class DynamoTable:
             if kind == "thread":
                 thread = b.codecs["thread"].row(item)
             elif kind == "step":
-                embedded = self._legacy.legacy_feedback(item)
+                embedded = b.layout.legacy_feedback(item)
                 if embedded and embedded.get("forId"):
                     legacy.setdefault(str(embedded["forId"]), embedded)
-                if not self._legacy.is_phantom(item):
+                if not b.layout.is_phantom(item):
                     steps.append(b.codecs["step"].row(item))
                     step_items.append(item)
             elif kind == "element":
@@ -509,7 +507,7 @@ class DynamoTable:
                 feedback[str(row.get("forId"))] = row
         if thread is None:
             return None
-        await b._load_texts(step_items, steps)
+        await b.load_texts(step_items, steps)
         for for_id, row in legacy.items():
             feedback.setdefault(for_id, {**row, "threadId": thread_id})
         return thread, steps, elements, list(feedback.values())
@@ -553,9 +551,10 @@ class DynamoTable:
 
     def feedback_markers(self, user_id: str | None, counts: Mapping[int, int]
                          ) -> dict[str, Any]:
-        """The per-value feedback counters of a thread item, and the ``UserFeedback0/1`` key
-        attributes that put it in the sparse feedback indexes while its count is positive.
-        Mirrors ``DynamoBackend._counter_update`` and the backfill (inline there today)."""
+        """The per-value feedback counters of a thread item, and the key attributes that put
+        it in the sparse feedback indexes while its count is positive
+        (:meth:`ItemLayout.feedback_marker`, as ``DynamoBackend._counter_update`` and the
+        backfill write them)."""
         dy, b = self._dy, self.backend
         out: dict[str, Any] = {}
         for value, counter in dy.FEEDBACK_COUNTERS.items():
@@ -563,14 +562,9 @@ class DynamoTable:
             if not count:
                 continue
             out[counter] = {"N": str(count)}
-            spec = b.indexes.get(dy.FEEDBACK_INDEXES[value])
-            if spec is None or not user_id:
-                continue
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.index == spec.name)
-            marker = self._spec.render_key(declared.pk, {"userId": user_id})
-            if marker:
-                out[spec.pk_attribute] = dy.string_value(marker)
+            marker = b.layout.feedback_marker(value, user_id)
+            if marker is not None and marker[1]:
+                out[marker[0]] = dy.string_value(marker[1])
         return out
 
     def step_item(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -585,7 +579,7 @@ class DynamoTable:
             for field, ref in dy.TEXT_REFS.items():
                 text = row.get(field)
                 if isinstance(text, str) and len(text.encode()) > b.offload_bytes:
-                    key = b._text_key(thread_id, step_id, field, False)
+                    key = step_text_object_key(thread_id, step_id, field, False)
                     uploads.append((key, text.encode()))
                     del item[field]
                     item[ref] = dy.string_value(key)
@@ -601,8 +595,8 @@ class DynamoTable:
     async def put(self, items: Sequence[dict[str, Any]]) -> None:
         """Whole items, BatchWriteItem 25 at a time, unprocessed ones retried (the layer's)."""
         if items:
-            await self.backend._batch_write([{"PutRequest": {"Item": i}} for i in items],
-                                            last_after_rest=True)
+            await self.backend.batch_write([{"PutRequest": {"Item": i}} for i in items],
+                                           last_after_rest=True)
 
     async def thread_owners(self, thread_ids: Sequence[str]) -> dict[str, str | None]:
         """userId of each of these threads that exists (BatchGetItem of the thread items)."""
@@ -610,7 +604,7 @@ class DynamoTable:
         out: dict[str, str | None] = {}
         keys = [b.layout.key_of("thread", id=t) for t in thread_ids]
         for start in range(0, len(keys), 100):
-            for item in await b._batch_get(keys[start:start + 100]):
+            for item in await b.batch_get(keys[start:start + 100]):
                 row = b.codecs["thread"].row(item)
                 thread_id = b.layout.thread_of_key(item[self._spec.PARTITION_KEY]["S"])
                 if thread_id is not None:
@@ -621,7 +615,7 @@ class DynamoTable:
         """The feedback items a thread already has (to count them with the copied ones)."""
         spec, b = self._spec, self.backend
         prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
-        items = await b._query_all(
+        items = await b.query_all(
             KeyConditionExpression="#p = :p AND begins_with(#s, :f)",
             ExpressionAttributeNames={"#p": spec.PARTITION_KEY, "#s": spec.SORT_KEY},
             ExpressionAttributeValues={

@@ -170,8 +170,8 @@ def _expand_snippets(body: str) -> str:
 
 
 def dynamodb_operations_called() -> set[str]:
-    """The DynamoDB API operations the package sends (``_call("get_item", ...)``, the table
-    client's ``self.call("describe_table", ...)`` and the like),
+    """The DynamoDB API operations the package sends (the backend's and the table client's
+    ``self.call("get_item", ...)``, ``self.call("describe_table", ...)`` and the like),
     as IAM action names."""
     found: set[str] = set()
     for path in (ROOT / "chainlit_orm").rglob("*.py"):

@@ -88,7 +88,7 @@ async def test_hot_paths_cost_one_call(layer: DynamoDataLayer, recorder: Recorde
     thread = await layer.get_thread(tid)
     assert thread is not None
     assert {s["id"]: s["output"] for s in thread["steps"]}[asked["id"]] == "asked, edited"
-    stored = await layer.dynamo._call("get_item", Key=layer.dynamo.layout.key_of("thread", id=tid))
+    stored = await layer.dynamo.call("get_item", Key=layer.dynamo.layout.key_of("thread", id=tid))
     assert stored["Item"]["activityAt"] == {"S": asked["createdAt"]}
 
     recorder.clear()

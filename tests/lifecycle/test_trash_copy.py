@@ -13,8 +13,8 @@ import boto3
 from chainlit.types import Feedback, Pagination, ThreadFilter
 
 from chainlit_orm import DynamoDataLayer, SQLDataLayer
-from chainlit_orm.layers.dynamodb import FEEDBACK_INDEXES, LIST_INDEX
 from chainlit_orm.layers.dynamodb.lifecycle import TRASHED
+from chainlit_orm.models.entities import FEEDBACK_ROLES
 from chainlit_orm.transfer import copy
 from tests.contract.conftest import CONTRACT_BACKENDS, message, new_id
 from tests.lifecycle.conftest import MOTO, new_user, store_url
@@ -61,9 +61,9 @@ async def test_a_trashed_thread_copied_to_dynamodb_is_listed_nowhere(
             item = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=MOTO).get_item(
                 TableName=table, Key=backend.layout.key_of("thread", id=trashed),
                 ConsistentRead=True)["Item"]
-            assert item[backend.indexes[LIST_INDEX].pk_attribute] == {"S": TRASHED}
-            assert [backend.indexes[name].pk_attribute in item
-                    for name in FEEDBACK_INDEXES.values()] == [False, False]
+            assert item[backend.layout.list_index.pk_attribute] == {"S": TRASHED}
+            assert [backend.layout.index(role).pk_attribute in item
+                    for role in FEEDBACK_ROLES.values()] == [False, False]
             assert "deletedAt" in item
 
             # the copy is a real trashed thread: restored, it is listed again

@@ -94,7 +94,7 @@ async def stored_children(layer: ChainlitLayer, target: Target, thread_id: str
     counts = dict.fromkeys(("thread", "step", "element", "feedback"), 0)
     if target.kind == "dynamodb":
         backend = layer.dynamo  # type: ignore[attr-defined]
-        items = await backend._query_all(
+        items = await backend.query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": "PK"},
             ExpressionAttributeValues={":p": {"S": f"THREAD#{thread_id}"}}, ConsistentRead=True)
         steps, rated = set(), set()

@@ -81,7 +81,7 @@ async def owned(layer: DynamoDataLayer) -> tuple[PersistedUser, str]:
 
 
 async def _thread_item(direct: DynamoDataLayer, tid: str) -> dict[str, Any]:
-    item: dict[str, Any] = (await direct.dynamo._call(
+    item: dict[str, Any] = (await direct.dynamo.call(
         "get_item", Key={"PK": {"S": f"THREAD#{tid}"}, "SK": {"S": "THREAD"}},
         ConsistentRead=True))["Item"]
     return item

@@ -117,7 +117,7 @@ async def test_feedback_storm_on_one_step(layer: ChainlitLayer, target: Target,
     counts = await stored_children(layer, target, tid)
     assert counts["feedback"] == 1
     if target.kind == "dynamodb":
-        item = (await layer.dynamo._call(  # type: ignore[attr-defined]
+        item = (await layer.dynamo.call(  # type: ignore[attr-defined]
             "get_item", Key={"PK": {"S": f"THREAD#{tid}"}, "SK": {"S": "THREAD"}},
             ConsistentRead=True))["Item"]
         assert item[f"fbCount{value}"] == {"N": "1"}
@@ -163,7 +163,7 @@ async def test_feedback_of_one_thread_from_4_processes(
     assert await _listed(layer, owner, feedback=1) == [tid]
     assert (await stored_children(layer, target, tid))["feedback"] == 40
     if target.kind == "dynamodb":
-        item = (await layer.dynamo._call(  # type: ignore[attr-defined]
+        item = (await layer.dynamo.call(  # type: ignore[attr-defined]
             "get_item", Key={"PK": {"S": f"THREAD#{tid}"}, "SK": {"S": "THREAD"}},
             ConsistentRead=True))["Item"]
         assert (item["fbCount0"], item["fbCount1"]) == ({"N": "20"}, {"N": "20"})

@@ -78,10 +78,7 @@ from chainlit_orm.layers.dynamodb.items import (
     BATCH_WRITE,
     DEFAULT_OFFLOAD_BYTES,
     FEEDBACK_COUNTERS,
-    FEEDBACK_INDEXES,
     ITEM_LIMIT,
-    LIST_INDEX,
-    LOOKUP_INDEX,
     TEXT_REFS,
     UNREADABLE_KEY,
     UNREADABLE_TEXT,
@@ -92,7 +89,7 @@ from chainlit_orm.layers.dynamodb.table import BATCH_RETRY, CONFLICT_RETRY, Retr
 
 __all__ = [
     "BATCH_RETRY", "BATCH_WRITE", "CONFLICT_RETRY", "DEFAULT_OFFLOAD_BYTES", "FEEDBACK_COUNTERS",
-    "FEEDBACK_INDEXES", "ITEM_LIMIT", "LIST_INDEX", "LOOKUP_INDEX", "TEXT_REFS", "UNREADABLE_KEY",
-    "UNREADABLE_TEXT", "DynamoBackend", "DynamoConfig", "DynamoDataLayer", "ItemLayout",
-    "RetryPolicy", "TableClient", "backfill", "can_read_back",
+    "ITEM_LIMIT", "TEXT_REFS", "UNREADABLE_KEY", "UNREADABLE_TEXT", "DynamoBackend",
+    "DynamoConfig", "DynamoDataLayer", "ItemLayout", "RetryPolicy", "TableClient", "backfill",
+    "can_read_back",
 ]

@@ -28,16 +28,14 @@ from chainlit_orm.errors import (
     MissingDependencyError,
     NotFoundError,
     PayloadTooLargeError,
+    SchemaError,
     StorageError,
 )
 from chainlit_orm.layers.base import ThreadOrder
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
-    FEEDBACK_INDEXES,
     ITEM_LIMIT,
-    LIST_INDEX,
-    LOOKUP_INDEX,
     TEXT_REFS,
     UNREADABLE_KEY,
     UNREADABLE_TEXT,
@@ -49,7 +47,7 @@ from chainlit_orm.layers.dynamodb.items import (
     table_key,
     value_size,
 )
-from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK, is_phantom, legacy_feedback
+from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK
 from chainlit_orm.layers.dynamodb.lifecycle import (
     CLAIM_ATTRIBUTE,
     DynamoLifecycle,
@@ -59,7 +57,13 @@ from chainlit_orm.layers.dynamodb.table import (
     ConditionFailed,
     TableClient,
 )
-from chainlit_orm.models.rules import feedback_dict, step_text_object_key
+from chainlit_orm.models.entities import FEEDBACK_ROLES, LOOKUP_ROLE
+from chainlit_orm.models.rules import (
+    element_order,
+    feedback_dict,
+    step_order,
+    step_text_object_key,
+)
 from chainlit_orm.models.search import matches
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.dynamo import (
@@ -216,8 +220,15 @@ class DynamoBackend(DynamoLifecycle):
         await self.table_client.check(self.indexes)
         return []
 
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One API call in the worker pool; typed errors; failed conditions: ConditionFailed.
+    # The table operations below are public: the transfer (chainlit_orm.transfer._layer) reads
+    # and writes whole items through them, so its requests get the layer's first-use check,
+    # retries and typed errors. Each checks the table once (ensure_ready), then sends through
+    # the table client.
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call on the table (``"query"``, ``"scan"``, ``"get_item"``...), with the
+        table's name added, in the worker pool; typed errors; failed conditions:
+        :class:`~chainlit_orm.layers.dynamodb.table.ConditionFailed`.
 
         A plain write refused because its item is part of an ongoing transaction
         (``TransactionConflictException``, which botocore does not retry) and an answer cut
@@ -225,7 +236,7 @@ class DynamoBackend(DynamoLifecycle):
         request the layer sends is a read, an idempotent write or a conditioned one, so sending
         it again is safe, and giving up would lose it (Chainlit logs and drops a failed
         ``update_thread``: the thread would stay without its owner). Transactions are retried
-        by :meth:`_transact`.
+        by :meth:`transact`.
         """
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
@@ -247,13 +258,13 @@ class DynamoBackend(DynamoLifecycle):
         elif not self._ready.done():
             await asyncio.shield(self._ready)
 
-    async def _lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
-        """The table key of the item of ``entity`` with this id, through the ById index."""
-        declared = next(d for d in self.models.dynamo[entity].indexes if d.index == LOOKUP_INDEX)
-        spec = self.indexes[LOOKUP_INDEX]
-        value = render_key(declared.pk, {"id": item_id})
-        result = await self._call(
-            "query", IndexName=LOOKUP_INDEX,
+    async def lookup(self, entity: str, item_id: str) -> tuple[str, str] | None:
+        """The table key of the item of ``entity`` with this id, through the lookup index (the
+        model set's index of role ``lookup``, ``ById`` by default)."""
+        spec = self.layout.lookup_index
+        value = render_key(self.layout.templates(LOOKUP_ROLE, entity).pk, {"id": item_id})
+        result = await self.call(
+            "query", IndexName=spec.name,
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": spec.pk_attribute},
             ExpressionAttributeValues={":p": string_value(value or "")},
@@ -262,24 +273,33 @@ class DynamoBackend(DynamoLifecycle):
             return item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
         return None
 
-    async def _transact(self, actions: list[dict[str, Any]]) -> None:
+    async def transact(self, actions: list[dict[str, Any]]) -> None:
+        """One TransactWriteItems of ``actions``, retried on a transaction conflict
+        (:meth:`TableClient.transact`)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         await self.table_client.transact(actions)
 
-    async def _batch_write(self, requests: list[dict[str, Any]], *,
-                           last_after_rest: bool = False) -> None:
+    async def batch_write(self, requests: list[dict[str, Any]], *,
+                          last_after_rest: bool = False) -> None:
+        """Every request written, 25 per BatchWriteItem, unprocessed ones sent again;
+        ``last_after_rest``: the last chunk only once the others are written (``delete_thread``
+        puts its thread item there, so an interrupted delete leaves it to be found again)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         await self.table_client.batch_write(requests, last_after_rest=last_after_rest)
 
-    async def _batch_get(self, keys: list[dict[str, Any]], **options: Any
-                         ) -> list[dict[str, Any]]:
+    async def batch_get(self, keys: list[dict[str, Any]], **options: Any
+                        ) -> list[dict[str, Any]]:
+        """The items of these keys that exist, in no particular order (BatchGetItem, read
+        consistently, unprocessed keys asked again); ``options`` go to every request
+        (``ProjectionExpression``...)."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         return await self.table_client.batch_get(keys, **options)
 
-    async def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+    async def query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item a Query returns, all its pages read."""
         if self._ready is None or not self._ready.done():
             await self.ensure_ready()
         return await self.table_client.query_all(**kwargs)
@@ -304,18 +324,15 @@ class DynamoBackend(DynamoLifecycle):
                 self._identifiers.popitem(last=False)
 
     def _user_row(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        row = self.codecs["user"].row(item)
-        if not row.get("identifier"):
-            parsed = parse_key(self.models.dynamo["user"].pk, item[PARTITION_KEY]["S"])
-            row["identifier"] = parsed["identifier"] if parsed else None
-        if not row.get("id"):
-            row["id"] = row["identifier"]  # Chainlit's layer: the id is the identifier
+        """The user item as a row (:meth:`ItemLayout.user_row`), its id and identifier
+        remembered for ``update_thread``'s owner writes."""
+        row = self.layout.user_row(item)
         self._remember(row)
         return row
 
     async def get_user(self, identifier: str) -> dict[str, Any] | None:
-        item = (await self._call("get_item", Key=self.layout.key_of("user", identifier=identifier),
-                                 ConsistentRead=True)).get("Item")
+        item = (await self.call("get_item", Key=self.layout.key_of("user", identifier=identifier),
+                                ConsistentRead=True)).get("Item")
         return None if item is None else self._user_row(item)
 
     async def upsert_user(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +349,7 @@ class DynamoBackend(DynamoLifecycle):
             u.set(attribute, string_value(value),
                   if_absent="{id}" in self.layout.index_templates("user")[attribute])
         key = self.layout.key_of("user", identifier=row["identifier"])
-        result = await self._call("update_item", Key=key, ReturnValues="ALL_NEW", **u.params())
+        result = await self.call("update_item", Key=key, ReturnValues="ALL_NEW", **u.params())
         stored = self._user_row(result["Attributes"])
         fixed = self.layout.index_attributes("user", stored)
         stale = {a: v for a, v in fixed.items() if result["Attributes"].get(a) != string_value(v)}
@@ -340,7 +357,7 @@ class DynamoBackend(DynamoLifecycle):
             fix = UpdateExpression()
             for attribute, value in stale.items():
                 fix.set(attribute, string_value(value))
-            await self._call("update_item", Key=key, **fix.params())
+            await self.call("update_item", Key=key, **fix.params())
         return stored
 
     async def user_exists(self, user_id: str) -> bool:
@@ -349,7 +366,7 @@ class DynamoBackend(DynamoLifecycle):
     async def _identifier_of(self, user_id: str) -> str | None:
         if user_id in self._identifiers:
             return self._identifiers[user_id]
-        found = await self._lookup("user", user_id)
+        found = await self.lookup("user", user_id)
         if found is None:
             return None
         parsed = parse_key(self.models.dynamo["user"].pk, found[0])
@@ -442,7 +459,7 @@ class DynamoBackend(DynamoLifecycle):
                         result = await self._owner_write(key, build(mode), fields["userId"],
                                                          identifier)
                     else:
-                        result = await self._call(
+                        result = await self.call(
                             "update_item", Key=key, ReturnValues=returns,
                             ReturnValuesOnConditionCheckFailure="ALL_OLD",
                             **build(mode).params())
@@ -473,7 +490,7 @@ class DynamoBackend(DynamoLifecycle):
         """
         user_key = self.layout.key_of("user", identifier=identifier)
         try:
-            await self._transact([
+            await self.transact([
                 {"ConditionCheck": {"TableName": self.table, "Key": user_key,
                                     # Chainlit's own layer wrote users without an id attribute:
                                     # there the id is the identifier
@@ -491,9 +508,9 @@ class DynamoBackend(DynamoLifecycle):
                 self._identifiers.pop(user_id, None)
                 raise NotFoundError(f"user_id {user_id!r}: no such user",
                                     detail="user_id") from failed
-            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
             raise ConditionFailed(item) from failed
-        item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+        item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
         return {"Attributes": item or {}}
 
     async def _sync_feedback_markers(self, key: dict[str, Any], item: Mapping[str, Any]) -> None:
@@ -503,19 +520,16 @@ class DynamoBackend(DynamoLifecycle):
             return
         u = UpdateExpression()
         for value, counter in FEEDBACK_COUNTERS.items():
-            spec = self.indexes.get(FEEDBACK_INDEXES[value])
+            marker = self.layout.feedback_marker(value, user_id)
             count = from_attribute_value(item[counter]) if counter in item else 0
-            if spec is None or not count or spec.pk_attribute in item:
+            if marker is None or not count or marker[0] in item:
                 continue
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.index == spec.name)
-            u.set(spec.pk_attribute,
-                  string_value(render_key(declared.pk, {"userId": user_id}) or ""))
+            u.set(marker[0], string_value(marker[1] or ""))
         if u.sets:
-            await self._call("update_item", Key=key, **u.params())
+            await self.call("update_item", Key=key, **u.params())
 
     async def get_thread_author(self, thread_id: str) -> str | None:
-        item = (await self._call(
+        item = (await self.call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
             ProjectionExpression="#u, #d, #a",
             ExpressionAttributeNames={"#u": "userIdentifier", "#d": "deletedAt",
@@ -530,7 +544,7 @@ class DynamoBackend(DynamoLifecycle):
     async def get_thread(
         self, thread_id: str
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p", ExpressionAttributeNames={"#p": PARTITION_KEY},
             ExpressionAttributeValues={
                 ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
@@ -548,8 +562,8 @@ class DynamoBackend(DynamoLifecycle):
                     return None
                 thread = self.codecs["thread"].row(item)
             elif kind == "step":
-                if is_phantom(item):
-                    legacy = legacy_feedback(item)
+                if self.layout.is_phantom(item):
+                    legacy = self.layout.legacy_feedback(item)
                     if legacy:
                         feedback.setdefault(legacy["forId"], legacy)
                     continue
@@ -563,13 +577,13 @@ class DynamoBackend(DynamoLifecycle):
                 feedback[str(row.get("forId"))] = _feedback_of(row)
         if thread is None or thread.get("deletedAt"):  # trashed: gone for every read
             return None
-        await self._load_texts(list(step_items.values()), list(steps.values()))
+        await self.load_texts(list(step_items.values()), list(steps.values()))
         for step_id, row in steps.items():
-            found = feedback.get(step_id) or legacy_feedback(step_items[step_id])
+            found = feedback.get(step_id) or self.layout.legacy_feedback(step_items[step_id])
             if found:
                 row["feedback"] = found
-        ordered = sorted(steps.values(), key=lambda r: (r.get("createdAt") or "", str(r["id"])))
-        elements.sort(key=lambda r: str(r.get("id")))
+        ordered = sorted(steps.values(), key=step_order)
+        elements.sort(key=element_order)
         return thread, ordered, elements
 
     async def list_threads(
@@ -587,12 +601,19 @@ class DynamoBackend(DynamoLifecycle):
         needle = search or None  # case-folded by the layer (chainlit_orm.models.search)
         if user_id is None:
             return await self._list_by_scan(limit, after, needle, feedback)
-        index_name = LIST_INDEX if feedback is None else FEEDBACK_INDEXES[feedback]
-        spec = self.indexes[index_name]
-        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == index_name)
+        if feedback is None:
+            spec = self.layout.list_index
+        else:
+            found = self.layout.feedback_index(feedback)
+            if found is None:
+                raise SchemaError(
+                    f"the model set declares no DynamoDB index for feedback {feedback} "
+                    f"(role {FEEDBACK_ROLES[feedback]!r})", detail=str(feedback))
+            spec = found
+        declared = spec.entities["thread"]
         pk_value = render_key(declared.pk, {"userId": user_id}) or ""
         kwargs: dict[str, Any] = {
-            "IndexName": index_name,
+            "IndexName": spec.name,
             "KeyConditionExpression": "#p = :p",
             "ExpressionAttributeNames": {"#p": spec.pk_attribute},
             "ExpressionAttributeValues": {":p": string_value(pk_value)},
@@ -612,7 +633,7 @@ class DynamoBackend(DynamoLifecycle):
         codec = self.codecs["thread"]
         while len(rows) < limit:
             try:
-                result = await self._call("query", **kwargs)
+                result = await self.call("query", **kwargs)
             except InvalidInputError as exc:
                 if after is not None and not isinstance(exc, PayloadTooLargeError):
                     raise InvalidCursorError("the pagination cursor does not fit this query") \
@@ -645,7 +666,7 @@ class DynamoBackend(DynamoLifecycle):
         rows: list[dict[str, Any]] = []
         codec = self.codecs["thread"]
         while True:
-            result = await self._call("scan", **kwargs)
+            result = await self.call("scan", **kwargs)
             for item in result.get("Items", []):
                 if feedback is not None:
                     counter = item.get(FEEDBACK_COUNTERS[feedback])
@@ -678,7 +699,7 @@ class DynamoBackend(DynamoLifecycle):
             return keys
 
     async def thread_object_keys(self, thread_id: str) -> list[str]:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
@@ -690,7 +711,7 @@ class DynamoBackend(DynamoLifecycle):
         return stored_object_keys(items)
 
     async def _delete_partition(self, thread_id: str) -> list[str]:
-        items = await self._query_all(
+        items = await self.query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"]},
@@ -703,16 +724,13 @@ class DynamoBackend(DynamoLifecycle):
         # children first, the thread item last: an interrupted delete leaves a thread to retry
         items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
         keys = stored_object_keys(items)
-        await self._batch_write([
+        await self.batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in items
         ], last_after_rest=True)
         return keys
 
     # ------------------------------------------------------------------- steps
-
-    def _text_key(self, thread_id: str, step_id: str, field: str, create: bool) -> str:
-        return step_text_object_key(thread_id, step_id, field, create)
 
     async def upsert_step(
         self, row: dict[str, Any], *, create: bool, activity: str | None, now: str
@@ -747,7 +765,7 @@ class DynamoBackend(DynamoLifecycle):
         try:
             for field in offload:
                 assert storage is not None
-                object_key = self._text_key(thread_id, step_id, field, create)
+                object_key = step_text_object_key(thread_id, step_id, field, create)
                 refs[field] = object_key
                 await storage.upload_file(object_key, row[field].encode(),
                                           mime="text/plain; charset=utf-8", overwrite=True)
@@ -838,14 +856,14 @@ class DynamoBackend(DynamoLifecycle):
                 if bump or stub:
                     thread = self._bump(thread_id, str(activity), now) if bump \
                         else self._stub(thread_id, now)
-                    await self._transact([
+                    await self.transact([
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **thread.params()}},
                         {kind: {"TableName": self.table, **write}},
                     ])
                     self._deleted.pop(thread_id, None)  # the thread exists again
                 else:
-                    await self._call("put_item" if put is not None else "update_item", **write)
+                    await self.call("put_item" if put is not None else "update_item", **write)
                 break
             except ConditionFailed as failed:
                 reasons = failed.reasons if bump or stub else ["None", "ConditionalCheckFailed"]
@@ -995,8 +1013,8 @@ class DynamoBackend(DynamoLifecycle):
                     f"{a} = {u.n('createdAt')}")
         return u
 
-    async def _load_texts(self, items: Sequence[Mapping[str, Any]],
-                          rows: Sequence[dict[str, Any]]) -> None:
+    async def load_texts(self, items: Sequence[Mapping[str, Any]],
+                         rows: Sequence[dict[str, Any]]) -> None:
         """Read offloaded step texts back into their rows, concurrently.
 
         A text that cannot be read (its object is gone, the storage cannot read, the bytes are
@@ -1048,7 +1066,7 @@ class DynamoBackend(DynamoLifecycle):
                                detail=object_key) from exc
 
     async def delete_step(self, step_id: str) -> list[str]:
-        found = await self._lookup("step", step_id)
+        found = await self.lookup("step", step_id)
         if found is None:
             return []
         pk, sk = found
@@ -1056,7 +1074,7 @@ class DynamoBackend(DynamoLifecycle):
         if thread_id is None:
             return []
         element_prefix = self.models.dynamo["element"].sk.split("{", 1)[0]
-        elements = await self._query_all(
+        elements = await self.query_all(
             KeyConditionExpression="#p = :p AND begins_with(#s, :e)",
             FilterExpression="#f = :sid",
             ProjectionExpression="#p, #s, #o",
@@ -1066,40 +1084,40 @@ class DynamoBackend(DynamoLifecycle):
                                        ":sid": string_value(step_id)},
             ConsistentRead=True,
         )
-        step = (await self._call("get_item", Key=table_key(pk, sk),
-                                 ConsistentRead=True)).get("Item")
+        step = (await self.call("get_item", Key=table_key(pk, sk),
+                                ConsistentRead=True)).get("Item")
         await self._delete_feedback_of(thread_id, step_id)
         targets = [*elements, *([step] if step else [])]
         keys = stored_object_keys(targets)
-        await self._batch_write([
+        await self.batch_write([
             {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY], SORT_KEY: i[SORT_KEY]}}}
             for i in targets
         ])
         return keys
 
     async def get_step(self, step_id: str) -> dict[str, Any] | None:
-        found = await self._lookup("step", step_id)
+        found = await self.lookup("step", step_id)
         if found is None:
             return None
         pk, sk = found
         thread_id = self.layout.thread_of_key(pk) or ""
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self._batch_get([table_key(pk, sk), feedback_key, thread_key])
+        items = await self.batch_get([table_key(pk, sk), feedback_key, thread_key])
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
-        if step_item is None or is_phantom(step_item):
+        if step_item is None or self.layout.is_phantom(step_item):
             return None
         thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
         if thread_item is not None and not self._readable(thread_item):
             return None  # trashed or past its retention: its steps are as gone as it is
         items = [i for i in items if i is not thread_item]
         row = self.codecs["step"].row(step_item)
-        await self._load_texts([step_item], [row])
+        await self.load_texts([step_item], [row])
         feedback_item = next((i for i in items if i[SORT_KEY]["S"] != sk), None)
         if feedback_item is not None:
             row["feedback"] = _feedback_of(self.codecs["feedback"].row(feedback_item))
-        elif legacy_feedback(step_item):
-            row["feedback"] = legacy_feedback(step_item)
+        elif self.layout.legacy_feedback(step_item):
+            row["feedback"] = self.layout.legacy_feedback(step_item)
         return row
 
     async def get_favorite_steps(self, user_id: str) -> list[dict[str, Any]]:
@@ -1112,7 +1130,7 @@ class DynamoBackend(DynamoLifecycle):
         feedback_prefix = self.models.dynamo["feedback"].sk.split("{", 1)[0]
 
         async def favorites(thread_id: str) -> list[dict[str, Any]]:
-            items = await self._query_all(
+            items = await self.query_all(
                 KeyConditionExpression="#p = :p",
                 FilterExpression="(begins_with(#s, :st) AND (#f = :t OR #m.#f = :t)) OR "
                                  "begins_with(#s, :fb)",
@@ -1130,19 +1148,19 @@ class DynamoBackend(DynamoLifecycle):
                 if self.layout.kind(item[SORT_KEY]["S"]) == "feedback":
                     row = self.codecs["feedback"].row(item)
                     feedback[str(row.get("forId"))] = _feedback_of(row)
-                elif not is_phantom(item):
+                elif not self.layout.is_phantom(item):
                     step_items.append(item)
             rows = [self.codecs["step"].row(item) for item in step_items]
-            await self._load_texts(step_items, rows)
+            await self.load_texts(step_items, rows)
             for item, row in zip(step_items, rows, strict=True):
-                found = feedback.get(str(row.get("id"))) or legacy_feedback(item)
+                found = feedback.get(str(row.get("id"))) or self.layout.legacy_feedback(item)
                 if found:
                     row["feedback"] = found
             return rows
 
         nested = await asyncio.gather(*(favorites(str(t["id"])) for t in threads))
         steps = [s for group in nested for s in group]
-        steps.sort(key=lambda r: (r.get("createdAt") or "", str(r["id"])), reverse=True)
+        steps.sort(key=step_order, reverse=True)
         return steps
 
     # ---------------------------------------------------------------- elements
@@ -1159,9 +1177,9 @@ class DynamoBackend(DynamoLifecycle):
         thread_id = str(row["threadId"])
         async with self._child_write(thread_id) as late:
             if not late:
-                await self._call("update_item", Key=key, **u.params())
+                await self.call("update_item", Key=key, **u.params())
                 return
-            await self._transact([  # see _child_write: recreate the thread with the element
+            await self.transact([  # see _child_write: recreate the thread with the element
                 {"Update": {"TableName": self.table,
                             "Key": self.layout.key_of("thread", id=thread_id),
                             **self._stub(thread_id, now).params()}},
@@ -1172,7 +1190,7 @@ class DynamoBackend(DynamoLifecycle):
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
         key = self.layout.key_of("element", threadId=thread_id, id=element_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self._batch_get([key, thread_key])
+        items = await self.batch_get([key, thread_key])
         item = next((i for i in items if i[SORT_KEY] == key[SORT_KEY]), None)
         thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
         if item is None or (thread_item is not None and not self._readable(thread_item)):
@@ -1181,13 +1199,13 @@ class DynamoBackend(DynamoLifecycle):
 
     async def delete_element(self, element_id: str, thread_id: str | None) -> str | None:
         if thread_id is None:
-            found = await self._lookup("element", element_id)
+            found = await self.lookup("element", element_id)
             if found is None:
                 return None
             key = table_key(*found)
         else:
             key = self.layout.key_of("element", threadId=thread_id, id=element_id)
-        old = (await self._call("delete_item", Key=key, ReturnValues="ALL_OLD")).get("Attributes")
+        old = (await self.call("delete_item", Key=key, ReturnValues="ALL_OLD")).get("Attributes")
         if not old or "objectKey" not in old:
             return None
         value = from_attribute_value(old["objectKey"])
@@ -1218,7 +1236,7 @@ class DynamoBackend(DynamoLifecycle):
         step_id = str(row["forId"])
         thread_id = row.get("threadId")
         if thread_id is None:
-            found = await self._lookup("step", step_id)
+            found = await self.lookup("step", step_id)
             thread_id = self.layout.thread_of_key(found[0]) if found else None
             if thread_id is None:
                 raise InvalidInputError(
@@ -1233,13 +1251,13 @@ class DynamoBackend(DynamoLifecycle):
         checked_step = row.get("threadId") is None
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
-            items = await self._batch_get([thread_key, step_key, feedback_key])
+            items = await self.batch_get([thread_key, step_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             thread = by_sk.get(thread_key[SORT_KEY]["S"])
             if thread is None:
                 raise NotFoundError(f"thread {thread_id} does not exist", detail=thread_id)
             if step_key[SORT_KEY]["S"] not in by_sk and not checked_step:
-                elsewhere = await self._lookup("step", step_id)
+                elsewhere = await self.lookup("step", step_id)
                 if elsewhere is not None and elsewhere[0] != thread_key[PARTITION_KEY]["S"]:
                     raise ConflictError(
                         f"step {step_id} does not belong to thread {thread_id}", detail=step_id)
@@ -1270,10 +1288,10 @@ class DynamoBackend(DynamoLifecycle):
                 remove=old_value if old_value != int(new["value"]) else None)
             try:
                 if counters is None:
-                    await self._call("put_item", **{k: v for k, v in put.items()
+                    await self.call("put_item", **{k: v for k, v in put.items()
                                                     if k != "TableName"})
                 else:
-                    await self._transact([
+                    await self.transact([
                         {"Put": put},
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **counters.params()}},
@@ -1309,15 +1327,11 @@ class DynamoBackend(DynamoLifecycle):
                 continue
             counter = FEEDBACK_COUNTERS[value]
             name = u.n(counter)
-            spec = self.indexes.get(FEEDBACK_INDEXES[value])
-            declared = None if spec is None else next(
-                d for d in self.models.dynamo["thread"].indexes if d.index == spec.name)
-            marker = render_key(declared.pk, {"userId": user_id}) if declared and user_id \
-                else None
+            marker = self.layout.feedback_marker(value, user_id)
             if change > 0:
                 u.add(counter, {"N": "1"})
-                if spec is not None and marker:
-                    u.set(spec.pk_attribute, string_value(marker))
+                if marker is not None and marker[1]:
+                    u.set(marker[0], string_value(marker[1]))
                 continue
             current = int(from_attribute_value(thread[counter])) if counter in thread else 0
             one = u.v({"N": "1"})
@@ -1327,8 +1341,8 @@ class DynamoBackend(DynamoLifecycle):
             else:  # the last one of this value: the counter goes to 0 and the marker with it
                 u.set(counter, {"N": "0"})
                 u.condition(f"attribute_not_exists({name}) OR {name} <= {one}")
-                if spec is not None:
-                    u.remove(spec.pk_attribute)
+                if marker is not None:
+                    u.remove(marker[0])
         return u
 
     async def _delete_feedback_of(self, thread_id: str, step_id: str,
@@ -1345,7 +1359,7 @@ class DynamoBackend(DynamoLifecycle):
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
-            items = await self._batch_get([thread_key, feedback_key])
+            items = await self.batch_get([thread_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             old = by_sk.get(feedback_key[SORT_KEY]["S"])
             if old is None:
@@ -1368,10 +1382,10 @@ class DynamoBackend(DynamoLifecycle):
                 thread, add=None, remove=int(old_row["value"]))
             try:
                 if counters is None:
-                    await self._call("delete_item", **{k: v for k, v in delete.items()
+                    await self.call("delete_item", **{k: v for k, v in delete.items()
                                                        if k != "TableName"})
                 else:
-                    await self._transact([
+                    await self.transact([
                         {"Delete": delete},
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **counters.params()}},
@@ -1382,7 +1396,7 @@ class DynamoBackend(DynamoLifecycle):
         raise ConflictError(f"feedback of step {step_id} kept conflicting", detail=step_id)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
-        found = await self._lookup("feedback", feedback_id)
+        found = await self.lookup("feedback", feedback_id)
         if found is None:
             return False
         thread_id = self.layout.thread_of_key(found[0])

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
-    FEEDBACK_INDEXES,
-    LIST_INDEX,
     ItemLayout,
     UpdateExpression,
     string_value,
     table_key,
 )
-from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK, is_phantom, legacy_feedback
+from chainlit_orm.layers.dynamodb.legacy import LEGACY_FEEDBACK
 from chainlit_orm.layers.dynamodb.table import TableClient
 from chainlit_orm.models.rules import USER_MESSAGE, is_favorite
 from chainlit_orm.models.types import format_timestamp, parse_timestamp
@@ -27,10 +24,8 @@ from chainlit_orm.schema_gen.dynamo import (
     PARTITION_KEY,
     SCHEMA_VERSION_KEY,
     SORT_KEY,
-    GsiSpec,
     dynamo_indexes,
     parse_key,
-    render_key,
 )
 from chainlit_orm.schema_gen.pynamo import from_attribute_value, pynamodb_models
 
@@ -78,7 +73,7 @@ async def backfill(request: BackfillTarget) -> list[str]:
     layout = ItemLayout(models, pynamodb_models(models, url.table), indexes,
                         reserved=(LEGACY_FEEDBACK,))
     try:
-        return await _TableBackfill(client, layout, indexes).run()
+        return await _TableBackfill(client, layout).run()
     finally:
         await client.close()
 
@@ -86,11 +81,9 @@ async def backfill(request: BackfillTarget) -> list[str]:
 class _TableBackfill:
     """One run of :func:`backfill`: a scan of the table, rewriting items in batches."""
 
-    def __init__(self, client: TableClient, layout: ItemLayout,
-                 indexes: Mapping[str, GsiSpec]) -> None:
+    def __init__(self, client: TableClient, layout: ItemLayout) -> None:
         self.client = client
         self.layout = layout
-        self.indexes = indexes
         self.version_key = {k: string_value(v) for k, v in SCHEMA_VERSION_KEY.items()}
         self.scanned = self.rewritten = self.deleted = self.threads = self.users = 0
         self.done: set[str] = set()
@@ -170,7 +163,7 @@ class _TableBackfill:
                 thread_item = item
                 continue
             if kind == "step":
-                legacy = legacy_feedback(item)
+                legacy = self.layout.legacy_feedback(item)
                 if legacy and legacy["forId"] and str(legacy["forId"]) not in feedback_items:
                     fb_row = {**legacy, "threadId": thread_id}
                     fb_item = {**self.layout.key_of("feedback", threadId=thread_id,
@@ -184,7 +177,7 @@ class _TableBackfill:
                     feedback_items[str(legacy["forId"])] = fb_item
                     puts.append(fb_item)
                 new.pop(LEGACY_FEEDBACK, None)
-                if is_phantom(item):
+                if self.layout.is_phantom(item):
                     deletes.append({PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: item[SORT_KEY]})
                     self.deleted += 1
                     continue
@@ -217,8 +210,12 @@ class _TableBackfill:
                 new["activityAt"] = string_value(activity)
             new.setdefault("id", string_value(thread_id))
             values = {**row, "id": thread_id, "activityAt": activity}
+            # the list index's keys follow the derived activity; other index keys already
+            # written are kept (Chainlit's own index keeps the time Chainlit wrote)
+            listed = self.layout.list_index
             for attribute, value in self.layout.index_attributes("thread", values).items():
-                if attribute not in thread_item or attribute.startswith(LIST_INDEX):
+                if attribute not in thread_item or attribute in (listed.pk_attribute,
+                                                                 listed.sk_attribute):
                     new[attribute] = string_value(value)
             counts = {0: 0, 1: 0}
             for fb in feedback_items.values():
@@ -228,16 +225,14 @@ class _TableBackfill:
             for value, counter in FEEDBACK_COUNTERS.items():
                 if counts[value] or counter in new:
                     new[counter] = {"N": str(counts[value])}
-                spec = self.indexes.get(FEEDBACK_INDEXES[value])
-                if spec is None:
+                marker = self.layout.feedback_marker(value, row.get("userId"))
+                if marker is None:
                     continue
-                declared = next(d for d in self.layout.models.dynamo["thread"].indexes
-                                if d.index == spec.name)
-                marker = render_key(declared.pk, row) if counts[value] else None
-                if marker:
-                    new[spec.pk_attribute] = string_value(marker)
+                attribute, owner = marker
+                if owner and counts[value]:
+                    new[attribute] = string_value(owner)
                 else:
-                    new.pop(spec.pk_attribute, None)
+                    new.pop(attribute, None)
             if new != thread_item:
                 puts.append(new)
             self.threads += 1

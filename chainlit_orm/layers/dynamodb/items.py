@@ -17,6 +17,19 @@ from typing import Any
 from chainlit_orm.errors import (
     InvalidInputError,
     MissingDependencyError,
+    SchemaError,
+)
+from chainlit_orm.layers.dynamodb.legacy import (
+    LEGACY_FEEDBACK,
+    is_phantom,
+    legacy_feedback,
+)
+from chainlit_orm.models.entities import (
+    FEEDBACK_ROLES,
+    LIST_ROLE,
+    LOOKUP_ROLE,
+    OWNER_ROLE,
+    DynamoIndexKeys,
 )
 from chainlit_orm.models.modelset import ModelSet
 from chainlit_orm.models.types import Timestamp, format_timestamp, parse_timestamp
@@ -52,15 +65,13 @@ DEFAULT_OFFLOAD_BYTES = 100 * 1024
 BATCH_WRITE = 25
 #: Step texts that may be offloaded, and the attribute naming the object that holds each.
 TEXT_REFS = {"input": "inputRef", "output": "outputRef"}
-#: What an offloaded step text that cannot be read back reads as (see ``_load_texts``).
+#: What an offloaded step text that cannot be read back reads as (see ``load_texts``).
 UNREADABLE_TEXT = "[chainlit-orm: this text is stored outside DynamoDB and could not be read back]"
 #: The step ``metadata`` key that lists, per field, the object key of each unreadable text.
 UNREADABLE_KEY = "chainlit_orm_unreadable"
-#: Per-value feedback counters on the thread item, and the sparse index each one drives.
+#: Per-value feedback counters on the thread item; each drives the sparse index of its value's
+#: role (``FEEDBACK_ROLES``, :meth:`ItemLayout.feedback_index`).
 FEEDBACK_COUNTERS = {0: "fbCount0", 1: "fbCount1"}
-FEEDBACK_INDEXES = {0: "UserFeedback0", 1: "UserFeedback1"}
-LIST_INDEX = "UserActivity"
-LOOKUP_INDEX = "ById"
 
 def string_value(value: str) -> dict[str, str]:
     return {"S": value}
@@ -236,6 +247,15 @@ class ItemLayout:
     def __init__(self, models: ModelSet, item_classes: Mapping[str, type[ChainlitItem]],
                  indexes: Mapping[str, GsiSpec], reserved: Iterable[str] = ()) -> None:
         self.models = models
+        #: the set's GSIs by name, and by role (the layer finds an index by role only)
+        self.indexes = dict(indexes)
+        self.roles = {spec.role: spec for spec in indexes.values() if spec.role is not None}
+        self._feedback_roles = frozenset(FEEDBACK_ROLES.values())
+        # the attributes a step item has beyond its columns: a step item with nothing else
+        # (and Chainlit's embedded feedback) is a phantom (layers.dynamodb.legacy)
+        self._step_keys = frozenset(
+            {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK}
+            | {a for d in models.dynamo["step"].indexes for a in (d.pk_attribute, d.sk_attribute)})
         # attributes that are never row columns: keys, index keys, counters, text references
         every = {PARTITION_KEY, SORT_KEY, *reserved, *TEXT_REFS.values(),
                  *FEEDBACK_COUNTERS.values()}
@@ -260,12 +280,68 @@ class ItemLayout:
     def key_of(self, entity: str, **values: Any) -> dict[str, Any]:
         return table_key(*self.keys[entity].render(**values))
 
+    # ------------------------------------------------------------------- indexes
+
+    def index(self, role: str) -> GsiSpec:
+        """The index the model set gives ``role`` (``LIST_ROLE``, ``LOOKUP_ROLE``, ...).
+
+        Raises:
+            SchemaError: the set declares no index with that role.
+        """
+        spec = self.roles.get(role)
+        if spec is None:
+            raise SchemaError(
+                f"the model set declares no DynamoDB index with the role {role!r} "
+                "(DynamoIndexKeys(..., role=...)); the DynamoDB layer needs one", detail=role)
+        return spec
+
+    def templates(self, role: str, entity: str) -> DynamoIndexKeys:
+        """``entity``'s key templates for the index of ``role``.
+
+        Raises:
+            SchemaError: no index has that role, or ``entity`` does not declare it.
+        """
+        declared = self.index(role).entities.get(entity)
+        if declared is None:
+            raise SchemaError(f"{entity} declares no key templates for the {role!r} index",
+                              detail=role)
+        return declared
+
+    @property
+    def list_index(self) -> GsiSpec:
+        """The thread list by activity."""
+        return self.index(LIST_ROLE)
+
+    @property
+    def lookup_index(self) -> GsiSpec:
+        """An item (user, step, element, feedback) from its id alone."""
+        return self.index(LOOKUP_ROLE)
+
+    @property
+    def owner_index(self) -> GsiSpec:
+        """Chainlit's index of a user's threads, trashed ones included."""
+        return self.index(OWNER_ROLE)
+
+    def feedback_index(self, value: int) -> GsiSpec | None:
+        """The sparse index of threads with a feedback of ``value``; None when the set has
+        none (no thread is then marked, and ``list_threads`` refuses that filter)."""
+        return self.roles.get(FEEDBACK_ROLES[value])
+
+    def feedback_marker(self, value: int, user_id: object) -> tuple[str, str | None] | None:
+        """(attribute, value) that puts a thread of owner ``user_id`` in the sparse index of
+        feedback ``value``: the attribute is set to the value while the thread has such a
+        feedback (None: no owner, so no marker); None when the set has no such index."""
+        spec = self.feedback_index(value)
+        if spec is None:
+            return None
+        return spec.pk_attribute, render_key(spec.entities["thread"].pk, {"userId": user_id})
+
     def index_attributes(self, entity: str, values: Mapping[str, Any]) -> dict[str, str]:
         """The GSI key attributes an item of ``entity`` with ``values`` carries (sparse indexes
         driven by feedback counters excluded)."""
         result: dict[str, str] = {}
         for declared in self.models.dynamo[entity].indexes:
-            if declared.index in FEEDBACK_INDEXES.values():
+            if declared.role in self._feedback_roles:
                 continue
             for attribute, template in ((declared.pk_attribute, declared.pk),
                                         (declared.sk_attribute, declared.sk)):
@@ -277,7 +353,7 @@ class ItemLayout:
     def index_templates(self, entity: str) -> dict[str, str]:
         result: dict[str, str] = {}
         for declared in self.models.dynamo[entity].indexes:
-            if declared.index in FEEDBACK_INDEXES.values():
+            if declared.role in self._feedback_roles:
                 continue
             result[declared.pk_attribute] = declared.pk
             result[declared.sk_attribute] = declared.sk
@@ -286,6 +362,18 @@ class ItemLayout:
     def thread_of_key(self, pk: str) -> str | None:
         parsed = parse_key(self.models.dynamo["thread"].pk, pk)
         return parsed["id"] if parsed else None
+
+    # ------------------------------------------------------------- legacy items
+
+    def is_phantom(self, item: Mapping[str, Any]) -> bool:
+        """A step item with nothing but keys and Chainlit's embedded feedback
+        (:func:`~chainlit_orm.layers.dynamodb.legacy.is_phantom`)."""
+        return is_phantom(item, self._step_keys)
+
+    def legacy_feedback(self, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The feedback Chainlit's layer embedded in a step item, as a row
+        (:func:`~chainlit_orm.layers.dynamodb.legacy.legacy_feedback`)."""
+        return legacy_feedback(item, self.models.dynamo["step"].sk)
 
     def kind(self, sk: str) -> str | None:
         """Which entity an item of a thread partition is, from its sort key prefix."""

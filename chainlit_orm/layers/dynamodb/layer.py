@@ -102,7 +102,7 @@ class DynamoDataLayer(ChainlitLayer):
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
-                "DynamoDataLayer lists threads by activity (its UserActivity index); "
+                "DynamoDataLayer lists threads by activity (its list index is ordered by it); "
                 f"thread_order={thread_order!r} is not supported")
         self.config = DynamoConfig(
             table_name, models=models, region=region, endpoint_url=endpoint_url,

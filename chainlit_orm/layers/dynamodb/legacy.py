@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from chainlit_orm.errors import (
@@ -14,7 +14,6 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.schema_gen.dynamo import (
-    PARTITION_KEY,
     SORT_KEY,
     parse_key,
 )
@@ -35,18 +34,19 @@ LEGACY_FEEDBACK = "feedback"
 LEGACY_FEEDBACK_NAMESPACE = uuid.UUID("5b0c1c52-7d0f-4c77-9b83-6f7c2a1d9e10")
 
 
-STEP_KEYS_ONLY = {PARTITION_KEY, SORT_KEY, LEGACY_FEEDBACK, "ByIdPK", "ByIdSK"}
-
-
-def is_phantom(item: Mapping[str, Any]) -> bool:
+def is_phantom(item: Mapping[str, Any], key_attributes: Set[str]) -> bool:
     """A step item with nothing but keys and feedback: what Chainlit's ``upsert_feedback`` leaves
-    for a step that was never created. Not a step."""
-    return set(item) <= STEP_KEYS_ONLY
+    for a step that was never created. Not a step. ``key_attributes``: the table key, the
+    step's index key attributes and :data:`LEGACY_FEEDBACK` (the model set's: see
+    :meth:`~chainlit_orm.layers.dynamodb.items.ItemLayout.is_phantom`)."""
+    return set(item) <= key_attributes
 
 
-def legacy_feedback(item: Mapping[str, Any]) -> dict[str, Any] | None:
+def legacy_feedback(item: Mapping[str, Any], step_sk: str) -> dict[str, Any] | None:
     """Feedback Chainlit's layer embedded in a step item, with a UUID id derived from its own
-    (``THREAD#{t}::STEP#{s}``, not a UUID, so Chainlit's UI could not send it back to us)."""
+    (``THREAD#{t}::STEP#{s}``, not a UUID, so Chainlit's UI could not send it back to us).
+    ``step_sk``: the model set's sort-key template of a step, which gives the step id when the
+    embedded feedback lacks ``forId``."""
     raw = item.get(LEGACY_FEEDBACK)
     if not raw or "M" not in raw:
         return None
@@ -58,10 +58,10 @@ def legacy_feedback(item: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
         feedback_id = normalize_id(legacy_id)
     except InvalidInputError:
-        feedback_id = str(uuid.uuid5(LEGACY_FEEDBACK_NAMESPACE, legacy_id or str(item["SK"])))
+        feedback_id = str(uuid.uuid5(LEGACY_FEEDBACK_NAMESPACE, legacy_id or str(item[SORT_KEY])))
     for_id = data.get("forId")
     if not for_id:
-        parsed = parse_key("STEP#{id}", item[SORT_KEY]["S"])
+        parsed = parse_key(step_sk, item[SORT_KEY]["S"])
         for_id = parsed["id"] if parsed else None
     return {"id": feedback_id, "forId": for_id, "value": int(value),
             "comment": data.get("comment")}

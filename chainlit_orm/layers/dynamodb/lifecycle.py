@@ -32,8 +32,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from chainlit_orm.layers.dynamodb.items import (
-    FEEDBACK_INDEXES,
-    LIST_INDEX,
+    FEEDBACK_COUNTERS,
     TEXT_REFS,
     stored_object_keys,
 )
@@ -59,8 +58,6 @@ CLAIM_ATTRIBUTE = "purgeClaim"
 CLAIM_STALE = 900
 #: The ``UserActivityPK`` of a trashed thread: a partition of the list index no user reads.
 TRASHED = "TRASHED"
-#: Chainlit's own owner index, which keeps trashed threads (erasure reads it).
-OWNER_INDEX = "UserThread"
 #: Partitions removed at once.
 PARALLEL = 8
 
@@ -120,6 +117,12 @@ class DynamoLifecycle:
 
     # ---------------------------------------------------------------- orphans
 
+    async def known_object_keys(self: _DynamoSelf, object_keys: Sequence[str]) -> None:
+        """None: no lookup by object key here. :meth:`sweep_orphans` removes the files of
+        threads that no longer exist, and an element's file is named after its thread, so the
+        SQL sweep of unreferenced files has nothing to add."""
+        return None
+
     async def sweep_orphans(self: _DynamoSelf, storage: BaseStorageClient | None, *,
                             dry_run: bool = False) -> tuple[int, int]:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
@@ -154,7 +157,7 @@ class DynamoLifecycle:
         present: set[str] = set()
         for start in range(0, len(thread_ids), 100):
             keys = [self.layout.key_of("thread", id=t) for t in thread_ids[start:start + 100]]
-            for item in await self._batch_get(keys):
+            for item in await self.batch_get(keys):
                 if not self._expired(item):
                     thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
                     if thread_id:
@@ -176,7 +179,7 @@ class DynamoLifecycle:
         children: set[str] = set()
         live: set[str] = set()
         while True:
-            page = await self._call("scan", **kwargs)
+            page = await self.call("scan", **kwargs)
             for item in page.get("Items", []):
                 thread_id = self.layout.thread_of_key(item[PARTITION_KEY]["S"])
                 if not thread_id:
@@ -198,7 +201,7 @@ class DynamoLifecycle:
     async def _partition(self: _DynamoSelf, thread_id: str) -> list[dict[str, Any]]:
         """Every item of the thread's partition: keys, object references, owner, favorite."""
 
-        result: list[dict[str, Any]] = await self._query_all(
+        result: list[dict[str, Any]] = await self.query_all(
             KeyConditionExpression="#p = :p",
             ExpressionAttributeNames={"#p": PARTITION_KEY, "#s": SORT_KEY, "#o": "objectKey",
                                       "#i": TEXT_REFS["input"], "#t": TEXT_REFS["output"],
@@ -236,7 +239,7 @@ class DynamoLifecycle:
             removed = self._count(thread_id, items)
             thread_sk = self.models.dynamo["thread"].sk
             items.sort(key=lambda item: item[SORT_KEY]["S"] == thread_sk)
-            await self._batch_write([
+            await self.batch_write([
                 {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY],
                                            SORT_KEY: i[SORT_KEY]}}} for i in items
             ], last_after_rest=True)
@@ -262,7 +265,7 @@ class DynamoLifecycle:
         expired = self._expiry(rule, names, values)
         async with self._deleting(thread_id):
             try:
-                await self._call(
+                await self.call(
                     "delete_item", Key=self.layout.key_of("thread", id=thread_id),
                     ConditionExpression=f"#c = :token AND {expired}",
                     ExpressionAttributeNames=names, ExpressionAttributeValues=values)
@@ -273,7 +276,7 @@ class DynamoLifecycle:
             # a step written between the read and the delete is left without a thread item:
             # the orphan sweep at the end of the purge removes it (and its files)
             rest = [i for i in items if i[SORT_KEY]["S"] != thread_sk]
-            await self._batch_write([
+            await self.batch_write([
                 {"DeleteRequest": {"Key": {PARTITION_KEY: i[PARTITION_KEY],
                                            SORT_KEY: i[SORT_KEY]}}} for i in rest])
             self._activity.pop(thread_id, None)
@@ -299,7 +302,7 @@ class DynamoLifecycle:
     # ---------------------------------------------------------------- threads
 
     async def get_thread_owner(self: _DynamoSelf, thread_id: str) -> dict[str, Any] | None:
-        item = (await self._call(
+        item = (await self.call(
             "get_item", Key=self.layout.key_of("thread", id=thread_id), ConsistentRead=True,
             ProjectionExpression="#i, #u", ExpressionAttributeNames={"#i": "id", "#u": "userId"},
         )).get("Item")
@@ -331,11 +334,11 @@ class DynamoLifecycle:
     async def _owned(self: _DynamoSelf, user_id: str) -> list[str]:
         """Ids of the threads whose owner is ``user_id``, through Chainlit's owner index (which
         keeps trashed threads)."""
-        declared = next(d for d in self.models.dynamo["thread"].indexes if d.index == OWNER_INDEX)
-        pk = render_key(declared.pk, {"userId": user_id}) or ""
-        items = await self._query_all(
-            IndexName=OWNER_INDEX, KeyConditionExpression="#p = :p",
-            ExpressionAttributeNames={"#p": declared.pk_attribute, "#k": PARTITION_KEY},
+        spec = self.layout.owner_index
+        pk = render_key(spec.entities["thread"].pk, {"userId": user_id}) or ""
+        items = await self.query_all(
+            IndexName=spec.name, KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": spec.pk_attribute, "#k": PARTITION_KEY},
             ExpressionAttributeValues={":p": {"S": pk}}, ProjectionExpression="#k")
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
@@ -354,7 +357,7 @@ class DynamoLifecycle:
             "ProjectionExpression": "#p, #u", "ConsistentRead": True}
         items: list[dict[str, Any]] = []
         while True:
-            page = await self._call("scan", **kwargs)
+            page = await self.call("scan", **kwargs)
             items.extend(page.get("Items", []))
             if not page.get("LastEvaluatedKey"):
                 break
@@ -391,9 +394,9 @@ class DynamoLifecycle:
             return removed
         user_id = None if user is None else str(user["id"])
         if user is not None:
-            old = (await self._call("delete_item",
-                                    Key=self.layout.key_of("user", identifier=identifier),
-                                    ReturnValues="ALL_OLD")).get("Attributes")
+            old = (await self.call("delete_item",
+                                   Key=self.layout.key_of("user", identifier=identifier),
+                                   ReturnValues="ALL_OLD")).get("Attributes")
             removed.counts["user"] += 1 if old else 0
         if user_id is None:
             user_id, _ = await self._named(identifier)
@@ -448,7 +451,7 @@ class DynamoLifecycle:
         }
         if after is not None:
             kwargs["ExclusiveStartKey"] = after
-        page = await self._call("scan", **kwargs)
+        page = await self.call("scan", **kwargs)
         ids = [t for t in (self.layout.thread_of_key(i[PARTITION_KEY]["S"])
                            for i in page.get("Items", [])) if t]
         favorites = rule.keep_favorites and rule.active_before is not None
@@ -516,7 +519,7 @@ class DynamoLifecycle:
                                   ":stale": {"S": f"{now - CLAIM_STALE:012d}#"}}
         expired = self._expiry(rule, names, values)
         try:
-            await self._call(
+            await self.call(
                 "update_item", Key=self.layout.key_of("thread", id=thread_id),
                 UpdateExpression="SET #c = :token",
                 ConditionExpression=(f"attribute_exists(#p) AND {expired} AND "
@@ -529,7 +532,7 @@ class DynamoLifecycle:
     async def _release(self: _DynamoSelf, thread_id: str, token: str) -> None:
         # a claim taken over as stale meanwhile is the other purge's to decide
         with contextlib.suppress(ConditionFailed):
-            await self._call(
+            await self.call(
                 "update_item", Key=self.layout.key_of("thread", id=thread_id),
                 UpdateExpression="REMOVE #c", ConditionExpression="#c = :token",
                 ExpressionAttributeNames={"#c": CLAIM_ATTRIBUTE},
@@ -540,9 +543,9 @@ class DynamoLifecycle:
     def _list_keys(self: _DynamoSelf) -> tuple[str, list[str]]:
         """The list index's owner attribute and the feedback markers' attributes."""
 
-        markers = [self.indexes[name].pk_attribute for name in FEEDBACK_INDEXES.values()
-                   if name in self.indexes]
-        return self.indexes[LIST_INDEX].pk_attribute, markers
+        markers = [marker[0] for value in FEEDBACK_COUNTERS
+                   if (marker := self.layout.feedback_marker(value, None)) is not None]
+        return self.layout.list_index.pk_attribute, markers
 
     def hide_trashed(self: _DynamoSelf, item: dict[str, Any]) -> None:
         """Give a whole thread item that carries ``deletedAt`` the list-index keys
@@ -561,7 +564,7 @@ class DynamoLifecycle:
         removes = ", ".join(f"#m{k}" for k in range(len(markers)))
         async with self._thread_lock(thread_id):
             try:
-                await self._call(
+                await self.call(
                     "update_item", Key=self.layout.key_of("thread", id=thread_id),
                     UpdateExpression="SET #d = :at, #o = :trashed"
                                      + (f" REMOVE {removes}" if removes else ""),
@@ -576,12 +579,11 @@ class DynamoLifecycle:
         owner_attribute, _ = self._list_keys()
         key = self.layout.key_of("thread", id=thread_id)
         async with self._thread_lock(thread_id):
-            item = (await self._call("get_item", Key=key, ConsistentRead=True)).get("Item")
+            item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
             if item is None:
                 return False
             user_id = self.codecs["thread"].row(item).get("userId")
-            declared = next(d for d in self.models.dynamo["thread"].indexes
-                            if d.pk_attribute == owner_attribute)
+            declared = self.layout.list_index.entities["thread"]
             owner = render_key(declared.pk, {"userId": user_id}) if user_id else None
             names = {"#d": "deletedAt", "#o": owner_attribute}
             values: dict[str, Any] = {":since": {"S": since}}
@@ -591,7 +593,7 @@ class DynamoLifecycle:
             else:
                 update = "REMOVE #d, #o"
             try:
-                result = await self._call(
+                result = await self.call(
                     "update_item", Key=key, UpdateExpression=update,
                     ConditionExpression="#d >= :since", ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values, ReturnValues="ALL_NEW")

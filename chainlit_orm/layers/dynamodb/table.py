@@ -440,7 +440,7 @@ class TableClient:
                 if attempt and _tracing.ACTIVE:
                     _tracing.count(retries=1)
                 result = await self.call("batch_write_item",
-                                          RequestItems={self.table: pending})
+                                         RequestItems={self.table: pending})
                 pending = result.get("UnprocessedItems", {}).get(self.table, [])
                 if not pending:
                     break
