@@ -136,8 +136,8 @@ class SQLBackend(SQLLifecycle):
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             url = parse_sql_url(url_or_engine).async_url()
+            _refuse_isolation_level(engine_options)
             options = dict(engine_options)
-            options.pop("isolation_level", None)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
             if url.get_backend_name() == "sqlite":
                 connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
@@ -1279,7 +1279,10 @@ class SQLDataLayer(ChainlitLayer):
             the calls that wait for it, and is not cut short by their ``timeout``.
         on_delete, soft_delete: the on-delete hook and the opt-in trash; see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
-        **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
+        **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...),
+            except ``isolation_level``, which is refused with a
+            :class:`~chainlit_orm.errors.ConfigurationError` (the connections are AUTOCOMMIT by
+            design; set the default isolation on the server instead).
     """
 
     def __init__(
@@ -1320,6 +1323,29 @@ _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
 def _row_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of an n-row statement built with ``_upsert(..., rows=n)``."""
     return {f"{key}__{i}": value for i, row in enumerate(rows) for key, value in row.items()}
+
+
+def _refuse_isolation_level(options: dict[str, Any]) -> None:
+    """Refuse an ``isolation_level`` engine option (also one inside ``execution_options``).
+
+    It was once dropped silently, so an app asking for SERIALIZABLE ran at the server's default
+    without knowing. It cannot be honoured: the layer's connections are AUTOCOMMIT by design
+    (a one-statement write needs no BEGIN/COMMIT round trips), and its few multi-statement writes
+    open their own transactions, at the server's default level.
+
+    Raises:
+        ConfigurationError: the option is given; the message says what to do instead.
+    """
+    nested = options.get("execution_options") or {}
+    if "isolation_level" in options or "isolation_level" in nested:
+        raise ConfigurationError(
+            "the engine option isolation_level is not supported: the layer's connections are "
+            "AUTOCOMMIT by design (each write is one idempotent statement) and its "
+            "multi-statement writes use the server's default isolation; set that default on "
+            "the server or the role instead (PostgreSQL: default_transaction_isolation, "
+            "MySQL/MariaDB: transaction_isolation)",
+            detail="isolation_level",
+        )
 
 
 def _sqlite_pool_size() -> int:
