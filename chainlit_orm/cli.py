@@ -56,7 +56,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -652,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``argv`` defaults to ``sys.argv[1:]``. A shell-completion request (``_CHAINLIT_ORM_COMPLETE``
     set) prints its answer and raises ``SystemExit``, as click does for every program.
     """
-    args: Iterable[str] | None = list(argv) if argv is not None else None
+    args = list(argv) if argv is not None else None
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except click.ClickException as exc:

@@ -36,9 +36,9 @@ from chainlit_orm.errors import ConfigurationError, MissingDependencyError, mask
 __all__ = [
     "DATABASE_URL_VARIABLES",
     "DYNAMODB_PARAMETERS",
-    "STORAGE_URL_VARIABLE",
     "SQLURL",
     "SQL_DRIVERS",
+    "STORAGE_URL_VARIABLE",
     "SUPPORTED_SCHEMES",
     "DatabaseURL",
     "DynamoURL",

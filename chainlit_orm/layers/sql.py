@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -73,6 +72,7 @@ from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
+from chainlit_orm.retry import transient_retry
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
 from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
@@ -120,6 +120,7 @@ class SQLBackend(SQLLifecycle):
     ) -> None:
         self.models = models
         self.retries = max(1, retries)
+        self._retry = transient_retry(self.retries)
         #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
         #: step or element of one is refused (NotFoundError) instead of given a stub thread,
         #: since its content is the erased user's (create_element then removes its file)
@@ -278,10 +279,11 @@ class SQLBackend(SQLLifecycle):
     async def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with bounded retries of transient errors and typed error mapping.
 
-        A disconnect on a connection opened before the failure is retried at once: the pool has
-        discarded that connection's whole generation (:class:`~chainlit_orm.layers.sqlexec.
-        RawPool`), so the retry opens a fresh one. Other transient errors back off. Nothing is
-        retried once the calling task is being cancelled (its ``timeout``).
+        A disconnect on a connection opened before the failure is retried on a fresh one: the
+        pool has discarded that connection's whole generation (:class:`~chainlit_orm.layers.
+        sqlexec.RawPool`). Every retry backs off (:func:`chainlit_orm.retry.transient_retry`;
+        the first window is 20 ms, so a retry after a disconnect still comes quickly). Nothing
+        is retried once the calling task is being cancelled (its ``timeout``).
         """
         with tracking_sent() as sent:
             try:
@@ -291,9 +293,8 @@ class SQLBackend(SQLLifecycle):
                 raise
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`_run`'s loop."""
-        delay = 0.02
-        for attempt in range(self.retries):
+        """:meth:`_run`'s loop, under the package's one retry policy (each retry backs off)."""
+        async for attempt in self._retry.tries():
             try:
                 if not self._is_ready:
                     await self.ensure_ready()
@@ -304,15 +305,10 @@ class SQLBackend(SQLLifecycle):
                 if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
                         not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
-                    if attempt or not self._disconnected(orig):
-                        await asyncio.sleep(delay * (1 + random.random()))
-                        delay = min(delay * 2, 1.0)
                     continue
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries and not _cancelling():
-                    await asyncio.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 1.0)
                     continue
                 if isinstance(exc, TimeoutExceededError):
                     raise
