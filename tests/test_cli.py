@@ -43,6 +43,12 @@ def _env(**values: str) -> dict[str, str]:
     return env
 
 
+def _files(directory: Path) -> list[str]:
+    """What a command left in ``directory``, without the ``.chainlit``/``.files`` folders that
+    importing Chainlit creates in the current directory (the CLI imports it, as it always did)."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in (".chainlit", ".files"))
+
+
 def _run(*argv: str, env: dict[str, str] | None = None, cwd: Path = REPO
          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd,
@@ -113,13 +119,13 @@ def test_the_command_and_from_env_pick_the_same_database(
                                "Try 'chainlit-orm migrate --help' for help.\n\n" + NO_URL)
         with pytest.raises(ConfigurationError, match="no database"):
             chainlit_orm.from_env(env)
-        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        assert _files(tmp_path) == []
         return
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines()[0] == (
         f"migrating {expected}: schema version none recorded -> "
         f"{SCHEMA_VERSION}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{chosen}.db"]  # only that one
+    assert _files(tmp_path) == [f"{chosen}.db"]  # only that one
     layer = chainlit_orm.from_env(env)
     try:
         assert layer.sql.url_text == expected  # type: ignore[attr-defined]
@@ -132,7 +138,7 @@ def test_an_explicit_url_wins_over_the_environment(tmp_path: Path) -> None:
                DATABASE_URL=f"sqlite:///{tmp_path / 'fallback.db'}")
     done = _run(CLI, "migrate", f"sqlite:///{tmp_path / 'given.db'}", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["given.db"]
+    assert _files(tmp_path) == ["given.db"]
 
 
 def test_erase_user_and_purge_read_the_url_from_the_environment(
@@ -291,7 +297,7 @@ def test_exit_2_is_a_usage_error(argv: list[str], err: str | None, tmp_path: Pat
         assert len(captured.err.splitlines()) == 1
     else:
         assert captured.err == err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was created
+    assert _files(tmp_path) == []  # nothing was created
 
 
 def test_the_console_script_exits_with_mains_code(tmp_path: Path) -> None:
