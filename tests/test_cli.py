@@ -122,13 +122,14 @@ def test_the_command_and_from_env_pick_the_same_database(
         assert _files(tmp_path) == []
         return
     assert (done.returncode, done.stderr) == (0, "")
+    shown = expected.replace("sqlite://", "sqlite+aiosqlite://")  # as the layer connects
     assert done.stdout.splitlines()[0] == (
-        f"migrating {expected}: schema version none recorded -> "
+        f"migrating {shown}: schema version none recorded -> "
         f"{SCHEMA_VERSION}")
     assert _files(tmp_path) == [f"{chosen}.db"]  # only that one
     layer = chainlit_orm.from_env(env)
     try:
-        assert layer.sql.url_text == expected  # type: ignore[attr-defined]
+        assert layer.sql.url_text == shown  # type: ignore[attr-defined]
     finally:
         asyncio.run(layer.close())
 
