@@ -1,9 +1,11 @@
-"""The ``chainlit-orm`` console command: generate, check and apply the schemas.
+"""The ``chainlit-orm`` console command (on click): generate, check and apply the schemas; copy,
+export and import chat history; erase users and purge old threads.
 
 ::
 
     chainlit-orm generate [--models pkg.mod:attr] [--out DIR] [--check]
-    chainlit-orm migrate URL [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr]
+    chainlit-orm migrate [URL] [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr]
+                         [--timeout SECONDS] [--history]
     chainlit-orm ddl DIALECT [--models pkg.mod:attr]
     chainlit-orm copy SRC DST [--src-storage URL] [--dst-storage URL] [--user IDENTIFIER]
                       [--since TIME] [--files/--no-files] [--batch N] [--source-kind KIND]
@@ -12,47 +14,89 @@
                         [--files/--no-files] [--batch N] [--source-kind KIND] [--canonical]
     chainlit-orm import IN DST [--dst-storage URL] [--files/--no-files] [--batch N]
                         [--checkpoint FILE] [--verify]
-    chainlit-orm erase-user URL IDENTIFIER [--dry-run] [--storage URL] [--on-delete MOD:ATTR]
-    chainlit-orm purge URL [--older-than AGE] [--keep-shared/--no-keep-shared]
+    chainlit-orm erase-user [URL] IDENTIFIER [--dry-run] [--storage URL] [--on-delete MOD:ATTR]
+    chainlit-orm purge [URL] [--older-than AGE] [--keep-shared/--no-keep-shared]
                        [--keep-favorites/--no-keep-favorites] [--keep-metadata KEY]...
                        [--soft-delete AGE] [--batch N] [--dry-run] [--storage URL]
                        [--on-delete MOD:ATTR]
+    chainlit-orm --version
 
-Exit codes: 0 success; 1 ``generate --check`` found drift, or a transfer's verification found a
-difference; 2 bad input (an unsupported
-dialect, an unreachable server, refused credentials, a schema that cannot be migrated), reported
-as one line with any password masked. :class:`~chainlit_orm.errors.ChainlitORMError` is caught
-here, at the edge, and nowhere else; any other exception is a bug and keeps its traceback.
+A command that works on one database takes its URL as an optional argument: left out, it is read
+from ``CHAINLIT_ORM_DATABASE_URL``, then ``DATABASE_URL``, by the same function ``from_env()``
+uses (:func:`chainlit_orm.urls.database_url_from_env`), so the command and the app it serves
+cannot disagree about which database they mean. Storage URLs default to
+``CHAINLIT_ORM_STORAGE_URL``, as in the app.
+
+Exit codes, one convention for every command:
+
+* ``0``: done.
+* ``1``: the command ran and refused or failed: ``generate --check`` found drift, a transfer's
+  verification found a difference, an unreachable server, refused credentials, a schema that
+  cannot be migrated, a refused bundle, a timeout. One line on stderr (``chainlit-orm: error:
+  ...``, or ``chainlit-orm: verification failed: ...``), any password masked.
+* ``2``: the command line cannot run as written. Click's usage errors (an unknown option, a
+  missing argument, no database URL given and none in the environment) print the usage and the
+  problem; a value refused before anything is done (an unsupported URL scheme or SQL dialect, a
+  malformed ``--models`` or ``--on-delete``, an unreadable age) prints one line
+  ``chainlit-orm: error: ...``.
+
+:class:`~chainlit_orm.errors.ChainlitORMError` is caught here, at the edge, and nowhere else; any
+other exception is a bug and keeps its traceback.
+
+Shell completion is click's: ``eval "$(_CHAINLIT_ORM_COMPLETE=bash_source chainlit-orm)"`` in
+``~/.bashrc`` (``zsh_source`` in ``~/.zshrc``, ``fish_source`` for fish).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import difflib
 import importlib
+import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import click
+from click.shell_completion import CompletionItem
+
+from chainlit_orm import __version__
 from chainlit_orm.errors import (
     ChainlitORMError,
     ConfigurationError,
+    MissingDependencyError,
     VerificationError,
     mask_url,
 )
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
-from chainlit_orm.urls import DynamoURL, parse_url
+from chainlit_orm.urls import (
+    DATABASE_URL_VARIABLES,
+    STORAGE_URL_VARIABLE,
+    DatabaseURL,
+    DynamoURL,
+    database_url_from_env,
+    parse_url,
+)
 
 if TYPE_CHECKING:
+    from chainlit.data.storage_clients.base import BaseStorageClient
+
+    from chainlit_orm.lifecycle.hooks import OnDelete
     from chainlit_orm.transfer.progress import Progress, Summary
 
-__all__ = ["load_models", "main", "url_backend"]
+__all__ = ["cli", "load_models", "main", "url_backend"]
 
+#: The command's name in usage lines and in the shell-completion variable
+#: (``_CHAINLIT_ORM_COMPLETE``), whichever way it was started (``python -m chainlit_orm`` too).
+PROG = "chainlit-orm"
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_models(spec: str | None) -> ModelSet:
@@ -109,14 +153,115 @@ def url_backend(url: str) -> str:
     return parse_url(url).backend
 
 
-def _generate(args: argparse.Namespace) -> int:
-    models = load_models(args.models)
-    files = generated_files(models)
-    out = Path(args.out)
-    if args.check:
+# --------------------------------------------------------------------------- the exit codes
+
+
+class ArgumentError(click.ClickException):
+    """A value the command refuses before doing anything: exit 2 (a usage error), shown as the
+    one line ``chainlit-orm: error: ...`` the package's other refusals use, since the message
+    (from the package's own parsers) already names what is accepted."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        print(f"{PROG}: error: {self.message}", file=file or sys.stderr)
+
+
+@contextlib.contextmanager
+def _arguments() -> Iterator[None]:
+    """Read the command line's values inside this block: a typed error raised here means the
+    command line is wrong (exit 2), not that the work failed (exit 1). A missing driver is the
+    exception: the command line is right, the installation is not."""
+    try:
+        yield
+    except MissingDependencyError:
+        raise
+    except ChainlitORMError as exc:
+        raise ArgumentError(mask_url(exc)) from exc
+
+
+def database_url(url: str | None) -> str:
+    """The database URL argument, else the environment's, read exactly as ``from_env()`` does.
+
+    Raises:
+        click.UsageError: neither is given (exit 2, naming the variables).
+    """
+    if url:
+        return url
+    found = database_url_from_env(os.environ)
+    if found is None:
+        raise click.UsageError(
+            f"no database URL: pass URL, or set {' or '.join(DATABASE_URL_VARIABLES)} "
+            "(read in that order, as from_env() reads them)")
+    return found
+
+
+# ------------------------------------------------------------------------ the command group
+
+
+class _Commands(click.Group):
+    """Lists the commands in the order they are defined (the README's order), not sorted."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+_EPILOG = f"""\b
+A database URL left out is read from {' then '.join(DATABASE_URL_VARIABLES)}, as from_env()
+reads them; storage URLs default to {STORAGE_URL_VARIABLE}.
+Exit status: 0 done; 1 refused or failed (one line on stderr); 2 usage error.
+Shell completion (bash; zsh_source and fish_source for zsh and fish):
+  eval "$(_CHAINLIT_ORM_COMPLETE=bash_source {PROG})"
+"""
+
+
+@click.group(cls=_Commands, epilog=_EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
+def cli() -> None:
+    """Generate, check and apply chainlit-orm's schemas; copy, export and import chat history;
+    erase users and purge old threads."""
+
+
+_MODELS_HELP = "model set as package.module:attribute (default: the five default models)"
+_URL_HELP = ("URL is a SQLAlchemy URL or dynamodb://TABLE?region=...&endpoint_url=...; "
+             f"left out, it is read from {' then '.join(DATABASE_URL_VARIABLES)}.")
+
+
+def _models_option(function: F) -> F:
+    return click.option("--models", metavar="MODULE:ATTR", help=_MODELS_HELP)(function)
+
+
+def _url_argument(function: F) -> F:
+    return click.argument("url", metavar="[URL]", required=False)(function)
+
+
+def _run(work: Awaitable[Any]) -> Any:
+    async def wrapped() -> Any:
+        return await work
+
+    return asyncio.run(wrapped())
+
+
+# ----------------------------------------------------------------------- schema commands
+
+
+@cli.command("generate", short_help="write the generated schemas (SQL DDL, DynamoDB mapping, "
+             "CloudFormation)")
+@_models_option
+@click.option("--out", default="generated", metavar="DIR",
+              help="output directory (default: ./generated)")
+@click.option("--check", is_flag=True, help="write nothing; exit 1 with a diff when a file drifts")
+def generate_command(models: str | None, out: str, check: bool) -> int:
+    """Write the files generated from the models (SQL DDL per dialect, the DynamoDB mapping, the
+    CloudFormation template), or with --check compare them with the files in DIR."""
+    with _arguments():
+        files = generated_files(load_models(models))
+    directory = Path(out)
+    if check:
         drifted = 0
         for name, expected in files.items():
-            path = out / name
+            path = directory / name
             actual = path.read_text(encoding="utf-8") if path.is_file() else ""
             if actual != expected:
                 drifted += 1
@@ -126,14 +271,14 @@ def _generate(args: argparse.Namespace) -> int:
                     tofile=f"{path} (from the models)",
                 ))
         if drifted:
-            print(f"{drifted} of {len(files)} files in {out}/ drift from the models; "
-                  f"run: chainlit-orm generate --out {out}")
+            print(f"{drifted} of {len(files)} files in {directory}/ drift from the models; "
+                  f"run: chainlit-orm generate --out {directory}")
             return 1
-        print(f"{out}/ is up to date ({len(files)} files)")
+        print(f"{directory}/ is up to date ({len(files)} files)")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        path = out / name
+        path = directory / name
         if path.is_file() and path.read_text(encoding="utf-8") == content:
             print(f"unchanged {path}")
             continue
@@ -142,29 +287,92 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    url_backend(args.url)  # a bad URL is refused before the models are imported
-    models = load_models(args.models)
+@cli.command("migrate", short_help="create or upgrade a database or DynamoDB table (additive, "
+             "idempotent)", epilog=_URL_HELP)
+@_url_argument
+@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
+@click.option("--dedupe-feedback", is_flag=True,
+              help="keep one feedback per step (the newest) before adding the unique index on "
+              "forId")
+@_models_option
+@click.option("--timeout", type=float, default=DEFAULT_MIGRATE_TIMEOUT, metavar="SECONDS",
+              help=f"give up after this long (default: {DEFAULT_MIGRATE_TIMEOUT:g}; raise it for "
+              "a backfill of a large table)")
+@click.option("--history", is_flag=True,
+              help="print the schema versions recorded in the database and what each added; "
+              "change nothing")
+def migrate_command(url: str | None, dry_run: bool, dedupe_feedback: bool, models: str | None,
+                    timeout: float, history: bool) -> int:
+    """Create or upgrade the tables of an existing database, or a DynamoDB table, to the models'
+    schema. Additive (columns, indexes, tables) and idempotent: a second run changes nothing.
+    The database itself must exist."""
+    url = database_url(url)
+    if history and dedupe_feedback:
+        raise click.UsageError("--history changes nothing; it cannot be combined with "
+                               "--dedupe-feedback")
+    with _arguments():
+        url_backend(url)  # a bad URL is refused before the models are imported
+        model_set = load_models(models)
+    if history:
+        return _print_history(url, model_set)
     # imported here: the migrators load SQLAlchemy's Alembic machinery, the CLI's other commands
     # do not need it
     from chainlit_orm.migrations import migrate
 
-    result = asyncio.run(migrate(args.url, models=models, dry_run=args.dry_run,
-                                 dedupe_feedback=args.dedupe_feedback, timeout=args.timeout))
-    lines = list(result.lines)
+    result = _run(migrate(url, models=model_set, dry_run=dry_run,
+                          dedupe_feedback=dedupe_feedback, timeout=timeout))
+    for line in result.lines:
+        print(line)
+    return 0
+
+
+def _print_history(url: str, models: ModelSet) -> int:
+    """``migrate --history``: what :func:`chainlit_orm.migrations.schema_history` reports.
+
+    Looked up when called, so this command works with a package whose migrations module does
+    not have it yet (the option then fails with a reason instead of a traceback)."""
+    from chainlit_orm import migrations
+
+    schema_history = getattr(migrations, "schema_history", None)
+    if schema_history is None:
+        raise ConfigurationError(
+            "migrate --history is not available in this version of chainlit-orm "
+            "(chainlit_orm.migrations has no schema_history)")
+    result = schema_history(url, models=models)
+    if inspect.isawaitable(result):
+        result = _run(result)
+    lines = getattr(result, "lines", result)
+    if callable(lines):
+        lines = lines()
+    if isinstance(lines, str):
+        lines = lines.splitlines()
     for line in lines:
         print(line)
     return 0
 
 
-def _ddl_command(args: argparse.Namespace) -> int:
-    sys.stdout.write(ddl(load_models(args.models), args.dialect))
+def _complete_dialect(ctx: click.Context, param: click.Parameter, incomplete: str
+                      ) -> list[CompletionItem]:
+    return [CompletionItem(d) for d in SUPPORTED_DIALECTS if d.startswith(incomplete)]
+
+
+@cli.command("ddl", short_help="print the DDL for one SQL dialect",
+             help=f"Print the DDL of the models for DIALECT: one of "
+             f"{', '.join(SUPPORTED_DIALECTS)} (mysql also covers MariaDB).")
+@click.argument("dialect", metavar="DIALECT", shell_complete=_complete_dialect)
+@_models_option
+def ddl_command(dialect: str, models: str | None) -> int:
+    # the dialect is checked by ddl() itself (its message names the supported ones), not by a
+    # click.Choice, so the library and the command refuse it with the same words
+    with _arguments():
+        text = ddl(load_models(models), dialect)
+    sys.stdout.write(text)
     return 0
 
 
-# ------------------------------------------------------------------ transfer commands
-# One small function per command, each delegating to chainlit_orm.transfer; the parser below only
-# declares their options.
+# ----------------------------------------------------------------------- transfer commands
+# One small function per command, each delegating to chainlit_orm.transfer; the decorators only
+# declare their options.
 
 
 def _transfer_progress() -> Progress:
@@ -179,278 +387,331 @@ def _print_summary(summary: Summary) -> int:
     return 0
 
 
-def _copy(args: argparse.Namespace) -> int:
+def _transfer_options(*, scope: bool, source_kind: bool, resume: bool) -> Callable[[F], F]:
+    """The options copy, export and import share (``scope``: --user/--since; ``resume``:
+    --checkpoint/--verify)."""
+    from chainlit_orm.transfer.copy import DEFAULT_BATCH, DEFAULT_TRANSFER_TIMEOUT, SOURCE_KINDS
+
+    options: list[Callable[[F], F]] = []
+    if scope:
+        options += [
+            click.option("--user", metavar="IDENTIFIER",
+                         help="one user's data only (a data-access export)"),
+            click.option("--since", metavar="TIME",
+                         help="only threads active at or after TIME (ISO-8601)"),
+        ]
+    options += [
+        click.option("--files/--no-files", default=True,
+                     help="copy element files too (default: yes)"),
+        click.option("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                     help=f"threads per batch (default: {DEFAULT_BATCH})"),
+    ]
+    if source_kind:
+        options.append(click.option("--source-kind", type=click.Choice(SOURCE_KINDS),
+                                    help="which schema to read when SRC holds both"))
+    if resume:
+        options += [
+            click.option("--checkpoint", metavar="FILE",
+                         help="resume file (default: .chainlit-orm-copy-<hash>.json here)"),
+            click.option("--verify", is_flag=True,
+                         help="copy nothing; compare the destination with the source"),
+            click.option("--retention", metavar="AGE",
+                         help="a DynamoDB destination's retention= (e.g. 90d): thread items get "
+                              "the TTL the layer writes (expiresAt)"),
+        ]
+    options += [
+        click.option("--timeout", type=float, default=DEFAULT_TRANSFER_TIMEOUT,
+                     metavar="SECONDS", help="seconds each statement may take "
+                     f"(default: {DEFAULT_TRANSFER_TIMEOUT:g})"),
+        _models_option,
+    ]
+
+    def apply(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+_STORAGE_HELP = "storage URL of {} element files (default: " + STORAGE_URL_VARIABLE + ")"
+
+
+@cli.command("copy", short_help="copy users, threads, steps, elements with files and feedback "
+             "between stores (resumable, verified)")
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.option("--src-storage", metavar="URL", help=_STORAGE_HELP.format("SRC's"))
+@click.option("--dst-storage", metavar="URL", help=_STORAGE_HELP.format("DST's"))
+@_transfer_options(scope=True, source_kind=True, resume=True)
+def copy_command(src: str, dst: str, src_storage: str | None, dst_storage: str | None,
+                 user: str | None, since: str | None, files: bool, batch: int,
+                 source_kind: str | None, checkpoint: str | None, verify: bool,
+                 retention: str | None, timeout: float, models: str | None) -> int:
+    """Copy users, threads, steps, elements with their files, and feedback from SRC to DST, in
+    batches, resumable and verified. SRC is a database URL, dynamodb://TABLE?..., or the
+    PostgreSQL URL of Chainlit's official data layer; DST a database URL or
+    dynamodb://TABLE?..."""
     from chainlit_orm.transfer import copy
 
-    return _print_summary(asyncio.run(copy(
-        args.src, args.dst, src_storage=args.src_storage, dst_storage=args.dst_storage,
-        user=args.user, since=args.since, files=args.files, batch=args.batch,
-        source_kind=args.source_kind, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress(), timeout=args.timeout,
-        retention=_retention(args))))
+    with _arguments():
+        parse_url(src)
+        parse_url(dst)
+        model_set = load_models(models)
+        kept = _retention(retention)
+    return _print_summary(_run(copy(
+        src, dst, src_storage=src_storage, dst_storage=dst_storage, user=user, since=since,
+        files=files, batch=batch, source_kind=source_kind, checkpoint=checkpoint,
+        verify_only=verify, models=model_set, progress=_transfer_progress(), timeout=timeout,
+        retention=kept)))
 
 
-def _export(args: argparse.Namespace) -> int:
+@cli.command("export", short_help="write a portable bundle directory")
+@click.argument("src", metavar="SRC")
+@click.argument("out", metavar="OUT")
+@click.option("--src-storage", metavar="URL", help=_STORAGE_HELP.format("SRC's"))
+@click.option("--canonical", is_flag=True,
+              help="leave the export time and source out of the manifest")
+@_transfer_options(scope=True, source_kind=True, resume=False)
+def export_command(src: str, out: str, src_storage: str | None, canonical: bool,
+                   user: str | None, since: str | None, files: bool, batch: int,
+                   source_kind: str | None, timeout: float, models: str | None) -> int:
+    """Write the chat history of SRC (as for copy) to the bundle directory OUT: JSON lines and
+    the element files, with a manifest of digests."""
     from chainlit_orm.transfer import export
 
-    return _print_summary(asyncio.run(export(
-        args.src, args.out, src_storage=args.src_storage, user=args.user, since=args.since,
-        files=args.files, batch=args.batch, source_kind=args.source_kind,
-        canonical=args.canonical, models=load_models(args.models),
-        progress=_transfer_progress(), timeout=args.timeout)))
+    with _arguments():
+        parse_url(src)
+        model_set = load_models(models)
+    return _print_summary(_run(export(
+        src, out, src_storage=src_storage, user=user, since=since, files=files, batch=batch,
+        source_kind=source_kind, canonical=canonical, models=model_set,
+        progress=_transfer_progress(), timeout=timeout)))
 
 
-def _import(args: argparse.Namespace) -> int:
+@cli.command("import", short_help="write a bundle into a store (resumable, verified)")
+@click.argument("bundle", metavar="IN")
+@click.argument("dst", metavar="DST")
+@click.option("--dst-storage", metavar="URL", help=_STORAGE_HELP.format("DST's"))
+@_transfer_options(scope=False, source_kind=False, resume=True)
+def import_command(bundle: str, dst: str, dst_storage: str | None, files: bool, batch: int,
+                   checkpoint: str | None, verify: bool, retention: str | None, timeout: float,
+                   models: str | None) -> int:
+    """Write the bundle directory IN into DST (a database URL or dynamodb://TABLE?...),
+    resumable and verified; the whole bundle is checked before anything is written."""
     from chainlit_orm.transfer import import_bundle
 
-    return _print_summary(asyncio.run(import_bundle(
-        args.bundle, args.dst, dst_storage=args.dst_storage, files=args.files,
-        batch=args.batch, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress(), timeout=args.timeout,
-        retention=_retention(args))))
+    with _arguments():
+        parse_url(dst)
+        model_set = load_models(models)
+        kept = _retention(retention)
+    return _print_summary(_run(import_bundle(
+        bundle, dst, dst_storage=dst_storage, files=files, batch=batch, checkpoint=checkpoint,
+        verify_only=verify, models=model_set, progress=_transfer_progress(), timeout=timeout,
+        retention=kept)))
 
 
-def _retention(args: argparse.Namespace) -> Any:
-    """``--retention AGE`` as a timedelta (None without it)."""
+def _retention(retention: str | None) -> Any:
+    """``--retention AGE`` as a timedelta (None without it); call inside :func:`_arguments`."""
     from chainlit_orm.lifecycle.purge import parse_age
 
-    return parse_age(args.retention) if args.retention else None
+    return parse_age(retention) if retention else None
 
 
-# ----------------------------------------------------------------- lifecycle commands
+# ---------------------------------------------------------------------- lifecycle commands
 # chainlit_orm.lifecycle does the work; here only the layer is opened the way the app opens it.
 
 
-def _lifecycle_layer(args: argparse.Namespace, *, soft_delete: Any = None) -> Any:
-    """The layer on ``args.url`` with the app's storage (``--storage``, else
-    ``CHAINLIT_ORM_STORAGE_URL``) and ``--on-delete``."""
+@dataclass(frozen=True)
+class _LayerSpec:
+    """What the lifecycle commands open a layer with, read (and checked) from the command line
+    before anything is done."""
+
+    url: str
+    parsed: DatabaseURL
+    models: ModelSet
+    hook: OnDelete | None
+    storage: BaseStorageClient | None
+    on_delete_timeout: float
+
+    async def run(self, work: Callable[[Any], Awaitable[Any]], *, soft_delete: Any = None
+                  ) -> Any:
+        """``work(layer)`` on the layer the app would open, closed afterwards."""
+        options: dict[str, Any] = {"models": self.models, "on_delete": self.hook,
+                                   "soft_delete": soft_delete,
+                                   "on_delete_timeout": self.on_delete_timeout}
+        layer: Any
+        if isinstance(self.parsed, DynamoURL):
+            from chainlit_orm.layers.dynamodb import DynamoDataLayer
+
+            layer = DynamoDataLayer(self.parsed.table, storage=self.storage,
+                                    region=self.parsed.region,
+                                    endpoint_url=self.parsed.endpoint_url,
+                                    profile=self.parsed.profile, **options)
+        else:
+            from chainlit_orm.layers.sql import SQLDataLayer
+
+            layer = SQLDataLayer(self.url, storage=self.storage, create_schema=False, **options)
+        try:
+            return await work(layer)
+        finally:
+            await layer.close()
+
+
+def _layer_spec(url: str | None, models: str | None, storage: str | None,
+                on_delete: str | None, on_delete_timeout: float) -> _LayerSpec:
+    """The URL (else the environment's), the models, the ``--on-delete`` hook and the storage
+    (``--storage``, else ``CHAINLIT_ORM_STORAGE_URL``), checked in that order."""
     from chainlit_orm.lifecycle.hooks import load_hook
 
-    parsed = parse_url(args.url)  # a bad URL is refused before the models are imported
-    models = load_models(args.models)
-    hook = load_hook(args.on_delete) if args.on_delete else None
-    storage_url = args.storage or os.environ.get("CHAINLIT_ORM_STORAGE_URL") or None
-    storage = None
-    if storage_url:
-        from chainlit_orm.storage import FsspecStorage
+    url = database_url(url)
+    with _arguments():
+        parsed = parse_url(url)  # a bad URL is refused before the models are imported
+        model_set = load_models(models)
+        hook = load_hook(on_delete) if on_delete else None
+        storage_url = storage or os.environ.get(STORAGE_URL_VARIABLE) or None
+        client = None
+        if storage_url:
+            from chainlit_orm.storage import FsspecStorage
 
-        storage = FsspecStorage(storage_url, mount=False)
-    options: dict[str, Any] = {"models": models, "on_delete": hook, "soft_delete": soft_delete,
-                               "on_delete_timeout": args.on_delete_timeout}
-    if isinstance(parsed, DynamoURL):
-        from chainlit_orm.layers.dynamodb import DynamoDataLayer
-
-        return DynamoDataLayer(parsed.table, storage=storage, region=parsed.region,
-                               endpoint_url=parsed.endpoint_url, profile=parsed.profile,
-                               **options)
-    from chainlit_orm.layers.sql import SQLDataLayer
-
-    return SQLDataLayer(args.url, storage=storage, create_schema=False, **options)
+            client = FsspecStorage(storage_url, mount=False)
+    return _LayerSpec(url, parsed, model_set, hook, client, on_delete_timeout)
 
 
-async def _with_layer(args: argparse.Namespace, work: Any, **options: Any) -> Any:
-    layer = _lifecycle_layer(args, **options)
-    try:
-        return await work(layer)
-    finally:
-        await layer.close()
+def _hook_timeout_default() -> float:
+    from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT
+
+    return DEFAULT_HOOK_TIMEOUT
 
 
-def _erase_user(args: argparse.Namespace) -> int:
-    report = asyncio.run(_with_layer(
-        args, lambda layer: layer.erase_user(args.identifier, dry_run=args.dry_run,
-                                             timeout=args.timeout)))
+def _lifecycle_options(function: F) -> F:
+    for option in reversed([
+        click.option("--storage", metavar="URL",
+                     help=f"element storage (default: {STORAGE_URL_VARIABLE})"),
+        click.option("--on-delete", metavar="MODULE:ATTR",
+                     help="async hook(thread_id, user_id) called for each removed thread"),
+        click.option("--dry-run", is_flag=True,
+                     help="report what would be removed, change nothing"),
+        click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="seconds each batch may take (default: the layer's 30 s per call)"),
+        click.option("--on-delete-timeout", type=float, default=_hook_timeout_default(),
+                     metavar="SECONDS", help="seconds one hook call may take (default: "
+                     f"{_hook_timeout_default():g})"),
+        _models_option,
+    ]):
+        function = option(function)
+    return function
+
+
+@cli.command("erase-user", short_help="remove a user and everything naming them (an erasure "
+             "request)", epilog=_URL_HELP)
+@_url_argument
+@click.argument("identifier", metavar="IDENTIFIER", required=False)
+@_lifecycle_options
+def erase_user_command(url: str | None, identifier: str | None, storage: str | None,
+                       on_delete: str | None, dry_run: bool, timeout: float | None,
+                       on_delete_timeout: float, models: str | None) -> int:
+    """Remove the user IDENTIFIER and everything naming them: threads, steps, elements with
+    their files, feedback (an erasure request)."""
+    if identifier is None:  # one argument: the identifier, the URL from the environment
+        url, identifier = None, url
+    if identifier is None:
+        raise click.UsageError("Missing argument 'IDENTIFIER'.")
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    name = identifier
+    report = _run(spec.run(lambda layer: layer.erase_user(name, dry_run=dry_run,
+                                                          timeout=timeout)))
     for line in report.lines():
         print(line)
     return 0
 
 
-def _purge(args: argparse.Namespace) -> int:
+def _ages(older_than: str | None, soft_delete: str | None) -> tuple[Any, Any]:
     from chainlit_orm.lifecycle.purge import parse_age
 
-    older = parse_age(args.older_than) if args.older_than else None
-    trash = parse_age(args.soft_delete) if args.soft_delete else None
-    grace = parse_age(args.orphan_grace)
+    with _arguments():
+        older = parse_age(older_than) if older_than else None
+        trash = parse_age(soft_delete) if soft_delete else None
     if older is None and trash is None:
-        raise ConfigurationError("purge needs --older-than AGE (or --soft-delete AGE for the "
-                                 "trash only)")
-    report = asyncio.run(_with_layer(args, lambda layer: layer.purge(
-        older_than=older, keep_shared=args.keep_shared, keep_favorites=args.keep_favorites,
-        keep_metadata=args.keep_metadata or (), dry_run=args.dry_run, batch=args.batch,
-        timeout=args.timeout, orphan_grace=grace),
-        soft_delete=trash))
-    print(f"purge {mask_url(args.url)}")
+        raise click.UsageError("purge needs --older-than AGE (or --soft-delete AGE for the "
+                               "trash only)")
+    return older, trash
+
+
+def _purge_batch_default() -> int:
+    from chainlit_orm.lifecycle.purge import DEFAULT_BATCH
+
+    return DEFAULT_BATCH
+
+
+@cli.command("purge", short_help="remove threads inactive for longer than --older-than "
+             "(retention)", epilog=_URL_HELP)
+@_url_argument
+@_lifecycle_options
+@click.option("--older-than", metavar="AGE",
+              help="e.g. 90d: threads whose last activity is older expire")
+@click.option("--keep-shared/--no-keep-shared", default=True,
+              help="keep shared threads (default: yes)")
+@click.option("--keep-favorites/--no-keep-favorites", default=True,
+              help="keep threads holding a favorited step (default: yes)")
+@click.option("--keep-metadata", metavar="KEY", multiple=True,
+              help="keep threads whose metadata has KEY set to true (repeatable)")
+@click.option("--soft-delete", metavar="AGE",
+              help="the app's trash window (soft_delete=): also remove threads trashed longer "
+              "ago")
+@click.option("--batch", type=int, default=_purge_batch_default(), metavar="N",
+              help=f"threads per batch (default: {_purge_batch_default()})")
+@click.option("--orphan-grace", metavar="AGE", default="1h",
+              help="SQL: also remove stored element files no row refers to, once older than "
+              "AGE (default: 1h)")
+def purge_command(url: str | None, storage: str | None, on_delete: str | None, dry_run: bool,
+                  timeout: float | None, on_delete_timeout: float, models: str | None,
+                  older_than: str | None, keep_shared: bool, keep_favorites: bool,
+                  keep_metadata: tuple[str, ...], soft_delete: str | None, batch: int,
+                  orphan_grace: str) -> int:
+    """Remove the threads whose last activity is older than --older-than (with their steps,
+    elements, files and feedback), except those kept by the --keep options."""
+    older, trash = _ages(older_than, soft_delete)
+    from chainlit_orm.lifecycle.purge import parse_age
+
+    with _arguments():
+        grace = parse_age(orphan_grace)
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    report = _run(spec.run(lambda layer: layer.purge(
+        older_than=older, keep_shared=keep_shared, keep_favorites=keep_favorites,
+        keep_metadata=keep_metadata, dry_run=dry_run, batch=batch, timeout=timeout,
+        orphan_grace=grace), soft_delete=trash))
+    print(f"purge {mask_url(spec.url)}")
     for line in report.lines():
         print(line)
     return 0
 
 
-def _lifecycle_parsers(commands: Any, models_help: str) -> None:
-    from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT
-    from chainlit_orm.lifecycle.purge import DEFAULT_BATCH
-
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("url", metavar="URL",
-                            help="SQLAlchemy URL, or dynamodb://TABLE?region=...")
-        parser.add_argument("--storage", metavar="URL",
-                            help="element storage (default: CHAINLIT_ORM_STORAGE_URL)")
-        parser.add_argument("--on-delete", metavar="MODULE:ATTR",
-                            help="async hook(thread_id, user_id) called for each removed thread")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="report what would be removed, change nothing")
-        parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                            help="seconds each batch may take (default: the layer's 30 s "
-                                 "per call)")
-        parser.add_argument("--on-delete-timeout", type=float, default=DEFAULT_HOOK_TIMEOUT,
-                            metavar="SECONDS", help="seconds one hook call may take (default: "
-                            f"{DEFAULT_HOOK_TIMEOUT:g})")
-
-    erase = commands.add_parser(
-        "erase-user", help="remove a user and everything naming them (an erasure request)")
-    common(erase)
-    erase.add_argument("identifier", metavar="IDENTIFIER", help="the user's identifier")
-    erase.set_defaults(handler=_erase_user)
-
-    purge = commands.add_parser(
-        "purge", help="remove threads inactive for longer than --older-than (retention)")
-    common(purge)
-    purge.add_argument("--older-than", metavar="AGE",
-                       help="e.g. 90d: threads whose last activity is older expire")
-    purge.add_argument("--keep-shared", action=argparse.BooleanOptionalAction, default=True,
-                       help="keep shared threads (default: yes)")
-    purge.add_argument("--keep-favorites", action=argparse.BooleanOptionalAction, default=True,
-                       help="keep threads holding a favorited step (default: yes)")
-    purge.add_argument("--keep-metadata", metavar="KEY", action="append",
-                       help="keep threads whose metadata has KEY set to true (repeatable)")
-    purge.add_argument("--soft-delete", metavar="AGE",
-                       help="the app's trash window (soft_delete=): also remove threads "
-                            "trashed longer ago")
-    purge.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
-                       help=f"threads per batch (default: {DEFAULT_BATCH})")
-    purge.add_argument("--orphan-grace", metavar="AGE", default="1h",
-                       help="SQL: also remove stored element files no row refers to, once "
-                            "older than AGE (default: 1h)")
-    purge.set_defaults(handler=_purge)
-
-
-def _transfer_parsers(commands: Any, models_help: str) -> None:
-    from chainlit_orm.transfer.copy import DEFAULT_BATCH, DEFAULT_TRANSFER_TIMEOUT, SOURCE_KINDS
-
-    def common(parser: argparse.ArgumentParser, *, scope: bool, source_kind: bool,
-               resume: bool) -> None:
-        if scope:
-            parser.add_argument("--user", metavar="IDENTIFIER",
-                                help="one user's data only (a data-access export)")
-            parser.add_argument("--since", metavar="TIME",
-                                help="only threads active at or after TIME (ISO-8601)")
-        parser.add_argument("--files", action=argparse.BooleanOptionalAction, default=True,
-                            help="copy element files too (default: yes)")
-        parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
-                            help=f"threads per batch (default: {DEFAULT_BATCH})")
-        if source_kind:
-            parser.add_argument("--source-kind", choices=SOURCE_KINDS,
-                                help="which schema to read when SRC holds both")
-        if resume:
-            parser.add_argument("--checkpoint", metavar="FILE",
-                                help="resume file (default: .chainlit-orm-copy-<hash>.json here)")
-            parser.add_argument("--verify", action="store_true",
-                                help="copy nothing; compare the destination with the source")
-            parser.add_argument("--retention", metavar="AGE",
-                                help="a DynamoDB destination's retention= (e.g. 90d): thread "
-                                     "items get the TTL the layer writes (expiresAt)")
-        parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-        parser.add_argument("--timeout", type=float, default=DEFAULT_TRANSFER_TIMEOUT,
-                            metavar="SECONDS", help="seconds each statement may take "
-                            f"(default: {DEFAULT_TRANSFER_TIMEOUT:g})")
-
-    storage_help = "storage URL of {} element files (default: CHAINLIT_ORM_STORAGE_URL)"
-    copy = commands.add_parser(
-        "copy", help="copy users, threads, steps, elements with files and feedback between "
-        "stores (resumable, verified)")
-    copy.add_argument("src", metavar="SRC", help="database URL, dynamodb://TABLE?..., or the "
-                      "PostgreSQL URL of Chainlit's official data layer")
-    copy.add_argument("dst", metavar="DST", help="database URL or dynamodb://TABLE?...")
-    copy.add_argument("--src-storage", metavar="URL", help=storage_help.format("SRC's"))
-    copy.add_argument("--dst-storage", metavar="URL", help=storage_help.format("DST's"))
-    common(copy, scope=True, source_kind=True, resume=True)
-    copy.set_defaults(handler=_copy)
-
-    export = commands.add_parser("export", help="write a portable bundle directory")
-    export.add_argument("src", metavar="SRC", help="as for copy")
-    export.add_argument("out", metavar="OUT", help="the bundle directory to create")
-    export.add_argument("--src-storage", metavar="URL", help=storage_help.format("SRC's"))
-    export.add_argument("--canonical", action="store_true",
-                        help="leave the export time and source out of the manifest")
-    common(export, scope=True, source_kind=True, resume=False)
-    export.set_defaults(handler=_export)
-
-    load = commands.add_parser("import", help="write a bundle into a store (resumable, verified)")
-    load.add_argument("bundle", metavar="IN", help="a bundle directory")
-    load.add_argument("dst", metavar="DST", help="database URL or dynamodb://TABLE?...")
-    load.add_argument("--dst-storage", metavar="URL", help=storage_help.format("DST's"))
-    common(load, scope=False, source_kind=False, resume=True)
-    load.set_defaults(handler=_import)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chainlit-orm",
-        description="Generate, check and apply chainlit-orm's schemas; copy, export and "
-        "import chat history; erase users and purge old threads.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    models_help = "model set as package.module:attribute (default: the five default models)"
-
-    generate = commands.add_parser(
-        "generate", help="write the generated schemas (SQL DDL, DynamoDB mapping, CloudFormation)"
-    )
-    generate.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-    generate.add_argument("--out", default="generated", metavar="DIR",
-                          help="output directory (default: ./generated)")
-    generate.add_argument("--check", action="store_true",
-                          help="write nothing; exit 1 with a diff when a file drifts")
-    generate.set_defaults(handler=_generate)
-
-    migrate = commands.add_parser(
-        "migrate", help="create or upgrade a database or DynamoDB table (additive, idempotent)"
-    )
-    migrate.add_argument("url", metavar="URL",
-                         help="SQLAlchemy URL, or dynamodb://TABLE?region=...&endpoint_url=...")
-    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    migrate.add_argument("--dedupe-feedback", action="store_true",
-                         help="keep one feedback per step (the newest) before adding the "
-                         "unique index on forId")
-    migrate.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-    migrate.add_argument("--timeout", type=float, default=DEFAULT_MIGRATE_TIMEOUT,
-                         metavar="SECONDS",
-                         help="give up after this long (default: %(default)g; raise it for a "
-                              "backfill of a large table)")
-    migrate.set_defaults(handler=_migrate)
-
-    show = commands.add_parser("ddl", help="print the DDL for one SQL dialect")
-    show.add_argument("dialect", metavar="DIALECT",
-                      help=f"one of: {', '.join(SUPPORTED_DIALECTS)}")
-    show.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
-    show.set_defaults(handler=_ddl_command)
-
-    _transfer_parsers(commands, models_help)
-    _lifecycle_parsers(commands, models_help)
-    return parser
+# ------------------------------------------------------------------------------- the edge
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (the console script exits with it)."""
-    args = _parser().parse_args(argv)
+    """Run the command line; return the exit code (the console script exits with it).
+
+    ``argv`` defaults to ``sys.argv[1:]``. A shell-completion request (``_CHAINLIT_ORM_COMPLETE``
+    set) prints its answer and raises ``SystemExit``, as click does for every program.
+    """
+    args = list(argv) if argv is not None else None
     try:
-        code: int = args.handler(args)
+        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
     except VerificationError as exc:
-        print(f"chainlit-orm: verification failed: {mask_url(exc)}", file=sys.stderr)
+        print(f"{PROG}: verification failed: {mask_url(exc)}", file=sys.stderr)
         return 1
     except ChainlitORMError as exc:
-        print(f"chainlit-orm: error: {mask_url(exc)}", file=sys.stderr)
-        return 2
-    return code
+        print(f"{PROG}: error: {mask_url(exc)}", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

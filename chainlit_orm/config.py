@@ -10,13 +10,13 @@ from chainlit.data.storage_clients.base import BaseStorageClient
 
 from chainlit_orm.errors import ConfigurationError
 from chainlit_orm.layers.base import ChainlitLayer
-from chainlit_orm.urls import DynamoURL, parse_url
+from chainlit_orm.urls import STORAGE_URL_VARIABLE, DynamoURL, database_url_from_env, parse_url
 
 __all__ = ["from_env"]
 
 
 def _storage_from_env(env: Mapping[str, str]) -> BaseStorageClient | None:
-    url = env.get("CHAINLIT_ORM_STORAGE_URL")
+    url = env.get(STORAGE_URL_VARIABLE)
     if not url:
         return None
     from chainlit_orm.storage import FsspecStorage
@@ -42,7 +42,7 @@ def from_env(env: Mapping[str, str] | None = None, **options: Any) -> ChainlitLa
             ``dynamodb://`` parameter is refused with the accepted ones).
     """
     env = os.environ if env is None else env
-    url = env.get("CHAINLIT_ORM_DATABASE_URL") or env.get("DATABASE_URL")
+    url = database_url_from_env(env)  # the same function the CLI reads its URL default with
     if not url:
         raise ConfigurationError(
             "no database configured: set CHAINLIT_ORM_DATABASE_URL (or DATABASE_URL), e.g. "

@@ -23,6 +23,7 @@ This module does no I/O and imports no driver: checking that a driver is install
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -33,12 +34,15 @@ from sqlalchemy.exc import ArgumentError
 from chainlit_orm.errors import ConfigurationError, MissingDependencyError, mask_url
 
 __all__ = [
+    "DATABASE_URL_VARIABLES",
     "DYNAMODB_PARAMETERS",
     "SQLURL",
     "SQL_DRIVERS",
+    "STORAGE_URL_VARIABLE",
     "SUPPORTED_SCHEMES",
     "DatabaseURL",
     "DynamoURL",
+    "database_url_from_env",
     "parse_dynamodb_url",
     "parse_sql_url",
     "parse_url",
@@ -62,6 +66,14 @@ SUPPORTED_DRIVERS = "sqlite+aiosqlite, postgresql+asyncpg, mysql+asyncmy, mariad
 
 #: Query parameters a ``dynamodb://`` URL may carry.
 DYNAMODB_PARAMETERS: tuple[str, ...] = ("region", "endpoint_url", "profile")
+
+#: Where a database URL is read from when none is given, in this order: the first variable that
+#: is set and not empty wins. One tuple for ``from_env()`` and the CLI, so an app and the
+#: ``chainlit-orm`` command run in its environment always mean the same database.
+DATABASE_URL_VARIABLES: tuple[str, ...] = ("CHAINLIT_ORM_DATABASE_URL", "DATABASE_URL")
+
+#: Where element storage's URL is read from when none is given (``from_env()``, the CLI).
+STORAGE_URL_VARIABLE = "CHAINLIT_ORM_STORAGE_URL"
 
 Backend = Literal["postgresql", "sqlite", "mysql", "dynamodb"]
 
@@ -227,3 +239,17 @@ def parse_dynamodb_url(url: str) -> DynamoURL:
         )
     values = {key: query[key][-1] or None for key in query}
     return DynamoURL(table=table, **values)
+
+
+def database_url_from_env(env: Mapping[str, str]) -> str | None:
+    """The database URL the environment names (see :data:`DATABASE_URL_VARIABLES`), or None.
+
+    An empty variable counts as unset (``DATABASE_URL=`` in a ``.env`` file does not hide a
+    ``CHAINLIT_ORM_DATABASE_URL``, and an empty ``CHAINLIT_ORM_DATABASE_URL`` falls back to
+    ``DATABASE_URL``). The value is returned as written; :func:`parse_url` checks it.
+    """
+    for name in DATABASE_URL_VARIABLES:
+        value = env.get(name)
+        if value:
+            return value
+    return None

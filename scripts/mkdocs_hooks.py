@@ -91,9 +91,15 @@ def environment_read_by_the_code() -> set[str]:
     """Every environment-variable name written as a string literal in the package's source."""
     found: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # names in ``__all__`` are the module's Python names (``DATABASE_URL_VARIABLES``), not
+        # variables it reads
+        exported = {id(item) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+                    and isinstance(node.value, ast.List | ast.Tuple) for item in node.value.elts}
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                    and _ENV_NAME.fullmatch(node.value)):
+                    and id(node) not in exported and _ENV_NAME.fullmatch(node.value)):
                 found.add(node.value)
     return found
 

@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -75,6 +74,7 @@ from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
+from chainlit_orm.retry import transient_retry
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
 from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
@@ -130,6 +130,7 @@ class SQLBackend(SQLLifecycle):
         :class:`SQLDataLayer`'s."""
         self.models = models
         self.retries = max(1, retries)
+        self._retry = transient_retry(self.retries)
         #: threads ``erase_user`` removed in this process (bounded, oldest dropped): a late
         #: step or element of one is refused (NotFoundError) instead of given a stub thread,
         #: since its content is the erased user's (create_element then removes its file)
@@ -146,8 +147,8 @@ class SQLBackend(SQLLifecycle):
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             url = parse_sql_url(url_or_engine).async_url()
+            _refuse_isolation_level(engine_options)
             options = dict(engine_options)
-            options.pop("isolation_level", None)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
             if url.get_backend_name() == "sqlite":
                 connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
@@ -309,10 +310,11 @@ class SQLBackend(SQLLifecycle):
         so does the transfer's work on a SQL database (``transfer._layer.SQLHandle``): ``fn``
         must be idempotent, since it may run again.
 
-        A disconnect on a connection opened before the failure is retried at once: the pool has
-        discarded that connection's whole generation (:class:`~chainlit_orm.layers.sqlexec.
-        RawPool`), so the retry opens a fresh one. Other transient errors back off. Nothing is
-        retried once the calling task is being cancelled (its ``timeout``).
+        A disconnect on a connection opened before the failure is retried on a fresh one: the
+        pool has discarded that connection's whole generation (:class:`~chainlit_orm.layers.
+        sqlexec.RawPool`). Every retry backs off (:func:`chainlit_orm.retry.transient_retry`;
+        the first window is 20 ms, so a retry after a disconnect still comes quickly). Nothing
+        is retried once the calling task is being cancelled (its ``timeout``).
         """
         with tracking_sent() as sent:
             try:
@@ -325,9 +327,8 @@ class SQLBackend(SQLLifecycle):
                     _tracing.count(statements=sent[0], rows=sent[1])
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`run`'s loop."""
-        delay = 0.02
-        for attempt in range(self.retries):
+        """:meth:`run`'s loop, under the package's one retry policy (each retry backs off)."""
+        async for attempt in self._retry.tries():
             try:
                 if not self._is_ready:
                     await self.ensure_ready()
@@ -338,19 +339,10 @@ class SQLBackend(SQLLifecycle):
                 if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
                         not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
-                    if _tracing.ACTIVE:
-                        _tracing.count(retries=1)
-                    if attempt or not self._disconnected(orig):
-                        await asyncio.sleep(delay * (1 + random.random()))
-                        delay = min(delay * 2, 1.0)
                     continue
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries and not _cancelling():
-                    if _tracing.ACTIVE:
-                        _tracing.count(retries=1)
-                    await asyncio.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 1.0)
                     continue
                 if isinstance(exc, TimeoutExceededError):
                     raise
@@ -1362,7 +1354,10 @@ class SQLDataLayer(ChainlitLayer):
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
             ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
-        **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
+        **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...),
+            except ``isolation_level``, which is refused with a
+            :class:`~chainlit_orm.errors.ConfigurationError` (the connections are AUTOCOMMIT by
+            design; set the default isolation on the server instead).
     """
 
     def __init__(
@@ -1406,6 +1401,29 @@ _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
 def _row_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of an n-row statement built with ``_upsert(..., rows=n)``."""
     return {f"{key}__{i}": value for i, row in enumerate(rows) for key, value in row.items()}
+
+
+def _refuse_isolation_level(options: dict[str, Any]) -> None:
+    """Refuse an ``isolation_level`` engine option (also one inside ``execution_options``).
+
+    It was once dropped silently, so an app asking for SERIALIZABLE ran at the server's default
+    without knowing. It cannot be honoured: the layer's connections are AUTOCOMMIT by design
+    (a one-statement write needs no BEGIN/COMMIT round trips), and its few multi-statement writes
+    open their own transactions, at the server's default level.
+
+    Raises:
+        ConfigurationError: the option is given; the message says what to do instead.
+    """
+    nested = options.get("execution_options") or {}
+    if "isolation_level" in options or "isolation_level" in nested:
+        raise ConfigurationError(
+            "the engine option isolation_level is not supported: the layer's connections are "
+            "AUTOCOMMIT by design (each write is one idempotent statement) and its "
+            "multi-statement writes use the server's default isolation; set that default on "
+            "the server or the role instead (PostgreSQL: default_transaction_isolation, "
+            "MySQL/MariaDB: transaction_isolation)",
+            detail="isolation_level",
+        )
 
 
 def _sqlite_pool_size() -> int:

@@ -62,6 +62,7 @@ from chainlit_orm.storage import _signing, served
 from chainlit_orm.storage._headers import check_content_type, normalize_content_disposition
 from chainlit_orm.storage._keys import META_DIR, meta_path, object_path, validate_key
 from chainlit_orm.storage.served import ObjectInfo, OpenObject
+from chainlit_orm.urls import STORAGE_URL_VARIABLE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,7 +83,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENV_URL = "CHAINLIT_ORM_STORAGE_URL"
+ENV_URL = STORAGE_URL_VARIABLE  # one name for from_env(), the CLI and FsspecStorage.from_env()
 ENV_SECRET = "CHAINLIT_ORM_STORAGE_SECRET"  # noqa: S105 (a variable name)
 ENV_PUBLIC_BASE_URL = "CHAINLIT_ORM_STORAGE_PUBLIC_BASE_URL"
 ENV_TIMEOUT = "CHAINLIT_ORM_STORAGE_TIMEOUT"

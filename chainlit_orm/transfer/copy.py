@@ -50,7 +50,7 @@ from chainlit_orm.transfer.sources import (
     file_info,
 )
 from chainlit_orm.transfer.verify import verify
-from chainlit_orm.urls import DynamoURL, parse_url
+from chainlit_orm.urls import STORAGE_URL_VARIABLE, DynamoURL, parse_url
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_TRANSFER_TIMEOUT", "SOURCE_KINDS", "copy", "export",
            "import_bundle"]
@@ -64,7 +64,7 @@ SOURCE_KINDS = ("chainlit-orm", "official")
 #: Element files read and stored at once.
 FILE_COPIES = 8
 
-STORAGE_ENV = "CHAINLIT_ORM_STORAGE_URL"
+STORAGE_ENV = STORAGE_URL_VARIABLE
 
 StorageSpec = str | BaseStorageClient | None
 

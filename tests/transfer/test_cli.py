@@ -110,7 +110,7 @@ async def test_storage_defaults_and_refusals(store: Any, tmp_path: Path,
         # files but nowhere to put them: refused before any row of the batch is written
         code = await _run("copy", src, dst, "--src-storage", files,
                           "--checkpoint", str(tmp_path / "a.json"))
-        assert code == 2
+        assert code == 1
         assert re.search(r"chainlit-orm: error: element \S+ has a stored file but no "
                          r"destination storage is configured: pass --dst-storage \(or "
                          r"--no-files to copy rows only\)", capsys.readouterr().err)
@@ -122,7 +122,7 @@ async def test_storage_defaults_and_refusals(store: Any, tmp_path: Path,
         assert re.search(r"  files: 5 \(\d+ bytes\) already in place: source and destination "
                          "use the same storage", captured.out)
         # the same database on both sides is refused
-        assert await _run("copy", src, src) == 2
+        assert await _run("copy", src, src) == 1
         assert "the source and the destination are the same store" in capsys.readouterr().err
 
 

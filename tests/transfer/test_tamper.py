@@ -1,5 +1,5 @@
 """A tampered bundle is refused whole, before anything is written (issue 16, the outside attack's
-findings F1-F7): ``chainlit-orm import`` exits with status 2 and one line naming the file and
+findings F1-F7): ``chainlit-orm import`` exits with status 1 and one line naming the file and
 line, the library raises the typed error, and the destination database and storage hold nothing
 afterwards (both are looked at directly, not through the layer)."""
 
@@ -96,7 +96,7 @@ async def refused(bundle: Path, tmp_path: Path, error: type[Exception], message:
         code = await asyncio.to_thread(main, [
             "import", str(bundle), f"sqlite:///{db}", "--dst-storage", f"file://{store}",
             "--batch", "1", "--checkpoint", str(tmp_path / "ck.json")])
-    assert code == 2
+    assert code == 1
     shown = [line for line in err.getvalue().splitlines() if line.startswith("chainlit-orm:")]
     assert len(shown) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
     assert re.fullmatch(f"chainlit-orm: error: {message}", shown[0]), shown[0]

@@ -452,8 +452,7 @@ class DynamoBackend(DynamoLifecycle):
         # stub thread) and the session's metadata at once, and on DynamoDB a write that meets
         # an item in a transaction is refused (TransactionConflictException).
         async with self._thread_lock(thread_id):
-            for attempt in range(CONFLICT_RETRY.attempts):
-                await CONFLICT_RETRY.pause(attempt)
+            async for _ in CONFLICT_RETRY.tries():
                 try:
                     if identifier is not None:
                         result = await self._owner_write(key, build(mode), fields["userId"],
@@ -846,8 +845,7 @@ class DynamoBackend(DynamoLifecycle):
         thread_key = self.layout.key_of("thread", id=thread_id)
         absent = {"ConditionExpression": "attribute_not_exists(#p)",
                   "ExpressionAttributeNames": {"#p": PARTITION_KEY}}
-        for attempt in range(CONFLICT_RETRY.attempts):
-            await CONFLICT_RETRY.pause(attempt)
+        async for _ in CONFLICT_RETRY.tries():
             # the step's write: the whole new item, or the update (same parameters for
             # PutItem/UpdateItem and for the transaction's Put/Update action)
             kind, write = (("Put", {"Item": put, **absent}) if put is not None
@@ -1249,8 +1247,7 @@ class DynamoBackend(DynamoLifecycle):
         step_key = self.layout.key_of("step", threadId=thread_id, id=step_id)
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         checked_step = row.get("threadId") is None
-        for attempt in range(CONFLICT_RETRY.attempts):
-            await CONFLICT_RETRY.pause(attempt)
+        async for _ in CONFLICT_RETRY.tries():
             items = await self.batch_get([thread_key, step_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             thread = by_sk.get(thread_key[SORT_KEY]["S"])
@@ -1357,8 +1354,7 @@ class DynamoBackend(DynamoLifecycle):
                                       feedback_id: str | None) -> bool:
         thread_key = self.layout.key_of("thread", id=thread_id)
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
-        for attempt in range(CONFLICT_RETRY.attempts):
-            await CONFLICT_RETRY.pause(attempt)
+        async for _ in CONFLICT_RETRY.tries():
             items = await self.batch_get([thread_key, feedback_key])
             by_sk = {i[SORT_KEY]["S"]: i for i in items}
             old = by_sk.get(feedback_key[SORT_KEY]["S"])

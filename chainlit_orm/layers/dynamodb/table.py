@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from chainlit_orm import tracing as _tracing
@@ -31,6 +29,11 @@ from chainlit_orm.errors import (
 )
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import BATCH_WRITE, string_value
+
+# the package's one retry policy (re-exported here, where the DynamoDB layer has always had it)
+from chainlit_orm.retry import BATCH_RETRY as BATCH_RETRY
+from chainlit_orm.retry import CONFLICT_RETRY as CONFLICT_RETRY
+from chainlit_orm.retry import RetryPolicy as RetryPolicy
 from chainlit_orm.schema_gen.dynamo import (
     PARTITION_KEY,
     SCHEMA_VERSION_KEY,
@@ -64,37 +67,6 @@ SETUP_ERRORS = frozenset({"NoRegionError", "NoCredentialsError", "PartialCredent
                           "ProfileNotFound"})
 #: botocore's exceptions for a request that got no answer in time (connect or read timeout).
 _TIMEOUTS = ("ConnectTimeoutError", "ReadTimeoutError")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with "full jitter" exponential backoff, for the contention the layer
-    resolves itself (botocore retries throttling and transient network errors on its own).
-
-    Used for: optimistic writes whose condition another writer invalidated (feedback, metadata
-    merges, step writes), transactions cancelled by a conflicting transaction, plain writes
-    refused with ``TransactionConflictException`` (an item in an ongoing transaction), and
-    unprocessed batch items. The first retry is immediate (most conditions fail once, for a
-    known reason, e.g. the first metadata merge finds no map yet); retry ``k >= 2`` first sleeps
-    a uniformly random ``0 .. min(cap, base * 2**(k-1))`` seconds, so writers that collided
-    spread out instead of colliding again in lock step. After ``attempts`` tries the caller
-    raises a typed error; nothing is retried for ever.
-    """
-
-    attempts: int = 10
-    base: float = 0.01
-    cap: float = 1.0
-
-    async def pause(self, attempt: int) -> None:
-        """Wait before try number ``attempt`` (0 is the first try, 1 the first retry)."""
-        if attempt >= 2:
-            await asyncio.sleep(random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1))))
-
-
-#: Conflicts between writers: at most 10 tries, at most about 3.3 s of sleeping in all.
-CONFLICT_RETRY = RetryPolicy()
-#: Unprocessed batch items (the table is over its capacity): at most 10 tries, about 10 s.
-BATCH_RETRY = RetryPolicy(attempts=10, base=0.05, cap=2.0)
 
 
 class ConditionFailed(Exception):
@@ -258,19 +230,15 @@ class TableClient:
         :meth:`transact`."""
         if operation == "transact_write_items":
             return await self._raw(operation, **kwargs)
-        for attempt in range(CONFLICT_RETRY.attempts):
-            await CONFLICT_RETRY.pause(attempt)
-            if attempt and _tracing.ACTIVE:
-                _tracing.count(retries=1)
-            try:
-                return await self._raw(operation, **kwargs)
-            except TransactionRetry as exc:
-                last = exc
-        raise BackendUnavailableError(
-            f"DynamoDB {operation} on table {self.table} failed {CONFLICT_RETRY.attempts} times "
-            f"({', '.join(last.reasons)}): the item stayed in other transactions, or the answers "
-            "were cut short", detail=last.reasons,
-        ) from last
+        try:
+            return await CONFLICT_RETRY.call(lambda: self._raw(operation, **kwargs),
+                                             retry_on=TransactionRetry)
+        except TransactionRetry as last:
+            raise BackendUnavailableError(
+                f"DynamoDB {operation} on table {self.table} failed {CONFLICT_RETRY.attempts} "
+                f"times ({', '.join(last.reasons)}): the item stayed in other transactions, or "
+                "the answers were cut short", detail=last.reasons,
+            ) from last
 
     async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -404,18 +372,14 @@ class TableClient:
         token; every transaction the layer sends also carries a condition that fails once it
         has been applied, and the caller then reads the item again.)
         """
-        for attempt in range(CONFLICT_RETRY.attempts):
-            await CONFLICT_RETRY.pause(attempt)
-            if attempt and _tracing.ACTIVE:
-                _tracing.count(retries=1)
-            try:
-                await self.call("transact_write_items", TransactItems=actions)
-                return
-            except TransactionRetry as exc:
-                last = exc
-        raise BackendUnavailableError(
-            f"DynamoDB transaction kept conflicting ({', '.join(last.reasons)})",
-            detail="TransactionConflict") from last
+        try:
+            await CONFLICT_RETRY.call(
+                lambda: self.call("transact_write_items", TransactItems=actions),
+                retry_on=TransactionRetry)
+        except TransactionRetry as last:
+            raise BackendUnavailableError(
+                f"DynamoDB transaction kept conflicting ({', '.join(last.reasons)})",
+                detail="TransactionConflict") from last
 
     async def batch_write(self, requests: list[dict[str, Any]], *,
                            last_after_rest: bool = False) -> None:
@@ -435,10 +399,7 @@ class TableClient:
             await self.batch_write(chunks[-1])
             return
         for pending in chunks:
-            for attempt in range(BATCH_RETRY.attempts):
-                await BATCH_RETRY.pause(attempt + 1)  # unprocessed items: always back off
-                if attempt and _tracing.ACTIVE:
-                    _tracing.count(retries=1)
+            async for _ in BATCH_RETRY.tries():  # unprocessed items: back off, send the rest
                 result = await self.call("batch_write_item",
                                          RequestItems={self.table: pending})
                 pending = result.get("UnprocessedItems", {}).get(self.table, [])
@@ -453,10 +414,7 @@ class TableClient:
         """BatchGetItem (consistent), retrying unprocessed keys; items in no particular order."""
         found: list[dict[str, Any]] = []
         pending: dict[str, Any] = {"Keys": keys, "ConsistentRead": True, **options}
-        for attempt in range(BATCH_RETRY.attempts):
-            await BATCH_RETRY.pause(attempt + 1)  # unprocessed keys: always back off
-            if attempt and _tracing.ACTIVE:
-                _tracing.count(retries=1)
+        async for _ in BATCH_RETRY.tries():  # unprocessed keys: back off, ask for the rest
             result = await self.call("batch_get_item", RequestItems={self.table: pending})
             found += result.get("Responses", {}).get(self.table, [])
             unprocessed = result.get("UnprocessedKeys", {}).get(self.table)

@@ -1,0 +1,311 @@
+"""The ``chainlit-orm`` command as a user meets it (issue 20): ``--version``, ``python -m
+chainlit_orm``, the database URL read from the environment exactly as ``from_env()`` reads it,
+shell completion, and one exit-code convention (0 done, 1 refused or failed with one line on
+stderr, 2 usage).
+
+The schema commands' own output is in ``tests/schema/test_cli.py``, the transfer and lifecycle
+commands' in ``tests/transfer`` and ``tests/lifecycle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+import chainlit_orm
+from chainlit_orm import migrations
+from chainlit_orm.cli import main
+from chainlit_orm.errors import ConfigurationError
+from chainlit_orm.schema_gen import SCHEMA_VERSION
+from chainlit_orm.urls import DATABASE_URL_VARIABLES, database_url_from_env
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "chainlit-orm")
+COMMANDS = ["generate", "migrate", "ddl", "copy", "export", "import", "erase-user", "purge"]
+
+#: What every command that works on one database prints when it has no URL at all.
+NO_URL = ("Error: no database URL: pass URL, or set CHAINLIT_ORM_DATABASE_URL or DATABASE_URL "
+          "(read in that order, as from_env() reads them)\n")
+
+
+def _env(**values: str) -> dict[str, str]:
+    """This process's environment without any database URL, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if k not in DATABASE_URL_VARIABLES}
+    env.update(values)
+    return env
+
+
+def _files(directory: Path) -> list[str]:
+    """What a command left in ``directory``, without the ``.chainlit``/``.files`` folders that
+    importing Chainlit creates in the current directory (the CLI imports it, as it always did)."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in (".chainlit", ".files"))
+
+
+def _run(*argv: str, env: dict[str, str] | None = None, cwd: Path = REPO
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd,
+                          env=env if env is not None else _env(), timeout=120, check=False)
+
+
+@pytest.fixture
+def no_database_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in DATABASE_URL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+# ------------------------------------------------------------------------------ --version
+
+
+def test_version_is_the_distributions() -> None:
+    expected = version("chainlit-orm")
+    assert chainlit_orm.__version__ == expected
+    for argv in ([CLI, "--version"], [sys.executable, "-m", "chainlit_orm", "--version"]):
+        done = _run(*argv)
+        assert (done.returncode, done.stdout, done.stderr) == (0, f"chainlit-orm {expected}\n", "")
+
+
+# ------------------------------------------------------------------------- python -m
+
+
+def test_python_m_chainlit_orm_is_the_command() -> None:
+    by_module = _run(sys.executable, "-m", "chainlit_orm", "--help")
+    by_script = _run(CLI, "--help")
+    assert (by_module.returncode, by_module.stderr) == (0, "")
+    assert by_module.stdout == by_script.stdout
+    lines = by_module.stdout.splitlines()
+    assert lines[0] == "Usage: chainlit-orm [OPTIONS] COMMAND [ARGS]..."
+    start = lines.index("Commands:") + 1
+    listed = [line.split()[0] for line in lines[start:] if line.startswith("  ")
+              and not line.startswith("   ")][:len(COMMANDS)]
+    assert listed == COMMANDS  # the README's order, not sorted
+    ddl = _run(sys.executable, "-m", "chainlit_orm", "ddl", "sqlite")
+    assert (ddl.returncode, ddl.stdout) == (0, (REPO / "generated" / "sqlite.sql").read_text())
+
+
+# --------------------------------------------------------- the URL from the environment
+
+
+@pytest.mark.parametrize(
+    ("variables", "chosen"),
+    [
+        ({"CHAINLIT_ORM_DATABASE_URL": "a", "DATABASE_URL": "b"}, "a"),  # both: the package's
+        ({"DATABASE_URL": "b"}, "b"),
+        ({"CHAINLIT_ORM_DATABASE_URL": "", "DATABASE_URL": "b"}, "b"),  # empty counts as unset
+        ({"CHAINLIT_ORM_DATABASE_URL": "a", "DATABASE_URL": ""}, "a"),
+        ({"CHAINLIT_ORM_DATABASE_URL": "", "DATABASE_URL": ""}, None),
+        ({}, None),
+    ],
+)
+def test_the_command_and_from_env_pick_the_same_database(
+        variables: dict[str, str], chosen: str | None, tmp_path: Path) -> None:
+    """Each case runs the real command (migrate, URL left out) and the real ``from_env()``."""
+    env = {name: f"sqlite:///{tmp_path / value}.db" if value else ""
+           for name, value in variables.items()}
+    expected = env["CHAINLIT_ORM_DATABASE_URL" if chosen == "a" else "DATABASE_URL"] if chosen \
+        else None
+    assert database_url_from_env(env) == expected
+    done = _run(CLI, "migrate", env=_env(**env), cwd=tmp_path)
+    if chosen is None:
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == ("Usage: chainlit-orm migrate [OPTIONS] [URL]\n"
+                               "Try 'chainlit-orm migrate --help' for help.\n\n" + NO_URL)
+        with pytest.raises(ConfigurationError, match="no database"):
+            chainlit_orm.from_env(env)
+        assert _files(tmp_path) == []
+        return
+    assert (done.returncode, done.stderr) == (0, "")
+    shown = expected.replace("sqlite://", "sqlite+aiosqlite://")  # as the layer connects
+    assert done.stdout.splitlines()[0] == (
+        f"migrating {shown}: schema version none recorded -> "
+        f"{SCHEMA_VERSION}")
+    assert _files(tmp_path) == [f"{chosen}.db"]  # only that one
+    layer = chainlit_orm.from_env(env)
+    try:
+        assert layer.sql.url_text == shown  # type: ignore[attr-defined]
+    finally:
+        asyncio.run(layer.close())
+
+
+def test_an_explicit_url_wins_over_the_environment(tmp_path: Path) -> None:
+    env = _env(CHAINLIT_ORM_DATABASE_URL=f"sqlite:///{tmp_path / 'env.db'}",
+               DATABASE_URL=f"sqlite:///{tmp_path / 'fallback.db'}")
+    done = _run(CLI, "migrate", f"sqlite:///{tmp_path / 'given.db'}", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path) == ["given.db"]
+
+
+def test_erase_user_and_purge_read_the_url_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        no_database_env: None) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.db'}"
+    assert main(["migrate", url]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("DATABASE_URL", url)
+    # one argument: the identifier (the URL comes from the environment)
+    assert main(["erase-user", "nobody@example.com", "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        "erase-user user 'nobody@example.com' (no user row): would remove user 0, thread 0, "
+        "step 0, element 0, feedback 0, file 0 (dry run: nothing changed)\n")
+    assert main(["purge", "--older-than", "90d", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (out[0], out[-1]) == (f"purge {url}", "dry run: nothing changed")
+    monkeypatch.delenv("DATABASE_URL")
+    for argv, usage in ((["erase-user", "nobody@example.com"], "erase-user [OPTIONS] [URL] "
+                         "IDENTIFIER"), (["purge", "--older-than", "90d"], "purge [OPTIONS] [URL]")):
+        assert main(argv) == 2
+        command = argv[0]
+        assert capsys.readouterr() == ("", (
+            f"Usage: chainlit-orm {usage}\nTry 'chainlit-orm {command} --help' for help.\n\n"
+            + NO_URL))
+
+
+# ----------------------------------------------------------------------- shell completion
+
+
+def test_bash_completion_script_is_printed_and_completes() -> None:
+    done = _run(CLI, env=_env(_CHAINLIT_ORM_COMPLETE="bash_source"))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "_chainlit_orm_completion() {" in done.stdout
+    assert "complete -o nosort -F _chainlit_orm_completion chainlit-orm" in done.stdout
+    # the script, loaded into a real bash, completes commands and dialects
+    for words, cword, expected in (("chainlit-orm mi", 1, "migrate"),
+                                   ("chainlit-orm e", 1, "export erase-user"),
+                                   ("chainlit-orm ddl ", 2, "postgresql sqlite mysql"),
+                                   ("chainlit-orm migrate --dr", 2, "--dry-run")):
+        empty = " ''" if words.endswith(" ") else ""  # the word being typed, still empty
+        script = ('eval "$(_CHAINLIT_ORM_COMPLETE=bash_source chainlit-orm)"\n'
+                  f"COMP_WORDS=({words}{empty}); COMP_CWORD={cword}; "
+                  '_chainlit_orm_completion chainlit-orm; echo "${COMPREPLY[*]}"')
+        shell = _run("bash", "-c", script, env=_env(PATH=f"{BIN}:{os.environ['PATH']}"))
+        assert (shell.returncode, shell.stdout, shell.stderr) == (0, expected + "\n", ""), words
+
+
+@pytest.mark.parametrize(("shell", "marker"), [("zsh_source", "#compdef chainlit-orm"),
+                                               ("fish_source", "complete --no-files --command "
+                                                "chainlit-orm")])
+def test_zsh_and_fish_scripts(shell: str, marker: str) -> None:
+    done = _run(CLI, env=_env(_CHAINLIT_ORM_COMPLETE=shell))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert marker in done.stdout
+
+
+# ---------------------------------------------------------------------------- exit codes
+
+
+def test_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ddl", "sqlite"]) == 0
+    assert main(["--help"]) == 0
+    assert main(["migrate", "--help"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_exit_1_is_one_line_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      no_database_env: None) -> None:
+    # the work ran and failed: a refused connection, password masked
+    assert main(["migrate", "postgresql://postgres:s3cret@127.0.0.1:1/nowhere"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1
+    assert captured.err.startswith("chainlit-orm: error: ")
+    assert "postgres:***@127.0.0.1:1/nowhere" in captured.err and "s3cret" not in captured.err
+    # drift found by generate --check (its diff and summary go to stdout)
+    assert main(["generate", "--check", "--out", str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"5 of 5 files in {tmp_path / 'empty'}/ drift from the models; run: chainlit-orm "
+        f"generate --out {tmp_path / 'empty'}")
+    # the same store on both sides of a copy: refused
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    assert main(["copy", url, url]) == 1
+    assert capsys.readouterr().err == (
+        "chainlit-orm: error: the source and the destination are the same store\n")
+
+
+def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--history`` calls ``migrations.schema_history``; where the package has none yet, the
+    option fails with the reason (exit 1) instead of a traceback."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert main(["migrate", url]) == 0
+    capsys.readouterr()
+    code = main(["migrate", url, "--history"])
+    captured = capsys.readouterr()
+    if not hasattr(migrations, "schema_history"):
+        assert (code, captured.out, captured.err) == (1, "", (
+            "chainlit-orm: error: migrate --history is not available in this version of "
+            "chainlit-orm (chainlit_orm.migrations has no schema_history)\n"))
+    else:
+        assert (code, captured.err) == (0, "")
+        assert captured.out
+    assert main(["migrate", url, "--history", "--dedupe-feedback"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "Error: --history changes nothing; it cannot be combined with --dedupe-feedback\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "err"),
+    [
+        # click's usage errors: the usage, then the problem
+        (["migrate", "sqlite:///x.db", "--nope"],
+         "Usage: chainlit-orm migrate [OPTIONS] [URL]\nTry 'chainlit-orm migrate --help' for "
+         "help.\n\nError: No such option '--nope'.\n"),
+        (["ddl"], "Usage: chainlit-orm ddl [OPTIONS] DIALECT\nTry 'chainlit-orm ddl --help' for "
+         "help.\n\nError: Missing argument 'DIALECT'.\n"),
+        (["nope"], "Usage: chainlit-orm [OPTIONS] COMMAND [ARGS]...\nTry 'chainlit-orm --help' "
+         "for help.\n\nError: No such command 'nope'.\n"),
+        (["purge", "sqlite:///x.db"],
+         "Usage: chainlit-orm purge [OPTIONS] [URL]\nTry 'chainlit-orm purge --help' for help."
+         "\n\nError: purge needs --older-than AGE (or --soft-delete AGE for the trash only)\n"),
+        (["purge", "sqlite:///x.db", "--older-than", "1d", "--batch", "x"],
+         "Usage: chainlit-orm purge [OPTIONS] [URL]\nTry 'chainlit-orm purge --help' for help."
+         "\n\nError: Invalid value for '--batch': 'x' is not a valid integer.\n"),
+        (["copy", "sqlite:///a.db", "sqlite:///b.db", "--source-kind", "other"],
+         "Usage: chainlit-orm copy [OPTIONS] SRC DST\nTry 'chainlit-orm copy --help' for help."
+         "\n\nError: Invalid value for '--source-kind': 'other' is not one of 'chainlit-orm', "
+         "'official'.\n"),
+        # values the command refuses before doing anything: one line
+        (["ddl", "oracle"], "chainlit-orm: error: unsupported SQL dialect 'oracle'; supported: "
+         "postgresql, sqlite, mysql (mysql also covers MariaDB)\n"),
+        (["copy", "mongodb://u:pw@h/db", "sqlite:///b.db"],
+         "chainlit-orm: error: unsupported database URL mongodb://u:***@h/db: supported schemes "
+         "are postgresql://, sqlite://, mysql://, mariadb://, dynamodb:// (e.g. "
+         "postgresql+asyncpg://, sqlite+aiosqlite:///file.db, mysql+asyncmy://, "
+         "dynamodb://TABLE?region=...)\n"),
+        (["purge", "sqlite:///x.db", "--older-than", "90x"],
+         None),  # parse_age's own message, one line
+        (["erase-user", "sqlite:///x.db", "who", "--on-delete", "nodots"],
+         "chainlit-orm: error: --on-delete must be package.module:attribute, got 'nodots'\n"),
+        (["migrate", "dynamodb://t?regoin=eu-west-1"],
+         "chainlit-orm: error: unknown parameter(s) regoin in dynamodb://t?regoin=eu-west-1; "
+         "supported: region, endpoint_url, profile (credentials come from the AWS chain)\n"),
+    ],
+)
+def test_exit_2_is_a_usage_error(argv: list[str], err: str | None, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    if err is None:
+        assert captured.err.startswith("chainlit-orm: error: ")
+        assert len(captured.err.splitlines()) == 1
+    else:
+        assert captured.err == err
+    assert _files(tmp_path) == []  # nothing was created
+
+
+def test_the_console_script_exits_with_mains_code(tmp_path: Path) -> None:
+    for argv, code in (([CLI, "ddl", "sqlite"], 0), ([CLI, "ddl", "oracle"], 2),
+                       ([CLI, "generate", "--check", "--out", str(tmp_path)], 1)):
+        assert _run(*argv).returncode == code, argv
+    db = tmp_path / "s.db"
+    assert _run(CLI, "migrate", f"sqlite:///{db}").returncode == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chainlit_orm_version").fetchone() == (1,)
