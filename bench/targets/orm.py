@@ -21,6 +21,14 @@ URLS = {
     "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm",
     "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/bench_orm?charset=utf8mb4",
 }
+#: ``chainlit-orm/postgresql-pgbouncer``: its own database, made and migrated on the server
+#: directly (``direct``), used by the layer through PgBouncer in transaction mode on :6432
+#: (``scripts/services.sh``) with the URL flag that makes the layer pooler-safe (``url``).
+PGBOUNCER = {
+    "direct": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm_pgb",
+    "url": "postgresql+asyncpg://postgres@127.0.0.1:6432/bench_orm_pgb"
+           "?prepared_statement_cache_size=0",
+}
 ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 
 
@@ -47,13 +55,19 @@ class OrmSQL(LayerTarget):
     kind = "orm"
     search_scope = frozenset({"name", "text"})  # names and message text (DESIGN.md)
 
-    def __init__(self, workdir: str, backend: str) -> None:
+    def __init__(self, workdir: str, backend: str, via: str | None = None) -> None:
         super().__init__(workdir)
         self.backend = backend
-        self.name = f"chainlit-orm/{backend}"
-        self.description = "chainlit_orm.SQLDataLayer"
+        self.via = via
+        self.name = f"chainlit-orm/{backend}" + (f"-{via}" if via else "")
+        self.description = "chainlit_orm.SQLDataLayer" + (
+            " through PgBouncer 1.18 (pool_mode = transaction, default_pool_size = 10), "
+            "?prepared_statement_cache_size=0" if via == "pgbouncer" else "")
         self.path = os.path.join(workdir, "orm.sqlite")
-        self.url = URLS[backend].format(path=self.path)
+        if via == "pgbouncer":
+            self.direct_url, self.url = PGBOUNCER["direct"], PGBOUNCER["url"]
+        else:
+            self.direct_url = self.url = URLS[backend].format(path=self.path)
 
     def check(self) -> None:
         m = _import()
@@ -65,7 +79,11 @@ class OrmSQL(LayerTarget):
 
     async def setup(self, ds: Dataset) -> None:
         m = _import()
-        if self.backend == "postgresql":
+        if self.via == "pgbouncer":
+            if not await rawdb.port_open(6432):
+                raise Unavailable("no PgBouncer on 127.0.0.1:6432 (bash scripts/services.sh)")
+            await rawdb.pg_recreate("bench_orm_pgb")
+        elif self.backend == "postgresql":
             await rawdb.pg_recreate("bench_orm")
         elif self.backend == "mariadb":
             await rawdb.my_recreate("bench_orm")
@@ -73,7 +91,7 @@ class OrmSQL(LayerTarget):
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(self.path + ext):
                     os.remove(self.path + ext)
-        res = m.migrate(self.url)
+        res = m.migrate(self.direct_url)  # migrate holds a session lock: never via a pooler
         if asyncio.iscoroutine(res):
             await res
         # shipped defaults: no option passed (validation, timeouts, retries, reconnect handling
@@ -112,7 +130,7 @@ class OrmSQL(LayerTarget):
         """Core executemany into the layer's own model tables (column name = Chainlit key)."""
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        eng = create_async_engine(self.url)
+        eng = create_async_engine(self.direct_url)
         tables = {"users": sql.users, "threads": sql.threads, "steps": sql.steps,
                   "elements": sql.elements, "feedbacks": sql.feedbacks}
 
