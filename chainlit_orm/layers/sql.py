@@ -1399,8 +1399,9 @@ _MY_DATA = {4025, *range(4036, 4047), *range(3140, 3161), 3819, 1264, 1265, 1292
 def _classify(dialect: str, orig: BaseException) -> str:
     """What a driver error means: ``fk``, ``null``, ``conflict``, ``data``, ``schema``,
     ``transient``, ``unavailable``, ``pooler`` (a named prepared statement lost or clashing:
-    a transaction-mode pooler without the URL flag) or ``other``. Works on the driver's own exceptions and on
-    the ones SQLAlchemy's adapters wrap them in (same SQLSTATE, error number and class names)."""
+    a transaction-mode pooler without the URL flag) or ``other``. Works on the driver's own
+    exceptions and on the ones SQLAlchemy's adapters wrap them in (same SQLSTATE, error number and
+    class names)."""
     text = str(orig)
     names = {cls.__name__ for cls in type(orig).__mro__}
     if dialect == "postgresql":
