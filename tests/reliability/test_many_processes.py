@@ -1,7 +1,8 @@
 """Many app processes, one database: 4 spawned processes, each a layer with 32 concurrent
 conversations, on one PostgreSQL database, one MariaDB database, one SQLite file (WAL, written by
 all four processes) and one DynamoDB table (moto), for ``CHAINLIT_ORM_MANY_PROCESSES_SECONDS``
-seconds each (default 20).
+seconds each (default 20; ``CHAINLIT_ORM_MANY_PROCESSES_BACKENDS`` picks the backends, e.g.
+``postgres,pgbouncer`` to run it through PgBouncer in transaction mode too).
 
 Each process records every write that returned (:mod:`tests.reliability.many_worker`); once all
 are done, the parent reads the store through a fresh layer and checks, exactly:
@@ -43,6 +44,10 @@ from tests.reliability.storm_targets import STORM_BACKENDS, Target, open_layer, 
 PROCESSES = 4
 TASKS = 32
 SECONDS = float(os.environ.get("CHAINLIT_ORM_MANY_PROCESSES_SECONDS", "20"))
+#: the backends (``tests/backends.py`` names); ``pgbouncer`` may be added, e.g.
+#: ``CHAINLIT_ORM_MANY_PROCESSES_BACKENDS=postgres,pgbouncer``
+BACKENDS = tuple(os.environ.get("CHAINLIT_ORM_MANY_PROCESSES_BACKENDS", "").split(",")
+                 if os.environ.get("CHAINLIT_ORM_MANY_PROCESSES_BACKENDS") else STORM_BACKENDS)
 #: the SQL layers' pool in each process (see the module docstring)
 POOL_SIZE = 6
 
@@ -56,7 +61,7 @@ def processes() -> Iterator[tuple[ProcessPoolExecutor, Any]]:
         yield pool, manager
 
 
-@pytest.fixture(params=STORM_BACKENDS)
+@pytest.fixture(params=BACKENDS)
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     async with open_target(request.param, tmp_path) as opened:
         yield opened
