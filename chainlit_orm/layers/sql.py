@@ -172,8 +172,17 @@ class SQLBackend(SQLLifecycle):
                 auto_options = {"pool_size": size, "max_overflow": 0, "pool_use_lifo": True,
                                 **options}
                 engine_options_ = {"pool_size": 1, "max_overflow": 4, **options}
+            # Behind a transaction-mode pooler, PostgreSQL's engine for the layer's own
+            # statements is left in SQLAlchemy's default (transactional) mode. Its only use of
+            # SQLAlchemy's execution path is the dialect's first-connect queries (server version,
+            # schema, ...), which prepare named statements: in one transaction they stay on one
+            # server connection, while in AUTOCOMMIT the prepare and the execution may land on
+            # two (40 layers starting at once through PgBouncer: 40 failed). The layer's
+            # statements run on the asyncpg connection itself, which has no implicit transaction
+            # either way (RawPool puts only MySQL and SQLite connections into autocommit).
+            auto_level = {} if parsed.transaction_pooler else {"isolation_level": "AUTOCOMMIT"}
             self.auto = create_async_engine(
-                url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **auto_options
+                url, pool_reset_on_return=None, **auto_level, **auto_options
             )
             # the transactional engine only checks the schema (and serves migrate)
             self.engine = create_async_engine(url, **engine_options_)

@@ -122,7 +122,7 @@ async def _check_store(layer: ChainlitLayer, threads: dict[str, dict[str, Any]],
 
     async def check(tid: str, acked: dict[str, Any]) -> None:
         async with semaphore:
-            thread = await layer.get_thread(tid)
+            thread: Any = await layer.get_thread(tid)
         if thread is None:
             missing.append(tid)
             return

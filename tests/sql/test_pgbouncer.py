@@ -12,6 +12,8 @@ different server connection, so a named prepared statement made on one is missin
   the same sequence works.
 * :func:`test_32_concurrent_conversations_through_pgbouncer`: 32 conversations at once (17 of 32
   failed before the flag was honoured), every write and read exact.
+* :func:`test_40_layers_starting_at_once_through_pgbouncer`: the first-connect queries and the
+  schema check, the only statements on SQLAlchemy's own asyncpg path, while other layers start.
 
 The whole contract suite also runs through PgBouncer (``pgbouncer`` in ``tests/backends.py``).
 """
@@ -121,3 +123,22 @@ async def test_32_concurrent_conversations_through_pgbouncer(direct_url: str) ->
             assert {s["id"]: s["output"] for s in thread["steps"]} == written
     finally:
         await layer.close()
+
+
+async def test_40_layers_starting_at_once_through_pgbouncer(direct_url: str) -> None:
+    """40 app processes' layers starting together: each one's first connection runs
+    SQLAlchemy's first-connect queries and its first call the schema check, both on SQLAlchemy's
+    asyncpg path, which prepares named statements (39 of 40 failed before they ran in a
+    transaction). Each layer then makes 5 calls."""
+    pooled = through_pgbouncer(direct_url)
+    init_http_context(thread_id=str(uuid.uuid4()))
+
+    async def start() -> list[object]:
+        layer = SQLDataLayer(pooled, pool_size=1)
+        try:
+            return [await layer.get_user("nobody") for _ in range(5)]
+        finally:
+            await layer.close()
+
+    results = await asyncio.gather(*(start() for _ in range(40)), return_exceptions=True)
+    assert results == [[None] * 5] * 40
