@@ -1352,12 +1352,13 @@ def _configure_transaction_pooler(connect_args: dict[str, Any]) -> None:
     * asyncpg's ``statement_cache_size=0``: the layer's own statements (:mod:`~chainlit_orm.
       layers.sqlexec`, every data call) then run as unnamed statements, which asyncpg parses
       again with each execution, so nothing outlives its round trip.
-    * SQLAlchemy's path, used only by the schema check of the first call, always prepares a
-      named statement (``prepared_statement_cache_size=0`` alone only stops it caching them).
-      That check runs in one transaction, which the pooler keeps on one server connection; a
-      unique name per statement keeps a statement left on that server connection from clashing
-      with the next client's. Data calls never take this path: through PgBouncer 1.18 it failed
-      about half of 400 concurrent autocommit calls even so.
+    * SQLAlchemy's path, used only by the queries SQLAlchemy makes on a new connection and by
+      the schema check of the first call, always prepares a named statement
+      (``prepared_statement_cache_size=0`` alone only stops it caching them). Both run in a
+      transaction (the caller keeps the layer's engine out of AUTOCOMMIT), which the pooler
+      keeps on one server connection; a unique name per statement keeps a statement left on
+      that server connection from clashing with the next client's. Data calls never take this
+      path: through PgBouncer 1.18 it failed about half of 400 concurrent autocommit calls.
     """
     connect_args.setdefault("statement_cache_size", 0)
     connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
