@@ -16,17 +16,20 @@ from ..dataset import Dataset, ThreadRec
 from . import dynamo
 from .base import LayerTarget, Unavailable
 
+#: the SQL targets' database: ``bench_orm``, plus ``CHAINLIT_ORM_BENCH_DB_SUFFIX`` when several
+#: benches share one server (each run drops and re-creates its database)
+DB = "bench_orm" + os.environ.get("CHAINLIT_ORM_BENCH_DB_SUFFIX", "")
 URLS = {
     "sqlite": "sqlite+aiosqlite:///{path}",
-    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm",
-    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/bench_orm?charset=utf8mb4",
+    "postgresql": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}",
+    "mariadb": f"mysql+asyncmy://root@127.0.0.1:3306/{DB}?charset=utf8mb4",
 }
 #: ``chainlit-orm/postgresql-pgbouncer``: its own database, made and migrated on the server
 #: directly (``direct``), used by the layer through PgBouncer in transaction mode on :6432
 #: (``scripts/services.sh``) with the URL flag that makes the layer pooler-safe (``url``).
 PGBOUNCER = {
-    "direct": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm_pgb",
-    "url": "postgresql+asyncpg://postgres@127.0.0.1:6432/bench_orm_pgb"
+    "direct": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}_pgb",
+    "url": f"postgresql+asyncpg://postgres@127.0.0.1:6432/{DB}_pgb"
            "?prepared_statement_cache_size=0",
 }
 ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
@@ -82,11 +85,11 @@ class OrmSQL(LayerTarget):
         if self.via == "pgbouncer":
             if not await rawdb.port_open(6432):
                 raise Unavailable("no PgBouncer on 127.0.0.1:6432 (bash scripts/services.sh)")
-            await rawdb.pg_recreate("bench_orm_pgb")
+            await rawdb.pg_recreate(f"{DB}_pgb")
         elif self.backend == "postgresql":
-            await rawdb.pg_recreate("bench_orm")
+            await rawdb.pg_recreate(DB)
         elif self.backend == "mariadb":
-            await rawdb.my_recreate("bench_orm")
+            await rawdb.my_recreate(DB)
         else:
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(self.path + ext):

@@ -53,6 +53,7 @@ def run_worker(target: Target, run: str, proc: int, tasks: int, seconds: float,
 
 async def _worker(target: Target, run: str, proc: int, tasks: int, seconds: float,
                   barrier: Any, layer_options: dict[str, Any]) -> dict[str, Any]:
+    opened = time.monotonic()
     init_http_context(thread_id=str(uuid.uuid4()))
     layer = open_layer(target, **layer_options)
     users: dict[str, str] = {}  # identifier -> id
@@ -103,19 +104,22 @@ async def _worker(target: Target, run: str, proc: int, tasks: int, seconds: floa
                 at = canonical_timestamp(asked["createdAt"])
                 if acked["activity"] is None or at > acked["activity"]:
                     acked["activity"] = at
+            # past the deadline a task stops between writes (each acknowledged write is recorded
+            # on its own), after the user message that gives a new thread its activity, and
+            # then still makes its reads
             answer = message(tid, "", author="assistant", type_="assistant_message")
-            if await call("writes", "create_step(assistant)",
-                          layer.create_step(answer)) is not _FAILED:
+            if time.monotonic() < end and await call(
+                    "writes", "create_step(assistant)", layer.create_step(answer)) is not _FAILED:
                 acked["steps"][answer["id"]] = ""
                 answer["output"] = f"answer {turn} to p{proc} t{j}"
-                if await call("writes", "update_step",
-                              layer.update_step(answer)) is not _FAILED:
+                if time.monotonic() < end and await call(
+                        "writes", "update_step", layer.update_step(answer)) is not _FAILED:
                     acked["steps"][answer["id"]] = answer["output"]
-            if rnd.random() < 0.3:
+            if time.monotonic() < end and rnd.random() < 0.3:
                 if await call("writes", "update_thread(metadata)", layer.update_thread(
                         tid, metadata={"turns": turn})) is not _FAILED:
                     acked["turns"] = turn
-            elif rnd.random() < 0.15:
+            elif time.monotonic() < end and rnd.random() < 0.15:
                 renamed = f"p{proc} t{j} renamed at #{turn}"
                 if await call("writes", "update_thread(name)",
                               layer.update_thread(tid, name=renamed)) is not _FAILED:
@@ -128,6 +132,7 @@ async def _worker(target: Target, run: str, proc: int, tasks: int, seconds: floa
             if page is not _FAILED:
                 _check_sidebar(page.data, uid, violations)
 
+    ready = time.monotonic() - opened
     await asyncio.to_thread(barrier.wait, 120)
     started = time.monotonic()
     end = started + seconds
@@ -137,7 +142,7 @@ async def _worker(target: Target, run: str, proc: int, tasks: int, seconds: floa
         elapsed = time.monotonic() - started
         await layer.close()
     return {"proc": proc, "users": users, "threads": threads, "errors": errors,
-            "violations": violations, "elapsed": elapsed, **counts}
+            "violations": violations, "elapsed": elapsed, "ready": ready, **counts}
 
 
 _FAILED = object()

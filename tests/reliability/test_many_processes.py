@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +51,8 @@ BACKENDS = tuple(os.environ.get("CHAINLIT_ORM_MANY_PROCESSES_BACKENDS", "").spli
                  if os.environ.get("CHAINLIT_ORM_MANY_PROCESSES_BACKENDS") else STORM_BACKENDS)
 #: the SQL layers' pool in each process (see the module docstring)
 POOL_SIZE = 6
+#: the DynamoDB layers' call timeout (see the test)
+DYNAMODB_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,13 @@ async def test_many_processes_one_database(
     barrier = manager.Barrier(PROCESSES)
     options: dict[str, Any] = {"pool_size": POOL_SIZE} if target.name in (
         "postgres", "mariadb", "pgbouncer") else {}
+    if target.kind == "dynamodb":
+        # moto is one Python process answering 128 concurrent callers: on a loaded 2-core
+        # machine a call may wait longer than the 30 s default in its queue
+        options["timeout"] = DYNAMODB_TIMEOUT
     run = uuid.uuid4().hex[:8]
     loop = asyncio.get_running_loop()
+    began = time.monotonic()
     results: list[dict[str, Any]] = await asyncio.gather(*(
         loop.run_in_executor(pool, run_worker, target, run, proc, TASKS, SECONDS, barrier,
                              options)
@@ -89,6 +97,7 @@ async def test_many_processes_one_database(
     for r in results:
         threads.update(r["threads"])
         users.update(r["users"])
+    ran = time.monotonic() - began
     print(f"\n{target.name}: {PROCESSES} processes x {TASKS} tasks, {SECONDS:g} s: "
           f"{writes} writes, {reads} reads acknowledged, {len(errors)} errors, "
           f"{len(violations)} violations, {len(threads)} threads of {len(users)} users, "
@@ -104,6 +113,10 @@ async def test_many_processes_one_database(
         await _check_store(layer, threads, users)
     finally:
         await layer.close()
+    print(f"{target.name}: workers {ran:.1f} s (set-up up to "
+          f"{max(r['ready'] for r in results):.1f} s, run up to "
+          f"{max(r['elapsed'] for r in results):.1f} s), check "
+          f"{time.monotonic() - began - ran:.1f} s")
 
 
 async def _check_store(layer: ChainlitLayer, threads: dict[str, dict[str, Any]],
