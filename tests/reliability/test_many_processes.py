@@ -1,8 +1,10 @@
 """Many app processes, one database: 4 spawned processes, each a layer with 32 concurrent
 conversations, on one PostgreSQL database, one MariaDB database, one SQLite file (WAL, written by
-all four processes) and one DynamoDB table (moto), for ``CHAINLIT_ORM_MANY_PROCESSES_SECONDS``
-seconds each (default 20; ``CHAINLIT_ORM_MANY_PROCESSES_BACKENDS`` picks the backends, e.g.
-``postgres,pgbouncer`` to run it through PgBouncer in transaction mode too).
+all four processes) and one DynamoDB table (on a moto server of its own), for
+``CHAINLIT_ORM_MANY_PROCESSES_SECONDS`` seconds each (default 20;
+``CHAINLIT_ORM_MANY_PROCESSES_BACKENDS`` picks the backends, e.g. ``postgres,pgbouncer`` to run
+it through PgBouncer in transaction mode too). Past the deadline a task stops between writes
+and makes its reads, so a run ends within a few calls of it.
 
 Each process records every write that returned (:mod:`tests.reliability.many_worker`); once all
 are done, the parent reads the store through a fresh layer and checks, exactly:
@@ -27,6 +29,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -64,9 +69,36 @@ def processes() -> Iterator[tuple[ProcessPoolExecutor, Any]]:
         yield pool, manager
 
 
+@pytest.fixture(scope="module")
+def private_moto() -> Iterator[str]:
+    """A moto server of this module's own. Why: stock moto backs up every table a
+    TransactWriteItems touches before running it (a user message is one), and the suite's shared
+    server holds every other test's tables; a fresh one holds only this test's table."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
+                               "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"moto_server did not start on port {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.fixture(params=BACKENDS)
-async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
-    async with open_target(request.param, tmp_path) as opened:
+async def target(request: pytest.FixtureRequest, tmp_path: Path, private_moto: str
+                 ) -> AsyncIterator[Target]:
+    async with open_target(request.param, tmp_path, private_moto) as opened:
         yield opened
 
 
