@@ -66,8 +66,11 @@ def all_targets(workdir: str) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for b in ("sqlite", "postgresql", "mariadb"):
         out.append((f"chainlit-orm/{b}", lambda b=b: orm.OrmSQL(workdir, b)))
+    if os.environ.get("CHAINLIT_ORM_BENCH_TRACING") == "both":  # --tracing both (bench/otel.py)
+        for b in ("sqlite", "postgresql", "mariadb"):
+            out.append((f"chainlit-orm+otel/{b}", lambda b=b: orm.OrmSQL(workdir, b, True)))
     # opt-in (PgBouncer is an extra service): run only when --targets names "pgbouncer"
-    out.append((PGBOUNCER_TARGET, lambda: orm.OrmSQL(workdir, "postgresql", "pgbouncer")))
+    out.append((PGBOUNCER_TARGET, lambda: orm.OrmSQL(workdir, "postgresql", via="pgbouncer")))
     out.append(("chainlit-orm/dynamodb", lambda: orm.OrmDynamo(workdir)))
     for b in ("sqlite", "postgresql"):
         out.append((f"chainlit-sqlalchemy/{b}",
@@ -311,7 +314,12 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float,
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = ("scale" if wl == ["SCALE"] else "quick" if not args.full else "full") + (
-        f"_pgsync_{args.pg_sync_commit}" if args.pg_sync_commit else "")
+        f"_pgsync_{args.pg_sync_commit}" if args.pg_sync_commit else "") + (
+        f"_tracing_{args.tracing}" if args.tracing else "")
+    if args.tracing:
+        from . import otel
+
+        meta["tracing"] = {"setting": args.tracing, "spans exported": otel.flush()}
     md = report.markdown(an, res, targets, unavailable, meta, chk)
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(json.dumps({
@@ -346,6 +354,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="override the number of timed rounds")
     p.add_argument("--dynamodb-url", help="use this moto/DynamoDB endpoint instead of starting "
                    "a private moto server")
+    p.add_argument("--tracing", choices=("on", "off", "both"),
+                   help="chainlit-orm's OpenTelemetry spans (bench/otel.py): on = "
+                   "CHAINLIT_ORM_TRACING=1 and the SDK with a batch processor whose exporter "
+                   "drops the spans; off = CHAINLIT_ORM_TRACING=0; both = each chainlit-orm SQL "
+                   "target twice, untraced and chainlit-orm+otel/... with tracing=True, taking "
+                   "turns in every round; the report's name gets _tracing_on|off|both")
     p.add_argument("-v", "--verbose", action="store_true", help="time of every target turn")
     p.add_argument("--out", default=str(HERE / "results"), help="report directory")
     args = p.parse_args()
@@ -353,6 +367,10 @@ def main() -> None:
     logging.getLogger("chainlit.data.dynamodb").setLevel(logging.CRITICAL)
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("LITERAL_API_KEY", None)
+    if args.tracing:
+        from . import otel
+
+        otel.install(args.tracing)
     sys.exit(asyncio.run(run(args)))
 
 

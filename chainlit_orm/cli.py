@@ -186,7 +186,8 @@ def _copy(args: argparse.Namespace) -> int:
         args.src, args.dst, src_storage=args.src_storage, dst_storage=args.dst_storage,
         user=args.user, since=args.since, files=args.files, batch=args.batch,
         source_kind=args.source_kind, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress())))
+        models=load_models(args.models), progress=_transfer_progress(), timeout=args.timeout,
+        retention=_retention(args))))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -196,7 +197,7 @@ def _export(args: argparse.Namespace) -> int:
         args.src, args.out, src_storage=args.src_storage, user=args.user, since=args.since,
         files=args.files, batch=args.batch, source_kind=args.source_kind,
         canonical=args.canonical, models=load_models(args.models),
-        progress=_transfer_progress())))
+        progress=_transfer_progress(), timeout=args.timeout)))
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -205,7 +206,15 @@ def _import(args: argparse.Namespace) -> int:
     return _print_summary(asyncio.run(import_bundle(
         args.bundle, args.dst, dst_storage=args.dst_storage, files=args.files,
         batch=args.batch, checkpoint=args.checkpoint, verify_only=args.verify,
-        models=load_models(args.models), progress=_transfer_progress())))
+        models=load_models(args.models), progress=_transfer_progress(), timeout=args.timeout,
+        retention=_retention(args))))
+
+
+def _retention(args: argparse.Namespace) -> Any:
+    """``--retention AGE`` as a timedelta (None without it)."""
+    from chainlit_orm.lifecycle.purge import parse_age
+
+    return parse_age(args.retention) if args.retention else None
 
 
 # ----------------------------------------------------------------- lifecycle commands
@@ -226,7 +235,8 @@ def _lifecycle_layer(args: argparse.Namespace, *, soft_delete: Any = None) -> An
         from chainlit_orm.storage import FsspecStorage
 
         storage = FsspecStorage(storage_url, mount=False)
-    options: dict[str, Any] = {"models": models, "on_delete": hook, "soft_delete": soft_delete}
+    options: dict[str, Any] = {"models": models, "on_delete": hook, "soft_delete": soft_delete,
+                               "on_delete_timeout": args.on_delete_timeout}
     if isinstance(parsed, DynamoURL):
         from chainlit_orm.layers.dynamodb import DynamoDataLayer
 
@@ -248,7 +258,8 @@ async def _with_layer(args: argparse.Namespace, work: Any, **options: Any) -> An
 
 def _erase_user(args: argparse.Namespace) -> int:
     report = asyncio.run(_with_layer(
-        args, lambda layer: layer.erase_user(args.identifier, dry_run=args.dry_run)))
+        args, lambda layer: layer.erase_user(args.identifier, dry_run=args.dry_run,
+                                             timeout=args.timeout)))
     for line in report.lines():
         print(line)
     return 0
@@ -259,12 +270,14 @@ def _purge(args: argparse.Namespace) -> int:
 
     older = parse_age(args.older_than) if args.older_than else None
     trash = parse_age(args.soft_delete) if args.soft_delete else None
+    grace = parse_age(args.orphan_grace)
     if older is None and trash is None:
         raise ConfigurationError("purge needs --older-than AGE (or --soft-delete AGE for the "
                                  "trash only)")
     report = asyncio.run(_with_layer(args, lambda layer: layer.purge(
         older_than=older, keep_shared=args.keep_shared, keep_favorites=args.keep_favorites,
-        keep_metadata=args.keep_metadata or (), dry_run=args.dry_run, batch=args.batch),
+        keep_metadata=args.keep_metadata or (), dry_run=args.dry_run, batch=args.batch,
+        timeout=args.timeout, orphan_grace=grace),
         soft_delete=trash))
     print(f"purge {mask_url(args.url)}")
     for line in report.lines():
@@ -273,6 +286,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _lifecycle_parsers(commands: Any, models_help: str) -> None:
+    from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT
     from chainlit_orm.lifecycle.purge import DEFAULT_BATCH
 
     def common(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +299,12 @@ def _lifecycle_parsers(commands: Any, models_help: str) -> None:
         parser.add_argument("--dry-run", action="store_true",
                             help="report what would be removed, change nothing")
         parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                            help="seconds each batch may take (default: the layer's 30 s "
+                                 "per call)")
+        parser.add_argument("--on-delete-timeout", type=float, default=DEFAULT_HOOK_TIMEOUT,
+                            metavar="SECONDS", help="seconds one hook call may take (default: "
+                            f"{DEFAULT_HOOK_TIMEOUT:g})")
 
     erase = commands.add_parser(
         "erase-user", help="remove a user and everything naming them (an erasure request)")
@@ -308,11 +328,14 @@ def _lifecycle_parsers(commands: Any, models_help: str) -> None:
                             "trashed longer ago")
     purge.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
                        help=f"threads per batch (default: {DEFAULT_BATCH})")
+    purge.add_argument("--orphan-grace", metavar="AGE", default="1h",
+                       help="SQL: also remove stored element files no row refers to, once "
+                            "older than AGE (default: 1h)")
     purge.set_defaults(handler=_purge)
 
 
 def _transfer_parsers(commands: Any, models_help: str) -> None:
-    from chainlit_orm.transfer.copy import DEFAULT_BATCH, SOURCE_KINDS
+    from chainlit_orm.transfer.copy import DEFAULT_BATCH, DEFAULT_TRANSFER_TIMEOUT, SOURCE_KINDS
 
     def common(parser: argparse.ArgumentParser, *, scope: bool, source_kind: bool,
                resume: bool) -> None:
@@ -333,7 +356,13 @@ def _transfer_parsers(commands: Any, models_help: str) -> None:
                                 help="resume file (default: .chainlit-orm-copy-<hash>.json here)")
             parser.add_argument("--verify", action="store_true",
                                 help="copy nothing; compare the destination with the source")
+            parser.add_argument("--retention", metavar="AGE",
+                                help="a DynamoDB destination's retention= (e.g. 90d): thread "
+                                     "items get the TTL the layer writes (expiresAt)")
         parser.add_argument("--models", metavar="MODULE:ATTR", help=models_help)
+        parser.add_argument("--timeout", type=float, default=DEFAULT_TRANSFER_TIMEOUT,
+                            metavar="SECONDS", help="seconds each statement may take "
+                            f"(default: {DEFAULT_TRANSFER_TIMEOUT:g})")
 
     storage_help = "storage URL of {} element files (default: CHAINLIT_ORM_STORAGE_URL)"
     copy = commands.add_parser(

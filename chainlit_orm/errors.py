@@ -10,10 +10,13 @@ storage that cannot be read back: that step reads as a marker so its thread stil
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 
 __all__ = [
     "BackendUnavailableError",
     "ChainlitORMError",
+    "CheckFailedError",
     "ConfigurationError",
     "ConflictError",
     "InvalidCursorError",
@@ -30,6 +33,7 @@ __all__ = [
     "TimeoutExceededError",
     "VerificationError",
     "mask_url",
+    "migrate_command",
 ]
 
 
@@ -152,6 +156,23 @@ class OnDeleteError(ChainlitORMError):
         self.report = report
 
 
+class CheckFailedError(ChainlitORMError):
+    """``await layer.check()`` found problems: every one of them is listed in the message, one a
+    line, each with its fix (the exact ``chainlit-orm migrate`` command for a schema problem).
+
+    ``detail`` (and ``problems``) is the list of problem texts; ``errors`` holds the exception
+    behind each problem that came from one (the first is also the ``__cause__``).
+    """
+
+    def __init__(self, problems: Sequence[str], errors: Sequence[BaseException] = ()) -> None:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"chainlit-orm startup check failed ({count}):\n{listed}",
+                         detail=list(problems))
+        self.problems = list(problems)
+        self.errors = list(errors)
+
+
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
 _SECRET_QUERY = re.compile(
     r"(?P<k>(?:password|passwd|pwd|secret|token|key|sig|signature|credential|"
@@ -171,3 +192,24 @@ def mask_url(url: object) -> str:
     text = str(url)
     text = _PASSWORD_IN_URL.sub(r"\g<head>***\g<at>", text)
     return _SECRET_QUERY.sub(r"\g<k>***", text)
+
+
+def migrate_command(url: object, models: object | None = None) -> str:
+    """The exact ``chainlit-orm migrate`` command that brings ``url`` to ``models``' schema.
+
+    Every "run migrate" hint of the package is made here, so each one can be pasted into a
+    shell as it is: the URL has its secrets masked (:func:`mask_url`; put the password back) and
+    is shell-quoted when it needs it (a DynamoDB URL's ``?`` and ``&``), and a custom model set
+    adds ``--models MODULE:ATTR`` (without it, migrate would build the default set's schema and
+    report nothing to do). Where that comes from is :meth:`~chainlit_orm.models.ModelSet.
+    cli_spec`.
+
+    Args:
+        url: the database URL (a SQLAlchemy URL's text, or ``dynamodb://TABLE?...``).
+        models: the layer's :class:`~chainlit_orm.models.ModelSet`; None or the default set adds
+            no option.
+    """
+    command = f"chainlit-orm migrate {shlex.quote(mask_url(url))}"
+    spec = getattr(models, "cli_spec", None)
+    option = spec() if callable(spec) else None
+    return command if option is None else f"{command} --models {shlex.quote(option)}"

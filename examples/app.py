@@ -18,7 +18,9 @@ Where things are stored (environment variables, read once when Chainlit first ne
 ``CHAINLIT_ORM_DATABASE_URL``
     Any URL :class:`chainlit_orm.SQLDataLayer` accepts. Default: a SQLite file,
     ``examples/.data/chainlit.db``, whose schema is created on first use. A PostgreSQL or MySQL
-    database must be created first with ``chainlit-orm migrate``.
+    database must be created first with ``chainlit-orm migrate``: the app checks the database,
+    its schema and the storage at start (``layer.check()``) and exits with the list of
+    problems, each with its fix, when something is wrong.
 ``CHAINLIT_ORM_STORAGE_URL``
     Where uploaded files go, through :class:`chainlit_orm.FsspecStorage`: ``s3://bucket/prefix``,
     ``az://container/prefix``, ``file:///path`` or a plain path. Default: ``examples/.data/files``
@@ -42,11 +44,12 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.config import config
+from chainlit.data import get_data_layer
 from chainlit.logger import logger
 from chainlit.types import ThreadDict
 
 import chainlit_orm
-from chainlit_orm.errors import mask_url
+from chainlit_orm.errors import CheckFailedError, mask_url
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / ".data"
@@ -133,6 +136,22 @@ def data_layer() -> chainlit_orm.SQLDataLayer:
     # is local disk or memory; S3 and Azure hand out presigned/SAS URLs instead.
     storage = chainlit_orm.FsspecStorage(storage_url())
     return chainlit_orm.SQLDataLayer(database_url(), storage=storage)
+
+
+@cl.on_app_startup
+async def check_persistence() -> None:
+    # Database reachable, schema migrated, storage writable: checked before anyone logs in.
+    # Chainlit logs an Exception raised here and serves the app anyway (the error would come at
+    # the first login); SystemExit stops it at start ("Application startup failed. Exiting.").
+    # "from None": the message lists every problem with its fix; the chained tracebacks would
+    # print it three times.
+    layer = get_data_layer()
+    if not isinstance(layer, chainlit_orm.ChainlitLayer):
+        raise SystemExit(f"expected a chainlit-orm data layer, got {type(layer).__name__}")
+    try:
+        await layer.check()
+    except CheckFailedError as err:
+        raise SystemExit(str(err)) from None
 
 
 # --------------------------------------------------------------------------- auth

@@ -68,6 +68,8 @@ ENVIRONMENT: dict[str, str] = {
     "read URLs are signed with it)",
     "AZURE_STORAGE_ACCOUNT_NAME": "Azure Blob account name",
     "AZURE_STORAGE_ACCOUNT_KEY": "Azure Blob account key",
+    "CHAINLIT_ORM_TRACING": "`1` turns on OpenTelemetry spans for every layer and storage made "
+    "afterwards (`otel` extra; default off); a `tracing=` argument wins",
 }
 
 #: Public objects whose arguments an app sets: (heading, importable name).

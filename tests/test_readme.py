@@ -61,14 +61,20 @@ async def test_python_snippet_runs(index: int, tmp_path: Path, monkeypatch: pyte
     source = source.replace("file:///var/lib/chat-files", f"file://{tmp_path}/chat-files")
     namespace: dict[str, Any] = {}
     previous = config.code.data_layer
+    previous_startup = config.code.on_app_startup
     try:
         exec(compile(source, f"README.md python block {index}", "exec"), namespace)
         assert config.code.data_layer is not previous  # @cl.data_layer registered it
         layer = namespace["data_layer"]()
+        if "on_app_startup" in source:  # the startup check: registered, and it passes here
+            assert config.code.on_app_startup is not previous_startup
     finally:
         config.code.data_layer = previous
+        config.code.on_app_startup = previous_startup
     assert isinstance(layer, cl.data.base.BaseDataLayer)
     try:
+        if "on_app_startup" in source:
+            await layer.check()
         if "DynamoDataLayer" not in source:
             assert await layer.get_user("nobody") is None  # a real call on the embedded default
     finally:

@@ -25,13 +25,10 @@ URLS = {
     "mariadb": f"mysql+asyncmy://root@127.0.0.1:3306/{DB}?charset=utf8mb4",
 }
 #: ``chainlit-orm/postgresql-pgbouncer``: its own database, made and migrated on the server
-#: directly (``direct``), used by the layer through PgBouncer in transaction mode on :6432
-#: (``scripts/services.sh``) with the URL flag that makes the layer pooler-safe (``url``).
-PGBOUNCER = {
-    "direct": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}_pgb",
-    "url": f"postgresql+asyncpg://postgres@127.0.0.1:6432/{DB}_pgb"
-           "?prepared_statement_cache_size=0",
-}
+#: directly, used by the layer through PgBouncer in transaction mode on :6432
+#: (``scripts/services.sh``) with the URL flag that makes the layer pooler-safe.
+PGBOUNCER = ("postgresql+asyncpg://postgres@127.0.0.1:6432/{database}"
+             "?prepared_statement_cache_size=0")
 ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 
 
@@ -58,19 +55,29 @@ class OrmSQL(LayerTarget):
     kind = "orm"
     search_scope = frozenset({"name", "text"})  # names and message text (DESIGN.md)
 
-    def __init__(self, workdir: str, backend: str, via: str | None = None) -> None:
+    def __init__(self, workdir: str, backend: str, tracing: bool = False,
+                 via: str | None = None) -> None:
         super().__init__(workdir)
         self.backend = backend
+        #: ``--tracing both``: a second target, the same layer with ``tracing=True``, in its own
+        #: database, taking turns with the untraced one (bench/otel.py)
+        self.tracing = tracing
+        #: ``"pgbouncer"``: the layer goes through PgBouncer (see :data:`PGBOUNCER`)
         self.via = via
-        self.name = f"chainlit-orm/{backend}" + (f"-{via}" if via else "")
+        suffix = ("_otel" if tracing else "") + ("_pgb" if via == "pgbouncer" else "")
+        self.name = f"chainlit-orm{'+otel' if tracing else ''}/{backend}" + (
+            f"-{via}" if via else "")
         self.description = "chainlit_orm.SQLDataLayer" + (
+            " (tracing=True)" if tracing else "") + (
             " through PgBouncer 1.18 (pool_mode = transaction, default_pool_size = 10), "
             "?prepared_statement_cache_size=0" if via == "pgbouncer" else "")
-        self.path = os.path.join(workdir, "orm.sqlite")
+        self.path = os.path.join(workdir, f"orm{suffix}.sqlite")
+        self.database = f"{DB}{suffix}"
+        #: where migrate and the bulk load run (never through a pooler), and the layer's URL
+        self.direct_url = self.url = URLS[backend].format(path=self.path).replace(
+            f"/{DB}", f"/{self.database}")
         if via == "pgbouncer":
-            self.direct_url, self.url = PGBOUNCER["direct"], PGBOUNCER["url"]
-        else:
-            self.direct_url = self.url = URLS[backend].format(path=self.path)
+            self.url = PGBOUNCER.format(database=self.database)
 
     def check(self) -> None:
         m = _import()
@@ -82,14 +89,12 @@ class OrmSQL(LayerTarget):
 
     async def setup(self, ds: Dataset) -> None:
         m = _import()
-        if self.via == "pgbouncer":
-            if not await rawdb.port_open(6432):
-                raise Unavailable("no PgBouncer on 127.0.0.1:6432 (bash scripts/services.sh)")
-            await rawdb.pg_recreate(f"{DB}_pgb")
-        elif self.backend == "postgresql":
-            await rawdb.pg_recreate(DB)
+        if self.via == "pgbouncer" and not await rawdb.port_open(6432):
+            raise Unavailable("no PgBouncer on 127.0.0.1:6432 (bash scripts/services.sh)")
+        if self.backend == "postgresql":
+            await rawdb.pg_recreate(self.database)
         elif self.backend == "mariadb":
-            await rawdb.my_recreate(DB)
+            await rawdb.my_recreate(self.database)
         else:
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(self.path + ext):
@@ -99,9 +104,13 @@ class OrmSQL(LayerTarget):
             await res
         # shipped defaults: no option passed (validation, timeouts, retries, reconnect handling
         # as an app gets them); the report lists those defaults
-        self.layer = m.SQLDataLayer(self.url)
-        self.settings["options"] = "none (shipped defaults: " + shipped_defaults(
-            m.SQLDataLayer) + ")"
+        if self.tracing:
+            self.layer = m.SQLDataLayer(self.url, tracing=True)
+            self.settings["options"] = "tracing=True (else shipped defaults)"
+        else:
+            self.layer = m.SQLDataLayer(self.url)
+            self.settings["options"] = "none (shipped defaults: " + shipped_defaults(
+                m.SQLDataLayer) + ")"
         sql = getattr(self.layer, "sql", None)
         engine = getattr(sql, "engine", None)
         if engine is None:

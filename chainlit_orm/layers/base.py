@@ -49,6 +49,7 @@ from chainlit.user import PersistedUser, User
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
+    CheckFailedError,
     ConfigurationError,
     ConflictError,
     InvalidCursorError,
@@ -66,8 +67,14 @@ from chainlit_orm.layers.deadline import (
     CallDeadline,
     call_budget,
     call_end,
+    check_timeout,
 )
-from chainlit_orm.lifecycle.hooks import OnDelete, check_hook, finish_removal
+from chainlit_orm.lifecycle.hooks import (
+    DEFAULT_HOOK_TIMEOUT,
+    OnDelete,
+    check_hook,
+    finish_removal,
+)
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 from chainlit_orm.models.convert import take_row, to_row
 from chainlit_orm.models.limits import (
@@ -98,9 +105,9 @@ if TYPE_CHECKING:
     from chainlit_orm.lifecycle.erase import ErasureReport
     from chainlit_orm.lifecycle.purge import PurgeReport
 
-__all__ = ["Backend", "ChainlitLayer", "ThreadPage", "queue_until_user_message"]
+__all__ = ["CHECK_PREFIX", "Backend", "ChainlitLayer", "ThreadPage", "queue_until_user_message"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,6 +117,13 @@ ThreadOrder = Literal["activity", "created"]
 
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024 * 1024
+
+#: Where :meth:`ChainlitLayer.check` writes its probe object (then deletes it): a prefix no
+#: element or step text uses (they live under ``threads/``), so a probe left by a crash is
+#: recognisable and never read as data.
+CHECK_PREFIX = ".chainlit-orm-check"
+#: The probe object's bytes.
+CHECK_PROBE = b"chainlit-orm startup check\n"
 
 
 def queue_until_user_message(
@@ -138,6 +152,7 @@ def queue_until_user_message(
             return None
         return await method(self, *args, **kwargs)
 
+    wrapper.queued_until_user_message = True  # type: ignore[attr-defined]  # see tracing
     return wrapper
 
 
@@ -263,10 +278,10 @@ class Backend(Protocol):
         trashed ones included."""
         ...
 
-    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
-                             ) -> Removed:
-        """Remove these threads with everything in them (dry: count it); the object keys are
-        returned, not deleted."""
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False,
+                             keys_only: bool = False) -> Removed:
+        """Remove these threads with everything in them (dry: count it; ``keys_only``: list
+        their threads and object keys only); the object keys are returned, not deleted."""
         ...
 
     async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
@@ -275,10 +290,15 @@ class Backend(Protocol):
         ...
 
     async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
-                            dry_run: bool = False) -> tuple[Removed, Any]:
+                            dry_run: bool = False, keys_only: bool = False
+                            ) -> tuple[Removed, Any]:
         """Remove one batch (at most ``batch`` threads) of what ``rule`` expires, each thread
         exactly once across concurrent purges; returns it and the cursor of the next batch
-        (None: done)."""
+        (None: done). ``keys_only``: remove nothing, list the batch's threads and keys."""
+        ...
+
+    async def remove_expired(self, rule: ExpiryRule, thread_ids: Sequence[str]) -> Removed:
+        """Remove those of a ``keys_only`` batch's threads that ``rule`` still expires."""
         ...
 
     async def trash_thread(self, thread_id: str, at: str) -> bool:
@@ -287,6 +307,17 @@ class Backend(Protocol):
 
     async def restore_thread(self, thread_id: str, since: str) -> bool:
         """Bring back a thread trashed at or after ``since``; False when there is none."""
+        ...
+
+    def migrate_command(self) -> str:
+        """The exact ``chainlit-orm migrate`` command for this database and model set, as every
+        hint shows it (:func:`chainlit_orm.errors.migrate_command`)."""
+        ...
+
+    async def check(self) -> list[str]:
+        """The startup check of the database (:meth:`ChainlitLayer.check`): reachable, with the
+        schema the models need. Returns the problems found, each with its fix; raises what
+        stopped the check (the database unreachable, the schema refused at first use)."""
         ...
 
     async def close(self) -> None: ...
@@ -312,9 +343,14 @@ class ChainlitLayer(BaseDataLayer):
             removed, by ``delete_thread``, ``erase_user`` and ``purge``
             (:mod:`chainlit_orm.lifecycle.hooks`); its failure raises
             :class:`~chainlit_orm.errors.OnDeleteError`, the delete staying done.
+        on_delete_timeout: seconds one hook call may take (default 30); past it the call is
+            abandoned and counts as failed (a ``TimeoutExceededError`` in the ``OnDeleteError``).
         soft_delete: a window (e.g. ``timedelta(days=30)``) turns the trash on: ``delete_thread``
             hides the thread from every read at once, ``restore_thread`` brings it back within
             the window, ``purge`` removes it after. None (default): a delete is a delete.
+        tracing: emit an OpenTelemetry span per call and per storage call
+            (:mod:`chainlit_orm.tracing`; needs the ``otel`` extra). None (default): on when
+            ``CHAINLIT_ORM_TRACING=1``, else off; off costs nothing.
     """
 
     def __init__(
@@ -327,6 +363,8 @@ class ChainlitLayer(BaseDataLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        tracing: bool | None = None,
     ) -> None:
         if thread_order not in ("activity", "created"):
             raise InvalidInputError(
@@ -352,10 +390,19 @@ class ChainlitLayer(BaseDataLayer):
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.on_delete: OnDelete | None = check_hook(on_delete)
+        self.on_delete_timeout = check_timeout(on_delete_timeout, "on_delete_timeout")
         if soft_delete is not None and (not isinstance(soft_delete, timedelta)
                                         or soft_delete <= timedelta(0)):
             raise InvalidInputError(f"soft_delete must be a positive timedelta: {soft_delete!r}")
         self.soft_delete: timedelta | None = soft_delete
+        from chainlit_orm import tracing as _tracing
+
+        #: whether this layer's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
+        self.tracing = _tracing.wanted(tracing)
+        if self.tracing:
+            _tracing.instrument_layer(self, system=getattr(backend, "tracing_system", "other"),
+                                      backend=getattr(backend, "tracing_backend", "other"),
+                                      requeue=queue_until_user_message)
 
     @property
     def _text_limits(self) -> dict[str, int]:
@@ -393,8 +440,8 @@ class ChainlitLayer(BaseDataLayer):
         if stored["identifier"] != identifier:
             raise ConflictError(
                 f"identifier {identifier!r} matches the existing user {stored['identifier']!r} "
-                "under the database's case-insensitive collation; run chainlit-orm migrate to "
-                "make the identifier column compare exactly", detail="identifier")
+                "under the database's case-insensitive collation; make the identifier column "
+                f"compare exactly with: {self.backend.migrate_command()}", detail="identifier")
         return self._remember_user(_persisted_user(stored))
 
     # ---------------------------------------------------------------- threads
@@ -539,7 +586,9 @@ class ChainlitLayer(BaseDataLayer):
         removed = Removed(object_keys=[k for k in object_keys if k not in done])
         if owner is not None:
             removed.threads.append((thread_id, _text(owner.get("userId"))))
-        outcome = await finish_removal(removed, self.storage, self.on_delete)
+        outcome = await finish_removal(removed, self.storage, self.on_delete,
+                                       storage_timeout=self.timeout,
+                                       hook_timeout=self.on_delete_timeout)
         outcome.raise_storage()
         if outcome.hook_failures:
             raise OnDeleteError(outcome.hook_failures) from outcome.hook_failures[thread_id]
@@ -560,22 +609,29 @@ class ChainlitLayer(BaseDataLayer):
             raise NotFoundError(f"thread {thread_id} is not in the trash (or its window has "
                                 "passed)", detail=thread_id)
 
-    async def erase_user(self, identifier: str, *, dry_run: bool = False) -> ErasureReport:
-        """Erase the user and everything naming them; see :mod:`chainlit_orm.lifecycle.erase`."""
+    async def erase_user(self, identifier: str, *, dry_run: bool = False,
+                         timeout: float | None = None,  # noqa: ASYNC109
+                         ) -> ErasureReport:
+        """Erase the user and everything naming them; see :mod:`chainlit_orm.lifecycle.erase`
+        (``timeout``: seconds per batch)."""
         from chainlit_orm.lifecycle.erase import erase_user
 
-        return await erase_user(self, identifier, dry_run=dry_run)
+        return await erase_user(self, identifier, dry_run=dry_run, timeout=timeout)
 
     async def purge(self, *, older_than: timedelta | None, keep_shared: bool = True,
                     keep_favorites: bool = True, keep_metadata: Sequence[str] = (),
                     dry_run: bool = False, batch: int | None = None,
-                    now: datetime | str | None = None) -> PurgeReport:
-        """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`."""
-        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, purge
+                    now: datetime | str | None = None,
+                    timeout: float | None = None,  # noqa: ASYNC109
+                    orphan_grace: timedelta | None = None) -> PurgeReport:
+        """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`
+        (``timeout``: seconds per batch; ``orphan_grace``: default one hour)."""
+        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, DEFAULT_ORPHAN_GRACE, purge
 
         return await purge(self, older_than=older_than, keep_shared=keep_shared,
                            keep_favorites=keep_favorites, keep_metadata=keep_metadata,
-                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now)
+                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now,
+                           timeout=timeout, orphan_grace=orphan_grace or DEFAULT_ORPHAN_GRACE)
 
     def forget_user(self, user_id: str | None) -> None:
         """Drop an erased user from this process's cache of known users."""
@@ -933,6 +989,90 @@ class ChainlitLayer(BaseDataLayer):
     async def build_debug_url(self) -> str:
         return ""
 
+    async def check(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Check, once at start-up, everything the layer will need, and report every problem
+        at once: the database reachable, its schema what the models need (a problem names the
+        exact ``chainlit-orm migrate`` command that fixes it, ``--models`` included for a custom
+        model set), and the storage (bucket, container, directory) present and writable: a
+        small probe object is written under :data:`CHECK_PREFIX`, read back when the client can
+        read, and deleted.
+
+        Why: without it a misconfigured app starts, logs users in, and fails at its first data
+        call. In Chainlit, call it from ``@cl.on_app_startup`` and turn the error into
+        ``SystemExit``: Chainlit catches and only logs an ``Exception`` raised there, while
+        ``SystemExit`` stops the server ("Application startup failed. Exiting.")::
+
+            @cl.on_app_startup
+            async def check_persistence() -> None:
+                try:
+                    await get_data_layer().check()
+                except CheckFailedError as err:
+                    raise SystemExit(str(err)) from None
+
+        The database and the storage are checked side by side, within ``timeout`` seconds (the
+        layer's ``timeout`` by default). On an empty SQLite file (``create_schema``) the schema
+        is created here, as the first call would.
+
+        Raises:
+            CheckFailedError: one or more problems, each on its own line of the message.
+        """
+        seconds = self.timeout if timeout is None else check_timeout(timeout, "timeout")
+        with call_budget(asyncio.get_running_loop().time() + seconds):
+            found = await asyncio.gather(self._check_database(), self._check_storage())
+        problems = [p for part in found for p in part[0]]
+        errors = [e for part in found for e in part[1]]
+        if problems:
+            raise CheckFailedError(problems, errors) from (errors[0] if errors else None)
+
+    async def _check_database(self) -> tuple[list[str], list[BaseException]]:
+        """The backend's part of :meth:`check`: its problems, and the error that stopped it."""
+        try:
+            return await self.backend.check(), []
+        except Exception as exc:  # reported in CheckFailedError, with its cause chained
+            return [f"database: {_described(exc)}"], [exc]
+
+    async def _check_storage(self) -> tuple[list[str], list[BaseException]]:
+        """The storage's part of :meth:`check`: write, read back (when the client can), delete
+        a probe object under :data:`CHECK_PREFIX`."""
+        storage = self.storage
+        if storage is None:
+            return [], []
+        from chainlit_orm.storage.protocols import ReadableStorage
+
+        where = f"storage {_storage_name(storage)}"
+        key = f"{CHECK_PREFIX}/{uuid.uuid4().hex}"
+        stored = False
+        problems: list[str] = []
+        try:
+            result = await self._storage_call(
+                "upload_file", key,
+                lambda: storage.upload_file(key, CHECK_PROBE, mime="text/plain", overwrite=True))
+            if not (isinstance(result, Mapping) and result):
+                return [f"{where}: writing the probe object {key!r} failed: "
+                        f"{type(storage).__name__}.upload_file returned {result!r} (Chainlit's "
+                        "storage clients report a failure this way and log its cause)"], []
+            stored = True
+            if isinstance(storage, ReadableStorage):
+                data = await self._storage_call("read_file", key,
+                                                lambda: storage.read_file(key))
+                if data != CHECK_PROBE:
+                    problems.append(f"{where}: the probe object {key!r} read back as "
+                                    f"{data[:40]!r}, not what was written")
+            deleted = await self._storage_call("delete_file", key,
+                                               lambda: storage.delete_file(key))
+            stored = False
+            if deleted is False:
+                problems.append(f"{where}: deleting the probe object {key!r} failed "
+                                f"({type(storage).__name__}.delete_file returned False)")
+            return problems, []
+        except Exception as exc:  # reported in CheckFailedError, with its cause chained
+            action = "reading or deleting the probe object" if stored else "writing a probe object"
+            return [*problems, f"{where}: {action} failed: {_described(exc)}"], [exc]
+        finally:
+            if stored:  # the read failed: try not to leave the probe behind
+                with contextlib.suppress(Exception):
+                    await self._storage_call("delete_file", key, lambda: storage.delete_file(key))
+
     async def close(self) -> None:
         """Release the backend and the storage client. Never raises (Chainlit's shutdown path
         only catches ``CancelledError``); what it catches is logged at debug level. Uploads
@@ -1111,6 +1251,20 @@ class ChainlitLayer(BaseDataLayer):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _described(exc: BaseException) -> str:
+    """An error as a check problem: a typed error's message (it says what and how to fix it),
+    else its type and text; secrets masked."""
+    if isinstance(exc, ChainlitORMError):
+        return mask_url(str(exc))
+    return mask_url(f"{type(exc).__name__}: {exc}")
+
+
+def _storage_name(storage: object) -> str:
+    """A storage client as a check problem names it: its URL (masked) when it has one."""
+    url = getattr(storage, "url", None)
+    return mask_url(url) if isinstance(url, str) else type(storage).__name__
 
 
 def _remember(recent: OrderedDict[str, None], key: str, limit: int = 10_000) -> None:

@@ -28,7 +28,7 @@ from chainlit_orm.errors import TimeoutExceededError
 
 __all__ = ["WriteCombiner"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
 

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from chainlit_orm import tracing as _tracing
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
@@ -50,6 +51,7 @@ from chainlit_orm.errors import (
     SchemaError,
     TimeoutExceededError,
     mask_url,
+    migrate_command,
 )
 from chainlit_orm.layers.base import ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
@@ -69,7 +71,7 @@ from chainlit_orm.layers.sqlexec import (
     tracking_sent,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
-from chainlit_orm.lifecycle.hooks import OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
@@ -79,7 +81,7 @@ from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -97,6 +99,9 @@ _MY_DISCONNECT = {2006, 2013, 2055, 1927, 1053, 4031}
 #: the store; a term with more (a common word) is answered by scanning the user's threads, newest
 #: first, which stops at the page's end (see SQLBackend.list_threads).
 SEARCH_CANDIDATES = 1000
+
+#: SQLite: the reader connections every read shares (see ``sqlexec._SharedLease``).
+SQLITE_SHARED_READERS = 2
 
 
 class SQLBackend(SQLLifecycle):
@@ -164,7 +169,8 @@ class SQLBackend(SQLLifecycle):
             # SQLite is the exception: its connections are threads of this process (aiosqlite),
             # so readers beyond the cores only take turns on the GIL; a pool of cores + 2 (one is
             # the writer) serves 32 concurrent users faster than 16 does (2 cores: 3,137 -> 3,570
-            # calls/s of the bench's W5 mix with 4 connections).
+            # calls/s of the bench's W5 mix with 4 connections). Reads share
+            # SQLITE_SHARED_READERS of them, each serving many callers at once (issue 19).
             size = _sqlite_pool_size() if url.get_backend_name() == "sqlite" else 16
             auto_options = dict(options)
             engine_options_ = dict(options)
@@ -188,6 +194,8 @@ class SQLBackend(SQLLifecycle):
             self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
+        #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
+        self.tracing_system, self.tracing_backend = self.dialect, "sql"
         self.is_mysql = self.dialect in ("mysql", "mariadb")
         if self.is_mysql and self.engine.dialect.driver != "asyncmy":
             raise ConfigurationError(f"unsupported MySQL driver; supported: {SUPPORTED_DRIVERS}")
@@ -205,7 +213,8 @@ class SQLBackend(SQLLifecycle):
         self.raw = RawPool(self.auto, self.dialect, self._disconnected,
                            keep_idle=self.owns_engine, connect_timeout=self.connect_timeout,
                            # SQLite's writer holds one of the pool's connections for good
-                           capacity=self._pool_capacity() - (self.dialect == "sqlite"))
+                           capacity=self._pool_capacity() - (self.dialect == "sqlite"),
+                           shared_readers=self._shared_readers())
         # the driver's errors, and the DB-API errors of SQLAlchemy's adapter (a connection the
         # pool fails to open raises those, unwrapped)
         adapter_errors = self.engine.dialect.loaded_dbapi.Error
@@ -239,6 +248,17 @@ class SQLBackend(SQLLifecycle):
         # side by side (bench/results/design.md D2).
         self._combine_after = 1 if self.dialect == "sqlite" else 2
         self._step_combiners: dict[bool, WriteCombiner[tuple[dict[str, Any], str, str]]] = {}
+
+    def _shared_readers(self) -> int:
+        """SQLite with a pool of its own (a file): how many reader connections the reads share
+        (``RawPool``'s ``shared_readers``), at most the pool's connections besides the writer.
+        0 elsewhere: an in-memory database's static pool, a borrowed engine, a server."""
+        if self.dialect != "sqlite" or not self.owns_engine:
+            return 0
+        capacity = self._pool_capacity()
+        if capacity >= 1_000_000:  # a static pool (in-memory): one connection, not shared
+            return 0
+        return max(1, min(SQLITE_SHARED_READERS, capacity - 1))
 
     def _pool_capacity(self) -> int:
         """How many connections the AUTOCOMMIT pool hands out at most (a static pool: any)."""
@@ -276,12 +296,15 @@ class SQLBackend(SQLLifecycle):
         await asyncio.shield(task)
 
     async def _check_schema(self) -> None:
-        from chainlit_orm.migrations.sql import ensure_schema
+        from chainlit_orm.logs import quiet_alembic
 
         try:
             async with asyncio.timeout(self.migrate_timeout):
-                self._cascade = await ensure_schema(
-                    self.engine, self.models, create=self.create_schema)
+                with quiet_alembic():
+                    from chainlit_orm.migrations.sql import ensure_schema
+
+                    self._cascade = await ensure_schema(
+                        self.engine, self.models, create=self.create_schema)
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
@@ -300,8 +323,11 @@ class SQLBackend(SQLLifecycle):
             try:
                 return await self._attempts(fn)
             except BackendUnavailableError as exc:
-                exc.sent = sent[0]  # False: no statement left the client (create_element)
+                exc.sent = sent[0] > 0  # False: no statement left the client (create_element)
                 raise
+            finally:
+                if _tracing.ACTIVE:  # the one check paid when tracing is off
+                    _tracing.count(statements=sent[0], rows=sent[1])
 
     async def _attempts(self, fn: Callable[[], Awaitable[T]]) -> T:
         """:meth:`_run`'s loop."""
@@ -317,6 +343,8 @@ class SQLBackend(SQLLifecycle):
                 if attempt + 1 < self.retries and (invalidated or self._transient(orig)) and (
                         not _cancelling()):
                     logger.info("retrying after transient database error: %s", _short(exc))
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     if attempt or not self._disconnected(orig):
                         await asyncio.sleep(delay * (1 + random.random()))
                         delay = min(delay * 2, 1.0)
@@ -324,6 +352,8 @@ class SQLBackend(SQLLifecycle):
                 raise self._map_error(orig) from exc
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if attempt + 1 < self.retries and not _cancelling():
+                    if _tracing.ACTIVE:
+                        _tracing.count(retries=1)
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
@@ -374,8 +404,8 @@ class SQLBackend(SQLLifecycle):
             return InvalidInputError(f"value rejected by the database: {text}")
         if kind == "schema":
             return SchemaError(
-                f"database schema does not match the models ({text}); run: chainlit-orm migrate "
-                f"{self.url_text}"
+                f"database schema does not match the models ({text}); run: "
+                f"{self.migrate_command()}"
             )
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
@@ -385,6 +415,49 @@ class SQLBackend(SQLLifecycle):
                 "Supavisor, Neon's pooler), where named prepared statements do not survive; add "
                 f"?prepared_statement_cache_size=0 to the database URL ({self.url_text})")
         return ChainlitORMError(f"database error: {text}")
+
+    async def check(self) -> list[str]:
+        """The database part of :meth:`ChainlitLayer.check`: the first-use schema check (run
+        now: connects, reads the recorded version; creates an empty embedded database's schema
+        as first use would), then every column of the model set, read from the database, so a
+        custom column the database lacks is found before a write needs it (first use checks
+        tables and version only: the schema version does not change with custom columns).
+
+        Raises:
+            SchemaOutdatedError: the first-use check refused the schema (its message names the
+                command that fixes it).
+            BackendUnavailableError: the database cannot be reached.
+        """
+        await self.ensure_ready()
+        schema = self.models.schema if self.dialect == "postgresql" else None
+        tables = [table for _, table in self.models.tables()]
+
+        def missing_columns(conn: sa.Connection) -> dict[str, list[str]]:
+            inspector = sa.inspect(conn)
+            missing: dict[str, list[str]] = {}
+            for table in tables:
+                found = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+                lacking = [c.name for c in table.columns if c.name not in found]
+                if lacking:
+                    missing[table.name] = lacking
+            return missing
+
+        failures: tuple[type[Exception], ...] = (*self._all_errors, OSError)
+        try:
+            async with self.engine.connect() as conn:
+                missing = await conn.run_sync(missing_columns)
+        except failures as exc:
+            orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            raise BackendUnavailableError(
+                f"database {self.url_text}: reading its columns failed: {_short(orig)}"
+            ) from exc
+        return [f"table {name} lacks the column(s) {', '.join(columns)} of the model set; add "
+                f"them with: {self.migrate_command()}" for name, columns in missing.items()]
+
+    def migrate_command(self) -> str:
+        """The exact ``chainlit-orm migrate`` command for this database and model set (the
+        package's one hint, :func:`chainlit_orm.errors.migrate_command`)."""
+        return migrate_command(self.url_text, self.models)
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
@@ -690,10 +763,9 @@ class SQLBackend(SQLLifecycle):
         async def op() -> Any:
             params = {"tid": thread_id}
             async with self.raw.connect() as conn:
-                head = await conn.fetch(q_head, params)
-                if not head:
-                    return None
-                steps = await conn.fetch(q_steps, params)
+                head, steps = await conn.fetch_pair(q_head, q_steps, params)
+            if not head:
+                return None
             thread = {name: head[0][name] for name in thread_columns}
             elements = sorted(({name: row[label] for label, name in element_columns}
                                for row in head if row[_ELEMENT + "id"] is not None),
@@ -1295,8 +1367,11 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: seconds the schema check of the first call may take, including
             creating the schema with ``create_schema`` (default 600). It runs once, shared by
             the calls that wait for it, and is not cut short by their ``timeout``.
-        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
+            the bound of one hook call (seconds, default 30); see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...).
     """
 
@@ -1315,6 +1390,8 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: float = DEFAULT_MIGRATE_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        tracing: bool | None = None,
         **engine_options: Any,
     ) -> None:
         backend = SQLBackend(url_or_engine, models=models, retries=retries,
@@ -1325,7 +1402,8 @@ class SQLDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete,
+                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
 
 

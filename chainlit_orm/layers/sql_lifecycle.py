@@ -95,17 +95,20 @@ class SQLLifecycle:
         stmts: tuple[Statement, ...] = self._cached(("lifecycle_counts", size), build)
         return stmts
 
-    def _remove_rows(self: _SQLSelf, rows: list[dict[str, Any]], *, dry_run: bool
-                     ) -> TxScript[Removed]:
+    def _remove_rows(self: _SQLSelf, rows: list[dict[str, Any]], *, dry_run: bool,
+                     keys_only: bool = False) -> TxScript[Removed]:
         """Statements (a transaction's tail) that remove the threads ``rows`` name (``id`` and
-        ``userId`` each) with every row in them; dry: count them instead."""
+        ``userId`` each) with every row in them; dry: count them instead; ``keys_only``: read
+        their element object keys and nothing else (the files deleted before the rows)."""
         removed = Removed(threads=[(str(r["id"]), _str_or_none(r.get("userId"))) for r in rows])
         ids = [thread_id for thread_id, _ in removed.threads]
         for start in range(0, len(ids), MAX_IDS):
             chunk = ids[start:start + MAX_IDS]
             size = _padded(len(chunk))
             params = _id_params(chunk, size)
-            if dry_run:
+            if keys_only:
+                keys = yield ("fetch", self._counts(size)[0], params)
+            elif dry_run:
                 keys_q, feedback_q, steps_q = self._counts(size)
                 keys = yield ("fetch", keys_q, params)
                 removed.counts["element"] += len(keys)
@@ -146,16 +149,21 @@ class SQLLifecycle:
         return result
 
     async def remove_threads(self: _SQLSelf, thread_ids: Sequence[str], *,
-                             dry_run: bool = False) -> Removed:
+                             dry_run: bool = False, keys_only: bool = False,
+                             erased: bool = True) -> Removed:
         """Remove these threads (those that exist) and every row in them, in one transaction;
-        dry: count them. Their thread rows are locked first, so a concurrent purge skips them."""
+        dry: count them; ``keys_only``: read their object keys alone. Their thread rows are
+        locked first, so a concurrent purge skips them. ``erased``: remember them as erased,
+        so a late write to them is refused (an erasure; not a purge)."""
+        dry_run = dry_run or keys_only
         t = self.threads
         size = _padded(max(1, min(len(thread_ids), MAX_IDS)))
         if len(thread_ids) > MAX_IDS:
             total = Removed()
             for start in range(0, len(thread_ids), MAX_IDS):
                 total.add(await self.remove_threads(thread_ids[start:start + MAX_IDS],
-                                                    dry_run=dry_run))
+                                                    dry_run=dry_run, keys_only=keys_only,
+                                                    erased=erased))
             return total
 
         def build() -> Any:
@@ -165,12 +173,13 @@ class SQLLifecycle:
 
         select = self._cached(("lifecycle_threads", size, dry_run), build)
         params = _id_params(list(thread_ids), size)
-        if not dry_run:
+        if not dry_run and erased:
             self._mark_erased(thread_ids)
 
         def script() -> TxScript[Removed]:
             rows = yield ("fetch", select, params)
-            result: Removed = (yield from self._remove_rows(rows, dry_run=dry_run))
+            result: Removed = (yield from self._remove_rows(rows, dry_run=dry_run,
+                                                            keys_only=keys_only))
             return result
 
         removed: Removed = await self._in_transaction(script)
@@ -245,19 +254,24 @@ class SQLLifecycle:
 
     # ------------------------------------------------------------------ purge
 
-    def _expired(self: _SQLSelf, rule: ExpiryRule, *, first: bool, dry_run: bool) -> Any:
+    def _expired(self: _SQLSelf, rule: ExpiryRule, *, first: bool, dry_run: bool,
+                 among: int = 0) -> Any:
         """The statement selecting one batch of expired threads (``id``, ``userId``, the sort
-        time as ``at``), oldest first, from the keyset cursor on, locked unless dry."""
+        time as ``at``), oldest first, from the keyset cursor on, locked unless dry; with
+        ``among``, only among that many ids bound as ``i0``.. (no cursor)."""
         t, s = self.threads, self.steps
         trash = rule.trashed_before is not None
         keys = rule.keep_keys if not trash else ()
         shape = ("lifecycle_expired", trash, first, dry_run, len(keys),
-                 rule.keep_favorites and not trash)
+                 rule.keep_favorites and not trash, among)
 
         def build() -> Any:
             at = t.c.deletedAt if trash else t.c.activityAt
             cutoff = sa.bindparam("cutoff", type_=at.type)
             conditions: list[Any] = [at.is_not(None), at < cutoff]
+            if among:
+                conditions.append(t.c.id.in_(
+                    [sa.bindparam(f"i{k}", type_=t.c.id.type) for k in range(among)]))
             if not first:
                 after_at = sa.bindparam("after_at", type_=at.type)
                 after_id = sa.bindparam("after_id", type_=t.c.id.type)
@@ -299,12 +313,16 @@ class SQLLifecycle:
         return json_path(key)
 
     async def purge_expired(self: _SQLSelf, rule: ExpiryRule, *, batch: int,
-                            after: tuple[str, str] | None, dry_run: bool = False
+                            after: tuple[str, str] | None, dry_run: bool = False,
+                            keys_only: bool = False
                             ) -> tuple[Removed, tuple[str, str] | None]:
         """One batch of the threads ``rule`` expires, oldest first after the cursor ``after``:
         locked (``SKIP LOCKED``), removed with their rows and committed in one transaction; dry:
-        counted, nothing locked. Returns what was removed and the cursor of the next batch (None
-        when this one was the last)."""
+        counted, nothing locked; ``keys_only``: the batch's threads and object keys, nothing
+        counted or locked (a purge with a storage deletes those files first, then removes the
+        threads with :meth:`remove_expired`). Returns what was removed and the cursor of the
+        next batch (None when this one was the last)."""
+        dry_run = dry_run or keys_only
         select = self._expired(rule, first=after is None, dry_run=dry_run)
         keys = rule.keep_keys if rule.trashed_before is None else ()
         params: dict[str, Any] = {"cutoff": rule.trashed_before or rule.active_before,
@@ -315,12 +333,57 @@ class SQLLifecycle:
 
         def script() -> TxScript[tuple[Removed, tuple[str, str] | None]]:
             rows = yield ("fetch", select, params)
-            removed = yield from self._remove_rows(rows, dry_run=dry_run)
+            removed = yield from self._remove_rows(rows, dry_run=dry_run, keys_only=keys_only)
             cursor = (rows[-1]["at"], str(rows[-1]["id"])) if len(rows) == batch else None
             return removed, cursor
 
         result: tuple[Removed, tuple[str, str] | None] = await self._in_transaction(script)
         return result
+
+    async def remove_expired(self: _SQLSelf, rule: ExpiryRule, thread_ids: Sequence[str]
+                             ) -> Removed:
+        """Remove those of these threads (a ``keys_only`` batch of :meth:`purge_expired`, whose
+        files were deleted first) that ``rule`` still expires, in one transaction, locked with
+        ``SKIP LOCKED`` as a batch is: exactly once across purges, and a thread a user message
+        reached since keeps its history (finding F of issue 17)."""
+        total = Removed()
+        keys = rule.keep_keys if rule.trashed_before is None else ()
+        for start in range(0, len(thread_ids), MAX_IDS):
+            chunk = list(thread_ids[start:start + MAX_IDS])
+            size = _padded(len(chunk))
+            select = self._expired(rule, first=True, dry_run=False, among=size)
+            params: dict[str, Any] = {"cutoff": rule.trashed_before or rule.active_before,
+                                      "lim": len(chunk)} | _id_params(chunk, size)
+            params |= {f"k{k}": self._key_param(key) for k, key in enumerate(keys)}
+
+            def script(select: Any = select, params: dict[str, Any] = params
+                       ) -> TxScript[Removed]:
+                rows = yield ("fetch", select, params)
+                result: Removed = yield from self._remove_rows(rows, dry_run=False)
+                return result
+
+            total.add(await self._in_transaction(script))
+        return total
+
+    async def known_object_keys(self: _SQLSelf, object_keys: Sequence[str]) -> set[str]:
+        """Which of these object keys an element row refers to (the orphan sweep keeps them)."""
+        e = self.elements
+        found: set[str] = set()
+        for start in range(0, len(object_keys), MAX_IDS):
+            chunk = list(object_keys[start:start + MAX_IDS])
+            size = _padded(len(chunk))
+            stmt = self._cached(("lifecycle_known_keys", size), lambda size=size: sa.select(
+                e.c.objectKey).where(e.c.objectKey.in_(
+                    [sa.bindparam(f"i{k}", type_=e.c.objectKey.type) for k in range(size)])))
+            params = _id_params(chunk, size)
+
+            async def op(stmt: Any = stmt, params: dict[str, Any] = params) -> list[Any]:
+                async with self.raw.connect() as conn:
+                    rows: list[Any] = await conn.fetch(stmt, params)
+                    return rows
+
+            found.update(str(r["objectKey"]) for r in await self._run(op))
+        return found
 
     # ------------------------------------------------------------------ trash
 

@@ -38,21 +38,26 @@ from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE
 __all__ = ["Abandoned", "Prepared", "RawConnection", "RawPool", "Statement", "SyncConnection",
            "TxScript", "json_path", "prepare", "tracking_sent"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
-#: Whether the backend call running in this context handed a statement to the driver (see
-#: :func:`tracking_sent`); None outside a tracked call.
-_SENT: ContextVar[list[bool] | None] = ContextVar("chainlit_orm_statement_sent", default=None)
+#: What the backend call running in this context sent (see :func:`tracking_sent`): ``[statements
+#: handed to the driver, rows fetched]``; None outside a tracked call.
+_SENT: ContextVar[list[int] | None] = ContextVar("chainlit_orm_statement_sent", default=None)
 
 
 @contextlib.contextmanager
-def tracking_sent() -> Iterator[list[bool]]:
-    """Within the body, ``box[0]`` becomes True once any statement (BEGIN included) is handed to
-    the driver. Why: after a failure, False means the write certainly did not reach the server
+def tracking_sent() -> Iterator[list[int]]:
+    """Within the body, ``box[0]`` counts the statements (BEGIN included) handed to the driver
+    and ``box[1]`` the rows fetched (on the event loop; a SQLite transaction run in its
+    connection's thread counts its statements, not its rows).
+
+    Why: after a failure, 0 statements means the write certainly did not reach the server
     (every attempt failed while connecting), so what it depended on (an uploaded file) can be
-    undone; True means its outcome is unknown. Set before the driver is called, so a statement
-    that failed before it left the client still counts: the error is on the safe side."""
-    box = [False]
+    undone; more means its outcome is unknown. Counted before the driver is called, so a
+    statement that failed before it left the client still counts: the error is on the safe
+    side. The counts are also what a tracing span reports (:mod:`chainlit_orm.tracing`), at no
+    extra cost: the box exists for the first reason anyway."""
+    box = [0, 0]
     token = _SENT.set(box)
     try:
         yield box
@@ -60,10 +65,16 @@ def tracking_sent() -> Iterator[list[bool]]:
         _SENT.reset(token)
 
 
-def _mark_sent() -> None:
+def _mark_sent(statements: int = 1) -> None:
     box = _SENT.get()
     if box is not None:
-        box[0] = True
+        box[0] += statements
+
+
+def _count_rows(rows: int) -> None:
+    box = _SENT.get()
+    if box is not None:
+        box[1] += rows
 
 _REQUIRED = object()
 IDLE_REUSE = 30.0  # seconds a kept connection may sit idle before it goes back to the pool
@@ -276,7 +287,42 @@ class RawConnection:
             async with d.cursor() as cur:
                 await cur.execute(p.sql, args)
                 raw = await cur.fetchall()
+        _count_rows(len(raw))
         return p.rows(raw)
+
+    async def fetch_pair(self, first: Statement, second: Statement, params: Mapping[str, Any]
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows of ``first``, then, only if it returned any, rows of ``second`` (both with
+        ``params``; ``([], [])`` otherwise).
+
+        Why: on SQLite both statements run in one call to the connection's thread, one hop
+        instead of two (a thread and its steps: the floor of issue 19 reads them in one hop).
+        Elsewhere they are awaited one after the other, as two fetches would be."""
+        if not (self.dialect == "sqlite" and self.runs_in_thread):
+            head = await self.fetch(first, params)
+            return (head, await self.fetch(second, params)) if head else (head, [])
+        p1, args1 = self._start(first, params)
+        p2 = second.prepared
+        args2 = p2.args(params)
+        driver = self.driver
+        second_sent = [False]  # set in the thread, read here once the call is over
+
+        def run() -> tuple[list[Any], list[Any] | None]:
+            raw = driver._conn  # the sqlite3 connection, used only in its own thread
+            head = raw.execute(p1.sql, args1).fetchall()
+            if not head:
+                return head, None
+            second_sent[0] = True
+            return head, raw.execute(p2.sql, args2).fetchall()
+
+        try:
+            head, rest = await driver._execute(run)
+        finally:
+            if second_sent[0] and self.listeners:
+                self._notify(p2.word)
+        if rest is None:
+            return p1.rows(head), []
+        return p1.rows(head), p2.rows(rest)
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
@@ -378,6 +424,7 @@ class RawConnection:
             abandoned[0] = True
             raise
         finally:
+            _mark_sent(max(len(words) - 1, 0))  # the statements of the thread (one counted above)
             if self.listeners:
                 for word in words:
                     self._notify(word)
@@ -417,7 +464,9 @@ class RawPool:
     cancel request (the server stops the statement), and a SQLite connection's thread, which
     cannot be stopped from outside, finishes what it runs first (it is asked to stop with
     ``sqlite3.Connection.interrupt``). Until it is closed the connection keeps its slot of the
-    pool's capacity (and SQLite's writer the write lock): it is out of the pool.
+    pool's capacity (and no new SQLite writer is opened): it is out of the pool. A SQLite
+    connection shared by other callers at that moment is not interrupted (see
+    :class:`_SharedLease`, :class:`_WriterLease`).
     """
 
     def __init__(
@@ -429,6 +478,7 @@ class RawPool:
         keep_idle: bool = False,
         capacity: int = 16,
         connect_timeout: float = 10.0,
+        shared_readers: int = 0,
     ) -> None:
         self.engine = engine
         self.dialect = dialect
@@ -452,19 +502,29 @@ class RawPool:
         self._write_lock: asyncio.Lock | None = None
         self._writer: Any = None  # SQLite: the pooled connection all writes share, while held
         self._writer_restore: Any = None
+        self._writer_state: _Shared | None = None  # the writer and its calls in flight
+        #: set while an interrupted writer is being closed: no new writer is opened until then
+        self._writer_gone: asyncio.Event | None = None
+        # SQLite, the layer's own engine: reads share up to this many connections, each serving
+        # any number of callers at once (see :class:`_SharedLease`); 0: one caller per connection
+        self._shared_readers = shared_readers if dialect == "sqlite" and keep_idle else 0
+        self._shared: list[_Shared] = []
+        self._open_lock: asyncio.Lock | None = None
 
     def connect(self, *, write: bool = False) -> contextlib.AbstractAsyncContextManager[
             RawConnection]:
         """A pooled connection; see the class docstring for what happens to one that fails.
 
-        ``write=True`` on SQLite takes the process's write lock and the one connection writes
-        share (held out of the pool until :meth:`close`): SQLite has one writer, and writers
-        that meet in the database wait in its busy handler, which sleeps in steps of
-        milliseconds; queued on an asyncio lock, the next writer starts the moment the last one
-        commits, with no pool checkout inside the critical section. (Writers in other processes
-        still meet in the busy handler.)"""
+        ``write=True`` on SQLite gives the one connection all writes share (held out of the pool
+        until :meth:`close`): SQLite has one writer, and writers that meet in the database wait
+        in its busy handler, which sleeps in steps of milliseconds; queued on the writer's
+        thread (:class:`_WriterLease`), the next write starts the moment the last one commits.
+        (Writers in other processes still meet in the busy handler.) A read on SQLite shares
+        one of ``shared_readers`` connections with the other reads (:class:`_SharedLease`)."""
         if write and self.dialect == "sqlite":
             return self._connect_writer()
+        if self._shared_readers:
+            return _SharedLease(self)
         if self._keep_idle:
             return _KeptLease(self)
         return self._connect_borrowed()
@@ -480,35 +540,34 @@ class RawPool:
                 f"no database connection within connect_timeout={self.connect_timeout:g} s"
             ) from exc
 
-    @contextlib.asynccontextmanager
-    async def _connect_writer(self) -> AsyncIterator[RawConnection]:
+    def _connect_writer(self) -> _WriterLease:
+        return _WriterLease(self)
+
+    async def _open_writer(self) -> _Shared:
+        """The writer all writes share, opened under the write lock if there is none; while an
+        interrupted writer is being closed (``_writer_gone``), no new one is opened."""
         lock = self._write_lock
         if lock is None:
             lock = self._write_lock = asyncio.Lock()
-        await lock.acquire()
-        retiring = False
-        try:
-            if self._writer is None:
+        async with lock:
+            while self._writer_state is None:
+                gone = self._writer_gone
+                if gone is not None:
+                    await gone.wait()
+                    continue
                 fairy: Any = await self._checkout()
                 self._writer_restore = await self._autocommit(fairy.driver_connection)
                 self._writer = fairy
-            try:
-                yield RawConnection(self._writer.driver_connection, self.dialect,
-                                    self.listeners)
-            except BaseException as exc:
-                if not isinstance(exc, Exception):
-                    # interrupted: the writer's thread may still be in the transaction; the
-                    # write lock stays held until that connection is closed
-                    fairy, self._writer = self._writer, None
-                    self._retire(fairy, exc, lock.release)
-                    retiring = True
-                elif self.disconnect(exc):
-                    fairy, self._writer = self._writer, None
-                    _discard(fairy, exc)
-                raise
-        finally:
-            if not retiring:
-                lock.release()
+                self._writer_state = _Shared(fairy, RawConnection(
+                    fairy.driver_connection, self.dialect, self.listeners))
+            return self._writer_state
+
+    def _drop_writer(self, writer: _Shared) -> None:
+        """No new write gets ``writer``."""
+        if self._writer_state is writer:
+            self._writer_state = None
+            self._writer = None
+        writer.closing = True
 
     def _fail(self, fairy: Any, generation: int, exc: BaseException | None) -> None:
         """``fairy`` failed with a disconnect error, or is known to be closed: discard it, and
@@ -571,6 +630,10 @@ class RawPool:
         idle, self._idle = self._idle, []
         for fairy, _, _ in idle:
             await greenlet_spawn(fairy.close)
+        shared, self._shared = self._shared, []
+        for reader in shared:
+            if reader.close_once():
+                await greenlet_spawn(reader.fairy.close)
         await self.settle()
         if self._write_lock is None:
             await self._release_writer()
@@ -580,10 +643,50 @@ class RawPool:
 
     async def _release_writer(self) -> None:
         fairy, self._writer = self._writer, None
+        self._writer_state = None
         if fairy is None:
             return
         await self._restore(fairy.driver_connection, self._writer_restore)
         await greenlet_spawn(fairy.close)
+
+    async def _shared_reader(self) -> _Shared:
+        """The shared reader with the fewest calls in flight; one more is opened (one at a
+        time) while every open one is busy and fewer than ``shared_readers`` are open."""
+        best: _Shared | None = None
+        for reader in self._shared:
+            if best is None or reader.inflight < best.inflight:
+                best = reader
+        if best is not None and (best.inflight == 0 or len(self._shared) >= self._shared_readers):
+            return best
+        lock = self._open_lock
+        if lock is None:
+            lock = self._open_lock = asyncio.Lock()
+        async with lock:
+            if len(self._shared) < self._shared_readers:
+                fairy = await self._checkout()
+                reader = _Shared(fairy, RawConnection(fairy.driver_connection, self.dialect,
+                                                      self.listeners, self.generation))
+                self._shared.append(reader)
+                return reader
+        return min(self._shared, key=lambda r: r.inflight)
+
+    def _unlist(self, reader: _Shared, exc: BaseException | None) -> None:
+        """No new call gets ``reader``; it is discarded once its calls in flight are done."""
+        if reader in self._shared:
+            self._shared.remove(reader)
+        reader.closing = True
+        if reader.inflight == 0 and reader.close_once():
+            _discard(reader.fairy, exc)
+
+    def _fail_shared(self, reader: _Shared, exc: BaseException) -> None:
+        """:meth:`_fail` for a shared reader: its generation ends (if it is the current one),
+        and every shared reader of it is discarded once its calls in flight are done."""
+        if reader.conn.generation == self.generation:
+            self.generation += 1
+            self.engine.sync_engine.pool._invalidate(reader.fairy, exc, _checkin=False)
+            for other in list(self._shared):
+                self._unlist(other, exc)
+        self._unlist(reader, exc)
 
     @contextlib.asynccontextmanager
     async def _connect_borrowed(self) -> AsyncIterator[RawConnection]:
@@ -703,6 +806,140 @@ class _KeptLease:
                 pool._idle.append((fairy, conn, time.monotonic()))
         finally:
             slots.release()
+
+
+class _Shared:
+    """A SQLite connection that serves several callers at once, and how many it serves now:
+    a reader (:class:`_SharedLease`) or the writer (:class:`_WriterLease`)."""
+
+    __slots__ = ("closed", "closing", "conn", "fairy", "inflight")
+
+    def __init__(self, fairy: Any, conn: RawConnection) -> None:
+        self.fairy = fairy
+        self.conn = conn
+        self.inflight = 0
+        self.closing = False  # no new caller gets it; closed once ``inflight`` is 0
+        self.closed = False
+
+    def close_once(self) -> bool:
+        """True the first time only: whoever gets True closes the connection."""
+        first, self.closed = not self.closed, True
+        return first
+
+
+class _WriterLease:
+    """``async with pool.connect(write=True)`` on SQLite: the one writer connection, shared by
+    every write at once.
+
+    Why no lock around the write: every write on SQLite is one call to the writer's thread (a
+    statement in autocommit, or a whole transaction in one hop:
+    :meth:`RawConnection.transaction_in_thread`), and aiosqlite runs a connection's calls in the
+    order they were made, one after the other. So writes need no asyncio lock to take turns:
+    they queue on the writer's thread, which finds the next one waiting the moment the last one
+    commits, instead of sleeping while the event loop hands a lock to the next writer and that
+    writer builds its statement (the bench's W1 at 32 concurrent writers: the writer's thread
+    was idle most of the time). A write made of several calls (a step whose thread is created
+    on the way) may have other writes between its calls; each call is atomic and every write
+    is an idempotent upsert, as on the servers, where writes run side by side.
+
+    A write interrupted (its timeout, a cancellation) while others share the writer leaves
+    what it sent to run: a transaction checks that its caller is still there before each
+    statement and before COMMIT (``abandoned``), and rolls back otherwise. Alone on it, the
+    writer is retired as before: closed in the background, and no new writer is opened until
+    it is (its thread may still hold SQLite's write lock, waiting for another process's).
+    """
+
+    __slots__ = ("_pool", "_writer")
+
+    def __init__(self, pool: RawPool) -> None:
+        self._pool = pool
+        self._writer: _Shared | None = None
+
+    async def __aenter__(self) -> RawConnection:
+        pool = self._pool
+        writer = pool._writer_state
+        if writer is None:
+            writer = await pool._open_writer()
+        writer.inflight += 1
+        self._writer = writer
+        return writer.conn
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        pool, writer = self._pool, self._writer
+        self._writer = None
+        assert writer is not None
+        writer.inflight -= 1
+        if exc is not None and not isinstance(exc, Exception):
+            if writer.inflight == 0 and not writer.closing:
+                pool._drop_writer(writer)
+                if writer.close_once():
+                    gone = pool._writer_gone = asyncio.Event()
+
+                    def closed() -> None:
+                        pool._writer_gone = None
+                        gone.set()
+
+                    pool._retire(writer.fairy, exc, closed)
+                return
+        elif exc is not None and pool.disconnect(exc):
+            pool._drop_writer(writer)
+        if writer.closing and writer.inflight == 0 and writer.close_once():
+            _discard(writer.fairy, exc)
+
+
+class _SharedLease:
+    """``async with pool.connect()`` for a read on SQLite (the layer's own engine): one of a few
+    reader connections, shared by every reader at once.
+
+    Why: aiosqlite runs a connection's calls one after the other on its own thread. With one
+    caller per connection, a thread runs one statement, wakes the event loop and sleeps until
+    its next caller has been scheduled, so under 32 concurrent users every statement pays a
+    thread wake-up on both sides and the threads sit idle in between (on 2 cores, the bench's
+    W5 mix ran at a third of one raw connection serving everyone). Shared, a thread finds the
+    next statement already queued, and the loop collects several results per wake-up. Every
+    read is autocommit statements (no transaction is ever opened on a reader), so callers
+    sharing a connection see what they would see on connections of their own.
+
+    A caller interrupted (its timeout, a cancellation) while others share its connection
+    leaves what it sent to run (its result is dropped): interrupting the connection could stop
+    another caller's statement. Alone on it, the connection is retired as in :class:`RawPool`.
+    A disconnect error ends the generation: no new caller gets these connections, and each is
+    discarded once its calls in flight are done.
+    """
+
+    __slots__ = ("_pool", "_reader")
+
+    def __init__(self, pool: RawPool) -> None:
+        self._pool = pool
+        self._reader: _Shared | None = None
+
+    async def __aenter__(self) -> RawConnection:
+        reader = await self._pool._shared_reader()
+        reader.inflight += 1
+        self._reader = reader
+        return reader.conn
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        pool, reader = self._pool, self._reader
+        self._reader = None
+        assert reader is not None
+        reader.inflight -= 1
+        if exc is not None and not isinstance(exc, Exception):
+            if reader.inflight == 0 and not reader.closing:
+                # alone on it: interrupted mid-statement, it is retired (closed in the
+                # background, its thread asked to stop)
+                if reader in pool._shared:
+                    pool._shared.remove(reader)
+                reader.closing = True
+                if reader.close_once():
+                    pool._retire(reader.fairy, exc, None)
+                return
+        elif exc is not None and pool.disconnect(exc):
+            pool._fail_shared(reader, exc)
+        elif reader.conn.generation != pool.generation:
+            pool._unlist(reader, None)  # opened before a failure: its generation is over
+        if reader.closing and reader.inflight == 0 and reader.close_once():
+            _discard(reader.fairy, exc)
 
 
 def json_path(key: str) -> str:

@@ -5,23 +5,27 @@ threads included) with its steps, elements, feedback and stored files, and repor
 removed per entity. Written once over the ``Backend`` protocol:
 
 1. the backend lists the user's threads (:meth:`user_thread_ids`);
-2. they are removed in batches (:meth:`remove_threads`, one transaction each on SQL), each
-   batch's files deleted and its hook calls made once its rows are committed;
+2. they are removed in batches, files first (:mod:`chainlit_orm.lifecycle.batches`): the
+   batch's object keys are read, its files deleted, then its rows (:meth:`remove_threads`, one
+   transaction each on SQL), then the files of rows that arrived meanwhile, then the hook;
 3. the user row goes last, with any thread written for the user meanwhile
    (:meth:`remove_user`), so an interrupted erasure leaves a user that a second run finds again.
 
-A failing hook or file delete does not stop the erasure: it goes on, and raises at the end
-(:class:`~chainlit_orm.errors.OnDeleteError` for the hook,
-:class:`~chainlit_orm.errors.StorageError` for files), the rows being gone.
+A storage that fails while a batch's files are deleted stops the erasure with a
+:class:`~chainlit_orm.errors.StorageError`: that batch's rows (and so its keys) and the user stay,
+and running the erasure again once the storage answers completes it. A failing hook does not stop
+the erasure: it goes on, and raises :class:`~chainlit_orm.errors.OnDeleteError` at the end, the
+rows being gone (as does a file of a row that arrived meanwhile, with a ``StorageError``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chainlit_orm.errors import InvalidInputError, OnDeleteError
-from chainlit_orm.lifecycle.hooks import Outcome, finish_removal
+from chainlit_orm.lifecycle.batches import Batches
 from chainlit_orm.lifecycle.records import ENTITIES, Removed
 
 if TYPE_CHECKING:
@@ -57,29 +61,44 @@ class ErasureReport:
 
 
 async def erase_user(layer: LifecycleLayer, identifier: str, *, dry_run: bool = False,
-                     batch: int = ERASE_BATCH) -> ErasureReport:
+                     batch: int = ERASE_BATCH,
+                     timeout: float | None = None,  # noqa: ASYNC109
+                     ) -> ErasureReport:
     """Erase everything that names the user ``identifier``; see the module docstring.
+    ``timeout``: seconds each batch may take (see :mod:`chainlit_orm.lifecycle.batches`).
 
     Raises:
         InvalidInputError: ``identifier`` is not a non-empty string.
         OnDeleteError: the hook failed for some removed threads (all data is removed).
-        StorageError: some stored files could not be deleted (all rows are removed).
+        StorageError: stored files could not be deleted: before their rows (the erasure
+            stopped there; run it again), or, for rows written meanwhile, after them.
+        TimeoutExceededError: a batch ran past ``timeout`` (run the erasure again).
     """
     if not isinstance(identifier, str) or not identifier:
         raise InvalidInputError(f"identifier must be a non-empty string, got {identifier!r}")
-    backend = layer.backend
-    user_id, thread_ids = await backend.user_thread_ids(identifier)
+    run = Batches(layer, timeout, "erase-user")
+    backend = run.backend
+    with run.batch():
+        user_id, thread_ids = await backend.user_thread_ids(identifier)
     report = ErasureReport(identifier, user_id, dry_run)
-    outcome = Outcome()
     for start in range(0, len(thread_ids), batch):
-        removed = await backend.remove_threads(thread_ids[start:start + batch], dry_run=dry_run)
-        if not dry_run:
-            outcome.add(await finish_removal(removed, layer.storage, layer.on_delete))
+        ids = thread_ids[start:start + batch]
+        with run.batch():
+            if dry_run:
+                removed = await backend.remove_threads(ids, dry_run=True)
+            else:
+                removed = await run.remove(
+                    functools.partial(backend.remove_threads, ids, keys_only=True),
+                    functools.partial(backend.remove_threads, ids))
         report.removed.add(removed)
-    last = await backend.remove_user(identifier, dry_run=dry_run)
-    if not dry_run:
-        outcome.add(await finish_removal(last, layer.storage, layer.on_delete))
+    with run.batch():
+        last = await backend.remove_user(identifier, dry_run=dry_run)
+        if not dry_run:
+            # threads written for the user since they were listed: their files come back
+            # with their rows and go now (the rows are gone, so a failure names the keys)
+            run.outcome.add(await run.finish(last))
     report.removed.add(last)
+    outcome = run.outcome
     report.removed.counts["file"] = (len(report.removed.object_keys) if dry_run
                                      else outcome.files_deleted)
     if not dry_run:

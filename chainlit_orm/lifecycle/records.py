@@ -91,9 +91,10 @@ class LifecycleBackend(Protocol):
         """The user's id (None: no user row) and every thread naming the user, trash included."""
         ...
 
-    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False
-                             ) -> Removed:
-        """Remove these threads with everything in them (dry: count it)."""
+    async def remove_threads(self, thread_ids: Sequence[str], *, dry_run: bool = False,
+                             keys_only: bool = False) -> Removed:
+        """Remove these threads with everything in them (dry: count it; ``keys_only``: list
+        their threads and object keys, the files to delete before the rows)."""
         ...
 
     async def remove_user(self, identifier: str, *, dry_run: bool = False) -> Removed:
@@ -101,8 +102,15 @@ class LifecycleBackend(Protocol):
         ...
 
     async def purge_expired(self, rule: ExpiryRule, *, batch: int, after: Any,
-                            dry_run: bool = False) -> tuple[Removed, Any]:
-        """Remove one batch of what ``rule`` expires; returns it and the next cursor."""
+                            dry_run: bool = False, keys_only: bool = False
+                            ) -> tuple[Removed, Any]:
+        """Remove one batch of what ``rule`` expires; returns it and the next cursor
+        (``keys_only``: remove nothing, list the batch's threads and object keys)."""
+        ...
+
+    async def remove_expired(self, rule: ExpiryRule, thread_ids: Sequence[str]) -> Removed:
+        """Remove those of these threads (a ``keys_only`` batch) that ``rule`` still expires,
+        each exactly once across concurrent purges."""
         ...
 
 
@@ -122,6 +130,16 @@ class LifecycleLayer(Protocol):
     @property
     def on_delete(self) -> OnDelete | None:
         """The hook called for each removed thread."""
+        ...
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one backend or storage call may take (each file delete is bounded by it)."""
+        ...
+
+    @property
+    def on_delete_timeout(self) -> float:
+        """Seconds one hook call may take."""
         ...
 
     @property

@@ -18,6 +18,7 @@ import asyncio
 
 from chainlit_orm.errors import TimeoutExceededError, mask_url
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
+from chainlit_orm.logs import quiet_alembic as _quiet_alembic
 from chainlit_orm.migrations.report import BackfillHook, BackfillRequest, MigrationReport
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.urls import DynamoURL, parse_url
@@ -69,10 +70,11 @@ async def migrate(
                 from chainlit_orm.migrations.dynamo import migrate_dynamodb
 
                 return await migrate_dynamodb(url, models, dry_run)
-            from chainlit_orm.migrations.sql import migrate_sql
+            with _quiet_alembic():
+                from chainlit_orm.migrations.sql import migrate_sql
 
-            return await migrate_sql(parsed, models, dry_run=dry_run,
-                                     dedupe_feedback=dedupe_feedback)
+                return await migrate_sql(parsed, models, dry_run=dry_run,
+                                         dedupe_feedback=dedupe_feedback)
     except TimeoutError as exc:
         if isinstance(exc, TimeoutExceededError):
             raise

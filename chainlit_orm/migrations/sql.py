@@ -78,6 +78,7 @@ from chainlit_orm.errors import (
     SchemaError,
     SchemaOutdatedError,
     mask_url,
+    migrate_command,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.migrations.report import MigrationReport
@@ -102,7 +103,7 @@ from chainlit_orm.urls import SQLURL
 
 __all__ = ["BATCH_SIZE", "ensure_schema", "migrate_sql"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 #: Rows read and written per backfill round trip: small enough to keep each statement short on a
 #: busy database, large enough that a million rows take a few thousand round trips.
@@ -175,18 +176,18 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
                 report = await _migrate_on(conn, models, shown, dry_run=False,
                                            dedupe_feedback=False)
                 for line in report.lines:
-                    logger.info("%s", line)
+                    logger.debug("%s", line)
                 return _declares_cascade(target)
             raise SchemaOutdatedError(
                 f"{shown} has none of the chainlit-orm tables; create them with: "
-                f"chainlit-orm migrate {shown}",
+                f"{migrate_command(shown, models)}",
                 detail=None,
             )
     missing = [t.name for t in target.tables.values() if t.name not in state.existing]
     if missing:
         raise SchemaOutdatedError(
             f"{shown} lacks the tables {', '.join(missing)}; upgrade it with: "
-            f"chainlit-orm migrate {shown}",
+            f"{migrate_command(shown, models)}",
             detail=state.version,
         )
     if state.version is None or state.version < SCHEMA_VERSION:
@@ -194,7 +195,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
             f"is at schema version {state.version}")
         raise SchemaOutdatedError(
             f"{shown} {at} but this chainlit-orm needs version {SCHEMA_VERSION}; upgrade it "
-            f"with: chainlit-orm migrate {shown}",
+            f"with: {migrate_command(shown, models)}",
             detail=state.version,
         )
     return state.cascade

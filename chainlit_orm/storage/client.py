@@ -37,8 +37,9 @@ import os
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -240,6 +241,9 @@ class FsspecStorage(BaseStorageClient):
             how much request preparation (payload hashing and signing, done on the loop by
             aiobotocore/azure-core) piles up in one loop iteration. botocore's connection pool
             holds 10 connections by default, so 8 costs no S3 throughput.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. A traced layer traces its storage too. See
+            :mod:`chainlit_orm.tracing`.
         **options: passed to the fsspec filesystem (s3fs: ``endpoint_url``, ``key``, ``token``,
             ``client_kwargs``, ...; adlfs: ``connection_string``, ``account_name``,
             ``account_key``, ``account_host``, ...). Unset options
@@ -269,6 +273,7 @@ class FsspecStorage(BaseStorageClient):
         timeout: float | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        tracing: bool | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
@@ -344,6 +349,29 @@ class FsspecStorage(BaseStorageClient):
             self._sync_fs = self._new_filesystem(asynchronous=False)
             self.register_for_route()
             self._mount(mount)
+        from chainlit_orm import tracing as _tracing
+
+        if _tracing.wanted(tracing):
+            self.enable_tracing()
+
+    #: whether this storage's calls emit OpenTelemetry spans (:mod:`chainlit_orm.tracing`)
+    traced: bool = False
+
+    def enable_tracing(self) -> None:
+        """Emit an OpenTelemetry span per call from now on (a traced layer calls this on its
+        storage; see :mod:`chainlit_orm.tracing`).
+
+        Raises:
+            MissingDependencyError: ``opentelemetry-api`` is not installed (extra ``otel``).
+        """
+        from chainlit_orm import tracing as _tracing
+
+        _tracing.instrument_storage(self)
+
+    @property
+    def kind(self) -> str:
+        """``s3``, ``azure``, ``local`` or ``memory``."""
+        return self._backend.kind
 
     # -- construction helpers -------------------------------------------------------------------
 
@@ -784,6 +812,23 @@ class FsspecStorage(BaseStorageClient):
             InvalidIdentifierError: the prefix is unsafe.
             StorageError: the backend failed (``StorageTimeoutError`` past the bound).
         """
+        return sorted(await self._find_under(prefix))
+
+    async def list_modified(self, prefix: str) -> dict[str, datetime | None]:
+        """Every object key under ``prefix`` with the time it was last written, in UTC (None
+        where the filesystem does not say): :class:`~chainlit_orm.storage.protocols.
+        AgedStorage`, what ``purge`` needs to leave an upload whose row is still being
+        written alone. Bounded as :meth:`list_keys`.
+
+        Raises:
+            InvalidIdentifierError: the prefix is unsafe.
+            StorageError: the backend failed (``StorageTimeoutError`` past the bound).
+        """
+        found = await self._find_under(prefix)
+        return {key: _modified(info) for key, info in sorted(found.items())}
+
+    async def _find_under(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Object key -> the filesystem's details, for every object under ``prefix``."""
         key = validate_key(prefix.rstrip("/"))
         path = self._path(key)
         await self._ready()
@@ -791,28 +836,28 @@ class FsspecStorage(BaseStorageClient):
             if self._backend.native_async:
                 fs = await self._fs()
                 try:
-                    found = list(await fs._find(path))
+                    found = dict(await fs._find(path, detail=True))
                 except FileNotFoundError:
-                    found = []
+                    found = {}
             else:
                 found = await asyncio.to_thread(self._find_sync, path)
         base = path[: -len(key)]  # the root as the filesystem spells it, ending in "/"
-        keys = []
-        for item in found:
+        keys: dict[str, dict[str, Any]] = {}
+        for item, info in found.items():
             text = str(item)
             for head in (base, base.lstrip("/")):
                 if text.startswith(head):
                     rest = text[len(head):]
                     if rest and rest.split("/", 1)[0] != META_DIR:
-                        keys.append(rest)
+                        keys[rest] = info if isinstance(info, dict) else {}
                     break
-        return sorted(keys)
+        return keys
 
-    def _find_sync(self, path: str) -> list[str]:
+    def _find_sync(self, path: str) -> dict[str, Any]:
         try:
-            return [str(p) for p in self._sync_fs.find(path)]
+            return dict(self._sync_fs.find(path, detail=True))
         except FileNotFoundError:
-            return []
+            return {}
 
     def _read_sync(self, path: str) -> bytes | None:
         try:
@@ -1054,3 +1099,22 @@ def _detach_finalizers(match: Callable[[Any], bool]) -> None:
         peeked = finalizer.peek()
         if peeked is not None and match(peeked[0]):
             finalizer.detach()
+
+
+def _modified(info: Mapping[str, Any]) -> datetime | None:
+    """The last-write time in an fsspec ``info`` dict, as an aware UTC datetime: local files
+    give ``mtime`` (epoch seconds), memory ``created``, S3 ``LastModified``, Azure
+    ``last_modified``; None when there is none."""
+    for name in ("LastModified", "last_modified", "mtime", "created", "modified"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                parsed = datetime.fromisoformat(value)
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

@@ -10,9 +10,10 @@ both; a custom client may too, by having the method (no registration, no base cl
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DiscardableStorage", "ListableStorage", "ReadableStorage"]
+__all__ = ["AgedStorage", "DiscardableStorage", "ListableStorage", "ReadableStorage"]
 
 
 @runtime_checkable
@@ -56,6 +57,22 @@ class ListableStorage(Protocol):
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every object key under ``prefix`` (a key prefix ending at a ``/`` boundary), sorted.
+
+        Raises:
+            InvalidIdentifierError: the prefix is unsafe.
+            StorageError: the backend failed.
+        """
+        ...
+
+
+@runtime_checkable
+class AgedStorage(Protocol):
+    """A storage client that can list the objects under a prefix with their ages (a SQL
+    ``purge`` removes element files no row refers to, once older than a grace period)."""
+
+    async def list_modified(self, prefix: str) -> dict[str, datetime | None]:
+        """Every object key under ``prefix`` with the time it was last written (aware, UTC;
+        None when the storage does not say: such an object is never swept).
 
         Raises:
             InvalidIdentifierError: the prefix is unsafe.

@@ -47,10 +47,21 @@ migrators backfill with); :func:`DynamoTable.feedback_markers` mirrors
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextvars import ContextVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -63,6 +74,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     StorageError,
 )
+from chainlit_orm.layers.deadline import BoundedBackend, CallDeadline, check_timeout
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.limits import check_row
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
@@ -71,7 +83,11 @@ from chainlit_orm.models.search import FOLDED_FROM, folded_values
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.storage._keys import validate_key
 
+if TYPE_CHECKING:
+    from chainlit_orm.layers.dynamodb.backend import DynamoBackend
+
 __all__ = [
+    "DEFAULT_TRANSFER_TIMEOUT",
     "USER_MESSAGE",
     "DynamoTable",
     "SQLHandle",
@@ -82,10 +98,43 @@ __all__ = [
     "read_object",
     "stored_row",
     "thread_activity",
+    "transfer_timeout",
     "validate_key",
 ]
 
 T = TypeVar("T")
+
+#: Seconds one transfer statement (a SQL batch's read or write transaction, a DynamoDB Scan
+#: page, Query, BatchGetItem or BatchWriteItem round) may take, its retries included. Longer
+#: than an app call's 30 s: a batch moves up to ``--batch`` threads at once.
+DEFAULT_TRANSFER_TIMEOUT = 300.0
+
+#: The limit the handles opened by the running ``copy``/``export``/``import`` take (a context
+#: variable, so the transfer's many sources and sinks need no parameter each).
+_TIMEOUT: ContextVar[float] = ContextVar("chainlit_orm_transfer_timeout",
+                                         default=DEFAULT_TRANSFER_TIMEOUT)
+
+
+@contextlib.contextmanager
+def transfer_timeout(seconds: float) -> Iterator[None]:
+    """Run the body with ``seconds`` as the limit of every statement of the handles it opens.
+
+    Why client-side (:mod:`chainlit_orm.layers.deadline`): the statements go through the
+    layers' engines and clients, and a network that swallows packets, or a server that hangs,
+    would otherwise hold a copy for ever (only connecting had a limit).
+
+    Raises:
+        ConfigurationError: ``seconds`` is not a positive, finite number.
+    """
+    token = _TIMEOUT.set(check_timeout(seconds, "timeout"))
+    try:
+        yield
+    finally:
+        _TIMEOUT.reset(token)
+
+
+def _deadline() -> CallDeadline:
+    return CallDeadline(_TIMEOUT.get(), what="transfer statement")
 
 
 #: Internal columns that are facts of a row (copied as they are), not derived on write:
@@ -293,6 +342,7 @@ class SQLHandle:
         from chainlit_orm.layers.sql import SQLBackend
 
         self._backend = SQLBackend(url, models=models, create_schema=False)
+        self._bounded = _deadline().wrap(self._run, "transfer statement")
         self.engine: AsyncEngine = self._backend.engine
         self.dialect: str = self._backend.dialect
         self.models = models
@@ -308,7 +358,12 @@ class SQLHandle:
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()`` (idempotent: it may run again after a transient failure) with the layer's
-        retries and typed errors."""
+        retries and typed errors, within the transfer's statement limit
+        (:func:`transfer_timeout`; past it a ``TimeoutExceededError``)."""
+        result: T = await self._bounded(work)
+        return result
+
+    async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
         await self.ensure_ready()
         return await self._backend._run(work)
 
@@ -320,7 +375,8 @@ class DynamoTable:
     """One chainlit-orm DynamoDB table: whole-partition reads and whole-item writes, with every
     key, index attribute, counter and offloaded text made by the layer's own code."""
 
-    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None, *,
+                 retention: timedelta | None = None) -> None:
         from chainlit_orm.layers.dynamodb import items as dy
         from chainlit_orm.layers.dynamodb import legacy
         from chainlit_orm.layers.dynamodb.backend import DynamoBackend
@@ -334,11 +390,12 @@ class DynamoTable:
         self._spec = spec
         self.models = models
         self.storage = storage
-        self.backend = DynamoBackend(
+        # every call of the backend within the transfer's statement limit (transfer_timeout)
+        self.backend: DynamoBackend = cast("DynamoBackend", BoundedBackend(DynamoBackend(
             DynamoConfig(parsed.table, models=models, region=parsed.region,
                          endpoint_url=parsed.endpoint_url, profile=parsed.profile,
-                         max_pool_connections=16),
-            storage=lambda: storage)
+                         max_pool_connections=16, retention=retention),
+            storage=lambda: storage), _deadline()))
         self.table = parsed.table
         self.shown = self.backend.url
 
@@ -486,6 +543,10 @@ class DynamoTable:
         trashed thread's: those a trashed thread has, so it is listed nowhere)."""
         item = self._item("thread", row, id=row["id"])
         item.update(self.feedback_markers(row.get("userId"), counts))
+        activity = row.get("activityAt") or row.get("createdAt")
+        expiry = self.backend.expiry_value(str(activity)) if activity else None
+        if expiry is not None:  # the TTL a layer with this retention writes (its _set_expiry)
+            item[self._spec.TTL_ATTRIBUTE] = expiry
         if row.get("deletedAt"):  # in the trash: out of the list index, as trash_thread leaves it
             self.backend.hide_trashed(item)
         return item

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit_orm.errors import ConfigurationError, mask_url
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.transfer import _layer
+from chainlit_orm.transfer._layer import DEFAULT_TRANSFER_TIMEOUT
 from chainlit_orm.transfer._tasks import gather_bounded
 from chainlit_orm.transfer.bundle import BundleReader, BundleWriter
 from chainlit_orm.transfer.official import OFFICIAL_TABLES, OfficialSource
@@ -50,7 +52,8 @@ from chainlit_orm.transfer.sources import (
 from chainlit_orm.transfer.verify import verify
 from chainlit_orm.urls import DynamoURL, parse_url
 
-__all__ = ["DEFAULT_BATCH", "SOURCE_KINDS", "copy", "export", "import_bundle"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_TRANSFER_TIMEOUT", "SOURCE_KINDS", "copy", "export",
+           "import_bundle"]
 
 #: Threads per batch: the unit of a transaction, of a checkpoint and of what a rerun repeats.
 DEFAULT_BATCH = 200
@@ -137,9 +140,21 @@ async def open_source(url: str, models: ModelSet, storage: BaseStorageClient | N
     return SQLSource(url, models, storage)
 
 
-def open_sink(url: str, models: ModelSet, storage: BaseStorageClient | None) -> Sink:
+def open_sink(url: str, models: ModelSet, storage: BaseStorageClient | None, *,
+              retention: timedelta | None = None) -> Sink:
+    """The destination a URL names. ``retention`` (DynamoDB only, as the layer's
+    ``retention=``): the thread items get its TTL attribute.
+
+    Raises:
+        ConfigurationError: ``retention`` for a SQL destination (SQL has no TTL: its threads
+            expire by ``purge``), or not a timedelta of at least one second.
+    """
     if _is_dynamo(url):
-        return DynamoSink(url, models, storage)
+        return DynamoSink(url, models, storage, retention=retention)  # checked by the table
+    if retention is not None:
+        raise ConfigurationError("--retention is DynamoDB's TTL (the layer's retention=); a SQL "
+                                 "destination has none: its threads expire by purge",
+                                 detail="retention")
     return SQLSink(url, models, storage)
 
 
@@ -366,6 +381,8 @@ async def copy(
     models: ModelSet | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TRANSFER_TIMEOUT,  # noqa: ASYNC109
+    retention: timedelta | None = None,
 ) -> Summary:
     """Copy users, threads, steps, elements (with their files) and feedback from ``src`` to
     ``dst``, then verify ``dst`` against ``src``.
@@ -386,42 +403,48 @@ async def copy(
         verify_only: copy nothing; only compare ``dst`` with ``src``.
         models: the model set of both sides.
         progress: where progress goes (default: nowhere).
+        timeout: seconds each statement may take (a batch's read or write, a DynamoDB call,
+            retries included); past it a ``TimeoutExceededError`` (the copy resumes from its
+            checkpoint when run again).
+        retention: a DynamoDB destination's ``retention=``: each copied thread item gets the
+            TTL attribute the layer writes (``expiresAt``, its activity plus ``retention``).
 
     Raises:
         ConflictError: a row ``dst`` holds differently (the first one is named).
         VerificationError: ``dst`` differs from ``src`` after the copy.
     """
-    models = _models(models)
-    progress = progress or NoProgress()
-    if src.strip() == dst.strip():
-        raise ConfigurationError("the source and the destination are the same store")
-    scope = Scope(user, since)
-    storages = _storages(src_storage, dst_storage, env)
-    summary = Summary("copy", mask_url(src), mask_url(dst), files_skipped=not files,
-                      files_in_place=storages.same)
-    source = await open_source(src, models, storages.src, source_kind)
-    sink = open_sink(dst, models, storages.dst)
-    store = open_store(dst, models, storages.dst, scope)
-    try:
-        summary.source, summary.destination = source.shown, sink.shown
-        await source.open(scope)
-        key = _checkpoint_key(src=src, dst=dst, user=user, since=scope.since, files=files,
-                              kind=source.kind, prefix=models.prefix, schema=models.schema)
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
-        ck = Checkpoint.load(path, key)
-        if verify_only:
-            await store.open(Scope())
-        else:
-            summary.schema = await sink.prepare()
-            await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
-                            progress=progress, checkpoint=ck, summary=summary).run()
-            await store.open(Scope())
-        await _verify(source, store, scope, files=files, batch=batch, progress=progress,
-                      summary=summary)
-        ck.remove()
-        return summary
-    finally:
-        await _close(source, sink, store, storages)
+    with _layer.transfer_timeout(timeout):
+        models = _models(models)
+        progress = progress or NoProgress()
+        if src.strip() == dst.strip():
+            raise ConfigurationError("the source and the destination are the same store")
+        scope = Scope(user, since)
+        storages = _storages(src_storage, dst_storage, env)
+        summary = Summary("copy", mask_url(src), mask_url(dst), files_skipped=not files,
+                          files_in_place=storages.same)
+        source = await open_source(src, models, storages.src, source_kind)
+        sink = open_sink(dst, models, storages.dst, retention=retention)
+        store = open_store(dst, models, storages.dst, scope)
+        try:
+            summary.source, summary.destination = source.shown, sink.shown
+            await source.open(scope)
+            key = _checkpoint_key(src=src, dst=dst, user=user, since=scope.since, files=files,
+                                  kind=source.kind, prefix=models.prefix, schema=models.schema)
+            path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
+            ck = Checkpoint.load(path, key)
+            if verify_only:
+                await store.open(Scope())
+            else:
+                summary.schema = await sink.prepare()
+                await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
+                                progress=progress, checkpoint=ck, summary=summary).run()
+                await store.open(Scope())
+            await _verify(source, store, scope, files=files, batch=batch, progress=progress,
+                          summary=summary)
+            ck.remove()
+            return summary
+        finally:
+            await _close(source, sink, store, storages)
 
 
 async def _verify(source: Source, store: Store, scope: Scope, *, files: bool, batch: int,
@@ -467,29 +490,31 @@ async def export(
     models: ModelSet | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TRANSFER_TIMEOUT,  # noqa: ASYNC109
 ) -> Summary:
     """Write ``src`` (or one user's part of it) as a bundle directory ``out``
     (:mod:`chainlit_orm.transfer.bundle`). ``canonical`` leaves the export time and the source
     out of the manifest, so the bundle depends on the data alone."""
-    models = _models(models)
-    progress = progress or NoProgress()
-    scope = Scope(user, since)
-    storages = _storages(src_storage, None, env, need_dst=False)
-    summary = Summary("export", mask_url(src), str(out), files_skipped=not files)
-    source = await open_source(src, models, storages.src, source_kind)
-    sink = BundleWriter(out, models, files=files, canonical=canonical)
-    try:
-        summary.source = source.shown
-        await source.open(scope)
-        await sink.prepare()
-        await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
-                        progress=progress, checkpoint=Checkpoint(None, ""),
-                        summary=summary).run()
-        summary.skipped = dict(source.skipped)
-        await sink.finish(scope=scope, skipped=summary.skipped, source=source.shown)
-        return summary
-    finally:
-        await _close(source, sink, storages)
+    with _layer.transfer_timeout(timeout):
+        models = _models(models)
+        progress = progress or NoProgress()
+        scope = Scope(user, since)
+        storages = _storages(src_storage, None, env, need_dst=False)
+        summary = Summary("export", mask_url(src), str(out), files_skipped=not files)
+        source = await open_source(src, models, storages.src, source_kind)
+        sink = BundleWriter(out, models, files=files, canonical=canonical)
+        try:
+            summary.source = source.shown
+            await source.open(scope)
+            await sink.prepare()
+            await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
+                            progress=progress, checkpoint=Checkpoint(None, ""),
+                            summary=summary).run()
+            summary.skipped = dict(source.skipped)
+            await sink.finish(scope=scope, skipped=summary.skipped, source=source.shown)
+            return summary
+        finally:
+            await _close(source, sink, storages)
 
 
 async def import_bundle(
@@ -504,38 +529,41 @@ async def import_bundle(
     models: ModelSet | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TRANSFER_TIMEOUT,  # noqa: ASYNC109
+    retention: timedelta | None = None,
 ) -> Summary:
     """Write a bundle into ``dst`` (migrated first), resumably, then verify ``dst`` against it;
-    see :func:`copy` for the arguments."""
-    models = _models(models)
-    progress = progress or NoProgress()
-    storages = _storages(None, dst_storage, env, need_src=False)
-    source = BundleReader(bundle, models)
-    files = files and source.has_files
-    summary = Summary("import", str(bundle), mask_url(dst), files_skipped=not files)
-    sink = open_sink(dst, models, storages.dst)
-    scope = Scope()
-    store = open_store(dst, models, storages.dst, scope)
-    try:
-        summary.destination = sink.shown
-        manifest_hash = hashlib.sha256(json.dumps(source.manifest["entities"],
-                                                  sort_keys=True).encode()).hexdigest()
-        key = _checkpoint_key(bundle=manifest_hash, dst=dst, files=files,
-                              prefix=models.prefix, schema=models.schema)
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
-        ck = Checkpoint.load(path, key)
-        if not verify_only:
-            await source.check(files=files)  # a bad byte refuses it before any write
-            summary.schema = await sink.prepare()
-            await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
-                            progress=progress, checkpoint=ck, summary=summary).run()
-        await store.open(Scope())
-        await _verify(source, store, scope, files=files, batch=batch, progress=progress,
-                      summary=summary)
-        ck.remove()
-        return summary
-    finally:
-        await _close(source, sink, store, storages)
+    see :func:`copy` for the arguments (``retention`` included)."""
+    with _layer.transfer_timeout(timeout):
+        models = _models(models)
+        progress = progress or NoProgress()
+        storages = _storages(None, dst_storage, env, need_src=False)
+        source = BundleReader(bundle, models)
+        files = files and source.has_files
+        summary = Summary("import", str(bundle), mask_url(dst), files_skipped=not files)
+        sink = open_sink(dst, models, storages.dst, retention=retention)
+        scope = Scope()
+        store = open_store(dst, models, storages.dst, scope)
+        try:
+            summary.destination = sink.shown
+            manifest_hash = hashlib.sha256(json.dumps(source.manifest["entities"],
+                                                      sort_keys=True).encode()).hexdigest()
+            key = _checkpoint_key(bundle=manifest_hash, dst=dst, files=files,
+                                  prefix=models.prefix, schema=models.schema)
+            path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
+            ck = Checkpoint.load(path, key)
+            if not verify_only:
+                await source.check(files=files)  # a bad byte refuses it before any write
+                summary.schema = await sink.prepare()
+                await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
+                                progress=progress, checkpoint=ck, summary=summary).run()
+            await store.open(Scope())
+            await _verify(source, store, scope, files=files, batch=batch, progress=progress,
+                          summary=summary)
+            ck.remove()
+            return summary
+        finally:
+            await _close(source, sink, store, storages)
 
 
 _ = CHILD_ENTITIES

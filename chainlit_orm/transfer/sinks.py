@@ -23,6 +23,7 @@ counters, counted over the copied feedback and any the destination already had f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -242,11 +243,13 @@ class DynamoSink:
 
     kind = "dynamodb"
 
-    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None) -> None:
+    def __init__(self, url: str, models: ModelSet, storage: BaseStorageClient | None, *,
+                 retention: timedelta | None = None) -> None:
         self.url = url
         self.models = models
         self.storage = storage
-        self.table = _layer.DynamoTable(url, models, storage)
+        # retention: thread items carry the TTL a layer with retention= writes (expiresAt)
+        self.table = _layer.DynamoTable(url, models, storage, retention=retention)
         self.shown = self.table.shown
         #: owners of the batch's threads, read by check_threads for write_threads
         self._owners: dict[str, str | None] | None = None

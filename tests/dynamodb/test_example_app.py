@@ -27,7 +27,7 @@ async def test_example_app_uses_the_dynamodb_layer(
     saved: dict[str, Any] = {
         name: getattr(config.code, name, None)
         for name in ("data_layer", "password_auth_callback", "on_message", "on_chat_start",
-                     "on_chat_resume", "on_chat_end", "on_shared_thread_view")
+                     "on_chat_resume", "on_chat_end", "on_shared_thread_view", "on_app_startup")
     }
     monkeypatch.setattr(sys, "path", list(sys.path))
     try:
@@ -36,7 +36,9 @@ async def test_example_app_uses_the_dynamodb_layer(
         assert config.code.password_auth_callback is not None
         layer = module["data_layer"]()
         assert isinstance(layer, DynamoDataLayer) and layer.dynamo.table == table
+        assert config.code.on_app_startup is not None  # app.py's startup check
         try:
+            await layer.check()  # what it runs: the migrated table and the storage pass
             user = await layer.create_user(User(identifier="alice", metadata={}))
             assert user is not None
             assert (await layer.get_user("alice")) is not None

@@ -25,6 +25,11 @@ from tests.contract.conftest import ContractBackend, message, new_id
 from tests.lifecycle.conftest import MOTO, LayerFactory, new_user
 from tests.lifecycle.scan import scan_dynamodb, scan_files, scan_sql
 
+#: A test about DynamoDB alone is collected for DynamoDB alone (never collected and then skipped
+#: on the SQL backends: nothing is skipped in CI). ``lstore`` is the lifecycle suite's
+#: parametrized store fixture; parametrizing it indirectly narrows its backends for one test.
+DYNAMODB_ONLY = pytest.mark.parametrize("lstore", ["dynamodb"], indirect=True)
+
 
 def _ago(days: int) -> str:
     return format_timestamp(parse_timestamp(utc_now()) - timedelta(days=days))
@@ -142,14 +147,13 @@ async def test_writes_after_an_erasure_cannot_bring_the_user_back(
     assert await _scan(lstore, files_root, [identifier, user.id]) == {}
 
 
+@DYNAMODB_ONLY  # SQL deletes the user row last, in one transaction
 async def test_dynamodb_erase_rerun_finds_threads_when_the_user_item_is_gone(
         make_layer: LayerFactory, lstore: tuple[ContractBackend, Any], files_root: Path,
         chainlit_ctx: Any) -> None:
     """An erasure that stopped after deleting the user item (it goes first on DynamoDB): a
     second run finds the user's threads by their owner fields."""
-    entry, table = lstore
-    if entry.sql:
-        pytest.skip("DynamoDB only (SQL deletes the user row last, in one transaction)")
+    _, table = lstore
     layer = await make_layer()
     identifier = f"rerun-{uuid.uuid4().hex}"
     user = await new_user(layer, identifier)
@@ -169,13 +173,12 @@ async def test_dynamodb_erase_rerun_finds_threads_when_the_user_item_is_gone(
 # ------------------------------------------------------- H, F: DynamoDB expiry
 
 
+@DYNAMODB_ONLY  # retention= is a DynamoDB option
 async def test_dynamodb_reads_agree_when_the_retention_changes(
         make_layer: LayerFactory, lstore: tuple[ContractBackend, Any],
         chainlit_ctx: Any) -> None:
     """Written under a 30-day retention (its expiresAt passed), read under 90 days and then
     under 10 days: get, list and search agree each time, by the current retention."""
-    if lstore[0].sql:
-        pytest.skip("DynamoDB only (retention= is a DynamoDB option)")
     short = await make_layer(retention=timedelta(days=30))
     user = await new_user(short)
     tid = new_id()
@@ -197,13 +200,12 @@ async def test_dynamodb_reads_agree_when_the_retention_changes(
     assert await seen(await make_layer()) == (True, True, True)
 
 
+@DYNAMODB_ONLY  # SQL locks the thread row: FOR UPDATE SKIP LOCKED
 async def test_dynamodb_purge_spares_a_thread_active_since_its_claim(
         make_layer: LayerFactory, lstore: tuple[ContractBackend, Any],
         chainlit_ctx: Any) -> None:
     """A user message lands between the purge's claim and its delete: the conditional delete of
     the thread item sees the new activity, and the thread stays whole."""
-    if lstore[0].sql:
-        pytest.skip("DynamoDB only (SQL locks the thread row: FOR UPDATE SKIP LOCKED)")
     layer = await make_layer()
     backend: Any = layer.backend
     user = await new_user(layer)

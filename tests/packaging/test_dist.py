@@ -75,7 +75,7 @@ def test_the_wheel_carries_the_package_and_its_metadata(dist: dict[str, Path]) -
         "Homepage", "Documentation", "Source", "Changelog", "Issues"}
     # the development tools are dependency groups, not published extras
     assert set(metadata.get_all("Provides-Extra")) == {
-        "postgres", "mysql", "dynamodb", "s3", "azure", "all"}
+        "postgres", "mysql", "dynamodb", "s3", "azure", "otel", "all"}
     requires = " ".join(metadata.get_all("Requires-Dist"))
     assert "pytest" not in requires and "playwright" not in requires
     with tarfile.open(dist["sdist"]) as sdist:

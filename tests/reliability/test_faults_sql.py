@@ -421,8 +421,9 @@ async def test_a_sqlite_transaction_stuck_in_its_thread_times_out_and_stays_out_
     """SQLite runs a user message's transaction in the connection's thread, in one hop, and
     nothing can stop that thread while it waits for another process's write lock (its busy
     handler ignores ``interrupt``). The call still raises TimeoutExceededError on time; the
-    connection keeps the write lock, out of the pool, until its thread is done; the next writer
-    waits for the lock (and times out on its own) instead of meeting the stuck thread."""
+    connection is out of the pool until its thread is done, and no new writer is opened until
+    then; the next write waits for it (and times out on its own) instead of meeting the stuck
+    thread."""
     path = tmp_path / "stuck.db"
     layer = SQLDataLayer(f"sqlite+aiosqlite:///{path}", timeout=TIMEOUT)
     other = sqlite3.connect(path, isolation_level=None)
@@ -441,16 +442,17 @@ async def test_a_sqlite_transaction_stuck_in_its_thread_times_out_and_stays_out_
             await layer.create_step(stuck)
         assert loop.time() - started < 2 * TIMEOUT
         # the thread still waits in SQLite's busy handler: the connection is not handed out,
-        # and it holds the write lock
+        # and no other writer is opened while it is being closed
         assert pool._writer is None and writer.is_valid
-        assert pool._write_lock is not None and pool._write_lock.locked()
+        assert pool._writer_gone is not None
         assert len(pool._retiring) == 1
         with pytest.raises(TimeoutExceededError):
             await layer.update_thread(tid, name="waits for the lock")
         assert len(pool._retiring) == 1  # the waiting writer touched no connection
         other.execute("ROLLBACK")
         await pool.settle()
-        assert not writer.is_valid and not pool._write_lock.locked()
+        assert not writer.is_valid and pool._writer_gone is None
+        assert pool._write_lock is not None and not pool._write_lock.locked()
         after = _step(tid, "after", "user_message")
         await layer.create_step(after)
         thread = await layer.get_thread(tid)

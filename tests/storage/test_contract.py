@@ -278,3 +278,24 @@ class TestStorageContract:
             fs = storage._sync_fs
             assert not fs.exists(f"{storage.root}/.chainlit-orm-meta/dc/a.bin.json")
         assert await resolve(case.outside_root()) == []
+
+
+async def test_list_modified_gives_each_objects_last_write_time(case: BackendCase) -> None:
+    """``AgedStorage`` (a SQL purge's orphan sweep reads ages with it): every object under the
+    prefix, sidecars left out, each with an aware UTC time of its last write."""
+    from datetime import UTC, datetime, timedelta
+
+    from chainlit_orm.storage.protocols import AgedStorage
+
+    storage = case.make()
+    assert isinstance(storage, AgedStorage)
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    for key in ("threads/t1/files/a", "threads/t1/files/b", "threads/t2/files/c", "other/x"):
+        await storage.upload_file(key, b"bytes", "text/plain")
+    found = await storage.list_modified("threads")
+    assert sorted(found) == ["threads/t1/files/a", "threads/t1/files/b", "threads/t2/files/c"]
+    after = datetime.now(UTC) + timedelta(seconds=5)
+    for moment in found.values():
+        assert moment is not None and moment.tzinfo is not None
+        assert before <= moment <= after
+    assert await storage.list_modified("nothing") == {}

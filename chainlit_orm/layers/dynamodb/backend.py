@@ -85,7 +85,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -128,6 +128,8 @@ class DynamoBackend(DynamoLifecycle):
         models, table_name = config.models, config.table_name
         self.config = config
         self.models = models
+        #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
+        self.tracing_system, self.tracing_backend = "aws.dynamodb", "dynamodb"
         self.table = table_name
         self.retention = config.retention  # the TTL (None: nothing expires)
         self.offload_bytes = config.offload_bytes
@@ -195,8 +197,24 @@ class DynamoBackend(DynamoLifecycle):
     def max_pool_connections(self) -> int:
         return self.table_client.max_pool_connections
 
-    def _command(self) -> str:
+    def migrate_command(self) -> str:
+        """The exact ``chainlit-orm migrate`` command for this table and model set."""
         return self.table_client.command()
+
+    async def check(self) -> list[str]:
+        """The table part of :meth:`ChainlitLayer.check`: the first-use check, run now (even
+        when this backend skips it, ``check_schema=False``): the table reachable, keyed PK/SK,
+        every index the models need present, ACTIVE and projecting what the layer reads, no
+        unfinished backfill.
+
+        Raises:
+            SchemaError: the table or an index is missing or unusable (the message names the
+                command that fixes it).
+            BackendUnavailableError: DynamoDB cannot be reached or refuses the credentials.
+            ConfigurationError: no region or credentials.
+        """
+        await self.table_client.check(self.indexes)
+        return []
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One API call in the worker pool; typed errors; failed conditions: ConditionFailed.

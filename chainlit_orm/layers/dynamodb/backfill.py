@@ -52,7 +52,7 @@ class BackfillTarget(Protocol):
 
 __all__ = ["BackfillTarget", "backfill"]
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 
 

@@ -42,7 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 #: DynamoDB's item size limit (attribute names and values, UTF-8).
 ITEM_LIMIT = 400 * 1024

@@ -16,7 +16,7 @@ from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.backend import DynamoBackend
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import DEFAULT_OFFLOAD_BYTES
-from chainlit_orm.lifecycle.hooks import OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["DynamoConfig", "DynamoDataLayer"]
@@ -59,13 +59,16 @@ class DynamoDataLayer(ChainlitLayer):
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
         timeout: seconds each data-layer call may take, botocore's retries included (see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
-        on_delete, soft_delete: the on-delete hook and the opt-in trash; see
+        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
+            the bound of one hook call (seconds, default 30); see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         retention: DynamoDB's native TTL: a thread item carries ``expiresAt`` (its activity
             plus ``retention``), moved by the write that moves its activity (no extra write);
             reads treat a thread past it as gone at once, DynamoDB removes the item within
             days, and ``chainlit-orm purge`` removes what it leaves (its other items, its
             files: TTL removes no file and calls no hook). None (default): nothing expires.
+        tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
+            ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
 
     The keyword arguments make a :class:`DynamoConfig` (``self.config``), which checks them.
 
@@ -93,7 +96,9 @@ class DynamoDataLayer(ChainlitLayer):
         timeout: float = DEFAULT_TIMEOUT,
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
+        on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
         retention: timedelta | None = None,
+        tracing: bool | None = None,
     ) -> None:
         if thread_order != "activity":
             raise ConfigurationError(
@@ -110,7 +115,8 @@ class DynamoDataLayer(ChainlitLayer):
         if max_text_bytes is not None:
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
-                         on_delete=on_delete, soft_delete=soft_delete, **kwargs)
+                         on_delete=on_delete, soft_delete=soft_delete,
+                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 

@@ -27,7 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 #: Chainlit's layer embeds feedback in the step item under this attribute.
 LEGACY_FEEDBACK = "feedback"

@@ -74,11 +74,20 @@ class DynamoLifecycle:
                     if_absent: bool = False) -> None:
         """With ``retention``: the thread item's TTL, ``activity`` plus the retention, in
         epoch seconds (rounded up, so an item never goes before its time)."""
+        value = self.expiry_value(activity)
+        if value is not None:
+            update.set(TTL_ATTRIBUTE, value, if_absent=if_absent)
+
+    def expiry_value(self: _DynamoSelf, activity: str) -> dict[str, str] | None:
+        """The TTL attribute's value for a thread last active at ``activity``: the activity
+        plus the retention, in epoch seconds (rounded up, so an item never goes before its
+        time); None without ``retention``. Also what ``copy``/``import`` write on the thread
+        items they put whole."""
         if self.retention is None:
-            return
+            return None
         moment = parse_timestamp(activity) + self.retention
         epoch = int(moment.timestamp()) + (moment.microsecond > 0)
-        update.set(TTL_ATTRIBUTE, {"N": str(epoch)}, if_absent=if_absent)
+        return {"N": str(epoch)}
 
     def _expired(self: _DynamoSelf, item: Any) -> bool:
         """The thread item is past the retention: it reads as gone, whenever DynamoDB (TTL
@@ -300,7 +309,10 @@ class DynamoLifecycle:
         return {"id": thread_id, "userId": row.get("userId")}
 
     async def remove_threads(self: _DynamoSelf, thread_ids: Sequence[str], *,
-                             dry_run: bool = False) -> Removed:
+                             dry_run: bool = False, keys_only: bool = False) -> Removed:
+        # keys_only (the object keys, to delete the files first): a partition read gives them
+        # with the counts, at the same cost
+        dry_run = dry_run or keys_only
         if not dry_run:
             self._mark_erased(thread_ids)
         result: Removed = await self._each(list(thread_ids), dry_run)
@@ -418,10 +430,14 @@ class DynamoLifecycle:
         return " AND ".join(parts)
 
     async def purge_expired(self: _DynamoSelf, rule: ExpiryRule, *, batch: int, after: Any,
-                            dry_run: bool = False) -> tuple[Removed, Any]:
+                            dry_run: bool = False, keys_only: bool = False
+                            ) -> tuple[Removed, Any]:
         """One Scan page (``Limit=batch`` items read) of expired thread items; each claimed,
         checked for favorites, and removed. Returns the page's ``LastEvaluatedKey`` as the
-        cursor (None: the scan is done)."""
+        cursor (None: the scan is done). ``keys_only`` is a dry run (it reads the partitions,
+        which give the object keys): a purge with a storage deletes those files first, then
+        removes the threads with :meth:`remove_expired`."""
+        dry_run = dry_run or keys_only
         names: dict[str, str] = {"#s": SORT_KEY, "#p": PARTITION_KEY}
         values: dict[str, Any] = {":thread": {"S": self.models.dynamo["thread"].sk}}
         expired = self._expiry(rule, names, values)
@@ -444,24 +460,48 @@ class DynamoLifecycle:
                     items = await self._partition(thread_id)
                     return Removed() if favorites and _has_favorite(items) else self._count(
                         thread_id, items)
-                token = await self._claim(thread_id, rule)
-                if token is None:
-                    return Removed()  # another purge has it, or it is no longer expired
-                items = await self._partition(thread_id)
-                if favorites and _has_favorite(items):
-                    await self._release(thread_id, token)
-                    return Removed()
-                result: Removed | None = await self._remove_claimed(thread_id, items, rule,
-                                                                    token)
-                if result is None:  # activity since the claim: the thread stays, untouched
-                    await self._release(thread_id, token)
-                    return Removed()
-                return result
+                purged: Removed = await self._purge_one(thread_id, rule)
+                return purged
 
         removed = Removed()
         for one_removed in await asyncio.gather(*(one(t) for t in ids)):
             removed.add(one_removed)
         return removed, page.get("LastEvaluatedKey")
+
+    async def _purge_one(self: _DynamoSelf, thread_id: str, rule: ExpiryRule) -> Removed:
+        """Claim, check and remove one expired thread (nothing when another purge has it or it
+        is no longer expired)."""
+        favorites = rule.keep_favorites and rule.active_before is not None
+        token = await self._claim(thread_id, rule)
+        if token is None:
+            return Removed()  # another purge has it, or it is no longer expired
+        items = await self._partition(thread_id)
+        if favorites and _has_favorite(items):
+            await self._release(thread_id, token)
+            return Removed()
+        result: Removed | None = await self._remove_claimed(thread_id, items, rule, token)
+        if result is None:  # activity since the claim: the thread stays, untouched
+            await self._release(thread_id, token)
+            return Removed()
+        return result
+
+    async def remove_expired(self: _DynamoSelf, rule: ExpiryRule, thread_ids: Sequence[str]
+                             ) -> Removed:
+        """Remove those of these threads (a ``keys_only`` page of :meth:`purge_expired`, whose
+        files were deleted first) that ``rule`` still expires, each claimed as in a purge:
+        exactly once across purges, and a thread a user message reached since keeps its
+        history."""
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(thread_id: str) -> Removed:
+            async with gate:
+                purged: Removed = await self._purge_one(thread_id, rule)
+                return purged
+
+        removed = Removed()
+        for one_removed in await asyncio.gather(*(one(t) for t in thread_ids)):
+            removed.add(one_removed)
+        return removed
 
     async def _claim(self: _DynamoSelf, thread_id: str, rule: ExpiryRule) -> str | None:
         """Claim the thread for this purge; None when another purge holds it or it is no

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from chainlit_orm import tracing as _tracing
 from chainlit_orm.errors import (
     BackendUnavailableError,
     ChainlitORMError,
@@ -26,6 +27,7 @@ from chainlit_orm.errors import (
     PayloadTooLargeError,
     SchemaError,
     TimeoutExceededError,
+    migrate_command,
 )
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import BATCH_WRITE, string_value
@@ -44,7 +46,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("pynamodb", "dynamodb") from exc
 
-logger = logging.getLogger("chainlit_orm")
+logger = logging.getLogger(__name__)
 
 _RETRYABLE_TX = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 _THROTTLED = {
@@ -183,6 +185,16 @@ def answer_complete(response: Mapping[str, Any]) -> bool:
             or "chunked" in str(headers.get("transfer-encoding", "")).lower())
 
 
+def _returned(result: Mapping[str, Any]) -> int:
+    """The items an answer carries (Query/Scan pages, GetItem, BatchGetItem), for tracing."""
+    if "Items" in result:
+        return len(result["Items"])
+    if "Item" in result:
+        return 1
+    return sum(len(items) for items in (result.get("Responses") or {}).values()
+               if isinstance(items, list))
+
+
 class TableClient:
     """One table's connection, worker threads and calls, with typed errors (see the module)."""
 
@@ -190,6 +202,7 @@ class TableClient:
         """Resolve the region (see :func:`resolve_region`) and open the connection's pool; no
         request is sent until the first call."""
         self.table = config.table_name
+        self.models = config.models
         self.region = resolve_region(config.region, config.profile)
         self.endpoint_url = config.endpoint_url
         self.profile = config.profile
@@ -229,7 +242,9 @@ class TableClient:
         return f"dynamodb://{self.table}?{query}"
 
     def command(self) -> str:
-        return f"chainlit-orm migrate '{self.url}'"
+        """The exact ``chainlit-orm migrate`` command for this table and model set
+        (:func:`chainlit_orm.errors.migrate_command`)."""
+        return migrate_command(self.url, self.models)
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One API call in the worker pool, with typed errors; failed conditions raise
@@ -245,6 +260,8 @@ class TableClient:
             return await self._raw(operation, **kwargs)
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
+            if attempt and _tracing.ACTIVE:
+                _tracing.count(retries=1)
             try:
                 return await self._raw(operation, **kwargs)
             except TransactionRetry as exc:
@@ -257,9 +274,21 @@ class TableClient:
 
     async def _raw(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self._call_sync, operation, kwargs)
-        )
+        if not _tracing.ACTIVE:  # the one check paid when tracing is off
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._call_sync, operation, kwargs)
+            )
+        try:
+            result = await loop.run_in_executor(
+                self._executor, functools.partial(self._call_sync, operation, kwargs)
+            )
+        except BaseException:
+            _tracing.count(api_calls=1)
+            raise
+        metadata = result.get("ResponseMetadata") or {}
+        _tracing.count(api_calls=1, rows=_returned(result),
+                       retries=int(metadata.get("RetryAttempts") or 0))
+        return result
 
     def _call_sync(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         client = self.connection.client
@@ -377,6 +406,8 @@ class TableClient:
         """
         for attempt in range(CONFLICT_RETRY.attempts):
             await CONFLICT_RETRY.pause(attempt)
+            if attempt and _tracing.ACTIVE:
+                _tracing.count(retries=1)
             try:
                 await self.call("transact_write_items", TransactItems=actions)
                 return
@@ -406,6 +437,8 @@ class TableClient:
         for pending in chunks:
             for attempt in range(BATCH_RETRY.attempts):
                 await BATCH_RETRY.pause(attempt + 1)  # unprocessed items: always back off
+                if attempt and _tracing.ACTIVE:
+                    _tracing.count(retries=1)
                 result = await self.call("batch_write_item",
                                           RequestItems={self.table: pending})
                 pending = result.get("UnprocessedItems", {}).get(self.table, [])
@@ -422,6 +455,8 @@ class TableClient:
         pending: dict[str, Any] = {"Keys": keys, "ConsistentRead": True, **options}
         for attempt in range(BATCH_RETRY.attempts):
             await BATCH_RETRY.pause(attempt + 1)  # unprocessed keys: always back off
+            if attempt and _tracing.ACTIVE:
+                _tracing.count(retries=1)
             result = await self.call("batch_get_item", RequestItems={self.table: pending})
             found += result.get("Responses", {}).get(self.table, [])
             unprocessed = result.get("UnprocessedKeys", {}).get(self.table)
