@@ -55,6 +55,10 @@ FULL = Scale(rounds=7, w1_threads_c1=160, w1_steps=3, w1_waves=8, w1_bursts=5,
              scale_sizes=(10_000, 100_000, 1_000_000))
 
 
+#: chainlit-orm's PostgreSQL layer through PgBouncer in transaction mode (opt-in, see below)
+PGBOUNCER_TARGET = "chainlit-orm/postgresql-pgbouncer"
+
+
 def all_targets(workdir: str) -> list[tuple[str, Any]]:
     """(name, factory) in run order; chainlit-orm first so the SQLite floor can copy its PRAGMAs."""
     from .targets import chainlit_sql, dynamo, floor_sql, orm
@@ -65,6 +69,8 @@ def all_targets(workdir: str) -> list[tuple[str, Any]]:
     if os.environ.get("CHAINLIT_ORM_BENCH_TRACING") == "both":  # --tracing both (bench/otel.py)
         for b in ("sqlite", "postgresql", "mariadb"):
             out.append((f"chainlit-orm+otel/{b}", lambda b=b: orm.OrmSQL(workdir, b, True)))
+    # opt-in (PgBouncer is an extra service): run only when --targets names "pgbouncer"
+    out.append((PGBOUNCER_TARGET, lambda: orm.OrmSQL(workdir, "postgresql", via="pgbouncer")))
     out.append(("chainlit-orm/dynamodb", lambda: orm.OrmDynamo(workdir)))
     for b in ("sqlite", "postgresql"):
         out.append((f"chainlit-sqlalchemy/{b}",
@@ -240,6 +246,8 @@ async def _run(args: argparse.Namespace, scale: Scale, t_start: float,
     orm_sqlite_pragmas: dict[str, str] = {}
     for name, make in ([] if only_scale else all_targets(workdir)):
         if want and not any(w in name for w in want):
+            continue
+        if name == PGBOUNCER_TARGET and not any("pgbouncer" in w for w in want):
             continue
         t0 = time.perf_counter()
         try:

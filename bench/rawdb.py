@@ -75,6 +75,17 @@ async def pg_admin(sql: str) -> None:
 PG_SYNC_COMMIT: list[str | None] = [None]
 
 
+async def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (an optional service, such as PgBouncer)."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 async def pg_recreate(db: str) -> None:
     await pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     await pg_admin(f'CREATE DATABASE "{db}"')

@@ -8,6 +8,9 @@ Two kinds of URL:
   ``+driver``): a :class:`SQLURL`, whose :meth:`SQLURL.async_url` is the SQLAlchemy URL on the
   async driver this package uses (``postgresql://`` -> ``postgresql+asyncpg://``). Query
   parameters of a SQL URL belong to the driver and are passed through.
+  ``prepared_statement_cache_size=0`` on a PostgreSQL URL (SQLAlchemy's name for asyncpg's
+  statement cache) also tells this package it talks to a transaction-mode pooler (PgBouncer,
+  Supavisor, Neon's pooler): see :attr:`SQLURL.transaction_pooler`.
 * ``dynamodb://TABLE?region=...&endpoint_url=...&profile=...``: a :class:`DynamoURL`. Its
   parameters are this package's, so an unknown one (a misspelt ``regoin=``) is refused with the
   list of accepted ones instead of being silently ignored. ``dynamodb:///TABLE`` names the same
@@ -109,6 +112,24 @@ class SQLURL:
     def shown(self) -> str:
         """The URL as it may appear in messages: password and secret query values masked."""
         return mask_url(self.url.render_as_string(hide_password=True))
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """Whether the URL says the server is behind a transaction-mode pooler: a PostgreSQL URL
+        with ``prepared_statement_cache_size=0``.
+
+        Why this flag: behind such a pooler consecutive transactions of one client connection
+        run on different server connections, so a named prepared statement made in one is
+        missing in the next (asyncpg: ``prepared statement "__asyncpg_stmt_1__" does not
+        exist``). ``prepared_statement_cache_size=0`` is the parameter users already put in the
+        URL for SQLAlchemy; the layer reads it as "use no named prepared statement": its own
+        connections run with asyncpg's ``statement_cache_size=0`` (unnamed statements only)."""
+        if self.dialect != "postgresql":
+            return False
+        value = self.url.query.get("prepared_statement_cache_size")
+        if isinstance(value, tuple):
+            value = value[-1]
+        return value is not None and value.strip() == "0"
 
     def async_url(self) -> URL:
         """The SQLAlchemy URL on this package's async driver, after checking it is installed.

@@ -30,6 +30,49 @@ if ! port_open 5432; then
   wait_port postgresql 5432
 fi
 
+# PgBouncer in transaction mode on :6432, in front of the PostgreSQL above (Debian's package).
+# It refuses to run as root, so it runs as the `postgres` user, from a directory of its own
+# (config, auth_file, pid, log), not Debian's /etc/pgbouncer service. `* = ...` routes every
+# database name to the server, so the suite's per-test databases work through it unchanged.
+PGBOUNCER_PORT="${PGBOUNCER_PORT:-6432}"
+PGBOUNCER_DIR="${CHAINLIT_ORM_PGBOUNCER_DIR:-/tmp/chainlit-orm-pgbouncer}"
+if ! port_open "$PGBOUNCER_PORT"; then
+  if [ ! -x /usr/sbin/pgbouncer ]; then
+    echo "services: installing PgBouncer" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+  fi
+  mkdir -p "$PGBOUNCER_DIR"
+  cat >"$PGBOUNCER_DIR/userlist.txt" <<'USERS'
+"postgres" ""
+USERS
+  cat >"$PGBOUNCER_DIR/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=5432
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $PGBOUNCER_DIR/userlist.txt
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = 10
+server_idle_timeout = 30
+ignore_startup_parameters = extra_float_digits
+logfile = $PGBOUNCER_DIR/pgbouncer.log
+pidfile = $PGBOUNCER_DIR/pgbouncer.pid
+INI
+  chown -R postgres:postgres "$PGBOUNCER_DIR"
+  ln -sf "$PGBOUNCER_DIR/pgbouncer.log" "$state/pgbouncer.log"
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- /usr/sbin/pgbouncer -d "$PGBOUNCER_DIR/pgbouncer.ini"
+  else
+    /usr/sbin/pgbouncer -d "$PGBOUNCER_DIR/pgbouncer.ini"
+  fi
+  wait_port pgbouncer "$PGBOUNCER_PORT"
+fi
+
 # MariaDB
 if ! port_open 3306; then
   if [ ! -x /usr/sbin/mariadbd ]; then
@@ -62,4 +105,4 @@ if ! port_open "$AZURITE_PORT"; then
   wait_port azurite "$AZURITE_PORT"
 fi
 
-echo "services: postgresql :5432, mariadb :3306, moto :$MOTO_PORT, azurite :$AZURITE_PORT are up"
+echo "services: postgresql :5432, pgbouncer :$PGBOUNCER_PORT (transaction mode), mariadb :3306, moto :$MOTO_PORT, azurite :$AZURITE_PORT are up"

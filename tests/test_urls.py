@@ -145,3 +145,15 @@ def test_parse_dynamodb_url_refuses_sql() -> None:
     with pytest.raises(ConfigurationError) as raised:
         parse_dynamodb_url("sqlite:///chat.db")
     assert str(raised.value) == "not a dynamodb:// URL: sqlite:///chat.db"
+
+
+@pytest.mark.parametrize(("url", "pooler"), [
+    ("postgresql://u@h/db?prepared_statement_cache_size=0", True),
+    ("postgres://u@h/db?sslmode=require&prepared_statement_cache_size=0", True),
+    ("postgresql+asyncpg://u@h/db?prepared_statement_cache_size=100", False),
+    ("postgresql+asyncpg://u@h/db", False),
+    ("mysql+asyncmy://u@h/db?prepared_statement_cache_size=0", False),
+])
+def test_transaction_pooler_flag(url: str, pooler: bool) -> None:
+    assert parse_sql_url(url).transaction_pooler is pooler
+

@@ -16,11 +16,19 @@ from ..dataset import Dataset, ThreadRec
 from . import dynamo
 from .base import LayerTarget, Unavailable
 
+#: the SQL targets' database: ``bench_orm``, plus ``CHAINLIT_ORM_BENCH_DB_SUFFIX`` when several
+#: benches share one server (each run drops and re-creates its database)
+DB = "bench_orm" + os.environ.get("CHAINLIT_ORM_BENCH_DB_SUFFIX", "")
 URLS = {
     "sqlite": "sqlite+aiosqlite:///{path}",
-    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_orm",
-    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/bench_orm?charset=utf8mb4",
+    "postgresql": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}",
+    "mariadb": f"mysql+asyncmy://root@127.0.0.1:3306/{DB}?charset=utf8mb4",
 }
+#: ``chainlit-orm/postgresql-pgbouncer``: its own database, made and migrated on the server
+#: directly, used by the layer through PgBouncer in transaction mode on :6432
+#: (``scripts/services.sh``) with the URL flag that makes the layer pooler-safe.
+PGBOUNCER = ("postgresql+asyncpg://postgres@127.0.0.1:6432/{database}"
+             "?prepared_statement_cache_size=0")
 ACTIVITY_COLS = ("activityAt", "activity", "updatedAt")
 
 
@@ -47,19 +55,29 @@ class OrmSQL(LayerTarget):
     kind = "orm"
     search_scope = frozenset({"name", "text"})  # names and message text (DESIGN.md)
 
-    def __init__(self, workdir: str, backend: str, tracing: bool = False) -> None:
+    def __init__(self, workdir: str, backend: str, tracing: bool = False,
+                 via: str | None = None) -> None:
         super().__init__(workdir)
         self.backend = backend
         #: ``--tracing both``: a second target, the same layer with ``tracing=True``, in its own
         #: database, taking turns with the untraced one (bench/otel.py)
         self.tracing = tracing
-        suffix = "_otel" if tracing else ""
-        self.name = f"chainlit-orm{'+otel' if tracing else ''}/{backend}"
-        self.description = "chainlit_orm.SQLDataLayer" + (" (tracing=True)" if tracing else "")
+        #: ``"pgbouncer"``: the layer goes through PgBouncer (see :data:`PGBOUNCER`)
+        self.via = via
+        suffix = ("_otel" if tracing else "") + ("_pgb" if via == "pgbouncer" else "")
+        self.name = f"chainlit-orm{'+otel' if tracing else ''}/{backend}" + (
+            f"-{via}" if via else "")
+        self.description = "chainlit_orm.SQLDataLayer" + (
+            " (tracing=True)" if tracing else "") + (
+            " through PgBouncer 1.18 (pool_mode = transaction, default_pool_size = 10), "
+            "?prepared_statement_cache_size=0" if via == "pgbouncer" else "")
         self.path = os.path.join(workdir, f"orm{suffix}.sqlite")
-        self.database = f"bench_orm{suffix}"
-        self.url = URLS[backend].format(path=self.path).replace("/bench_orm",
-                                                                 f"/{self.database}")
+        self.database = f"{DB}{suffix}"
+        #: where migrate and the bulk load run (never through a pooler), and the layer's URL
+        self.direct_url = self.url = URLS[backend].format(path=self.path).replace(
+            f"/{DB}", f"/{self.database}")
+        if via == "pgbouncer":
+            self.url = PGBOUNCER.format(database=self.database)
 
     def check(self) -> None:
         m = _import()
@@ -71,6 +89,8 @@ class OrmSQL(LayerTarget):
 
     async def setup(self, ds: Dataset) -> None:
         m = _import()
+        if self.via == "pgbouncer" and not await rawdb.port_open(6432):
+            raise Unavailable("no PgBouncer on 127.0.0.1:6432 (bash scripts/services.sh)")
         if self.backend == "postgresql":
             await rawdb.pg_recreate(self.database)
         elif self.backend == "mariadb":
@@ -79,7 +99,7 @@ class OrmSQL(LayerTarget):
             for ext in ("", "-wal", "-shm", "-journal"):
                 if os.path.exists(self.path + ext):
                     os.remove(self.path + ext)
-        res = m.migrate(self.url)
+        res = m.migrate(self.direct_url)  # migrate holds a session lock: never via a pooler
         if asyncio.iscoroutine(res):
             await res
         # shipped defaults: no option passed (validation, timeouts, retries, reconnect handling
@@ -122,7 +142,7 @@ class OrmSQL(LayerTarget):
         """Core executemany into the layer's own model tables (column name = Chainlit key)."""
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        eng = create_async_engine(self.url)
+        eng = create_async_engine(self.direct_url)
         tables = {"users": sql.users, "threads": sql.threads, "steps": sql.steps,
                   "elements": sql.elements, "feedbacks": sql.feedbacks}
 

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -146,10 +147,13 @@ class SQLBackend(SQLLifecycle):
             # a borrowed engine: its pool is shared, so AUTOCOMMIT is set per checkout
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
-            url = parse_sql_url(url_or_engine).async_url()
+            parsed = parse_sql_url(url_or_engine)
+            url = parsed.async_url()
             _refuse_isolation_level(engine_options)
             options = dict(engine_options)
             connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
+            if parsed.transaction_pooler:
+                _configure_transaction_pooler(connect_args)
             if url.get_backend_name() == "sqlite":
                 connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
             else:
@@ -180,8 +184,17 @@ class SQLBackend(SQLLifecycle):
                 auto_options = {"pool_size": size, "max_overflow": 0, "pool_use_lifo": True,
                                 **options}
                 engine_options_ = {"pool_size": 1, "max_overflow": 4, **options}
+            # Behind a transaction-mode pooler, PostgreSQL's engine for the layer's own
+            # statements is left in SQLAlchemy's default (transactional) mode. Its only use of
+            # SQLAlchemy's execution path is the dialect's first-connect queries (server version,
+            # schema, ...), which prepare named statements: in one transaction they stay on one
+            # server connection, while in AUTOCOMMIT the prepare and the execution may land on
+            # two (40 layers starting at once through PgBouncer: 40 failed). The layer's
+            # statements run on the asyncpg connection itself, which has no implicit transaction
+            # either way (RawPool puts only MySQL and SQLite connections into autocommit).
+            auto_level = {} if parsed.transaction_pooler else {"isolation_level": "AUTOCOMMIT"}
             self.auto = create_async_engine(
-                url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **auto_options
+                url, pool_reset_on_return=None, **auto_level, **auto_options
             )
             # the transactional engine only checks the schema (and serves migrate)
             self.engine = create_async_engine(url, **engine_options_)
@@ -396,6 +409,11 @@ class SQLBackend(SQLLifecycle):
             )
         if kind in ("unavailable", "transient"):
             return BackendUnavailableError(f"database {self.url_text} failed: {text}")
+        if kind == "pooler":
+            return ConfigurationError(
+                f"{text}: the server looks to be behind a transaction-mode pooler (PgBouncer, "
+                "Supavisor, Neon's pooler), where named prepared statements do not survive; add "
+                f"?prepared_statement_cache_size=0 to the database URL ({self.url_text})")
         return ChainlitORMError(f"database error: {text}")
 
     async def check(self) -> list[str]:
@@ -1426,6 +1444,35 @@ def _refuse_isolation_level(options: dict[str, Any]) -> None:
         )
 
 
+def _configure_transaction_pooler(connect_args: dict[str, Any]) -> None:
+    """Connection arguments for a server behind a transaction-mode pooler (PgBouncer with
+    ``pool_mode = transaction``), asked for by ``prepared_statement_cache_size=0`` in the URL.
+
+    Why: the pooler hands each transaction (each statement, in autocommit) to whichever server
+    connection is free, so a named prepared statement made on one is missing on the next
+    (``prepared statement "__asyncpg_stmt_…__" does not exist``), or a name reused by another
+    client already exists there. Two settings, one per path:
+
+    * asyncpg's ``statement_cache_size=0``: the layer's own statements (:mod:`~chainlit_orm.
+      layers.sqlexec`, every data call) then run as unnamed statements, which asyncpg parses
+      again with each execution, so nothing outlives its round trip.
+    * SQLAlchemy's path, used only by the queries SQLAlchemy makes on a new connection and by
+      the schema check of the first call, always prepares a named statement
+      (``prepared_statement_cache_size=0`` alone only stops it caching them). Both run in a
+      transaction (the caller keeps the layer's engine out of AUTOCOMMIT), which the pooler
+      keeps on one server connection; a unique name per statement keeps a statement left on
+      that server connection from clashing with the next client's. Data calls never take this
+      path: through PgBouncer 1.18 it failed about half of 400 concurrent autocommit calls.
+    """
+    connect_args.setdefault("statement_cache_size", 0)
+    connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
+
+
+def _unique_statement_name() -> str:
+    """A prepared statement name no other client of the pooler's server connections uses."""
+    return f"__clorm_{uuid.uuid4().hex}__"
+
+
 def _sqlite_pool_size() -> int:
     """The default pool of a SQLite file: one writer plus a reader per core and one more,
     between 4 and 16."""
@@ -1465,8 +1512,10 @@ _MY_DATA = {4025, *range(4036, 4047), *range(3140, 3161), 3819, 1264, 1265, 1292
 
 def _classify(dialect: str, orig: BaseException) -> str:
     """What a driver error means: ``fk``, ``null``, ``conflict``, ``data``, ``schema``,
-    ``transient``, ``unavailable`` or ``other``. Works on the driver's own exceptions and on
-    the ones SQLAlchemy's adapters wrap them in (same SQLSTATE, error number and class names)."""
+    ``transient``, ``unavailable``, ``pooler`` (a named prepared statement lost or clashing:
+    a transaction-mode pooler without the URL flag) or ``other``. Works on the driver's own
+    exceptions and on the ones SQLAlchemy's adapters wrap them in (same SQLSTATE, error number and
+    class names)."""
     text = str(orig)
     names = {cls.__name__ for cls in type(orig).__mro__}
     if dialect == "postgresql":
@@ -1483,6 +1532,8 @@ def _classify(dialect: str, orig: BaseException) -> str:
             return "schema"
         if state in _PG_TRANSIENT:
             return "transient"
+        if state in ("26000", "42P05"):  # prepared statement does not exist / already exists
+            return "pooler"
         if state[:2] in ("08", "53", "57") or names & {
             "InterfaceError", "OperationalError", "InternalClientError"
         }:

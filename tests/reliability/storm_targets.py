@@ -42,6 +42,8 @@ class Target:
     name: str
     kind: str
     where: str
+    #: the DynamoDB endpoint (the shared moto server unless a test runs its own)
+    endpoint: str = MOTO_ENDPOINT
 
 
 def aws_test_env() -> None:
@@ -54,8 +56,10 @@ def aws_test_env() -> None:
 
 
 @asynccontextmanager
-async def open_target(name: str, tmp: Path) -> AsyncIterator[Target]:
-    """A fresh, empty database (schema created) or migrated table for backend ``name``."""
+async def open_target(name: str, tmp: Path, endpoint: str = MOTO_ENDPOINT
+                      ) -> AsyncIterator[Target]:
+    """A fresh, empty database (schema created) or migrated table for backend ``name``
+    (DynamoDB: on the moto server at ``endpoint``)."""
     if name == "dynamodb":
         import boto3
 
@@ -63,12 +67,12 @@ async def open_target(name: str, tmp: Path) -> AsyncIterator[Target]:
 
         aws_test_env()
         table = f"clorm_storm_{uuid.uuid4().hex[:12]}"
-        await migrate(f"dynamodb://{table}?region={REGION}&endpoint_url={MOTO_ENDPOINT}")
+        await migrate(f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}")
         try:
-            yield Target(name, "dynamodb", table)
+            yield Target(name, "dynamodb", table, endpoint)
         finally:
             boto3.client("dynamodb", region_name=REGION,
-                         endpoint_url=MOTO_ENDPOINT).delete_table(TableName=table)
+                         endpoint_url=endpoint).delete_table(TableName=table)
         return
     async with SQL_BACKENDS[name].database(tmp) as url:
         layer = SQLDataLayer(url, create_schema=True)
@@ -82,7 +86,7 @@ async def open_target(name: str, tmp: Path) -> AsyncIterator[Target]:
 def open_layer(target: Target, **options: object) -> ChainlitLayer:
     """A new layer on the target (without storage unless ``storage=`` is given)."""
     if target.kind == "dynamodb":
-        return DynamoDataLayer(target.where, region=REGION, endpoint_url=MOTO_ENDPOINT,
+        return DynamoDataLayer(target.where, region=REGION, endpoint_url=target.endpoint,
                                **options)  # type: ignore[arg-type]
     return SQLDataLayer(target.where, **options)  # type: ignore[arg-type]
 
