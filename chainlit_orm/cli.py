@@ -3,7 +3,7 @@
 ::
 
     chainlit-orm generate [--models pkg.mod:attr] [--out DIR] [--check]
-    chainlit-orm migrate URL [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr]
+    chainlit-orm migrate URL [--dry-run] [--dedupe-feedback] [--models pkg.mod:attr] [--history]
     chainlit-orm ddl DIALECT [--models pkg.mod:attr]
     chainlit-orm copy SRC DST [--src-storage URL] [--dst-storage URL] [--user IDENTIFIER]
                       [--since TIME] [--files/--no-files] [--batch N] [--source-kind KIND]
@@ -147,8 +147,12 @@ def _migrate(args: argparse.Namespace) -> int:
     models = load_models(args.models)
     # imported here: the migrators load SQLAlchemy's Alembic machinery, the CLI's other commands
     # do not need it
-    from chainlit_orm.migrations import migrate
+    from chainlit_orm.migrations import migrate, schema_history
 
+    if args.history:  # print the recorded schema history, change nothing
+        entries = asyncio.run(schema_history(args.url, models))
+        print("\n".join(e.describe() for e in entries) or "no schema history recorded")
+        return 0
     result = asyncio.run(migrate(args.url, models=models, dry_run=args.dry_run,
                                  dedupe_feedback=args.dedupe_feedback, timeout=args.timeout))
     lines = list(result.lines)
@@ -397,6 +401,8 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="SECONDS",
                          help="give up after this long (default: %(default)g; raise it for a "
                               "backfill of a large table)")
+    migrate.add_argument("--history", action="store_true",
+                         help="print what each recorded migration added; change nothing")
     migrate.set_defaults(handler=_migrate)
 
     show = commands.add_parser("ddl", help="print the DDL for one SQL dialect")
