@@ -415,7 +415,8 @@ def dynamo_key_mapping(models: ModelSet = DEFAULT_MODELS) -> dict[str, Any]:
         "entities": entities,
         "schemaVersionItem": {
             **SCHEMA_VERSION_KEY,
-            "attributes": {"version": "N", "appliedAt": "S"},
+            "attributes": {"version": "N", "appliedAt": "S", "fingerprint": "S",
+                           "history": "L"},
             "version": SCHEMA_VERSION,
         },
         "templates": "{key} is the value of that item attribute (a Chainlit key); an item "
