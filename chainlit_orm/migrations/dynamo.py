@@ -57,9 +57,9 @@ from chainlit_orm.migrations.report import (
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen.dynamo import (
+    MIGRATION_LOCK_KEY,
     PARTITION_KEY,
     SCHEMA_VERSION_KEY,
-    SORT_KEY,
     TTL_ATTRIBUTE,
     GsiSpec,
     dynamo_indexes,
@@ -73,7 +73,7 @@ __all__ = ["CREATOR_GRACE", "LOCK_KEY", "LOCK_LEASE", "layer_backfill", "migrate
 
 #: The lock item: next to the schema-version item, in the same partition that the layer's reads
 #: never list (a thread's or user's key never starts with ``CHAINLIT_ORM#``).
-LOCK_KEY: Mapping[str, str] = {PARTITION_KEY: SCHEMA_VERSION_KEY[PARTITION_KEY], SORT_KEY: "LOCK"}
+LOCK_KEY: Mapping[str, str] = MIGRATION_LOCK_KEY
 
 #: Seconds a lock item is valid without renewal: the holder renews it every third of that, so a
 #: migration that died blocks the next one for at most this long.

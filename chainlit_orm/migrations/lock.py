@@ -40,9 +40,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chainlit_orm.errors import ConfigurationError, MigrationLockError
+from chainlit_orm.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    MigrationLockError,
+    mask_url,
+)
 from chainlit_orm.models.modelset import ModelSet
 
 __all__ = ["LOCK_POLL", "LockState", "lock_key", "lock_name", "pooler_hint", "session_lock",
@@ -113,10 +119,18 @@ async def session_lock(engine: AsyncEngine, models: ModelSet, shown: str,
     :class:`MigrationLockError`).
 
     Raises:
+        BackendUnavailableError: the lock's connection cannot be opened.
         ConfigurationError: the PostgreSQL backend serving the lock changed while it was held: the
             URL goes through a transaction-mode pooler.
     """
-    conn = await engine.connect()
+    try:
+        conn = await engine.connect()
+    except (DBAPIError, OSError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise BackendUnavailableError(
+            f"cannot connect to {shown}: {type(orig).__name__}: "
+            f"{mask_url(str(orig).strip().splitlines()[0] if str(orig).strip() else '')}"[:300],
+            detail=shown) from exc
     try:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         dialect = conn.dialect.name

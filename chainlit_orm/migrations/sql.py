@@ -166,14 +166,9 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
                 return await _migrate_on(conn, models, shown, dry_run=dry_run,
                                          dedupe_feedback=dedupe_feedback, waited=state.waited,
                                          online=engine.dialect.name != "sqlite")
-        try:
-            async with session_lock(engine, models, shown, state):
-                return await _migrate_online(engine, models, shown,
-                                             dedupe_feedback=dedupe_feedback,
-                                             waited=state.waited)
-        except (DBAPIError, OSError) as exc:  # the lock's connection could not be opened
-            raise BackendUnavailableError(
-                f"cannot connect to {shown}: {_short_error(exc)}", detail=shown) from exc
+        async with session_lock(engine, models, shown, state):
+            return await _migrate_online(engine, models, shown, dedupe_feedback=dedupe_feedback,
+                                         waited=state.waited)
     finally:
         state.held = False
         await engine.dispose()
