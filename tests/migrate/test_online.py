@@ -151,7 +151,7 @@ async def test_mariadb_builds_indexes_without_locking_the_table() -> None:
     LOCK=NONE`` (the server refuses rather than locking writes), a column added on its own."""
     async with temp_mariadb_db() as url:
         await migrate(url)
-        await execute(url, "DROP INDEX ix_steps_thread_created ON steps")
+        await execute(url, "DROP INDEX ix_steps_favorite ON steps")
         await execute(url, "ALTER TABLE steps DROP COLUMN icon")
         await execute(url, "INSERT INTO threads (id, `createdAt`, name) VALUES "
                            f"('{uuid.uuid4()}', '2025-01-01T00:00:00.000000Z', 'x')")
@@ -160,10 +160,10 @@ async def test_mariadb_builds_indexes_without_locking_the_table() -> None:
 
         assert report.statements[:2] == [
             "ALTER TABLE steps ADD COLUMN icon LONGTEXT",
-            "CREATE INDEX ix_steps_thread_created ON steps (`threadId`, `createdAt`, id) "
+            "CREATE INDEX ix_steps_favorite ON steps (favorite, `createdAt`) "
             "ALGORITHM=INPLACE LOCK=NONE"]
         indexes = {i[0]: i for i in (await structure(url))["steps"]["indexes"]}
-        assert indexes["ix_steps_thread_created"] == (
-            "ix_steps_thread_created", ("threadId", "createdAt", "id"), False)
+        assert indexes["ix_steps_favorite"] == (
+            "ix_steps_favorite", ("favorite", "createdAt"), False)
         rows = await scalar_rows(url, "SELECT id, version FROM chainlit_orm_version ORDER BY id")
         assert [tuple(r) for r in rows] == [(1, SCHEMA_VERSION), (2, SCHEMA_VERSION)]
