@@ -588,8 +588,13 @@ async def test_mariadb_identifier_made_exact_so_alice_and_ALICE_are_two_users() 
 
         dry = await migrate(url, dry_run=True)
         assert "compare users.identifier exactly (collation utf8mb4_bin)" in dry.lines
-        assert dry.statements == [
-            "ALTER TABLE users MODIFY identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL"]
+        assert dry.statements[0] == (
+            "ALTER TABLE users MODIFY identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL")
+        # then the schema-history entry, and nothing else
+        assert [s.split(" (")[0] for s in dry.statements[1:]] == [
+            "INSERT INTO chainlit_orm_version"]
+        assert dry.entry is not None and dry.entry.other == (
+            "made users.identifier compare exactly",)
         report = await migrate(url)
         assert report.changed is True
         again = await migrate(url)
