@@ -53,9 +53,9 @@ async def migrate(
             keep the most recently written one and delete the others, so the unique
             feedback-per-step index can be built. Without it migrate refuses. SQL only.
         timeout: seconds the whole migration may take (default 600; raise it for a backfill of
-            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
-            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
-            kept (migrate is idempotent: run it again).
+            a large table). Past it the migration is cancelled: on SQLite its transaction
+            rolls back; PostgreSQL and MariaDB keep the steps already committed (migrate is
+            idempotent: run it again to finish).
 
     Concurrent migrations of one database (several app processes starting, a deploy job) take
     turns on a lock (:mod:`chainlit_orm.migrations.lock`): one migrates, the others wait and

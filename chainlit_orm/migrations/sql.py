@@ -35,9 +35,17 @@ Why it works the way it does:
   but a user may already have created one under another name; an index (or unique constraint)
   over the same columns in the same order, unique if ours is, counts as ours.
 
-* **One transaction where the dialect allows it** (PostgreSQL, SQLite): a failure leaves the
-  database as it was. MySQL/MariaDB commit every DDL statement, so each step is idempotent and the
-  version is recorded last: running migrate again after a failure finishes the job.
+* **Online on a server, one transaction on SQLite.** PostgreSQL and MySQL/MariaDB are migrated
+  while the app writes (:func:`_migrate_online`): each DDL statement in a short transaction of
+  its own, waiting at most :data:`LOCK_TIMEOUT` for its table lock and retried, indexes on
+  existing tables built ``CONCURRENTLY`` / ``ALGORITHM=INPLACE, LOCK=NONE``, backfills committed
+  per batch. Every step is planned from what the database has and the version is recorded last,
+  so a migration stopped anywhere is finished by running it again (an index an interrupted
+  concurrent build left INVALID is dropped and built again). SQLite has one writer: its
+  migration is one ``BEGIN IMMEDIATE`` transaction, and a failure leaves it as it was.
+
+* **One at a time** (:mod:`.lock`): concurrent migrations take turns on a lock, and the layer's
+  first-use check waits for a running one.
 
 * **Search indexes last** (:mod:`chainlit_orm.schema_gen.search`), after the backfills they
   index: PostgreSQL's ``pg_trgm`` extension (checked first: a role that may not create it gets a
@@ -46,7 +54,9 @@ Why it works the way it does:
   rewritten (a batch copy gives rows new rowids). MySQL/MariaDB have none.
 
 * **Recorded in our own table** (``models.version_table``, one per table prefix, in the set's
-  schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one.
+  schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one:
+  one row per migration that changed something, with what it added and the model set's
+  fingerprint (the schema history, :func:`schema_history_sql`).
 """
 
 from __future__ import annotations
