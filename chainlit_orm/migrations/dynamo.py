@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from chainlit_orm.errors import (
@@ -325,6 +326,9 @@ async def migrate_dynamodb(
         await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
         if not created:
             await asyncio.to_thread(_let_creator_lock, client)
+    elif not dry_run and _just_created(table):
+        # another process created it a moment ago and is about to take the lock: let it
+        await asyncio.to_thread(_let_creator_lock, client)
     if dry_run:
         assert table is not None
         return await _migrate_table(client, models, table, spec, shown, lines, dry_run=True,
@@ -414,6 +418,14 @@ def _create_table(client: _MigrationTable, spec: dict[str, Any]) -> bool:
             return False
         raise
     return True
+
+
+def _just_created(table: dict[str, Any]) -> bool:
+    """Whether the table was created less than :data:`CREATOR_GRACE` seconds ago."""
+    created = table.get("CreationDateTime")
+    if not isinstance(created, datetime):
+        return False
+    return time.time() - created.timestamp() < CREATOR_GRACE
 
 
 def _let_creator_lock(client: _MigrationTable) -> None:
