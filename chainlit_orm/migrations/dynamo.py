@@ -326,8 +326,9 @@ async def migrate_dynamodb(
         await asyncio.to_thread(client.wait_active, None, wait_seconds, poll_interval)
         if not created:
             await asyncio.to_thread(_let_creator_lock, client)
-    elif not dry_run and _just_created(table):
-        # another process created it a moment ago and is about to take the lock: let it
+    elif not dry_run and _just_created(table) and not _missing_indexes(table, models, shown):
+        # created a moment ago with every index, as a concurrent migrate creates it: that
+        # process is about to take the lock, let it
         await asyncio.to_thread(_let_creator_lock, client)
     if dry_run:
         assert table is not None
