@@ -53,7 +53,9 @@ async def _assert_complete(name: str) -> None:
     assert await _pg(name, 'SELECT count(*) FROM threads WHERE "activityAt" IS NULL') == [(0,)]
     assert await _pg(
         name, 'SELECT count(*) FROM steps WHERE "outputFolded" IS NULL AND output LIKE '
-              "'Message %'") == [(0,)]
+              "'Message %' AND type IN ('user_message', 'assistant_message')") == [(0,)]
+    assert await _pg(name, "SELECT count(*) FROM steps WHERE favorite IS NULL AND output LIKE "
+                           "'Message %'") == [(0,)]
 
 
 @pytest.mark.postgres
