@@ -296,6 +296,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "",
         *_table(results),
         "",
+        "Writer errors, by kind: " + ("; ".join(
+            f"{r.label}: " + (", ".join(sorted({e.split(':')[0] for e in r.errors})) or "none")
+            for r in results)),
+        "",
         "Migrate's output (last lines):",
         "",
         *(f"- {r.label}: `{r.output.strip().splitlines()[-1] if r.output.strip() else ''}`"
