@@ -42,7 +42,8 @@ class MigrationReport:
     statements: list[str] = field(default_factory=list)
     changed: bool = False
     waited: bool = False
-    entry: HistoryEntry | None = None
+    #: not compared: it carries the time it was applied
+    entry: HistoryEntry | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

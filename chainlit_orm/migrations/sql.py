@@ -1212,10 +1212,9 @@ def _mysql_online_index(plan: _Plan, ix: _NewIndex, dialect: Any) -> sa.TextClau
     the server (never silently locking the table). InnoDB builds every B-tree index this way,
     unique or not, prefix or not; FULLTEXT and SPATIAL indexes cannot be built with LOCK=NONE
     (the first FULLTEXT index of a table even rebuilds it), and the models declare none."""
-    reflected = next(c.reflected for c in plan.changes if c.name == ix.table) \
-        if any(c.name == ix.table for c in plan.changes) else None
-    source = reflected if reflected is not None else plan.target.tables[
-        next(e for e, t in plan.target.tables.items() if t.name == ix.table)]
+    # the model's columns (one may be added by this very migration), on a stand-in table so the
+    # index is not attached to the model's
+    source = next(t for t in plan.target.tables.values() if t.name == ix.table)
     stand_in = sa.Table(ix.table, sa.MetaData(),
                         *(sa.Column(name, source.c[name].type) for name in ix.columns))
     index = sa.Index(ix.name, *(stand_in.c[name] for name in ix.columns), unique=ix.unique,
