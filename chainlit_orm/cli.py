@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import difflib
 import importlib
-import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -327,25 +326,12 @@ def migrate_command(url: str | None, dry_run: bool, dedupe_feedback: bool, model
 
 
 def _print_history(url: str, models: ModelSet) -> int:
-    """``migrate --history``: what :func:`chainlit_orm.migrations.schema_history` reports.
+    """``migrate --history``: the entries :func:`chainlit_orm.migrations.schema_history`
+    returns, one line each (or a line saying there are none)."""
+    from chainlit_orm.migrations import schema_history
 
-    Looked up when called, so this command works with a package whose migrations module does
-    not have it yet (the option then fails with a reason instead of a traceback)."""
-    from chainlit_orm import migrations
-
-    schema_history = getattr(migrations, "schema_history", None)
-    if schema_history is None:
-        raise ConfigurationError(
-            "migrate --history is not available in this version of chainlit-orm "
-            "(chainlit_orm.migrations has no schema_history)")
-    result = schema_history(url, models=models)
-    if inspect.isawaitable(result):
-        result = _run(result)
-    lines = getattr(result, "lines", result)
-    if callable(lines):
-        lines = lines()
-    if isinstance(lines, str):
-        lines = lines.splitlines()
+    entries = _run(schema_history(url, models))
+    lines = [entry.describe() for entry in entries] or ["no schema history recorded"]
     for line in lines:
         print(line)
     return 0

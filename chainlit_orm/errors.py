@@ -22,6 +22,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidIdentifierError",
     "InvalidInputError",
+    "MigrationLockError",
     "MissingDependencyError",
     "NotFoundError",
     "OnDeleteError",
@@ -106,6 +107,14 @@ class TimeoutExceededError(BackendUnavailableError, TimeoutError):
     the same as a statement that never arrived); every write the layer sends is an idempotent
     upsert, so the caller may retry it.
     """
+
+
+class MigrationLockError(TimeoutExceededError):
+    """A lock a migration needs was not taken in time: the migration lock (another migration
+    held it for the whole timeout, or the URL goes through a transaction-mode pooler, where a
+    session lock cannot be held), or a table lock a schema change waits for (a long transaction
+    holds the table), after the bounded retries. Nothing is left half-done that a rerun of
+    ``chainlit-orm migrate`` does not finish."""
 
 
 class VerificationError(ChainlitORMError):

@@ -116,5 +116,7 @@ CREATE TABLE chainlit_orm_version (
 	id INTEGER NOT NULL,
 	version INTEGER NOT NULL,
 	`appliedAt` VARCHAR(32) NOT NULL,
+	fingerprint VARCHAR(64),
+	changes TEXT,
 	PRIMARY KEY (id)
 )CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;

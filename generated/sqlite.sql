@@ -116,6 +116,8 @@ CREATE TABLE chainlit_orm_version (
 	id INTEGER NOT NULL,
 	version INTEGER NOT NULL,
 	"appliedAt" TEXT NOT NULL,
+	fingerprint VARCHAR(64),
+	changes TEXT,
 	PRIMARY KEY (id)
 );
 

@@ -19,11 +19,19 @@ import asyncio
 from chainlit_orm.errors import TimeoutExceededError, mask_url
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
 from chainlit_orm.logs import quiet_alembic as _quiet_alembic
-from chainlit_orm.migrations.report import BackfillHook, BackfillRequest, MigrationReport
+from chainlit_orm.migrations.lock import LockState, lock_timeout_error
+from chainlit_orm.migrations.report import (
+    BackfillHook,
+    BackfillRequest,
+    HistoryEntry,
+    MigrationReport,
+    fingerprint,
+)
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.urls import DynamoURL, parse_url
 
-__all__ = ["BackfillHook", "BackfillRequest", "MigrationReport", "migrate"]
+__all__ = ["BackfillHook", "BackfillRequest", "HistoryEntry", "MigrationReport", "fingerprint",
+           "migrate", "schema_history"]
 
 
 async def migrate(
@@ -46,9 +54,14 @@ async def migrate(
             keep the most recently written one and delete the others, so the unique
             feedback-per-step index can be built. Without it migrate refuses. SQL only.
         timeout: seconds the whole migration may take (default 600; raise it for a backfill of
-            a large table). Past it the migration is cancelled: on PostgreSQL and SQLite its
-            transaction rolls back; MariaDB's DDL is not transactional, and what was done is
-            kept (migrate is idempotent: run it again).
+            a large table). Past it the migration is cancelled: on SQLite its transaction
+            rolls back; PostgreSQL and MariaDB keep the steps already committed (migrate is
+            idempotent: run it again to finish).
+
+    Concurrent migrations of one database (several app processes starting, a deploy job) take
+    turns on a lock (:mod:`chainlit_orm.migrations.lock`): one migrates, the others wait and
+    then find nothing to do (``report.waited``). PostgreSQL and MySQL/MariaDB migrate online,
+    step by step, while the app keeps writing (:mod:`chainlit_orm.migrations.sql`).
 
     Returns:
         The report; ``changed`` is False when the schema was already up to date.
@@ -58,26 +71,57 @@ async def migrate(
             supported ones).
         BackendUnavailableError: the server cannot be reached or refuses the credentials.
         TimeoutExceededError: the migration did not finish within ``timeout``.
+        MigrationLockError: the migration lock was not taken within ``timeout`` (another
+            migration held it, or the URL goes through a transaction-mode pooler), or a table
+            lock was not taken after the bounded retries.
         SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
             a newer schema version, an index name taken by a different index, or a failed
             statement (chained to the driver error).
     """
     limit = check_timeout(timeout, "timeout")
     parsed = parse_url(url)
+    lock = LockState()
     try:
         async with asyncio.timeout(limit):
             if isinstance(parsed, DynamoURL):
                 from chainlit_orm.migrations.dynamo import migrate_dynamodb
 
-                return await migrate_dynamodb(url, models, dry_run)
+                return await migrate_dynamodb(url, models, dry_run, lock=lock)
             with _quiet_alembic():
                 from chainlit_orm.migrations.sql import migrate_sql
 
                 return await migrate_sql(parsed, models, dry_run=dry_run,
-                                         dedupe_feedback=dedupe_feedback)
+                                         dedupe_feedback=dedupe_feedback, lock=lock)
     except TimeoutError as exc:
         if isinstance(exc, TimeoutExceededError):
             raise
+        if lock.waited and not lock.held:
+            raise lock_timeout_error(mask_url(url), limit, lock) from exc
         raise TimeoutExceededError(
             f"migrate of {mask_url(url)} did not finish within its timeout of {limit:g} s",
             detail=limit) from exc
+
+
+async def schema_history(url: str, models: ModelSet | None = None) -> list[HistoryEntry]:
+    """The schema history of a database: one entry per migration that changed it, oldest first
+    (what it added, the schema version, the model set's fingerprint). Empty when the database was
+    never migrated. ``chainlit-orm migrate --history URL`` prints it.
+
+    Args:
+        url: as for :func:`migrate`.
+        models: the model set whose version table to read (its prefix and schema); the default
+            set when None.
+
+    Raises:
+        ConfigurationError: an unsupported URL.
+        BackendUnavailableError: the database cannot be reached.
+    """
+    parsed = parse_url(url)
+    chosen = DEFAULT_MODELS if models is None else models
+    if isinstance(parsed, DynamoURL):
+        from chainlit_orm.migrations.dynamo import schema_history_dynamodb
+
+        return await schema_history_dynamodb(url)
+    from chainlit_orm.migrations.sql import schema_history_sql
+
+    return await schema_history_sql(parsed, chosen)

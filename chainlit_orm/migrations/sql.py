@@ -35,9 +35,17 @@ Why it works the way it does:
   but a user may already have created one under another name; an index (or unique constraint)
   over the same columns in the same order, unique if ours is, counts as ours.
 
-* **One transaction where the dialect allows it** (PostgreSQL, SQLite): a failure leaves the
-  database as it was. MySQL/MariaDB commit every DDL statement, so each step is idempotent and the
-  version is recorded last: running migrate again after a failure finishes the job.
+* **Online on a server, one transaction on SQLite.** PostgreSQL and MySQL/MariaDB are migrated
+  while the app writes (:func:`_migrate_online`): each DDL statement in a short transaction of
+  its own, waiting at most :data:`LOCK_TIMEOUT` for its table lock and retried, indexes on
+  existing tables built ``CONCURRENTLY`` / ``ALGORITHM=INPLACE, LOCK=NONE``, backfills committed
+  per batch. Every step is planned from what the database has and the version is recorded last,
+  so a migration stopped anywhere is finished by running it again (an index an interrupted
+  concurrent build left INVALID is dropped and built again). SQLite has one writer: its
+  migration is one ``BEGIN IMMEDIATE`` transaction, and a failure leaves it as it was.
+
+* **One at a time** (:mod:`.lock`): concurrent migrations take turns on a lock, and the layer's
+  first-use check waits for a running one.
 
 * **Search indexes last** (:mod:`chainlit_orm.schema_gen.search`), after the backfills they
   index: PostgreSQL's ``pg_trgm`` extension (checked first: a role that may not create it gets a
@@ -46,19 +54,23 @@ Why it works the way it does:
   rewritten (a batch copy gives rows new rowids). MySQL/MariaDB have none.
 
 * **Recorded in our own table** (``models.version_table``, one per table prefix, in the set's
-  schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one.
+  schema), never in ``alembic_version``, which belongs to the app's own Alembic if it has one:
+  one row per migration that changed something, with what it added and the model set's
+  fingerprint (the schema history, :func:`schema_history_sql`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+import random
 import re
-import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -70,18 +82,25 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
+from sqlalchemy.schema import CreateIndex, CreateSchema, ExecutableDDLElement
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
     InvalidInputError,
+    MigrationLockError,
     SchemaError,
     SchemaOutdatedError,
     mask_url,
     migrate_command,
 )
-from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
-from chainlit_orm.migrations.report import MigrationReport
+from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE, SQLITE_BUSY_TIMEOUT, begin_immediate_on
+from chainlit_orm.migrations.lock import (
+    LockState,
+    release_transaction_lock,
+    session_lock,
+    transaction_lock,
+)
+from chainlit_orm.migrations.report import HistoryEntry, MigrationReport, fingerprint
 from chainlit_orm.models.convert import to_row
 from chainlit_orm.models.modelset import ENTITIES, FROM_METADATA, ModelSet
 from chainlit_orm.models.rules import USER_MESSAGE
@@ -101,9 +120,21 @@ from chainlit_orm.schema_gen.search import (
 )
 from chainlit_orm.urls import SQLURL
 
-__all__ = ["BATCH_SIZE", "ensure_schema", "migrate_sql"]
+__all__ = ["BATCH_SIZE", "LOCK_ATTEMPTS", "LOCK_TIMEOUT", "ensure_schema", "migrate_sql",
+           "schema_history_sql"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds an online migration's statement waits for a table lock (PostgreSQL ``lock_timeout``,
+#: MySQL/MariaDB ``lock_wait_timeout``). An ``ALTER TABLE`` waiting for its lock makes every
+#: later writer of the table wait behind it, so the wait is kept short and retried instead.
+LOCK_TIMEOUT = 1.0
+
+#: Attempts of one step whose lock wait timed out, with a jittered pause growing from 0.25 s to
+#: 8 s between them (about 30 s in all), before :class:`MigrationLockError`.
+LOCK_ATTEMPTS = 8
 
 #: Rows read and written per backfill round trip: small enough to keep each statement short on a
 #: busy database, large enough that a million rows take a few thousand round trips.
@@ -124,20 +155,33 @@ _MAX_LISTED = 20
 # ----------------------------------------------------------------------------- public entry points
 
 
-async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_feedback: bool
-                      ) -> MigrationReport:
+async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_feedback: bool,
+                      lock: LockState | None = None) -> MigrationReport:
     """Migrate one SQL database (see :func:`chainlit_orm.migrations.migrate`, which bounds it by
-    its timeout and dispatches here)."""
+    its timeout and dispatches here).
+
+    Under the migration lock (:mod:`.lock`): SQLite in one ``BEGIN IMMEDIATE`` transaction,
+    PostgreSQL and MySQL/MariaDB online, step by step (:func:`_migrate_online`), holding a session
+    lock on a connection of its own. A dry run takes no lock and changes nothing.
+    """
+    state = lock if lock is not None else LockState()
     sa_url = url.async_url()
     shown = _shown(sa_url)
     engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
     if engine.dialect.name == "sqlite":
-        _sqlite_transactions(engine)
+        _sqlite_transactions(engine, None if dry_run else (state, shown))
     try:
-        async with _transaction(engine, shown) as conn:
-            return await _migrate_on(conn, models, shown, dry_run=dry_run,
-                                     dedupe_feedback=dedupe_feedback)
+        if dry_run or engine.dialect.name == "sqlite":
+            async with _transaction(engine, shown) as conn:
+                state.held = not dry_run
+                return await _migrate_on(conn, models, shown, dry_run=dry_run,
+                                         dedupe_feedback=dedupe_feedback, waited=state.waited,
+                                         online=engine.dialect.name != "sqlite")
+        async with session_lock(engine, models, shown, state):
+            return await _migrate_online(engine, models, shown, dedupe_feedback=dedupe_feedback,
+                                         waited=state.waited)
     finally:
+        state.held = False
         await engine.dispose()
 
 
@@ -169,20 +213,27 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
     """
     shown = _shown(engine.url)
     target = _Target.of(models, engine.dialect.name)
+    lock = LockState()
     async with _transaction(engine, shown) as conn:
-        state = await conn.run_sync(_first_use_state, target)
-        if not state.existing:
-            if create:
-                report = await _migrate_on(conn, models, shown, dry_run=False,
-                                           dedupe_feedback=False)
-                for line in report.lines:
-                    logger.debug("%s", line)
-                return _declares_cascade(target)
-            raise SchemaOutdatedError(
-                f"{shown} has none of the chainlit-orm tables; create them with: "
-                f"{migrate_command(shown, models)}",
-                detail=None,
-            )
+        # wait for a migration that is running (instead of reading half a schema), and let
+        # one process at a time create an empty database (SQLite: BEGIN IMMEDIATE already did)
+        await transaction_lock(conn, models, shown, lock, exclusive=create)
+        try:
+            state = await conn.run_sync(_first_use_state, target)
+            if not state.existing:
+                if create:
+                    report = await _migrate_on(conn, models, shown, dry_run=False,
+                                               dedupe_feedback=False)
+                    for line in report.lines:
+                        logger.debug("%s", line)
+                    return _declares_cascade(target)
+                raise SchemaOutdatedError(
+                    f"{shown} has none of the chainlit-orm tables; create them with: "
+                    f"{migrate_command(shown, models)}",
+                    detail=None,
+                )
+        finally:
+            await release_transaction_lock(conn, models, lock)
     missing = [t.name for t in target.tables.values() if t.name not in state.existing]
     if missing:
         raise SchemaOutdatedError(
@@ -215,17 +266,39 @@ def _engine_options(url: URL) -> dict[str, Any]:
     return {}
 
 
-def _sqlite_transactions(engine: AsyncEngine) -> None:
+def _sqlite_transactions(engine: AsyncEngine, lock: tuple[LockState, str] | None) -> None:
     """Make SQLite DDL transactional: Python's sqlite3 module only opens a transaction before DML,
     so by default every ``CREATE``/``ALTER`` (and Alembic's batch table copy) would commit on its
     own. Driver-level autocommit plus an explicit ``BEGIN IMMEDIATE`` puts the whole migration in
-    one transaction and takes the write lock up front, so two migrations cannot interleave."""
+    one transaction and takes the write lock up front, so two migrations cannot interleave.
+
+    With ``lock``, the write lock is the migration lock: the first ``BEGIN IMMEDIATE`` does not
+    wait (a busy database is recorded as "waited" in the report), the next ones wait a second
+    each, for as long as the migration's timeout allows."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
-    begin_immediate_on(engine)
+    if lock is None:
+        begin_immediate_on(engine)
+        return
+    state, shown = lock
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin_when_free(conn: Any) -> None:
+        wait_ms = 0
+        while True:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                conn.exec_driver_sql(BEGIN_IMMEDIATE)
+                break
+            except DBAPIError as exc:
+                if "locked" not in str(exc.orig).lower() and "busy" not in str(exc.orig).lower():
+                    raise
+                state.waiting(shown)
+                wait_ms = 1000
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT * 1000}")
 
 
 @asynccontextmanager
@@ -405,6 +478,10 @@ class _SearchWork:
 
     line: str
     statements: tuple[ExecutableDDLElement, ...]
+    #: built ``CONCURRENTLY``, outside a transaction (PostgreSQL, an online migration)
+    concurrent: bool = False
+    #: the index (or FTS5 table) it creates, for the schema history
+    index: str | None = None
 
 
 @dataclass
@@ -413,26 +490,45 @@ class _Plan:
     shown: str
     version: int | None
     version_table_exists: bool
+    #: applied step by step (PostgreSQL, MySQL/MariaDB migrate), not in one transaction
+    online: bool = False
     create_schema: bool = False
     new_tables: list[sa.Table] = field(default_factory=list)
     changes: list[_TableChange] = field(default_factory=list)
+    #: (index, table) of our indexes left INVALID by an interrupted concurrent build (PostgreSQL)
+    invalid: list[tuple[str, str]] = field(default_factory=list)
     indexes: list[_NewIndex] = field(default_factory=list)
     dedupe: list[_Dedupe] = field(default_factory=list)
     backfills: list[_Backfill] = field(default_factory=list)
     search: list[_SearchWork] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reflected: dict[str, sa.Table] = field(default_factory=dict)
+    #: the history columns a version table of an older chainlit-orm lacks
+    history_columns_missing: list[str] = field(default_factory=list)
+    #: row 1 has no ``changes`` yet (written by an older chainlit-orm)
+    first_changes_missing: bool = False
+    #: the fingerprint of the latest recorded entry
+    stored_fingerprint: str | None = None
+    #: the entry this migration records (set once the plan is complete)
+    entry: HistoryEntry = field(default_factory=lambda: HistoryEntry(1, SCHEMA_VERSION, ""))
 
     @property
     def record_version(self) -> bool:
-        return self.version != SCHEMA_VERSION or not self.version_table_exists
+        return (self.version != SCHEMA_VERSION or not self.version_table_exists
+                or self.has_changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.create_schema or self.new_tables or self.changes or self.indexes
+                    or self.invalid or self.dedupe or self.backfills or self.search)
 
     @property
     def empty(self) -> bool:
-        return not (self.create_schema or self.new_tables or self.changes or self.indexes
-                    or self.dedupe or self.backfills or self.search or self.record_version)
+        return not self.record_version
 
 
-def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool) -> _Plan:
+def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool,
+          online: bool = False, now: str = "") -> _Plan:
     """Compare the database with the models and decide every change, before changing anything.
 
     Every refusal (duplicates, a newer recorded version, an index name taken, a column that
@@ -453,7 +549,9 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool)
             f"({SCHEMA_VERSION}); upgrade chainlit-orm instead of migrating",
             detail=version,
         )
-    plan = _Plan(target, shown, version, version_exists)
+    plan = _Plan(target, shown, version, version_exists, online=online)
+    if version_exists:
+        _plan_history(conn, plan, inspector)
     if schema is not None and schema not in inspector.get_schema_names():
         plan.create_schema = True
 
@@ -520,10 +618,77 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool)
                         (col, have))
     plan.changes = [changes[t.name] for t in target.tables.values() if t.name in changes]
 
-    _plan_indexes(conn, plan, reflected, ours, dedupe_feedback)
+    plan.reflected = reflected
+    invalid = _invalid_indexes(conn, target)
+    _plan_indexes(conn, plan, reflected, ours, dedupe_feedback, invalid)
     _plan_backfills(conn, plan, reflected, ours, changes)
-    _plan_search(conn, plan, reflected, changes)
+    _plan_search(conn, plan, reflected, changes, invalid)
+    plan.entry = _entry(conn, plan, models, now)
     return plan
+
+
+def _plan_history(conn: Connection, plan: _Plan, inspector: sa.Inspector) -> None:
+    """What the version table holds: its history columns, the latest entry's fingerprint, and
+    whether row 1 still lacks its ``changes`` (an older chainlit-orm wrote it)."""
+    vt = plan.target.version
+    have = {c["name"] for c in inspector.get_columns(vt.name, schema=plan.target.schema)}
+    plan.history_columns_missing = [c.name for c in vt.columns if c.name not in have]
+    if plan.history_columns_missing:
+        plan.first_changes_missing = plan.version is not None
+        return
+    latest = conn.execute(sa.select(vt.c.fingerprint).order_by(vt.c.id.desc()).limit(1)).first()
+    plan.stored_fingerprint = None if latest is None else latest[0]
+    first = conn.execute(sa.select(vt.c.changes).where(vt.c.id == 1)).first()
+    plan.first_changes_missing = first is not None and first[0] is None
+
+
+def _next_entry(conn: Connection, plan: _Plan) -> int:
+    if not plan.version_table_exists or plan.version is None:
+        return 1
+    vt = plan.target.version
+    return int(conn.execute(sa.select(sa.func.max(vt.c.id))).scalar() or 0) + 1
+
+
+def _entry(conn: Connection, plan: _Plan, models: ModelSet, now: str) -> HistoryEntry:
+    """The history entry of this plan: what it creates, named the way the report names it."""
+    number = _next_entry(conn, plan)
+    tables = [t.name for t in plan.new_tables]
+    if not plan.version_table_exists:
+        tables.append(plan.target.version.name)
+    indexes = [f"{t.name}.{i.name}" for t in plan.new_tables for i in sorted(
+        t.indexes, key=lambda i: str(i.name))]
+    indexes += [f"{ix.table}.{ix.name}" for ix in plan.indexes]
+    indexes += [w.index for w in plan.search if w.index]
+    columns = [f"{c.name}.{col.name}" for c in plan.changes for col in c.add]
+    other: list[str] = []
+    if plan.create_schema and plan.target.schema:
+        other.append(f"created schema {plan.target.schema}")
+    other += [f"allowed NULL in {c.name}.{col.name}" for c in plan.changes for col in c.relax]
+    other += [f"made {c.name}.{col.name} compare exactly" for c in plan.changes
+              for col, _ in c.collate]
+    if plan.dedupe:
+        other.append(f"removed {sum(len(d.removed) for d in plan.dedupe)} duplicate feedback "
+                     "rows")
+    other += [f"rebuilt the invalid index {name}" for name, _ in plan.invalid]
+    other += [f"backfilled {', '.join(f'{b.entity}.{c}' for c in b.columns)}"
+              for b in plan.backfills]
+    other += [w.line for w in plan.search if not w.index]
+    return HistoryEntry(number, SCHEMA_VERSION, now, fingerprint(models), tuple(tables),
+                        tuple(columns), tuple(indexes), tuple(other))
+
+
+def _invalid_indexes(conn: Connection, target: _Target) -> set[str]:
+    """PostgreSQL indexes marked invalid (``pg_index.indisvalid`` false) in the target's schema:
+    what a ``CREATE INDEX CONCURRENTLY`` that was interrupted, or failed, leaves behind. They
+    exist, so they must not count as built; migrate drops and builds again the ones it owns."""
+    if target.dialect != "postgresql":
+        return set()
+    rows = conn.execute(sa.text(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE NOT i.indisvalid AND n.nspname = COALESCE(:s, current_schema())"),
+        {"s": target.schema})
+    return {str(name) for (name,) in rows}
 
 
 def _key(schema: str | None, name: str) -> str:
@@ -536,15 +701,19 @@ def _plan_indexes(
     reflected: dict[str, sa.Table],
     ours: dict[str, str],
     dedupe_feedback: bool,
+    invalid: set[str],
 ) -> None:
     """Indexes (and unique constraints) the models need on existing tables, matched by columns
-    and uniqueness; duplicates checked before a unique one is planned."""
+    and uniqueness; duplicates checked before a unique one is planned. An index of ours left
+    INVALID by an interrupted build is planned again, after dropping it."""
     target = plan.target
     for name, table in reflected.items():
         entity = ours[name]
         model = target.tables[entity]
         have: list[tuple[tuple[str, ...], bool, str]] = []
         for existing in table.indexes:
+            if str(existing.name) in invalid:
+                continue
             have.append((tuple(str(c.name) for c in existing.columns), bool(existing.unique),
                          str(existing.name)))
         for cons in table.constraints:
@@ -563,6 +732,12 @@ def _plan_indexes(
                                         f"uq_{name}_{'_'.join(cols)}", name, cols, True, {},
                                         named))
         for ix in wanted:
+            if ix.name in invalid:
+                plan.invalid.append((ix.name, name))
+                if ix.unique and all(c in table.columns for c in ix.columns):
+                    _check_duplicates(conn, plan, entity, table, ix, dedupe_feedback)
+                plan.indexes.append(ix)
+                continue
             match = next((h for h in have if h[0] == ix.columns and (h[1] or not ix.unique)), None)
             if match is not None:
                 if ix.named and match[2] != ix.name:
@@ -743,6 +918,7 @@ def _plan_search(
     plan: _Plan,
     reflected: dict[str, sa.Table],
     changes: dict[str, _TableChange],
+    invalid: set[str],
 ) -> None:
     """The search indexes (:mod:`chainlit_orm.schema_gen.search`) to create or repair; runs last,
     after the backfills fill what they index."""
@@ -752,7 +928,7 @@ def _plan_search(
     if not indexes:
         return
     if target.dialect == "postgresql":
-        _plan_pg_search(conn, plan, reflected, indexes)
+        _plan_pg_search(conn, plan, reflected, indexes, invalid)
         return
     known = {(str(kind), str(name)) for kind, name in conn.execute(
         sa.text("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')"))}
@@ -766,7 +942,7 @@ def _plan_search(
             plan.search.append(_SearchWork(
                 f"create search index {ix.name} (FTS5 trigram) on {table} ({ix.column}) and its "
                 "triggers; index the existing rows",
-                (fts_table(ix), *fts_triggers(ix), fts_rebuild(ix))))
+                (fts_table(ix), *fts_triggers(ix), fts_rebuild(ix)), index=f"{table}.{ix.name}"))
         elif rewritten or missing:
             why = "is rewritten above" if rewritten else f"lacks {', '.join(missing)}"
             plan.search.append(_SearchWork(
@@ -776,14 +952,17 @@ def _plan_search(
 
 
 def _plan_pg_search(conn: Connection, plan: _Plan, reflected: dict[str, sa.Table],
-                    indexes: list[SearchIndex]) -> None:
+                    indexes: list[SearchIndex], invalid: set[str]) -> None:
     """The trigram extension and GIN indexes; refuse, naming the fix, when the extension is
-    missing and this role may not create it (nothing has changed at this point)."""
+    missing and this role may not create it (nothing has changed at this point). On an existing
+    table an online migration builds them ``CONCURRENTLY``; one left INVALID is built again."""
     target = plan.target
     inspector = sa.inspect(conn)
     todo = []
     for ix in indexes:
-        if ix.table.name in reflected:
+        if ix.name in invalid:
+            plan.invalid.append((ix.name, ix.table.name))
+        elif ix.table.name in reflected:
             have = inspector.get_indexes(ix.table.name, schema=target.schema)
             if any(h["name"] == ix.name or (
                     list(h["column_names"]) == [ix.column]
@@ -801,10 +980,12 @@ def _plan_pg_search(conn: Connection, plan: _Plan, reflected: dict[str, sa.Table
             f"create extension {PG_EXTENSION} (the trigram operator class of the search indexes)",
             (pg_extension(),)))
     for ix in todo:
+        concurrent = plan.online and ix.table.name in reflected
         plan.search.append(_SearchWork(
             f"create search index {ix.name} on {ix.table.name} using gin ({ix.column} "
             "gin_trgm_ops)",
-            (gin_index(ix),)))
+            (gin_index(ix, concurrently=concurrent),), concurrent,
+            index=f"{ix.table.name}.{ix.name}"))
 
 
 def _check_pg_extension(conn: Connection, shown: str) -> None:
@@ -868,6 +1049,274 @@ class _StatementBuffer:
         self.statements.append(statement.strip())
 
 
+@dataclass
+class _Unit:
+    """One step of applying a plan: its report lines and the operations it issues.
+
+    ``mode`` says how an online migration runs it: ``transaction`` (a short transaction of its
+    own, under :data:`LOCK_TIMEOUT`, retried), ``autocommit`` (outside any transaction:
+    PostgreSQL's ``CREATE``/``DROP INDEX CONCURRENTLY``), ``backfill`` (batch by batch, each
+    batch committed) or ``note`` (a line, nothing to run). In a single-transaction migration
+    (SQLite, the layer's first-use creation) every unit runs in that one transaction."""
+
+    lines: list[str]
+    run: Callable[[Operations], None] | None = None
+    mode: str = "transaction"
+    backfill: _Backfill | None = None
+
+
+def _units(plan: _Plan, models: ModelSet, now: str, dialect: Any) -> list[_Unit]:
+    """The plan as units, in order: schema, new tables (parents first), column changes,
+    duplicate feedback removal, invalid indexes dropped, indexes, backfills (after the indexes,
+    which they read through), search indexes (after the backfills, whose values they index),
+    the schema-history entry last (so a migration that stopped half-way is not recorded as
+    done, and the layer refuses to start until a rerun finished it)."""
+    target = plan.target
+    schema = target.schema
+    online = plan.online
+    pg = target.dialect == "postgresql"
+    units: list[_Unit] = []
+
+    if plan.create_schema and schema is not None:
+        units.append(_Unit([f"create schema {schema}"],
+                           lambda op: op.execute(CreateSchema(schema, if_not_exists=True))))
+
+    for table in plan.new_tables:
+        def create(op: Operations, table: sa.Table = table) -> None:
+            op.invoke(CreateTableOp.from_table(table))
+            for index in sorted(table.indexes, key=lambda index: str(index.name)):
+                op.create_index(str(index.name), table.name, [c.name for c in index.columns],
+                                unique=bool(index.unique), schema=schema, **index.dialect_kwargs)
+        units.append(_Unit([f"create table {target.qualified(table.name)}"], create))
+
+    for change in plan.changes:
+        units.extend(_change_units(plan, change, dialect))
+
+    if plan.dedupe:
+        feedbacks = target.tables["feedback"]
+        removed = [f.id for d in plan.dedupe for f in d.removed]
+        lines = [f"remove duplicate feedback {f.id} on step {d.step_id} (value {f.value}, "
+                 f"comment {f.comment!r}); kept feedback {d.kept.id} (value {d.kept.value}, "
+                 f"comment {d.kept.comment!r}), the most recently written"
+                 for d in plan.dedupe for f in d.removed]
+        units.append(_Unit(lines, lambda op: op.execute(
+            sa.delete(feedbacks).where(feedbacks.c.id.in_(removed)))))
+
+    for name, table_name in plan.invalid:
+        def drop(op: Operations, name: str = name, table_name: str = table_name) -> None:
+            op.drop_index(name, table_name=table_name, schema=schema, if_exists=True,
+                          postgresql_concurrently=online)
+        units.append(_Unit(
+            [f"drop invalid index {name} on {table_name} (left by an interrupted build); it is "
+             "built again below"], drop, "autocommit" if online else "transaction"))
+
+    for ix in plan.indexes:
+        line = (f"create {'unique ' if ix.unique else ''}index {ix.name} on {ix.table} "
+                f"({', '.join(ix.columns)})")
+        if online and pg:
+            def concurrent(op: Operations, ix: _NewIndex = ix) -> None:
+                op.create_index(ix.name, ix.table, list(ix.columns), unique=ix.unique,
+                                schema=schema, postgresql_concurrently=True, **ix.kwargs)
+            units.append(_Unit([line], concurrent, "autocommit"))
+        elif online:
+            units.append(_Unit([line], lambda op, ix=ix: op.execute(  # type: ignore[misc]
+                _mysql_online_index(plan, ix, op.get_context().dialect))))
+        else:
+            def plain(op: Operations, ix: _NewIndex = ix) -> None:
+                op.create_index(ix.name, ix.table, list(ix.columns), unique=ix.unique,
+                                schema=schema, **ix.kwargs)
+            units.append(_Unit([line], plain))
+    for note in plan.notes:
+        units.append(_Unit([note], mode="note"))
+
+    for backfill in plan.backfills:
+        table = target.tables[backfill.entity]
+        what = ", ".join(f"{table.name}.{c}" for c in backfill.columns)
+        if backfill.kind == "activity":
+            line = (f"backfill {what} on {backfill.rows} rows: createdAt of the thread's latest "
+                    "user_message, else the thread's createdAt, else now")
+        elif backfill.kind == "folded":
+            source = table.c[backfill.columns[0]].info[FOLDED_FROM]
+            line = f"backfill {what} on {backfill.rows} rows: the case-folded {source}"
+        else:
+            line = f"backfill {what} on {backfill.rows} rows from each row's metadata"
+        units.append(_Unit([line], mode="backfill", backfill=backfill))
+
+    for work in plan.search:
+        def search(op: Operations, work: _SearchWork = work) -> None:
+            for statement in work.statements:
+                op.execute(statement)
+        units.append(_Unit([work.line], search,
+                           "autocommit" if online and work.concurrent else "transaction"))
+
+    units.append(_Unit(*_version_unit(plan, now)))
+    return units
+
+
+def _change_units(plan: _Plan, change: _TableChange, dialect: Any) -> list[_Unit]:
+    """A table's column changes: one unit per statement online (each ``ALTER TABLE`` takes
+    PostgreSQL's ACCESS EXCLUSIVE lock, so each commits at once), one Alembic batch otherwise
+    (SQLite rewrites the table to relax ``NOT NULL``)."""
+    target = plan.target
+    schema = target.schema
+    adds = [(f"add column {change.name}.{col.name} "
+             f"({col.type.compile(dialect=dialect)})", col) for col in change.add]
+    collates = [(f"compare {change.name}.{col.name} exactly (collation "
+                 f"{col.type.dialect_impl(dialect).collation})", col, have)  # type: ignore[attr-defined]
+                for col, have in change.collate]
+    relaxes = [(f"allow NULL in {change.name}.{col.name}: a legacy NOT NULL column the models "
+                "do not write (it would fail every insert)", col) for col in change.relax]
+
+    def add(op: Operations, col: sa.Column[Any]) -> None:
+        op.add_column(change.name, col._copy(), schema=schema)
+
+    def collate(op: Operations, col: sa.Column[Any], have: sa.Column[Any]) -> None:
+        op.alter_column(change.name, col.name, type_=col.type, nullable=have.nullable,
+                        existing_type=have.type, existing_nullable=have.nullable,
+                        existing_server_default=have.server_default,
+                        existing_comment=have.comment, schema=schema)
+
+    def relax(op: Operations, col: sa.Column[Any]) -> None:
+        op.alter_column(change.name, col.name, nullable=True, existing_type=col.type,
+                        existing_nullable=False, existing_server_default=col.server_default,
+                        existing_comment=col.comment, schema=schema)
+
+    if plan.online:
+        return ([_Unit([line], functools.partial(add, col=col)) for line, col in adds]
+                + [_Unit([line], functools.partial(collate, col=col, have=have))
+                   for line, col, have in collates]
+                + [_Unit([line], functools.partial(relax, col=col)) for line, col in relaxes])
+
+    def batch(op: Operations) -> None:
+        copy_from = change.reflected if target.dialect == "sqlite" and change.relax else None
+        with op.batch_alter_table(change.name, schema=schema, copy_from=copy_from,
+                                  recreate="auto") as batch:
+            for col in change.add:
+                batch.add_column(col._copy())
+            for col in change.relax:
+                batch.alter_column(col.name, nullable=True, existing_type=col.type,
+                                   existing_nullable=False,
+                                   existing_server_default=col.server_default,
+                                   existing_comment=col.comment)
+            for col, have in change.collate:
+                batch.alter_column(col.name, type_=col.type, nullable=have.nullable,
+                                   existing_type=have.type, existing_nullable=have.nullable,
+                                   existing_server_default=have.server_default,
+                                   existing_comment=have.comment)
+
+    lines = [line for line, _ in adds] + [c[0] for c in collates] + [r[0] for r in relaxes]
+    return [_Unit(lines, batch)]
+
+
+def _mysql_online_index(plan: _Plan, ix: _NewIndex, dialect: Any) -> sa.TextClause:
+    """``CREATE INDEX ... ALGORITHM=INPLACE LOCK=NONE``: built while writes go on, or refused by
+    the server (never silently locking the table). InnoDB builds every B-tree index this way,
+    unique or not, prefix or not; FULLTEXT and SPATIAL indexes cannot be built with LOCK=NONE
+    (the first FULLTEXT index of a table even rebuilds it), and the models declare none."""
+    # the model's columns (one may be added by this very migration), on a stand-in table so the
+    # index is not attached to the model's
+    source = next(t for t in plan.target.tables.values() if t.name == ix.table)
+    stand_in = sa.Table(ix.table, sa.MetaData(),
+                        *(sa.Column(name, source.c[name].type) for name in ix.columns))
+    index = sa.Index(ix.name, *(stand_in.c[name] for name in ix.columns), unique=ix.unique,
+                     **ix.kwargs)
+    return sa.text(f"{CreateIndex(index).compile(dialect=dialect)} ALGORITHM=INPLACE LOCK=NONE")
+
+
+def _version_unit(plan: _Plan, now: str) -> tuple[list[str], Callable[[Operations], None]]:
+    """The schema-history entry: the version table (created, or given the history columns an
+    older chainlit-orm did not have), row 1 kept at the current version for older readers, and
+    the entry's row."""
+    target = plan.target
+    vt = target.version
+    lines: list[str] = []
+    if not plan.version_table_exists:
+        lines.append(f"create table {target.qualified(vt.name)}")
+    elif plan.history_columns_missing:
+        lines.append(f"add the schema-history columns {', '.join(plan.history_columns_missing)} "
+                     f"to {target.qualified(vt.name)}")
+    entry = plan.entry
+    lines.append(f"record schema version {SCHEMA_VERSION} in {target.qualified(vt.name)}")
+    changes = json.dumps(entry.to_json(), sort_keys=True)
+
+    def record(op: Operations) -> None:
+        if not plan.version_table_exists:
+            op.invoke(CreateTableOp.from_table(vt))
+        for name in plan.history_columns_missing:
+            op.add_column(vt.name, vt.c[name]._copy(), schema=target.schema)
+        if entry.number > 1:
+            if plan.version != SCHEMA_VERSION or plan.first_changes_missing:
+                values: dict[str, Any] = {"version": SCHEMA_VERSION}
+                if plan.first_changes_missing:  # row 1 of an older chainlit-orm: keep its version
+                    values["changes"] = json.dumps({"version": plan.version, "unknown": True},
+                                                   sort_keys=True)
+                op.execute(sa.update(vt).where(vt.c.id == 1).values(**values))
+        elif plan.version_table_exists:  # the table exists but holds no row
+            op.execute(sa.delete(vt))
+        op.execute(sa.insert(vt).values(id=entry.number, version=SCHEMA_VERSION, appliedAt=now,
+                                        fingerprint=entry.fingerprint, changes=changes))
+    return lines, record
+
+
+def _render(plan: _Plan, units: list[_Unit], dialect: Any) -> tuple[list[str], list[str]]:
+    """Run the units against an offline (``as_sql``) Alembic context: the report's lines and
+    the exact statements, without touching the database."""
+    buffer = _StatementBuffer()
+    offline = MigrationContext.configure(dialect=dialect, opts={
+        "as_sql": True, "output_buffer": buffer, "literal_binds": True,
+    })
+    op = Operations(offline)
+    lines: list[str] = []
+    for unit in units:
+        lines.extend(unit.lines)
+        if unit.run is not None:
+            unit.run(op)
+        if unit.backfill is not None:
+            select, update = _backfill_statements(plan.target, unit.backfill)
+            for stmt in (*select, update):
+                buffer.add(_template(stmt, dialect))
+    return lines, buffer.statements
+
+
+def _head(plan: _Plan, shown: str) -> str:
+    """The report's first line: the version change, or, at the same version, what changed in the
+    model set (its fingerprint), so "version 3 -> 3" never appears unexplained."""
+    if plan.version == SCHEMA_VERSION and plan.version_table_exists:
+        head = f"{shown}: schema version {SCHEMA_VERSION} (unchanged)"
+        if plan.stored_fingerprint != plan.entry.fingerprint:
+            head += (f"; the model set changed (fingerprint "
+                     f"{plan.stored_fingerprint or 'not recorded'} -> {plan.entry.fingerprint})")
+        return head
+    before = "none recorded" if plan.version is None else str(plan.version)
+    return f"{shown}: schema version {before} -> {SCHEMA_VERSION}"
+
+
+def _nothing_to_do(waited: bool) -> MigrationReport:
+    if waited:
+        return MigrationReport(
+            [f"waited for the migration lock held by another process; schema already at "
+             f"version {SCHEMA_VERSION}: nothing to do"], changed=False, waited=True)
+    return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"],
+                           changed=False)
+
+
+def _report(plan: _Plan, shown: str, lines: list[str], statements: list[str],
+            applied: list[str], *, dry_run: bool, waited: bool) -> MigrationReport:
+    head = _head(plan, shown)
+    if dry_run:
+        return MigrationReport(
+            [f"dry run on {head}", *lines,
+             f"dry run: {len(statements)} statements would run; nothing was changed",
+             *(f"{s};" for s in statements)],
+            statements, changed=False, waited=waited, entry=plan.entry)
+    first = ["waited for the migration lock held by another process"] if waited else []
+    return MigrationReport(
+        [*first, f"migrating {head}", *lines, *applied,
+         f"schema history entry #{plan.entry.number}: {plan.entry.summary()}",
+         f"done: schema version {SCHEMA_VERSION} recorded; {len(statements)} statements"],
+        statements, changed=True, waited=waited, entry=plan.entry)
+
+
 async def _migrate_on(
     conn: AsyncConnection,
     models: ModelSet,
@@ -875,38 +1324,26 @@ async def _migrate_on(
     *,
     dry_run: bool,
     dedupe_feedback: bool,
+    waited: bool = False,
+    online: bool = False,
 ) -> MigrationReport:
-    """Plan, render, and (unless ``dry_run``) apply, on a connection inside a transaction."""
-    if conn.dialect.name == "postgresql" and not dry_run:
-        # Two migrations at once (two app replicas starting, a CI job and a person) queue up here;
-        # the second one then plans against the finished schema and has nothing to do.
-        lock = zlib.crc32(f"chainlit-orm:{models.schema}.{models.version_table}".encode())
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
-    plan = await conn.run_sync(_plan, models, shown, dedupe_feedback)
-    if plan.empty:
-        return MigrationReport([f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"],
-                               changed=False)
-    lines: list[str] = []
-    buffer = _StatementBuffer()
-    offline = MigrationContext.configure(dialect=conn.dialect, opts={
-        "as_sql": True, "output_buffer": buffer, "literal_binds": True,
-    })
+    """Plan, render, and (unless ``dry_run``) apply in one transaction: SQLite's migration (one
+    writer at a time anyway, and its DDL is transactional) and the layer's creation of an empty
+    database. The caller holds the lock (SQLite's ``BEGIN IMMEDIATE``, or
+    :func:`~chainlit_orm.migrations.lock.transaction_lock`). ``online`` (a dry run of an online
+    migration) plans and renders the statements an online migration would run."""
+    assert dry_run or not online
     now = utc_now()
-    _apply(Operations(offline), plan, models, now, live=None, buffer=buffer, lines=lines)
-    statements = buffer.statements
-    before = "none recorded" if plan.version is None else str(plan.version)
-    head = f"{shown}: schema version {before} -> {SCHEMA_VERSION}"
+    plan = await conn.run_sync(_plan, models, shown, dedupe_feedback, online, now)
+    if plan.empty:
+        return _nothing_to_do(waited)
+    units = _units(plan, models, now, conn.dialect)
+    lines, statements = _render(plan, units, conn.dialect)
     if dry_run:
-        return MigrationReport(
-            [f"dry run on {head}", *lines,
-             f"dry run: {len(statements)} statements would run; nothing was changed",
-             *(f"{s};" for s in statements)],
-            statements,
-            changed=False,
-        )
+        return _report(plan, shown, lines, statements, [], dry_run=True, waited=waited)
     applied: list[str] = []
     try:
-        await conn.run_sync(_apply_live, plan, models, now, applied)
+        await conn.run_sync(_apply_in_transaction, plan, units, models, now, applied)
     except DBAPIError as exc:
         outcome = ("nothing was changed (the transaction was rolled back)"
                    if plan.target.transactional_ddl else
@@ -914,143 +1351,147 @@ async def _migrate_on(
         raise SchemaError(
             f"migrating {shown} failed: {_short_error(exc)}; {outcome}", detail=shown
         ) from exc
-    return MigrationReport(
-        [f"migrating {head}", *lines, *applied,
-         f"done: schema version {SCHEMA_VERSION}{' recorded' if plan.record_version else ''}; "
-         f"{len(statements)} statements"],
-        statements,
-        changed=True,
-    )
+    return _report(plan, shown, lines, statements, applied, dry_run=False, waited=waited)
 
 
-def _apply_live(conn: Connection, plan: _Plan, models: ModelSet, now: str,
-                applied: list[str]) -> None:
-    context = MigrationContext.configure(conn)
-    _apply(Operations(context), plan, models, now, live=conn, buffer=None, lines=applied)
+def _apply_in_transaction(conn: Connection, plan: _Plan, units: list[_Unit], models: ModelSet,
+                          now: str, applied: list[str]) -> None:
+    op = Operations(MigrationContext.configure(conn))
+    for unit in units:
+        if unit.run is not None:
+            unit.run(op)
+        if unit.backfill is not None:
+            applied.extend(_run_backfill(conn, plan.target, models, unit.backfill, now))
 
 
-def _apply(
-    op: Operations,
-    plan: _Plan,
-    models: ModelSet,
-    now: str,
-    *,
-    live: Connection | None,
-    buffer: _StatementBuffer | None,
-    lines: list[str],
-) -> None:
-    """Issue the plan's operations, in order, on ``op``.
+async def _migrate_online(engine: AsyncEngine, models: ModelSet, shown: str, *,
+                          dedupe_feedback: bool, waited: bool) -> MigrationReport:
+    """An online migration (PostgreSQL, MySQL/MariaDB), under the session lock the caller holds.
 
-    Called twice with the same plan: offline (``live`` None) to render the statements and write
-    the report lines, then live to apply them; ``lines`` then only receives what only the live
-    run knows (backfill outcomes). Order: schema, new tables (parents first), column changes,
-    duplicate feedback removal, indexes, backfills (after the indexes, which they read through),
-    search indexes (after the backfills, whose values they index), version record last.
+    Each unit commits on its own: an ``ALTER TABLE`` holds its lock for the few milliseconds of
+    its own transaction, never through an index build or a backfill; each waits at most
+    :data:`LOCK_TIMEOUT` for its lock (so writers never queue behind it for longer) and is tried
+    again with backoff up to :data:`LOCK_ATTEMPTS` times. Indexes on existing tables are built
+    ``CONCURRENTLY`` (PostgreSQL) or ``ALGORITHM=INPLACE, LOCK=NONE`` (MySQL/MariaDB); backfills
+    commit every batch. A migration stopped at any point is finished by running it again: every
+    unit is planned from what the database has (an index left INVALID by an interrupted
+    concurrent build is dropped and built again), and the history entry is written last.
     """
-    target = plan.target
-    schema = target.schema
-    offline = live is None
-    say = lines.append if offline else (lambda _line: None)
+    now = utc_now()
+    async with _transaction(engine, shown) as conn:
+        plan = await conn.run_sync(_plan, models, shown, dedupe_feedback, True, now)
+        dialect = conn.dialect
+    if plan.empty:
+        return _nothing_to_do(waited)
+    units = _units(plan, models, now, dialect)
+    lines, statements = _render(plan, units, dialect)
+    applied: list[str] = []
+    conn = await engine.connect()
+    auto = await (await engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        if plan.target.is_mysql:
+            # metadata and row lock waits of this session: DDL here autocommits statement by
+            # statement, so the session's settings are the statements' own
+            async with conn.begin():
+                await conn.execute(sa.text(
+                    f"SET SESSION lock_wait_timeout = {LOCK_TIMEOUT:.0f}, "
+                    f"innodb_lock_wait_timeout = {LOCK_TIMEOUT:.0f}"))
+        for number, unit in enumerate(units, 1):
+            what = unit.lines[0] if unit.lines else "a step"
+            if unit.mode == "note":
+                continue
+            if unit.backfill is not None:
+                applied.extend(await _online_backfill(conn, plan, models, unit.backfill, now,
+                                                      shown, what))
+            elif unit.mode == "autocommit":
+                run = unit.run
+                assert run is not None
+                await auto.run_sync(lambda c, run=run: run(Operations(  # type: ignore[misc]
+                    MigrationContext.configure(c))))
+            else:
+                await _retrying(lambda unit=unit: _short_transaction(conn, unit),  # type: ignore[misc]
+                                shown, what)
+            logger.info("migrate %s: step %d/%d done: %s", shown, number, len(units), what)
+    except DBAPIError as exc:
+        raise SchemaError(
+            f"migrating {shown} failed: {_short_error(exc)}; the steps before it were applied; "
+            "fix the cause and migrate again to finish", detail=shown) from exc
+    finally:
+        await auto.close()
+        await conn.close()
+    return _report(plan, shown, lines, statements, applied, dry_run=False, waited=waited)
 
-    if plan.create_schema and schema is not None:
-        say(f"create schema {schema}")
-        op.execute(CreateSchema(schema, if_not_exists=True))
 
-    for table in plan.new_tables:
-        say(f"create table {target.qualified(table.name)}")
-        op.invoke(CreateTableOp.from_table(table))
-        for index in sorted(table.indexes, key=lambda index: str(index.name)):
-            op.create_index(str(index.name), table.name, [c.name for c in index.columns],
-                            unique=bool(index.unique), schema=schema, **index.dialect_kwargs)
+async def _set_lock_timeout(conn: AsyncConnection) -> None:
+    """PostgreSQL: this transaction waits at most :data:`LOCK_TIMEOUT` for a lock (MySQL/MariaDB:
+    set once for the session, see :func:`_migrate_online`)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'"))
 
-    for change in plan.changes:
-        for col in change.add:
-            say(f"add column {change.name}.{col.name} ({_type_name(col, op)})")
-        for col, _ in change.collate:
-            say(f"compare {change.name}.{col.name} exactly (collation "
-                f"{col.type.dialect_impl(op.get_context().dialect).collation})")  # type: ignore[attr-defined]
-        for col in change.relax:
-            say(f"allow NULL in {change.name}.{col.name}: a legacy NOT NULL column the models "
-                "do not write (it would fail every insert)")
-        copy_from = change.reflected if target.dialect == "sqlite" and change.relax else None
-        with op.batch_alter_table(change.name, schema=schema, copy_from=copy_from,
-                                  recreate="auto") as batch:
-            for col in change.add:
-                batch.add_column(col._copy())
-            for col in change.relax:
-                batch.alter_column(
-                    col.name,
-                    nullable=True,
-                    existing_type=col.type,
-                    existing_nullable=False,
-                    existing_server_default=col.server_default,
-                    existing_comment=col.comment,
-                )
-            for col, have in change.collate:
-                batch.alter_column(
-                    col.name,
-                    type_=col.type,
-                    nullable=have.nullable,
-                    existing_type=have.type,
-                    existing_nullable=have.nullable,
-                    existing_server_default=have.server_default,
-                    existing_comment=have.comment,
-                )
 
-    if plan.dedupe:
-        feedbacks = target.tables["feedback"]
-        removed = [f.id for d in plan.dedupe for f in d.removed]
-        for d in plan.dedupe:
-            for f in d.removed:
-                say(f"remove duplicate feedback {f.id} on step {d.step_id} (value {f.value}, "
-                    f"comment {f.comment!r}); kept feedback {d.kept.id} (value {d.kept.value}, "
-                    f"comment {d.kept.comment!r}), the most recently written")
-        op.execute(sa.delete(feedbacks).where(feedbacks.c.id.in_(removed)))
+async def _short_transaction(conn: AsyncConnection, unit: _Unit) -> None:
+    run = unit.run
+    assert run is not None
+    async with conn.begin():
+        await _set_lock_timeout(conn)
+        await conn.run_sync(lambda c: run(Operations(MigrationContext.configure(c))))
 
-    for ix in plan.indexes:
-        say(f"create {'unique ' if ix.unique else ''}index {ix.name} on {ix.table} "
-            f"({', '.join(ix.columns)})")
-        op.create_index(ix.name, ix.table, list(ix.columns), unique=ix.unique, schema=schema,
-                        **ix.kwargs)
-    for note in plan.notes:
-        say(note)
 
-    for backfill in plan.backfills:
-        table = target.tables[backfill.entity]
-        what = ", ".join(f"{table.name}.{c}" for c in backfill.columns)
-        if backfill.kind == "activity":
-            say(f"backfill {what} on {backfill.rows} rows: createdAt of the thread's latest "
-                "user_message, else the thread's createdAt, else now")
-        elif backfill.kind == "folded":
-            source = table.c[backfill.columns[0]].info[FOLDED_FROM]
-            say(f"backfill {what} on {backfill.rows} rows: the case-folded {source}")
-        else:
-            say(f"backfill {what} on {backfill.rows} rows from each row's metadata")
-        select, update = _backfill_statements(target, backfill)
-        if buffer is not None:
-            for stmt in (*select, update):
-                buffer.add(_template(stmt, op.get_context().dialect))
-        if live is not None:
-            lines.extend(_run_backfill(live, target, models, backfill, now))
+def _lock_timed_out(exc: DBAPIError) -> bool:
+    """A lock wait that gave up (PostgreSQL ``lock_not_available``/``deadlock_detected``,
+    MySQL/MariaDB 1205 "Lock wait timeout exceeded"/1213 deadlock): the step can be tried again."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in ("55P03", "40P01"):
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in (1205, 1213)
 
-    for work in plan.search:
-        say(work.line)
-        for statement in work.statements:
-            op.execute(statement)
 
-    if plan.record_version:
-        vt = target.version
-        if not plan.version_table_exists:
-            say(f"create table {target.qualified(vt.name)}")
-            op.invoke(CreateTableOp.from_table(vt))
-        say(f"record schema version {SCHEMA_VERSION} in {target.qualified(vt.name)}")
-        if plan.version_table_exists and plan.version is not None:
-            op.execute(sa.update(vt).where(vt.c.id == 1)
-                       .values(version=SCHEMA_VERSION, appliedAt=now))
-        else:
-            if plan.version_table_exists:  # the table exists but holds no row
-                op.execute(sa.delete(vt))
-            op.execute(sa.insert(vt).values(id=1, version=SCHEMA_VERSION, appliedAt=now))
+async def _retrying(action: Callable[[], Awaitable[T]], shown: str, what: str) -> T:
+    """Run ``action``; a lock wait that timed out is tried again after a growing, jittered pause,
+    at most :data:`LOCK_ATTEMPTS` times, then :class:`MigrationLockError`."""
+    last: DBAPIError | None = None
+    for attempt in range(LOCK_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(8.0, 0.25 * 2 ** attempt))
+        try:
+            return await action()
+        except DBAPIError as exc:
+            if not _lock_timed_out(exc):
+                raise
+            last = exc
+            logger.info("migrate %s: %s waited %g s for a lock (%s); trying again", shown, what,
+                        LOCK_TIMEOUT, _short_error(exc))
+    raise MigrationLockError(
+        f"migrating {shown}: {what!r} could not take its lock within {LOCK_TIMEOUT:g} s in "
+        f"{LOCK_ATTEMPTS} attempts: long transactions keep the table busy (see "
+        "pg_stat_activity or SHOW PROCESSLIST); the steps before it were applied, migrate again "
+        "to finish", detail=what) from last
+
+
+async def _online_backfill(conn: AsyncConnection, plan: _Plan, models: ModelSet,
+                           backfill: _Backfill, now: str, shown: str, what: str) -> list[str]:
+    """A backfill committed batch by batch: each batch's row locks last one short transaction."""
+    selects, update = _backfill_statements(plan.target, backfill)
+    problems: list[str] = []
+    after = _LOWEST_ID
+    filled = 0
+
+    async def one_batch() -> tuple[str, int, list[str]] | None:
+        async with conn.begin():
+            await _set_lock_timeout(conn)
+            return await conn.run_sync(_backfill_batch, plan.target, models, backfill, selects,
+                                       update, after, now)
+
+    while True:
+        result = await _retrying(one_batch, shown, what)
+        if result is None:
+            break
+        after, count, found = result
+        filled += count
+        problems.extend(found)
+    return _backfill_lines(plan.target, backfill, filled, problems)
 
 
 def _template(stmt: sa.ClauseElement, dialect: Any) -> str:
@@ -1060,10 +1501,6 @@ def _template(stmt: sa.ClauseElement, dialect: Any) -> str:
     text = str(stmt.compile(dialect=named))
     text = re.sub(r"\(?__\[POSTCOMPILE_(\w+)\]\)?", r"(:\1)", text)
     return f"-- once per batch of up to {BATCH_SIZE} rows\n{text}"
-
-
-def _type_name(col: sa.Column[Any], op: Operations) -> str:
-    return str(col.type.compile(dialect=op.get_context().dialect))
 
 
 # ----------------------------------------------------------------------------- backfills
@@ -1161,7 +1598,8 @@ _LOWEST_ID = "00000000-0000-0000-0000-000000000000"
 
 def _run_backfill(conn: Connection, target: _Target, models: ModelSet, backfill: _Backfill,
                   now: str) -> list[str]:
-    """Fill one backfill in keyset-paginated batches; return lines about rows it could not read.
+    """Fill one backfill in keyset-paginated batches, in the caller's transaction; return lines
+    about what it filled and the rows it could not read.
 
     Values are computed in Python with the package's own parsing and conversion (timestamps
     written by Chainlit's layers come in several shapes; a SQL ``MAX`` over text would order
@@ -1173,19 +1611,38 @@ def _run_backfill(conn: Connection, target: _Target, models: ModelSet, backfill:
     after = _LOWEST_ID
     filled = 0
     while True:
-        batch = conn.execute(selects[0], {"after": after}).all()
-        if not batch:
+        result = _backfill_batch(conn, target, models, backfill, selects, update, after, now)
+        if result is None:
             break
-        after = str(batch[-1][0])
-        if backfill.kind == "activity":
-            params = _activity_values(conn, selects[1], batch, now, problems)
-        elif backfill.kind == "folded":
-            params = _folded_values(target, backfill, batch)
-        else:
-            params = _metadata_values(models, backfill, batch, problems)
-        if params:
-            conn.execute(update, params)
-            filled += len(params)
+        after, count, found = result
+        filled += count
+        problems.extend(found)
+    return _backfill_lines(target, backfill, filled, problems)
+
+
+def _backfill_batch(conn: Connection, target: _Target, models: ModelSet, backfill: _Backfill,
+                    selects: tuple[sa.Select[Any], ...], update: sa.Update, after: str,
+                    now: str) -> tuple[str, int, list[str]] | None:
+    """One batch after the id ``after``: (the last id read, rows updated, unreadable rows), or
+    None when no row is left. Every update keeps a value already present (``IS NULL`` or
+    ``COALESCE``), so a batch run again, or a row the app wrote meanwhile, is left as it is."""
+    batch = conn.execute(selects[0], {"after": after}).all()
+    if not batch:
+        return None
+    problems: list[str] = []
+    if backfill.kind == "activity":
+        params = _activity_values(conn, selects[1], batch, now, problems)
+    elif backfill.kind == "folded":
+        params = _folded_values(target, backfill, batch)
+    else:
+        params = _metadata_values(models, backfill, batch, problems)
+    if params:
+        conn.execute(update, params)
+    return str(batch[-1][0]), len(params), problems
+
+
+def _backfill_lines(target: _Target, backfill: _Backfill, filled: int,
+                    problems: list[str]) -> list[str]:
     table = target.tables[backfill.entity].name
     shown = problems[:_MAX_LISTED]
     more = [f"... and {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED else []
@@ -1238,3 +1695,42 @@ def _metadata_json(raw: Any, what: str, problems: list[str]) -> Any:
     except ValueError:
         problems.append(f"{what}: metadata is not JSON; derived columns filled as for no metadata")
         return None
+
+
+# ----------------------------------------------------------------------------- history
+
+
+async def schema_history_sql(url: SQLURL, models: ModelSet) -> list[HistoryEntry]:
+    """The schema history of one SQL database, oldest first (see
+    :func:`chainlit_orm.migrations.schema_history`)."""
+    sa_url = url.async_url()
+    shown = _shown(sa_url)
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    try:
+        async with _transaction(engine, shown) as conn:
+            return await conn.run_sync(_history, _Target.of(models, conn.dialect.name))
+    finally:
+        await engine.dispose()
+
+
+def _history(conn: Connection, target: _Target) -> list[HistoryEntry]:
+    inspector = sa.inspect(conn)
+    vt = target.version
+    if vt.name not in inspector.get_table_names(schema=target.schema):
+        return []
+    have = {c["name"] for c in inspector.get_columns(vt.name, schema=target.schema)}
+    columns = [vt.c[name] for name in ("id", "version", "appliedAt", "fingerprint", "changes")
+               if name in have]
+    entries = []
+    for row in conn.execute(sa.select(*columns).order_by(vt.c.id)).mappings():
+        raw = row.get("changes")
+        data: object = None
+        if raw is not None:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+        entry = HistoryEntry.from_json(int(row["id"]), str(row["appliedAt"]),
+                                       row.get("fingerprint"), int(row["version"]), data)
+        entries.append(entry)
+    return entries

@@ -67,6 +67,7 @@ from chainlit_orm.schema_gen.sql import SCHEMA_VERSION
 __all__ = [
     "DEFAULT_TABLE_NAME",
     "LEGACY_PROJECTIONS",
+    "MIGRATION_LOCK_KEY",
     "OVERFLOW_COLUMN",
     "PARTITION_KEY",
     "PROJECTIONS",
@@ -120,6 +121,10 @@ TTL_ATTRIBUTE = "expiresAt"
 #: Where ``chainlit-orm migrate`` records the schema version in the single table. No GSI
 #: attribute is set on it, so it never shows up in a list.
 SCHEMA_VERSION_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", SORT_KEY: "VERSION"}
+
+#: The item ``chainlit-orm migrate`` holds while it migrates (a lease, see
+#: :mod:`chainlit_orm.migrations.lock`), in the version item's partition.
+MIGRATION_LOCK_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", SORT_KEY: "LOCK"}
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AWS_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
@@ -447,7 +452,8 @@ def dynamo_key_mapping(models: ModelSet = DEFAULT_MODELS) -> dict[str, Any]:
         "entities": entities,
         "schemaVersionItem": {
             **SCHEMA_VERSION_KEY,
-            "attributes": {"version": "N", "appliedAt": "S"},
+            "attributes": {"version": "N", "appliedAt": "S", "fingerprint": "S",
+                           "history": "L"},
             "version": SCHEMA_VERSION,
         },
         "templates": "{key} is the value of that item attribute (a Chainlit key); an item "

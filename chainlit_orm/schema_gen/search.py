@@ -104,15 +104,17 @@ def pg_extension() -> DDL:
     return _ddl(f"CREATE EXTENSION IF NOT EXISTS {PG_EXTENSION}")
 
 
-def gin_index(ix: SearchIndex) -> CreateIndex:
-    """The PostgreSQL trigram GIN index of one folded column."""
+def gin_index(ix: SearchIndex, *, concurrently: bool = False) -> CreateIndex:
+    """The PostgreSQL trigram GIN index of one folded column (``concurrently``: built without
+    blocking writes, outside a transaction, as migrate does on an existing table)."""
     # A stand-in table with the one column, so building the Index does not attach it to the
     # model's table (the trigram index is PostgreSQL-only; the model's indexes are every
     # dialect's).
     stand_in = sa.Table(ix.table.name, sa.MetaData(schema=ix.table.schema),
                         sa.Column(ix.column, sa.Text))
     return CreateIndex(sa.Index(ix.name, stand_in.c[ix.column], postgresql_using="gin",
-                                postgresql_ops={ix.column: "gin_trgm_ops"}))
+                                postgresql_ops={ix.column: "gin_trgm_ops"},
+                                postgresql_concurrently=concurrently))
 
 
 def _ddl(text: str) -> DDL:

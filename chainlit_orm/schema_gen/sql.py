@@ -88,8 +88,15 @@ def version_table(models: ModelSet = DEFAULT_MODELS) -> sa.Table:
 
     It lives on its own ``MetaData`` (with the set's schema) rather than in ``models.metadata``:
     that ``MetaData`` is public so an app's own Alembic can include exactly the five entity
-    tables, and bookkeeping of this package has no place there. Columns: ``id`` (always 1, one
-    row), ``version`` (:data:`SCHEMA_VERSION` when last migrated) and ``appliedAt`` (ISO-8601 UTC).
+    tables, and bookkeeping of this package has no place there.
+
+    One row per migration that changed something (the schema history, see
+    :class:`~chainlit_orm.migrations.report.HistoryEntry`): ``id`` (1, 2, ...), ``version``,
+    ``appliedAt`` (ISO-8601 UTC), ``fingerprint`` (the model set's) and ``changes`` (JSON: what
+    it added). Row 1 is also what a chainlit-orm older than the history reads (``WHERE id = 1``),
+    so its ``version`` is kept at the current version and its own version is in its
+    ``changes``. Tables written by such a version lack the last two columns; migrate adds them
+    the next time it records an entry.
     """
     metadata = sa.MetaData(schema=models.schema)
     return sa.Table(
@@ -98,6 +105,8 @@ def version_table(models: ModelSet = DEFAULT_MODELS) -> sa.Table:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("appliedAt", Timestamp, nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=True),
+        sa.Column("changes", sa.Text, nullable=True),
         **_MYSQL_TABLE_ARGS,
     )
 

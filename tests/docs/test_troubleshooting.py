@@ -30,4 +30,4 @@ def test_every_error_class_has_a_section_with_cause_and_fix() -> None:
 
 
 def test_the_error_tree_is_what_the_package_defines() -> None:
-    assert len(_error_classes()) == 18
+    assert len(_error_classes()) == 19

@@ -115,10 +115,10 @@ async def test_chainlit_written_table_reads_back_intact(dynamodb: Any, table_nam
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    # 9 items: the user, the version record, two threads, three steps, the element and the
-    # orphan; rewritten: the user, both threads, the steps and the element (index keys), the two
+    # 10 items: the user, the version record, the migration's lock item (held while it
+    # backfills), two threads, three steps, the element and the orphan; rewritten: the user, both threads, the steps and the element (index keys), the two
     # feedbacks converted into items (the orphan's stays, as feedback for an unknown step does)
-    assert lines[-1] == ("backfill: scanned 9 items; 1 users and 2 threads brought to the current "
+    assert lines[-1] == ("backfill: scanned 10 items; 1 users and 2 threads brought to the current "
                          "layout, 9 items rewritten, 1 feedback-only items converted"), lines
 
     ours = DynamoDataLayer(table_name, storage=storage, region=REGION,

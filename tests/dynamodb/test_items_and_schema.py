@@ -116,7 +116,8 @@ async def test_an_interrupted_backfill_blocks_the_layer_and_resumes(
         with pytest.raises(SchemaError, match="unfinished backfill"):
             await layer.get_user("bob")
         report = await migrate(table_url(table_name))
-        assert report.lines[-1].startswith("backfill: scanned 2 items; 0 users and 1 threads")
+        # the version item, the thread and the migration's lock item
+        assert report.lines[-1].startswith("backfill: scanned 3 items; 0 users and 1 threads")
         from chainlit.types import Pagination, ThreadFilter
 
         page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId="bob"))

@@ -41,7 +41,6 @@ from tests.fixtures.legacy import (
     temp_sqlite_url,
 )
 from tests.migrate.conftest import (
-    LEGACY_BACKENDS,
     Seeded,
     execute,
     scalar_rows,
@@ -258,7 +257,9 @@ async def test_dry_run_prints_statements_and_changes_nothing(seeded: Seeded) -> 
         assert "ALTER TABLE _alembic_tmp_steps RENAME TO steps" in dry.statements
     else:
         assert 'ALTER TABLE steps ADD COLUMN "autoCollapse" BOOLEAN' in dry.statements
-    assert 'CREATE UNIQUE INDEX ix_feedbacks_for ON feedbacks ("forId")' in dry.statements
+    concurrently = "CONCURRENTLY " if seeded.backend == "postgresql" else ""  # online
+    assert (f'CREATE UNIQUE INDEX {concurrently}ix_feedbacks_for ON feedbacks ("forId")'
+            in dry.statements)
     removed = seeded.seed.duplicate_feedback_ids[0]
     assert any(s.startswith("DELETE FROM feedbacks") and removed.replace("-", "") in
                s.replace("-", "") for s in dry.statements)
@@ -308,12 +309,11 @@ async def test_an_equivalent_index_under_another_name_is_kept(seeded: Seeded) ->
         ("my_feedback_lookup", ("threadId", "value"), False)]
 
 
-@pytest.mark.parametrize("backend", LEGACY_BACKENDS)
-async def test_a_failing_statement_rolls_everything_back(backend: str, tmp_path: Path) -> None:
-    """Index names are per schema (PostgreSQL) or per database (SQLite): one taken by another
-    table makes the CREATE INDEX fail half-way; the transaction leaves the database as it was."""
-    database = temp_postgres_db() if backend == "postgresql" else temp_sqlite_url(tmp_path)
-    async with database as url:
+@pytest.mark.sqlite
+async def test_a_failing_statement_rolls_everything_back(tmp_path: Path) -> None:
+    """Index names are per database on SQLite: one taken by another table makes the CREATE INDEX
+    fail half-way; SQLite's single transaction leaves the database as it was."""
+    async with temp_sqlite_url(tmp_path) as url:
         await create_legacy_schema(url, "docs")
         await execute(url, "CREATE INDEX ix_steps_favorite ON users (identifier)")
         before = await structure(url)
@@ -325,6 +325,35 @@ async def test_a_failing_statement_rolls_everything_back(backend: str, tmp_path:
         assert "nothing was changed (the transaction was rolled back)" in str(info.value)
         assert info.value.__cause__ is not None
         assert await structure(url) == before
+
+
+@pytest.mark.postgres
+async def test_a_failing_online_step_keeps_the_steps_before_it() -> None:
+    """PostgreSQL migrates online, step by step: a step that fails (an index name taken by
+    another table) leaves the steps before it applied and the version unrecorded, so the layer
+    still refuses to start; once the cause is fixed, migrate run again finishes the job."""
+    async with temp_postgres_db() as url:
+        await create_legacy_schema(url, "docs")
+        await execute(url, "CREATE INDEX ix_steps_favorite ON users (identifier)")
+
+        with pytest.raises(SchemaError) as info:
+            await migrate(url)
+
+        assert str(info.value).startswith(f"migrating {url} failed: ")
+        assert ("the steps before it were applied; fix the cause and migrate again to finish"
+                in str(info.value))
+        assert info.value.__cause__ is not None
+        struct = await structure(url)
+        assert "activityAt" in struct["threads"]["columns"]
+        assert VERSION_TABLE not in struct
+        await execute(url, "DROP INDEX ix_steps_favorite")
+
+        report = await migrate(url)
+
+        assert report.lines[0] == f"migrating {url}: schema version none recorded -> {SCHEMA_VERSION}"
+        assert "add column threads.activityAt (TEXT)" not in report.lines
+        assert_has_models(await structure(url), DEFAULT_MODELS, LEGACY_ONLY["docs"])
+        assert await _version(url) == [(1, SCHEMA_VERSION)]
 
 
 @pytest.mark.sqlite
@@ -559,8 +588,13 @@ async def test_mariadb_identifier_made_exact_so_alice_and_ALICE_are_two_users() 
 
         dry = await migrate(url, dry_run=True)
         assert "compare users.identifier exactly (collation utf8mb4_bin)" in dry.lines
-        assert dry.statements == [
-            "ALTER TABLE users MODIFY identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL"]
+        assert dry.statements[0] == (
+            "ALTER TABLE users MODIFY identifier VARCHAR(191) COLLATE utf8mb4_bin NOT NULL")
+        # then the schema-history entry, and nothing else
+        assert [s.split(" (")[0] for s in dry.statements[1:]] == [
+            "INSERT INTO chainlit_orm_version"]
+        assert dry.entry is not None and dry.entry.other == (
+            "made users.identifier compare exactly",)
         report = await migrate(url)
         assert report.changed is True
         again = await migrate(url)

@@ -231,7 +231,8 @@ async def test_migrate_adds_missing_gsis_to_a_chainlit_docs_table(
         f"add GSI ById (ByIdPK/ByIdSK, KEYS_ONLY) to {shown}",
         "enable TTL on attribute expiresAt",
         f"record schema version {SCHEMA_VERSION}",
-        "backfill: scanned 2 items; 0 users and 1 threads brought to the current layout, "
+        # the version item, the thread, and the migration's lock item (held while it backfills)
+        "backfill: scanned 3 items; 0 users and 1 threads brought to the current layout, "
         "1 items rewritten, 0 feedback-only items converted",
     ]
     table = dynamodb.describe_table(TableName=table_name)["Table"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +36,7 @@ from chainlit_orm.retry import BATCH_RETRY as BATCH_RETRY
 from chainlit_orm.retry import CONFLICT_RETRY as CONFLICT_RETRY
 from chainlit_orm.retry import RetryPolicy as RetryPolicy
 from chainlit_orm.schema_gen.dynamo import (
+    MIGRATION_LOCK_KEY,
     PARTITION_KEY,
     SCHEMA_VERSION_KEY,
     SORT_KEY,
@@ -65,6 +67,9 @@ AUTH_ERRORS = frozenset({
 #: botocore exceptions that mean the AWS setup is incomplete (no region, no credentials).
 SETUP_ERRORS = frozenset({"NoRegionError", "NoCredentialsError", "PartialCredentialsError",
                           "ProfileNotFound"})
+#: Seconds the first-use check waits for a running migration (its lock item) to finish.
+MIGRATION_WAIT = 20.0
+
 #: botocore's exceptions for a request that got no answer in time (connect or read timeout).
 _TIMEOUTS = ("ConnectTimeoutError", "ReadTimeoutError")
 
@@ -355,14 +360,35 @@ class TableClient:
                 f"{'; '.join(problems)}. Run: {self.command()}",
                 detail=problems,
             )
-        version = (await self.call(
-            "get_item", Key={k: string_value(v) for k, v in SCHEMA_VERSION_KEY.items()},
-            ConsistentRead=True,
-        )).get("Item") or {}
+        version = await self._wait_for_migration()
         if "backfillPending" in version:
             raise SchemaError(
                 f"DynamoDB table {self.table} has an unfinished backfill; run: {self.command()}"
             )
+
+    async def _wait_for_migration(self) -> dict[str, Any]:
+        """The schema-version item, read once no ``chainlit-orm migrate`` holds the table's lock
+        item (its lease not expired), waiting at most :data:`MIGRATION_WAIT` seconds: a layer
+        starting during a migration checks the finished table rather than a half-migrated one.
+        Both items share a partition, so one Query reads them. Still held after the wait (a GSI
+        backfill can take hours): a :class:`SchemaError`, and the next call checks again."""
+        deadline = time.monotonic() + MIGRATION_WAIT
+        while True:
+            items = (await self.call(
+                "query", KeyConditionExpression="#p = :p",
+                ExpressionAttributeNames={"#p": PARTITION_KEY},
+                ExpressionAttributeValues={":p": string_value(SCHEMA_VERSION_KEY[PARTITION_KEY])},
+                ConsistentRead=True)).get("Items", [])
+            by_sort = {item[SORT_KEY]["S"]: item for item in items}
+            lock = by_sort.get(MIGRATION_LOCK_KEY[SORT_KEY])
+            expires = float(lock.get("lockExpiresAt", {}).get("N", "0")) if lock else 0.0
+            if expires <= time.time():
+                return by_sort.get(SCHEMA_VERSION_KEY[SORT_KEY]) or {}
+            if time.monotonic() >= deadline:
+                raise SchemaError(
+                    f"DynamoDB table {self.table} is being migrated (chainlit-orm migrate holds "
+                    f"its lock); the layer checks it again at its next call", detail="migrating")
+            await asyncio.sleep(0.5)
 
     async def transact(self, actions: list[dict[str, Any]]) -> None:
         """TransactWriteItems, retrying conflicts with other transactions (:data:`CONFLICT_RETRY`).
