@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import chainlit_orm
 from chainlit_orm import migrations
 from chainlit_orm.cli import main
 from chainlit_orm.errors import ConfigurationError
+from chainlit_orm.models import DEFAULT_MODELS
 from chainlit_orm.schema_gen import SCHEMA_VERSION
 from chainlit_orm.urls import DATABASE_URL_VARIABLES, database_url_from_env
 
@@ -229,20 +231,26 @@ def test_exit_1_is_one_line_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--history`` calls ``migrations.schema_history``; where the package has none yet, the
-    option fails with the reason (exit 1) instead of a traceback."""
+    """``--history`` prints what ``migrations.schema_history`` returns, one line per recorded
+    migration (what it added), and changes nothing."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert main(["migrate", url, "--history"]) == 0
+    assert capsys.readouterr().out == "no schema history recorded\n"
     assert main(["migrate", url]) == 0
     capsys.readouterr()
     code = main(["migrate", url, "--history"])
     captured = capsys.readouterr()
-    if not hasattr(migrations, "schema_history"):
-        assert (code, captured.out, captured.err) == (1, "", (
-            "chainlit-orm: error: migrate --history is not available in this version of "
-            "chainlit-orm (chainlit_orm.migrations has no schema_history)\n"))
-    else:
-        assert (code, captured.err) == (0, "")
-        assert captured.out
+    assert (code, captured.err) == (0, "")
+    fingerprint = migrations.report.fingerprint(DEFAULT_MODELS)
+    assert re.fullmatch(
+        r"#1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z version 3 \(models "
+        + re.escape(fingerprint[:16]) + r"\): added tables users, threads, steps, elements, "
+        r"feedbacks, chainlit_orm_version; added indexes threads\.ix_threads_activity, "
+        r"threads\.ix_threads_deleted, threads\.ix_threads_user_activity, "
+        r"threads\.ix_threads_user_created, steps\.ix_steps_favorite, "
+        r"steps\.ix_steps_thread_created, elements\.ix_elements_for, elements\.ix_elements_thread, "
+        r"feedbacks\.ix_feedbacks_for, feedbacks\.ix_feedbacks_thread, threads\.threads_name_fts, "
+        r"steps\.steps_output_fts\n", captured.out), captured.out
     assert main(["migrate", url, "--history", "--dedupe-feedback"]) == 2
     assert capsys.readouterr().err.endswith(
         "Error: --history changes nothing; it cannot be combined with --dedupe-feedback\n")

@@ -435,7 +435,7 @@ def _let_creator_lock(client: _MigrationTable) -> None:
     wait for it. Waits until the lock item or the version item exists, at most
     :data:`CREATOR_GRACE` seconds (a creator that died meanwhile is then taken over)."""
     deadline = time.monotonic() + CREATOR_GRACE
-    keys = [_key(LOCK_KEY), _key(SCHEMA_VERSION_KEY)]
+    keys = [_item_key(LOCK_KEY), _item_key(SCHEMA_VERSION_KEY)]
     while time.monotonic() < deadline:
         for key in keys:
             if client.call("get_item", TableName=client.url.table, Key=key,
@@ -444,7 +444,7 @@ def _let_creator_lock(client: _MigrationTable) -> None:
         time.sleep(LOCK_POLL)
 
 
-def _key(key: Mapping[str, str]) -> dict[str, Any]:
+def _item_key(key: Mapping[str, str]) -> dict[str, Any]:
     return {name: {"S": value} for name, value in key.items()}
 
 
@@ -478,7 +478,7 @@ async def _dynamo_lock(client: _MigrationTable, state: LockState,
 
 def _try_lock(client: _MigrationTable, owner: str) -> bool:
     now = time.time()
-    item = {**_key(LOCK_KEY), "owner": {"S": owner},
+    item = {**_item_key(LOCK_KEY), "owner": {"S": owner},
             "lockExpiresAt": {"N": f"{now + LOCK_LEASE:.3f}"}}
     try:
         client.call("put_item", TableName=client.url.table, Item=item,
@@ -497,7 +497,7 @@ async def _renew(client: _MigrationTable, owner: str, lost: list[BaseException])
         await asyncio.sleep(LOCK_LEASE / 3)
         try:
             await asyncio.to_thread(
-                client.call, "update_item", TableName=client.url.table, Key=_key(LOCK_KEY),
+                client.call, "update_item", TableName=client.url.table, Key=_item_key(LOCK_KEY),
                 UpdateExpression="SET #e = :e", ConditionExpression="#o = :o",
                 ExpressionAttributeNames={"#e": "lockExpiresAt", "#o": "owner"},
                 ExpressionAttributeValues={":e": {"N": f"{time.time() + LOCK_LEASE:.3f}"},
@@ -509,7 +509,7 @@ async def _renew(client: _MigrationTable, owner: str, lost: list[BaseException])
 
 def _unlock(client: _MigrationTable, owner: str) -> bool:
     try:
-        client.call("delete_item", TableName=client.url.table, Key=_key(LOCK_KEY),
+        client.call("delete_item", TableName=client.url.table, Key=_item_key(LOCK_KEY),
                     ConditionExpression="#o = :o", ExpressionAttributeNames={"#o": "owner"},
                     ExpressionAttributeValues={":o": {"S": owner}})
     except SchemaError as exc:
@@ -549,14 +549,14 @@ async def schema_history_dynamodb(url: str) -> list[HistoryEntry]:
 
 def _read_version_item(client: _MigrationTable) -> dict[str, Any]:
     item: dict[str, Any] = client.call("get_item", TableName=client.url.table,
-                                       Key=_key(SCHEMA_VERSION_KEY),
+                                       Key=_item_key(SCHEMA_VERSION_KEY),
                                        ConsistentRead=True).get("Item") or {}
     return item
 
 
 def _write_version(client: _MigrationTable, pending: Sequence[str] = (),
                    history: Sequence[HistoryEntry] = ()) -> None:
-    item: dict[str, Any] = _key(SCHEMA_VERSION_KEY)
+    item: dict[str, Any] = _item_key(SCHEMA_VERSION_KEY)
     item["version"] = {"N": str(SCHEMA_VERSION)}
     item["appliedAt"] = {"S": utc_now()}
     if history:
@@ -571,13 +571,13 @@ def _write_version(client: _MigrationTable, pending: Sequence[str] = (),
 
 
 def _mark_pending(client: _MigrationTable, indexes: Sequence[str]) -> None:
-    key = _key(SCHEMA_VERSION_KEY)
+    key = _item_key(SCHEMA_VERSION_KEY)
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="SET backfillPending = :p",
                 ExpressionAttributeValues={":p": {"L": [{"S": name} for name in indexes]}})
 
 
 def _clear_pending(client: _MigrationTable) -> None:
-    key = _key(SCHEMA_VERSION_KEY)
+    key = _item_key(SCHEMA_VERSION_KEY)
     client.call("update_item", TableName=client.url.table, Key=key,
                 UpdateExpression="REMOVE backfillPending, backfillCursor")
