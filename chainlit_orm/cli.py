@@ -501,7 +501,7 @@ def _retention(retention: str | None) -> Any:
     """``--retention AGE`` as a timedelta (None without it); call inside :func:`_arguments`."""
     from chainlit_orm.lifecycle.purge import parse_age
 
-    return parse_age(retention) if retention else None
+    return parse_age(retention) if retention is not None else None
 
 
 # ---------------------------------------------------------------------- lifecycle commands
@@ -647,9 +647,10 @@ def _purge_batch_default() -> int:
               "ago")
 @click.option("--batch", type=int, default=_purge_batch_default(), metavar="N",
               help=f"threads per batch (default: {_purge_batch_default()})")
-@click.option("--orphan-grace", metavar="AGE", default="1h",
+@click.option("--orphan-grace", metavar="AGE", default=None,
               help="SQL: also remove stored element files no row refers to, once older than "
-              "AGE (default: 1h)")
+              "AGE (e.g. 1h; default: no such sweep). Only when no other database or app "
+              "shares the storage: their files look unreferenced from here")
 def purge_command(url: str | None, storage: str | None, on_delete: str | None, dry_run: bool,
                   timeout: float | None, on_delete_timeout: float, models: str | None,
                   older_than: str | None, keep_shared: bool, keep_favorites: bool,
@@ -661,7 +662,7 @@ def purge_command(url: str | None, storage: str | None, on_delete: str | None, d
     from chainlit_orm.lifecycle.purge import parse_age
 
     with _arguments():
-        grace = parse_age(orphan_grace)
+        grace = parse_age(orphan_grace) if orphan_grace is not None else None
     spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
     report = _run(spec.run(lambda layer: layer.purge(
         older_than=older, keep_shared=keep_shared, keep_favorites=keep_favorites,

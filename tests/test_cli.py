@@ -317,3 +317,17 @@ def test_the_console_script_exits_with_mains_code(tmp_path: Path) -> None:
     assert _run(CLI, "migrate", f"sqlite:///{db}").returncode == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM chainlit_orm_version").fetchone() == (1,)
+
+
+def test_an_empty_retention_is_refused_not_taken_as_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--retention ""`` (an empty shell variable) is a usage error: taken as "no retention",
+    a rerun of a copy would remove the TTL it wrote (outside attack, finding F6)."""
+    argv = ["copy", f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}",
+            "--retention", ""]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "chainlit-orm: error: an age is a positive whole number and a unit (s, m, h, d, w), "
+        "e.g. 90d: ''\n")
+    assert not (tmp_path / "b.db").exists()

@@ -674,13 +674,14 @@ class ChainlitLayer(BaseDataLayer):
                     timeout: float | None = None,  # noqa: ASYNC109
                     orphan_grace: timedelta | None = None) -> PurgeReport:
         """Remove expired threads (and expired trash); see :mod:`chainlit_orm.lifecycle.purge`
-        (``timeout``: seconds per batch; ``orphan_grace``: default one hour)."""
-        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, DEFAULT_ORPHAN_GRACE, purge
+        (``timeout``: seconds per batch; ``orphan_grace``: None, the default, leaves files no
+        row refers to alone on SQL: see :mod:`chainlit_orm.lifecycle.purge`)."""
+        from chainlit_orm.lifecycle.purge import DEFAULT_BATCH, purge
 
         return await purge(self, older_than=older_than, keep_shared=keep_shared,
                            keep_favorites=keep_favorites, keep_metadata=keep_metadata,
                            dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now,
-                           timeout=timeout, orphan_grace=orphan_grace or DEFAULT_ORPHAN_GRACE)
+                           timeout=timeout, orphan_grace=orphan_grace)
 
     def forget_user(self, user_id: str | None) -> None:
         """Drop an erased user from this process's cache of known users."""

@@ -24,10 +24,14 @@ round of storage deletes, on a thread inactive for the whole retention period.
 (a timeout) keeps its object by design (issue 14), and DynamoDB's TTL removes items, not files.
 So every purge also sweeps the storage, when the client can list it
 (:class:`~chainlit_orm.storage.protocols.ListableStorage`): on DynamoDB the objects of threads
-that no longer exist (``sweep_orphans``); on SQL the element files under ``threads/`` that no
-element row refers to and that are older than ``orphan_grace`` (default one hour; an upload
-whose row is still being written is younger), when the client also reports ages
-(:class:`~chainlit_orm.storage.protocols.AgedStorage`).
+that no longer exist (``sweep_orphans``). On SQL, only when asked (``orphan_grace``, CLI
+``--orphan-grace AGE``): the element files under ``threads/`` that no element row refers to and
+that are older than ``orphan_grace`` (an upload whose row is still being written is younger),
+when the client also reports ages (:class:`~chainlit_orm.storage.protocols.AgedStorage`). Off
+by default because a storage can be shared: a database copied with ``copy --user`` onto the
+same storage, or a staging app beside production, refers to files this database does not, and
+the sweep cannot tell them from orphans (an outside attack deleted another store's file that
+way). Ask for it only when no other store uses the storage's ``threads/`` prefix.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class PurgeReport:
     orphan_partitions: int = 0
     orphan_files: int = 0
     unreferenced_files: int = 0
-    orphan_grace: timedelta = DEFAULT_ORPHAN_GRACE
+    orphan_grace: timedelta | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -124,7 +128,7 @@ class PurgeReport:
                        "is gone (DynamoDB's TTL removed it)")
         if self.orphan_files:
             out.append(f"{verb} {self.orphan_files} stored file(s) whose thread no longer exists")
-        if self.unreferenced_files:
+        if self.unreferenced_files and self.orphan_grace is not None:
             out.append(f"{verb} {self.unreferenced_files} stored element file(s) no row refers "
                        f"to, older than {_age_text(self.orphan_grace)}")
         if self.dry_run:
@@ -155,12 +159,13 @@ async def purge(
     batch: int = DEFAULT_BATCH,
     now: datetime | str | None = None,
     timeout: float | None = None,  # noqa: ASYNC109
-    orphan_grace: timedelta = DEFAULT_ORPHAN_GRACE,
+    orphan_grace: timedelta | None = None,
 ) -> PurgeReport:
     """Remove expired threads (and, with the trash on, expired trashed ones); see the module
     docstring. ``now`` fixes the reference time (tests, reproducible dry runs). ``timeout``:
     seconds each batch may take (:mod:`chainlit_orm.lifecycle.batches`); ``orphan_grace``: the
-    age past which a SQL purge removes a stored element file no row refers to.
+    age past which a SQL purge removes a stored element file no row refers to (None, the
+    default: no such sweep; see the module docstring for why it is opt-in).
 
     Raises:
         InvalidInputError: a non-positive ``older_than``, ``batch`` or ``orphan_grace``, or an
@@ -175,7 +180,8 @@ async def purge(
                                 f"got {older_than}")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
         raise InvalidInputError(f"batch must be an int in 1..10000, got {batch!r}")
-    if not isinstance(orphan_grace, timedelta) or orphan_grace <= timedelta(0):
+    if orphan_grace is not None and (not isinstance(orphan_grace, timedelta)
+                                     or orphan_grace <= timedelta(0)):
         raise InvalidInputError(f"orphan_grace must be a positive timedelta, got "
                                 f"{orphan_grace!r}")
     moment = parse_timestamp(now if now is not None else utc_now())
@@ -225,8 +231,9 @@ async def purge(
         # SQL: element files no row refers to (an upload whose row write had an unknown
         # outcome). Ages against the clock, not ``now``: a test's or a dry run's reference time
         # in the future must not make a file whose row is being written look abandoned.
-        report.unreferenced_files = await _sweep_unreferenced(
-            run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
+        if orphan_grace is not None:
+            report.unreferenced_files = await _sweep_unreferenced(
+                run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
     outcome.raise_storage()
     if outcome.hook_failures:
         raise OnDeleteError(outcome.hook_failures, report=report) from next(

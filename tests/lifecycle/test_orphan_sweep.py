@@ -20,6 +20,7 @@ import pytest
 
 from chainlit_orm import FsspecStorage
 from chainlit_orm.cli import main
+from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from tests.contract.conftest import ContractBackend, message, new_id
 from tests.lifecycle.conftest import LayerFactory, new_user, store_url
@@ -67,7 +68,17 @@ async def test_purge_sweeps_old_element_files_no_row_refers_to(
     everything = sorted([with_row, old, old_elsewhere, fresh, text])
     assert _stored(files_root) == everything
 
-    dry = await layer.purge(older_than=timedelta(days=90), dry_run=True)
+    # off by default: a storage may be shared with another store whose files this database
+    # does not know (the outside attack's copy --user onto the same storage lost a file)
+    default = await layer.purge(older_than=timedelta(days=90))
+    assert (default.counts["thread"], default.unreferenced_files) == (0, 0)
+    assert not [line for line in default.lines() if "no row refers to" in line]
+    assert _stored(files_root) == everything
+    with pytest.raises(InvalidInputError, match="orphan_grace must be a positive timedelta"):
+        await layer.purge(older_than=timedelta(days=90), orphan_grace=timedelta(0))
+
+    hour = timedelta(hours=1)
+    dry = await layer.purge(older_than=timedelta(days=90), dry_run=True, orphan_grace=hour)
     assert (dry.counts["thread"], dry.unreferenced_files) == (0, 2)
     assert dry.lines()[-2] == ("would remove 2 stored element file(s) no row refers to, older "
                                "than 1h")
@@ -76,7 +87,7 @@ async def test_purge_sweeps_old_element_files_no_row_refers_to(
     # a reference time in the future (now=; 30 days on, so no thread expires) does not age
     # the files: the clock does
     later = format_timestamp(parse_timestamp(utc_now()) + timedelta(days=30))
-    report = await layer.purge(older_than=timedelta(days=90), now=later)
+    report = await layer.purge(older_than=timedelta(days=90), now=later, orphan_grace=hour)
     assert report.unreferenced_files == 2
     assert report.lines()[-1] == "removed 2 stored element file(s) no row refers to, older than 1h"
     assert _stored(files_root) == sorted([with_row, fresh, text])
