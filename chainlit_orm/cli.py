@@ -444,7 +444,7 @@ def copy_command(src: str, dst: str, src_storage: str | None, dst_storage: str |
         parse_url(src)
         parse_url(dst)
         model_set = load_models(models)
-        kept = _retention(retention)
+        kept = _retention(retention, dst)
     return _print_summary(_run(copy(
         src, dst, src_storage=src_storage, dst_storage=dst_storage, user=user, since=since,
         files=files, batch=batch, source_kind=source_kind, checkpoint=checkpoint,
@@ -490,18 +490,22 @@ def import_command(bundle: str, dst: str, dst_storage: str | None, files: bool, 
     with _arguments():
         parse_url(dst)
         model_set = load_models(models)
-        kept = _retention(retention)
+        kept = _retention(retention, dst)
     return _print_summary(_run(import_bundle(
         bundle, dst, dst_storage=dst_storage, files=files, batch=batch, checkpoint=checkpoint,
         verify_only=verify, models=model_set, progress=_transfer_progress(), timeout=timeout,
         retention=kept)))
 
 
-def _retention(retention: str | None) -> Any:
-    """``--retention AGE`` as a timedelta (None without it); call inside :func:`_arguments`."""
+def _retention(retention: str | None, dst: str) -> Any:
+    """``--retention AGE`` as a timedelta (None without it), refused for a SQL destination;
+    call inside :func:`_arguments`."""
     from chainlit_orm.lifecycle.purge import parse_age
+    from chainlit_orm.transfer.copy import check_retention
 
-    return parse_age(retention) if retention is not None else None
+    kept = parse_age(retention) if retention is not None else None
+    check_retention(dst, kept)
+    return kept
 
 
 # ---------------------------------------------------------------------- lifecycle commands

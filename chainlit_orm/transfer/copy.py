@@ -149,13 +149,24 @@ def open_sink(url: str, models: ModelSet, storage: BaseStorageClient | None, *,
         ConfigurationError: ``retention`` for a SQL destination (SQL has no TTL: its threads
             expire by ``purge``), or not a timedelta of at least one second.
     """
+    check_retention(url, retention)
     if _is_dynamo(url):
         return DynamoSink(url, models, storage, retention=retention)  # checked by the table
-    if retention is not None:
+    return SQLSink(url, models, storage)
+
+
+def check_retention(url: str, retention: timedelta | None) -> None:
+    """Refuse a ``retention`` for a SQL destination (the CLI checks it with the command line,
+    before any work, so the refusal is a usage error there).
+
+    Raises:
+        ConfigurationError: ``retention`` given for a SQL destination (SQL has no TTL: its
+            threads expire by ``purge``).
+    """
+    if retention is not None and not _is_dynamo(url):
         raise ConfigurationError("--retention is DynamoDB's TTL (the layer's retention=); a SQL "
                                  "destination has none: its threads expire by purge",
                                  detail="retention")
-    return SQLSink(url, models, storage)
 
 
 def open_store(url: str, models: ModelSet, storage: BaseStorageClient | None,
