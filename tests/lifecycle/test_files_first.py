@@ -294,3 +294,38 @@ async def test_a_hanging_hook_counts_as_failed_and_the_purge_goes_on(
         never.set()
         await layer.close()
         await storage.close()
+
+
+async def test_hanging_hooks_run_side_by_side_not_one_after_the_other(
+        fresh_store: tuple[ContractBackend, Any], tmp_path: Path, chainlit_ctx: Any) -> None:
+    """20 expired threads whose hooks all hang (the hook's service is down): one after the
+    other they took 20 times on_delete_timeout (outside attack, finding F4); up to
+    HOOK_CONCURRENCY at a time, two rounds. Every hook is still called, every failure named."""
+    entry, handle = fresh_store
+    called: list[str] = []
+    never = asyncio.Event()
+
+    async def hook(thread_id: str, user_id: str | None) -> None:
+        called.append(thread_id)
+        await asyncio.shield(never.wait())
+
+    from chainlit_orm import FsspecStorage
+
+    storage = FsspecStorage(f"file://{tmp_path / 'files'}", mount=False)
+    layer = open_layer(entry, handle, storage, on_delete=hook, on_delete_timeout=0.5)
+    try:
+        user = await new_user(layer)
+        threads = [await _conversation(layer, user.id, "s") for _ in range(20)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(OnDeleteError) as caught:
+            await layer.purge(older_than=timedelta(days=90), now=_later(91), batch=20)
+        # one after the other: 10 s; side by side (16 at a time): 2 rounds of 0.5 s
+        assert loop.time() - started < 2 * TIMEOUT  # the one timed assertion allowed
+        assert sorted(caught.value.detail) == sorted(threads)
+        assert sorted(called) == sorted(threads)
+        assert {type(f) for f in caught.value.failures.values()} == {TimeoutExceededError}
+    finally:
+        never.set()
+        await layer.close()
+        await storage.close()
