@@ -61,11 +61,9 @@ Why it works the way it does:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -106,6 +104,7 @@ from chainlit_orm.models.modelset import ENTITIES, FROM_METADATA, ModelSet
 from chainlit_orm.models.rules import USER_MESSAGE
 from chainlit_orm.models.search import FOLDED_FROM, FOLDED_TYPES, folded_values
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
+from chainlit_orm.retry import RetryPolicy
 from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
 from chainlit_orm.schema_gen.search import (
     PG_EXTENSION,
@@ -135,6 +134,9 @@ LOCK_TIMEOUT = 1.0
 #: Attempts of one step whose lock wait timed out, with a jittered pause growing from 0.25 s to
 #: 8 s between them (about 30 s in all), before :class:`MigrationLockError`.
 LOCK_ATTEMPTS = 8
+#: The package's one retry policy (:mod:`chainlit_orm.retry`) for those attempts: full-jitter
+#: backoff windows from 0.25 s up to 8 s.
+_LOCK_RETRY = RetryPolicy(attempts=LOCK_ATTEMPTS, base=0.25, cap=8.0)
 
 #: Rows read and written per backfill round trip: small enough to keep each statement short on a
 #: busy database, large enough that a million rows take a few thousand round trips.
@@ -1452,9 +1454,7 @@ async def _retrying(action: Callable[[], Awaitable[T]], shown: str, what: str) -
     """Run ``action``; a lock wait that timed out is tried again after a growing, jittered pause,
     at most :data:`LOCK_ATTEMPTS` times, then :class:`MigrationLockError`."""
     last: DBAPIError | None = None
-    for attempt in range(LOCK_ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(random.uniform(0.5, 1.0) * min(8.0, 0.25 * 2 ** attempt))
+    async for _ in _LOCK_RETRY.tries():
         try:
             return await action()
         except DBAPIError as exc:
