@@ -443,17 +443,9 @@ async def copy(
                                   kind=source.kind, prefix=models.prefix, schema=models.schema)
             path = Path(checkpoint) if checkpoint is not None else default_checkpoint(key)
             ck = Checkpoint.load(path, key)
-            if verify_only:
-                await store.open(Scope())
-            else:
-                summary.schema = await sink.prepare()
-                await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
-                                progress=progress, checkpoint=ck, summary=summary).run()
-                await store.open(Scope())
-            await _verify(source, store, scope, files=files, batch=batch, progress=progress,
-                          summary=summary)
-            ck.remove()
-            return summary
+            return await _write_and_verify(source, sink, store, scope, ck, summary,
+                                           verify_only=verify_only, files=files, batch=batch,
+                                           storages=storages, progress=progress)
         finally:
             await _close(source, sink, store, storages)
 
@@ -565,16 +557,28 @@ async def import_bundle(
             ck = Checkpoint.load(path, key)
             if not verify_only:
                 await source.check(files=files)  # a bad byte refuses it before any write
-                summary.schema = await sink.prepare()
-                await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
-                                progress=progress, checkpoint=ck, summary=summary).run()
-            await store.open(Scope())
-            await _verify(source, store, scope, files=files, batch=batch, progress=progress,
-                          summary=summary)
-            ck.remove()
-            return summary
+            return await _write_and_verify(source, sink, store, scope, ck, summary,
+                                           verify_only=verify_only, files=files, batch=batch,
+                                           storages=storages, progress=progress)
         finally:
             await _close(source, sink, store, storages)
+
+
+async def _write_and_verify(source: Any, sink: Any, store: Any, scope: Scope, ck: Checkpoint,
+                            summary: Summary, *, verify_only: bool, files: bool, batch: int,
+                            storages: _Storages, progress: Progress) -> Summary:
+    """The end every transfer shares (copy and import): unless only verifying, the
+    destination's schema, then the batches; then the destination read back and compared with
+    the source, and the checkpoint removed once they match."""
+    if not verify_only:
+        summary.schema = await sink.prepare()
+        await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,
+                        progress=progress, checkpoint=ck, summary=summary).run()
+    await store.open(Scope())
+    await _verify(source, store, scope, files=files, batch=batch, progress=progress,
+                  summary=summary)
+    ck.remove()
+    return summary
 
 
 _ = CHILD_ENTITIES
