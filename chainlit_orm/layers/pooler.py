@@ -100,7 +100,7 @@ class PoolerProbe:
 
 async def _is_pooled(conn: Any) -> bool:
     """Whether the asyncpg connection ``conn`` talks to a pooler (see the module docstring)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     try:
         await conn.execute(probe_sql(conn.get_server_pid()))

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,11 +90,12 @@ def _the_error(variables: dict[str, str]) -> str:
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     try:
+        build: Callable[[], object] = (
+            (lambda: chainlit_orm.FsspecStorage(variables["CHAINLIT_ORM_STORAGE_URL"]))
+            if "CHAINLIT_ORM_STORAGE_URL" in variables
+            else (lambda: chainlit_orm.SQLDataLayer(variables["CHAINLIT_ORM_DATABASE_URL"])))
         with pytest.raises(ConfigurationError) as info:
-            if "CHAINLIT_ORM_STORAGE_URL" in variables:
-                chainlit_orm.FsspecStorage(variables["CHAINLIT_ORM_STORAGE_URL"])
-            else:
-                chainlit_orm.SQLDataLayer(variables["CHAINLIT_ORM_DATABASE_URL"])
+            build()
     finally:
         for k, v in saved.items():
             if v is None:
