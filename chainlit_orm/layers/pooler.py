@@ -22,11 +22,13 @@ transaction mode. So on a direct connection it equals ``pg_backend_pid()``, and 
 it does not (PgBouncer 1.18: always differs; a random 32-bit value meets the real pid with a
 probability of about 1 in 4 billion).
 
-The probe is one statement on the simple query protocol (``DO``, no prepared statement, no row
-to read), run once per new driver connection from the pool's ``connect`` event, ahead of
-SQLAlchemy's own first-connect queries: nothing else has been sent on the connection when it
-refuses. It goes through the driver directly, so it is not one of the statements a call counts
-(:func:`chainlit_orm.layers.sqlexec.tracking_sent`).
+The probe is one statement on the simple query protocol (no prepared statement, nothing a
+pooler could mix up), ``SELECT 1 WHERE pg_backend_pid() = <key pid>``, read by its command tag
+alone: ``SELECT 1`` on a direct connection, ``SELECT 0`` behind a pooler. Plain SQL, so it needs
+no procedural language and works on a read-only standby. It runs once per new driver connection
+from the pool's ``connect`` event, ahead of SQLAlchemy's own first-connect queries: nothing else
+has been sent on the connection when it refuses. It goes through the driver directly, so it is
+not one of the statements a call counts (:func:`chainlit_orm.layers.sqlexec.tracking_sent`).
 """
 
 from __future__ import annotations
@@ -43,17 +45,12 @@ from chainlit_orm.errors import ConfigurationError, migrate_command
 
 __all__ = ["PoolerProbe", "direct_migrate_command", "probe_sql"]
 
-#: The SQLSTATE the probe raises when the server's pid is not the connection's (a custom class
-#: "CO", chainlit-orm: no server error has it).
-PROBE_SQLSTATE = "CO001"
-
 
 def probe_sql(key_pid: int) -> str:
-    """The probe: fails with :data:`PROBE_SQLSTATE` (its message carries the server's pid) when
-    the serving backend is not the one whose pid the connection received at start-up."""
+    """The probe: one row (command tag ``SELECT 1``) when the serving backend is the one whose
+    pid the connection received at start-up, none (``SELECT 0``) otherwise."""
     pid = int(key_pid)  # an int from the protocol, never text from outside
-    return ("DO $$BEGIN IF pg_backend_pid() <> " + str(pid) + " THEN RAISE EXCEPTION USING "
-            f"ERRCODE = '{PROBE_SQLSTATE}', MESSAGE = pg_backend_pid()::text; END IF; END$$")
+    return f"SELECT 1 WHERE pg_backend_pid() = {pid}"
 
 
 @dataclass
@@ -99,16 +96,10 @@ class PoolerProbe:
 
 
 async def _is_pooled(conn: Any) -> bool:
-    """Whether the asyncpg connection ``conn`` talks to a pooler (see the module docstring)."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    try:
-        await conn.execute(probe_sql(conn.get_server_pid()))
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == PROBE_SQLSTATE:
-            return True
-        raise
-    return False
+    """Whether the asyncpg connection ``conn`` talks to a pooler (see the module docstring):
+    ``execute`` without arguments uses the simple query protocol and returns the command tag."""
+    tag = await conn.execute(probe_sql(conn.get_server_pid()))
+    return bool(tag != "SELECT 1")
 
 
 #: What stands in for the server's own address in a migrate command made for a pooled URL.

@@ -22,10 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -34,7 +40,8 @@ from chainlit.context import init_http_context
 from chainlit.user import User
 
 from chainlit_orm import SQLDataLayer, migrate
-from chainlit_orm.errors import CheckFailedError
+from chainlit_orm.errors import CheckFailedError, ConfigurationError
+from chainlit_orm.layers.pooler import probe_sql
 from chainlit_orm.migrations.sql import refuse_pooler
 from chainlit_orm.urls import parse_sql_url
 from tests.backends import PGBOUNCER_PORT as PORT
@@ -195,6 +202,73 @@ def test_migrate_through_pgbouncer_is_refused_before_any_ddl(direct_url_unmigrat
     shown = pooled.replace("postgresql://", "postgresql+asyncpg://")
     assert (done.returncode, done.stdout, done.stderr) == (1, "", migrate_refusal(shown) + "\n")
     assert asyncio.run(_tables(direct_url_unmigrated)) == 0
+
+
+@pytest.fixture
+def session_pgbouncer() -> Iterator[int]:
+    """A PgBouncer of this test's own in *session* mode on a free port (the shared one on :6432
+    is in transaction mode and is left alone), stopped by its pid at the end. Run as the
+    ``postgres`` user when the test runs as root, as scripts/services.sh does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    # under /tmp itself: pytest's tmp_path is under a root-only directory
+    directory = Path(tempfile.mkdtemp(prefix="clorm-pgbouncer-"))
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        "[databases]\n* = host=127.0.0.1 port=5432\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+        f"listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
+        f"auth_file = {directory}/userlist.txt\npool_mode = session\nmax_client_conn = 50\n"
+        "default_pool_size = 4\nignore_startup_parameters = extra_float_digits\n"
+        f"logfile = {directory}/pgbouncer.log\npidfile = {directory}/pgbouncer.pid\n")
+    command = ["/usr/sbin/pgbouncer", "-d", str(directory / "pgbouncer.ini")]
+    if os.getuid() == 0:
+        for path in (directory, *directory.iterdir()):
+            shutil.chown(path, "postgres", "postgres")
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        os.kill(int((directory / "pgbouncer.pid").read_text()), signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_the_probe_tells_the_server_from_a_pooler(direct_url_unmigrated: str,
+                                                        session_pgbouncer: int) -> None:
+    """What the detector rests on, on the real servers: the pid of BackendKeyData (asyncpg's
+    ``get_server_pid()``) is ``pg_backend_pid()`` on a direct connection, and not through
+    PgBouncer, in transaction mode (:6432) as in session mode; the probe's command tag says
+    which. So a session-mode pooler is refused by migrate too (documented: migrate needs a
+    direct connection)."""
+    database = direct_url_unmigrated.rsplit("/", 1)[1]
+    for port, pooled in ((5432, False), (PORT, True), (session_pgbouncer, True)):
+        for _ in range(3):
+            conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
+                                         database=database, statement_cache_size=0)
+            try:
+                key_pid = conn.get_server_pid()
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                assert (key_pid != backend) is pooled
+                assert await conn.execute(probe_sql(key_pid)) == (
+                    "SELECT 0" if pooled else "SELECT 1")
+            finally:
+                await conn.close()
+    through_session = direct_url_unmigrated.replace(":5432/", f":{session_pgbouncer}/")
+    with pytest.raises(ConfigurationError) as info:
+        await migrate(through_session)
+    assert str(info.value) == str(refuse_pooler(through_session,
+                                                f"127.0.0.1:{session_pgbouncer}"))
+    assert await _tables(direct_url_unmigrated) == 0
 
 
 async def test_check_behind_pgbouncer_names_a_direct_migrate(direct_url_unmigrated: str) -> None:
