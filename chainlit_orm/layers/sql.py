@@ -202,7 +202,7 @@ class SQLBackend(SQLLifecycle):
             self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
             # Every new PostgreSQL connection of both engines is probed once for a pooler
-            # (layers.pooler: one DO statement on the simple protocol, before SQLAlchemy's
+            # (layers.pooler: one plain SELECT on the simple protocol, before SQLAlchemy's
             # first-connect queries, not counted as a call's statement). Without the URL flag
             # a pooler is refused there, before any statement of a call: asyncpg's named
             # statements would be mixed up between the pooler's clients. With it, what was
