@@ -57,6 +57,13 @@ class Batches:
         self.backend: LifecycleBackend = backend
         self.outcome = Outcome()
 
+    @property
+    def listing_timeout(self) -> float:
+        """Seconds a storage listing (a purge's orphan sweep) may take: the batch's
+        ``timeout`` when given (a storage too large to list within the layer's ``timeout``
+        needs a larger one), else the layer's ``timeout``, as any other call."""
+        return self.storage_timeout if self.timeout is None else self.timeout
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """One batch's deadline (nothing without ``timeout``)."""

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
 
 __all__ = ["DEFAULT_HOOK_TIMEOUT", "OnDelete", "Outcome", "bounded", "check_hook",
-           "delete_files_first", "finish_removal", "load_hook"]
+           "delete_files_first", "finish_removal", "load_hook", "storage_call"]
 
 #: Seconds one ``on_delete`` hook call may take (the layers' ``on_delete_timeout``).
 DEFAULT_HOOK_TIMEOUT = 30.0
@@ -159,15 +159,39 @@ def _left(seconds: float) -> float:
     return min(seconds, end - asyncio.get_running_loop().time())
 
 
-async def _delete_file(storage: BaseStorageClient, key: str, seconds: float) -> Any:
-    ended, result = await bounded(lambda: storage.delete_file(key), _left(seconds))
+async def storage_call(storage: object, action: str, key: str,
+                       make: Callable[[], Awaitable[Any]], seconds: float) -> Any:
+    """``make()``, one call to ``storage`` (``action`` on ``key``) made by a removal or a sweep,
+    bounded by ``seconds`` (the layer's ``timeout``) or by what is left of the caller's deadline
+    (a purge's or an erasure's ``timeout=``: :func:`~chainlit_orm.layers.deadline.call_budget`),
+    whichever ends first, whatever the client's own limits (an outside attack held a purge
+    with ``timeout=2`` for 20 s on a storage listing bounded by the client alone). Past it the
+    call is abandoned (:func:`bounded`).
+
+    Bounded by the caller's deadline, the call gets all but a tenth of what is left (at most
+    1 s less): so its own typed error, which names the storage call, comes before the deadline
+    of a backend call it runs in (DynamoDB's orphan sweep lists the storage), not after.
+
+    Raises:
+        StorageTimeoutError: not done within the bound (``abandoned``: it may still run).
+    """
+    left = _left(seconds)
+    limit = left if left >= seconds else left - min(left / 10, 1.0)
+    ended, result = await bounded(make, limit)
     if not ended:
+        bound = (f"{seconds:g} s (the layer's timeout)" if left >= seconds else
+                 f"{max(limit, 0.0):.3g} s (what was left of the batch's timeout)")
         error = StorageTimeoutError(
-            f"{type(storage).__name__}.delete_file of {key!r} did not finish within "
-            f"{seconds:g} s", detail=key)
+            f"{type(storage).__name__}.{action} of {key!r} did not finish within {bound}",
+            detail=key)
         error.abandoned = True  # the client's call may still be running
         raise error
     return result
+
+
+async def _delete_file(storage: BaseStorageClient, key: str, seconds: float) -> Any:
+    return await storage_call(storage, "delete_file", key, lambda: storage.delete_file(key),
+                              seconds)
 
 
 async def _delete_all(keys: list[str], storage: BaseStorageClient, seconds: float,

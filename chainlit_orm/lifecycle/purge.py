@@ -227,7 +227,7 @@ async def purge(
     with run.batch():
         # what the store's own expiry left (DynamoDB's TTL; (0, 0) on SQL, which has none)
         report.orphan_partitions, report.orphan_files = await backend.sweep_orphans(
-            layer.storage, dry_run=dry_run)
+            layer.storage, dry_run=dry_run, storage_timeout=run.listing_timeout)
         # SQL: element files no row refers to (an upload whose row write had an unknown
         # outcome). Ages against the clock, not ``now``: a test's or a dry run's reference time
         # in the future must not make a file whose row is being written look abandoned.
@@ -256,13 +256,16 @@ async def _sweep_unreferenced(run: Batches, grace: timedelta, moment: datetime, 
     Raises:
         StorageError: a listing or a delete failed (the files not deleted stay for next time).
     """
+    from chainlit_orm.lifecycle.hooks import storage_call
     from chainlit_orm.storage.protocols import AgedStorage
 
     storage = run.storage
     if not isinstance(storage, AgedStorage) or await run.backend.known_object_keys([]) is None:
         return 0  # no ages to go by, or a backend that sweeps its own files (DynamoDB)
     cutoff = moment - grace
-    ages = await storage.list_modified(ELEMENT_PREFIX)
+    ages = await storage_call(storage, "list_modified", ELEMENT_PREFIX,
+                              lambda: storage.list_modified(ELEMENT_PREFIX),
+                              run.listing_timeout)
     old = [key for key, modified in sorted(ages.items())
            if _element_file(key) and modified is not None and modified < cutoff]
     if not old:

@@ -116,12 +116,15 @@ class LifecycleBackend(Protocol):
         ...
 
     async def sweep_orphans(self, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = 30.0) -> tuple[int, int]:
         """What the store's own expiry leaves behind, removed after a purge: the other rows of
         threads whose thread row the store expired by itself, and the stored objects of threads
         that no longer exist. Returns (threads whose rows were removed, objects removed); a
         dry run counts them. A store that expires nothing by itself (SQL: a thread's rows go
-        with it, in one transaction) has nothing to sweep and returns (0, 0)."""
+        with it, in one transaction) has nothing to sweep and returns (0, 0). Each storage
+        call (the listing, a delete) is bounded by ``storage_timeout`` seconds and by what is
+        left of the caller's deadline."""
         ...
 
     async def known_object_keys(self, object_keys: Sequence[str]) -> set[str] | None:
