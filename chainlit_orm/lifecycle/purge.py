@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from chainlit_orm.errors import InvalidInputError, OnDeleteError
+from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.lifecycle.batches import Batches
 from chainlit_orm.lifecycle.records import ENTITIES, ExpiryRule, Removed
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
@@ -235,9 +235,9 @@ async def purge(
             report.unreferenced_files = await _sweep_unreferenced(
                 run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
     outcome.raise_storage()
-    if outcome.hook_failures:
-        raise OnDeleteError(outcome.hook_failures, report=report) from next(
-            iter(outcome.hook_failures.values()))
+    failed = outcome.hook_error(report)
+    if failed is not None:
+        raise failed from failed.first
     return report
 
 

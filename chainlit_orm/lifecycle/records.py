@@ -169,6 +169,12 @@ class LifecycleLayer(Protocol):
         ...
 
     @property
+    def on_delete_breaker(self) -> int:
+        """Hook calls in a row past ``on_delete_timeout`` after which a run stops calling the
+        hook (:class:`~chainlit_orm.lifecycle.hooks.HookBreaker`)."""
+        ...
+
+    @property
     def soft_delete(self) -> timedelta | None:
         """The trash window (None: no trash)."""
         ...
