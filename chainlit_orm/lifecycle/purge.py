@@ -31,7 +31,10 @@ when the client also reports ages (:class:`~chainlit_orm.storage.protocols.AgedS
 by default because a storage can be shared: a database copied with ``copy --user`` onto the
 same storage, or a staging app beside production, refers to files this database does not, and
 the sweep cannot tell them from orphans (an outside attack deleted another store's file that
-way). Ask for it only when no other store uses the storage's ``threads/`` prefix.
+way). Ask for it only when no other store uses the storage's ``threads/`` prefix. Either sweep's
+listing of the storage is one storage call of the purge, bounded by its ``timeout`` (else the
+layer's): a black-holed storage held ``purge(timeout=2)`` for 20 s while the client's own bound
+(ten times its timeout) was all there was (an outside attack).
 """
 
 from __future__ import annotations
@@ -172,7 +175,9 @@ async def purge(
             ``older_than`` above :data:`MAX_AGE`.
         OnDeleteError: the hook failed for some removed threads (all of them are removed).
         StorageError: stored files could not be deleted: before their rows (the purge stopped
-            there, the rows kept; run it again), or, for rows written meanwhile, after them.
+            there, the rows kept; run it again), or, for rows written meanwhile, after them;
+            or the orphan sweep could not list the storage (:class:`StorageTimeoutError`
+            past ``timeout``, else past the layer's ``timeout``; nothing of it deleted).
         TimeoutExceededError: a batch ran past ``timeout`` (run the purge again).
     """
     if older_than is not None and not timedelta(0) < older_than <= MAX_AGE:
