@@ -181,7 +181,6 @@ class HookBreaker:
         self.hook_timeout = hook_timeout
         self.running = 0
         self.timeouts = 0
-        self.calls = 0
         self.opened: str | None = None
         self._changed = asyncio.Event()
 
@@ -191,7 +190,6 @@ class HookBreaker:
         while self.opened is None:
             if self.running < HOOK_CONCURRENCY and self.running + self.timeouts < self.limit:
                 self.running += 1
-                self.calls += 1
                 return True
             self._changed.clear()
             await self._changed.wait()
