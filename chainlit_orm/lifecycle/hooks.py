@@ -256,7 +256,8 @@ def _left(seconds: float) -> float:
 
 
 async def storage_call(storage: object, action: str, key: str,
-                       make: Callable[[], Awaitable[Any]], seconds: float) -> Any:
+                       make: Callable[[], Awaitable[Any]], seconds: float, *,
+                       early: bool = False) -> Any:
     """``make()``, one call to ``storage`` (``action`` on ``key``) made by a removal or a sweep,
     bounded by ``seconds`` (the layer's ``timeout``) or by what is left of the caller's deadline
     (a purge's or an erasure's ``timeout=``: :func:`~chainlit_orm.layers.deadline.call_budget`),
@@ -264,19 +265,20 @@ async def storage_call(storage: object, action: str, key: str,
     with ``timeout=2`` for 20 s on a storage listing bounded by the client alone). Past it the
     call is abandoned (:func:`bounded`).
 
-    Bounded by the caller's deadline, the call gets all but a tenth of what is left (at most
-    1 s less): so its own typed error, which names the storage call, comes before the deadline
-    of a backend call it runs in (DynamoDB's orphan sweep lists the storage), not after.
+    ``early`` (a listing): bounded by the caller's deadline, the call gets all but a tenth of
+    what is left (at most 1 s less), so its own typed error, which names the storage call,
+    comes before the deadline of the backend call it runs in (DynamoDB's orphan sweep lists
+    the storage inside ``sweep_orphans``), not after.
 
     Raises:
         StorageTimeoutError: not done within the bound (``abandoned``: it may still run).
     """
     left = _left(seconds)
-    limit = left if left >= seconds else left - min(left / 10, 1.0)
+    limit = left if left >= seconds or not early else left - min(left / 10, 1.0)
     ended, result = await bounded(make, limit)
     if not ended:
         bound = (f"{seconds:g} s (the layer's timeout)" if left >= seconds else
-                 f"{max(limit, 0.0):.3g} s (what was left of the batch's timeout)")
+                 f"{max(limit, 0.0):.3g} s (what was left of the deadline)")
         error = StorageTimeoutError(
             f"{type(storage).__name__}.{action} of {key!r} did not finish within {bound}",
             detail=key)

@@ -270,7 +270,7 @@ async def _sweep_unreferenced(run: Batches, grace: timedelta, moment: datetime, 
     cutoff = moment - grace
     ages = await storage_call(storage, "list_modified", ELEMENT_PREFIX,
                               lambda: storage.list_modified(ELEMENT_PREFIX),
-                              run.listing_timeout)
+                              run.listing_timeout, early=True)
     old = [key for key, modified in sorted(ages.items())
            if _element_file(key) and modified is not None and modified < cutoff]
     if not old:

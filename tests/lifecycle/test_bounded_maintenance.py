@@ -88,7 +88,7 @@ async def test_a_black_holed_storage_ends_the_orphan_sweep_within_the_purge_time
                     assert type(error) is StorageTimeoutError
                     assert str(error).startswith("FsspecStorage.list_modified of 'threads' did "
                                                  "not finish within ")
-                    assert str(error).endswith(" s (what was left of the batch's timeout)")
+                    assert str(error).endswith(" s (what was left of the deadline)")
                     assert error.detail == "threads"
                     assert error.abandoned is True
                 else:

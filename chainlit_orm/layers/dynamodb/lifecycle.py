@@ -150,7 +150,8 @@ class DynamoLifecycle:
             return partitions, 0
         listable = storage
         keys = await storage_call(storage, "list_keys", ORPHAN_PREFIX,
-                                  lambda: listable.list_keys(ORPHAN_PREFIX), storage_timeout)
+                                  lambda: listable.list_keys(ORPHAN_PREFIX), storage_timeout,
+                                  early=True)
         by_thread: dict[str, list[str]] = {}
         for key in keys:
             parts = key.split("/")
