@@ -523,13 +523,15 @@ class _LayerSpec:
     hook: OnDelete | None
     storage: BaseStorageClient | None
     on_delete_timeout: float
+    on_delete_breaker: int
 
     async def run(self, work: Callable[[Any], Awaitable[Any]], *, soft_delete: Any = None
                   ) -> Any:
         """``work(layer)`` on the layer the app would open, closed afterwards."""
         options: dict[str, Any] = {"models": self.models, "on_delete": self.hook,
                                    "soft_delete": soft_delete,
-                                   "on_delete_timeout": self.on_delete_timeout}
+                                   "on_delete_timeout": self.on_delete_timeout,
+                                   "on_delete_breaker": self.on_delete_breaker}
         layer: Any
         if isinstance(self.parsed, DynamoURL):
             from chainlit_orm.layers.dynamodb import DynamoDataLayer
@@ -549,7 +551,8 @@ class _LayerSpec:
 
 
 def _layer_spec(url: str | None, models: str | None, storage: str | None,
-                on_delete: str | None, on_delete_timeout: float) -> _LayerSpec:
+                on_delete: str | None, on_delete_timeout: float,
+                on_delete_breaker: int) -> _LayerSpec:
     """The URL (else the environment's), the models, the ``--on-delete`` hook and the storage
     (``--storage``, else ``CHAINLIT_ORM_STORAGE_URL``), checked in that order."""
     from chainlit_orm.lifecycle.hooks import load_hook
@@ -565,13 +568,20 @@ def _layer_spec(url: str | None, models: str | None, storage: str | None,
             from chainlit_orm.storage import FsspecStorage
 
             client = FsspecStorage(storage_url, mount=False)
-    return _LayerSpec(url, parsed, model_set, hook, client, on_delete_timeout)
+    return _LayerSpec(url, parsed, model_set, hook, client, on_delete_timeout,
+                      on_delete_breaker)
 
 
 def _hook_timeout_default() -> float:
     from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT
 
     return DEFAULT_HOOK_TIMEOUT
+
+
+def _hook_breaker_default() -> int:
+    from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_BREAKER
+
+    return DEFAULT_HOOK_BREAKER
 
 
 def _lifecycle_options(function: F) -> F:
@@ -587,6 +597,11 @@ def _lifecycle_options(function: F) -> F:
         click.option("--on-delete-timeout", type=float, default=_hook_timeout_default(),
                      metavar="SECONDS", help="seconds one hook call may take (default: "
                      f"{_hook_timeout_default():g})"),
+        click.option("--on-delete-breaker", type=click.IntRange(min=1),
+                     default=_hook_breaker_default(), metavar="N",
+                     help="hook calls in a row past --on-delete-timeout after which the run "
+                     "stops calling the hook; the threads left are reported as failed "
+                     f"(default: {_hook_breaker_default()})"),
         _models_option,
     ]):
         function = option(function)
@@ -600,14 +615,15 @@ def _lifecycle_options(function: F) -> F:
 @_lifecycle_options
 def erase_user_command(url: str | None, identifier: str | None, storage: str | None,
                        on_delete: str | None, dry_run: bool, timeout: float | None,
-                       on_delete_timeout: float, models: str | None) -> int:
+                       on_delete_timeout: float, on_delete_breaker: int,
+                       models: str | None) -> int:
     """Remove the user IDENTIFIER and everything naming them: threads, steps, elements with
     their files, feedback (an erasure request)."""
     if identifier is None:  # one argument: the identifier, the URL from the environment
         url, identifier = None, url
     if identifier is None:
         raise click.UsageError("Missing argument 'IDENTIFIER'.")
-    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout, on_delete_breaker)
     name = identifier
     report = _run(spec.run(lambda layer: layer.erase_user(name, dry_run=dry_run,
                                                           timeout=timeout)))
@@ -656,7 +672,8 @@ def _purge_batch_default() -> int:
               "AGE (e.g. 1h; default: no such sweep). Only when no other database or app "
               "shares the storage: their files look unreferenced from here")
 def purge_command(url: str | None, storage: str | None, on_delete: str | None, dry_run: bool,
-                  timeout: float | None, on_delete_timeout: float, models: str | None,
+                  timeout: float | None, on_delete_timeout: float, on_delete_breaker: int,
+                  models: str | None,
                   older_than: str | None, keep_shared: bool, keep_favorites: bool,
                   keep_metadata: tuple[str, ...], soft_delete: str | None, batch: int,
                   orphan_grace: str) -> int:
@@ -667,7 +684,7 @@ def purge_command(url: str | None, storage: str | None, on_delete: str | None, d
 
     with _arguments():
         grace = parse_age(orphan_grace) if orphan_grace is not None else None
-    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout, on_delete_breaker)
     report = _run(spec.run(lambda layer: layer.purge(
         older_than=older, keep_shared=keep_shared, keep_favorites=keep_favorites,
         keep_metadata=keep_metadata, dry_run=dry_run, batch=batch, timeout=timeout,

@@ -70,7 +70,7 @@ from chainlit_orm.layers.sqlexec import (
     tracking_sent,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
-from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
@@ -1367,9 +1367,10 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: seconds the schema check of the first call may take, including
             creating the schema with ``create_schema`` (default 600). It runs once, shared by
             the calls that wait for it, and is not cut short by their ``timeout``.
-        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
-            the bound of one hook call (seconds, default 30); see
-            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        on_delete, soft_delete, on_delete_timeout, on_delete_breaker: the on-delete hook, the
+            opt-in trash, the bound of one hook call (seconds, default 30) and the hook calls in
+            a row past it after which a purge or an erasure stops calling the hook (default
+            16); see :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
             ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...),
@@ -1394,6 +1395,7 @@ class SQLDataLayer(ChainlitLayer):
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        on_delete_breaker: int = DEFAULT_HOOK_BREAKER,
         tracing: bool | None = None,
         **engine_options: Any,
     ) -> None:
@@ -1406,7 +1408,8 @@ class SQLDataLayer(ChainlitLayer):
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
                          on_delete=on_delete, soft_delete=soft_delete,
-                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
+                         on_delete_timeout=on_delete_timeout,
+                         on_delete_breaker=on_delete_breaker, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.sqlexec import TxScript, json_path
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
 
@@ -421,7 +422,8 @@ class SQLLifecycle:
     # ---------------------------------------------------------------- orphans
 
     async def sweep_orphans(self: _SQLSelf, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
         """Nothing to sweep: a SQL database expires nothing by itself (no TTL), and a thread's
         rows go with it in one transaction (its children first), so no row outlives its thread,
         and its files are deleted by the removal that reports it (a failed object delete is

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
     TEXT_REFS,
@@ -60,6 +61,8 @@ CLAIM_STALE = 900
 TRASHED = "TRASHED"
 #: Partitions removed at once.
 PARALLEL = 8
+#: Where the files of threads are stored: what the orphan sweep lists.
+ORPHAN_PREFIX = "threads"
 
 
 class DynamoLifecycle:
@@ -124,19 +127,31 @@ class DynamoLifecycle:
         return None
 
     async def sweep_orphans(self: _DynamoSelf, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
         item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
         exist. Returns how many such threads had items and how many objects were removed (dry:
         would be). Objects need a storage client that can list
         (:class:`~chainlit_orm.storage.protocols.ListableStorage`); with another one (or none)
-        only the items are swept."""
+        only the items are swept. The listing and each delete are bounded by
+        ``storage_timeout`` and by what is left of the caller's deadline
+        (:func:`~chainlit_orm.lifecycle.hooks.storage_call`).
+
+        Raises:
+            StorageTimeoutError: the listing or a delete did not finish within its bound
+                (nothing of the storage is deleted when it is the listing).
+        """
+        from chainlit_orm.lifecycle.hooks import finish_removal, storage_call
         from chainlit_orm.storage.protocols import ListableStorage
 
         partitions, live = await self._sweep_orphan_items(dry_run)
         if not isinstance(storage, ListableStorage):
             return partitions, 0
-        keys = await storage.list_keys("threads")
+        listable = storage
+        keys = await storage_call(storage, "list_keys", ORPHAN_PREFIX,
+                                  lambda: listable.list_keys(ORPHAN_PREFIX), storage_timeout,
+                                  early=True)
         by_thread: dict[str, list[str]] = {}
         for key in keys:
             parts = key.split("/")
@@ -146,9 +161,8 @@ class DynamoLifecycle:
         gone = await self._missing_threads(sorted(set(by_thread) - live))
         doomed = [key for thread_id in gone for key in by_thread[thread_id]]
         if not dry_run and doomed:
-            from chainlit_orm.lifecycle.hooks import finish_removal
-
-            outcome = await finish_removal(Removed(object_keys=doomed), storage, None)
+            outcome = await finish_removal(Removed(object_keys=doomed), storage, None,
+                                           storage_timeout=storage_timeout)
             outcome.raise_storage()
         return partitions, len(doomed)
 
