@@ -1091,7 +1091,7 @@ class SQLBackend(SQLLifecycle):
                 self._not_erased(binds[0]))
             stmt = self._insert(t).from_select(columns, rows)
             if self.is_mysql:
-                return stmt.on_duplicate_key_update([(t.c.id, t.c.id)])
+                return stmt.on_duplicate_key_update([("id", t.c.id)])
             return stmt.on_conflict_do_nothing(index_elements=["id"])
 
         return self._cached("stub_thread", build)
