@@ -60,8 +60,9 @@ async def main(backend: str, handle: str, files_root: str, identifier: str, thre
                                    content=f"{identifier} file {n}".encode())
                     file.thread_id = tid
                     await attempt("element", tid, lambda f=file: layer.create_element(f))
-                    await attempt("metadata", tid, lambda: layer.update_thread(
-                        tid, metadata={"owner": identifier, "round": n}))
+                    meta = {"owner": identifier, "round": n}
+                    await attempt("metadata", tid, lambda t=tid, m=meta: layer.update_thread(
+                        t, metadata=m))
                 await asyncio.sleep(0.01)
         finally:
             await layer.close()
