@@ -236,8 +236,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
                 )
         finally:
             await release_transaction_lock(conn, models, lock)
-    missing = [t.name for t in (*target.tables.values(), target.tombstones)
-               if t.name not in state.existing]
+    missing = [t.name for t in target.tables.values() if t.name not in state.existing]
     if missing:
         raise SchemaOutdatedError(
             f"{shown} lacks the tables {', '.join(missing)}; upgrade it with: "
@@ -250,6 +249,12 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
         raise SchemaOutdatedError(
             f"{shown} {at} but this chainlit-orm needs version {SCHEMA_VERSION}; upgrade it "
             f"with: {migrate_command(shown, models)}",
+            detail=state.version,
+        )
+    if target.tombstones.name not in state.existing:  # recorded, yet dropped since
+        raise SchemaOutdatedError(
+            f"{shown} lacks the table {target.tombstones.name}; restore it with: "
+            f"{migrate_command(shown, models)}",
             detail=state.version,
         )
     return state.cascade
