@@ -136,7 +136,7 @@ MIGRATION_LOCK_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", S
 #: random id and a time); a write that would create the thread again checks it (see
 #: ``layers/dynamodb``).
 TOMBSTONE_PREFIX = "CHAINLIT_ORM#ERASED#"
-TOMBSTONE_SORT_KEY = "THREAD"
+TOMBSTONE_SORT_KEY = "ERASED"
 
 
 def tombstone_key(thread_id: str) -> dict[str, str]:

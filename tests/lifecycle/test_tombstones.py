@@ -320,7 +320,7 @@ async def test_dynamodb_a_layer_that_never_saw_the_erasure_cannot_recreate_the_t
 
     client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=MOTO)
     item = client.get_item(TableName=table, Key={"PK": {"S": f"CHAINLIT_ORM#ERASED#{tid}"},
-                                                 "SK": {"S": "THREAD"}})["Item"]
+                                                 "SK": {"S": "ERASED"}})["Item"]
     assert sorted(item) == ["PK", "SK", "erasedAt"]
     assert len(item["erasedAt"]["S"]) == 27
     # a thread nobody erased is written as before
