@@ -58,14 +58,15 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 def owned_names(*model_sets: ModelSet) -> dict[str, frozenset[str]]:
     """The names of the objects ``migrate`` creates outside the models, by Alembic object type.
 
-    Returns a mapping with the keys ``"table"`` (the version table; each FTS5 table and its
-    shadow tables) and ``"index"`` (the PostgreSQL trigram indexes). Derived from the same code
-    that creates them, so a new search index is covered without a change here.
+    Returns a mapping with the keys ``"table"`` (the version and tombstone tables; each FTS5
+    table and its shadow tables) and ``"index"`` (the PostgreSQL trigram indexes). Derived from
+    the same code that creates them, so a new search index is covered without a change here.
     """
     tables: set[str] = set()
     indexes: set[str] = set()
     for models in model_sets or (DEFAULT_MODELS,):
         tables.add(models.version_table)
+        tables.add(models.tombstone_table)
         model_tables = [table for _, table in models.tables()]
         for ix in search_indexes(model_tables, "sqlite"):
             tables.add(ix.name)

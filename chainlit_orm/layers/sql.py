@@ -77,6 +77,7 @@ from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.retry import transient_retry
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
+from chainlit_orm.schema_gen.sql import tombstone_table
 from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
@@ -235,6 +236,8 @@ class SQLBackend(SQLLifecycle):
         t = models.table
         self.users, self.threads, self.steps = t("user"), t("thread"), t("step")
         self.elements, self.feedbacks = t("element"), t("feedback")
+        #: the ids of erased threads: a statement that can create a thread row checks it
+        self.tombstones = tombstone_table(models)
         # column names, computed once: they are read on every write or read of these rows
         self._step_columns = [c.name for c in self.steps.columns]
         self._element_columns = [c.name for c in self.elements.columns]
@@ -461,9 +464,28 @@ class SQLBackend(SQLLifecycle):
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
-        the thread in this process (see ``_erased``)."""
+        the thread in this process (see ``_erased``; other processes: :meth:`_not_erased`)."""
         if thread_id in self._erased:
-            raise NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
+            raise _erased_error(thread_id)
+
+    def _not_erased(self, tid: Any) -> Any:
+        """``NOT EXISTS`` a tombstone for the thread id ``tid`` (a bind parameter): the condition
+        under which a statement may create a thread row. It is part of that statement, so the
+        healthy path costs nothing more; the erasure writes tombstones so that no statement of
+        another process can miss them (see ``SQLLifecycle.remove_threads``)."""
+        x = self.tombstones
+        return ~sa.exists().where(x.c.id == tid)
+
+    def _tombstone_lookup(self) -> Statement:
+        x = self.tombstones
+        stmt: Statement = self._cached("tombstone", lambda: sa.select(x.c.id).where(
+            x.c.id == sa.bindparam("tid", type_=x.c.id.type)))
+        return stmt
+
+    def _erased_now(self, thread_id: str) -> NotFoundError:
+        """The refusal of a write to an erased thread, remembered in this process too."""
+        self._mark_erased([thread_id])
+        return _erased_error(thread_id)
 
     def _is_fk_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, self._driver_errors) and _classify(self.dialect, exc) == "fk"
@@ -671,7 +693,11 @@ class SQLBackend(SQLLifecycle):
                 insert_values["metadata"] = sa.bindparam(
                     "meta_insert", type_=threads.c.metadata.type
                 )
-            stmt = self._insert(threads).values(insert_values)
+            # INSERT ... SELECT ... WHERE NOT EXISTS (tombstone): an erased thread is never
+            # created again, in the same statement (no row inserted nor updated: refused below)
+            rows = sa.select(*(value.label(name) for name, value in insert_values.items())
+                             ).where(self._not_erased(insert_values["id"]))
+            stmt = self._insert(threads).from_select(list(insert_values), rows)
             ex = stmt.inserted if self.is_mysql else stmt.excluded
             pairs: list[tuple[Any, Any]] = []
             for name in fields:
@@ -701,11 +727,14 @@ class SQLBackend(SQLLifecycle):
             if create:
                 params["meta_insert"] = meta_set
 
-        async def op() -> None:
+        async def op() -> int:
             async with self.raw.connect(write=True) as conn:
-                await conn.execute(stmt, params)
+                return await conn.execute(stmt, params)
 
-        await self.run(op)
+        if not await self.run(op) and create:
+            # the upsert neither inserted nor updated: a tombstone names the thread (a plain
+            # update of a missing thread, create=False, also changes nothing: not an error)
+            raise self._erased_now(thread_id)
 
     async def get_thread_author(self, thread_id: str) -> str | None:
         t = self.threads
@@ -1051,9 +1080,21 @@ class SQLBackend(SQLLifecycle):
     # ------------------------------------------------------------------- steps
 
     def _stub_thread(self) -> Any:
+        """Insert the stub thread ``id`` unless it exists or is erased; changes one row or none
+        (then :meth:`_stub_refused` tells which)."""
         t = self.threads
-        return self._cached("stub_thread", lambda: self._upsert(
-            t, ["id", "createdAt", "activityAt"], ["id"], None))
+
+        def build() -> Any:
+            columns = ["id", "createdAt", "activityAt"]
+            binds = [sa.bindparam(name, type_=t.c[name].type) for name in columns]
+            rows = sa.select(*(b.label(n) for b, n in zip(binds, columns, strict=True))).where(
+                self._not_erased(binds[0]))
+            stmt = self._insert(t).from_select(columns, rows)
+            if self.is_mysql:
+                return stmt.on_duplicate_key_update([("id", t.c.id)])
+            return stmt.on_conflict_do_nothing(index_elements=["id"])
+
+        return self._cached("stub_thread", build)
 
     async def _execute_creating_thread(
         self, stmt: Statement, params: dict[str, Any], thread_id: str, now: str
@@ -1067,8 +1108,11 @@ class SQLBackend(SQLLifecycle):
                 if not self._is_fk_violation(exc):
                     raise
                 self._refuse_erased(thread_id)
-                await conn.execute(self._stub_thread(),
-                                   {"id": thread_id, "createdAt": now, "activityAt": now})
+                created = await conn.execute(
+                    self._stub_thread(), {"id": thread_id, "createdAt": now, "activityAt": now})
+                if not created and await conn.fetch(self._tombstone_lookup(),
+                                                    {"tid": thread_id}):
+                    raise self._erased_now(thread_id) from exc
                 await conn.execute(stmt, params)
 
     async def upsert_step(
@@ -1144,8 +1188,11 @@ class SQLBackend(SQLLifecycle):
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             if (yield ("execute", bump, bump_params)) == 0:  # no thread yet: a stub
                 self._refuse_erased(thread_id)
-                yield ("execute", self._stub_thread(),
-                       {"id": thread_id, "createdAt": now, "activityAt": activity})
+                created = yield ("execute", self._stub_thread(),
+                                 {"id": thread_id, "createdAt": now, "activityAt": activity})
+                if not created and (yield ("fetch", self._tombstone_lookup(),
+                                           {"tid": thread_id})):
+                    raise self._erased_now(thread_id)
             yield ("execute", stmt, params)
 
         async def op_tx() -> None:
@@ -1417,6 +1464,11 @@ class SQLDataLayer(ChainlitLayer):
 
 
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
+
+
+def _erased_error(thread_id: str) -> NotFoundError:
+    """What a write to a thread ``erase_user`` removed raises, whichever process erased it."""
+    return NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
 
 
 def _row_params(rows: list[dict[str, Any]]) -> dict[str, Any]:

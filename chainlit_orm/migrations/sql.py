@@ -251,6 +251,12 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
             f"with: {migrate_command(shown, models)}",
             detail=state.version,
         )
+    if target.tombstones.name not in state.existing:  # recorded, yet dropped since
+        raise SchemaOutdatedError(
+            f"{shown} lacks the table {target.tombstones.name}; restore it with: "
+            f"{migrate_command(shown, models)}",
+            detail=state.version,
+        )
     return state.cascade
 
 
@@ -343,13 +349,15 @@ class _Target:
     metadata: sa.MetaData
     tables: dict[str, sa.Table]
     version: sa.Table
+    #: the erased-thread tombstones (``schema_gen.sql.tombstone_table``): created when missing
+    tombstones: sa.Table
 
     @classmethod
     def of(cls, models: ModelSet, dialect: str) -> _Target:
         copies = tables_for_dialect(models, "mysql" if dialect == "mariadb" else dialect)
-        tables = dict(zip(ENTITIES, copies[:-1], strict=True))
+        tables = dict(zip(ENTITIES, copies[:-2], strict=True))
         metadata = models.metadata if copies[0] is models.table(ENTITIES[0]) else copies[0].metadata
-        return cls(dialect, copies[0].schema, metadata, tables, copies[-1])
+        return cls(dialect, copies[0].schema, metadata, tables, copies[-1], copies[-2])
 
     @property
     def is_mysql(self) -> bool:
@@ -391,7 +399,8 @@ def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
     inspector = sa.inspect(conn)
     names = set(inspector.get_table_names(schema=target.schema))
     ours = {t.name for t in target.tables.values()}
-    existing = frozenset(ours & names)
+    existing = frozenset(ours & names) | (
+        {target.tombstones.name} & names)
     version = _read_version(conn, target) if target.version.name in names else None
     children = [target.tables[e].name for e in _THREAD_CHILDREN]
     cascade = all(
@@ -597,6 +606,8 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool,
             changes.setdefault(diff[2], _TableChange(diff[2], reflected[diff[2]])).add.append(
                 column)
     plan.new_tables = [t for t in target.tables.values() if t.name in new_names]
+    if target.tombstones.name not in names:  # bookkeeping, outside the compared MetaData
+        plan.new_tables.append(target.tombstones)
 
     # (a) legacy NOT NULL columns the models never write would fail every insert
     for name, table in reflected.items():

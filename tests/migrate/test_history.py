@@ -65,7 +65,7 @@ async def test_a_custom_column_is_reported_and_recorded(backend: str, tmp_path: 
         assert [(e.number, e.version, e.fingerprint, e.columns) for e in history] == [
             (1, SCHEMA_VERSION, old, ()), (2, SCHEMA_VERSION, new, ("threads.tenant",))]
         assert history[0].tables == ("users", "threads", "steps", "elements", "feedbacks",
-                                     "chainlit_orm_version")
+                                     "chainlit_orm_erased", "chainlit_orm_version")
         assert [tuple(r) for r in await scalar_rows(
             url, "SELECT id, version FROM chainlit_orm_version ORDER BY id")] == [
             (1, SCHEMA_VERSION), (2, SCHEMA_VERSION)]
