@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.defaults import DEFAULT_HOOK_TIMEOUT
 from chainlit_orm.errors import (
     ConfigurationError,
     StorageError,
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_HOOK_TIMEOUT", "OnDelete", "Outcome", "bounded", "check_hook",
            "delete_files_first", "finish_removal", "load_hook"]
 
-#: Seconds one ``on_delete`` hook call may take (the layers' ``on_delete_timeout``).
-DEFAULT_HOOK_TIMEOUT = 30.0
 #: Hook calls of one batch in flight at once. Why: one after the other, a hook that hangs (its
 #: service down) made a 500-thread batch last 500 times ``on_delete_timeout`` (an outside attack
 #: measured 20 hanging hooks at a 1 s limit taking 20 s); 16 at a time bound it by 32 times the
