@@ -12,7 +12,9 @@ Two kinds of URL:
   take (a misspelt one, libpq's ``sslmode`` for asyncpg) would otherwise be a bare
   ``TypeError`` at every call, long after the layer was built. ``isolation_level`` is refused
   there as it is as an engine option (the layer's connections are AUTOCOMMIT by design), and
-  so are a port that is not a number in 0..65535 and a URL that cannot be split.
+  so are a port that is not a number in 0..65535 and a URL that cannot be split. asyncpg's
+  numeric and flag parameters (``command_timeout=30``, ``statement_cache_size=0``) are converted
+  (:attr:`SQLURL.connect_args`), as SQLAlchemy does for the MySQL and SQLite drivers.
   ``prepared_statement_cache_size=0`` on a PostgreSQL URL (SQLAlchemy's name for asyncpg's
   statement cache) also tells this package it talks to a transaction-mode pooler (PgBouncer,
   Supavisor, Neon's pooler): see :attr:`SQLURL.transaction_pooler`.
@@ -37,7 +39,7 @@ import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -98,6 +100,8 @@ _DIALECT_PARAMETERS: dict[str, tuple[str, ...]] = {
     "postgresql+asyncpg": ("prepared_statement_cache_size", "prepared_statement_name_func"),
     "mysql+asyncmy": ("ssl_ca", "ssl_key", "ssl_cert", "ssl_capath", "ssl_cipher",
                       "ssl_check_hostname"),
+    "mariadb+asyncmy": ("ssl_ca", "ssl_key", "ssl_cert", "ssl_capath", "ssl_cipher",
+                        "ssl_check_hostname"),
     "sqlite+aiosqlite": ("uri", "timeout", "detect_types", "check_same_thread",
                          "cached_statements"),
 }
@@ -108,6 +112,20 @@ _NOT_FROM_A_URL = frozenset({
     "password_creator", "auth_plugin_map", "sock", "database", "db", "user", "password",
     "port", "iter_chunk_size", "server_settings",
 })
+
+#: asyncpg's parameters that want a number or a flag, which a URL can only give as text:
+#: SQLAlchemy's asyncpg dialect passes the text on (it converts only the port and
+#: ``prepared_statement_cache_size``), and asyncpg then fails at the first connect with a bare
+#: ``TypeError``. :attr:`SQLURL.connect_args` gives them converted; a value that does not convert
+#: is refused at parse time. (SQLAlchemy's MySQL and SQLite dialects convert their own.)
+_ASYNCPG_TYPED: dict[str, type] = {
+    "timeout": float, "command_timeout": float, "statement_cache_size": int,
+    "max_cached_statement_lifetime": int, "max_cacheable_statement_size": int,
+    "direct_tls": bool,
+}
+
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
 
 #: A hint for a parameter another driver spells differently.
 _HINTS: dict[tuple[str, str], str] = {
@@ -137,6 +155,17 @@ class SQLURL:
     url: URL
     dialect: str
     driver: str
+
+    @property
+    def connect_args(self) -> dict[str, Any]:
+        """The query parameters the driver wants as numbers or flags, converted (see
+        ``_ASYNCPG_TYPED``): ``connect_args`` for ``create_async_engine``, which win over the
+        same parameters left as text in the URL. Empty for MySQL and SQLite, whose SQLAlchemy
+        dialects convert their own."""
+        if self.driver != "postgresql+asyncpg":
+            return {}
+        return {name: _convert(name, self.url.query[name], kind, self.shown)
+                for name, kind in _ASYNCPG_TYPED.items() if name in self.url.query}
 
     @property
     def backend(self) -> Backend:
@@ -276,6 +305,31 @@ def _check_query(parsed: URL, driver: str, shown: str) -> None:
         )
 
 
+def _convert(name: str, value: str | tuple[str, ...], kind: type, shown: str) -> Any:
+    """``value`` (the URL's text; the last one when repeated) as ``kind``.
+
+    Raises:
+        ConfigurationError: it is not one (a number below 0 included), naming the parameter.
+    """
+    text = (value[-1] if isinstance(value, tuple) else value).strip()
+    converted: Any = None
+    if kind is bool:
+        converted = _FLAGS.get(text.lower())
+    else:
+        try:
+            converted = kind(text)
+        except ValueError:
+            converted = None
+        if converted is not None and not (converted >= 0 and converted == converted):  # no NaN
+            converted = None
+    if converted is None:
+        wanted = {bool: "true or false", int: "a whole number >= 0",
+                  float: "a number of seconds >= 0"}[kind]
+        raise ConfigurationError(
+            f"the URL parameter {name}={text!r} in {shown} must be {wanted}", detail=name)
+    return converted
+
+
 def _unparsable(url: str | URL, exc: Exception) -> ConfigurationError:
     """Why ``make_url`` refused ``url``, in words: its own ``ValueError`` names only the text
     it failed to read as the port (``invalid literal for int()``)."""
@@ -355,6 +409,7 @@ def parse_sql_url(url: str | URL) -> SQLURL:
     canonical = "postgresql" if dialect == "postgres" else dialect
     result = SQLURL(url=parsed.set(drivername=drivername), dialect=canonical, driver=wanted)
     _check_query(parsed, wanted, result.shown)
+    result.connect_args  # noqa: B018 - converts (and so checks) the typed parameters now
     return result
 
 

@@ -234,8 +234,12 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     """``--history`` prints what ``migrations.schema_history`` returns, one line per recorded
     migration (what it added), and changes nothing."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    assert main(["migrate", url, "--history"]) == 0
-    assert capsys.readouterr().out == "no schema history recorded\n"
+    # a file that does not exist: reading it would create it (outside attack #20 F6)
+    assert main(["migrate", url, "--history"]) == 1
+    assert capsys.readouterr().err == (
+        f"chainlit-orm: error: the SQLite database {tmp_path / 'h.db'} does not exist: no schema "
+        "history to report\n")
+    assert not (tmp_path / "h.db").exists()
     assert main(["migrate", url]) == 0
     capsys.readouterr()
     code = main(["migrate", url, "--history"])
@@ -272,7 +276,7 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
          "\n\nError: purge needs --older-than AGE (or --soft-delete AGE for the trash only)\n"),
         (["purge", "sqlite:///x.db", "--older-than", "1d", "--batch", "x"],
          "Usage: chainlit-orm purge [OPTIONS] [URL]\nTry 'chainlit-orm purge --help' for help."
-         "\n\nError: Invalid value for '--batch': 'x' is not a valid integer.\n"),
+         "\n\nError: Invalid value for '--batch': 'x' is not a valid integer range.\n"),
         (["copy", "sqlite:///a.db", "sqlite:///b.db", "--source-kind", "other"],
          "Usage: chainlit-orm copy [OPTIONS] SRC DST\nTry 'chainlit-orm copy --help' for help."
          "\n\nError: Invalid value for '--source-kind': 'other' is not one of 'chainlit-orm', "

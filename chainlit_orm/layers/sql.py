@@ -152,7 +152,9 @@ class SQLBackend(SQLLifecycle):
             url = parsed.async_url()
             _refuse_isolation_level(engine_options)
             options = dict(engine_options)
-            connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
+            # the URL's typed parameters (command_timeout=30 as a number), the caller's win
+            connect_args = options["connect_args"] = {**parsed.connect_args,
+                                                      **(options.get("connect_args") or {})}
             if parsed.transaction_pooler:
                 _configure_transaction_pooler(connect_args)
             if url.get_backend_name() == "sqlite":
