@@ -266,7 +266,13 @@ class Checkpoint:
             tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
 
-        await asyncio.to_thread(write)
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:  # a read-only working directory (the default place), a full disk
+            raise ConfigurationError(
+                f"cannot write the checkpoint {path}: {exc.strerror or exc}; pass --checkpoint "
+                "FILE in a writable directory (what is copied so far stays; a rerun resumes "
+                "from the last checkpoint written)", detail=str(path)) from exc
 
     def remove(self) -> None:
         if self.path is not None:
