@@ -568,3 +568,18 @@ def test_main_carries_a_development_version() -> None:
     assert Version(chainlit_orm.__version__) > Version(latest.group(1))
     done = _run(CLI, "--version")
     assert (done.returncode, done.stdout) == (0, "chainlit-orm 0.2.0.dev0\n")
+
+
+def test_the_defaults_the_help_shows_are_the_ones_the_code_uses() -> None:
+    """outside attack #20 F3: the help's defaults moved to chainlit_orm.defaults (so the CLI
+    need not import the heavy modules); the modules use the same objects."""
+    from chainlit_orm import defaults
+    from chainlit_orm.layers import deadline
+    from chainlit_orm.lifecycle import hooks, purge
+    from chainlit_orm.schema_gen import SUPPORTED_DIALECTS
+    from chainlit_orm.transfer import _layer, copy
+
+    assert defaults.SQL_DIALECTS == SUPPORTED_DIALECTS == ("postgresql", "sqlite", "mysql")
+    assert (deadline.DEFAULT_MIGRATE_TIMEOUT, hooks.DEFAULT_HOOK_TIMEOUT, purge.DEFAULT_BATCH,
+            copy.DEFAULT_BATCH, _layer.DEFAULT_TRANSFER_TIMEOUT, copy.SOURCE_KINDS) == (
+        600.0, 30.0, 500, 200, 300.0, ("chainlit-orm", "official"))
