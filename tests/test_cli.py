@@ -573,11 +573,15 @@ def test_main_carries_a_development_version() -> None:
 def test_the_defaults_the_help_shows_are_the_ones_the_code_uses() -> None:
     """outside attack #20 F3: the help's defaults moved to chainlit_orm.defaults (so the CLI
     need not import the heavy modules); the modules use the same objects."""
+    import importlib
+
     from chainlit_orm import defaults
-    from chainlit_orm.layers import deadline
-    from chainlit_orm.lifecycle import hooks, purge
     from chainlit_orm.schema_gen import SUPPORTED_DIALECTS
-    from chainlit_orm.transfer import _layer, copy
+
+    deadline, hooks, purge, copy, _layer = (
+        importlib.import_module(f"chainlit_orm.{name}") for name in (
+            "layers.deadline", "lifecycle.hooks", "lifecycle.purge", "transfer.copy",
+            "transfer._layer"))
 
     assert defaults.SQL_DIALECTS == SUPPORTED_DIALECTS == ("postgresql", "sqlite", "mysql")
     assert (deadline.DEFAULT_MIGRATE_TIMEOUT, hooks.DEFAULT_HOOK_TIMEOUT, purge.DEFAULT_BATCH,
