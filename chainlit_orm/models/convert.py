@@ -14,6 +14,7 @@ conversion is a projection plus the overflow field:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,20 +69,24 @@ def _derived_columns(table: sa.Table) -> tuple[tuple[str, str], ...]:
 
 
 def metadata_text(value: Any, key: str) -> str | None:
-    """The value a ``metadata_column`` stores for ``metadata[key]``: a string as it is, None
-    for None (or no key).
+    """The value a ``metadata_column`` stores for ``metadata[key]``: a string as it is, a number
+    as its JSON text (``42`` -> ``"42"``, what the metadata's JSON says), None for None (or no
+    key).
 
-    Why only strings: the column is text; anything else was once stored as its Python ``repr``
-    (``"{'a': 1}"``, ``"True"``), a value no query of the app would look for.
+    Why not anything else: the column is text, and a dict, a list or a bool was stored as its
+    Python ``repr`` (``"{'a': 1}"``, ``"True"``, where JSON says ``true``), a value no query of
+    the app would look for.
 
     Raises:
-        InvalidInputError: ``value`` is not a string or None.
+        InvalidInputError: ``value`` is a bool, a container or another non-scalar.
     """
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
     raise InvalidInputError(
-        f"metadata[{key!r}] fills a custom text column: it must be a string or None, got "
-        f"{type(value).__name__}", detail=key)
+        f"metadata[{key!r}] fills a custom text column: it must be a string, a number or None, "
+        f"got {type(value).__name__}", detail=key)
 
 
 def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, Any]:

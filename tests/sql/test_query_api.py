@@ -82,11 +82,12 @@ async def test_a_custom_column_not_migrated_yet_is_schema_outdated(sql_url: str)
         await layer.close()
 
 
-@pytest.mark.parametrize(("value", "kind"), [({"a": 1}, "dict"), (5, "int"), (True, "bool"),
+@pytest.mark.parametrize(("value", "kind"), [({"a": 1}, "dict"), (True, "bool"),
                                              (["acme"], "list")])
-async def test_a_metadata_column_takes_text_only(sql_url: str, value: object, kind: str) -> None:
+async def test_a_metadata_column_refuses_what_text_cannot_hold(sql_url: str, value: object,
+                                                               kind: str) -> None:
     """outside attack #20 (noted): ``metadata["tenant"] = {"a": 1}`` was stored as the Python
-    repr ``"{'a': 1}"``; now refused before anything is written."""
+    repr ``"{'a': 1}"`` (a bool as ``"True"``); now refused before anything is written."""
     models = _models("tests.sql.test_query_api:text")
     await migrate(sql_url, models=models)  # type: ignore[arg-type]
     layer = SQLDataLayer(sql_url, models=models)  # type: ignore[arg-type]
@@ -97,8 +98,29 @@ async def test_a_metadata_column_takes_text_only(sql_url: str, value: object, ki
             await layer.update_thread(THREADS[0], name="t", user_id=alice.id,
                                       metadata={"tenant": value})
         assert str(refused.value) == (
-            f"metadata['tenant'] fills a custom text column: it must be a string or None, "
-            f"got {kind}")
+            f"metadata['tenant'] fills a custom text column: it must be a string, a number or "
+            f"None, got {kind}")
         assert await layer.get_thread(THREADS[0]) is None
+    finally:
+        await layer.close()
+
+
+async def test_a_metadata_column_stores_a_number_as_its_json_text(sql_url: str) -> None:
+    """outside attack #20 (noted): a number is stored as the metadata's JSON says it
+    (``42`` -> ``"42"``, ``1.5`` -> ``"1.5"``), a string as it is."""
+    models = _models("tests.sql.test_query_api:numbers")
+    await migrate(sql_url, models=models)  # type: ignore[arg-type]
+    layer = SQLDataLayer(sql_url, models=models)  # type: ignore[arg-type]
+    try:
+        alice = await layer.create_user(cl.User(identifier="alice"))
+        assert alice is not None
+        for thread_id, tenant in zip(THREADS, [42, 1.5, "acme"], strict=True):
+            await layer.update_thread(thread_id, name="t", user_id=alice.id,
+                                      metadata={"tenant": tenant})
+        threads = layer.table("thread")
+        async with layer.engine.connect() as conn:
+            rows = dict((await conn.execute(sa.select(threads.c.id, threads.c.tenant))).all())
+        assert {str(k): v for k, v in rows.items()} == dict(zip(THREADS, ["42", "1.5", "acme"],
+                                                                strict=True))
     finally:
         await layer.close()
