@@ -36,9 +36,12 @@ Exit codes, one convention for every command:
   ...``, or ``chainlit-orm: verification failed: ...``), any password masked.
 * ``2``: the command line cannot run as written. Click's usage errors (an unknown option, a
   missing argument, no database URL given and none in the environment) print the usage and the
-  problem; a value refused before anything is done (an unsupported URL scheme or SQL dialect, a
-  malformed ``--models`` or ``--on-delete``, an unreadable age) prints one line
-  ``chainlit-orm: error: ...``.
+  problem, and so do malformed option values (click types: a ``--timeout`` that is not a
+  positive, finite number of seconds, a ``--batch`` out of range, a ``--since`` that is not an
+  ISO-8601 time); a value refused before anything is done (an unsupported URL scheme or SQL
+  dialect, a URL the driver cannot use: an unknown query parameter, a bad port; a ``--models``
+  that does not name a ``ModelSet`` or whose module fails to import, a malformed
+  ``--on-delete``, an unreadable age) prints one line ``chainlit-orm: error: ...``.
 
 :class:`~chainlit_orm.errors.ChainlitORMError` is caught here, at the edge, and nowhere else; any
 other exception is a bug and keeps its traceback.
