@@ -77,7 +77,7 @@ from chainlit_orm.lifecycle.hooks import (
     finish_removal,
 )
 from chainlit_orm.lifecycle.records import LifecycleBackend, Removed
-from chainlit_orm.models.convert import take_row, to_row
+from chainlit_orm.models.convert import metadata_text, take_row, to_row
 from chainlit_orm.models.limits import (
     MAX_CURSOR_CHARS,
     MAX_INDEXED_CHARS,
@@ -527,8 +527,7 @@ class ChainlitLayer(BaseDataLayer):
             meta_delete = [k for k, v in metadata.items() if v is None]
             for column, key in self.models.metadata_columns("thread").items():
                 if key in metadata:
-                    value = metadata[key]
-                    fields[column] = None if value is None else str(value)
+                    fields[column] = metadata_text(metadata[key], key)
         check_row(self.models.table("thread"), fields, "thread", counted=meta_size)
         create = name is not None or user_id is not None or tags is not None
         if create:
@@ -688,7 +687,8 @@ class ChainlitLayer(BaseDataLayer):
 
         return await purge(self, older_than=older_than, keep_shared=keep_shared,
                            keep_favorites=keep_favorites, keep_metadata=keep_metadata,
-                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now,
+                           dry_run=dry_run, batch=DEFAULT_BATCH if batch is None else batch,
+                           now=now,
                            timeout=timeout, orphan_grace=orphan_grace)
 
     def forget_user(self, user_id: str | None) -> None:

@@ -48,6 +48,7 @@ from chainlit_orm.errors import (
     InvalidInputError,
     NotFoundError,
     SchemaError,
+    SchemaOutdatedError,
     TimeoutExceededError,
     mask_url,
     migrate_command,
@@ -71,14 +72,14 @@ from chainlit_orm.layers.sqlexec import (
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, OnDelete
-from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, ModelSet
 from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.retry import transient_retry
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
 from chainlit_orm.schema_gen.sql import tombstone_table
-from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
+from chainlit_orm.urls import ISOLATION_LEVEL_REFUSED, SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
 
@@ -152,7 +153,9 @@ class SQLBackend(SQLLifecycle):
             url = parsed.async_url()
             _refuse_isolation_level(engine_options)
             options = dict(engine_options)
-            connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
+            # the URL's typed parameters (command_timeout=30 as a number), the caller's win
+            connect_args = options["connect_args"] = {**parsed.connect_args,
+                                                      **(options.get("connect_args") or {})}
             if parsed.transaction_pooler:
                 _configure_transaction_pooler(connect_args)
             if url.get_backend_name() == "sqlite":
@@ -405,8 +408,8 @@ class SQLBackend(SQLLifecycle):
             return ConflictError(f"constraint violated: {text}")
         if kind == "data":
             return InvalidInputError(f"value rejected by the database: {text}")
-        if kind == "schema":
-            return SchemaError(
+        if kind == "schema":  # a missing table or column: migrate adds it (docs: troubleshooting)
+            return SchemaOutdatedError(
                 f"database schema does not match the models ({text}); run: "
                 f"{self.migrate_command()}"
             )
@@ -1424,6 +1427,14 @@ class SQLDataLayer(ChainlitLayer):
             except ``isolation_level``, which is refused with a
             :class:`~chainlit_orm.errors.ConfigurationError` (the connections are AUTOCOMMIT by
             design; set the default isolation on the server instead).
+
+    Your own queries (a custom column, a report) run on :attr:`engine` over :meth:`table`:
+    SQLAlchemy Core on the layer's own database and model set, so they cannot name a table or
+    column the layer does not write (``docs/custom-models.md``, step 5)::
+
+        threads = layer.table("thread")
+        async with layer.engine.connect() as conn:
+            rows = await conn.execute(sa.select(threads.c.name).where(threads.c.tenant == "acme"))
     """
 
     def __init__(
@@ -1459,6 +1470,30 @@ class SQLDataLayer(ChainlitLayer):
                          on_delete_breaker=on_delete_breaker, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy ``AsyncEngine`` of the layer's database, for queries of your own.
+
+        The engine you passed, or the one the layer made from the URL (with the layer's
+        connection options; a set's ``schema`` on SQLite/MySQL is translated away here as in
+        the layer's own statements). Its connections are transactional (SQLAlchemy's default):
+        ``engine.connect()`` for reads, ``engine.begin()`` for writes. :meth:`close` disposes of
+        it when the layer made it."""
+        return self.sql.engine
+
+    def table(self, entity: str) -> sa.Table:
+        """The SQLAlchemy ``Table`` the layer stores ``entity`` in (``user``, ``thread``,
+        ``step``, ``element``, ``feedback``), custom columns, prefix and schema included: the
+        layer's model set's (``layer.models.table(entity)``).
+
+        Raises:
+            InvalidInputError: ``entity`` is not one of the five.
+        """
+        if entity not in ENTITIES:
+            raise InvalidInputError(
+                f"no table for {entity!r}: the entities are {', '.join(ENTITIES)}", detail=entity)
+        return self.models.table(entity)
+
 
 # ------------------------------------------------------------------- helpers
 
@@ -1489,14 +1524,8 @@ def _refuse_isolation_level(options: dict[str, Any]) -> None:
     """
     nested = options.get("execution_options") or {}
     if "isolation_level" in options or "isolation_level" in nested:
-        raise ConfigurationError(
-            "the engine option isolation_level is not supported: the layer's connections are "
-            "AUTOCOMMIT by design (each write is one idempotent statement) and its "
-            "multi-statement writes use the server's default isolation; set that default on "
-            "the server or the role instead (PostgreSQL: default_transaction_isolation, "
-            "MySQL/MariaDB: transaction_isolation)",
-            detail="isolation_level",
-        )
+        raise ConfigurationError(f"the engine option {ISOLATION_LEVEL_REFUSED}",
+                                 detail="isolation_level")
 
 
 def _configure_transaction_pooler(connect_args: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.defaults import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, HOOK_CONCURRENCY
 from chainlit_orm.errors import (
     ConfigurationError,
     OnDeleteError,
@@ -63,18 +64,6 @@ __all__ = ["DEFAULT_HOOK_BREAKER", "DEFAULT_HOOK_TIMEOUT", "HOOK_CONCURRENCY", "
            "OnDelete", "Outcome", "bounded", "check_hook", "check_hook_breaker",
            "delete_files_first", "finish_removal", "load_hook", "storage_call"]
 
-#: Seconds one ``on_delete`` hook call may take (the layers' ``on_delete_timeout``).
-DEFAULT_HOOK_TIMEOUT = 30.0
-#: Hook calls of one batch in flight at once. Why: one after the other, a hook that hangs (its
-#: service down) made a 500-thread batch last 500 times ``on_delete_timeout`` (an outside attack
-#: measured 20 hanging hooks at a 1 s limit taking 20 s); 16 at a time bound it by 32 times the
-#: limit without flooding the hook's service with a whole batch at once.
-HOOK_CONCURRENCY = 16
-#: Hook calls in a row past ``on_delete_timeout`` after which a run stops calling the hook (the
-#: layers' ``on_delete_breaker``): one full round of :data:`HOOK_CONCURRENCY` calls, so the
-#: breaker does not lower the concurrency and a hook service that is down costs a run one
-#: ``on_delete_timeout``, not one per 16 threads.
-DEFAULT_HOOK_BREAKER = HOOK_CONCURRENCY
 
 
 def check_hook(hook: object) -> OnDelete | None:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.defaults import DEFAULT_PURGE_BATCH
 from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.lifecycle.batches import Batches
 from chainlit_orm.lifecycle.records import ENTITIES, ExpiryRule, Removed
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BATCH", "DEFAULT_ORPHAN_GRACE", "PurgeReport", "parse_age", "purge"]
 
 #: Threads per batch (one transaction on SQL).
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = DEFAULT_PURGE_BATCH
 #: How old a stored element file without a row must be before a SQL purge removes it: longer
 #: than any upload waits for its row write (the layers' ``timeout``, 30 s by default).
 DEFAULT_ORPHAN_GRACE = timedelta(hours=1)

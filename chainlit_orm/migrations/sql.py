@@ -169,7 +169,7 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
     state = lock if lock is not None else LockState()
     sa_url = url.async_url()
     shown = _shown(sa_url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(url))
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine, None if dry_run else (state, shown))
     try:
@@ -268,10 +268,13 @@ def _shown(url: URL) -> str:
     return mask_url(url.render_as_string(hide_password=True))
 
 
-def _engine_options(url: URL) -> dict[str, Any]:
-    if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
-    return {}
+def _engine_options(url: SQLURL) -> dict[str, Any]:
+    """``connect_args``: the URL's typed parameters (:attr:`SQLURL.connect_args`), and SQLite's
+    busy timeout."""
+    connect_args = dict(url.connect_args)
+    if url.dialect == "sqlite":
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
+    return {"connect_args": connect_args} if connect_args else {}
 
 
 def _sqlite_transactions(engine: AsyncEngine, lock: tuple[LockState, str] | None) -> None:
@@ -1716,7 +1719,7 @@ async def schema_history_sql(url: SQLURL, models: ModelSet) -> list[HistoryEntry
     :func:`chainlit_orm.migrations.schema_history`)."""
     sa_url = url.async_url()
     shown = _shown(sa_url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(url))
     try:
         async with _transaction(engine, shown) as conn:
             return await conn.run_sync(_history, _Target.of(models, conn.dialect.name))
