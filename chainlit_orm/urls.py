@@ -9,7 +9,7 @@ Two kinds of URL:
   async driver this package uses (``postgresql://`` -> ``postgresql+asyncpg://``). Query
   parameters of a SQL URL belong to the driver and are passed through, after a check that the
   driver takes them (:func:`sql_query_parameters`): a name the driver's ``connect()`` does not
-  take (a misspelt one, libpq's ``sslmode`` for asyncpg) would otherwise be a bare
+  take (a misspelt one) would otherwise be a bare
   ``TypeError`` at every call, long after the layer was built. ``isolation_level`` is refused
   there as it is as an engine option (the layer's connections are AUTOCOMMIT by design), and
   so are a port that is not a number in 0..65535 and a URL that cannot be split. asyncpg's
@@ -128,10 +128,7 @@ _FLAGS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 
 #: A hint for a parameter another driver spells differently.
-_HINTS: dict[tuple[str, str], str] = {
-    ("postgresql+asyncpg", "sslmode"): " (sslmode is libpq's name; asyncpg takes ssl=, with the "
-    "same values: ?ssl=require)",
-}
+_HINTS: dict[tuple[str, str], str] = {}
 
 #: Query parameters a ``dynamodb://`` URL may carry.
 DYNAMODB_PARAMETERS: tuple[str, ...] = ("region", "endpoint_url", "profile")
@@ -283,6 +280,30 @@ def sql_query_parameters(driver: str) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
+#: libpq's ``sslmode`` values, which asyncpg's ``ssl`` takes as they are.
+SSL_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _sslmode_as_ssl(parsed: URL, shown: str) -> URL:
+    """``?sslmode=X`` (libpq's name, in the URLs hosted PostgreSQL services hand out) as
+    asyncpg's ``?ssl=X``. Why rename rather than refuse: the values mean the same to both
+    drivers, and a URL copied from a provider's console should just work.
+
+    Raises:
+        ConfigurationError: the value is not one of :data:`SSL_MODES`, or the URL also has
+            ``ssl=`` (two settings that could disagree).
+    """
+    value = parsed.query["sslmode"]
+    mode = (value[-1] if isinstance(value, tuple) else value).strip().lower()
+    if "ssl" in parsed.query:
+        raise ConfigurationError(
+            f"both sslmode= and ssl= in {shown}; give one (asyncpg takes ssl=)", detail="sslmode")
+    if mode not in SSL_MODES:
+        raise ConfigurationError(
+            f"sslmode={mode!r} in {shown} is not one of {', '.join(SSL_MODES)}", detail="sslmode")
+    return parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+
+
 def _check_query(parsed: URL, driver: str, shown: str) -> None:
     """Refuse a query parameter the driver would reject at the first call (see the module
     docstring); ``shown`` is the masked URL for the message."""
@@ -407,6 +428,8 @@ def parse_sql_url(url: str | URL) -> SQLURL:
             detail=drivername,
         )
     canonical = "postgresql" if dialect == "postgres" else dialect
+    if wanted == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        parsed = _sslmode_as_ssl(parsed, mask_url(url))
     result = SQLURL(url=parsed.set(drivername=drivername), dialect=canonical, driver=wanted)
     _check_query(parsed, wanted, result.shown)
     result.connect_args  # noqa: B018 - converts (and so checks) the typed parameters now

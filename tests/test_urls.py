@@ -211,10 +211,12 @@ REFUSED_SQL_URLS = [
     ("postgresql://u:pw@h:70000/db", "port",
      "invalid port 70000 in database URL postgresql://u:***@h:70000/db: the port must be a "
      "number in 0..65535"),
-    ("postgres://u@h/db?sslmode=require", "sslmode",
-     "unknown parameter(s) sslmode in postgres://u@h/db?sslmode=require (sslmode is libpq's "
-     "name; asyncpg takes ssl=, with the same values: ?ssl=require); postgresql+asyncpg "
-     f"accepts: {', '.join(ASYNCPG_PARAMETERS)}"),
+    ("postgres://u@h/db?sslmode=sometimes", "sslmode",
+     "sslmode='sometimes' in postgres://u@h/db?sslmode=sometimes is not one of disable, allow, "
+     "prefer, require, verify-ca, verify-full"),
+    ("postgres://u@h/db?sslmode=require&ssl=disable", "sslmode",
+     "both sslmode= and ssl= in postgres://u@h/db?sslmode=require&ssl=disable; give one "
+     "(asyncpg takes ssl=)"),
     ("sqlite:///chat.db?mode=ro", "mode",
      "unknown parameter(s) mode in sqlite:///chat.db?mode=ro; sqlite+aiosqlite accepts: "
      f"{', '.join(SQLITE_PARAMETERS)}"),
@@ -317,3 +319,35 @@ def test_async_database_url_takes_every_form_the_app_takes() -> None:
     with pytest.raises(ConfigurationError) as refused:
         async_database_url("postgresql://u@h/db?bogus=1")
     assert refused.value.detail == "bogus"
+
+
+def test_libpqs_sslmode_is_asyncpgs_ssl() -> None:
+    """A URL copied from a hosted PostgreSQL console carries libpq's ``?sslmode=require``:
+    it is taken as asyncpg's ``ssl=require`` (same values), not refused (before the #20 fixes it
+    was a bare ``TypeError`` at the first call)."""
+    parsed = parse_sql_url("postgres://u:pw@h/db?sslmode=Require")
+    assert dict(parsed.url.query) == {"ssl": "require"}
+    assert parsed.async_url().render_as_string(hide_password=False) == (
+        "postgresql+asyncpg://u:pw@h/db?ssl=require")
+
+
+async def test_sslmode_disable_connects_to_the_real_server() -> None:
+    """``?sslmode=disable`` reaches asyncpg as ``ssl=disable`` and the layer works; ``require``
+    reaches it too: the local server has no TLS, so the call fails as unavailable (a typed
+    error, not the bare ``TypeError`` of an unknown keyword)."""
+    from chainlit_orm import migrate
+    from chainlit_orm.errors import BackendUnavailableError
+
+    async with temp_postgres_db() as url:
+        await migrate(url + "?sslmode=disable")
+        layer = SQLDataLayer(url + "?sslmode=disable")
+        try:
+            assert await layer.get_user("nobody") is None
+        finally:
+            await layer.close()
+        layer = SQLDataLayer(url + "?sslmode=require", timeout=10)
+        try:
+            with pytest.raises(BackendUnavailableError):
+                await layer.get_user("nobody")
+        finally:
+            await layer.close()
