@@ -10,6 +10,7 @@ its ``env.py`` at the package's metadata and filters::
         target_metadata=[target_metadata, MyBase.metadata],
         include_name=include_name,
         include_object=include_object,
+        include_schemas=True,
     )
 
 Why the filters exist: ``chainlit-orm migrate`` creates objects that are not tables of the models
@@ -22,6 +23,17 @@ and the app's own tables are compared as usual.
 The filters know the names of one or more :class:`~chainlit_orm.models.ModelSet` (the default set
 for the module-level ones); an app with its own set (a table prefix, a schema) builds its own
 with :func:`filters_for`.
+
+Schemas: a set built with ``schema="chat"`` keeps its tables outside the default schema, which
+Alembic compares only with ``include_schemas=True``; without it, autogenerate proposes to create
+every table of the set. With it, Alembic would compare every schema the role can see (on MySQL
+every database of the server), so ``include_name`` keeps only the default schema and the sets'
+schemas. An app whose own tables live in yet another schema wraps ``include_name`` to keep that
+one too.
+
+The URL: :func:`chainlit_orm.urls.async_database_url` turns the ``CHAINLIT_ORM_DATABASE_URL`` the
+app reads (``sqlite:///chat.db``, ``postgresql://...``) into the async SQLAlchemy URL
+``create_async_engine`` needs, as the layer does.
 """
 
 from __future__ import annotations
@@ -58,14 +70,15 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 def owned_names(*model_sets: ModelSet) -> dict[str, frozenset[str]]:
     """The names of the objects ``migrate`` creates outside the models, by Alembic object type.
 
-    Returns a mapping with the keys ``"table"`` (the version table; each FTS5 table and its
-    shadow tables) and ``"index"`` (the PostgreSQL trigram indexes). Derived from the same code
-    that creates them, so a new search index is covered without a change here.
+    Returns a mapping with the keys ``"table"`` (the version and tombstone tables; each FTS5
+    table and its shadow tables) and ``"index"`` (the PostgreSQL trigram indexes). Derived from
+    the same code that creates them, so a new search index is covered without a change here.
     """
     tables: set[str] = set()
     indexes: set[str] = set()
     for models in model_sets or (DEFAULT_MODELS,):
         tables.add(models.version_table)
+        tables.add(models.tombstone_table)
         model_tables = [table for _, table in models.tables()]
         for ix in search_indexes(model_tables, "sqlite"):
             tables.add(ix.name)
@@ -84,10 +97,15 @@ def filters_for(*model_sets: ModelSet) -> tuple[IncludeName, IncludeObject]:
     a name filter does not see (an index reported on a table of the metadata).
     """
     owned = owned_names(*model_sets)
+    schemas = {models.schema for models in model_sets or (DEFAULT_MODELS,)
+               if models.schema is not None}
 
     def include_name_(name: str | None, type_: str, parent_names: Mapping[str, str | None]
                       ) -> bool:
-        """Alembic's ``include_name`` hook: False for an object ``migrate`` owns."""
+        """Alembic's ``include_name`` hook: False for an object ``migrate`` owns, and for a
+        schema (``include_schemas=True``) other than the default one and the sets'."""
+        if type_ == "schema":
+            return name is None or name in schemas
         return name is None or name not in owned.get(type_, frozenset())
 
     def include_object_(obj: Any, name: str | None, type_: str, reflected: bool,

@@ -36,15 +36,28 @@ Exit codes, one convention for every command:
   ...``, or ``chainlit-orm: verification failed: ...``), any password masked.
 * ``2``: the command line cannot run as written. Click's usage errors (an unknown option, a
   missing argument, no database URL given and none in the environment) print the usage and the
-  problem; a value refused before anything is done (an unsupported URL scheme or SQL dialect, a
-  malformed ``--models`` or ``--on-delete``, an unreadable age) prints one line
-  ``chainlit-orm: error: ...``.
+  problem, and so do malformed option values (click types: a ``--timeout`` that is not a
+  positive, finite number of seconds, a ``--batch`` out of range, a ``--since`` that is not an
+  ISO-8601 time); a value refused before anything is done (an unsupported URL scheme or SQL
+  dialect, a URL the driver cannot use: an unknown query parameter, a bad port; a ``--models``
+  that does not name a ``ModelSet`` or whose module fails to import, a malformed
+  ``--on-delete``, an unreadable age) prints one line ``chainlit-orm: error: ...``.
 
 :class:`~chainlit_orm.errors.ChainlitORMError` is caught here, at the edge, and nowhere else; any
 other exception is a bug and keeps its traceback.
 
 Shell completion is click's: ``eval "$(_CHAINLIT_ORM_COMPLETE=bash_source chainlit-orm)"`` in
 ``~/.bashrc`` (``zsh_source`` in ``~/.zshrc``, ``fish_source`` for fish).
+
+Imports: this module loads click and :mod:`chainlit_orm.defaults` only; each command imports what
+it needs when it runs. So ``--version``, ``--help`` and a completion TAB stay fast, and
+``generate``, ``ddl`` and a SQL ``migrate`` never import Chainlit. The commands that open a layer
+or a storage client (``copy``, ``export``, ``import``, ``erase-user``, ``purge``, a DynamoDB
+``migrate``) do: the layers are Chainlit data layers. Importing Chainlit writes
+``.chainlit/config.toml``, its translations and ``.files/`` into ``CHAINLIT_APP_ROOT`` (the working
+directory by default) and fails in a read-only one, so :func:`main` points
+``CHAINLIT_APP_ROOT`` at a temporary directory for the run (unless it is set) and removes it
+afterwards: no command writes into the directory it runs in, except the files it is asked to.
 """
 
 from __future__ import annotations
@@ -53,8 +66,11 @@ import asyncio
 import contextlib
 import difflib
 import importlib
+import math
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +80,18 @@ import click
 from click.shell_completion import CompletionItem
 
 from chainlit_orm import __version__
+from chainlit_orm.defaults import (
+    DATABASE_URL_VARIABLES,
+    DEFAULT_HOOK_BREAKER,
+    DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_MIGRATE_TIMEOUT,
+    DEFAULT_PURGE_BATCH,
+    DEFAULT_TRANSFER_BATCH,
+    DEFAULT_TRANSFER_TIMEOUT,
+    SOURCE_KINDS,
+    SQL_DIALECTS,
+    STORAGE_URL_VARIABLE,
+)
 from chainlit_orm.errors import (
     ChainlitORMError,
     ConfigurationError,
@@ -71,23 +99,14 @@ from chainlit_orm.errors import (
     VerificationError,
     mask_url,
 )
-from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT
-from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.schema_gen import SUPPORTED_DIALECTS, ddl, generated_files
-from chainlit_orm.urls import (
-    DATABASE_URL_VARIABLES,
-    STORAGE_URL_VARIABLE,
-    DatabaseURL,
-    DynamoURL,
-    database_url_from_env,
-    parse_url,
-)
 
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
 
     from chainlit_orm.lifecycle.hooks import OnDelete
+    from chainlit_orm.models.modelset import ModelSet
     from chainlit_orm.transfer.progress import Progress, Summary
+    from chainlit_orm.urls import DatabaseURL
 
 __all__ = ["cli", "load_models", "main", "url_backend"]
 
@@ -102,13 +121,17 @@ def load_models(spec: str | None) -> ModelSet:
     """Load the model set named ``package.module:attr`` (the default set when None).
 
     The current directory is put first on ``sys.path``, as uvicorn does for its app argument, so
-    an app's own module is found when the command runs from the app's directory. ``attr`` may
-    also be a callable returning a set.
+    an app's own module is found when the command runs from the app's directory. ``attr`` must
+    be a ``ModelSet``: nothing named on the command line is called (``os.path:join`` is refused,
+    not run).
 
     Raises:
-        ConfigurationError: a malformed spec, a module that cannot be imported, a missing
+        ConfigurationError: a malformed spec, a module that cannot be imported or that raises
+            while it is imported (the message names the module and the exception), a missing
             attribute, or something that is not a ``ModelSet``.
     """
+    from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+
     if spec is None:
         return DEFAULT_MODELS
     module_name, _, attribute = spec.partition(":")
@@ -123,12 +146,13 @@ def load_models(spec: str | None) -> ModelSet:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"--models: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the user's module failed: one line names it and the error
+        raise ConfigurationError(
+            f"--models: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     try:
         found = getattr(module, attribute)
     except AttributeError as exc:
         raise ConfigurationError(f"--models: {module_name} has no attribute {attribute!r}") from exc
-    if callable(found) and not isinstance(found, type | ModelSet):
-        found = found()
     if not isinstance(found, ModelSet):
         what = f"the class {found.__name__}" if isinstance(found, type) else (
             f"a {type(found).__name__}")
@@ -149,6 +173,8 @@ def url_backend(url: str) -> str:
     Raises:
         ConfigurationError: the URL is not a supported one; the message names what is.
     """
+    from chainlit_orm.urls import parse_url
+
     return parse_url(url).backend
 
 
@@ -185,6 +211,8 @@ def database_url(url: str | None) -> str:
     Raises:
         click.UsageError: neither is given (exit 2, naming the variables).
     """
+    from chainlit_orm.urls import database_url_from_env
+
     if url:
         return url
     found = database_url_from_env(os.environ)
@@ -193,6 +221,51 @@ def database_url(url: str | None) -> str:
             f"no database URL: pass URL, or set {' or '.join(DATABASE_URL_VARIABLES)} "
             "(read in that order, as from_env() reads them)")
     return found
+
+
+# ----------------------------------------------------------------------- the value types
+# Every malformed option value is a usage error (exit 2) before anything runs, never a failed run
+# (exit 1), and no value is silently replaced by a default.
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5; >=8.1 supported
+    """A positive, finite number of seconds (``0``, ``-5``, ``nan`` and ``inf`` bound nothing;
+    click's FloatRange lets ``nan`` through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        if isinstance(value, float) and math.isfinite(value) and value > 0:
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return number
+
+
+class _Timestamp(click.ParamType):  # type: ignore[type-arg]  # as _Seconds
+    """An ISO-8601 instant, read by the parser the transfer itself uses
+    (:func:`chainlit_orm.models.types.canonical_timestamp`), kept as written."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        from chainlit_orm.models.types import canonical_timestamp
+
+        try:
+            canonical_timestamp(str(value))
+        except ChainlitORMError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+SECONDS = _Seconds()
+TIMESTAMP = _Timestamp()
 
 
 # ------------------------------------------------------------------------ the command group
@@ -254,6 +327,8 @@ def _run(work: Awaitable[Any]) -> Any:
 def generate_command(models: str | None, out: str, check: bool) -> int:
     """Write the files generated from the models (SQL DDL per dialect, the DynamoDB mapping, the
     CloudFormation template), or with --check compare them with the files in DIR."""
+    from chainlit_orm.schema_gen import generated_files
+
     with _arguments():
         files = generated_files(load_models(models))
     directory = Path(out)
@@ -294,7 +369,7 @@ def generate_command(models: str | None, out: str, check: bool) -> int:
               help="keep one feedback per step (the newest) before adding the unique index on "
               "forId")
 @_models_option
-@click.option("--timeout", type=float, default=DEFAULT_MIGRATE_TIMEOUT, metavar="SECONDS",
+@click.option("--timeout", type=SECONDS, default=DEFAULT_MIGRATE_TIMEOUT, metavar="SECONDS",
               help=f"give up after this long (default: {DEFAULT_MIGRATE_TIMEOUT:g}; raise it for "
               "a backfill of a large table)")
 @click.option("--history", is_flag=True,
@@ -339,17 +414,19 @@ def _print_history(url: str, models: ModelSet) -> int:
 
 def _complete_dialect(ctx: click.Context, param: click.Parameter, incomplete: str
                       ) -> list[CompletionItem]:
-    return [CompletionItem(d) for d in SUPPORTED_DIALECTS if d.startswith(incomplete)]
+    return [CompletionItem(d) for d in SQL_DIALECTS if d.startswith(incomplete)]
 
 
 @cli.command("ddl", short_help="print the DDL for one SQL dialect",
              help=f"Print the DDL of the models for DIALECT: one of "
-             f"{', '.join(SUPPORTED_DIALECTS)} (mysql also covers MariaDB).")
+             f"{', '.join(SQL_DIALECTS)} (mysql also covers MariaDB).")
 @click.argument("dialect", metavar="DIALECT", shell_complete=_complete_dialect)
 @_models_option
 def ddl_command(dialect: str, models: str | None) -> int:
     # the dialect is checked by ddl() itself (its message names the supported ones), not by a
     # click.Choice, so the library and the command refuse it with the same words
+    from chainlit_orm.schema_gen import ddl
+
     with _arguments():
         text = ddl(load_models(models), dialect)
     sys.stdout.write(text)
@@ -376,21 +453,19 @@ def _print_summary(summary: Summary) -> int:
 def _transfer_options(*, scope: bool, source_kind: bool, resume: bool) -> Callable[[F], F]:
     """The options copy, export and import share (``scope``: --user/--since; ``resume``:
     --checkpoint/--verify)."""
-    from chainlit_orm.transfer.copy import DEFAULT_BATCH, DEFAULT_TRANSFER_TIMEOUT, SOURCE_KINDS
-
     options: list[Callable[[F], F]] = []
     if scope:
         options += [
             click.option("--user", metavar="IDENTIFIER",
                          help="one user's data only (a data-access export)"),
-            click.option("--since", metavar="TIME",
+            click.option("--since", type=TIMESTAMP, metavar="TIME",
                          help="only threads active at or after TIME (ISO-8601)"),
         ]
     options += [
         click.option("--files/--no-files", default=True,
                      help="copy element files too (default: yes)"),
-        click.option("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
-                     help=f"threads per batch (default: {DEFAULT_BATCH})"),
+        click.option("--batch", type=click.IntRange(min=1), default=DEFAULT_TRANSFER_BATCH,
+                     metavar="N", help=f"threads per batch (default: {DEFAULT_TRANSFER_BATCH})"),
     ]
     if source_kind:
         options.append(click.option("--source-kind", type=click.Choice(SOURCE_KINDS),
@@ -406,7 +481,7 @@ def _transfer_options(*, scope: bool, source_kind: bool, resume: bool) -> Callab
                               "the TTL the layer writes (expiresAt)"),
         ]
     options += [
-        click.option("--timeout", type=float, default=DEFAULT_TRANSFER_TIMEOUT,
+        click.option("--timeout", type=SECONDS, default=DEFAULT_TRANSFER_TIMEOUT,
                      metavar="SECONDS", help="seconds each statement may take "
                      f"(default: {DEFAULT_TRANSFER_TIMEOUT:g})"),
         _models_option,
@@ -439,6 +514,7 @@ def copy_command(src: str, dst: str, src_storage: str | None, dst_storage: str |
     PostgreSQL URL of Chainlit's official data layer; DST a database URL or
     dynamodb://TABLE?..."""
     from chainlit_orm.transfer import copy
+    from chainlit_orm.urls import parse_url
 
     with _arguments():
         parse_url(src)
@@ -465,6 +541,7 @@ def export_command(src: str, out: str, src_storage: str | None, canonical: bool,
     """Write the chat history of SRC (as for copy) to the bundle directory OUT: JSON lines and
     the element files, with a manifest of digests."""
     from chainlit_orm.transfer import export
+    from chainlit_orm.urls import parse_url
 
     with _arguments():
         parse_url(src)
@@ -486,6 +563,7 @@ def import_command(bundle: str, dst: str, dst_storage: str | None, files: bool, 
     """Write the bundle directory IN into DST (a database URL or dynamodb://TABLE?...),
     resumable and verified; the whole bundle is checked before anything is written."""
     from chainlit_orm.transfer import import_bundle
+    from chainlit_orm.urls import parse_url
 
     with _arguments():
         parse_url(dst)
@@ -523,14 +601,18 @@ class _LayerSpec:
     hook: OnDelete | None
     storage: BaseStorageClient | None
     on_delete_timeout: float
+    on_delete_breaker: int
 
     async def run(self, work: Callable[[Any], Awaitable[Any]], *, soft_delete: Any = None
                   ) -> Any:
         """``work(layer)`` on the layer the app would open, closed afterwards."""
         options: dict[str, Any] = {"models": self.models, "on_delete": self.hook,
                                    "soft_delete": soft_delete,
-                                   "on_delete_timeout": self.on_delete_timeout}
+                                   "on_delete_timeout": self.on_delete_timeout,
+                                   "on_delete_breaker": self.on_delete_breaker}
         layer: Any
+        from chainlit_orm.urls import DynamoURL
+
         if isinstance(self.parsed, DynamoURL):
             from chainlit_orm.layers.dynamodb import DynamoDataLayer
 
@@ -549,10 +631,12 @@ class _LayerSpec:
 
 
 def _layer_spec(url: str | None, models: str | None, storage: str | None,
-                on_delete: str | None, on_delete_timeout: float) -> _LayerSpec:
+                on_delete: str | None, on_delete_timeout: float,
+                on_delete_breaker: int) -> _LayerSpec:
     """The URL (else the environment's), the models, the ``--on-delete`` hook and the storage
     (``--storage``, else ``CHAINLIT_ORM_STORAGE_URL``), checked in that order."""
     from chainlit_orm.lifecycle.hooks import load_hook
+    from chainlit_orm.urls import parse_url
 
     url = database_url(url)
     with _arguments():
@@ -565,13 +649,8 @@ def _layer_spec(url: str | None, models: str | None, storage: str | None,
             from chainlit_orm.storage import FsspecStorage
 
             client = FsspecStorage(storage_url, mount=False)
-    return _LayerSpec(url, parsed, model_set, hook, client, on_delete_timeout)
-
-
-def _hook_timeout_default() -> float:
-    from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT
-
-    return DEFAULT_HOOK_TIMEOUT
+    return _LayerSpec(url, parsed, model_set, hook, client, on_delete_timeout,
+                      on_delete_breaker)
 
 
 def _lifecycle_options(function: F) -> F:
@@ -582,11 +661,16 @@ def _lifecycle_options(function: F) -> F:
                      help="async hook(thread_id, user_id) called for each removed thread"),
         click.option("--dry-run", is_flag=True,
                      help="report what would be removed, change nothing"),
-        click.option("--timeout", type=float, default=None, metavar="SECONDS",
+        click.option("--timeout", type=SECONDS, default=None, metavar="SECONDS",
                      help="seconds each batch may take (default: the layer's 30 s per call)"),
-        click.option("--on-delete-timeout", type=float, default=_hook_timeout_default(),
+        click.option("--on-delete-timeout", type=SECONDS, default=DEFAULT_HOOK_TIMEOUT,
                      metavar="SECONDS", help="seconds one hook call may take (default: "
-                     f"{_hook_timeout_default():g})"),
+                     f"{DEFAULT_HOOK_TIMEOUT:g})"),
+        click.option("--on-delete-breaker", type=click.IntRange(min=1),
+                     default=DEFAULT_HOOK_BREAKER, metavar="N",
+                     help="hook calls in a row past --on-delete-timeout after which the run "
+                     "stops calling the hook; the threads left are reported as failed "
+                     f"(default: {DEFAULT_HOOK_BREAKER})"),
         _models_option,
     ]):
         function = option(function)
@@ -600,14 +684,15 @@ def _lifecycle_options(function: F) -> F:
 @_lifecycle_options
 def erase_user_command(url: str | None, identifier: str | None, storage: str | None,
                        on_delete: str | None, dry_run: bool, timeout: float | None,
-                       on_delete_timeout: float, models: str | None) -> int:
+                       on_delete_timeout: float, on_delete_breaker: int,
+                       models: str | None) -> int:
     """Remove the user IDENTIFIER and everything naming them: threads, steps, elements with
     their files, feedback (an erasure request)."""
     if identifier is None:  # one argument: the identifier, the URL from the environment
         url, identifier = None, url
     if identifier is None:
         raise click.UsageError("Missing argument 'IDENTIFIER'.")
-    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout, on_delete_breaker)
     name = identifier
     report = _run(spec.run(lambda layer: layer.erase_user(name, dry_run=dry_run,
                                                           timeout=timeout)))
@@ -628,12 +713,6 @@ def _ages(older_than: str | None, soft_delete: str | None) -> tuple[Any, Any]:
     return older, trash
 
 
-def _purge_batch_default() -> int:
-    from chainlit_orm.lifecycle.purge import DEFAULT_BATCH
-
-    return DEFAULT_BATCH
-
-
 @cli.command("purge", short_help="remove threads inactive for longer than --older-than "
              "(retention)", epilog=_URL_HELP)
 @_url_argument
@@ -649,14 +728,15 @@ def _purge_batch_default() -> int:
 @click.option("--soft-delete", metavar="AGE",
               help="the app's trash window (soft_delete=): also remove threads trashed longer "
               "ago")
-@click.option("--batch", type=int, default=_purge_batch_default(), metavar="N",
-              help=f"threads per batch (default: {_purge_batch_default()})")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=DEFAULT_PURGE_BATCH,
+              metavar="N", help=f"threads per batch (default: {DEFAULT_PURGE_BATCH})")
 @click.option("--orphan-grace", metavar="AGE", default=None,
               help="SQL: also remove stored element files no row refers to, once older than "
               "AGE (e.g. 1h; default: no such sweep). Only when no other database or app "
               "shares the storage: their files look unreferenced from here")
 def purge_command(url: str | None, storage: str | None, on_delete: str | None, dry_run: bool,
-                  timeout: float | None, on_delete_timeout: float, models: str | None,
+                  timeout: float | None, on_delete_timeout: float, on_delete_breaker: int,
+                  models: str | None,
                   older_than: str | None, keep_shared: bool, keep_favorites: bool,
                   keep_metadata: tuple[str, ...], soft_delete: str | None, batch: int,
                   orphan_grace: str) -> int:
@@ -667,7 +747,7 @@ def purge_command(url: str | None, storage: str | None, on_delete: str | None, d
 
     with _arguments():
         grace = parse_age(orphan_grace) if orphan_grace is not None else None
-    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout)
+    spec = _layer_spec(url, models, storage, on_delete, on_delete_timeout, on_delete_breaker)
     report = _run(spec.run(lambda layer: layer.purge(
         older_than=older, keep_shared=keep_shared, keep_favorites=keep_favorites,
         keep_metadata=keep_metadata, dry_run=dry_run, batch=batch, timeout=timeout,
@@ -680,6 +760,35 @@ def purge_command(url: str | None, storage: str | None, on_delete: str | None, d
 
 # ------------------------------------------------------------------------------- the edge
 
+#: Chainlit's variable for the directory it writes its config, translations and ``.files/`` to
+#: when imported (the working directory by default).
+CHAINLIT_APP_ROOT = "CHAINLIT_APP_ROOT"
+
+
+@contextlib.contextmanager
+def _chainlit_outside_cwd() -> Iterator[None]:
+    """Point ``CHAINLIT_APP_ROOT`` at a temporary directory for the command's run (see the
+    module docstring), unless it is set or Chainlit is already imported; remove it afterwards.
+
+    Why not import only Chainlit's types: any ``chainlit.*`` import runs ``chainlit/__init__``,
+    whose config module makes ``.files/`` and writes ``.chainlit/`` at import time. A temporary
+    directory that cannot be made (no writable temp dir) leaves Chainlit's default in place."""
+    if os.environ.get(CHAINLIT_APP_ROOT) or "chainlit" in sys.modules:
+        yield
+        return
+    try:
+        root = tempfile.mkdtemp(prefix="chainlit-orm-")
+    except OSError:
+        yield
+        return
+    os.environ[CHAINLIT_APP_ROOT] = root
+    try:
+        yield
+    finally:
+        if os.environ.get(CHAINLIT_APP_ROOT) == root:
+            del os.environ[CHAINLIT_APP_ROOT]
+        shutil.rmtree(root, ignore_errors=True)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it).
@@ -689,7 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(argv) if argv is not None else None
     try:
-        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
+        with _chainlit_outside_cwd():
+            code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

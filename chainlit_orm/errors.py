@@ -145,24 +145,36 @@ class StorageTimeoutError(StorageError, TimeoutError):
 
 
 class OnDeleteError(ChainlitORMError):
-    """The app's on-delete hook raised for one or more removed threads.
+    """The app's on-delete hook raised for one or more removed threads, or did not finish in
+    time, or was not called for them because the run's breaker had opened.
 
     Raised after the delete is durable (it is not rolled back) and, in a purge, once at the end,
-    after every other thread was handled. ``detail`` lists the thread ids whose hook failed;
-    ``failures`` maps each to the exception it raised (the first one is also the ``__cause__``);
-    ``report`` is what the operation removed, when it has one.
+    after every other thread was handled. ``detail`` lists the thread ids whose hook failed or
+    was skipped; ``failures`` maps each to the exception it raised (a
+    :class:`TimeoutExceededError` for a call past ``on_delete_timeout`` and for a skipped one;
+    the first real failure is also the ``__cause__``); ``skipped`` lists the threads whose hook
+    was never called (the breaker, ``on_delete_breaker``, had opened: ``breaker`` says why;
+    None when it stayed closed), so an app can run its clean-up for exactly those; ``report``
+    is what the operation removed, when it has one.
     """
 
-    def __init__(self, failures: dict[str, BaseException], *, report: object | None = None
-                 ) -> None:
+    def __init__(self, failures: dict[str, BaseException], *, report: object | None = None,
+                 skipped: Sequence[str] = (), breaker: str | None = None) -> None:
         ids = list(failures)
         shown = ", ".join(ids[:20]) + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else "")
-        first = next(iter(failures.values()))
-        super().__init__(
-            f"the on-delete hook failed for {len(ids)} removed thread(s): {shown} (first: "
-            f"{type(first).__name__}: {first}); the threads' data is deleted", detail=ids)
+        not_called = set(skipped)
+        first = next((e for t, e in failures.items() if t not in not_called),
+                     next(iter(failures.values())))
+        text = (f"the on-delete hook failed for {len(ids)} removed thread(s): {shown} (first: "
+                f"{type(first).__name__}: {first}); the threads' data is deleted")
+        if breaker is not None:
+            text += f"; {breaker}: the hook was not called for {len(not_called)} of them"
+        super().__init__(text, detail=ids)
         self.failures = failures
+        self.skipped = list(skipped)
+        self.breaker = breaker
         self.report = report
+        self.first = first
 
 
 class CheckFailedError(ChainlitORMError):

@@ -70,6 +70,15 @@ ENVIRONMENT: dict[str, str] = {
     "AZURE_STORAGE_ACCOUNT_KEY": "Azure Blob account key",
     "CHAINLIT_ORM_TRACING": "`1` turns on OpenTelemetry spans for every layer and storage made "
     "afterwards (`otel` extra; default off); a `tracing=` argument wins",
+    "CHAINLIT_APP_ROOT": "Chainlit's app directory (its `.chainlit/` and `.files/`); the "
+    "`chainlit-orm` command sets it to a temporary directory for its run when it is unset, so "
+    "importing Chainlit writes nothing into the directory the command runs in",
+}
+
+#: Public members (besides Chainlit's data-layer methods) an app calls on a configured object:
+#: heading -> member names; each is listed with its signature and docstring's first paragraph.
+MEMBERS: dict[str, tuple[str, ...]] = {
+    "SQLDataLayer": ("engine", "table", "models"),
 }
 
 #: Public objects whose arguments an app sets: (heading, importable name).
@@ -292,7 +301,35 @@ def configuration_page() -> str:
                        else f"`{_default(parameter.default)}`")
             text = args.get(label) or args.get(name) or ""
             parts.append(f"| `{label}` | {_cell(default)} | {_cell(text)} |")
+        parts += members_section(heading, obj)
     return "\n".join(parts) + "\n"
+
+
+def members_section(heading: str, cls: Any) -> list[str]:
+    """The ``MEMBERS`` of ``heading`` as a table: how each is used, and its docstring's first
+    paragraph (an attribute without a docstring of its own is described in ``MEMBERS_TEXT``)."""
+    names = MEMBERS.get(heading, ())
+    if not names:
+        return []
+    rows = ["", "Members for your own queries:", "", "| member | meaning |", "|---|---|"]
+    for name in names:
+        member = inspect.getattr_static(cls, name, None)
+        if isinstance(member, property):
+            usage, doc = f"layer.{name}", inspect.getdoc(member.fget) or ""
+        elif callable(member):
+            params = [p for p in inspect.signature(member).parameters if p != "self"]
+            usage, doc = f"layer.{name}({', '.join(params)})", inspect.getdoc(member) or ""
+        else:
+            usage, doc = f"layer.{name}", MEMBERS_TEXT[name]
+        rows.append(f"| `{usage}` | {_cell(doc.split(chr(10) * 2)[0].replace(chr(10), ' '))} |")
+    return rows
+
+
+#: Attributes listed in ``MEMBERS`` that are set in ``__init__`` (no docstring to read).
+MEMBERS_TEXT: dict[str, str] = {
+    "models": "The layer's `ModelSet` (the `models=` argument): `layer.models.table(entity)` is "
+    "`layer.table(entity)`.",
+}
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:

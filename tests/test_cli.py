@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -46,9 +47,9 @@ def _env(**values: str) -> dict[str, str]:
 
 
 def _files(directory: Path) -> list[str]:
-    """What a command left in ``directory``, without the ``.chainlit``/``.files`` folders that
-    importing Chainlit creates in the current directory (the CLI imports it, as it always did)."""
-    return sorted(p.name for p in directory.iterdir() if p.name not in (".chainlit", ".files"))
+    """What a command left in ``directory``: everything (the CLI keeps Chainlit's
+    ``.chainlit``/``.files`` out of the working directory since outside attack #20 F3)."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 def _run(*argv: str, env: dict[str, str] | None = None, cwd: Path = REPO
@@ -234,8 +235,12 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     """``--history`` prints what ``migrations.schema_history`` returns, one line per recorded
     migration (what it added), and changes nothing."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    assert main(["migrate", url, "--history"]) == 0
-    assert capsys.readouterr().out == "no schema history recorded\n"
+    # a file that does not exist: reading it would create it (outside attack #20 F6)
+    assert main(["migrate", url, "--history"]) == 1
+    assert capsys.readouterr().err == (
+        f"chainlit-orm: error: the SQLite database {tmp_path / 'h.db'} does not exist: no schema "
+        "history to report\n")
+    assert not (tmp_path / "h.db").exists()
     assert main(["migrate", url]) == 0
     capsys.readouterr()
     code = main(["migrate", url, "--history"])
@@ -243,9 +248,9 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (code, captured.err) == (0, "")
     fingerprint = migrations.report.fingerprint(DEFAULT_MODELS)
     assert re.fullmatch(
-        r"#1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z version 3 \(models "
+        r"#1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z version 4 \(models "
         + re.escape(fingerprint[:16]) + r"\): added tables users, threads, steps, elements, "
-        r"feedbacks, chainlit_orm_version; added indexes threads\.ix_threads_activity, "
+        r"feedbacks, chainlit_orm_erased, chainlit_orm_version; added indexes threads\.ix_threads_activity, "
         r"threads\.ix_threads_deleted, threads\.ix_threads_user_activity, "
         r"threads\.ix_threads_user_created, steps\.ix_steps_favorite, "
         r"steps\.ix_steps_thread_created, elements\.ix_elements_for, elements\.ix_elements_thread, "
@@ -272,7 +277,7 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
          "\n\nError: purge needs --older-than AGE (or --soft-delete AGE for the trash only)\n"),
         (["purge", "sqlite:///x.db", "--older-than", "1d", "--batch", "x"],
          "Usage: chainlit-orm purge [OPTIONS] [URL]\nTry 'chainlit-orm purge --help' for help."
-         "\n\nError: Invalid value for '--batch': 'x' is not a valid integer.\n"),
+         "\n\nError: Invalid value for '--batch': 'x' is not a valid integer range.\n"),
         (["copy", "sqlite:///a.db", "sqlite:///b.db", "--source-kind", "other"],
          "Usage: chainlit-orm copy [OPTIONS] SRC DST\nTry 'chainlit-orm copy --help' for help."
          "\n\nError: Invalid value for '--source-kind': 'other' is not one of 'chainlit-orm', "
@@ -331,3 +336,254 @@ def test_an_empty_retention_is_refused_not_taken_as_none(
         "chainlit-orm: error: an age is a positive whole number and a unit (s, m, h, d, w), "
         "e.g. 90d: ''\n")
     assert not (tmp_path / "b.db").exists()
+
+
+# ------------------------------------------------------------- outside attack #20 F3, F4
+
+
+def _tree(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize(("argv", "extra_env"), [
+    (["--version"], {}),
+    (["--help"], {}),
+    (["migrate", "--help"], {}),
+    ([], {"_CHAINLIT_ORM_COMPLETE": "bash_complete", "COMP_WORDS": "chainlit-orm mi",
+          "COMP_CWORD": "1"}),
+    ([], {"_CHAINLIT_ORM_COMPLETE": "bash_source"}),
+])
+def test_version_help_and_completion_leave_the_directory_empty(
+        argv: list[str], extra_env: dict[str, str], tmp_path: Path) -> None:
+    """outside attack #20 F3: each imported Chainlit, which wrote 27 entries (.chainlit/,
+    translations, .files/) into the working directory and cost ~3 s of CPU."""
+    done = _run(sys.executable, "-m", "chainlit_orm", *argv, env=_env(**extra_env), cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert _tree(tmp_path) == []
+
+
+def test_importing_the_cli_imports_neither_chainlit_nor_sqlalchemy() -> None:
+    """outside attack #20 F3: ``import chainlit_orm.cli`` (what every run, --version and a
+    completion TAB included, starts with) loads click and the package's small modules only."""
+    code = ("import sys, chainlit_orm.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('chainlit', 'sqlalchemy', 'sqlmodel', 'pydantic')))")
+    done = _run(sys.executable, "-c", code)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+def _every_command(work: Path) -> list[list[str]]:
+    """One run of each command, every path it writes under ``work`` (the database, the bundle,
+    the generated files, the copy's checkpoint)."""
+    chat = f"sqlite:///{work / 'chat.db'}"
+    return [
+        ["--version"],
+        ["migrate", f"sqlite:///{work / 'new.db'}"],
+        ["migrate", chat, "--dry-run"],
+        ["migrate", chat, "--history"],
+        ["ddl", "sqlite"],
+        ["generate", "--check", "--out", str(REPO / "generated")],
+        ["generate", "--out", str(work / "generated")],
+        ["copy", chat, f"sqlite:///{work / 'copy.db'}", "--no-files",
+         "--checkpoint", str(work / "copy.json")],
+        ["export", chat, str(work / "bundle"), "--no-files"],
+        ["import", str(work / "bundle"), f"sqlite:///{work / 'imported.db'}", "--no-files",
+         "--checkpoint", str(work / "import.json")],
+        ["purge", chat, "--older-than", "90d", "--dry-run"],
+        ["erase-user", chat, "nobody", "--dry-run"],
+    ]
+
+
+def test_no_command_writes_into_the_working_directory(tmp_path: Path) -> None:
+    """outside attack #20 F3/F4: the commands that open a layer import Chainlit (its data layer
+    classes), with ``CHAINLIT_APP_ROOT`` pointed at a temporary directory of the run; the
+    others never import it. Either way the working directory stays empty."""
+    cwd, work = tmp_path / "cwd", tmp_path / "work"
+    cwd.mkdir()
+    work.mkdir()
+    assert main(["migrate", f"sqlite:///{work / 'chat.db'}"]) == 0
+    for argv in _every_command(work):
+        done = _run(sys.executable, "-m", "chainlit_orm", *argv, cwd=cwd)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert _tree(cwd) == [], argv
+
+
+def test_every_command_runs_in_a_read_only_working_directory(tmp_path: Path) -> None:
+    """outside attack #20 F4: in a read-only working directory (a container with a read-only
+    root filesystem) every command, ``--version`` included, died with OSError '.files'. Run in
+    a private mount namespace with the directory bind-mounted read-only (as root, where chmod
+    would not stop a write)."""
+    readonly, work = tmp_path / "ro", tmp_path / "work"
+    readonly.mkdir()
+    work.mkdir()
+    assert main(["migrate", f"sqlite:///{work / 'chat.db'}"]) == 0
+    for argv in _every_command(work):
+        inner = (f"mount --bind {readonly} {readonly} && "
+                 f"mount -o remount,bind,ro {readonly} && cd {readonly} && "
+                 f"exec {sys.executable} -m chainlit_orm {' '.join(map(shlex.quote, argv))}")
+        done = _run("unshare", "-m", "bash", "-c", inner)
+        assert (done.returncode, "Traceback" in done.stderr) == (0, False), (argv, done.stderr)
+    # without --checkpoint, copy's resume file goes into the working directory: one line, exit 1
+    inner = (f"mount --bind {readonly} {readonly} && mount -o remount,bind,ro {readonly} && "
+             f"cd {readonly} && exec {sys.executable} -m chainlit_orm copy "
+             f"sqlite:///{work / 'chat.db'} sqlite:///{work / 'again.db'} --no-files")
+    done = _run("unshare", "-m", "bash", "-c", inner)
+    assert done.returncode == 1
+    last = done.stderr.splitlines()[-1]
+    assert re.fullmatch(
+        rf"chainlit-orm: error: cannot write the checkpoint {readonly}/\.chainlit-orm-copy-"
+        r"[0-9a-f]{16}\.json: Read-only file system; pass --checkpoint FILE in a writable "
+        r"directory \(what is copied so far stays; a rerun resumes from the last checkpoint "
+        r"written\)", last), last
+    assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ outside attack #20 F5
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["migrate", "{db}", "--timeout", "abc"],
+     "Invalid value for '--timeout': 'abc' is not a number of seconds"),
+    (["migrate", "{db}", "--timeout", "-5"],
+     "Invalid value for '--timeout': '-5' is not a positive, finite number of seconds"),
+    (["migrate", "{db}", "--timeout", "0"],
+     "Invalid value for '--timeout': '0' is not a positive, finite number of seconds"),
+    (["migrate", "{db}", "--timeout", "nan"],
+     "Invalid value for '--timeout': 'nan' is not a positive, finite number of seconds"),
+    (["migrate", "{db}", "--timeout", "inf"],
+     "Invalid value for '--timeout': 'inf' is not a positive, finite number of seconds"),
+    (["copy", "{db}", "sqlite:///{d}/f.db", "--no-files", "--batch", "0"],
+     "Invalid value for '--batch': 0 is not in the range x>=1."),
+    (["copy", "{db}", "sqlite:///{d}/f.db", "--no-files", "--timeout", "-1"],
+     "Invalid value for '--timeout': '-1' is not a positive, finite number of seconds"),
+    (["purge", "{db}", "--older-than", "90d", "--batch", "-1", "--dry-run"],
+     "Invalid value for '--batch': -1 is not in the range 1<=x<=10000."),
+    (["purge", "{db}", "--older-than", "90d", "--batch", "0", "--dry-run"],
+     "Invalid value for '--batch': 0 is not in the range 1<=x<=10000."),
+    (["purge", "{db}", "--older-than", "90d", "--on-delete-timeout", "0", "--dry-run"],
+     "Invalid value for '--on-delete-timeout': '0' is not a positive, finite number of "
+     "seconds"),
+    (["export", "{db}", "{d}/out", "--since", "notadate"],
+     "Invalid value for '--since': not an ISO-8601 timestamp: 'notadate'"),
+])
+def test_a_malformed_option_value_is_a_usage_error(
+        argv: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """outside attack #20 F5: these exited 1 like a failed run (``purge --batch 0`` ran with 500
+    instead); now click refuses each before anything runs: exit 2, usage and the problem."""
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    assert main(["migrate", db]) == 0
+    capsys.readouterr()
+    argv = [a.format(db=db, d=tmp_path) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[-1] == f"Error: {error}"
+    assert _files(tmp_path) == ["e.db"]
+
+
+async def test_purge_batch_0_is_refused_by_the_library_too(tmp_path: Path) -> None:
+    """outside attack #20 F5: ``layer.purge(batch=0)`` ran with the default 500 (``batch or
+    DEFAULT_BATCH``); 0 is now refused like -1."""
+    from datetime import timedelta
+
+    from chainlit_orm.errors import InvalidInputError
+
+    layer = chainlit_orm.SQLDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        with pytest.raises(InvalidInputError) as refused:
+            await layer.purge(older_than=timedelta(days=90), batch=0, dry_run=True)
+        assert str(refused.value) == "batch must be an int in 1..10000, got 0"
+    finally:
+        await layer.close()
+
+
+# ------------------------------------------------------------------ outside attack #20 F6
+
+
+def test_dry_run_and_history_create_no_sqlite_file(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """outside attack #20 F6: both promise to change nothing, yet created the (misspelt)
+    database file. Now: no file, one line, exit 1 (nothing to report)."""
+    path = tmp_path / "typo.db"
+    assert main(["migrate", f"sqlite:///{path}", "--dry-run"]) == 1
+    assert capsys.readouterr() == ("", (
+        f"chainlit-orm: error: the SQLite database {path} does not exist: nothing to report "
+        "(the dry run creates nothing; migrate without --dry-run creates it)\n"))
+    assert main(["migrate", f"sqlite:///{path}", "--history"]) == 1
+    assert capsys.readouterr() == ("", (
+        f"chainlit-orm: error: the SQLite database {path} does not exist: no schema history "
+        "to report\n"))
+    assert _files(tmp_path) == []
+    # relative to the working directory, as SQLite opens it
+    assert main(["migrate", "sqlite:///typo.db", "--dry-run"]) == 1
+    assert f"the SQLite database {Path.cwd() / 'typo.db'} does not exist" in (
+        capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------- outside attack #20 F10
+
+
+def test_models_never_calls_what_it_names(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """outside attack #20 F10: ``--models os.path:join`` called os.path.join (a TypeError
+    traceback, exit 1); a module raising at import gave a 37-line traceback. Both: one line,
+    exit 2."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["ddl", "sqlite", "--models", "os.path:join"]) == 2
+    assert capsys.readouterr() == ("", (
+        "chainlit-orm: error: --models: os.path:join is a function, not a ModelSet (build one "
+        "with chainlit_orm.models.ModelSet.build)\n"))
+    (tmp_path / "atk20_broken_models.py").write_text("raise RuntimeError('no config')\n")
+    assert main(["ddl", "sqlite", "--models", "atk20_broken_models:MODELS"]) == 2
+    assert capsys.readouterr() == ("", (
+        "chainlit-orm: error: --models: importing 'atk20_broken_models' raised RuntimeError: "
+        "no config\n"))
+    (tmp_path / "atk20_factory.py").write_text(
+        "from chainlit_orm.models import ModelSet\n"
+        "def MODELS():\n    return ModelSet.build(prefix='f_')\n")
+    assert main(["ddl", "sqlite", "--models", "atk20_factory:MODELS"]) == 2
+    assert capsys.readouterr().err == (
+        "chainlit-orm: error: --models: atk20_factory:MODELS is a function, not a ModelSet "
+        "(build one with chainlit_orm.models.ModelSet.build)\n")
+
+
+# ----------------------------------------------------------------- outside attack #20 F11
+
+
+def test_main_carries_a_development_version() -> None:
+    """outside attack #20 F11: main said 0.1.0, the version CHANGELOG.md dates 2026-12-06,
+    while carrying 30 unreleased entries. A dev version tells the two apart; ``--version``
+    prints it (one source: pyproject's ``version``, read through the package metadata)."""
+    from packaging.version import Version
+
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    unreleased = changelog.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+    latest = re.search(r"^## \[(\d[^\]]*)\]", changelog, re.M)
+    assert latest is not None and latest.group(1) == "0.1.0"
+    assert re.search(r"^- ", unreleased, re.M)  # unreleased entries exist
+    assert chainlit_orm.__version__ == "0.2.0.dev0"
+    assert Version(chainlit_orm.__version__).is_devrelease
+    assert Version(chainlit_orm.__version__) > Version(latest.group(1))
+    done = _run(CLI, "--version")
+    assert (done.returncode, done.stdout) == (0, "chainlit-orm 0.2.0.dev0\n")
+
+
+def test_the_defaults_the_help_shows_are_the_ones_the_code_uses() -> None:
+    """outside attack #20 F3: the help's defaults moved to chainlit_orm.defaults (so the CLI
+    need not import the heavy modules); the modules use the same objects."""
+    import importlib
+
+    from chainlit_orm import defaults
+    from chainlit_orm.schema_gen import SUPPORTED_DIALECTS
+
+    deadline, hooks, purge, copy, _layer = (
+        importlib.import_module(f"chainlit_orm.{name}") for name in (
+            "layers.deadline", "lifecycle.hooks", "lifecycle.purge", "transfer.copy",
+            "transfer._layer"))
+
+    assert defaults.SQL_DIALECTS == SUPPORTED_DIALECTS == ("postgresql", "sqlite", "mysql")
+    assert (deadline.DEFAULT_MIGRATE_TIMEOUT, hooks.DEFAULT_HOOK_TIMEOUT, purge.DEFAULT_BATCH,
+            copy.DEFAULT_BATCH, _layer.DEFAULT_TRANSFER_TIMEOUT, copy.SOURCE_KINDS) == (
+        600.0, 30.0, 500, 200, 300.0, ("chainlit-orm", "official"))

@@ -56,7 +56,6 @@ from chainlit_orm.errors import (
     InvalidIdentifierError,
     InvalidInputError,
     NotFoundError,
-    OnDeleteError,
     StorageError,
     StorageTimeoutError,
     mask_url,
@@ -70,13 +69,15 @@ from chainlit_orm.layers.deadline import (
     check_timeout,
 )
 from chainlit_orm.lifecycle.hooks import (
+    DEFAULT_HOOK_BREAKER,
     DEFAULT_HOOK_TIMEOUT,
     OnDelete,
     check_hook,
+    check_hook_breaker,
     finish_removal,
 )
 from chainlit_orm.lifecycle.records import LifecycleBackend, Removed
-from chainlit_orm.models.convert import take_row, to_row
+from chainlit_orm.models.convert import metadata_text, take_row, to_row
 from chainlit_orm.models.limits import (
     MAX_CURSOR_CHARS,
     MAX_INDEXED_CHARS,
@@ -391,6 +392,10 @@ class ChainlitLayer(BaseDataLayer):
             :class:`~chainlit_orm.errors.OnDeleteError`, the delete staying done.
         on_delete_timeout: seconds one hook call may take (default 30); past it the call is
             abandoned and counts as failed (a ``TimeoutExceededError`` in the ``OnDeleteError``).
+        on_delete_breaker: hook calls in a row past ``on_delete_timeout`` after which a purge
+            or an erasure stops calling the hook for the rest of its run (default 16, one
+            round of the hooks it runs at once); the threads left count as failed, named in
+            the ``OnDeleteError`` (``skipped``). See :mod:`chainlit_orm.lifecycle.hooks`.
         soft_delete: a window (e.g. ``timedelta(days=30)``) turns the trash on: ``delete_thread``
             hides the thread from every read at once, ``restore_thread`` brings it back within
             the window, ``purge`` removes it after. None (default): a delete is a delete.
@@ -410,6 +415,7 @@ class ChainlitLayer(BaseDataLayer):
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        on_delete_breaker: int = DEFAULT_HOOK_BREAKER,
         tracing: bool | None = None,
     ) -> None:
         if thread_order not in ("activity", "created"):
@@ -440,6 +446,7 @@ class ChainlitLayer(BaseDataLayer):
         self._closed = False
         self.on_delete: OnDelete | None = check_hook(on_delete)
         self.on_delete_timeout = check_timeout(on_delete_timeout, "on_delete_timeout")
+        self.on_delete_breaker = check_hook_breaker(on_delete_breaker)
         if soft_delete is not None and (not isinstance(soft_delete, timedelta)
                                         or soft_delete <= timedelta(0)):
             raise InvalidInputError(f"soft_delete must be a positive timedelta: {soft_delete!r}")
@@ -520,8 +527,7 @@ class ChainlitLayer(BaseDataLayer):
             meta_delete = [k for k, v in metadata.items() if v is None]
             for column, key in self.models.metadata_columns("thread").items():
                 if key in metadata:
-                    value = metadata[key]
-                    fields[column] = None if value is None else str(value)
+                    fields[column] = metadata_text(metadata[key], key)
         check_row(self.models.table("thread"), fields, "thread", counted=meta_size)
         create = name is not None or user_id is not None or tags is not None
         if create:
@@ -639,8 +645,9 @@ class ChainlitLayer(BaseDataLayer):
                                        storage_timeout=self.timeout,
                                        hook_timeout=self.on_delete_timeout)
         outcome.raise_storage()
-        if outcome.hook_failures:
-            raise OnDeleteError(outcome.hook_failures) from outcome.hook_failures[thread_id]
+        failed = outcome.hook_error()
+        if failed is not None:
+            raise failed from failed.first
 
     async def restore_thread(self, thread_id: str) -> None:
         """Bring a trashed thread back, as it was, within the ``soft_delete`` window.
@@ -680,7 +687,8 @@ class ChainlitLayer(BaseDataLayer):
 
         return await purge(self, older_than=older_than, keep_shared=keep_shared,
                            keep_favorites=keep_favorites, keep_metadata=keep_metadata,
-                           dry_run=dry_run, batch=batch or DEFAULT_BATCH, now=now,
+                           dry_run=dry_run, batch=DEFAULT_BATCH if batch is None else batch,
+                           now=now,
                            timeout=timeout, orphan_grace=orphan_grace)
 
     def forget_user(self, user_id: str | None) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from chainlit_orm.defaults import DEFAULT_MIGRATE_TIMEOUT
 from chainlit_orm.errors import ConfigurationError, TimeoutExceededError
 
 __all__ = [
@@ -42,9 +43,6 @@ __all__ = [
 DEFAULT_TIMEOUT = 30.0
 #: Seconds to open one database connection (TCP, TLS, authentication).
 DEFAULT_CONNECT_TIMEOUT = 10.0
-#: Seconds maintenance work may take: ``migrate``, and the schema check/creation of a layer's
-#: first call (shared by the calls that wait for it, not cut short by their ``timeout``).
-DEFAULT_MIGRATE_TIMEOUT = 600.0
 
 
 #: The loop time by which the layer call running in this context must end, or None outside one.

@@ -48,6 +48,7 @@ from chainlit_orm.errors import (
     InvalidInputError,
     NotFoundError,
     SchemaError,
+    SchemaOutdatedError,
     TimeoutExceededError,
     mask_url,
 )
@@ -70,14 +71,15 @@ from chainlit_orm.layers.sqlexec import (
     tracking_sent,
 )
 from chainlit_orm.layers.sqlite import SQLITE_BUSY_TIMEOUT, begin_immediate_on
-from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
-from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, OnDelete
+from chainlit_orm.models.modelset import DEFAULT_MODELS, ENTITIES, ModelSet
 from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.retry import transient_retry
 from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
-from chainlit_orm.urls import SUPPORTED_DRIVERS, parse_sql_url
+from chainlit_orm.schema_gen.sql import tombstone_table
+from chainlit_orm.urls import ISOLATION_LEVEL_REFUSED, SUPPORTED_DRIVERS, parse_sql_url
 
 __all__ = ["SQLBackend", "SQLDataLayer"]
 
@@ -153,7 +155,9 @@ class SQLBackend(SQLLifecycle):
             url = parsed.async_url()
             _refuse_isolation_level(engine_options)
             options = dict(engine_options)
-            connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
+            # the URL's typed parameters (command_timeout=30 as a number), the caller's win
+            connect_args = options["connect_args"] = {**parsed.connect_args,
+                                                      **(options.get("connect_args") or {})}
             if parsed.transaction_pooler:
                 _configure_transaction_pooler(connect_args)
             if url.get_backend_name() == "sqlite":
@@ -248,6 +252,8 @@ class SQLBackend(SQLLifecycle):
         t = models.table
         self.users, self.threads, self.steps = t("user"), t("thread"), t("step")
         self.elements, self.feedbacks = t("element"), t("feedback")
+        #: the ids of erased threads: a statement that can create a thread row checks it
+        self.tombstones = tombstone_table(models)
         # column names, computed once: they are read on every write or read of these rows
         self._step_columns = [c.name for c in self.steps.columns]
         self._element_columns = [c.name for c in self.elements.columns]
@@ -416,8 +422,8 @@ class SQLBackend(SQLLifecycle):
             return ConflictError(f"constraint violated: {text}")
         if kind == "data":
             return InvalidInputError(f"value rejected by the database: {text}")
-        if kind == "schema":
-            return SchemaError(
+        if kind == "schema":  # a missing table or column: migrate adds it (docs: troubleshooting)
+            return SchemaOutdatedError(
                 f"database schema does not match the models ({text}); run: "
                 f"{self.migrate_command()}"
             )
@@ -486,9 +492,28 @@ class SQLBackend(SQLLifecycle):
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed
-        the thread in this process (see ``_erased``)."""
+        the thread in this process (see ``_erased``; other processes: :meth:`_not_erased`)."""
         if thread_id in self._erased:
-            raise NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
+            raise _erased_error(thread_id)
+
+    def _not_erased(self, tid: Any) -> Any:
+        """``NOT EXISTS`` a tombstone for the thread id ``tid`` (a bind parameter): the condition
+        under which a statement may create a thread row. It is part of that statement, so the
+        healthy path costs nothing more; the erasure writes tombstones so that no statement of
+        another process can miss them (see ``SQLLifecycle.remove_threads``)."""
+        x = self.tombstones
+        return ~sa.exists().where(x.c.id == tid)
+
+    def _tombstone_lookup(self) -> Statement:
+        x = self.tombstones
+        stmt: Statement = self._cached("tombstone", lambda: sa.select(x.c.id).where(
+            x.c.id == sa.bindparam("tid", type_=x.c.id.type)))
+        return stmt
+
+    def _erased_now(self, thread_id: str) -> NotFoundError:
+        """The refusal of a write to an erased thread, remembered in this process too."""
+        self._mark_erased([thread_id])
+        return _erased_error(thread_id)
 
     def _is_fk_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, self._driver_errors) and _classify(self.dialect, exc) == "fk"
@@ -696,7 +721,11 @@ class SQLBackend(SQLLifecycle):
                 insert_values["metadata"] = sa.bindparam(
                     "meta_insert", type_=threads.c.metadata.type
                 )
-            stmt = self._insert(threads).values(insert_values)
+            # INSERT ... SELECT ... WHERE NOT EXISTS (tombstone): an erased thread is never
+            # created again, in the same statement (no row inserted nor updated: refused below)
+            rows = sa.select(*(value.label(name) for name, value in insert_values.items())
+                             ).where(self._not_erased(insert_values["id"]))
+            stmt = self._insert(threads).from_select(list(insert_values), rows)
             ex = stmt.inserted if self.is_mysql else stmt.excluded
             pairs: list[tuple[Any, Any]] = []
             for name in fields:
@@ -726,11 +755,14 @@ class SQLBackend(SQLLifecycle):
             if create:
                 params["meta_insert"] = meta_set
 
-        async def op() -> None:
+        async def op() -> int:
             async with self.raw.connect(write=True) as conn:
-                await conn.execute(stmt, params)
+                return await conn.execute(stmt, params)
 
-        await self.run(op)
+        if not await self.run(op) and create:
+            # the upsert neither inserted nor updated: a tombstone names the thread (a plain
+            # update of a missing thread, create=False, also changes nothing: not an error)
+            raise self._erased_now(thread_id)
 
     async def get_thread_author(self, thread_id: str) -> str | None:
         t = self.threads
@@ -1076,9 +1108,21 @@ class SQLBackend(SQLLifecycle):
     # ------------------------------------------------------------------- steps
 
     def _stub_thread(self) -> Any:
+        """Insert the stub thread ``id`` unless it exists or is erased; changes one row or none
+        (then :meth:`_stub_refused` tells which)."""
         t = self.threads
-        return self._cached("stub_thread", lambda: self._upsert(
-            t, ["id", "createdAt", "activityAt"], ["id"], None))
+
+        def build() -> Any:
+            columns = ["id", "createdAt", "activityAt"]
+            binds = [sa.bindparam(name, type_=t.c[name].type) for name in columns]
+            rows = sa.select(*(b.label(n) for b, n in zip(binds, columns, strict=True))).where(
+                self._not_erased(binds[0]))
+            stmt = self._insert(t).from_select(columns, rows)
+            if self.is_mysql:
+                return stmt.on_duplicate_key_update([("id", t.c.id)])
+            return stmt.on_conflict_do_nothing(index_elements=["id"])
+
+        return self._cached("stub_thread", build)
 
     async def _execute_creating_thread(
         self, stmt: Statement, params: dict[str, Any], thread_id: str, now: str
@@ -1092,8 +1136,11 @@ class SQLBackend(SQLLifecycle):
                 if not self._is_fk_violation(exc):
                     raise
                 self._refuse_erased(thread_id)
-                await conn.execute(self._stub_thread(),
-                                   {"id": thread_id, "createdAt": now, "activityAt": now})
+                created = await conn.execute(
+                    self._stub_thread(), {"id": thread_id, "createdAt": now, "activityAt": now})
+                if not created and await conn.fetch(self._tombstone_lookup(),
+                                                    {"tid": thread_id}):
+                    raise self._erased_now(thread_id) from exc
                 await conn.execute(stmt, params)
 
     async def upsert_step(
@@ -1169,8 +1216,11 @@ class SQLBackend(SQLLifecycle):
             # thread row first: the opposite lock order deadlocks concurrent writers on MariaDB
             if (yield ("execute", bump, bump_params)) == 0:  # no thread yet: a stub
                 self._refuse_erased(thread_id)
-                yield ("execute", self._stub_thread(),
-                       {"id": thread_id, "createdAt": now, "activityAt": activity})
+                created = yield ("execute", self._stub_thread(),
+                                 {"id": thread_id, "createdAt": now, "activityAt": activity})
+                if not created and (yield ("fetch", self._tombstone_lookup(),
+                                           {"tid": thread_id})):
+                    raise self._erased_now(thread_id)
             yield ("execute", stmt, params)
 
         async def op_tx() -> None:
@@ -1392,15 +1442,24 @@ class SQLDataLayer(ChainlitLayer):
         migrate_timeout: seconds the schema check of the first call may take, including
             creating the schema with ``create_schema`` (default 600). It runs once, shared by
             the calls that wait for it, and is not cut short by their ``timeout``.
-        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
-            the bound of one hook call (seconds, default 30); see
-            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        on_delete, soft_delete, on_delete_timeout, on_delete_breaker: the on-delete hook, the
+            opt-in trash, the bound of one hook call (seconds, default 30) and the hook calls in
+            a row past it after which a purge or an erasure stops calling the hook (default
+            16); see :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         tracing: an OpenTelemetry span per call (``otel`` extra); None (default) follows
             ``CHAINLIT_ORM_TRACING``. See :mod:`chainlit_orm.tracing`.
         **engine_options: passed to ``create_async_engine`` (pool size, ``connect_args``, ...),
             except ``isolation_level``, which is refused with a
             :class:`~chainlit_orm.errors.ConfigurationError` (the connections are AUTOCOMMIT by
             design; set the default isolation on the server instead).
+
+    Your own queries (a custom column, a report) run on :attr:`engine` over :meth:`table`:
+    SQLAlchemy Core on the layer's own database and model set, so they cannot name a table or
+    column the layer does not write (``docs/custom-models.md``, step 5)::
+
+        threads = layer.table("thread")
+        async with layer.engine.connect() as conn:
+            rows = await conn.execute(sa.select(threads.c.name).where(threads.c.tenant == "acme"))
     """
 
     def __init__(
@@ -1419,6 +1478,7 @@ class SQLDataLayer(ChainlitLayer):
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        on_delete_breaker: int = DEFAULT_HOOK_BREAKER,
         tracing: bool | None = None,
         **engine_options: Any,
     ) -> None:
@@ -1431,14 +1491,44 @@ class SQLDataLayer(ChainlitLayer):
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
                          on_delete=on_delete, soft_delete=soft_delete,
-                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
+                         on_delete_timeout=on_delete_timeout,
+                         on_delete_breaker=on_delete_breaker, tracing=tracing, **kwargs)
         self.sql: SQLBackend = backend
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy ``AsyncEngine`` of the layer's database, for queries of your own.
+
+        The engine you passed, or the one the layer made from the URL (with the layer's
+        connection options; a set's ``schema`` on SQLite/MySQL is translated away here as in
+        the layer's own statements). Its connections are transactional (SQLAlchemy's default):
+        ``engine.connect()`` for reads, ``engine.begin()`` for writes. :meth:`close` disposes of
+        it when the layer made it."""
+        return self.sql.engine
+
+    def table(self, entity: str) -> sa.Table:
+        """The SQLAlchemy ``Table`` the layer stores ``entity`` in (``user``, ``thread``,
+        ``step``, ``element``, ``feedback``), custom columns, prefix and schema included: the
+        layer's model set's (``layer.models.table(entity)``).
+
+        Raises:
+            InvalidInputError: ``entity`` is not one of the five.
+        """
+        if entity not in ENTITIES:
+            raise InvalidInputError(
+                f"no table for {entity!r}: the entities are {', '.join(ENTITIES)}", detail=entity)
+        return self.models.table(entity)
 
 
 # ------------------------------------------------------------------- helpers
 
 
 _ELEMENT = "element__"  # label prefix of the element columns joined to a thread
+
+
+def _erased_error(thread_id: str) -> NotFoundError:
+    """What a write to a thread ``erase_user`` removed raises, whichever process erased it."""
+    return NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
 
 
 def _row_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1459,14 +1549,8 @@ def _refuse_isolation_level(options: dict[str, Any]) -> None:
     """
     nested = options.get("execution_options") or {}
     if "isolation_level" in options or "isolation_level" in nested:
-        raise ConfigurationError(
-            "the engine option isolation_level is not supported: the layer's connections are "
-            "AUTOCOMMIT by design (each write is one idempotent statement) and its "
-            "multi-statement writes use the server's default isolation; set that default on "
-            "the server or the role instead (PostgreSQL: default_transaction_isolation, "
-            "MySQL/MariaDB: transaction_isolation)",
-            detail="isolation_level",
-        )
+        raise ConfigurationError(f"the engine option {ISOLATION_LEVEL_REFUSED}",
+                                 detail="isolation_level")
 
 
 def _configure_transaction_pooler(connect_args: dict[str, Any]) -> None:

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.sqlexec import TxScript, json_path
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
+from chainlit_orm.models.types import utc_now
 
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
@@ -127,6 +129,49 @@ class SQLLifecycle:
             removed.object_keys += [k["objectKey"] for k in keys if k["objectKey"]]
         return removed
 
+    def _tombstone_script(self: _SQLSelf, ids: Sequence[str], *, lock: bool = True
+                          ) -> TxScript[None]:
+        """The head of an erasing transaction: tombstones for ``ids`` (the thread ids it is
+        about to delete), so that no write, in any process, creates one of them again.
+
+        Why none can: every statement that can create a thread row does so only ``WHERE NOT
+        EXISTS`` a tombstone (``SQLBackend._not_erased``), and each dialect makes that check
+        meet this transaction:
+
+        * PostgreSQL: ``LOCK TABLE threads IN SHARE MODE`` first. It waits for every write of
+          ``threads`` already running (those see no tombstone: they finish, and the deletes
+          below see their rows) and holds off new ones until this transaction commits; a
+          statement takes its snapshot after its table lock, so each of those sees the
+          tombstones. Without it, a READ COMMITTED upsert whose snapshot predates the commit
+          would wait for the thread row, find it deleted and insert it again. App writes of
+          ``threads`` wait for at most this one batch.
+        * MySQL/MariaDB: ``INSERT ... SELECT`` reads the tombstones with shared next-key locks
+          (REPEATABLE READ), so a check and a tombstone's insert of one id wait for each other.
+          The tombstones are inserted before the thread rows are locked, so a writer holding
+          the check's lock can still finish its write (no deadlock), which the deletes see.
+        * SQLite: one writer at a time; the check and the tombstones never overlap.
+
+        ``erasedAt`` is now; the rows hold nothing else (never the user's id or identifier)."""
+        if self.dialect == "postgresql" and lock:
+            yield ("execute", self._cached("lock_threads_share", lambda: sa.text(
+                "LOCK TABLE "
+                + self.auto.dialect.identifier_preparer.format_table(self.threads)
+                + " IN SHARE MODE")), {})
+        x = self.tombstones
+        for start in range(0, len(ids), MAX_IDS):
+            chunk = list(ids[start:start + MAX_IDS])
+            size = _padded(len(chunk))
+            # padded with the last id again: the duplicate rows are conflicts, and do nothing
+            chunk += [chunk[-1]] * (size - len(chunk))
+            stmt = self._cached(("tombstones", size), lambda size=size: self._upsert(
+                x, ["id", "erasedAt"], ["id"], None, rows=size))
+            now = utc_now()
+            params: dict[str, Any] = {}
+            for k, thread_id in enumerate(chunk):
+                params[f"id__{k}"] = thread_id
+                params[f"erasedAt__{k}"] = now
+            yield ("execute", stmt, params)
+
     async def _in_transaction(self: _SQLSelf, script: Any) -> Any:
         async def op() -> Any:
             async with self.raw.connect(write=True) as conn:
@@ -155,7 +200,8 @@ class SQLLifecycle:
         """Remove these threads (those that exist) and every row in them, in one transaction;
         dry: count them; ``keys_only``: read their object keys alone. Their thread rows are
         locked first, so a concurrent purge skips them. They are remembered as erased, so a
-        late write to them is refused (:meth:`_mark_erased`)."""
+        late write to them is refused, in this process (:meth:`_mark_erased`) and in any other
+        (their tombstones, written by this same transaction: :meth:`_tombstone_script`)."""
         dry_run = dry_run or keys_only
         t = self.threads
         size = _padded(max(1, min(len(thread_ids), MAX_IDS)))
@@ -177,6 +223,8 @@ class SQLLifecycle:
             self._mark_erased(thread_ids)
 
         def script() -> TxScript[Removed]:
+            if not dry_run:  # erased: before the rows are locked (see _tombstone_script)
+                yield from self._tombstone_script(thread_ids)
             rows = yield ("fetch", select, params)
             result: Removed = (yield from self._remove_rows(rows, dry_run=dry_run,
                                                             keys_only=keys_only))
@@ -238,12 +286,19 @@ class SQLLifecycle:
         user_q, stragglers_q, delete_q = self._cached(("lifecycle_user", dry_run), build)
 
         def script() -> TxScript[Removed]:
+            if self.dialect == "postgresql" and not dry_run:
+                # the barrier of _tombstone_script, before the stragglers are read: no write of
+                # threads runs until this commits
+                yield from self._tombstone_script([])
             found = yield ("fetch", user_q, {"identifier": identifier})
             if dry_run:
                 return Removed(counts={"user": len(found)} | _no_rows())
             user_id = str(found[0]["id"]) if found else None
             rows = yield ("fetch", stragglers_q, {"uid": user_id, "ident": identifier})
-            self._mark_erased([str(row["id"]) for row in rows])  # before they go
+            straggler_ids = [str(row["id"]) for row in rows]
+            self._mark_erased(straggler_ids)  # before they go
+            if straggler_ids:
+                yield from self._tombstone_script(straggler_ids, lock=False)
             removed = yield from self._remove_rows(rows, dry_run=False)
             removed.counts["user"] += yield ("execute", delete_q, {"identifier": identifier})
             result: Removed = removed
@@ -421,7 +476,8 @@ class SQLLifecycle:
     # ---------------------------------------------------------------- orphans
 
     async def sweep_orphans(self: _SQLSelf, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
         """Nothing to sweep: a SQL database expires nothing by itself (no TTL), and a thread's
         rows go with it in one transaction (its children first), so no row outlives its thread,
         and its files are deleted by the removal that reports it (a failed object delete is

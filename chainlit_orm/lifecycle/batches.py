@@ -11,8 +11,10 @@ limit instead of the layer's per-call ``timeout``: a batch of 500 threads may ne
 an app call) and its file deletes share one deadline, ``timeout`` seconds from the batch's start,
 ending in :class:`~chainlit_orm.errors.TimeoutExceededError` (or
 :class:`~chainlit_orm.errors.StorageTimeoutError`). Without it each backend call keeps the
-layer's ``timeout``. Either way each file delete is bounded by the layer's ``timeout`` and each
-hook call by its ``on_delete_timeout`` (:mod:`chainlit_orm.lifecycle.hooks`).
+layer's ``timeout``. Either way each file delete is bounded by the layer's ``timeout``, each
+hook call by its ``on_delete_timeout``, and the run's hook calls by one breaker
+(``on_delete_breaker``, :mod:`chainlit_orm.lifecycle.hooks`). A storage listing (a purge's orphan
+sweep) is one storage call, bounded by ``timeout`` when given, else by the layer's ``timeout``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chainlit_orm.layers.deadline import BoundedBackend, CallDeadline, call_budget, check_timeout
 from chainlit_orm.lifecycle.hooks import (
+    DEFAULT_HOOK_BREAKER,
     DEFAULT_HOOK_TIMEOUT,
+    HookBreaker,
     Outcome,
     delete_files_first,
     finish_removal,
@@ -49,6 +53,9 @@ class Batches:
         self.storage = layer.storage
         self.storage_timeout = float(getattr(layer, "timeout", 30.0))
         self.hook_timeout = float(getattr(layer, "on_delete_timeout", DEFAULT_HOOK_TIMEOUT))
+        #: one breaker for the whole run: once open, no later batch calls the hook either
+        self.breaker = HookBreaker(getattr(layer, "on_delete_breaker", DEFAULT_HOOK_BREAKER),
+                                   self.hook_timeout)
         self.timeout = None if timeout is None else check_timeout(timeout, "timeout")
         backend = layer.backend
         if self.timeout is not None:
@@ -56,6 +63,13 @@ class Batches:
                 layer.unbounded_backend, CallDeadline(self.timeout, what=f"{what} batch")))
         self.backend: LifecycleBackend = backend
         self.outcome = Outcome()
+
+    @property
+    def listing_timeout(self) -> float:
+        """Seconds a storage listing (a purge's orphan sweep) may take: the batch's
+        ``timeout`` when given (a storage too large to list within the layer's ``timeout``
+        needs a larger one), else the layer's ``timeout``, as any other call."""
+        return self.storage_timeout if self.timeout is None else self.timeout
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -94,7 +108,7 @@ class Batches:
         return await finish_removal(removed, self.storage, self.layer.on_delete,
                                     storage_timeout=self.storage_timeout,
                                     hook_timeout=self.hook_timeout,
-                                    deleted=deleted or frozenset())
+                                    deleted=deleted or frozenset(), breaker=self.breaker)
 
     def _raise_first(self, first: Outcome) -> Any:
         """Raise the storage failure of a batch whose rows are kept; hook failures of earlier

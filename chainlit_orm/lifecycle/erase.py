@@ -24,7 +24,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from chainlit_orm.errors import InvalidInputError, OnDeleteError
+from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.lifecycle.batches import Batches
 from chainlit_orm.lifecycle.records import ENTITIES, Removed
 
@@ -104,7 +104,7 @@ async def erase_user(layer: LifecycleLayer, identifier: str, *, dry_run: bool = 
     if not dry_run:
         layer.forget_user(user_id)
     outcome.raise_storage()
-    if outcome.hook_failures:
-        raise OnDeleteError(outcome.hook_failures, report=report) from next(
-            iter(outcome.hook_failures.values()))
+    failed = outcome.hook_error(report)
+    if failed is not None:
+        raise failed from failed.first
     return report

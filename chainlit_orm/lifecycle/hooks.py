@@ -10,6 +10,20 @@ A hook that raises is reported, never swallowed: the removal is durable and is n
 and the caller raises :class:`~chainlit_orm.errors.OnDeleteError` naming every thread whose hook
 failed (a purge goes on with its other threads first).
 
+**The breaker.** A hook whose service is down hangs until ``on_delete_timeout`` for every thread:
+even :data:`HOOK_CONCURRENCY` at a time, a purge of 500 threads waited 32 times the limit (an
+outside attack, F4). So once ``on_delete_breaker`` hook calls in a row (default
+:data:`DEFAULT_HOOK_BREAKER`) did not finish within ``on_delete_timeout``, the run (one purge,
+one erasure) stops calling the hook: each thread left counts as failed without a call (a
+:class:`~chainlit_orm.errors.TimeoutExceededError` saying so) and the ``OnDeleteError`` names it
+among ``skipped``, with why the breaker opened. Its data is still removed, as with any failing
+hook. A call that ends, even by raising, closes the streak: a hook that fails fast costs the run
+nothing, and its failures are the app's to see, one by one. A call starts only while fewer than
+``on_delete_breaker`` calls are in flight or timed out in a row, so the breaker opens with no
+call in flight: when every call hangs, exactly ``on_delete_breaker`` of them are made, and the
+run waits about one ``on_delete_timeout`` for them (the price: at most ``on_delete_breaker``
+calls run at once, when it is below :data:`HOOK_CONCURRENCY`).
+
 Everything here runs under a bound, so maintenance cannot stall on one call: each file delete
 gets the layer's per-call ``timeout`` (or what is left of the caller's deadline, if earlier), and
 each hook call ``on_delete_timeout`` seconds (default :data:`DEFAULT_HOOK_TIMEOUT`). A call past
@@ -31,8 +45,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.defaults import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, HOOK_CONCURRENCY
 from chainlit_orm.errors import (
     ConfigurationError,
+    OnDeleteError,
     StorageError,
     StorageTimeoutError,
     TimeoutExceededError,
@@ -44,16 +60,10 @@ from chainlit_orm.lifecycle.records import OnDelete, Removed
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
 
-__all__ = ["DEFAULT_HOOK_TIMEOUT", "OnDelete", "Outcome", "bounded", "check_hook",
-           "delete_files_first", "finish_removal", "load_hook"]
+__all__ = ["DEFAULT_HOOK_BREAKER", "DEFAULT_HOOK_TIMEOUT", "HOOK_CONCURRENCY", "HookBreaker",
+           "OnDelete", "Outcome", "bounded", "check_hook", "check_hook_breaker",
+           "delete_files_first", "finish_removal", "load_hook", "storage_call"]
 
-#: Seconds one ``on_delete`` hook call may take (the layers' ``on_delete_timeout``).
-DEFAULT_HOOK_TIMEOUT = 30.0
-#: Hook calls of one batch in flight at once. Why: one after the other, a hook that hangs (its
-#: service down) made a 500-thread batch last 500 times ``on_delete_timeout`` (an outside attack
-#: measured 20 hanging hooks at a 1 s limit taking 20 s); 16 at a time bound it by 32 times the
-#: limit without flooding the hook's service with a whole batch at once.
-HOOK_CONCURRENCY = 16
 
 
 def check_hook(hook: object) -> OnDelete | None:
@@ -106,11 +116,25 @@ class Outcome:
     hook_failures: dict[str, BaseException] = field(default_factory=dict)
     file_failures: dict[str, BaseException] = field(default_factory=dict)
     files_deleted: int = 0
+    #: threads (also in ``hook_failures``) whose hook was not called: the breaker was open
+    hooks_skipped: list[str] = field(default_factory=list)
+    #: why the breaker opened (None while it is closed)
+    breaker: str | None = None
 
     def add(self, other: Outcome) -> None:
         self.hook_failures.update(other.hook_failures)
         self.file_failures.update(other.file_failures)
         self.files_deleted += other.files_deleted
+        self.hooks_skipped.extend(other.hooks_skipped)
+        self.breaker = self.breaker or other.breaker
+
+    def hook_error(self, report: object | None = None) -> OnDeleteError | None:
+        """The :class:`OnDeleteError` naming every thread whose hook failed or was skipped by
+        the breaker (None when every hook call went through)."""
+        if not self.hook_failures:
+            return None
+        return OnDeleteError(self.hook_failures, report=report, skipped=self.hooks_skipped,
+                             breaker=self.breaker)
 
     def raise_storage(self, *, rows_deleted: bool | None = True) -> None:
         """Raise a :class:`StorageError` naming every file that could not be deleted
@@ -130,6 +154,67 @@ class Outcome:
                 f"nothing deleted: {len(keys)} stored file(s) could not be deleted (the rows "
                 "are kept; call again once the storage answers)")
         raise kind(mask_url(f"{what} (first: {keys[0]}: {first!r})"), detail=keys) from first
+
+
+class HookBreaker:
+    """One run's on-delete hook calls: at most :data:`HOOK_CONCURRENCY` in flight, and none
+    once ``limit`` calls in a row timed out (the module docstring's breaker).
+
+    Invariant: ``running + timeouts <= limit`` and ``running <= HOOK_CONCURRENCY``; ``opened``
+    is set (and stays) once ``timeouts`` reaches ``limit``, with ``running`` then 0.
+    """
+
+    def __init__(self, limit: int = DEFAULT_HOOK_BREAKER,
+                 hook_timeout: float = DEFAULT_HOOK_TIMEOUT) -> None:
+        self.limit = check_hook_breaker(limit)
+        self.hook_timeout = hook_timeout
+        self.running = 0
+        self.timeouts = 0
+        self.opened: str | None = None
+        self._changed = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        """Wait for a turn to call the hook: True, and the call must :meth:`release`; False
+        when the breaker is open (do not call it)."""
+        while self.opened is None:
+            if self.running < HOOK_CONCURRENCY and self.running + self.timeouts < self.limit:
+                self.running += 1
+                return True
+            self._changed.clear()
+            await self._changed.wait()
+        return False
+
+    def release(self, *, timed_out: bool) -> None:
+        """A call ended (``timed_out``: abandoned at ``on_delete_timeout``)."""
+        self.running -= 1
+        if not timed_out:
+            self.timeouts = 0
+        else:
+            self.timeouts += 1
+            if self.timeouts >= self.limit:
+                self.opened = (f"the breaker opened after {self.limit} on_delete hook call(s) "
+                               f"in a row did not finish within {self.hook_timeout:g} s "
+                               "(on_delete_breaker)")
+        self._changed.set()
+
+    def skipped(self, thread_id: str) -> TimeoutExceededError:
+        """The failure of a thread whose hook the open breaker did not call."""
+        return TimeoutExceededError(
+            f"the on_delete hook was not called for thread {thread_id}: {self.opened}",
+            detail=thread_id)
+
+
+def check_hook_breaker(value: object) -> int:
+    """``on_delete_breaker``: a whole number of hook calls, at least 1.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"on_delete_breaker must be a whole number of hook calls, at least 1, got {value!r}",
+            detail="on_delete_breaker")
+    return value
 
 
 async def bounded(make: Callable[[], Awaitable[Any]], seconds: float) -> tuple[bool, Any]:
@@ -159,15 +244,41 @@ def _left(seconds: float) -> float:
     return min(seconds, end - asyncio.get_running_loop().time())
 
 
-async def _delete_file(storage: BaseStorageClient, key: str, seconds: float) -> Any:
-    ended, result = await bounded(lambda: storage.delete_file(key), _left(seconds))
+async def storage_call(storage: object, action: str, key: str,
+                       make: Callable[[], Awaitable[Any]], seconds: float, *,
+                       early: bool = False) -> Any:
+    """``make()``, one call to ``storage`` (``action`` on ``key``) made by a removal or a sweep,
+    bounded by ``seconds`` (the layer's ``timeout``) or by what is left of the caller's deadline
+    (a purge's or an erasure's ``timeout=``: :func:`~chainlit_orm.layers.deadline.call_budget`),
+    whichever ends first, whatever the client's own limits (an outside attack held a purge
+    with ``timeout=2`` for 20 s on a storage listing bounded by the client alone). Past it the
+    call is abandoned (:func:`bounded`).
+
+    ``early`` (a listing): bounded by the caller's deadline, the call gets all but a tenth of
+    what is left (at most 1 s less), so its own typed error, which names the storage call,
+    comes before the deadline of the backend call it runs in (DynamoDB's orphan sweep lists
+    the storage inside ``sweep_orphans``), not after.
+
+    Raises:
+        StorageTimeoutError: not done within the bound (``abandoned``: it may still run).
+    """
+    left = _left(seconds)
+    limit = left if left >= seconds or not early else left - min(left / 10, 1.0)
+    ended, result = await bounded(make, limit)
     if not ended:
+        bound = (f"{seconds:g} s (the layer's timeout)" if left >= seconds else
+                 f"{max(limit, 0.0):.3g} s (what was left of the deadline)")
         error = StorageTimeoutError(
-            f"{type(storage).__name__}.delete_file of {key!r} did not finish within "
-            f"{seconds:g} s", detail=key)
+            f"{type(storage).__name__}.{action} of {key!r} did not finish within {bound}",
+            detail=key)
         error.abandoned = True  # the client's call may still be running
         raise error
     return result
+
+
+async def _delete_file(storage: BaseStorageClient, key: str, seconds: float) -> Any:
+    return await storage_call(storage, "delete_file", key, lambda: storage.delete_file(key),
+                              seconds)
 
 
 async def _delete_all(keys: list[str], storage: BaseStorageClient, seconds: float,
@@ -198,28 +309,35 @@ async def delete_files_first(object_keys: list[str], storage: BaseStorageClient 
 async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
                          hook: OnDelete | None, *, storage_timeout: float = DEFAULT_TIMEOUT,
                          hook_timeout: float = DEFAULT_HOOK_TIMEOUT,
-                         deleted: frozenset[str] | set[str] = frozenset()) -> Outcome:
+                         deleted: frozenset[str] | set[str] = frozenset(),
+                         breaker: HookBreaker | None = None) -> Outcome:
     """After ``removed``'s rows are committed: delete its files (those not in ``deleted``,
     the files deleted before the rows), then call the hook for each of its threads, up to
-    :data:`HOOK_CONCURRENCY` at a time. Each file delete is bounded by ``storage_timeout`` (and
-    the caller's deadline), each hook call by ``hook_timeout``. Collects failures instead of
-    raising, so the caller decides when (a purge at the very end); a ``BaseException``
-    (cancellation) is raised."""
+    :data:`HOOK_CONCURRENCY` at a time, through ``breaker`` (one per run, shared by its
+    batches; a new one with the defaults when None). Each file delete is bounded by
+    ``storage_timeout`` (and the caller's deadline), each hook call by ``hook_timeout``.
+    Collects failures instead of raising, so the caller decides when (a purge at the very
+    end); a ``BaseException`` (cancellation) is raised."""
     outcome = Outcome()
     keys = [k for k in dict.fromkeys(removed.object_keys) if k and k not in deleted]
     if keys and storage is not None:
         await _delete_all(keys, storage, storage_timeout, outcome)
     if hook is not None:
-        gate = asyncio.Semaphore(HOOK_CONCURRENCY)
+        gate = breaker if breaker is not None else HookBreaker(hook_timeout=hook_timeout)
 
         async def call(thread_id: str, user_id: str | None) -> None:
-            async with gate:
-                try:
-                    ended, _ = await bounded(
-                        functools.partial(_call_hook, hook, thread_id, user_id), hook_timeout)
-                except Exception as exc:
-                    outcome.hook_failures[thread_id] = exc
-                    return
+            if not await gate.acquire():
+                outcome.hook_failures[thread_id] = gate.skipped(thread_id)
+                outcome.hooks_skipped.append(thread_id)
+                return
+            ended = True
+            try:
+                ended, _ = await bounded(
+                    functools.partial(_call_hook, hook, thread_id, user_id), hook_timeout)
+            except Exception as exc:
+                outcome.hook_failures[thread_id] = exc
+            finally:
+                gate.release(timed_out=not ended)
             if not ended:
                 outcome.hook_failures[thread_id] = TimeoutExceededError(
                     f"the on_delete hook for thread {thread_id} did not finish within "
@@ -227,6 +345,7 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
 
         await asyncio.gather(*(call(thread_id, user_id)
                                for thread_id, user_id in removed.threads))
+        outcome.breaker = gate.opened
     return outcome
 
 

@@ -31,7 +31,10 @@ when the client also reports ages (:class:`~chainlit_orm.storage.protocols.AgedS
 by default because a storage can be shared: a database copied with ``copy --user`` onto the
 same storage, or a staging app beside production, refers to files this database does not, and
 the sweep cannot tell them from orphans (an outside attack deleted another store's file that
-way). Ask for it only when no other store uses the storage's ``threads/`` prefix.
+way). Ask for it only when no other store uses the storage's ``threads/`` prefix. Either sweep's
+listing of the storage is one storage call of the purge, bounded by its ``timeout`` (else the
+layer's): a black-holed storage held ``purge(timeout=2)`` for 20 s while the client's own bound
+(ten times its timeout) was all there was (an outside attack).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from chainlit_orm.errors import InvalidInputError, OnDeleteError
+from chainlit_orm.defaults import DEFAULT_PURGE_BATCH
+from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.lifecycle.batches import Batches
 from chainlit_orm.lifecycle.records import ENTITIES, ExpiryRule, Removed
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BATCH", "DEFAULT_ORPHAN_GRACE", "PurgeReport", "parse_age", "purge"]
 
 #: Threads per batch (one transaction on SQL).
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = DEFAULT_PURGE_BATCH
 #: How old a stored element file without a row must be before a SQL purge removes it: longer
 #: than any upload waits for its row write (the layers' ``timeout``, 30 s by default).
 DEFAULT_ORPHAN_GRACE = timedelta(hours=1)
@@ -172,7 +176,9 @@ async def purge(
             ``older_than`` above :data:`MAX_AGE`.
         OnDeleteError: the hook failed for some removed threads (all of them are removed).
         StorageError: stored files could not be deleted: before their rows (the purge stopped
-            there, the rows kept; run it again), or, for rows written meanwhile, after them.
+            there, the rows kept; run it again), or, for rows written meanwhile, after them;
+            or the orphan sweep could not list the storage (:class:`StorageTimeoutError`
+            past ``timeout``, else past the layer's ``timeout``; nothing of it deleted).
         TimeoutExceededError: a batch ran past ``timeout`` (run the purge again).
     """
     if older_than is not None and not timedelta(0) < older_than <= MAX_AGE:
@@ -227,7 +233,7 @@ async def purge(
     with run.batch():
         # what the store's own expiry left (DynamoDB's TTL; (0, 0) on SQL, which has none)
         report.orphan_partitions, report.orphan_files = await backend.sweep_orphans(
-            layer.storage, dry_run=dry_run)
+            layer.storage, dry_run=dry_run, storage_timeout=run.listing_timeout)
         # SQL: element files no row refers to (an upload whose row write had an unknown
         # outcome). Ages against the clock, not ``now``: a test's or a dry run's reference time
         # in the future must not make a file whose row is being written look abandoned.
@@ -235,9 +241,9 @@ async def purge(
             report.unreferenced_files = await _sweep_unreferenced(
                 run, orphan_grace, parse_timestamp(utc_now()), dry_run=dry_run)
     outcome.raise_storage()
-    if outcome.hook_failures:
-        raise OnDeleteError(outcome.hook_failures, report=report) from next(
-            iter(outcome.hook_failures.values()))
+    failed = outcome.hook_error(report)
+    if failed is not None:
+        raise failed from failed.first
     return report
 
 
@@ -256,13 +262,16 @@ async def _sweep_unreferenced(run: Batches, grace: timedelta, moment: datetime, 
     Raises:
         StorageError: a listing or a delete failed (the files not deleted stay for next time).
     """
+    from chainlit_orm.lifecycle.hooks import storage_call
     from chainlit_orm.storage.protocols import AgedStorage
 
     storage = run.storage
     if not isinstance(storage, AgedStorage) or await run.backend.known_object_keys([]) is None:
         return 0  # no ages to go by, or a backend that sweeps its own files (DynamoDB)
     cutoff = moment - grace
-    ages = await storage.list_modified(ELEMENT_PREFIX)
+    ages = await storage_call(storage, "list_modified", ELEMENT_PREFIX,
+                              lambda: storage.list_modified(ELEMENT_PREFIX),
+                              run.listing_timeout, early=True)
     old = [key for key, modified in sorted(ages.items())
            if _element_file(key) and modified is not None and modified < cutoff]
     if not old:

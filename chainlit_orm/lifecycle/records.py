@@ -116,12 +116,15 @@ class LifecycleBackend(Protocol):
         ...
 
     async def sweep_orphans(self, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = 30.0) -> tuple[int, int]:
         """What the store's own expiry leaves behind, removed after a purge: the other rows of
         threads whose thread row the store expired by itself, and the stored objects of threads
         that no longer exist. Returns (threads whose rows were removed, objects removed); a
         dry run counts them. A store that expires nothing by itself (SQL: a thread's rows go
-        with it, in one transaction) has nothing to sweep and returns (0, 0)."""
+        with it, in one transaction) has nothing to sweep and returns (0, 0). Each storage
+        call (the listing, a delete) is bounded by ``storage_timeout`` seconds and by what is
+        left of the caller's deadline."""
         ...
 
     async def known_object_keys(self, object_keys: Sequence[str]) -> set[str] | None:
@@ -163,6 +166,12 @@ class LifecycleLayer(Protocol):
     @property
     def on_delete_timeout(self) -> float:
         """Seconds one hook call may take."""
+        ...
+
+    @property
+    def on_delete_breaker(self) -> int:
+        """Hook calls in a row past ``on_delete_timeout`` after which a run stops calling the
+        hook (:class:`~chainlit_orm.lifecycle.hooks.HookBreaker`)."""
         ...
 
     @property

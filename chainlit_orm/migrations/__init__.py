@@ -15,8 +15,9 @@ subpackage of that name would shadow the public ``chainlit_orm.migrate()`` funct
 from __future__ import annotations
 
 import asyncio
+import os
 
-from chainlit_orm.errors import TimeoutExceededError, mask_url
+from chainlit_orm.errors import NotFoundError, TimeoutExceededError, mask_url
 from chainlit_orm.layers.deadline import DEFAULT_MIGRATE_TIMEOUT, check_timeout
 from chainlit_orm.logs import quiet_alembic as _quiet_alembic
 from chainlit_orm.migrations.lock import LockState, lock_timeout_error
@@ -28,10 +29,31 @@ from chainlit_orm.migrations.report import (
     fingerprint,
 )
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.urls import DynamoURL, parse_url
+from chainlit_orm.urls import SQLURL, DynamoURL, parse_url
 
 __all__ = ["BackfillHook", "BackfillRequest", "HistoryEntry", "MigrationReport", "fingerprint",
            "migrate", "schema_history"]
+
+
+async def _sqlite_file_missing(parsed: SQLURL) -> str | None:
+    """The path of the SQLite database file ``parsed`` names when it does not exist, else None
+    (another backend, an in-memory database, or a ``uri=true`` URL, whose file name is the
+    driver's to read).
+
+    Why: opening a SQLite path creates the file, so a dry run or a history read (both promise
+    to change nothing) of a misspelt path would leave an empty database behind."""
+    if parsed.dialect != "sqlite" or "uri" in parsed.url.query:
+        return None
+    database = parsed.url.database or ""
+    if database in ("", ":memory:"):
+        return None
+    return await asyncio.to_thread(_absent, database)
+
+
+def _absent(path: str) -> str | None:
+    """``path`` made absolute when nothing is there, else None (a stat: run in a thread)."""
+    absolute = os.path.abspath(path)
+    return None if os.path.exists(absolute) else absolute
 
 
 async def migrate(
@@ -77,9 +99,15 @@ async def migrate(
         SchemaError: duplicate feedback rows (without ``dedupe_feedback``), a database recorded at
             a newer schema version, an index name taken by a different index, or a failed
             statement (chained to the driver error).
+        NotFoundError: a dry run of a SQLite file that does not exist (nothing to report; the
+            dry run does not create it, a migration without ``dry_run`` does).
     """
     limit = check_timeout(timeout, "timeout")
     parsed = parse_url(url)
+    if dry_run and isinstance(parsed, SQLURL) and (missing := await _sqlite_file_missing(parsed)):
+        raise NotFoundError(
+            f"the SQLite database {missing} does not exist: nothing to report (the dry run "
+            "creates nothing; migrate without --dry-run creates it)", detail=missing)
     lock = LockState()
     try:
         async with asyncio.timeout(limit):
@@ -115,8 +143,13 @@ async def schema_history(url: str, models: ModelSet | None = None) -> list[Histo
     Raises:
         ConfigurationError: an unsupported URL.
         BackendUnavailableError: the database cannot be reached.
+        NotFoundError: a SQLite file that does not exist (reading it would create it).
     """
     parsed = parse_url(url)
+    if isinstance(parsed, SQLURL) and (missing := await _sqlite_file_missing(parsed)):
+        raise NotFoundError(
+            f"the SQLite database {missing} does not exist: no schema history to report",
+            detail=missing)
     chosen = DEFAULT_MODELS if models is None else models
     if isinstance(parsed, DynamoURL):
         from chainlit_orm.migrations.dynamo import schema_history_dynamodb

@@ -175,7 +175,7 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
     state = lock if lock is not None else LockState()
     sa_url = url.async_url()
     shown = _shown(sa_url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(url))
     PoolerProbe.of(engine, lambda where: refuse_pooler(shown, where)).install(engine)
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine, None if dry_run else (state, shown))
@@ -268,6 +268,12 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
             f"with: {command()}",
             detail=state.version,
         )
+    if target.tombstones.name not in state.existing:  # recorded, yet dropped since
+        raise SchemaOutdatedError(
+            f"{shown} lacks the table {target.tombstones.name}; restore it with: "
+            f"{command()}",
+            detail=state.version,
+        )
     return state.cascade
 
 
@@ -290,10 +296,13 @@ def _shown(url: URL) -> str:
     return mask_url(url.render_as_string(hide_password=True))
 
 
-def _engine_options(url: URL) -> dict[str, Any]:
-    if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
-    return {}
+def _engine_options(url: SQLURL) -> dict[str, Any]:
+    """``connect_args``: the URL's typed parameters (:attr:`SQLURL.connect_args`), and SQLite's
+    busy timeout."""
+    connect_args = dict(url.connect_args)
+    if url.dialect == "sqlite":
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
+    return {"connect_args": connect_args} if connect_args else {}
 
 
 def _sqlite_transactions(engine: AsyncEngine, lock: tuple[LockState, str] | None) -> None:
@@ -371,13 +380,15 @@ class _Target:
     metadata: sa.MetaData
     tables: dict[str, sa.Table]
     version: sa.Table
+    #: the erased-thread tombstones (``schema_gen.sql.tombstone_table``): created when missing
+    tombstones: sa.Table
 
     @classmethod
     def of(cls, models: ModelSet, dialect: str) -> _Target:
         copies = tables_for_dialect(models, "mysql" if dialect == "mariadb" else dialect)
-        tables = dict(zip(ENTITIES, copies[:-1], strict=True))
+        tables = dict(zip(ENTITIES, copies[:-2], strict=True))
         metadata = models.metadata if copies[0] is models.table(ENTITIES[0]) else copies[0].metadata
-        return cls(dialect, copies[0].schema, metadata, tables, copies[-1])
+        return cls(dialect, copies[0].schema, metadata, tables, copies[-1], copies[-2])
 
     @property
     def is_mysql(self) -> bool:
@@ -419,7 +430,8 @@ def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
     inspector = sa.inspect(conn)
     names = set(inspector.get_table_names(schema=target.schema))
     ours = {t.name for t in target.tables.values()}
-    existing = frozenset(ours & names)
+    existing = frozenset(ours & names) | (
+        {target.tombstones.name} & names)
     version = _read_version(conn, target) if target.version.name in names else None
     children = [target.tables[e].name for e in _THREAD_CHILDREN]
     cascade = all(
@@ -625,6 +637,8 @@ def _plan(conn: Connection, models: ModelSet, shown: str, dedupe_feedback: bool,
             changes.setdefault(diff[2], _TableChange(diff[2], reflected[diff[2]])).add.append(
                 column)
     plan.new_tables = [t for t in target.tables.values() if t.name in new_names]
+    if target.tombstones.name not in names:  # bookkeeping, outside the compared MetaData
+        plan.new_tables.append(target.tombstones)
 
     # (a) legacy NOT NULL columns the models never write would fail every insert
     for name, table in reflected.items():
@@ -1733,7 +1747,7 @@ async def schema_history_sql(url: SQLURL, models: ModelSet) -> list[HistoryEntry
     :func:`chainlit_orm.migrations.schema_history`)."""
     sa_url = url.async_url()
     shown = _shown(sa_url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(sa_url))
+    engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(url))
     try:
         async with _transaction(engine, shown) as conn:
             return await conn.run_sync(_history, _Target.of(models, conn.dialect.name))

@@ -14,11 +14,13 @@ conversion is a projection plus the overflow field:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
+from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.models.modelset import FROM_METADATA, ModelSet
 from chainlit_orm.models.rules import is_favorite
 
@@ -26,6 +28,7 @@ __all__ = [
     "RELATION_KEYS",
     "chainlit_keys",
     "from_row",
+    "metadata_text",
     "take_row",
     "to_row",
 ]
@@ -65,6 +68,27 @@ def _derived_columns(table: sa.Table) -> tuple[tuple[str, str], ...]:
     return tuple((c.name, c.info[FROM_METADATA]) for c in table.columns if FROM_METADATA in c.info)
 
 
+def metadata_text(value: Any, key: str) -> str | None:
+    """The value a ``metadata_column`` stores for ``metadata[key]``: a string as it is, a number
+    as its JSON text (``42`` -> ``"42"``, what the metadata's JSON says), None for None (or no
+    key).
+
+    Why not anything else: the column is text, and a dict, a list or a bool was stored as its
+    Python ``repr`` (``"{'a': 1}"``, ``"True"``, where JSON says ``true``), a value no query of
+    the app would look for.
+
+    Raises:
+        InvalidInputError: ``value`` is a bool, a container or another non-scalar.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    raise InvalidInputError(
+        f"metadata[{key!r}] fills a custom text column: it must be a string, a number or None, "
+        f"got {type(value).__name__}", detail=key)
+
+
 def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """Project a Chainlit dict onto ``entity``'s columns.
 
@@ -94,7 +118,7 @@ def to_row(models: ModelSet, entity: str, data: Mapping[str, Any]) -> dict[str, 
             row["favorite"] = None if metadata is None else is_favorite(metadata)
         for name, meta_key in _derived_columns(table):
             value = metadata.get(meta_key) if isinstance(metadata, Mapping) else None
-            row[name] = None if value is None else str(value)
+            row[name] = metadata_text(value, meta_key)
     return row
 
 

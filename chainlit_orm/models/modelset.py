@@ -112,6 +112,12 @@ class ModelSet:
     def version_table(self) -> str:
         return f"{self.prefix}chainlit_orm_version"
 
+    @property
+    def tombstone_table(self) -> str:
+        """Name of the table of erased thread ids for this prefix (see
+        :func:`chainlit_orm.schema_gen.sql.tombstone_table`)."""
+        return f"{self.prefix}chainlit_orm_erased"
+
     def model(self, entity: str) -> type[SQLModel]:
         return getattr(self, entity)  # type: ignore[no-any-return]
 

@@ -36,6 +36,7 @@ from chainlit_orm.schema_gen.sql import (
     ddl_statements,
     get_dialect,
     tables_for_dialect,
+    tombstone_table,
     version_table,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "pynamodb_models",
     "render_key",
     "tables_for_dialect",
+    "tombstone_table",
     "version_table",
 ]
 

@@ -74,6 +74,8 @@ __all__ = [
     "SCHEMA_VERSION_KEY",
     "SORT_KEY",
     "SPARSE_CONDITIONS",
+    "TOMBSTONE_PREFIX",
+    "TOMBSTONE_SORT_KEY",
     "TTL_ATTRIBUTE",
     "GsiSpec",
     "attribute_types",
@@ -84,6 +86,7 @@ __all__ = [
     "parse_key",
     "placeholders",
     "render_key",
+    "tombstone_key",
 ]
 
 PARTITION_KEY = "PK"
@@ -125,6 +128,21 @@ SCHEMA_VERSION_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", S
 #: The item ``chainlit-orm migrate`` holds while it migrates (a lease, see
 #: :mod:`chainlit_orm.migrations.lock`), in the version item's partition.
 MIGRATION_LOCK_KEY: Mapping[str, str] = {PARTITION_KEY: "CHAINLIT_ORM#SCHEMA", SORT_KEY: "LOCK"}
+
+#: The tombstone of a thread ``erase_user`` removed: partition :data:`TOMBSTONE_PREFIX` + the
+#: thread's id, sort key :data:`TOMBSTONE_SORT_KEY`, and one more attribute, ``erasedAt``
+#: (ISO-8601 UTC). Its own partition, outside every thread's and with no index attribute: no
+#: read, list, purge or transfer sees it, and nothing in it names the user. Kept forever (a
+#: random id and a time); a write that would create the thread again checks it (see
+#: ``layers/dynamodb``).
+TOMBSTONE_PREFIX = "CHAINLIT_ORM#ERASED#"
+TOMBSTONE_SORT_KEY = "ERASED"
+
+
+def tombstone_key(thread_id: str) -> dict[str, str]:
+    """The key (plain strings) of the tombstone of the thread ``thread_id``."""
+    return {PARTITION_KEY: TOMBSTONE_PREFIX + thread_id, SORT_KEY: TOMBSTONE_SORT_KEY}
+
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AWS_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")

@@ -807,7 +807,8 @@ class FsspecStorage(BaseStorageClient):
     async def list_keys(self, prefix: str) -> list[str]:
         """Every object key under ``prefix``, sorted (:class:`~chainlit_orm.storage.protocols.
         ListableStorage`); the sidecar records are not objects and are left out. Bounded by
-        ``timeout`` times ten: a listing reads pages, not one object.
+        ``timeout`` times ten: a listing reads pages, not one object (a purge bounds it by its
+        own ``timeout`` too: :func:`chainlit_orm.lifecycle.hooks.storage_call`).
 
         Raises:
             InvalidIdentifierError: the prefix is unsafe.

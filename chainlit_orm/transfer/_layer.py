@@ -69,6 +69,7 @@ import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chainlit_orm.defaults import DEFAULT_TRANSFER_TIMEOUT
 from chainlit_orm.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -106,10 +107,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Seconds one transfer statement (a SQL batch's read or write transaction, a DynamoDB Scan
-#: page, Query, BatchGetItem or BatchWriteItem round) may take, its retries included. Longer
-#: than an app call's 30 s: a batch moves up to ``--batch`` threads at once.
-DEFAULT_TRANSFER_TIMEOUT = 300.0
 
 #: The limit the handles opened by the running ``copy``/``export``/``import`` take (a context
 #: variable, so the transfer's many sources and sinks need no parameter each).

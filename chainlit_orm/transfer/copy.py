@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from chainlit.data.storage_clients.base import BaseStorageClient
 
+from chainlit_orm.defaults import DEFAULT_TRANSFER_BATCH, SOURCE_KINDS
 from chainlit_orm.errors import ConfigurationError, mask_url
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 from chainlit_orm.transfer import _layer
@@ -56,10 +57,7 @@ __all__ = ["DEFAULT_BATCH", "DEFAULT_TRANSFER_TIMEOUT", "SOURCE_KINDS", "copy", 
            "import_bundle"]
 
 #: Threads per batch: the unit of a transaction, of a checkpoint and of what a rerun repeats.
-DEFAULT_BATCH = 200
-
-#: ``source_kind`` values: chainlit-orm's own tables, or Chainlit's official data layer's.
-SOURCE_KINDS = ("chainlit-orm", "official")
+DEFAULT_BATCH = DEFAULT_TRANSFER_BATCH
 
 #: Element files read and stored at once.
 FILE_COPIES = 8
@@ -268,7 +266,13 @@ class Checkpoint:
             tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
 
-        await asyncio.to_thread(write)
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:  # a read-only working directory (the default place), a full disk
+            raise ConfigurationError(
+                f"cannot write the checkpoint {path}: {exc.strerror or exc}; pass --checkpoint "
+                "FILE in a writable directory (what is copied so far stays; a rerun resumes "
+                "from the last checkpoint written)", detail=str(path)) from exc
 
     def remove(self) -> None:
         if self.path is not None:

@@ -9,7 +9,11 @@ from chainlit.context import init_http_context
 from chainlit.user import User
 
 from chainlit_orm import FsspecStorage, from_env, migrate
-from chainlit_orm.errors import ConfigurationError, PayloadTooLargeError, SchemaError
+from chainlit_orm.errors import (
+    ConfigurationError,
+    PayloadTooLargeError,
+    SchemaOutdatedError,
+)
 from chainlit_orm.layers.dynamodb import DynamoDataLayer
 from tests.contract.conftest import message, new_id
 from tests.dynamodb.conftest import MOTO_ENDPOINT, REGION, table_url
@@ -73,7 +77,8 @@ async def test_a_chainlit_docs_table_is_refused_until_migrated(
     docs_table(dynamodb, table_name)
     layer = DynamoDataLayer(table_name, region=REGION, endpoint_url=MOTO_ENDPOINT)
     try:
-        with pytest.raises(SchemaError) as info:
+        # missing indexes are what migrate adds: SchemaOutdatedError, as documented
+        with pytest.raises(SchemaOutdatedError) as info:
             await layer.get_user("someone")
         message_text = str(info.value)
         assert "index UserActivity is missing" in message_text
@@ -85,10 +90,17 @@ async def test_a_chainlit_docs_table_is_refused_until_migrated(
 
 
 async def test_a_missing_table_names_the_command(table_name: str) -> None:
+    """outside attack #20 F8(a): a table that does not exist raised the parent SchemaError,
+    where docs/troubleshooting.md says SchemaOutdatedError ("has none of the tables")."""
     layer = DynamoDataLayer(table_name, region=REGION, endpoint_url=MOTO_ENDPOINT)
     try:
-        with pytest.raises(SchemaError, match="chainlit-orm migrate"):
-            await layer.get_thread_author(new_id())
+        for call in (lambda: layer.get_thread_author(new_id()),
+                     lambda: layer.create_user(User(identifier="alice"))):
+            with pytest.raises(SchemaOutdatedError) as outdated:
+                await call()
+            assert str(outdated.value) == (
+                f"DynamoDB table {table_name} does not exist; create it with: "
+                f"chainlit-orm migrate '{table_url(table_name)}'")
     finally:
         await layer.close()
 
@@ -113,7 +125,7 @@ async def test_an_interrupted_backfill_blocks_the_layer_and_resumes(
         await migrate_dynamodb(table_url(table_name), backfill=interrupted, poll_interval=0.1)
     layer = DynamoDataLayer(table_name, region=REGION, endpoint_url=MOTO_ENDPOINT)
     try:
-        with pytest.raises(SchemaError, match="unfinished backfill"):
+        with pytest.raises(SchemaOutdatedError, match="unfinished backfill"):
             await layer.get_user("bob")
         report = await migrate(table_url(table_name))
         # the version item, the thread and the migration's lock item

@@ -300,7 +300,9 @@ async def test_hanging_hooks_run_side_by_side_not_one_after_the_other(
         fresh_store: tuple[ContractBackend, Any], tmp_path: Path, chainlit_ctx: Any) -> None:
     """20 expired threads whose hooks all hang (the hook's service is down): one after the
     other they took 20 times on_delete_timeout (outside attack, finding F4); up to
-    HOOK_CONCURRENCY at a time, two rounds. Every hook is still called, every failure named."""
+    HOOK_CONCURRENCY at a time, two rounds. With a breaker that stays closed (above 20; the
+    breaker itself is ``test_bounded_maintenance``'s), every hook is still called, every
+    failure named."""
     entry, handle = fresh_store
     called: list[str] = []
     never = asyncio.Event()
@@ -312,7 +314,8 @@ async def test_hanging_hooks_run_side_by_side_not_one_after_the_other(
     from chainlit_orm import FsspecStorage
 
     storage = FsspecStorage(f"file://{tmp_path / 'files'}", mount=False)
-    layer = open_layer(entry, handle, storage, on_delete=hook, on_delete_timeout=0.5)
+    layer = open_layer(entry, handle, storage, on_delete=hook, on_delete_timeout=0.5,
+                       on_delete_breaker=21)
     try:
         user = await new_user(layer)
         threads = [await _conversation(layer, user.id, "s") for _ in range(20)]

@@ -78,7 +78,7 @@ async def test_without_the_filters_sqlite_autogenerate_drops_the_package_objects
     revision = _autogenerate(tmp_path, url, env_py.replace(UNFILTERED, ""))
     dropped = set(re.findall(r"op\.drop_table\('([^']+)'\)", _body(revision, "upgrade")))
     assert dropped == {
-        "chainlit_orm_version",
+        "chainlit_orm_version", "chainlit_orm_erased",
         "threads_name_fts", "threads_name_fts_data", "threads_name_fts_idx",
         "threads_name_fts_docsize", "threads_name_fts_config",
         "steps_output_fts", "steps_output_fts_data", "steps_output_fts_idx",
@@ -122,3 +122,81 @@ def test_filters_for_a_prefixed_model_set_know_its_names() -> None:
     assert not name_filter("acme_chainlit_orm_version", "table", {})
     assert not object_filter(None, "ix_acme_threads_name_trgm", "index", True, None)
     assert name_filter("chainlit_orm_version", "table", {})  # another prefix's: not this set's
+
+
+@pytest.mark.sqlite
+async def test_the_documented_env_py_takes_the_bare_url_forms(tmp_path: Path) -> None:
+    """outside attack #20 F7(a): the page's env.py handed CHAINLIT_ORM_DATABASE_URL straight to
+    create_async_engine, so the bare ``sqlite:///`` form the other pages use for that variable
+    failed (pysqlite is not async). It now goes through ``async_database_url``."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    await migrate(url)
+    revision = _autogenerate(tmp_path, url, _documented_env_py())
+    assert _body(revision, "upgrade") == "pass"
+    assert _body(revision, "downgrade") == "pass"
+
+
+@pytest.mark.postgres
+async def test_the_documented_env_py_with_a_schema_set_on_postgresql(tmp_path: Path) -> None:
+    """outside attack #20 F7(b): with ``ModelSet.build(schema="chat")`` and ``filters_for``, the
+    page's env.py (no ``include_schemas``) proposed ``create_table`` for all five tables. The
+    page now sets ``include_schemas=True`` and the filters keep only the default schema and the
+    sets' schemas. The URL is the bare ``postgresql://`` form."""
+    (tmp_path / "atk20_schema_models.py").write_text(
+        "from chainlit_orm.models import ModelSet\n"
+        "MODELS = ModelSet.build(schema='chat', origin='atk20_schema_models:MODELS')\n")
+    env_py = _documented_env_py().replace(
+        "from chainlit_orm.alembic import include_name, include_object, target_metadata\n",
+        "from atk20_schema_models import MODELS\n"
+        "from chainlit_orm.alembic import filters_for\n"
+        "include_name, include_object = filters_for(MODELS)\n"
+        "target_metadata = MODELS.metadata\n")
+    assert "filters_for(MODELS)" in env_py
+    async with temp_postgres_db() as url:
+        import asyncpg
+
+        from chainlit_orm.urls import parse_sql_url
+
+        bare = url.replace("postgresql+asyncpg://", "postgresql://")
+        dsn = parse_sql_url(url).url.set(drivername="postgresql").render_as_string(False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE SCHEMA chat; CREATE SCHEMA other; "
+                               "CREATE TABLE other.unrelated (id int)")
+        finally:
+            await conn.close()
+        sys.path.insert(0, str(tmp_path))
+        try:
+            from atk20_schema_models import MODELS  # type: ignore[import-not-found]
+
+            await migrate(bare, models=MODELS)
+        finally:
+            sys.path.remove(str(tmp_path))
+        env_dir = tmp_path / "env"
+        env_dir.mkdir()
+        revision = _autogenerate_with_path(env_dir, bare, env_py, tmp_path)
+    assert _body(revision, "upgrade") == "pass"
+    assert _body(revision, "downgrade") == "pass"
+
+
+def _autogenerate_with_path(directory: Path, url: str, env_py: str, path: Path) -> str:
+    """:func:`_autogenerate` with ``path`` on PYTHONPATH (the app's model module)."""
+    env = {**os.environ, "CHAINLIT_ORM_DATABASE_URL": url, "PYTHONPATH": str(path)}
+    subprocess.run([ALEMBIC, "init", "-t", "async", "migrations"], cwd=directory, env=env,
+                   check=True, capture_output=True, text=True)
+    (directory / "migrations" / "env.py").write_text(env_py)
+    done = subprocess.run([ALEMBIC, "revision", "--autogenerate", "-m", "check"], cwd=directory,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (revision,) = (directory / "migrations" / "versions").glob("*_check.py")
+    return revision.read_text()
+
+
+def test_the_schema_filter_keeps_the_default_and_the_sets_schemas() -> None:
+    """outside attack #20 F7(b): with include_schemas=True Alembic would compare every schema
+    the role sees (on MySQL every database); the name filter keeps the default one (None) and
+    the model sets' schemas."""
+    name_filter, _ = filters_for(ModelSet.build(schema="chat"))
+    assert [name_filter(s, "schema", {}) for s in (None, "chat", "public", "other")] == [
+        True, True, False, False]
+    assert [include_name(s, "schema", {}) for s in (None, "chat")] == [True, False]

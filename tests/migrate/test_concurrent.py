@@ -74,9 +74,9 @@ async def _sql_checks(url: str, built: Outcome, *, fresh: bool) -> None:
     assert built.lines[0] == WAITED
     assert built.lines[-1].startswith(f"done: schema version {SCHEMA_VERSION} recorded; ")
     created = [line for line in built.lines if line.startswith("create table ")]
-    assert created == ([f"create table {t}" for t in
-                        ("users", "threads", "steps", "elements", "feedbacks",
-                         "chainlit_orm_version")] if fresh else ["create table chainlit_orm_version"])
+    assert created == [f"create table {t}" for t in (
+        ("users", "threads", "steps", "elements", "feedbacks") if fresh else ()) + (
+        "chainlit_orm_erased", "chainlit_orm_version")]
     assert [tuple(r) for r in await scalar_rows(
         url, "SELECT id, version FROM chainlit_orm_version")] == [(1, SCHEMA_VERSION)]
     struct = await structure(url)

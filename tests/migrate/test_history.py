@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chainlit_orm.cli import main
+from chainlit_orm.errors import NotFoundError
 from chainlit_orm.migrations import HistoryEntry, fingerprint, migrate, schema_history
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SCHEMA_VERSION
@@ -65,7 +66,7 @@ async def test_a_custom_column_is_reported_and_recorded(backend: str, tmp_path: 
         assert [(e.number, e.version, e.fingerprint, e.columns) for e in history] == [
             (1, SCHEMA_VERSION, old, ()), (2, SCHEMA_VERSION, new, ("threads.tenant",))]
         assert history[0].tables == ("users", "threads", "steps", "elements", "feedbacks",
-                                     "chainlit_orm_version")
+                                     "chainlit_orm_erased", "chainlit_orm_version")
         assert [tuple(r) for r in await scalar_rows(
             url, "SELECT id, version FROM chainlit_orm_version ORDER BY id")] == [
             (1, SCHEMA_VERSION), (2, SCHEMA_VERSION)]
@@ -117,5 +118,13 @@ async def test_a_version_table_of_an_older_chainlit_orm(tmp_path: Path) -> None:
 @pytest.mark.sqlite
 async def test_no_history_before_the_first_migration(tmp_path: Path) -> None:
     async with temp_sqlite_url(tmp_path) as url:
+        # a file that does not exist: reading it would create it (outside attack #20 F6)
+        path = Path(url.removeprefix("sqlite+aiosqlite:///"))
+        with pytest.raises(NotFoundError) as missing:
+            await schema_history(url)
+        assert str(missing.value) == (
+            f"the SQLite database {path} does not exist: no schema history to report")
+        assert not path.exists()
+        path.touch()  # an empty database: no history yet
         assert await schema_history(url) == []
         assert await asyncio.to_thread(main, ["migrate", "--history", url]) == 0

@@ -50,6 +50,8 @@ from tests.migrate.conftest import (
 
 UP_TO_DATE = [f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"]
 VERSION_TABLE = "chainlit_orm_version"
+#: the erased-thread tombstones (schema version 4)
+TOMBSTONE_TABLE = "chainlit_orm_erased"
 #: SQLite's search indexes: an FTS5 table per folded column and the FTS5 shadow tables.
 SQLITE_SEARCH_TABLES = {f"{name}{suffix}" for name in ("threads_name_fts", "steps_output_fts")
                         for suffix in ("", "_data", "_idx", "_docsize", "_config")}
@@ -389,7 +391,8 @@ async def test_empty_mariadb_is_created_then_left_alone() -> None:
         assert report.changed is True
         assert report.lines[1:6] == [f"create table {t}" for t in TABLES]
         struct = await structure(url)
-        assert set(struct) == {*TABLES, VERSION_TABLE, "notes", "alembic_version"}
+        assert set(struct) == {*TABLES, TOMBSTONE_TABLE, VERSION_TABLE, "notes",
+                               "alembic_version"}
         assert {t: struct[t] for t in apps} == apps
         assert await scalar_rows(url, "SELECT version_num FROM alembic_version") == [("abc123",)]
         assert_has_models(struct, DEFAULT_MODELS)
@@ -419,7 +422,7 @@ async def test_empty_postgres_with_custom_model_set() -> None:
         struct = await structure(url, "chat")
         names = [table.name for _, table in models.tables()]
         assert names == [f"acme_{t}" for t in TABLES]
-        assert set(struct) == {*names, "acme_chainlit_orm_version"}
+        assert set(struct) == {*names, "acme_chainlit_orm_erased", "acme_chainlit_orm_version"}
         assert_has_models(struct, models)
         assert ("ix_acme_threads_tenant", ("tenant", "activityAt"), False) in (
             struct["acme_threads"]["indexes"])
@@ -471,7 +474,7 @@ async def test_ensure_schema_creates_an_empty_sqlite_database(tmp_path: Path) ->
     finally:
         await engine.dispose()
     struct = await structure(url)
-    assert set(struct) == {*TABLES, VERSION_TABLE, *SQLITE_SEARCH_TABLES}
+    assert set(struct) == {*TABLES, TOMBSTONE_TABLE, VERSION_TABLE, *SQLITE_SEARCH_TABLES}
     assert_has_models(struct, DEFAULT_MODELS)
     assert await _version(url) == [(1, SCHEMA_VERSION)]
     again = await migrate(url)

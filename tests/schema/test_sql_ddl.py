@@ -160,7 +160,7 @@ async def check(url: str, models: ModelSet, dialect: str, schema: str | None) ->
             # the names the models promise, spelled out once so a silent rename fails here
             assert sorted(actual) == sorted(
                 [f"{prefix}{t}" for t in ("users", "threads", "steps", "elements", "feedbacks")]
-                + [f"{prefix}chainlit_orm_version"]
+                + [f"{prefix}chainlit_orm_erased", f"{prefix}chainlit_orm_version"]
             )
             if models is CUSTOM_MODELS:
                 threads = actual["acme_threads"]

@@ -397,7 +397,7 @@ class DynamoBackend(DynamoLifecycle):
         templates = self.layout.index_templates("thread")
         merge = bool(meta_set or meta_delete)
 
-        def build(mode: str) -> UpdateExpression:
+        def build(mode: str, creating: bool) -> UpdateExpression:
             u = UpdateExpression()
             u.set("id", codec.encode("id", thread_id))
             known: dict[str, Any] = {"id": thread_id}
@@ -428,7 +428,7 @@ class DynamoBackend(DynamoLifecycle):
                 if rendered is None or not all(n in known for n in names):
                     continue
                 u.set(attribute, string_value(rendered), if_absent="userId" in names)
-            if not create:
+            if not create or not creating:
                 u.condition(f"attribute_exists({u.n(PARTITION_KEY)})")
             if mode == "paths":
                 for k, value in (meta_set or {}).items():
@@ -445,26 +445,57 @@ class DynamoBackend(DynamoLifecycle):
                 u.set("metadata", {"M": {}}, if_absent=True)
             return u
 
-        mode = "paths" if merge else "none"
         returns = "ALL_NEW" if "userId" in fields else "NONE"
         # The writes of this process to one thread item run one at a time (see _thread_lock):
         # Chainlit's first message sends this update, the message's transaction (which makes a
         # stub thread) and the session's metadata at once, and on DynamoDB a write that meets
         # an item in a transaction is refused (TransactionConflictException).
+        try:
+            await self._update_thread_item(thread_id, key, build, create, merge, identifier,
+                                           fields, returns)
+        except NotFoundError as exc:
+            if exc.detail == thread_id:  # erased: swept out of the thread's lock
+                await self._sweep_erased(thread_id, exc)
+            raise
+
+    async def _update_thread_item(
+        self, thread_id: str, key: dict[str, Any],
+        build: Callable[[str, bool], UpdateExpression],
+        create: bool, merge: bool, identifier: str | None, fields: dict[str, Any], returns: str,
+    ) -> None:
+        """:meth:`update_thread`'s write, under the thread's lock (see :meth:`_thread_lock`).
+
+        A write that may create the thread item first updates it only if it exists (the one
+        call an existing thread costs); when there is none, the item is created in a
+        transaction with the check that no tombstone names the thread (``_not_erased``), so a
+        thread ``erase_user`` removed is never made again, by any process. (A metadata-only
+        write made two calls there before too: the merge's condition needs the map.) An
+        owner's write is a transaction with its user's check already: the erased user is
+        gone, and nothing can name them again."""
+        mode = "paths" if merge else "none"
+        creating = identifier is not None
         async with self._thread_lock(thread_id):
             async for _ in CONFLICT_RETRY.tries():
                 try:
                     if identifier is not None:
-                        result = await self._owner_write(key, build(mode), fields["userId"],
-                                                         identifier)
+                        result = await self._owner_write(key, build(mode, True),
+                                                         fields["userId"], identifier)
+                    elif creating:
+                        await self._create_thread_item(thread_id, key, build(mode, True))
+                        result = {}
                     else:
                         result = await self.call(
                             "update_item", Key=key, ReturnValues=returns,
                             ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                            **build(mode).params())
+                            **build(mode, False).params())
                 except ConditionFailed as failed:
                     if failed.item is None and not create:
                         return  # the layer asked not to create (a thread it deleted, #1684)
+                    if failed.item is None and not creating:
+                        creating = True  # no thread item: create it, checked (see above)
+                        mode = "whole" if merge else "none"
+                        continue
+                    creating = identifier is not None  # it exists (now): update it
                     stored = (failed.item or {}).get("metadata")
                     mode = "paths" if stored is not None and "M" in stored else "whole"
                     continue
@@ -474,6 +505,39 @@ class DynamoBackend(DynamoLifecycle):
                     await self._sync_feedback_markers(key, result.get("Attributes", {}))
                 return
         raise ConflictError(f"thread {thread_id}: metadata merge kept conflicting")
+
+    async def _create_thread_item(self, thread_id: str, key: dict[str, Any],
+                                  update: UpdateExpression) -> None:
+        """``update`` (which creates the thread item) in one transaction with the check that
+        no tombstone names the thread.
+
+        Raises:
+            NotFoundError: ``erase_user`` removed the thread (the caller then sweeps what
+                steps wrote there since, out of the thread's lock: :meth:`_sweep_erased`).
+            ConditionFailed: ``update``'s own condition failed (``item`` None: not read).
+        """
+        try:
+            await self.transact([{"Update": {"TableName": self.table, "Key": key,
+                                             **update.params()}},
+                                 self._not_erased(thread_id)])
+        except ConditionFailed as failed:
+            if failed.reasons[1:2] != ["ConditionalCheckFailed"]:
+                item = (await self.call("get_item", Key=key, ConsistentRead=True)).get("Item")
+                raise ConditionFailed(item) from failed
+            raise self._erased_error(thread_id) from failed
+
+    async def _sweep_erased(self, thread_id: str, error: NotFoundError) -> None:
+        """Once this process meets an erased thread's tombstone: remove what writes landed in
+        its partition since the erasure, with their files (``error`` gets a note for a file
+        that cannot be deleted). Such writes are steps and elements of another process that
+        did not know yet: a child's write does not read its thread item (that would make every
+        step a transaction), so it is not refused until its process meets the tombstone, by a
+        write of the thread item (a user message, ``update_thread``) or a late stub; from then
+        on this process refuses them itself (``_erased``)."""
+        removed = await self._remove_partition(thread_id)
+        storage = self.storage()
+        if removed.object_keys and storage is not None:
+            await _remove_objects(storage, removed.object_keys, error)
 
     async def _owner_write(self, key: dict[str, Any], update: UpdateExpression, user_id: str,
                            identifier: str) -> dict[str, Any]:
@@ -854,10 +918,12 @@ class DynamoBackend(DynamoLifecycle):
                 if bump or stub:
                     thread = self._bump(thread_id, str(activity), now) if bump \
                         else self._stub(thread_id, now)
+                    # the thread item may be created here: not for an erased thread
                     await self.transact([
                         {"Update": {"TableName": self.table, "Key": thread_key,
                                     **thread.params()}},
                         {kind: {"TableName": self.table, **write}},
+                        self._not_erased(thread_id),
                     ])
                     self._deleted.pop(thread_id, None)  # the thread exists again
                 else:
@@ -865,6 +931,8 @@ class DynamoBackend(DynamoLifecycle):
                 break
             except ConditionFailed as failed:
                 reasons = failed.reasons if bump or stub else ["None", "ConditionalCheckFailed"]
+                if reasons[2:3] == ["ConditionalCheckFailed"]:
+                    raise self._erased_error(thread_id) from failed
                 if reasons[0] == "ConditionalCheckFailed":
                     bump = False  # the thread already has a later activity
                 if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
@@ -938,12 +1006,19 @@ class DynamoBackend(DynamoLifecycle):
                 raise NotFoundError(f"thread {thread_id} was erased with its user",
                                     detail=thread_id)
             gate.writers += 1  # no await since the check: the delete cannot have started
+            met: NotFoundError | None = None
             try:
                 yield thread_id in self._deleted
+            except NotFoundError as exc:
+                if exc.detail == thread_id and thread_id in self._erased:
+                    met = exc  # the write met the tombstone (see _not_erased)
+                raise
             finally:
                 gate.writers -= 1
                 if not gate.writers and gate.idle is not None:
                     gate.idle.set()
+                if met is not None:  # no longer one of the writers the sweep waits for
+                    await self._sweep_erased(thread_id, met)
         finally:
             self._leave(thread_id, gate)
 
@@ -1177,12 +1252,16 @@ class DynamoBackend(DynamoLifecycle):
             if not late:
                 await self.call("update_item", Key=key, **u.params())
                 return
-            await self.transact([  # see _child_write: recreate the thread with the element
-                {"Update": {"TableName": self.table,
-                            "Key": self.layout.key_of("thread", id=thread_id),
-                            **self._stub(thread_id, now).params()}},
-                {"Update": {"TableName": self.table, "Key": key, **u.params()}},
-            ])
+            try:
+                await self.transact([  # see _child_write: recreate the thread with the element
+                    {"Update": {"TableName": self.table,
+                                "Key": self.layout.key_of("thread", id=thread_id),
+                                **self._stub(thread_id, now).params()}},
+                    {"Update": {"TableName": self.table, "Key": key, **u.params()}},
+                    self._not_erased(thread_id),
+                ])
+            except ConditionFailed as failed:
+                raise self._erased_error(thread_id) from failed
             self._deleted.pop(thread_id, None)
 
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.backend import DynamoBackend
 from chainlit_orm.layers.dynamodb.config import DynamoConfig
 from chainlit_orm.layers.dynamodb.items import DEFAULT_OFFLOAD_BYTES
-from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_TIMEOUT, OnDelete
+from chainlit_orm.lifecycle.hooks import DEFAULT_HOOK_BREAKER, DEFAULT_HOOK_TIMEOUT, OnDelete
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
 
 __all__ = ["DynamoConfig", "DynamoDataLayer"]
@@ -59,9 +59,10 @@ class DynamoDataLayer(ChainlitLayer):
             DynamoDB's 400 KB is refused (:class:`~chainlit_orm.errors.PayloadTooLargeError`).
         timeout: seconds each data-layer call may take, botocore's retries included (see
             :class:`~chainlit_orm.layers.base.ChainlitLayer`).
-        on_delete, soft_delete, on_delete_timeout: the on-delete hook, the opt-in trash and
-            the bound of one hook call (seconds, default 30); see
-            :class:`~chainlit_orm.layers.base.ChainlitLayer`.
+        on_delete, soft_delete, on_delete_timeout, on_delete_breaker: the on-delete hook, the
+            opt-in trash, the bound of one hook call (seconds, default 30) and the hook calls in
+            a row past it after which a purge or an erasure stops calling the hook (default
+            16); see :class:`~chainlit_orm.layers.base.ChainlitLayer`.
         retention: DynamoDB's native TTL: a thread item carries ``expiresAt`` (its activity
             plus ``retention``), moved by the write that moves its activity (no extra write);
             reads treat a thread past it as gone at once, DynamoDB removes the item within
@@ -97,6 +98,7 @@ class DynamoDataLayer(ChainlitLayer):
         on_delete: OnDelete | None = None,
         soft_delete: timedelta | None = None,
         on_delete_timeout: float = DEFAULT_HOOK_TIMEOUT,
+        on_delete_breaker: int = DEFAULT_HOOK_BREAKER,
         retention: timedelta | None = None,
         tracing: bool | None = None,
     ) -> None:
@@ -116,7 +118,8 @@ class DynamoDataLayer(ChainlitLayer):
             kwargs["max_text_bytes"] = max_text_bytes
         super().__init__(backend, storage=storage, thread_order=thread_order, timeout=timeout,
                          on_delete=on_delete, soft_delete=soft_delete,
-                         on_delete_timeout=on_delete_timeout, tracing=tracing, **kwargs)
+                         on_delete_timeout=on_delete_timeout,
+                         on_delete_breaker=on_delete_breaker, tracing=tracing, **kwargs)
         self.dynamo: DynamoBackend = backend
 
 

@@ -31,15 +31,25 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from chainlit_orm.errors import NotFoundError
+from chainlit_orm.layers.deadline import DEFAULT_TIMEOUT
 from chainlit_orm.layers.dynamodb.items import (
     FEEDBACK_COUNTERS,
     TEXT_REFS,
     stored_object_keys,
+    string_value,
+    table_key,
 )
 from chainlit_orm.layers.dynamodb.table import ConditionFailed
 from chainlit_orm.lifecycle.records import ExpiryRule, Removed
-from chainlit_orm.models.types import format_timestamp, parse_timestamp
-from chainlit_orm.schema_gen.dynamo import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE, render_key
+from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
+from chainlit_orm.schema_gen.dynamo import (
+    PARTITION_KEY,
+    SORT_KEY,
+    TTL_ATTRIBUTE,
+    render_key,
+    tombstone_key,
+)
 
 if TYPE_CHECKING:
     from chainlit.data.storage_clients.base import BaseStorageClient
@@ -60,6 +70,8 @@ CLAIM_STALE = 900
 TRASHED = "TRASHED"
 #: Partitions removed at once.
 PARALLEL = 8
+#: Where the files of threads are stored: what the orphan sweep lists.
+ORPHAN_PREFIX = "threads"
 
 
 class DynamoLifecycle:
@@ -124,19 +136,31 @@ class DynamoLifecycle:
         return None
 
     async def sweep_orphans(self: _DynamoSelf, storage: BaseStorageClient | None, *,
-                            dry_run: bool = False) -> tuple[int, int]:
+                            dry_run: bool = False,
+                            storage_timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
         """What DynamoDB's TTL leaves behind, removed: the other items of threads whose thread
         item is gone, and the stored objects (``threads/{id}/...``) of threads that no longer
         exist. Returns how many such threads had items and how many objects were removed (dry:
         would be). Objects need a storage client that can list
         (:class:`~chainlit_orm.storage.protocols.ListableStorage`); with another one (or none)
-        only the items are swept."""
+        only the items are swept. The listing and each delete are bounded by
+        ``storage_timeout`` and by what is left of the caller's deadline
+        (:func:`~chainlit_orm.lifecycle.hooks.storage_call`).
+
+        Raises:
+            StorageTimeoutError: the listing or a delete did not finish within its bound
+                (nothing of the storage is deleted when it is the listing).
+        """
+        from chainlit_orm.lifecycle.hooks import finish_removal, storage_call
         from chainlit_orm.storage.protocols import ListableStorage
 
         partitions, live = await self._sweep_orphan_items(dry_run)
         if not isinstance(storage, ListableStorage):
             return partitions, 0
-        keys = await storage.list_keys("threads")
+        listable = storage
+        keys = await storage_call(storage, "list_keys", ORPHAN_PREFIX,
+                                  lambda: listable.list_keys(ORPHAN_PREFIX), storage_timeout,
+                                  early=True)
         by_thread: dict[str, list[str]] = {}
         for key in keys:
             parts = key.split("/")
@@ -146,9 +170,8 @@ class DynamoLifecycle:
         gone = await self._missing_threads(sorted(set(by_thread) - live))
         doomed = [key for thread_id in gone for key in by_thread[thread_id]]
         if not dry_run and doomed:
-            from chainlit_orm.lifecycle.hooks import finish_removal
-
-            outcome = await finish_removal(Removed(object_keys=doomed), storage, None)
+            outcome = await finish_removal(Removed(object_keys=doomed), storage, None,
+                                           storage_timeout=storage_timeout)
             outcome.raise_storage()
         return partitions, len(doomed)
 
@@ -318,8 +341,48 @@ class DynamoLifecycle:
         dry_run = dry_run or keys_only
         if not dry_run:
             self._mark_erased(thread_ids)
+            await self._write_tombstones(thread_ids)
         result: Removed = await self._each(list(thread_ids), dry_run)
         return result
+
+    # -------------------------------------------------------------- tombstones
+
+    def _tombstone(self: _DynamoSelf, thread_id: str) -> dict[str, Any]:
+        """The key of the thread's tombstone (``schema_gen.dynamo.tombstone_key``)."""
+        key = tombstone_key(thread_id)
+        return table_key(key[PARTITION_KEY], key[SORT_KEY])
+
+    async def _write_tombstones(self: _DynamoSelf, thread_ids: Sequence[str]) -> None:
+        """Before an erasure deletes these threads: their tombstones (id and time, nothing of
+        the user), which a write of any process checks before it creates one of them again.
+
+        Written first, so whatever order a writer of another process takes, it either meets
+        the tombstone or wrote before it, and then the partition read that follows sees what
+        it wrote (reads are strongly consistent)."""
+        now = string_value(utc_now())
+        await self.batch_write([{"PutRequest": {"Item": {**self._tombstone(t), "erasedAt": now}}}
+                                for t in dict.fromkeys(thread_ids)])
+
+    def _not_erased(self: _DynamoSelf, thread_id: str) -> dict[str, Any]:
+        """A transaction's check that no tombstone names the thread: the action that makes a
+        transaction creating the thread item fail for an erased thread (its cancellation
+        reason is then ``ConditionalCheckFailed``)."""
+        return {"ConditionCheck": {"TableName": self.table, "Key": self._tombstone(thread_id),
+                                   "ConditionExpression": "attribute_not_exists(#p)",
+                                   "ExpressionAttributeNames": {"#p": PARTITION_KEY}}}
+
+    async def _is_erased(self: _DynamoSelf, thread_id: str) -> bool:
+        found = await self.call("get_item", Key=self._tombstone(thread_id), ConsistentRead=True,
+                                ProjectionExpression="#p",
+                                ExpressionAttributeNames={"#p": PARTITION_KEY})
+        return "Item" in found
+
+    def _erased_error(self: _DynamoSelf, thread_id: str) -> NotFoundError:
+        """The refusal of a write to an erased thread (the SQL backends raise the same), which
+        this process then refuses without asking again."""
+        self._mark_erased([thread_id])
+        self._deleted[thread_id] = None
+        return NotFoundError(f"thread {thread_id} was erased with its user", detail=thread_id)
 
     def _mark_erased(self: _DynamoSelf, thread_ids: Sequence[str]) -> None:
         """Remember threads an erasure removes (see ``_erased``), before they go."""
@@ -407,6 +470,7 @@ class DynamoLifecycle:
         # pass that removes no thread met only index entries of threads already gone)
         while owned := await self._owned(user_id):
             self._mark_erased(owned)
+            await self._write_tombstones(owned)
             swept = await self._each(owned, False)
             removed.add(swept)
             if not swept.counts["thread"]:

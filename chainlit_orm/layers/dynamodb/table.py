@@ -25,6 +25,7 @@ from chainlit_orm.errors import (
     MissingDependencyError,
     PayloadTooLargeError,
     SchemaError,
+    SchemaOutdatedError,
     TimeoutExceededError,
     migrate_command,
 )
@@ -306,8 +307,8 @@ class TableClient:
             if any(r == "ValidationError" for r in reasons):
                 return InvalidInputError(f"DynamoDB {operation} refused: {message}")
             return ConditionFailed(None, reasons)
-        if code == "ResourceNotFoundException":
-            return SchemaError(
+        if code == "ResourceNotFoundException":  # migrate creates what is missing
+            return SchemaOutdatedError(
                 f"DynamoDB table {self.table} (or an index) does not exist; run: {self.command()}",
                 detail=code,
             )
@@ -332,7 +333,7 @@ class TableClient:
         try:
             described = (await self.call("describe_table"))["Table"]
         except SchemaError as exc:
-            raise SchemaError(
+            raise SchemaOutdatedError(
                 f"DynamoDB table {self.table} does not exist; create it with: {self.command()}"
             ) from exc
         keys = {k["KeyType"]: k["AttributeName"] for k in described["KeySchema"]}
@@ -355,14 +356,17 @@ class TableClient:
             if found.get("IndexStatus", "ACTIVE") != "ACTIVE":
                 problems.append(f"index {name} is {found.get('IndexStatus')}, not ACTIVE yet")
         if problems:
-            raise SchemaError(
+            # only missing indexes: what migrate adds (an outdated table); anything else (other
+            # keys, a projection, an index still building) is a table migrate cannot fix as is
+            missing_only = all(problem.endswith(" is missing") for problem in problems)
+            raise (SchemaOutdatedError if missing_only else SchemaError)(
                 f"DynamoDB table {self.table} cannot be used by chainlit-orm: "
                 f"{'; '.join(problems)}. Run: {self.command()}",
                 detail=problems,
             )
         version = await self._wait_for_migration()
         if "backfillPending" in version:
-            raise SchemaError(
+            raise SchemaOutdatedError(
                 f"DynamoDB table {self.table} has an unfinished backfill; run: {self.command()}"
             )
 
