@@ -43,6 +43,7 @@ from chainlit_orm import SQLDataLayer, migrate
 from chainlit_orm.errors import CheckFailedError, ConfigurationError
 from chainlit_orm.layers.pooler import probe_sql
 from chainlit_orm.migrations.sql import refuse_pooler
+from chainlit_orm.schema_gen import SCHEMA_VERSION
 from chainlit_orm.urls import parse_sql_url
 from tests.backends import PGBOUNCER_PORT as PORT
 from tests.backends import POOLER_FLAG, through_pgbouncer
@@ -308,7 +309,8 @@ async def test_four_layers_create_an_empty_schema_at_once_through_pgbouncer(
     conn = await asyncpg.connect(direct_url_unmigrated.replace("postgresql+asyncpg",
                                                                "postgresql"))
     try:
-        assert await conn.fetch("SELECT version FROM chainlit_orm_version") == [(3,)]
+        assert await conn.fetch("SELECT version FROM chainlit_orm_version") == [
+            (SCHEMA_VERSION,)]
     finally:
         await conn.close()
 
