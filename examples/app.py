@@ -49,7 +49,7 @@ from chainlit.logger import logger
 from chainlit.types import ThreadDict
 
 import chainlit_orm
-from chainlit_orm.errors import CheckFailedError, mask_url
+from chainlit_orm.errors import ChainlitORMError, mask_url
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / ".data"
@@ -144,13 +144,16 @@ async def check_persistence() -> None:
     # Chainlit logs an Exception raised here and serves the app anyway (the error would come at
     # the first login); SystemExit stops it at start ("Application startup failed. Exiting.").
     # "from None": the message lists every problem with its fix; the chained tracebacks would
-    # print it three times.
-    layer = get_data_layer()
-    if not isinstance(layer, chainlit_orm.ChainlitLayer):
-        raise SystemExit(f"expected a chainlit-orm data layer, got {type(layer).__name__}")
+    # print it three times. get_data_layer() is inside the try: it builds the layer, and a
+    # setting that cannot work (an unsupported URL, a storage secret under 16 characters) is a
+    # ConfigurationError raised there; ChainlitORMError, the package's base class, covers it
+    # and CheckFailedError alike.
     try:
+        layer = get_data_layer()
+        if not isinstance(layer, chainlit_orm.ChainlitLayer):
+            raise SystemExit(f"expected a chainlit-orm data layer, got {type(layer).__name__}")
         await layer.check()
-    except CheckFailedError as err:
+    except ChainlitORMError as err:
         raise SystemExit(str(err)) from None
 
 

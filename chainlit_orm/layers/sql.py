@@ -51,7 +51,6 @@ from chainlit_orm.errors import (
     SchemaOutdatedError,
     TimeoutExceededError,
     mask_url,
-    migrate_command,
 )
 from chainlit_orm.layers.base import ChainlitLayer, ThreadOrder
 from chainlit_orm.layers.combine import WriteCombiner
@@ -61,6 +60,7 @@ from chainlit_orm.layers.deadline import (
     DEFAULT_TIMEOUT,
     check_timeout,
 )
+from chainlit_orm.layers.pooler import PoolerProbe, direct_migrate_command
 from chainlit_orm.layers.sql_lifecycle import SQLLifecycle
 from chainlit_orm.layers.sqlexec import (
     RawPool,
@@ -146,6 +146,8 @@ class SQLBackend(SQLLifecycle):
                 raise ConfigurationError("engine options cannot be combined with an AsyncEngine")
             self.engine = url_or_engine
             self.owns_engine = False
+            #: no probe on a borrowed engine: its pool and events are the caller's
+            self.pooler: PoolerProbe | None = None
             # a borrowed engine: its pool is shared, so AUTOCOMMIT is set per checkout
             self.auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
@@ -203,6 +205,17 @@ class SQLBackend(SQLLifecycle):
             # the transactional engine only checks the schema (and serves migrate)
             self.engine = create_async_engine(url, **engine_options_)
             self.owns_engine = True
+            # Every new PostgreSQL connection of both engines is probed once for a pooler
+            # (layers.pooler: one plain SELECT on the simple protocol, before SQLAlchemy's
+            # first-connect queries, not counted as a call's statement). Without the URL flag
+            # a pooler is refused there, before any statement of a call: asyncpg's named
+            # statements would be mixed up between the pooler's clients. With it, what was
+            # seen only changes the migrate hint (migrate needs a direct URL).
+            flagged = parsed.transaction_pooler
+            self.pooler = PoolerProbe.of(
+                self.engine, lambda where: None if flagged else self._refuse_pooler(where))
+            self.pooler.install(self.auto)
+            self.pooler.install(self.engine)
         self.dialect = self.engine.dialect.name  # "postgresql" | "sqlite" | "mysql" | "mariadb"
         #: what a tracing span says of this backend (:mod:`chainlit_orm.tracing`)
         self.tracing_system, self.tracing_backend = self.dialect, "sql"
@@ -316,7 +329,8 @@ class SQLBackend(SQLLifecycle):
                     from chainlit_orm.migrations.sql import ensure_schema
 
                     self._cascade = await ensure_schema(
-                        self.engine, self.models, create=self.create_schema)
+                        self.engine, self.models, create=self.create_schema,
+                        pooler=self.pooler)
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
@@ -463,7 +477,18 @@ class SQLBackend(SQLLifecycle):
     def migrate_command(self) -> str:
         """The exact ``chainlit-orm migrate`` command for this database and model set (the
         package's one hint, :func:`chainlit_orm.errors.migrate_command`)."""
-        return migrate_command(self.url_text, self.models)
+        return direct_migrate_command(self.url_text, self.models,
+                                      self.pooler.seen if self.pooler else None)
+
+    def _refuse_pooler(self, where: str) -> ConfigurationError:
+        """The error for a new connection that reached a pooler while the URL lacks the flag:
+        raised before the connection serves any statement, so every call is refused the same
+        way and none runs on another client's prepared statement."""
+        return ConfigurationError(
+            f"{where} is a connection pooler (PgBouncer, Supavisor, Neon's pooler), where "
+            "asyncpg's named prepared statements are mixed up between clients; add "
+            f"?prepared_statement_cache_size=0 to the database URL ({self.url_text}); nothing "
+            "was sent", detail="pooler")
 
     def _refuse_erased(self, thread_id: str) -> None:
         """Before a stub thread is made for a late write: refuse it if ``erase_user`` removed

@@ -10,12 +10,16 @@ backend:
   and a transaction-scoped lock would be released by the first commit. A session lock needs a
   session: behind a transaction-mode pooler (PgBouncer ``pool_mode = transaction``, Supavisor's
   port 6543, Neon's ``-pooler`` host) the lock lands on whatever server connection served that
-  one statement. Two checks catch that: the lock connection's backend pid is read when the lock
-  is taken and again when it is released (a different pid: :class:`ConfigurationError`), and a
-  lock that cannot be taken within the migration's timeout is a :class:`MigrationLockError`
-  whose message names the pooler as a likely cause. The layer's first-use check takes the same
-  key as a *transaction* lock (shared, or exclusive when it may create the schema), which a
-  pooler keeps whole, so it waits for a running migration instead of seeing half a schema.
+  one statement. So migrate refuses a pooler when its first connection opens, before the lock
+  and any DDL (:mod:`chainlit_orm.layers.pooler`: the connection's key pid is not
+  ``pg_backend_pid()``; :class:`ConfigurationError`). Two later checks remain as a second line:
+  the backend pid read when the lock is taken and when it is released (a different pid:
+  :class:`ConfigurationError`; alone it passes whenever the pooler hands back the same server
+  connection), and a lock not taken within the migration's timeout, a
+  :class:`MigrationLockError` whose message names the pooler as a likely cause. The layer's
+  first-use check takes the same key as a *transaction* lock (shared, or exclusive when it may
+  create the schema), which a pooler keeps whole, so it waits for a running migration instead
+  of seeing half a schema.
 * **MySQL/MariaDB**: ``GET_LOCK(name, 1)`` polled on a connection of its own. The name is
   server-wide, so it carries the database's name.
 * **SQLite**: the database's write lock, ``BEGIN IMMEDIATE`` (the whole migration is one

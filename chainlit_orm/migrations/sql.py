@@ -84,13 +84,14 @@ from sqlalchemy.schema import CreateIndex, CreateSchema, ExecutableDDLElement
 
 from chainlit_orm.errors import (
     BackendUnavailableError,
+    ConfigurationError,
     InvalidInputError,
     MigrationLockError,
     SchemaError,
     SchemaOutdatedError,
     mask_url,
-    migrate_command,
 )
+from chainlit_orm.layers.pooler import PoolerProbe, direct_migrate_command
 from chainlit_orm.layers.sqlite import BEGIN_IMMEDIATE, SQLITE_BUSY_TIMEOUT, begin_immediate_on
 from chainlit_orm.migrations.lock import (
     LockState,
@@ -165,11 +166,17 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
     Under the migration lock (:mod:`.lock`): SQLite in one ``BEGIN IMMEDIATE`` transaction,
     PostgreSQL and MySQL/MariaDB online, step by step (:func:`_migrate_online`), holding a session
     lock on a connection of its own. A dry run takes no lock and changes nothing.
+
+    PostgreSQL through a connection pooler is refused before anything is sent on the connection
+    (:func:`refuse_pooler`), a dry run included: the session lock cannot be held there, and
+    SQLAlchemy's path that migrate runs on prepares named statements, which a transaction-mode
+    pooler mixes up between clients.
     """
     state = lock if lock is not None else LockState()
     sa_url = url.async_url()
     shown = _shown(sa_url)
     engine = create_async_engine(sa_url, poolclass=NullPool, **_engine_options(url))
+    PoolerProbe.of(engine, lambda where: refuse_pooler(shown, where)).install(engine)
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine, None if dry_run else (state, shown))
     try:
@@ -187,7 +194,8 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
         await engine.dispose()
 
 
-async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) -> bool:
+async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
+                        pooler: PoolerProbe | None = None) -> bool:
     """Check, on a layer's first use, that the database has the set's schema; maybe create it.
 
     One round of inspection: the set's tables, the recorded version, and the foreign keys of the
@@ -202,6 +210,11 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
         engine: the layer's engine.
         models: the layer's model set.
         create: create the schema if the database has none of the set's tables.
+        pooler: the layer's pooler probe: when it saw a pooler, the migrate command a message
+            names has the server's own address in place of the pooler's (migrate refuses a
+            pooler). Creating the schema on first use is safe behind a transaction-mode pooler:
+            the lock is a transaction lock, and the creation is one transaction with it, which
+            the pooler keeps on one server connection.
 
     Returns:
         True when ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
@@ -216,6 +229,10 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
     shown = _shown(engine.url)
     target = _Target.of(models, engine.dialect.name)
     lock = LockState()
+
+    def command() -> str:
+        return direct_migrate_command(shown, models, pooler.seen if pooler else None)
+
     async with _transaction(engine, shown) as conn:
         # wait for a migration that is running (instead of reading half a schema), and let
         # one process at a time create an empty database (SQLite: BEGIN IMMEDIATE already did)
@@ -231,7 +248,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
                     return _declares_cascade(target)
                 raise SchemaOutdatedError(
                     f"{shown} has none of the chainlit-orm tables; create them with: "
-                    f"{migrate_command(shown, models)}",
+                    f"{command()}",
                     detail=None,
                 )
         finally:
@@ -240,7 +257,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
     if missing:
         raise SchemaOutdatedError(
             f"{shown} lacks the tables {', '.join(missing)}; upgrade it with: "
-            f"{migrate_command(shown, models)}",
+            f"{command()}",
             detail=state.version,
         )
     if state.version is None or state.version < SCHEMA_VERSION:
@@ -248,19 +265,30 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool) 
             f"is at schema version {state.version}")
         raise SchemaOutdatedError(
             f"{shown} {at} but this chainlit-orm needs version {SCHEMA_VERSION}; upgrade it "
-            f"with: {migrate_command(shown, models)}",
+            f"with: {command()}",
             detail=state.version,
         )
     if target.tombstones.name not in state.existing:  # recorded, yet dropped since
         raise SchemaOutdatedError(
             f"{shown} lacks the table {target.tombstones.name}; restore it with: "
-            f"{migrate_command(shown, models)}",
+            f"{command()}",
             detail=state.version,
         )
     return state.cascade
 
 
 # ----------------------------------------------------------------------------- connections
+
+
+def refuse_pooler(shown: str, where: str) -> ConfigurationError:
+    """migrate's error for a URL that reaches a connection pooler (see
+    :mod:`chainlit_orm.layers.pooler`), raised when the first connection opens: before the lock,
+    before any DDL."""
+    return ConfigurationError(
+        f"migrate of {shown}: {where} is a connection pooler (PgBouncer, Supavisor, Neon's "
+        "pooler), not the database server: a transaction-mode pooler cannot hold migrate's "
+        "session lock (two migrations could run at once); run migrate with a direct URL to the "
+        "server (its own host and port)", detail="pooler")
 
 
 def _shown(url: URL) -> str:

@@ -251,3 +251,41 @@ def test_the_lock_names_fit_the_servers_limits() -> None:
     name = lock_name("a" * 64, DEFAULT_MODELS)
     assert (len(name), name.startswith("chainlit-orm:")) == (45, True)
     assert 0 <= lock_key(DEFAULT_MODELS) < 2**63
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("flag", [False, True], ids=["without-flag", "with-flag"])
+async def test_four_processes_migrate_through_pgbouncer_all_refuse(tmp_path: Path,
+                                                                   flag: bool) -> None:
+    """outside attack #18 F2: 4 ``chainlit-orm migrate`` at once through PgBouncer (transaction
+    mode). Before: without the flag 1-2 died with a 154-line SQLAlchemy traceback and one
+    migrated; with it, two processes both "held" the lock on one server session and tables were
+    made. Now each refuses when its first connection opens, before the lock and any DDL: exit 1,
+    one typed line on stderr, nothing migrated."""
+    from chainlit_orm.migrations.sql import refuse_pooler
+    from tests.backends import PGBOUNCER_PORT, through_pgbouncer
+
+    async with temp_postgres_db() as url:
+        pooled = through_pgbouncer(url)
+        if not flag:
+            pooled = pooled.replace("?prepared_statement_cache_size=0", "")
+        workers = Workers(tmp_path, 4, ["migrate", pooled, "--timeout", "60"])
+        try:
+            await workers.ready()
+            workers.go()
+            outcomes = await workers.finished()
+        finally:
+            workers.close()
+        line = f"chainlit-orm: error: {refuse_pooler(pooled, f'127.0.0.1:{PGBOUNCER_PORT}')}"
+        assert [(o.code, o.lines, o.stderr) for o in outcomes] == [
+            (1, [], f"ready\n{line}\n")] * 4
+        assert await schema_history(url) == []
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            assert await conn.fetchval(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'public'") == 0
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        finally:
+            await conn.close()
