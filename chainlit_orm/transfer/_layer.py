@@ -608,6 +608,21 @@ class DynamoTable:
                     out[thread_id] = row.get("userId")
         return out
 
+    async def erased(self, thread_ids: Sequence[str]) -> set[str]:
+        """Which of these threads have a tombstone item (BatchGetItem, 100 keys a call)."""
+        from chainlit_orm.layers.dynamodb.items import table_key
+
+        spec, b = self._spec, self.backend
+        keys = []
+        for thread_id in dict.fromkeys(thread_ids):
+            key = spec.tombstone_key(thread_id)
+            keys.append(table_key(key[spec.PARTITION_KEY], key[spec.SORT_KEY]))
+        out: set[str] = set()
+        for start in range(0, len(keys), 100):
+            for item in await b.batch_get(keys[start:start + 100]):
+                out.add(item[spec.PARTITION_KEY]["S"][len(spec.TOMBSTONE_PREFIX):])
+        return out
+
     async def thread_feedback(self, thread_id: str) -> list[dict[str, Any]]:
         """The feedback items a thread already has (to count them with the copied ones)."""
         spec, b = self._spec, self.backend

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -568,12 +568,66 @@ async def import_bundle(
             await _close(source, sink, store, storages)
 
 
+#: The ``left out`` reason of a thread the destination has a tombstone for.
+ERASED_REASON = "thread erased in the destination (tombstone)"
+
+
+class _SkipErased:
+    """The source as a copy or an import into a destination sees it: without the threads the
+    destination has a tombstone for (``erase_user`` removed them there), nor their steps,
+    elements, feedback and files. Without it, restoring a backup taken before an erasure, or
+    copying an older copy of the store, would bring the erased threads back. The transfer and
+    its verification both read through it, so neither side holds or compares those threads;
+    they are counted once each in ``skipped``."""
+
+    def __init__(self, source: Any, sink: Any) -> None:
+        self._source, self._sink = source, sink
+        self._erased: set[str] = set()
+        self.models, self.shown, self.kind = source.models, source.shown, source.kind
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        out = dict(self._source.skipped)
+        if self._erased:
+            out[ERASED_REASON] = len(self._erased)
+        return out
+
+    async def open(self, scope: Scope) -> None:
+        await self._source.open(scope)
+
+    def iter_users(self, scope: Scope, batch: int) -> AsyncIterator[list[dict[str, Any]]]:
+        it: AsyncIterator[list[dict[str, Any]]] = self._source.iter_users(scope, batch)
+        return it
+
+    async def iter_threads(self, scope: Scope, after: str | None, batch: int
+                           ) -> AsyncIterator[list[ThreadData]]:
+        async for threads in self._source.iter_threads(scope, after, batch):
+            erased = await self._sink.erased([d.id for d in threads])
+            self._erased |= erased
+            kept = [d for d in threads if d.id not in erased]
+            if kept:  # a batch wholly erased is read again by a resume, and left out again
+                yield kept
+
+    async def totals(self, scope: Scope) -> dict[str, int | None]:
+        totals: dict[str, int | None] = await self._source.totals(scope)
+        return totals
+
+    async def read_file(self, element: Mapping[str, Any]) -> bytes | None:
+        data: bytes | None = await self._source.read_file(element)
+        return data
+
+    async def close(self) -> None:
+        await self._source.close()
+
+
 async def _write_and_verify(source: Any, sink: Any, store: Any, scope: Scope, ck: Checkpoint,
                             summary: Summary, *, verify_only: bool, files: bool, batch: int,
                             storages: _Storages, progress: Progress) -> Summary:
     """The end every transfer shares (copy and import): unless only verifying, the
     destination's schema, then the batches; then the destination read back and compared with
-    the source, and the checkpoint removed once they match."""
+    the source, and the checkpoint removed once they match. Both read the source through
+    :class:`_SkipErased`: a thread the destination has a tombstone for is left out."""
+    source = _SkipErased(source, sink)
     if not verify_only:
         summary.schema = await sink.prepare()
         await _Transfer(source, sink, scope, files=files, batch=batch, storages=storages,

@@ -225,6 +225,22 @@ class SQLSink:
 
         await self.db.run(write)
 
+    async def erased(self, thread_ids: Sequence[str]) -> set[str]:
+        """Which of these threads the destination has a tombstone for (``erase_user`` removed
+        them there): a transfer leaves them out, or a backup restored after an erasure would
+        bring the erased person's threads back."""
+        from chainlit_orm.schema_gen.sql import tombstone_table
+
+        x = tombstone_table(self.models)
+        ids = list(dict.fromkeys(thread_ids))
+
+        async def read() -> set[str]:
+            async with self.db.engine.connect() as conn:
+                return {str(r[0]) for r in await conn.execute(
+                    sa.select(x.c.id).where(x.c.id.in_(ids)))}
+
+        return await self.db.run(read) if ids else set()
+
     async def write_file(self, element: Mapping[str, Any], data: bytes) -> None:
         assert self.storage is not None  # the copy checks a destination storage exists first
         await upload(self.storage, str(element["objectKey"]), data,
@@ -321,6 +337,11 @@ class DynamoSink:
         await self.table.put(children)
         await self.table.put(threads)
         self._owners = None
+
+    async def erased(self, thread_ids: Sequence[str]) -> set[str]:
+        """Which of these threads the destination has a tombstone item for (see
+        :meth:`SQLSink.erased`)."""
+        return await self.table.erased(thread_ids)
 
     async def write_file(self, element: Mapping[str, Any], data: bytes) -> None:
         assert self.storage is not None

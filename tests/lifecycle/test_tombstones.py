@@ -403,3 +403,42 @@ async def test_dynamodb_erase_user_while_four_processes_keep_writing(
     assert found == {}
     assert [p for p in files_root.rglob("*") if p.is_file()] == []
     assert _items(table, _prefixes(threads), endpoint) == {"ERASED": 4}
+
+
+@DYNAMODB_ONLY
+async def test_dynamodb_late_step_and_element_after_erasure_are_unreadable_and_rerun_removes_them(
+        make_layer: LayerFactory, lstore: tuple[ContractBackend, Any], files_root: Path,
+        chainlit_ctx: Any) -> None:
+    """Outside attack F2 (second round): a process that never meets the tombstone again (it
+    crashed after its late writes) leaves a step and an element with a file in the erased
+    thread's partition. No read returns them (``get_step`` and ``get_element`` read the
+    tombstone in the same BatchGetItem), and ``erase_user`` run again finds the partition by
+    its tombstone and removes both items and the file."""
+    eraser = await make_layer()
+    identifier = f"tomb-{uuid.uuid4().hex}"
+    tid, user_id, _ = await _erased_thread(eraser, identifier)
+    table = lstore[1]
+
+    late = await make_layer()  # process B: its reply and file land after the erasure
+    reply = message(tid, f"{identifier} late secret", type_="assistant_message")
+    await late.create_step(reply)
+    element = _file(tid, reply["id"], identifier.encode(), "late.txt")
+    await late.create_element(element)
+    assert _items(table, _prefixes([tid])) == {"ERASED": 1, "STEP": 1, "ELEMENT": 1}
+    stored = [p for p in files_root.rglob("*")
+              if p.is_file() and ".chainlit-orm-meta" not in p.parts]
+    assert len(stored) == 1 and tid in str(stored[0])
+
+    reader = await make_layer()
+    assert await reader.get_step(reply["id"]) is None
+    assert await reader.get_element(tid, element.id) is None
+    assert await reader.get_thread(tid) is None
+
+    again = await (await make_layer()).erase_user(identifier)
+    assert again.counts == {"user": 0, "thread": 0, "step": 1, "element": 1, "feedback": 0,
+                            "file": 1}
+    assert _items(table, _prefixes([tid])) == {"ERASED": 1}
+    assert not stored[0].exists()
+    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    third = await (await make_layer()).erase_user(identifier)
+    assert third.counts == dict.fromkeys(third.counts, 0)

@@ -1176,7 +1176,12 @@ class DynamoBackend(DynamoLifecycle):
         thread_id = self.layout.thread_of_key(pk) or ""
         feedback_key = self.layout.key_of("feedback", threadId=thread_id, forId=step_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self.batch_get([table_key(pk, sk), feedback_key, thread_key])
+        tombstone = self._tombstone(thread_id)
+        # the thread item and its tombstone in the same BatchGetItem: still one call
+        items = await self.batch_get([table_key(pk, sk), feedback_key, thread_key, tombstone])
+        if any(i[PARTITION_KEY] == tombstone[PARTITION_KEY] for i in items):
+            return None  # a late step of an erased thread: as gone as the thread (erase_user
+            # run again removes it)
         step_item = next((i for i in items if i[SORT_KEY]["S"] == sk), None)
         if step_item is None or self.layout.is_phantom(step_item):
             return None
@@ -1267,7 +1272,10 @@ class DynamoBackend(DynamoLifecycle):
     async def get_element(self, thread_id: str, element_id: str) -> dict[str, Any] | None:
         key = self.layout.key_of("element", threadId=thread_id, id=element_id)
         thread_key = self.layout.key_of("thread", id=thread_id)
-        items = await self.batch_get([key, thread_key])
+        tombstone = self._tombstone(thread_id)
+        items = await self.batch_get([key, thread_key, tombstone])  # one call
+        if any(i[PARTITION_KEY] == tombstone[PARTITION_KEY] for i in items):
+            return None  # a late element of an erased thread: as gone as the thread
         item = next((i for i in items if i[SORT_KEY] == key[SORT_KEY]), None)
         thread_item = next((i for i in items if i[SORT_KEY] == thread_key[SORT_KEY]), None)
         if item is None or (thread_item is not None and not self._readable(thread_item)):

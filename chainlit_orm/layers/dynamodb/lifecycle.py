@@ -46,6 +46,8 @@ from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from chainlit_orm.schema_gen.dynamo import (
     PARTITION_KEY,
     SORT_KEY,
+    TOMBSTONE_PREFIX,
+    TOMBSTONE_SORT_KEY,
     TTL_ATTRIBUTE,
     render_key,
     tombstone_key,
@@ -406,17 +408,22 @@ class DynamoLifecycle:
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
         return sorted(i for i in ids if i)
 
-    async def _named(self: _DynamoSelf, identifier: str) -> tuple[str | None, list[str]]:
-        """With no user item left (an erasure interrupted after deleting it): the threads whose
-        owner fields still name ``identifier``, by one Scan (an erasure is rare; without the
-        user item there is no id to query the owner index with). Returns the owner id they
-        carry (the first seen) and their ids."""
+    async def _named(self: _DynamoSelf, identifier: str
+                     ) -> tuple[str | None, list[str], list[str]]:
+        """With no user item left (an erasure interrupted after deleting it, or run again):
+        the threads whose owner fields still name ``identifier``, by one Scan (an erasure is
+        rare; without the user item there is no id to query the owner index with). Returns the
+        owner id they carry (the first seen), their ids, and the ids of every tombstone the
+        same Scan met (the rerun's sweep of late writes, see ``user_thread_ids``)."""
         kwargs: dict[str, Any] = {
-            "FilterExpression": "#s = :s AND (#ui = :ident OR #u = :ident)",
+            "FilterExpression": "(#s = :s AND (#ui = :ident OR #u = :ident)) OR "
+                                "(#s = :erased AND begins_with(#p, :tomb))",
             "ExpressionAttributeNames": {"#s": SORT_KEY, "#ui": "userIdentifier",
                                          "#u": "userId", "#p": PARTITION_KEY},
             "ExpressionAttributeValues": {":s": {"S": self.models.dynamo["thread"].sk},
-                                          ":ident": {"S": identifier}},
+                                          ":ident": {"S": identifier},
+                                          ":erased": {"S": TOMBSTONE_SORT_KEY},
+                                          ":tomb": {"S": TOMBSTONE_PREFIX}},
             "ProjectionExpression": "#p, #u", "ConsistentRead": True}
         items: list[dict[str, Any]] = []
         while True:
@@ -425,19 +432,47 @@ class DynamoLifecycle:
             if not page.get("LastEvaluatedKey"):
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        erased = sorted(i[PARTITION_KEY]["S"][len(TOMBSTONE_PREFIX):] for i in items
+                        if i[PARTITION_KEY]["S"].startswith(TOMBSTONE_PREFIX))
+        items = [i for i in items if not i[PARTITION_KEY]["S"].startswith(TOMBSTONE_PREFIX)]
         user_id = next((self.codecs["thread"].decode("userId", i["userId"]) for i in items
                         if "userId" in i), None)
         ids = {self.layout.thread_of_key(item[PARTITION_KEY]["S"]) for item in items}
-        return (None if user_id is None else str(user_id)), sorted(i for i in ids if i)
+        return (None if user_id is None else str(user_id)), sorted(i for i in ids if i), erased
+
+    async def _not_empty(self: _DynamoSelf, thread_ids: Sequence[str]) -> list[str]:
+        """Which of these (erased) threads' partitions still hold an item: a Query of at most
+        one key each, :data:`PARALLEL` at once."""
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(thread_id: str) -> bool:
+            async with gate:
+                page = await self.call(
+                    "query", KeyConditionExpression="#p = :p", Limit=1,
+                    ExpressionAttributeNames={"#p": PARTITION_KEY},
+                    ExpressionAttributeValues={
+                        ":p": self.layout.key_of("thread", id=thread_id)[PARTITION_KEY]},
+                    ProjectionExpression="#p", ConsistentRead=True)
+                return bool(page.get("Items"))
+
+        found = await asyncio.gather(*(one(t) for t in thread_ids))
+        return [t for t, full in zip(thread_ids, found, strict=True) if full]
 
     async def user_thread_ids(self: _DynamoSelf, identifier: str
                               ) -> tuple[str | None, list[str]]:
+        """The user's threads. With no user item (an erasure run again, or interrupted), also
+        every erased thread whose partition is not empty: a step or element another process
+        wrote after the erasure lands without reading the thread (see ``_not_erased``), and
+        nothing names the user any more to find it by; the Scan that looks for the owner
+        fields meets the tombstones too, and a Query per tombstone finds the partitions that
+        still hold something. The erasure then removes them with their files."""
         user = await self.get_user(identifier)
         if user is None:
-            user_id, named = await self._named(identifier)
+            user_id, named, erased = await self._named(identifier)
+            late = await self._not_empty([t for t in erased if t not in set(named)])
             if user_id is None:
-                return None, named
-            return user_id, sorted(set(named) | set(await self._owned(user_id)))
+                return None, sorted({*named, *late})
+            return user_id, sorted({*named, *late, *await self._owned(user_id)})
         return str(user["id"]), await self._owned(str(user["id"]))
 
     async def remove_user(self: _DynamoSelf, identifier: str, *, dry_run: bool = False
@@ -462,7 +497,7 @@ class DynamoLifecycle:
                                    ReturnValues="ALL_OLD")).get("Attributes")
             removed.counts["user"] += 1 if old else 0
         if user_id is None:
-            user_id, _ = await self._named(identifier)
+            user_id, _, _ = await self._named(identifier)
         if user_id is None:
             return removed
         self._identifiers.pop(user_id, None)
