@@ -17,12 +17,21 @@ outside attack, F4). So once ``on_delete_breaker`` hook calls in a row (default
 one erasure) stops calling the hook: each thread left counts as failed without a call (a
 :class:`~chainlit_orm.errors.TimeoutExceededError` saying so) and the ``OnDeleteError`` names it
 among ``skipped``, with why the breaker opened. Its data is still removed, as with any failing
-hook. A call that ends, even by raising, closes the streak: a hook that fails fast costs the run
-nothing, and its failures are the app's to see, one by one. A call starts only while fewer than
-``on_delete_breaker`` calls are in flight or timed out in a row, so the breaker opens with no
-call in flight: when every call hangs, exactly ``on_delete_breaker`` of them are made, and the
-run waits about one ``on_delete_timeout`` for them (the price: at most ``on_delete_breaker``
-calls run at once, when it is below :data:`HOOK_CONCURRENCY`).
+hook. "In a row" is in the order the calls started: a call that ends, even by raising, closes
+the streak of every call started before it (the calls that returned at once of a hook that hangs
+on every other call do not leave their slots to hung calls that then time out "in a row", an
+outside attack, F6), so the breaker opens once the ``on_delete_breaker`` calls started last since
+the last-started call that ended all timed out. A hook that fails fast costs the run nothing, and
+its failures are the app's to see, one by one. A call starts only while fewer than
+``on_delete_breaker`` calls started since then are in flight or timed out, so when every call
+hangs, exactly ``on_delete_breaker`` of them are made, and the run waits about one
+``on_delete_timeout`` for them (the price: at most ``on_delete_breaker`` calls of a streak run at
+once, when it is below :data:`HOOK_CONCURRENCY`).
+
+A hook that raises :class:`asyncio.CancelledError` (a call cancelled inside it, an HTTP client's)
+while the run itself is not being cancelled has failed like any other (an outside attack, F4: it
+aborted an erasure half-way, untyped); a cancellation of the run (``Task.cancelling``) goes
+through.
 
 Everything here runs under a bound, so maintenance cannot stall on one call: each file delete
 gets the layer's per-call ``timeout`` (or what is left of the caller's deadline, if earlier), and
@@ -160,8 +169,14 @@ class HookBreaker:
     """One run's on-delete hook calls: at most :data:`HOOK_CONCURRENCY` in flight, and none
     once ``limit`` calls in a row timed out (the module docstring's breaker).
 
-    Invariant: ``running + timeouts <= limit`` and ``running <= HOOK_CONCURRENCY``; ``opened``
-    is set (and stays) once ``timeouts`` reaches ``limit``, with ``running`` then 0.
+    "In a row" is in the order the calls started, not the order they ended (an outside attack,
+    F6: with a hook that hung on every other call, the calls that returned at once freed their
+    slots for hung ones, which then timed out one after the other and opened the breaker). The
+    *streak* is every call started after the last-started call that ended by returning or
+    raising; each of its calls is in flight or timed out.
+
+    Invariant: ``len(streak) <= limit`` and ``running <= HOOK_CONCURRENCY``; ``opened`` is set
+    (and stays) once the streak holds ``limit`` calls that all timed out.
     """
 
     def __init__(self, limit: int = DEFAULT_HOOK_BREAKER,
@@ -169,29 +184,40 @@ class HookBreaker:
         self.limit = check_hook_breaker(limit)
         self.hook_timeout = hook_timeout
         self.running = 0
-        self.timeouts = 0
+        self.started = 0
+        #: the streak: start index -> timed out (False: still in flight)
+        self.streak: dict[int, bool] = {}
         self.opened: str | None = None
         self._changed = asyncio.Event()
 
-    async def acquire(self) -> bool:
-        """Wait for a turn to call the hook: True, and the call must :meth:`release`; False
-        when the breaker is open (do not call it)."""
+    @property
+    def timeouts(self) -> int:
+        """Calls of the streak that timed out."""
+        return sum(self.streak.values())
+
+    async def acquire(self) -> int | None:
+        """Wait for a turn to call the hook: the call's start index, which the call must give
+        to :meth:`release`; None when the breaker is open (do not call it)."""
         while self.opened is None:
-            if self.running < HOOK_CONCURRENCY and self.running + self.timeouts < self.limit:
+            if self.running < HOOK_CONCURRENCY and len(self.streak) < self.limit:
                 self.running += 1
-                return True
+                index = self.started
+                self.started += 1
+                self.streak[index] = False
+                return index
             self._changed.clear()
             await self._changed.wait()
-        return False
+        return None
 
-    def release(self, *, timed_out: bool) -> None:
-        """A call ended (``timed_out``: abandoned at ``on_delete_timeout``)."""
+    def release(self, index: int, *, timed_out: bool) -> None:
+        """Call ``index`` ended (``timed_out``: abandoned at ``on_delete_timeout``)."""
         self.running -= 1
         if not timed_out:
-            self.timeouts = 0
-        else:
-            self.timeouts += 1
-            if self.timeouts >= self.limit:
+            # it ended: the calls started before it no longer count in a row
+            self.streak = {i: t for i, t in self.streak.items() if i > index}
+        elif index in self.streak:
+            self.streak[index] = True
+            if len(self.streak) >= self.limit and all(self.streak.values()):
                 self.opened = (f"the breaker opened after {self.limit} on_delete hook call(s) "
                                f"in a row did not finish within {self.hook_timeout:g} s "
                                "(on_delete_breaker)")
@@ -326,7 +352,8 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
         gate = breaker if breaker is not None else HookBreaker(hook_timeout=hook_timeout)
 
         async def call(thread_id: str, user_id: str | None) -> None:
-            if not await gate.acquire():
+            index = await gate.acquire()
+            if index is None:
                 outcome.hook_failures[thread_id] = gate.skipped(thread_id)
                 outcome.hooks_skipped.append(thread_id)
                 return
@@ -336,8 +363,14 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
                     functools.partial(_call_hook, hook, thread_id, user_id), hook_timeout)
             except Exception as exc:
                 outcome.hook_failures[thread_id] = exc
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    raise  # the run itself is cancelled: that must go through
+                # raised by the hook (a call cancelled inside it): a hook failure like any other
+                # (an outside attack, F4: it aborted an erasure half-way, untyped)
+                outcome.hook_failures[thread_id] = exc
             finally:
-                gate.release(timed_out=not ended)
+                gate.release(index, timed_out=not ended)
             if not ended:
                 outcome.hook_failures[thread_id] = TimeoutExceededError(
                     f"the on_delete hook for thread {thread_id} did not finish within "
@@ -347,6 +380,14 @@ async def finish_removal(removed: Removed, storage: BaseStorageClient | None,
                                for thread_id, user_id in removed.threads))
         outcome.breaker = gate.opened
     return outcome
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has a cancellation request pending (``Task.cancelling``): a
+    CancelledError caught while it has none was raised by the awaited call itself, not by a
+    cancellation of this task (asyncio.gather cancels its children when it is cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _call_hook(hook: OnDelete, thread_id: str, user_id: str | None) -> None:

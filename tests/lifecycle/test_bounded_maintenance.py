@@ -292,3 +292,125 @@ async def test_the_cli_breaker_option(
     for tid in threads:
         assert tid in err
         assert await layer.get_thread(tid) is None
+
+
+# --------------------------------------------- 17b F4 and F6: a cancelled hook, a half-hung one
+
+SQLITE_AND_POSTGRES = pytest.mark.parametrize("fresh_store", ["sqlite", "postgres"],
+                                              indirect=True)
+
+
+@SQLITE_AND_POSTGRES
+async def test_a_hook_raising_cancelled_error_is_a_hook_failure_in_a_purge(
+        make_fresh_layer: LayerFactory, chainlit_ctx: Any) -> None:
+    """A hook raising ``asyncio.CancelledError`` (an HTTP call cancelled inside it) while the
+    purge is not cancelled (outside attack 17b, F4: it aborted the run with a bare
+    CancelledError): every one of the 3 batches is removed, and the ``OnDeleteError`` at the end
+    names exactly the threads whose hook raised it, each failure the hook's own."""
+    called: list[str] = []
+
+    async def hook(thread_id: str, user_id: str | None) -> None:
+        called.append(thread_id)
+        if len(called) % 10 == 1:  # calls 1, 11, 21, ...
+            raise asyncio.CancelledError()
+
+    layer = await make_fresh_layer(on_delete=hook, on_delete_timeout=HOOK_LIMIT)
+    threads = await _threads(layer, MANY)
+    with pytest.raises(OnDeleteError) as caught:
+        await layer.purge(older_than=timedelta(days=90), now=_later(91), batch=40)
+    error = caught.value
+    cancelled = [tid for n, tid in enumerate(called, 1) if n % 10 == 1]
+    assert sorted(called) == sorted(threads)
+    assert sorted(error.detail) == sorted(cancelled)  # type: ignore[arg-type]
+    assert len(cancelled) == 10
+    assert {type(f) for f in error.failures.values()} == {asyncio.CancelledError}
+    assert (error.skipped, error.breaker) == ([], None)
+    report = error.report
+    assert report is not None
+    assert (report.batches, report.counts["thread"]) == (3, MANY)  # type: ignore[attr-defined]
+    for tid in threads:
+        assert await layer.get_thread(tid) is None
+
+
+@SQLITE_AND_POSTGRES
+async def test_a_hook_raising_cancelled_error_does_not_stop_an_erasure(
+        make_fresh_layer: LayerFactory, chainlit_ctx: Any) -> None:
+    """The attack's own case, smaller: the first hook call of ``erase_user`` raises
+    CancelledError; the erasure still removes every thread and then the user row, and raises
+    ``OnDeleteError`` naming that one thread."""
+    called: list[str] = []
+
+    async def hook(thread_id: str, user_id: str | None) -> None:
+        called.append(thread_id)
+        if len(called) == 1:
+            raise asyncio.CancelledError()
+
+    layer = await make_fresh_layer(on_delete=hook, on_delete_timeout=HOOK_LIMIT)
+    user = await new_user(layer)
+    threads = []
+    for _ in range(5):
+        tid = new_id()
+        await layer.update_thread(tid, name="t", user_id=user.id)
+        threads.append(tid)
+    with pytest.raises(OnDeleteError) as caught:
+        await layer.erase_user(user.identifier)
+    assert caught.value.detail == [called[0]]
+    assert sorted(called) == sorted(threads)
+    assert await layer.get_user(user.identifier) is None
+    for tid in threads:
+        assert await layer.get_thread(tid) is None
+
+
+@SQLITE_AND_POSTGRES
+async def test_cancelling_the_purge_itself_still_cancels_it(
+        make_fresh_layer: LayerFactory, chainlit_ctx: Any) -> None:
+    """A real cancellation of the purge task, while its hook calls are in flight, is not taken
+    for a hook failure: the task ends cancelled, with no OnDeleteError."""
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def hook(thread_id: str, user_id: str | None) -> None:
+        started.set()
+        await never.wait()
+
+    layer = await make_fresh_layer(on_delete=hook, on_delete_timeout=60.0)
+    await _threads(layer, 5)
+    task = asyncio.create_task(
+        layer.purge(older_than=timedelta(days=90), now=_later(91), batch=40))
+    await asyncio.wait_for(started.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+@SQLITE_AND_POSTGRES
+@pytest.mark.parametrize(("breaker", "count"), [(None, MANY), (2, 40)])
+async def test_a_hook_hanging_on_every_other_call_does_not_open_the_breaker(
+        make_fresh_layer: LayerFactory, breaker: int | None, count: int,
+        chainlit_ctx: Any) -> None:
+    """Calls 1, 3, 5, ... hang, 2, 4, 6, ... return at once (outside attack 17b, F6: the
+    breaker opened after 31 calls, the returned ones' slots taken by hung calls that then
+    timed out one after the other). In start order no two calls in a row timed out, so the
+    breaker stays closed: every hook is called, and exactly the hanging half timed out."""
+    called: list[str] = []
+    never = asyncio.Event()
+
+    async def hook(thread_id: str, user_id: str | None) -> None:
+        called.append(thread_id)
+        if len(called) % 2:
+            await asyncio.shield(never.wait())
+
+    options: dict[str, Any] = {} if breaker is None else {"on_delete_breaker": breaker}
+    layer = await make_fresh_layer(on_delete=hook, on_delete_timeout=HOOK_LIMIT, **options)
+    try:
+        threads = await _threads(layer, count)
+        with pytest.raises(OnDeleteError) as caught:
+            await layer.purge(older_than=timedelta(days=90), now=_later(91), batch=40)
+        error = caught.value
+        assert sorted(called) == sorted(threads)
+        assert (error.skipped, error.breaker) == ([], None)
+        assert sorted(error.detail) == sorted(called[0::2])  # type: ignore[arg-type]
+        assert {type(f) for f in error.failures.values()} == {TimeoutExceededError}
+    finally:
+        never.set()
