@@ -247,8 +247,13 @@ class SQLLifecycle:
                               ) -> tuple[str | None, list[str]]:
         """The user's id (None: no such user) and the ids of every thread naming them, trashed
         ones included: by owner id through the owner's index, or, with no user row left (an
-        interrupted erasure), by the identifier the threads carry."""
-        _users, t = self.users, self.threads
+        interrupted erasure), by the identifier the threads carry. Also every thread row that
+        has a tombstone, whoever it names: only code older than the tombstones (an app process
+        still on the previous release during a rolling deploy) can write one, as an ownerless
+        stub no owner lookup finds, so any erasure, a rerun included, removes it."""
+        _users, t, x = self.users, self.threads, self.tombstones
+        revived = self._cached("lifecycle_revived", lambda: sa.select(t.c.id).join(
+            x, x.c.id == t.c.id).order_by(t.c.id))
         by_owner = self._cached("lifecycle_by_owner", lambda: sa.select(t.c.id).where(
             t.c.userId == sa.bindparam("uid", type_=t.c.userId.type)).order_by(t.c.id))
         by_name = self._cached("lifecycle_by_identifier", lambda: sa.select(t.c.id).where(
@@ -262,7 +267,8 @@ class SQLLifecycle:
                 user_id = str(found[0]["id"]) if found else None
                 owned = await conn.fetch(by_owner, {"uid": user_id}) if user_id else []
                 named = await conn.fetch(by_name, {"ident": identifier})
-            return user_id, sorted({str(r["id"]) for r in (*owned, *named)})
+                back = await conn.fetch(revived, {})
+            return user_id, sorted({str(r["id"]) for r in (*owned, *named, *back)})
 
         result: tuple[str | None, list[str]] = await self.run(op)
         return result

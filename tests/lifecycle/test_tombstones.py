@@ -442,3 +442,37 @@ async def test_dynamodb_late_step_and_element_after_erasure_are_unreadable_and_r
     assert await _scan(lstore, files_root, [identifier, user_id]) == {}
     third = await (await make_layer()).erase_user(identifier)
     assert third.counts == dict.fromkeys(third.counts, 0)
+
+
+
+@SQL_ONLY
+async def test_an_erasure_removes_a_thread_an_older_release_wrote_back(
+        make_layer: LayerFactory, lstore: tuple[ContractBackend, Any], files_root: Path,
+        chainlit_ctx: Any) -> None:
+    """Outside attack #17 (re-attack F3): during a rolling deploy a process of the previous
+    release (no tombstone check) writes late to an erased thread and so creates it again, as an
+    ownerless stub no owner lookup finds. Any later erasure (here: of another user) removes each
+    thread row that has a tombstone, with its steps."""
+    layer = await make_layer()
+    identifier = f"tomb-{uuid.uuid4().hex}"
+    tid, user_id, _ = await _erased_thread(layer, identifier)
+    # what the previous release's code does: plain inserts, no tombstone check
+    threads, steps = layer.table("thread"), layer.table("step")
+    async with layer.engine.begin() as conn:
+        await conn.execute(sa.insert(threads).values(id=tid, createdAt="2026-12-07T20:00:00.000Z"))
+        await conn.execute(sa.insert(steps).values(
+            id=new_id(), threadId=tid, name="late", type="assistant_message", streaming=False,
+            waitForAnswer=False, isError=False,
+            output=f"{identifier} late text", createdAt="2026-12-07T20:00:01.000Z"))
+    assert await _rows_of_threads(lstore, [tid]) == {
+        "thread": 1, "step": 1, "element": 0, "feedback": 0, "tombstone": 1}
+
+    other = f"tomb-{uuid.uuid4().hex}"
+    await new_user(layer, other)
+    report = await layer.erase_user(other)
+    assert (report.counts["user"], report.counts["thread"], report.counts["step"]) == (1, 1, 1)
+    assert await _rows_of_threads(lstore, [tid]) == {
+        "thread": 0, "step": 0, "element": 0, "feedback": 0, "tombstone": 1}
+    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    again = await layer.erase_user(other)
+    assert again.counts["thread"] == 0
