@@ -17,6 +17,7 @@ from chainlit.user import PersistedUser, User
 from chainlit_orm import FsspecStorage, SQLDataLayer
 from chainlit_orm.layers.base import ChainlitLayer
 from tests.contract.conftest import CONTRACT_BACKENDS, ContractBackend
+from tests.lifecycle.scan import scan_dynamodb, scan_files, scan_sql
 
 LIFECYCLE_BACKENDS = ("sqlite", "postgres", "mariadb", "dynamodb")
 MOTO = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
@@ -126,3 +127,15 @@ async def new_user(layer: ChainlitLayer, identifier: str | None = None) -> Persi
         identifier=identifier or f"u-{uuid.uuid4().hex}@example.com", metadata={"k": "v"}))
     assert created is not None
     return created
+
+
+async def scan_store(lstore: tuple[ContractBackend, Any], files_root: Path, needles: list[str]
+                     ) -> dict[str, int]:
+    """Where any of ``needles`` still occurs in this test's store (every table, or every
+    DynamoDB item) and under ``files_root``: ``{place: count}``, the scan's own summary
+    entries (``<...>``) left out. Empty means the store holds none of them."""
+    entry, handle = lstore
+    found = await scan_sql(handle, needles) if entry.sql else scan_dynamodb(handle, MOTO,
+                                                                            needles)
+    found.update(scan_files(files_root, needles))
+    return {k: v for k, v in found.items() if not k.startswith("<")}

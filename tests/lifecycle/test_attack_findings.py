@@ -22,8 +22,7 @@ from chainlit_orm.lifecycle import parse_age
 from chainlit_orm.lifecycle.records import ExpiryRule
 from chainlit_orm.models.types import format_timestamp, parse_timestamp, utc_now
 from tests.contract.conftest import ContractBackend, message, new_id
-from tests.lifecycle.conftest import MOTO, LayerFactory, new_user
-from tests.lifecycle.scan import scan_dynamodb, scan_files, scan_sql
+from tests.lifecycle.conftest import MOTO, LayerFactory, new_user, scan_store
 
 #: A test about DynamoDB alone is collected for DynamoDB alone (never collected and then skipped
 #: on the SQL backends: nothing is skipped in CI). ``lstore`` is the lifecycle suite's
@@ -33,15 +32,6 @@ DYNAMODB_ONLY = pytest.mark.parametrize("lstore", ["dynamodb"], indirect=True)
 
 def _ago(days: int) -> str:
     return format_timestamp(parse_timestamp(utc_now()) - timedelta(days=days))
-
-
-async def _scan(lstore: tuple[ContractBackend, Any], files_root: Path, needles: list[str]
-                ) -> dict[str, int]:
-    entry, handle = lstore
-    found = await scan_sql(handle, needles) if entry.sql else scan_dynamodb(handle, MOTO,
-                                                                            needles)
-    found.update(scan_files(files_root, needles))
-    return {k: v for k, v in found.items() if not k.startswith("<")}
 
 
 def _file(thread_id: str, for_id: str, content: bytes) -> cl.File:
@@ -144,7 +134,7 @@ async def test_writes_after_an_erasure_cannot_bring_the_user_back(
         await eraser.create_step(message(tid, identifier))
     with pytest.raises(NotFoundError):
         await eraser.create_element(_file(tid, step["id"], identifier.encode()))
-    assert await _scan(lstore, files_root, [identifier, user.id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user.id]) == {}
 
 
 @DYNAMODB_ONLY  # SQL deletes the user row last, in one transaction
@@ -167,7 +157,7 @@ async def test_dynamodb_erase_rerun_finds_threads_when_the_user_item_is_gone(
     report = await layer.erase_user(identifier)
     assert (report.user_id, report.counts["user"], report.counts["thread"],
             report.counts["step"]) == (user.id, 0, 2, 2)
-    assert await _scan(lstore, files_root, [identifier, user.id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user.id]) == {}
 
 
 # ------------------------------------------------------- H, F: DynamoDB expiry

@@ -28,8 +28,8 @@ from chainlit_orm.models.modelset import DEFAULT_MODELS
 from chainlit_orm.schema_gen.sql import tombstone_table
 from chainlit_orm.urls import parse_sql_url
 from tests.contract.conftest import ContractBackend, message, new_id
-from tests.lifecycle.conftest import MOTO, LayerFactory, new_user
-from tests.lifecycle.scan import scan_dynamodb, scan_files, scan_sql
+from tests.lifecycle.conftest import MOTO, LayerFactory, new_user, scan_store
+from tests.lifecycle.scan import scan_dynamodb, scan_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,15 +38,6 @@ SQL_ONLY = pytest.mark.parametrize("lstore", ["sqlite", "postgres", "mariadb"], 
 DYNAMODB_ONLY = pytest.mark.parametrize("lstore", ["dynamodb"], indirect=True)
 
 WRITERS = 4
-
-
-async def _scan(lstore: tuple[ContractBackend, Any], files_root: Path, needles: list[str]
-                ) -> dict[str, int]:
-    entry, handle = lstore
-    found = await scan_sql(handle, needles) if entry.sql else scan_dynamodb(handle, MOTO,
-                                                                            needles)
-    found.update(scan_files(files_root, needles))
-    return {k: v for k, v in found.items() if not k.startswith("<")}
 
 
 async def _rows_of_threads(lstore: tuple[ContractBackend, Any], thread_ids: list[str]
@@ -123,7 +114,7 @@ async def test_a_layer_that_never_saw_the_erasure_cannot_recreate_the_thread(
 
     assert await _rows_of_threads(lstore, [tid]) == {
         "thread": 0, "step": 0, "element": 0, "feedback": 0, "tombstone": 1}
-    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user_id]) == {}
     assert [p for p in files_root.rglob("*") if p.is_file()] == []
     # a thread nobody erased is written as before
     fresh = new_id()
@@ -231,7 +222,7 @@ async def test_erase_user_while_four_processes_keep_writing(
     assert {w[3] for w in writes} <= {"ok", "refused"}, [w for w in writes
                                                          if w[3] not in ("ok", "refused")]
 
-    found = await _scan(lstore, files_root, [identifier, report.user_id])
+    found = await scan_store(lstore, files_root, [identifier, report.user_id])
     print(f"{entry.name}: {len(writes)} writes ({len(after)} after the erasure), "
           f"erase {report.counts}, left {found}")
     assert found == {}
@@ -313,7 +304,7 @@ async def test_dynamodb_a_layer_that_never_saw_the_erasure_cannot_recreate_the_t
     with pytest.raises(NotFoundError, match=expected):
         await fourth.create_step(message(tid, f"{identifier} again", type_="assistant_message"))
 
-    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user_id]) == {}
     assert [p for p in files_root.rglob("*") if p.is_file()] == []
     # the tombstone holds the thread's id and a time, nothing else
     import boto3
@@ -439,7 +430,7 @@ async def test_dynamodb_late_step_and_element_after_erasure_are_unreadable_and_r
                             "file": 1}
     assert _items(table, _prefixes([tid])) == {"ERASED": 1}
     assert not stored[0].exists()
-    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user_id]) == {}
     third = await (await make_layer()).erase_user(identifier)
     assert third.counts == dict.fromkeys(third.counts, 0)
 
@@ -473,6 +464,6 @@ async def test_an_erasure_removes_a_thread_an_older_release_wrote_back(
     assert (report.counts["user"], report.counts["thread"], report.counts["step"]) == (1, 1, 1)
     assert await _rows_of_threads(lstore, [tid]) == {
         "thread": 0, "step": 0, "element": 0, "feedback": 0, "tombstone": 1}
-    assert await _scan(lstore, files_root, [identifier, user_id]) == {}
+    assert await scan_store(lstore, files_root, [identifier, user_id]) == {}
     again = await layer.erase_user(other)
     assert again.counts["thread"] == 0
