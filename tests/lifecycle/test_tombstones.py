@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from chainlit_orm.urls import parse_sql_url
 from tests.contract.conftest import ContractBackend, message, new_id
 from tests.lifecycle.conftest import MOTO, LayerFactory, new_user, scan_store
 from tests.lifecycle.scan import scan_dynamodb, scan_files
+from tests.ports import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -331,21 +331,14 @@ async def serial_table(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[s
                         ("AWS_DEFAULT_REGION", "us-east-1")):  # moto's dummy credentials
         monkeypatch.setenv(name, value)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.lifecycle.serial_moto", str(port), cwd=str(REPO),
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(wait_for_port, port, "serial moto")
         table = f"clorm_tomb_{uuid.uuid4().hex[:12]}"
         await migrate(f"dynamodb://{table}?region=us-east-1&endpoint_url={endpoint}")
         yield endpoint, table

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from chainlit.context import init_http_context
 from chainlit.types import Pagination, ThreadFilter
 
 from chainlit_orm.layers.base import ChainlitLayer
+from tests.ports import free_port, wait_for_port
 from tests.reliability.many_worker import run_worker
 from tests.reliability.storm_targets import STORM_BACKENDS, Target, open_layer, open_target
 
@@ -74,21 +74,12 @@ def private_moto() -> Iterator[str]:
     """A moto server of this module's own. Why: stock moto backs up every table a
     TransactWriteItems touches before running it (a user message is one), and the suite's shared
     server holds every other test's tables; a fresh one holds only this test's table."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
                                "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"moto_server did not start on port {port}")
+        wait_for_port(port, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
