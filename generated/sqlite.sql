@@ -129,30 +129,46 @@ CREATE TABLE chainlit_orm_version (
 
 CREATE VIRTUAL TABLE "threads_name_fts" USING fts5("nameFolded", content='threads', content_rowid='rowid', tokenize='trigram case_sensitive 1');
 
-CREATE TRIGGER "threads_name_fts_ai" AFTER INSERT ON "threads" BEGIN
-  INSERT INTO "threads_name_fts"(rowid, "nameFolded") VALUES (new.rowid, new."nameFolded");
+CREATE TABLE "threads_name_fts_pending" ("r" INTEGER PRIMARY KEY);
+
+CREATE TRIGGER "threads_name_fts_pi" AFTER INSERT ON "threads" BEGIN
+  INSERT INTO "threads_name_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = new.rowid);
 END;
 
-CREATE TRIGGER "threads_name_fts_ad" AFTER DELETE ON "threads" BEGIN
-  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") VALUES ('delete', old.rowid, old."nameFolded");
+CREATE TRIGGER "threads_name_fts_pd" AFTER DELETE ON "threads" BEGIN
+  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") SELECT 'delete', old.rowid, old."nameFolded" WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = old.rowid);
+  DELETE FROM "threads_name_fts_pending" WHERE "r" = old.rowid;
 END;
 
-CREATE TRIGGER "threads_name_fts_au" AFTER UPDATE OF "nameFolded" ON "threads" WHEN old."nameFolded" IS NOT new."nameFolded" BEGIN
-  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") VALUES ('delete', old.rowid, old."nameFolded");
-  INSERT INTO "threads_name_fts"(rowid, "nameFolded") VALUES (new.rowid, new."nameFolded");
+CREATE TRIGGER "threads_name_fts_pu" AFTER UPDATE OF "nameFolded" ON "threads" WHEN old."nameFolded" IS NOT new."nameFolded" BEGIN
+  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") SELECT 'delete', old.rowid, old."nameFolded" WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = old.rowid);
+  INSERT INTO "threads_name_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = new.rowid);
+END;
+
+CREATE TRIGGER "threads_name_fts_pf" AFTER INSERT ON "threads_name_fts_pending" WHEN (SELECT count(*) FROM "threads_name_fts_pending") >= 256 BEGIN
+  INSERT INTO "threads_name_fts"(rowid, "nameFolded") SELECT p."r", t."nameFolded" FROM "threads_name_fts_pending" AS p JOIN "threads" AS t ON t.rowid = p."r";
+  DELETE FROM "threads_name_fts_pending";
 END;
 
 CREATE VIRTUAL TABLE "steps_output_fts" USING fts5("outputFolded", content='steps', content_rowid='rowid', tokenize='trigram case_sensitive 1');
 
-CREATE TRIGGER "steps_output_fts_ai" AFTER INSERT ON "steps" BEGIN
-  INSERT INTO "steps_output_fts"(rowid, "outputFolded") VALUES (new.rowid, new."outputFolded");
+CREATE TABLE "steps_output_fts_pending" ("r" INTEGER PRIMARY KEY);
+
+CREATE TRIGGER "steps_output_fts_pi" AFTER INSERT ON "steps" BEGIN
+  INSERT INTO "steps_output_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = new.rowid);
 END;
 
-CREATE TRIGGER "steps_output_fts_ad" AFTER DELETE ON "steps" BEGIN
-  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") VALUES ('delete', old.rowid, old."outputFolded");
+CREATE TRIGGER "steps_output_fts_pd" AFTER DELETE ON "steps" BEGIN
+  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") SELECT 'delete', old.rowid, old."outputFolded" WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = old.rowid);
+  DELETE FROM "steps_output_fts_pending" WHERE "r" = old.rowid;
 END;
 
-CREATE TRIGGER "steps_output_fts_au" AFTER UPDATE OF "outputFolded" ON "steps" WHEN old."outputFolded" IS NOT new."outputFolded" BEGIN
-  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") VALUES ('delete', old.rowid, old."outputFolded");
-  INSERT INTO "steps_output_fts"(rowid, "outputFolded") VALUES (new.rowid, new."outputFolded");
+CREATE TRIGGER "steps_output_fts_pu" AFTER UPDATE OF "outputFolded" ON "steps" WHEN old."outputFolded" IS NOT new."outputFolded" BEGIN
+  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") SELECT 'delete', old.rowid, old."outputFolded" WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = old.rowid);
+  INSERT INTO "steps_output_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = new.rowid);
+END;
+
+CREATE TRIGGER "steps_output_fts_pf" AFTER INSERT ON "steps_output_fts_pending" WHEN (SELECT count(*) FROM "steps_output_fts_pending") >= 256 BEGIN
+  INSERT INTO "steps_output_fts"(rowid, "outputFolded") SELECT p."r", t."outputFolded" FROM "steps_output_fts_pending" AS p JOIN "steps" AS t ON t.rowid = p."r";
+  DELETE FROM "steps_output_fts_pending";
 END;

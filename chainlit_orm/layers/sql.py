@@ -77,7 +77,7 @@ from chainlit_orm.models.rules import STEP_ORDER, element_order, feedback_dict
 from chainlit_orm.models.search import FOLDED_FROM, MESSAGE_TYPES, folded_values
 from chainlit_orm.models.types import normalize_id
 from chainlit_orm.retry import transient_retry
-from chainlit_orm.schema_gen.search import SearchIndex, search_indexes
+from chainlit_orm.schema_gen.search import SearchIndex, fts_pending_name, search_indexes
 from chainlit_orm.schema_gen.sql import tombstone_table
 from chainlit_orm.urls import ISOLATION_LEVEL_REFUSED, SUPPORTED_DRIVERS, parse_sql_url
 
@@ -266,6 +266,9 @@ class SQLBackend(SQLLifecycle):
             (ix.table.name, ix.column): ix
             for ix in search_indexes([self.threads, self.steps], self.dialect)
         }
+        #: SQLite's search indexes have pending lists that a search rechecks (what migrate
+        #: makes; see ensure_schema's SchemaCheck); assumed when the schema is not checked
+        self._search_pending = self.dialect == "sqlite" and bool(self._search_index)
         # Step writes beyond this many in flight are combined into multi-row statements (each
         # caller still returns only after its row committed). SQLite has one writer, so there
         # every write that waits for it is combined. On a server, beyond 2 in flight: a statement
@@ -328,9 +331,11 @@ class SQLBackend(SQLLifecycle):
                 with quiet_alembic():
                     from chainlit_orm.migrations.sql import ensure_schema
 
-                    self._cascade = await ensure_schema(
+                    found = await ensure_schema(
                         self.engine, self.models, create=self.create_schema,
                         pooler=self.pooler)
+                    self._cascade = found.cascade
+                    self._search_pending = found.search_pending
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
@@ -869,8 +874,8 @@ class SQLBackend(SQLLifecycle):
         t, f = self.threads, self.feedbacks
         sort_col = t.c.activityAt if order == "activity" else t.c.createdAt
         via_index = search is not None and self._indexable(search)
-        key = ("list", user_id is None, after is None, search is None, via_index,
-               feedback is None, order)
+        key = ("list", self._search_pending, user_id is None, after is None, search is None,
+               via_index, feedback is None, order)
 
         def build() -> Any:
             columns = [c for c in t.columns if c.name != "extra" and FOLDED_FROM not in c.info]
@@ -1012,14 +1017,10 @@ class SQLBackend(SQLLifecycle):
             # FTS5 rows are keyed by the content table's rowid; "rowid IN (FTS query)" makes
             # SQLite read the FTS table first and fetch the few rows it names (a join lets it
             # probe the FTS table once per thread instead)
-            by_name = self._fts(t.name, "nameFolded")
-            by_text = self._fts(s.name, "outputFolded")
             names = sa.select(ct.c.id.label("cid")).where(
-                sa.literal_column("ct.rowid").in_(
-                    sa.select(by_name.c.rowid).where(self._matches(by_name.c.nameFolded))))
+                sa.literal_column("ct.rowid").in_(self._fts_rowids(t, "nameFolded")))
             texts = sa.select(cs.c.threadId).where(
-                sa.literal_column("cs.rowid").in_(
-                    sa.select(by_text.c.rowid).where(self._matches(by_text.c.outputFolded))),
+                sa.literal_column("cs.rowid").in_(self._fts_rowids(s, "outputFolded")),
                 messages)
         else:
             names = sa.select(ct.c.id.label("cid")).where(self._matches(ct.c.nameFolded))
@@ -1027,10 +1028,23 @@ class SQLBackend(SQLLifecycle):
         return (sa.union_all(names, texts).limit(self.search_candidates).cte("cand")
                 .prefix_with("MATERIALIZED"))
 
-    def _fts(self, table: str, column: str) -> Any:
-        """The FTS5 table of a folded column, as a table clause with ``rowid`` and the column."""
-        ix = self._search_index[(table, column)]
-        return sa.table(ix.name, sa.column("rowid"), sa.column(column, sa.Text))
+    def _fts_rowids(self, table: sa.Table, column: str) -> Any:
+        """The rowids of ``table``'s rows whose folded ``column`` matches: what its FTS5 table
+        finds, and the rows on its pending list that match (rechecked: at most
+        ``FTS_PENDING_LIMIT``; a row is on one of the two, never both)."""
+        ix = self._search_index[(table.name, column)]
+        fts: Any = sa.table(ix.name, sa.column("rowid"), sa.column(column, sa.Text))
+        found = sa.select(fts.c.rowid).where(self._matches(fts.c[column]))
+        if not self._search_pending:
+            return found
+        pending = sa.table(fts_pending_name(ix), sa.column("r", sa.Integer))
+        listed = table.alias("listed")
+        # "rowid IN (list)": read the short list and fetch those rows (a join let SQLite scan
+        # the table and probe the list per row)
+        rowid = sa.literal_column("listed.rowid")
+        rechecked = sa.select(rowid).select_from(listed).where(
+            rowid.in_(sa.select(pending.c.r)), self._matches(listed.c[column]))
+        return sa.union_all(found, rechecked)
 
     async def thread_object_keys(self, thread_id: str) -> list[str]:
         e = self.elements

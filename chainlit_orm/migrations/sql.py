@@ -110,6 +110,11 @@ from chainlit_orm.schema_gen import SCHEMA_VERSION, tables_for_dialect
 from chainlit_orm.schema_gen.search import (
     PG_EXTENSION,
     SearchIndex,
+    fts_drop_trigger,
+    fts_legacy_trigger_names,
+    fts_pending_clear,
+    fts_pending_name,
+    fts_pending_table,
     fts_rebuild,
     fts_table,
     fts_trigger_names,
@@ -120,8 +125,8 @@ from chainlit_orm.schema_gen.search import (
 )
 from chainlit_orm.urls import SQLURL
 
-__all__ = ["BATCH_SIZE", "LOCK_ATTEMPTS", "LOCK_TIMEOUT", "ensure_schema", "migrate_sql",
-           "schema_history_sql"]
+__all__ = ["BATCH_SIZE", "LOCK_ATTEMPTS", "LOCK_TIMEOUT", "SchemaCheck", "ensure_schema",
+           "migrate_sql", "schema_history_sql"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +200,7 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
 
 
 async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
-                        pooler: PoolerProbe | None = None) -> bool:
+                        pooler: PoolerProbe | None = None) -> SchemaCheck:
     """Check, on a layer's first use, that the database has the set's schema; maybe create it.
 
     One round of inspection: the set's tables, the recorded version, and the foreign keys of the
@@ -217,9 +222,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
             the pooler keeps on one server connection.
 
     Returns:
-        True when ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
-        ``threadId`` to ``threads`` with ``ON DELETE CASCADE`` (so deleting a thread deletes its
-        rows), False otherwise (the older Chainlit variant has no such keys).
+        What the layer must know of the schema it found (:class:`SchemaCheck`).
 
     Raises:
         SchemaOutdatedError: the schema is missing, partial, unrecorded or older; the message
@@ -245,7 +248,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
                                                dedupe_feedback=False)
                     for line in report.lines:
                         logger.debug("%s", line)
-                    return _declares_cascade(target)
+                    return SchemaCheck(_declares_cascade(target), bool(_pending_lists(target)))
                 raise SchemaOutdatedError(
                     f"{shown} has none of the chainlit-orm tables; create them with: "
                     f"{command()}",
@@ -274,7 +277,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
             f"{command()}",
             detail=state.version,
         )
-    return state.cascade
+    return SchemaCheck(state.cascade, state.search_pending)
 
 
 # ----------------------------------------------------------------------------- connections
@@ -424,6 +427,25 @@ class _FirstUse:
     existing: frozenset[str]
     version: int | None
     cascade: bool
+    search_pending: bool
+
+
+@dataclass(frozen=True)
+class SchemaCheck:
+    """What a layer learns from :func:`ensure_schema` about a database it may use.
+
+    Attributes:
+        cascade: ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
+            ``threadId`` to ``threads`` with ``ON DELETE CASCADE`` (so deleting a thread deletes
+            its rows); False on the older Chainlit variant, which has no such keys.
+        search_pending: SQLite's search indexes have their pending lists
+            (:mod:`chainlit_orm.schema_gen.search`), so a search must recheck the listed rows;
+            False on the layout before them (every write indexed at once: an older database
+            that ``migrate`` has not repaired yet, still right to search) and on other dialects.
+    """
+
+    cascade: bool
+    search_pending: bool
 
 
 def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
@@ -437,7 +459,16 @@ def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
     cascade = all(
         name in existing and _has_cascade(inspector, target, name) for name in children
     )
-    return _FirstUse(existing, version, cascade)
+    lists = _pending_lists(target)
+    return _FirstUse(existing, version, cascade, bool(lists) and lists <= names)
+
+
+def _pending_lists(target: _Target) -> set[str]:
+    """The pending lists of the target's SQLite search indexes (none on other dialects)."""
+    if target.dialect != "sqlite":
+        return set()
+    return {fts_pending_name(ix)
+            for ix in search_indexes([target.tables[e] for e in ENTITIES], target.dialect)}
 
 
 def _has_cascade(inspector: sa.Inspector, target: _Target, table: str) -> bool:
@@ -982,17 +1013,30 @@ def _plan_search(
         # triggers are dropped with the old table
         rewritten = table in changes and bool(changes[table].relax)
         missing = [n for n in fts_trigger_names(ix) if ("trigger", n) not in known]
+        if ("table", fts_pending_name(ix)) not in known:
+            missing.insert(0, fts_pending_name(ix))
+        legacy = [n for n in fts_legacy_trigger_names(ix) if ("trigger", n) in known]
+        drop_legacy = [fts_drop_trigger(n) for n in legacy]
         if ("table", ix.name) not in known:
             plan.search.append(_SearchWork(
-                f"create search index {ix.name} (FTS5 trigram) on {table} ({ix.column}) and its "
-                "triggers; index the existing rows",
-                (fts_table(ix), *fts_triggers(ix), fts_rebuild(ix)), index=f"{table}.{ix.name}"))
-        elif rewritten or missing:
-            why = "is rewritten above" if rewritten else f"lacks {', '.join(missing)}"
+                f"create search index {ix.name} (FTS5 trigram) on {table} ({ix.column}), its "
+                "pending list and their triggers; index the existing rows",
+                (*drop_legacy, fts_table(ix), fts_pending_table(ix, if_not_exists=True),
+                 *fts_triggers(ix, if_not_exists=True), fts_rebuild(ix), fts_pending_clear(ix)),
+                index=f"{table}.{ix.name}"))
+        elif rewritten or missing or legacy:
+            if rewritten:
+                why = "is rewritten above"
+            elif legacy:
+                why = (f"has triggers that index each write in its own transaction "
+                       f"({', '.join(legacy)}); writes now go through a pending list")
+            else:
+                why = f"lacks {', '.join(missing)}"
             plan.search.append(_SearchWork(
                 f"repair search index {ix.name}: {table} {why}; recreate the triggers and "
                 "rebuild it from the table",
-                (*fts_triggers(ix, if_not_exists=True), fts_rebuild(ix))))
+                (*drop_legacy, fts_pending_table(ix, if_not_exists=True),
+                 *fts_triggers(ix, if_not_exists=True), fts_rebuild(ix), fts_pending_clear(ix))))
 
 
 def _plan_pg_search(conn: Connection, plan: _Plan, reflected: dict[str, sa.Table],

@@ -10,11 +10,23 @@ database itself on every write the layer makes (no extra statement):
   the database can create it (``migrate`` checks this first and names the fix otherwise).
 * **SQLite**: an FTS5 table with the ``trigram`` tokenizer (``<table>_<source>_fts``), an
   *external-content* table over the model table (it stores the index, not a second copy of the
-  text), kept in step by three triggers (``_ai``, ``_ad``, ``_au``): the pattern SQLite's FTS5
-  documentation gives. ``case_sensitive 1``: the text is folded already, so the index must not
-  fold it again, and ``GLOB`` (binary, unlike SQLite's ``LIKE``) uses it. The FTS rows are keyed by
-  the table's ``rowid``, which ``VACUUM`` keeps; anything that rewrites the table (``migrate``'s
-  batch copy on SQLite) is followed by ``'rebuild'`` (see :func:`fts_rebuild`).
+  text). ``case_sensitive 1``: the text is folded already, so the index must not fold it again,
+  and ``GLOB`` (binary, unlike SQLite's ``LIKE``) uses it. The FTS rows are keyed by the table's
+  ``rowid``, which ``VACUUM`` keeps; anything that rewrites the table (``migrate``'s batch copy on
+  SQLite) is followed by ``'rebuild'`` (see :func:`fts_rebuild`).
+
+  Writes reach the index through a **pending list**, as PostgreSQL's GIN ``fastupdate`` does: a
+  written row's ``rowid`` goes to ``<fts>_pending`` (triggers ``_pi``, ``_pd``, ``_pu``), and
+  when that list reaches :data:`FTS_PENDING_LIMIT` rows, the write that filled it indexes them
+  all in one FTS5 insert (trigger ``_pf``). Why: FTS5 writes a new index segment per
+  transaction, so indexing each step in its own write cost more than the write itself (on this
+  project's W1, 3,000 steps written as Chainlit does, create then update: 77 us per step
+  without the index, 267 us with FTS5 written per transaction, 102 us through the pending list
+  plus 18 us per step when the list is flushed; ``bench/results/design.md`` D8). A search reads
+  the index *and* rechecks the pending rows (at most :data:`FTS_PENDING_LIMIT` per index), so
+  every write is found by the next search. Invariant: a row is either in the FTS table or in
+  the pending list, never both (an update of an indexed row removes its old text from the
+  index and lists it), which is what keeps FTS5's ``'delete'`` given exactly what was indexed.
 * **MySQL/MariaDB**: none. MariaDB has no n-gram parser and its ``FULLTEXT`` matches whole words,
   so the search there scans the user's threads comparing the folded, ``utf8mb4_bin`` columns: the
   one backend whose search cost grows with the user's thread count (a trigram side table was
@@ -32,8 +44,15 @@ from sqlalchemy.schema import DDL, CreateIndex, ExecutableDDLElement
 from chainlit_orm.models.search import FOLDED_FROM
 
 __all__ = [
+    "FTS_PENDING_LIMIT",
     "PG_EXTENSION",
     "SearchIndex",
+    "fts_drop_trigger",
+    "fts_legacy_trigger_names",
+    "fts_pending_clear",
+    "fts_pending_flush",
+    "fts_pending_name",
+    "fts_pending_table",
     "fts_rebuild",
     "fts_table",
     "fts_trigger_names",
@@ -46,6 +65,11 @@ __all__ = [
 
 #: The PostgreSQL extension the trigram indexes need.
 PG_EXTENSION = "pg_trgm"
+
+#: Rows an SQLite search index's pending list holds before the write that fills it indexes them
+#: (see the module docstring). A search rechecks at most this many rows per index beyond what the
+#: index finds; one write in this many pays the flush (about 5 ms for 256 steps).
+FTS_PENDING_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,8 @@ def search_ddl(tables: Sequence[sa.Table], dialect: str) -> list[ExecutableDDLEl
     """The statements creating every search index of ``tables`` on a database that has none.
 
     PostgreSQL: ``CREATE EXTENSION IF NOT EXISTS pg_trgm`` then the GIN indexes. SQLite: each FTS5
-    table then its triggers (on a table that already has rows, follow with :func:`fts_rebuild`).
+    table, its pending list and their triggers (on a table that already has rows, follow with
+    :func:`fts_rebuild` and :func:`fts_pending_clear`).
     """
     indexes = search_indexes(tables, dialect)
     if not indexes:
@@ -95,6 +120,7 @@ def search_ddl(tables: Sequence[sa.Table], dialect: str) -> list[ExecutableDDLEl
     statements: list[ExecutableDDLElement] = []
     for ix in indexes:
         statements.append(fts_table(ix))
+        statements.append(fts_pending_table(ix))
         statements.extend(fts_triggers(ix))
     return statements
 
@@ -136,27 +162,82 @@ def fts_table(ix: SearchIndex) -> DDL:
     )
 
 
+def fts_pending_name(ix: SearchIndex) -> str:
+    """The name of an SQLite search index's pending list (``<fts>_pending``)."""
+    return ix.name + "_pending"
+
+
+def fts_pending_table(ix: SearchIndex, *, if_not_exists: bool = False) -> DDL:
+    """The pending list of one FTS5 table: the ``rowid`` of each written row not indexed yet."""
+    create = "CREATE TABLE IF NOT EXISTS" if if_not_exists else "CREATE TABLE"
+    return _ddl(f'{create} {_q(fts_pending_name(ix))} ("r" INTEGER PRIMARY KEY)')
+
+
 def fts_triggers(ix: SearchIndex, *, if_not_exists: bool = False) -> list[DDL]:
-    """The triggers that keep an FTS5 table in step with its content table (insert, delete, an
-    update that changes the folded text). A row whose copy is NULL is indexed as empty, so the
-    FTS table has a row for every content row, as its ``integrity-check`` expects."""
+    """The triggers that keep an FTS5 table and its pending list in step with the content table.
+
+    Insert: list the row. Delete: take its text out of the index if it was indexed, else off the
+    list. An update that changes the folded text: take the old text out of the index if it was
+    indexed, and list the row. And on the list, the flush: the insert that makes it
+    :data:`FTS_PENDING_LIMIT` long indexes every listed row and empties it. A row whose copy is
+    NULL is indexed as empty, so the FTS table has a row for every indexed content row, as its
+    ``integrity-check`` expects. Each listing checks ``NOT EXISTS`` instead of ``INSERT OR
+    IGNORE``: inside a trigger, the outer statement's conflict clause (an upsert's ``ON
+    CONFLICT``) would replace ``OR IGNORE``."""
     fts, table, col = _q(ix.name), _q(ix.table.name), _q(ix.column)
+    pending = _q(fts_pending_name(ix))
     create = "CREATE TRIGGER IF NOT EXISTS" if if_not_exists else "CREATE TRIGGER"
-    insert = f"INSERT INTO {fts}(rowid, {col}) VALUES (new.rowid, new.{col});"
-    delete = f"INSERT INTO {fts}({fts}, rowid, {col}) VALUES ('delete', old.rowid, old.{col});"
+    unlisted = f'NOT EXISTS (SELECT 1 FROM {pending} WHERE "r" = old.rowid)'
+    unindex = (f"INSERT INTO {fts}({fts}, rowid, {col}) SELECT 'delete', old.rowid, old.{col} "
+               f"WHERE {unlisted};")
+    listing = (f'INSERT INTO {pending}("r") SELECT new.rowid WHERE NOT EXISTS '
+               f'(SELECT 1 FROM {pending} WHERE "r" = new.rowid);')
+    names = fts_trigger_names(ix)
     return [
-        _ddl(f"{create} {_q(ix.name + '_ai')} AFTER INSERT ON {table} BEGIN\n"
-            f"  {insert}\nEND"),
-        _ddl(f"{create} {_q(ix.name + '_ad')} AFTER DELETE ON {table} BEGIN\n"
-            f"  {delete}\nEND"),
-        _ddl(f"{create} {_q(ix.name + '_au')} AFTER UPDATE OF {col} ON {table} "
-            f"WHEN old.{col} IS NOT new.{col} BEGIN\n  {delete}\n  {insert}\nEND"),
+        _ddl(f"{create} {_q(names[0])} AFTER INSERT ON {table} BEGIN\n  {listing}\nEND"),
+        _ddl(f"{create} {_q(names[1])} AFTER DELETE ON {table} BEGIN\n  {unindex}\n"
+             f'  DELETE FROM {pending} WHERE "r" = old.rowid;\nEND'),
+        _ddl(f"{create} {_q(names[2])} AFTER UPDATE OF {col} ON {table} "
+             f"WHEN old.{col} IS NOT new.{col} BEGIN\n  {unindex}\n  {listing}\nEND"),
+        _ddl(f"{create} {_q(names[3])} AFTER INSERT ON {pending} "
+             f"WHEN (SELECT count(*) FROM {pending}) >= {FTS_PENDING_LIMIT} BEGIN\n"
+             + "".join(f"  {sql};\n" for sql in _flush_sql(ix)) + "END"),
     ]
 
 
 def fts_trigger_names(ix: SearchIndex) -> tuple[str, ...]:
-    """The names :func:`fts_triggers` gives its triggers."""
+    """The names :func:`fts_triggers` gives its triggers (list, unlist, relist, flush)."""
+    return tuple(ix.name + suffix for suffix in ("_pi", "_pd", "_pu", "_pf"))
+
+
+def fts_legacy_trigger_names(ix: SearchIndex) -> tuple[str, ...]:
+    """The triggers of the layout before the pending list (schema version 2 to 4: each write
+    indexed in its own transaction), which ``migrate`` drops when it adds the list."""
     return tuple(ix.name + suffix for suffix in ("_ai", "_ad", "_au"))
+
+
+def fts_drop_trigger(name: str) -> DDL:
+    """``DROP TRIGGER IF EXISTS`` one trigger (see :func:`fts_legacy_trigger_names`)."""
+    return _ddl(f"DROP TRIGGER IF EXISTS {_q(name)}")
+
+
+def _flush_sql(ix: SearchIndex) -> list[str]:
+    fts, table, col = _q(ix.name), _q(ix.table.name), _q(ix.column)
+    pending = _q(fts_pending_name(ix))
+    return [f'INSERT INTO {fts}(rowid, {col}) SELECT p."r", t.{col} FROM {pending} AS p '
+            f'JOIN {table} AS t ON t.rowid = p."r"',
+            f"DELETE FROM {pending}"]
+
+
+def fts_pending_flush(ix: SearchIndex) -> list[DDL]:
+    """Index every listed row now and empty the list (what the ``_pf`` trigger does when the list
+    is full; run before FTS5's ``integrity-check``, which expects every row indexed)."""
+    return [_ddl(sql) for sql in _flush_sql(ix)]
+
+
+def fts_pending_clear(ix: SearchIndex) -> DDL:
+    """Empty the pending list: after :func:`fts_rebuild`, which indexed every row."""
+    return _ddl(f"DELETE FROM {_q(fts_pending_name(ix))}")
 
 
 def fts_rebuild(ix: SearchIndex) -> DDL:

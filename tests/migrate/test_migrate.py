@@ -27,7 +27,7 @@ from chainlit_orm.errors import (
     SchemaOutdatedError,
 )
 from chainlit_orm.migrations import migrate
-from chainlit_orm.migrations.sql import ensure_schema
+from chainlit_orm.migrations.sql import SchemaCheck, ensure_schema
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION
@@ -52,9 +52,10 @@ UP_TO_DATE = [f"schema is up to date at version {SCHEMA_VERSION}; nothing to do"
 VERSION_TABLE = "chainlit_orm_version"
 #: the erased-thread tombstones (schema version 4)
 TOMBSTONE_TABLE = "chainlit_orm_erased"
-#: SQLite's search indexes: an FTS5 table per folded column and the FTS5 shadow tables.
+#: SQLite's search indexes: an FTS5 table per folded column, the FTS5 shadow tables and the
+#: index's pending list.
 SQLITE_SEARCH_TABLES = {f"{name}{suffix}" for name in ("threads_name_fts", "steps_output_fts")
-                        for suffix in ("", "_data", "_idx", "_docsize", "_config")}
+                        for suffix in ("", "_data", "_idx", "_docsize", "_config", "_pending")}
 MOTO = os.environ.get("CHAINLIT_ORM_TEST_MOTO", "http://127.0.0.1:5055")
 
 #: Columns of Chainlit's DDL that the models do not have, per variant (left in place).
@@ -231,7 +232,8 @@ async def test_dedupe_migrates_without_losing_a_row(seeded: Seeded) -> None:
 
     engine = create_async_engine(url)
     try:
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is (variant == "docs")
+        assert (await ensure_schema(engine, DEFAULT_MODELS, create=False)).cascade is (
+            variant == "docs")
     finally:
         await engine.dispose()
 
@@ -369,7 +371,7 @@ async def test_a_database_recorded_at_a_newer_version(tmp_path: Path) -> None:
     assert f"recorded at schema version {SCHEMA_VERSION + 1}, newer than this" in str(info.value)
     engine = create_async_engine(url)
     try:  # the layer accepts it: every migration is additive
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is True
+        assert (await ensure_schema(engine, DEFAULT_MODELS, create=False)).cascade is True
     finally:
         await engine.dispose()
 
@@ -431,7 +433,8 @@ async def test_empty_postgres_with_custom_model_set() -> None:
 
         engine = create_async_engine(url)
         try:
-            assert await ensure_schema(engine, models, create=False) is True
+            assert await ensure_schema(engine, models, create=False) == SchemaCheck(
+                cascade=True, search_pending=False)
             # the default set is a different set of tables: not there
             with pytest.raises(SchemaOutdatedError):
                 await ensure_schema(engine, DEFAULT_MODELS, create=False)
@@ -469,8 +472,9 @@ async def test_ensure_schema_creates_an_empty_sqlite_database(tmp_path: Path) ->
             await ensure_schema(engine, DEFAULT_MODELS, create=False)
         assert f"chainlit-orm migrate {url}" in str(info.value)
 
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) is True
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is True
+        both = SchemaCheck(cascade=True, search_pending=True)  # SQLite: the pending lists
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) == both
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) == both
     finally:
         await engine.dispose()
     struct = await structure(url)
@@ -485,7 +489,7 @@ async def test_ensure_schema_after_migrate_detects_cascades(seeded: Seeded) -> N
     await migrate(seeded.url, dedupe_feedback=True)
     engine = create_async_engine(seeded.url)
     try:
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) is (
+        assert (await ensure_schema(engine, DEFAULT_MODELS, create=True)).cascade is (
             seeded.variant == "docs")
     finally:
         await engine.dispose()

@@ -36,6 +36,7 @@ from tests.fixtures.legacy import (
     temp_postgres_db,
     temp_sqlite_url,
 )
+from tests.fixtures.search import check_fts_integrity
 from tests.migrate.conftest import Seeded, execute, scalar_rows, structure
 from tests.migrate.test_migrate import UP_TO_DATE, without_appliedat
 
@@ -68,9 +69,7 @@ async def _search(layer: SQLDataLayer, user_id: str, term: str) -> set[str]:
 
 
 def _sqlite_integrity(url: str) -> None:
-    with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as raw:
-        for fts in ("threads_name_fts", "steps_output_fts"):
-            raw.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
+    check_fts_integrity(url.removeprefix("sqlite+aiosqlite:///"))
 
 
 async def test_a_chainlit_database_gains_exact_folded_copies_and_search_indexes(
@@ -94,8 +93,8 @@ async def test_a_chainlit_database_gains_exact_folded_copies_and_search_indexes(
     _assert_exact_copies(threads, steps)
     if seeded.backend == "sqlite":
         _sqlite_integrity(url)
-        assert ("create search index steps_output_fts (FTS5 trigram) on steps (outputFolded) "
-                "and its triggers; index the existing rows") in report.lines
+        assert ("create search index steps_output_fts (FTS5 trigram) on steps (outputFolded), "
+                "its pending list and their triggers; index the existing rows") in report.lines
     else:
         indexes = {r[0] for r in await scalar_rows(
             url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%trgm'")}
@@ -248,7 +247,7 @@ async def test_sqlite_search_index_that_lost_a_trigger_is_repaired(tmp_path: Pat
         try:
             user = await layer.create_user(User(identifier="repair", metadata={}))
             assert user is not None
-            await execute(url, 'DROP TRIGGER "steps_output_fts_ai"')
+            await execute(url, 'DROP TRIGGER "steps_output_fts_pi"')
             await layer.update_thread(thread, name="plain", user_id=user.id)
             await layer.create_step({"id": str(uuid.uuid4()), "threadId": thread,
                                      "type": "assistant_message", "name": "n",
@@ -261,7 +260,7 @@ async def test_sqlite_search_index_that_lost_a_trigger_is_repaired(tmp_path: Pat
 
         report = await migrate(url)
 
-        assert ("repair search index steps_output_fts: steps lacks steps_output_fts_ai; recreate "
+        assert ("repair search index steps_output_fts: steps lacks steps_output_fts_pi; recreate "
                 "the triggers and rebuild it from the table") in report.lines
         _sqlite_integrity(url)
         layer = SQLDataLayer(url)
@@ -308,3 +307,85 @@ async def test_a_postgres_role_that_cannot_create_pg_trgm_is_told_the_fix() -> N
     finally:
         await server.execute(f'DROP ROLE "{role}"')
         await server.close()
+
+
+#: The SQLite search triggers of schema versions 2 to 4 (each write indexed in its own
+#: transaction), as those versions created them.
+LEGACY_TRIGGERS = [
+    f'CREATE TRIGGER "{fts}_ai" AFTER INSERT ON "{table}" BEGIN '
+    f'INSERT INTO "{fts}"(rowid, "{col}") VALUES (new.rowid, new."{col}"); END'
+    for table, col, fts in (("threads", "nameFolded", "threads_name_fts"),
+                            ("steps", "outputFolded", "steps_output_fts"))
+] + [
+    f'CREATE TRIGGER "{fts}_ad" AFTER DELETE ON "{table}" BEGIN '
+    f'INSERT INTO "{fts}"("{fts}", rowid, "{col}") VALUES (\'delete\', old.rowid, old."{col}"); '
+    "END"
+    for table, col, fts in (("threads", "nameFolded", "threads_name_fts"),
+                            ("steps", "outputFolded", "steps_output_fts"))
+] + [
+    f'CREATE TRIGGER "{fts}_au" AFTER UPDATE OF "{col}" ON "{table}" '
+    f'WHEN old."{col}" IS NOT new."{col}" BEGIN '
+    f'INSERT INTO "{fts}"("{fts}", rowid, "{col}") VALUES (\'delete\', old.rowid, old."{col}"); '
+    f'INSERT INTO "{fts}"(rowid, "{col}") VALUES (new.rowid, new."{col}"); END'
+    for table, col, fts in (("threads", "nameFolded", "threads_name_fts"),
+                            ("steps", "outputFolded", "steps_output_fts"))
+]
+
+
+async def test_a_sqlite_search_index_of_version_4_gets_its_pending_list(tmp_path: Path) -> None:
+    """A database whose search indexes predate the pending list (each write indexed by its own
+    trigger) is still searched right by this layer before migrate, and migrate moves it to the
+    pending list: the old triggers dropped, the list and its triggers made, the index rebuilt;
+    a second migrate has nothing to do."""
+    from chainlit.user import User
+
+    async with temp_sqlite_url(tmp_path) as url:
+        await migrate(url)
+        with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as raw:
+            for fts in ("threads_name_fts", "steps_output_fts"):
+                for suffix in ("_pi", "_pd", "_pu", "_pf"):
+                    raw.execute(f'DROP TRIGGER "{fts}{suffix}"')
+                raw.execute(f'DROP TABLE "{fts}_pending"')
+            for sql in LEGACY_TRIGGERS:
+                raw.execute(sql)
+        thread, step = str(uuid.uuid4()), str(uuid.uuid4())
+        layer = SQLDataLayer(url)
+        try:
+            user = await layer.create_user(User(identifier="legacy-layout", metadata={}))
+            assert user is not None
+            assert layer.sql._search_pending is False
+            await layer.update_thread(thread, name="Old Layout", user_id=user.id)
+            await layer.create_step({"id": step, "threadId": thread, "type": "assistant_message",
+                                     "name": "n", "output": "Indexed At Once",
+                                     "streaming": False})
+            assert await _search(layer, user.id, "indexed at once") == {thread}
+            assert await _search(layer, user.id, "old layout") == {thread}
+        finally:
+            await layer.close()
+
+        report = await migrate(url)
+
+        for fts, table in (("threads_name_fts", "threads"), ("steps_output_fts", "steps")):
+            assert (f"repair search index {fts}: {table} has triggers that index each write in "
+                    f"its own transaction ({fts}_ai, {fts}_ad, {fts}_au); writes now go through "
+                    "a pending list; recreate the triggers and rebuild it from the table"
+                    ) in report.lines
+        with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as raw:
+            triggers = sorted(r[0] for r in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+        assert triggers == sorted(f"{fts}{suffix}" for fts in ("threads_name_fts",
+                                                               "steps_output_fts")
+                                  for suffix in ("_pi", "_pd", "_pu", "_pf"))
+        _sqlite_integrity(url)
+        layer = SQLDataLayer(url)
+        try:
+            assert layer.sql._search_pending is True
+            await layer.update_step({"id": step, "threadId": thread, "type": "assistant_message",
+                                     "name": "n", "output": "Now Listed", "streaming": False})
+            assert await _search(layer, user.id, "indexed at once") == set()
+            assert await _search(layer, user.id, "now listed") == {thread}
+        finally:
+            await layer.close()
+        again = await migrate(url)
+        assert (again.lines, again.changed) == (UP_TO_DATE, False)
+        _sqlite_integrity(url)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.schema_gen import SCHEMA_VERSION, ddl, tables_for_dialect, version_table
-from chainlit_orm.schema_gen.search import fts_trigger_names, search_indexes
+from chainlit_orm.schema_gen.search import fts_pending_name, fts_trigger_names, search_indexes
 from tests.fixtures.legacy import temp_mariadb_db, temp_postgres_db, temp_sqlite_url
 from tests.schema.custom_models import MODELS as CUSTOM_MODELS
 
@@ -182,22 +182,28 @@ async def check(url: str, models: ModelSet, dialect: str, schema: str | None) ->
 
 
 async def check_fts(conn: Any, models: ModelSet, actual: dict[str, Any]) -> None:
-    """SQLite: one FTS5 trigram table per folded column (its shadow tables with it) and its three
-    triggers; removed from ``actual``, which then holds the model tables only."""
+    """SQLite: one FTS5 trigram table per folded column (its shadow tables with it), its pending
+    list and their four triggers; removed from ``actual``, which then holds the model tables
+    only."""
     indexes = search_indexes(tables_for_dialect(models, "sqlite"), "sqlite")
     assert [(ix.table.name, ix.column) for ix in indexes] == [
         (f"{models.prefix}threads", "nameFolded"), (f"{models.prefix}steps", "outputFolded")]
     for ix in indexes:
         for suffix in ("", "_data", "_idx", "_docsize", "_config"):
             assert actual.pop(ix.name + suffix) is None  # present (and skipped by reflect)
+        pending = actual.pop(fts_pending_name(ix))
+        assert pending["columns"] == [("r", "int", True)], pending
+        assert pending["pk"] == ["r"], pending
     rows = (await conn.execute(sa.text(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
         "OR name LIKE '%fts'"))).all()
     found = {(r[0], r[1], r[2]) for r in rows}
     for ix in indexes:
         assert ("table", ix.name, ix.name) in found
-        for trigger in fts_trigger_names(ix):
+        pi, pd, pu, pf = fts_trigger_names(ix)
+        for trigger in (pi, pd, pu):
             assert ("trigger", trigger, ix.table.name) in found
+        assert ("trigger", pf, fts_pending_name(ix)) in found
     create = next(r[3] for r in rows if r[1] == indexes[0].name)
     assert "tokenize='trigram case_sensitive 1'" in create
     assert f"content='{indexes[0].table.name}'" in create

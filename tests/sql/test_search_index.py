@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit_orm import SQLDataLayer
+from chainlit_orm.schema_gen.search import FTS_PENDING_LIMIT
 from tests.fixtures.legacy import temp_mariadb_db, temp_postgres_db, temp_sqlite_url
+from tests.fixtures.search import check_fts_integrity, pending_rows, split_rows
 from tests.sql.conftest import new_id
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
@@ -70,7 +73,7 @@ def _statement(layer: SQLDataLayer, user_id: str, term: str) -> tuple[str, list[
     backend = layer.sql
     folded = term.casefold()
     via_index = backend._indexable(folded)
-    key = ("list", False, True, False, via_index, True, "activity")
+    key = ("list", backend._search_pending, False, True, False, via_index, True, "activity")
     prepared = backend._cache[key].prepared
     params = {"lim": 51, "uid": user_id, "pattern": backend._search_pattern(folded)}
     return prepared.sql, prepared.args(params)
@@ -90,6 +93,12 @@ async def test_sqlite_search_reads_the_fts5_trigram_tables(tmp_path: Path) -> No
                 plan = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
             assert "SCAN threads_name_fts VIRTUAL TABLE INDEX 0:G0" in plan, plan
             assert "SCAN steps_output_fts VIRTUAL TABLE INDEX 0:G0" in plan, plan
+            # the rows still on the pending lists are fetched by rowid from the list, not by
+            # scanning the table (a join was planned as "SCAN listed")
+            for fts in ("threads_name_fts", "steps_output_fts"):
+                assert (f"USING ROWID SEARCH ON TABLE {fts}_pending FOR IN-OPERATOR") in plan, plan
+            assert plan.count("SEARCH listed USING INTEGER PRIMARY KEY (rowid=?)") == 2, plan
+            assert "SCAN listed" not in plan, plan
             # the candidates are fetched by primary key; the user's list is read only by the
             # scan that takes over when the candidates are too many
             assert "SEARCH threads USING INDEX sqlite_autoindex_threads_1 (id=?)" in plan, plan
@@ -150,7 +159,7 @@ async def test_sqlite_plain_list_reads_the_users_index_not_the_trash_index(
             user_id, names = await _seed(layer, threads=5)
             page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user_id))
             assert [t["name"] for t in page.data] == list(names.values())
-            prepared = layer.sql._cache[("list", False, True, True, False, True,
+            prepared = layer.sql._cache[("list", True, False, True, True, False, True,
                                          "activity")].prepared
             sql, args = prepared.sql, prepared.args({"lim": 21, "uid": user_id})
             path = url.removeprefix("sqlite+aiosqlite:///")
@@ -167,12 +176,6 @@ async def test_sqlite_plain_list_reads_the_users_index_not_the_trash_index(
             await layer.close()
 
 
-def _integrity(path: str) -> None:
-    with sqlite3.connect(path) as raw:
-        for fts in ("threads_name_fts", "steps_output_fts"):
-            raw.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
-
-
 async def test_fts5_tables_stay_consistent_through_every_write_and_vacuum(
     tmp_path: Path
 ) -> None:
@@ -181,7 +184,7 @@ async def test_fts5_tables_stay_consistent_through_every_write_and_vacuum(
         layer = SQLDataLayer(url)
         try:
             user_id, names = await _seed(layer, threads=12)
-            _integrity(path)
+            check_fts_integrity(path)
             ids = list(names)
             # rename a thread; rewrite a message; add a tool step (not searched); delete a step
             await layer.update_thread(ids[0], name="Renamed ÉCLAIR")
@@ -196,7 +199,7 @@ async def test_fts5_tables_stay_consistent_through_every_write_and_vacuum(
             await layer.create_step(gone)
             await layer.delete_step(gone["id"])
             await layer.delete_thread(ids[2])  # its steps go by the cascading foreign key
-            _integrity(path)
+            check_fts_integrity(path)
             expected = {
                 "éclair": ["Renamed ÉCLAIR"],
                 "wörding": [names[ids[1]]],
@@ -211,7 +214,7 @@ async def test_fts5_tables_stay_consistent_through_every_write_and_vacuum(
             await layer.close()
         with sqlite3.connect(path) as raw:
             raw.execute("VACUUM")
-        _integrity(path)
+        check_fts_integrity(path)
         layer = SQLDataLayer(url)
         try:
             for term, want in expected.items():
@@ -240,3 +243,93 @@ async def test_mariadb_folded_columns_compare_binary() -> None:
             ("steps", "outputFolded", "utf8mb4", "utf8mb4_bin"),
             ("threads", "nameFolded", "utf8mb4", "utf8mb4_bin"),
         ]
+
+
+async def test_sqlite_writes_reach_the_index_through_a_pending_list(tmp_path: Path) -> None:
+    """A written row is listed, not indexed at once; the write that makes a list
+    ``FTS_PENDING_LIMIT`` long indexes the whole list; a search finds listed and indexed rows
+    alike; an update of an indexed row takes it out of the index and lists it; a delete takes a
+    row off whichever holds it. Exact list lengths, and FTS5's integrity check at the end."""
+    async with temp_sqlite_url(tmp_path) as url:
+        path = url.removeprefix("sqlite+aiosqlite:///")
+        layer = SQLDataLayer(url)
+        try:
+            user = await layer.create_user(User(identifier=f"pl-{new_id()}", metadata={}))
+            assert user is not None
+            thread = new_id()
+            await layer.update_thread(thread, name="Pending Thread", user_id=user.id)
+            steps = [new_id() for _ in range(FTS_PENDING_LIMIT + 44)]
+            for i, sid in enumerate(steps):
+                await layer.create_step({
+                    "id": sid, "threadId": thread, "type": "assistant_message", "name": "n",
+                    "output": f"reply number{i:04d}x", "streaming": False,
+                    "createdAt": f"2026-03-01T00:00:00.{i:06d}Z"})
+            # 300 steps listed: the 256th filled the list and indexed it; 44 are listed
+            assert pending_rows(path) == {"threads_name_fts": 1, "steps_output_fts": 44}
+            for term in ("number0010x", "number0290x", "pending thread"):  # indexed, listed
+                assert await _search(layer, user.id, term) == ["Pending Thread"], term
+            assert await _search(layer, user.id, "number0300x") == []
+
+            # an indexed step rewritten: out of the index, onto the list
+            await layer.update_step({"id": steps[10], "threadId": thread,
+                                     "type": "assistant_message", "name": "n",
+                                     "streaming": False, "output": "Rewritten Text"})
+            assert pending_rows(path) == {"threads_name_fts": 1, "steps_output_fts": 45}
+            assert await _search(layer, user.id, "number0010x") == []
+            assert await _search(layer, user.id, "rewritten text") == ["Pending Thread"]
+            # a listed step rewritten stays listed once
+            await layer.update_step({"id": steps[290], "threadId": thread,
+                                     "type": "assistant_message", "name": "n",
+                                     "streaming": False, "output": "Second Draft"})
+            assert pending_rows(path)["steps_output_fts"] == 45
+            assert await _search(layer, user.id, "number0290x") == []
+            assert await _search(layer, user.id, "second draft") == ["Pending Thread"]
+            # deletes: an indexed step (out of the index), a listed one (off the list)
+            await layer.delete_step(steps[20])
+            await layer.delete_step(steps[291])
+            assert pending_rows(path)["steps_output_fts"] == 44
+            assert await _search(layer, user.id, "number0020x") == []
+            assert await _search(layer, user.id, "number0291x") == []
+        finally:
+            await layer.close()
+        check_fts_integrity(path)  # indexes the 44 + 1 listed rows, then FTS5's own check
+        assert pending_rows(path) == {"threads_name_fts": 0, "steps_output_fts": 0}
+
+
+async def test_concurrent_sqlite_writes_keep_list_and_index_exact(tmp_path: Path) -> None:
+    """50 threads written at once (combined multi-row upserts on SQLite's one writer), each
+    step created then rewritten, crossing the list's flush several times: every final text is
+    found, no draft is, and the index passes FTS5's integrity check."""
+    async with temp_sqlite_url(tmp_path) as url:
+        path = url.removeprefix("sqlite+aiosqlite:///")
+        layer = SQLDataLayer(url)
+        try:
+            user = await layer.create_user(User(identifier=f"pc-{new_id()}", metadata={}))
+            assert user is not None
+
+            async def one(k: int) -> None:
+                tid = new_id()
+                await layer.update_thread(tid, name=f"burst {k:02d}", user_id=user.id)
+                for j in range(8):
+                    step = {"id": new_id(), "threadId": tid, "type": "assistant_message",
+                            "name": "n", "output": f"draft{k:02d}q{j}", "streaming": True,
+                            "createdAt": f"2026-03-02T00:00:{k:02d}.{j:06d}Z"}
+                    await layer.create_step(step)
+                    await layer.update_step({**step, "output": f"final{k:02d}q{j}"})
+
+            await asyncio.gather(*(one(k) for k in range(50)))
+            for k in (0, 17, 49):
+                for j in (0, 7):
+                    assert await _search(layer, user.id, f"final{k:02d}q{j}") == [
+                        f"burst {k:02d}"]
+                    assert await _search(layer, user.id, f"draft{k:02d}q{j}") == []
+            # every step row and thread row is indexed or listed, none both; the 256th listing
+            # flushed the steps' list once (a step rewritten after that flush was listed again)
+            split = split_rows(path)
+            assert split["threads_name_fts"] == (0, 50, 0)
+            indexed, listed, both = split["steps_output_fts"]
+            assert (indexed + listed, both) == (400, 0)
+            assert indexed > 0 and listed < FTS_PENDING_LIMIT
+        finally:
+            await layer.close()
+        check_fts_integrity(path)
