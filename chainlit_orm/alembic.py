@@ -44,7 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from chainlit_orm.models.modelset import DEFAULT_MODELS, ModelSet
-from chainlit_orm.schema_gen.search import search_indexes
+from chainlit_orm.schema_gen.search import fts_pending_name, search_indexes
 
 __all__ = [
     "FTS5_SHADOW_SUFFIXES",
@@ -71,7 +71,7 @@ def owned_names(*model_sets: ModelSet) -> dict[str, frozenset[str]]:
     """The names of the objects ``migrate`` creates outside the models, by Alembic object type.
 
     Returns a mapping with the keys ``"table"`` (the version and tombstone tables; each FTS5
-    table and its shadow tables) and ``"index"`` (the PostgreSQL trigram indexes). Derived from
+    table, its shadow tables and its pending list) and ``"index"`` (the PostgreSQL trigram indexes). Derived from
     the same code that creates them, so a new search index is covered without a change here.
     """
     tables: set[str] = set()
@@ -83,6 +83,7 @@ def owned_names(*model_sets: ModelSet) -> dict[str, frozenset[str]]:
         for ix in search_indexes(model_tables, "sqlite"):
             tables.add(ix.name)
             tables.update(ix.name + suffix for suffix in FTS5_SHADOW_SUFFIXES)
+            tables.add(fts_pending_name(ix))
         indexes.update(ix.name for ix in search_indexes(model_tables, "postgresql"))
     return {"table": frozenset(tables), "index": frozenset(indexes)}
 

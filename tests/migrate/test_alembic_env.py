@@ -80,9 +80,9 @@ async def test_without_the_filters_sqlite_autogenerate_drops_the_package_objects
     assert dropped == {
         "chainlit_orm_version", "chainlit_orm_erased",
         "threads_name_fts", "threads_name_fts_data", "threads_name_fts_idx",
-        "threads_name_fts_docsize", "threads_name_fts_config",
+        "threads_name_fts_docsize", "threads_name_fts_config", "threads_name_fts_pending",
         "steps_output_fts", "steps_output_fts_data", "steps_output_fts_idx",
-        "steps_output_fts_docsize", "steps_output_fts_config",
+        "steps_output_fts_docsize", "steps_output_fts_config", "steps_output_fts_pending",
     }
 
 
