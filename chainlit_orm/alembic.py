@@ -71,8 +71,9 @@ def owned_names(*model_sets: ModelSet) -> dict[str, frozenset[str]]:
     """The names of the objects ``migrate`` creates outside the models, by Alembic object type.
 
     Returns a mapping with the keys ``"table"`` (the version and tombstone tables; each FTS5
-    table, its shadow tables and its pending list) and ``"index"`` (the PostgreSQL trigram indexes). Derived from
-    the same code that creates them, so a new search index is covered without a change here.
+    table, its shadow tables and its pending list) and ``"index"`` (the PostgreSQL trigram
+    indexes). Derived from the same code that creates them, so a new search index is covered
+    without a change here.
     """
     tables: set[str] = set()
     indexes: set[str] = set()

@@ -920,6 +920,16 @@ class SQLBackend(SQLLifecycle):
                     # threads grow; the keyset range on the list index is what it should read
                     # (bench/results/design.md D4).
                     stmt = stmt.with_hint(t, f"FORCE INDEX ({self._list_index(sort_col)})")
+                if from_candidates and self.dialect == "postgresql":
+                    # the matching threads first, as a materialized CTE (at most
+                    # search_candidates rows, by primary key), then sorted: asyncpg reuses the
+                    # prepared statement, and PostgreSQL's generic plan for it (from the sixth
+                    # run on) walked the user's whole list index probing the candidates per
+                    # thread, 18-30 ms at 10,000 threads against 0.6 ms
+                    hits = stmt.cte("hits").prefix_with("MATERIALIZED")
+                    return (sa.select(*hits.c)
+                            .order_by(hits.c[sort_col.name].desc(), hits.c.id.desc())
+                            .limit(sa.bindparam("lim")))
                 return stmt.order_by(sort_col.desc(), t.c.id.desc()).limit(sa.bindparam("lim"))
 
             if search is None:
