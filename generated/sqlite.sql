@@ -140,9 +140,9 @@ CREATE TRIGGER "threads_name_fts_pd" AFTER DELETE ON "threads" BEGIN
   DELETE FROM "threads_name_fts_pending" WHERE "r" = old.rowid;
 END;
 
-CREATE TRIGGER "threads_name_fts_pu" AFTER UPDATE OF "nameFolded" ON "threads" WHEN old."nameFolded" IS NOT new."nameFolded" BEGIN
-  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") SELECT 'delete', old.rowid, old."nameFolded" WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = old.rowid);
-  INSERT INTO "threads_name_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = new.rowid);
+CREATE TRIGGER "threads_name_fts_pu" AFTER UPDATE OF "nameFolded" ON "threads" WHEN old."nameFolded" IS NOT new."nameFolded" AND NOT EXISTS (SELECT 1 FROM "threads_name_fts_pending" WHERE "r" = old.rowid) BEGIN
+  INSERT INTO "threads_name_fts"("threads_name_fts", rowid, "nameFolded") VALUES ('delete', old.rowid, old."nameFolded");
+  INSERT INTO "threads_name_fts_pending"("r") VALUES (new.rowid);
 END;
 
 CREATE TRIGGER "threads_name_fts_pf" AFTER INSERT ON "threads_name_fts_pending" WHEN (SELECT count(*) FROM "threads_name_fts_pending") >= 256 BEGIN
@@ -163,9 +163,9 @@ CREATE TRIGGER "steps_output_fts_pd" AFTER DELETE ON "steps" BEGIN
   DELETE FROM "steps_output_fts_pending" WHERE "r" = old.rowid;
 END;
 
-CREATE TRIGGER "steps_output_fts_pu" AFTER UPDATE OF "outputFolded" ON "steps" WHEN old."outputFolded" IS NOT new."outputFolded" BEGIN
-  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") SELECT 'delete', old.rowid, old."outputFolded" WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = old.rowid);
-  INSERT INTO "steps_output_fts_pending"("r") SELECT new.rowid WHERE NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = new.rowid);
+CREATE TRIGGER "steps_output_fts_pu" AFTER UPDATE OF "outputFolded" ON "steps" WHEN old."outputFolded" IS NOT new."outputFolded" AND NOT EXISTS (SELECT 1 FROM "steps_output_fts_pending" WHERE "r" = old.rowid) BEGIN
+  INSERT INTO "steps_output_fts"("steps_output_fts", rowid, "outputFolded") VALUES ('delete', old.rowid, old."outputFolded");
+  INSERT INTO "steps_output_fts_pending"("r") VALUES (new.rowid);
 END;
 
 CREATE TRIGGER "steps_output_fts_pf" AFTER INSERT ON "steps_output_fts_pending" WHEN (SELECT count(*) FROM "steps_output_fts_pending") >= 256 BEGIN

@@ -177,13 +177,13 @@ def fts_triggers(ix: SearchIndex, *, if_not_exists: bool = False) -> list[DDL]:
     """The triggers that keep an FTS5 table and its pending list in step with the content table.
 
     Insert: list the row. Delete: take its text out of the index if it was indexed, else off the
-    list. An update that changes the folded text: take the old text out of the index if it was
-    indexed, and list the row. And on the list, the flush: the insert that makes it
-    :data:`FTS_PENDING_LIMIT` long indexes every listed row and empties it. A row whose copy is
-    NULL is indexed as empty, so the FTS table has a row for every indexed content row, as its
-    ``integrity-check`` expects. Each listing checks ``NOT EXISTS`` instead of ``INSERT OR
-    IGNORE``: inside a trigger, the outer statement's conflict clause (an upsert's ``ON
-    CONFLICT``) would replace ``OR IGNORE``."""
+    list. An update that changes the folded text of an indexed row: take the old text out of the
+    index and list the row (a listed row needs nothing). And on the list, the flush: the insert
+    that makes it :data:`FTS_PENDING_LIMIT` long indexes every listed row and empties it. A row
+    whose copy is NULL is indexed as empty, so the FTS table has a row for every indexed content
+    row, as its ``integrity-check`` expects. A listing checks ``NOT EXISTS`` instead of
+    ``INSERT OR IGNORE``: inside a trigger, the outer statement's conflict clause (an upsert's
+    ``ON CONFLICT``) would replace ``OR IGNORE``."""
     fts, table, col = _q(ix.name), _q(ix.table.name), _q(ix.column)
     pending = _q(fts_pending_name(ix))
     create = "CREATE TRIGGER IF NOT EXISTS" if if_not_exists else "CREATE TRIGGER"
@@ -197,8 +197,12 @@ def fts_triggers(ix: SearchIndex, *, if_not_exists: bool = False) -> list[DDL]:
         _ddl(f"{create} {_q(names[0])} AFTER INSERT ON {table} BEGIN\n  {listing}\nEND"),
         _ddl(f"{create} {_q(names[1])} AFTER DELETE ON {table} BEGIN\n  {unindex}\n"
              f'  DELETE FROM {pending} WHERE "r" = old.rowid;\nEND'),
+        # a listed row's new text needs nothing: the WHEN skips the trigger's program (the
+        # common case: Chainlit updates a step right after creating it)
         _ddl(f"{create} {_q(names[2])} AFTER UPDATE OF {col} ON {table} "
-             f"WHEN old.{col} IS NOT new.{col} BEGIN\n  {unindex}\n  {listing}\nEND"),
+             f"WHEN old.{col} IS NOT new.{col} AND {unlisted} BEGIN\n"
+             f"  INSERT INTO {fts}({fts}, rowid, {col}) VALUES ('delete', old.rowid, old.{col});\n"
+             f'  INSERT INTO {pending}("r") VALUES (new.rowid);\nEND'),
         _ddl(f"{create} {_q(names[3])} AFTER INSERT ON {pending} "
              f"WHEN (SELECT count(*) FROM {pending}) >= {FTS_PENDING_LIMIT} BEGIN\n"
              + "".join(f"  {sql};\n" for sql in _flush_sql(ix)) + "END"),
