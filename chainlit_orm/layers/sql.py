@@ -1051,7 +1051,7 @@ class SQLBackend(SQLLifecycle):
         listed = table.alias("listed")
         # "rowid IN (list)": read the short list and fetch those rows (a join let SQLite scan
         # the table and probe the list per row)
-        rowid = sa.literal_column("listed.rowid")
+        rowid: Any = sa.literal_column("listed.rowid")
         rechecked = sa.select(rowid).select_from(listed).where(
             rowid.in_(sa.select(pending.c.r)), self._matches(listed.c[column]))
         return sa.union_all(found, rechecked)
