@@ -248,7 +248,7 @@ def test_migrate_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (code, captured.err) == (0, "")
     fingerprint = migrations.report.fingerprint(DEFAULT_MODELS)
     assert re.fullmatch(
-        r"#1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z version 4 \(models "
+        r"#1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z version 5 \(models "
         + re.escape(fingerprint[:16]) + r"\): added tables users, threads, steps, elements, "
         r"feedbacks, chainlit_orm_erased, chainlit_orm_version; added indexes threads\.ix_threads_activity, "
         r"threads\.ix_threads_deleted, threads\.ix_threads_user_activity, "

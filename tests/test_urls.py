@@ -90,10 +90,11 @@ async def test_cli_migrates_a_postgres_url(capsys: Any) -> None:
         assert await asyncio.to_thread(main, ["migrate", plain]) == 0
         lines = capsys.readouterr().out.splitlines()
         # schema version 3 (lifecycle): two more indexes, ix_threads_activity and
-        # ix_threads_deleted, than version 2's 18 statements; version 4: the tombstone table
-        assert lines[-3] == "record schema version 4 in chainlit_orm_version"
+        # ix_threads_deleted, than version 2's 18 statements; version 4: the tombstone table;
+        # version 5 changes SQLite only
+        assert lines[-3] == "record schema version 5 in chainlit_orm_version"
         assert lines[-2].startswith("schema history entry #1: added tables users, ")
-        assert lines[-1] == "done: schema version 4 recorded; 21 statements"
+        assert lines[-1] == "done: schema version 5 recorded; 21 statements"
         layer = from_env(_env(plain))
         assert isinstance(layer, SQLDataLayer)
         try:

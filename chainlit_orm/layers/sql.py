@@ -266,9 +266,6 @@ class SQLBackend(SQLLifecycle):
             (ix.table.name, ix.column): ix
             for ix in search_indexes([self.threads, self.steps], self.dialect)
         }
-        #: SQLite's search indexes have pending lists that a search rechecks (what migrate
-        #: makes; see ensure_schema's SchemaCheck); assumed when the schema is not checked
-        self._search_pending = self.dialect == "sqlite" and bool(self._search_index)
         # Step writes beyond this many in flight are combined into multi-row statements (each
         # caller still returns only after its row committed). SQLite has one writer, so there
         # every write that waits for it is combined. On a server, beyond 2 in flight: a statement
@@ -331,11 +328,9 @@ class SQLBackend(SQLLifecycle):
                 with quiet_alembic():
                     from chainlit_orm.migrations.sql import ensure_schema
 
-                    found = await ensure_schema(
+                    self._cascade = await ensure_schema(
                         self.engine, self.models, create=self.create_schema,
                         pooler=self.pooler)
-                    self._cascade = found.cascade
-                    self._search_pending = found.search_pending
         except TimeoutError as exc:
             raise TimeoutExceededError(
                 f"the schema check of {self.url_text} did not finish within "
@@ -874,8 +869,8 @@ class SQLBackend(SQLLifecycle):
         t, f = self.threads, self.feedbacks
         sort_col = t.c.activityAt if order == "activity" else t.c.createdAt
         via_index = search is not None and self._indexable(search)
-        key = ("list", self._search_pending, user_id is None, after is None, search is None,
-               via_index, feedback is None, order)
+        key = ("list", user_id is None, after is None, search is None, via_index,
+               feedback is None, order)
 
         def build() -> Any:
             columns = [c for c in t.columns if c.name != "extra" and FOLDED_FROM not in c.info]
@@ -1045,8 +1040,6 @@ class SQLBackend(SQLLifecycle):
         ix = self._search_index[(table.name, column)]
         fts: Any = sa.table(ix.name, sa.column("rowid"), sa.column(column, sa.Text))
         found = sa.select(fts.c.rowid).where(self._matches(fts.c[column]))
-        if not self._search_pending:
-            return found
         pending = sa.table(fts_pending_name(ix), sa.column("r", sa.Integer))
         listed = table.alias("listed")
         # "rowid IN (list)": read the short list and fetch those rows (a join let SQLite scan

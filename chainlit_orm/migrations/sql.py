@@ -125,7 +125,7 @@ from chainlit_orm.schema_gen.search import (
 )
 from chainlit_orm.urls import SQLURL
 
-__all__ = ["BATCH_SIZE", "LOCK_ATTEMPTS", "LOCK_TIMEOUT", "SchemaCheck", "ensure_schema",
+__all__ = ["BATCH_SIZE", "LOCK_ATTEMPTS", "LOCK_TIMEOUT", "ensure_schema",
            "migrate_sql", "schema_history_sql"]
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ async def migrate_sql(url: SQLURL, models: ModelSet, *, dry_run: bool, dedupe_fe
 
 
 async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
-                        pooler: PoolerProbe | None = None) -> SchemaCheck:
+                        pooler: PoolerProbe | None = None) -> bool:
     """Check, on a layer's first use, that the database has the set's schema; maybe create it.
 
     One round of inspection: the set's tables, the recorded version, and the foreign keys of the
@@ -222,7 +222,9 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
             the pooler keeps on one server connection.
 
     Returns:
-        What the layer must know of the schema it found (:class:`SchemaCheck`).
+        True when ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
+        ``threadId`` to ``threads`` with ``ON DELETE CASCADE`` (so deleting a thread deletes its
+        rows), False otherwise (the older Chainlit variant has no such keys).
 
     Raises:
         SchemaOutdatedError: the schema is missing, partial, unrecorded or older; the message
@@ -248,7 +250,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
                                                dedupe_feedback=False)
                     for line in report.lines:
                         logger.debug("%s", line)
-                    return SchemaCheck(_declares_cascade(target), bool(_pending_lists(target)))
+                    return _declares_cascade(target)
                 raise SchemaOutdatedError(
                     f"{shown} has none of the chainlit-orm tables; create them with: "
                     f"{command()}",
@@ -277,7 +279,7 @@ async def ensure_schema(engine: AsyncEngine, models: ModelSet, *, create: bool,
             f"{command()}",
             detail=state.version,
         )
-    return SchemaCheck(state.cascade, state.search_pending)
+    return state.cascade
 
 
 # ----------------------------------------------------------------------------- connections
@@ -427,25 +429,6 @@ class _FirstUse:
     existing: frozenset[str]
     version: int | None
     cascade: bool
-    search_pending: bool
-
-
-@dataclass(frozen=True)
-class SchemaCheck:
-    """What a layer learns from :func:`ensure_schema` about a database it may use.
-
-    Attributes:
-        cascade: ``steps``, ``elements`` and ``feedbacks`` all have a foreign key on
-            ``threadId`` to ``threads`` with ``ON DELETE CASCADE`` (so deleting a thread deletes
-            its rows); False on the older Chainlit variant, which has no such keys.
-        search_pending: SQLite's search indexes have their pending lists
-            (:mod:`chainlit_orm.schema_gen.search`), so a search must recheck the listed rows;
-            False on the layout before them (every write indexed at once: an older database
-            that ``migrate`` has not repaired yet, still right to search) and on other dialects.
-    """
-
-    cascade: bool
-    search_pending: bool
 
 
 def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
@@ -459,16 +442,7 @@ def _first_use_state(conn: Connection, target: _Target) -> _FirstUse:
     cascade = all(
         name in existing and _has_cascade(inspector, target, name) for name in children
     )
-    lists = _pending_lists(target)
-    return _FirstUse(existing, version, cascade, bool(lists) and lists <= names)
-
-
-def _pending_lists(target: _Target) -> set[str]:
-    """The pending lists of the target's SQLite search indexes (none on other dialects)."""
-    if target.dialect != "sqlite":
-        return set()
-    return {fts_pending_name(ix)
-            for ix in search_indexes([target.tables[e] for e in ENTITIES], target.dialect)}
+    return _FirstUse(existing, version, cascade)
 
 
 def _has_cascade(inspector: sa.Inspector, target: _Target, table: str) -> bool:

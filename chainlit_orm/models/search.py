@@ -33,6 +33,7 @@ from chainlit_orm.errors import InvalidInputError
 __all__ = [
     "FOLDED_FROM",
     "FOLDED_TYPES",
+    "MAX_SEARCH_CHARS",
     "MESSAGE_TYPES",
     "fold",
     "folded_columns",
@@ -87,6 +88,13 @@ def folded_values(table: sa.Table, row: Mapping[str, Any]) -> dict[str, str | No
     return out
 
 
+#: Characters a search term may have. Why a limit: SQLite refuses a ``GLOB`` pattern longer
+#: than 50,000 bytes, and the pattern escapes each wildcard character as three; folded (up to 3
+#: characters per character) and escaped, 1,000 characters stay below that. One limit for every
+#: backend, so a term means the same everywhere; far beyond what a search box is typed with.
+MAX_SEARCH_CHARS = 1000
+
+
 def search_term(term: str) -> str | None:
     """The folded form of a search term as it is matched, or None for a term nothing can match.
 
@@ -95,8 +103,12 @@ def search_term(term: str) -> str | None:
     the pattern up to the NUL, and match everything).
 
     Raises:
-        InvalidInputError: the term is not text that can be stored (a lone surrogate).
+        InvalidInputError: the term is not text that can be stored (a lone surrogate), or it is
+            longer than :data:`MAX_SEARCH_CHARS` characters.
     """
+    if len(term) > MAX_SEARCH_CHARS:
+        raise InvalidInputError(
+            f"search term has {len(term)} characters; at most {MAX_SEARCH_CHARS} are accepted")
     try:
         term.encode("utf-8")
     except UnicodeEncodeError as exc:

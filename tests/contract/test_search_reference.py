@@ -23,6 +23,7 @@ from chainlit.user import PersistedUser, User
 from chainlit_orm.errors import InvalidInputError
 from chainlit_orm.layers.base import ChainlitLayer
 from chainlit_orm.layers.sql import SQLDataLayer
+from chainlit_orm.models.search import MAX_SEARCH_CHARS
 from tests.contract.conftest import ContractBackend, message, new_id
 
 #: label -> (thread name, [(step type, text), ...])
@@ -190,3 +191,22 @@ async def test_a_term_that_is_not_storable_text_is_refused(
         with pytest.raises(InvalidInputError):
             await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id,
                                                                        search=term))
+
+
+async def test_one_length_limit_for_search_terms_on_every_backend(
+    layer: ChainlitLayer, scan_layer: ChainlitLayer, backend: ContractBackend, chainlit_ctx: Any
+) -> None:
+    """1,000 characters are searched (the worst case for SQLite's GLOB: every character a
+    wildcard, escaped as three, and each folding to three characters); 1,001 are refused with
+    ``InvalidInputError`` on every backend. Outside attack of stop 23, F4: a long term made
+    SQLite fail with "LIKE or GLOB pattern too complex", reported as the database being down."""
+    user, _, _ = await _seed(layer)
+    for term in ("*?[" * 334)[:MAX_SEARCH_CHARS], "ﬃ" * MAX_SEARCH_CHARS, "é" * MAX_SEARCH_CHARS:
+        for instance in [layer, scan_layer] if backend.sql else [layer]:
+            assert await _search(instance, user.id, term) == [], term[:3]
+    for term in "a" * (MAX_SEARCH_CHARS + 1), "*" * 20_000:
+        with pytest.raises(InvalidInputError) as info:
+            await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id,
+                                                                       search=term))
+        assert str(info.value) == (
+            f"search term has {len(term)} characters; at most 1000 are accepted")

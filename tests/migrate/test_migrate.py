@@ -27,7 +27,7 @@ from chainlit_orm.errors import (
     SchemaOutdatedError,
 )
 from chainlit_orm.migrations import migrate
-from chainlit_orm.migrations.sql import SchemaCheck, ensure_schema
+from chainlit_orm.migrations.sql import ensure_schema
 from chainlit_orm.models import DEFAULT_MODELS, ModelSet
 from chainlit_orm.models.types import utc_now
 from chainlit_orm.schema_gen import SCHEMA_VERSION
@@ -232,8 +232,7 @@ async def test_dedupe_migrates_without_losing_a_row(seeded: Seeded) -> None:
 
     engine = create_async_engine(url)
     try:
-        assert (await ensure_schema(engine, DEFAULT_MODELS, create=False)).cascade is (
-            variant == "docs")
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is (variant == "docs")
     finally:
         await engine.dispose()
 
@@ -371,7 +370,7 @@ async def test_a_database_recorded_at_a_newer_version(tmp_path: Path) -> None:
     assert f"recorded at schema version {SCHEMA_VERSION + 1}, newer than this" in str(info.value)
     engine = create_async_engine(url)
     try:  # the layer accepts it: every migration is additive
-        assert (await ensure_schema(engine, DEFAULT_MODELS, create=False)).cascade is True
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is True
     finally:
         await engine.dispose()
 
@@ -433,8 +432,7 @@ async def test_empty_postgres_with_custom_model_set() -> None:
 
         engine = create_async_engine(url)
         try:
-            assert await ensure_schema(engine, models, create=False) == SchemaCheck(
-                cascade=True, search_pending=False)
+            assert await ensure_schema(engine, models, create=False) is True
             # the default set is a different set of tables: not there
             with pytest.raises(SchemaOutdatedError):
                 await ensure_schema(engine, DEFAULT_MODELS, create=False)
@@ -472,9 +470,8 @@ async def test_ensure_schema_creates_an_empty_sqlite_database(tmp_path: Path) ->
             await ensure_schema(engine, DEFAULT_MODELS, create=False)
         assert f"chainlit-orm migrate {url}" in str(info.value)
 
-        both = SchemaCheck(cascade=True, search_pending=True)  # SQLite: the pending lists
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) == both
-        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) == both
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) is True
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=False) is True
     finally:
         await engine.dispose()
     struct = await structure(url)
@@ -489,7 +486,7 @@ async def test_ensure_schema_after_migrate_detects_cascades(seeded: Seeded) -> N
     await migrate(seeded.url, dedupe_feedback=True)
     engine = create_async_engine(seeded.url)
     try:
-        assert (await ensure_schema(engine, DEFAULT_MODELS, create=True)).cascade is (
+        assert await ensure_schema(engine, DEFAULT_MODELS, create=True) is (
             seeded.variant == "docs")
     finally:
         await engine.dispose()

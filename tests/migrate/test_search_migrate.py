@@ -36,7 +36,7 @@ from tests.fixtures.legacy import (
     temp_postgres_db,
     temp_sqlite_url,
 )
-from tests.fixtures.search import check_fts_integrity
+from tests.fixtures.search import check_fts_integrity, split_rows
 from tests.migrate.conftest import Seeded, execute, scalar_rows, structure
 from tests.migrate.test_migrate import UP_TO_DATE, without_appliedat
 
@@ -333,53 +333,60 @@ LEGACY_TRIGGERS = [
 
 
 async def test_a_sqlite_search_index_of_version_4_gets_its_pending_list(tmp_path: Path) -> None:
-    """A database whose search indexes predate the pending list (each write indexed by its own
-    trigger) is still searched right by this layer before migrate, and migrate moves it to the
-    pending list: the old triggers dropped, the list and its triggers made, the index rebuilt;
-    a second migrate has nothing to do."""
+    """A database of version 4, whose search indexes index each write at once (triggers
+    ``_ai/_ad/_au``), is refused by this layer (it would miss nothing, but version 4's code must
+    not run migrate on the new layout: see the next test) until migrate moves it to the pending
+    list: the old triggers dropped, the list and its four triggers made, the index rebuilt,
+    version 5 recorded; a second migrate has nothing to do."""
     from chainlit.user import User
 
     async with temp_sqlite_url(tmp_path) as url:
-        await migrate(url)
-        with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as raw:
-            for fts in ("threads_name_fts", "steps_output_fts"):
-                for suffix in ("_pi", "_pd", "_pu", "_pf"):
-                    raw.execute(f'DROP TRIGGER "{fts}{suffix}"')
-                raw.execute(f'DROP TABLE "{fts}_pending"')
-            for sql in LEGACY_TRIGGERS:
-                raw.execute(sql)
-        thread, step = str(uuid.uuid4()), str(uuid.uuid4())
+        path = url.removeprefix("sqlite+aiosqlite:///")
         layer = SQLDataLayer(url)
         try:
             user = await layer.create_user(User(identifier="legacy-layout", metadata={}))
             assert user is not None
-            assert layer.sql._search_pending is False
-            await layer.update_thread(thread, name="Old Layout", user_id=user.id)
-            await layer.create_step({"id": step, "threadId": thread, "type": "assistant_message",
-                                     "name": "n", "output": "Indexed At Once",
-                                     "streaming": False})
-            assert await _search(layer, user.id, "indexed at once") == {thread}
-            assert await _search(layer, user.id, "old layout") == {thread}
+        finally:
+            await layer.close()
+        thread, step = str(uuid.uuid4()), str(uuid.uuid4())
+        _to_version_4(path)
+        with sqlite3.connect(path) as raw:  # written by version 4: indexed at once
+            raw.execute('INSERT INTO threads (id, "createdAt", "activityAt", name, "nameFolded", '
+                        '"userId", metadata) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                        (thread, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.000000Z",
+                         "Old Layout", "old layout", user.id, "{}"))
+            raw.execute('INSERT INTO steps (id, name, type, "threadId", streaming, output, '
+                        '"outputFolded") VALUES (?, ?, ?, ?, ?, ?, ?)',
+                        (step, "n", "assistant_message", thread, 0, "Indexed At Once",
+                         "indexed at once"))
+        layer = SQLDataLayer(url)
+        try:
+            with pytest.raises(SchemaOutdatedError) as info:
+                await layer.list_threads(Pagination(first=5),
+                                         ThreadFilter(userId=user.id, search="old layout"))
+            assert f"is at schema version 4 but this chainlit-orm needs version {SCHEMA_VERSION}" \
+                in str(info.value)
         finally:
             await layer.close()
 
         report = await migrate(url)
 
+        assert report.lines[0].endswith(f"schema version 4 -> {SCHEMA_VERSION}")
         for fts, table in (("threads_name_fts", "threads"), ("steps_output_fts", "steps")):
             assert (f"repair search index {fts}: {table} has triggers that index each write in "
                     f"its own transaction ({fts}_ai, {fts}_ad, {fts}_au); writes now go through "
                     "a pending list; recreate the triggers and rebuild it from the table"
                     ) in report.lines
-        with sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")) as raw:
+        with sqlite3.connect(path) as raw:
             triggers = sorted(r[0] for r in raw.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         assert triggers == sorted(f"{fts}{suffix}" for fts in ("threads_name_fts",
                                                                "steps_output_fts")
                                   for suffix in ("_pi", "_pd", "_pu", "_pf"))
-        _sqlite_integrity(url)
+        assert split_rows(path) == {"threads_name_fts": (1, 0, 0), "steps_output_fts": (1, 0, 0)}
         layer = SQLDataLayer(url)
         try:
-            assert layer.sql._search_pending is True
+            assert await _search(layer, user.id, "indexed at once") == {thread}
             await layer.update_step({"id": step, "threadId": thread, "type": "assistant_message",
                                      "name": "n", "output": "Now Listed", "streaming": False})
             assert await _search(layer, user.id, "indexed at once") == set()
@@ -389,3 +396,16 @@ async def test_a_sqlite_search_index_of_version_4_gets_its_pending_list(tmp_path
         again = await migrate(url)
         assert (again.lines, again.changed) == (UP_TO_DATE, False)
         _sqlite_integrity(url)
+
+
+def _to_version_4(path: str) -> None:
+    """Turn a database made by this migrate into what version 4 made: the search triggers that
+    index at once, no pending lists, version 4 recorded."""
+    with sqlite3.connect(path) as raw:
+        for fts in ("threads_name_fts", "steps_output_fts"):
+            for suffix in ("_pi", "_pd", "_pu", "_pf"):
+                raw.execute(f'DROP TRIGGER "{fts}{suffix}"')
+            raw.execute(f'DROP TABLE "{fts}_pending"')
+        for sql in LEGACY_TRIGGERS:
+            raw.execute(sql)
+        raw.execute("UPDATE chainlit_orm_version SET version = 4")

@@ -74,7 +74,7 @@ def _statement(layer: SQLDataLayer, user_id: str, term: str) -> tuple[str, list[
     backend = layer.sql
     folded = term.casefold()
     via_index = backend._indexable(folded)
-    key = ("list", backend._search_pending, False, True, False, via_index, True, "activity")
+    key = ("list", False, True, False, via_index, True, "activity")
     prepared = backend._cache[key].prepared
     params = {"lim": 51, "uid": user_id, "pattern": backend._search_pattern(folded)}
     return prepared.sql, prepared.args(params)
@@ -160,7 +160,7 @@ async def test_sqlite_plain_list_reads_the_users_index_not_the_trash_index(
             user_id, names = await _seed(layer, threads=5)
             page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user_id))
             assert [t["name"] for t in page.data] == list(names.values())
-            prepared = layer.sql._cache[("list", True, False, True, True, False, True,
+            prepared = layer.sql._cache[("list", False, True, True, False, True,
                                          "activity")].prepared
             sql, args = prepared.sql, prepared.args({"lim": 21, "uid": user_id})
             path = url.removeprefix("sqlite+aiosqlite:///")
